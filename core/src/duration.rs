@@ -1,0 +1,158 @@
+//! Durations in the Go/Kuma text form (`15s`, `1h30m`, `500ms`, `0s`).
+//!
+//! The text a user wrote is kept as given, so what is applied is what is
+//! shown back; the parsed value is available for generation.
+
+use std::fmt;
+use std::time::Duration as StdDuration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A non-negative duration that remembers its original spelling.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Duration {
+    text: String,
+    value: StdDuration,
+}
+
+impl Duration {
+    /// Parses the Go duration syntax: one or more `<number><unit>` groups, units
+    /// `ns`, `us`/`µs`, `ms`, `s`, `m`, `h`; a bare `0` is accepted. Negative
+    /// durations are rejected: no field of Meridian takes one.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let value = parse_go_duration(text).ok_or_else(|| format!("invalid duration {text:?}"))?;
+        Ok(Duration {
+            text: text.to_string(),
+            value,
+        })
+    }
+
+    pub fn as_std(&self) -> StdDuration {
+        self.value
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    pub fn is_zero(&self) -> bool {
+        self.value.is_zero()
+    }
+}
+
+impl fmt::Display for Duration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl Serialize for Duration {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text)
+    }
+}
+
+impl<'de> Deserialize<'de> for Duration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Duration::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+fn parse_go_duration(s: &str) -> Option<StdDuration> {
+    if s == "0" {
+        return Some(StdDuration::ZERO);
+    }
+    if s.is_empty() || s.starts_with('-') {
+        return None;
+    }
+    let s = s.strip_prefix('+').unwrap_or(s);
+    let bytes = s.as_bytes();
+    let mut i = 0;
+    let mut total_nanos: u128 = 0;
+    while i < bytes.len() {
+        // number: digits with an optional fraction
+        let start = i;
+        while i < bytes.len() && bytes[i].is_ascii_digit() {
+            i += 1;
+        }
+        let int_part = &s[start..i];
+        let mut frac_part = "";
+        if i < bytes.len() && bytes[i] == b'.' {
+            i += 1;
+            let fs = i;
+            while i < bytes.len() && bytes[i].is_ascii_digit() {
+                i += 1;
+            }
+            frac_part = &s[fs..i];
+        }
+        if int_part.is_empty() && frac_part.is_empty() {
+            return None;
+        }
+        // unit
+        let us = i;
+        while i < bytes.len() && !bytes[i].is_ascii_digit() && bytes[i] != b'.' {
+            i += 1;
+        }
+        let unit_nanos: u128 = match &s[us..i] {
+            "ns" => 1,
+            "us" | "µs" | "μs" => 1_000,
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            "m" => 60 * 1_000_000_000,
+            "h" => 3600 * 1_000_000_000,
+            _ => return None,
+        };
+        let int_val: u128 = if int_part.is_empty() {
+            0
+        } else {
+            int_part.parse().ok()?
+        };
+        let mut nanos = int_val.checked_mul(unit_nanos)?;
+        if !frac_part.is_empty() {
+            let digits = frac_part.len().min(18) as u32;
+            let frac: u128 = frac_part[..digits as usize].parse().ok()?;
+            nanos = nanos.checked_add(frac * unit_nanos / 10u128.pow(digits))?;
+        }
+        total_nanos = total_nanos.checked_add(nanos)?;
+    }
+    let secs = u64::try_from(total_nanos / 1_000_000_000).ok()?;
+    Some(StdDuration::new(secs, (total_nanos % 1_000_000_000) as u32))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_go_forms() {
+        let cases = [
+            ("0", 0),
+            ("0s", 0),
+            ("15s", 15_000),
+            ("500ms", 500),
+            ("1h30m", 5_400_000),
+            ("1.5s", 1_500),
+            ("2h", 7_200_000),
+            ("30m", 1_800_000),
+        ];
+        for (text, ms) in cases {
+            let d = Duration::parse(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(d.as_std().as_millis(), ms, "{text}");
+            assert_eq!(d.to_string(), text);
+        }
+    }
+
+    #[test]
+    fn rejects_bad_forms() {
+        for text in ["", "15 seconds", "15", "s", "-1s", "1d", "1.s.", "ms5", "99999999999999999999h"] {
+            assert!(Duration::parse(text).is_err(), "{text} should be rejected");
+        }
+    }
+
+    #[test]
+    fn error_names_the_text() {
+        let err = Duration::parse("15 seconds").unwrap_err();
+        assert_eq!(err, "invalid duration \"15 seconds\"");
+    }
+}

@@ -1,0 +1,22 @@
+//! Meridian's domain model, free of I/O.
+//!
+//! Start at [`types::ResourceType`] (what exists), [`decode`] (how user
+//! documents become validated [`decode::Document`]s), [`resource::Resource`]
+//! (what the store keeps) and [`defaults`] (what a new mesh gets).
+//! Policy specs live in [`policy`], one module per type.
+
+pub mod dataplane;
+pub mod decode;
+pub mod defaults;
+pub mod duration;
+pub mod error;
+pub mod mesh;
+pub mod names;
+pub mod policy;
+pub mod resource;
+pub mod spec;
+pub mod types;
+
+pub use error::{Cause, Causes, FieldPath, ValidationError};
+pub use resource::{Resource, ResourceKey};
+pub use types::ResourceType;
