@@ -1,0 +1,392 @@
+//! `meridianctl`: apply, get, delete and inspect resources through the
+//! HTTP API of a global or zone control plane (DESIGN §5).
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{anyhow, bail, Context};
+use clap::{Parser, Subcommand, ValueEnum};
+use meridian_core::decode::{decode_value, parse_values, Format};
+use meridian_core::{ResourceKey, ResourceType};
+use serde_json::Value;
+
+#[derive(Parser)]
+#[command(name = "meridianctl", version, about = "Manage Meridian meshes and policies")]
+struct Cli {
+    /// Address of the control plane's HTTP API.
+    #[arg(long, global = true, env = "MERIDIAN_API", default_value = "http://127.0.0.1:5681")]
+    api: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create or update resources from YAML/JSON files.
+    Apply {
+        /// A file, a directory (every .yaml/.yml/.json in it) or `-` for stdin.
+        #[arg(short = 'f', long = "file", required = true)]
+        files: Vec<String>,
+    },
+    /// Show resources: `get meshes`, `get zones`, `get meshtimeouts -m default`, `get mesh default`.
+    Get {
+        /// A type: plural (`meshtimeouts`) or singular (`meshtimeout`, `MeshTimeout`).
+        kind: String,
+        /// Show only this resource.
+        name: Option<String>,
+        #[arg(short = 'm', long, default_value = "default")]
+        mesh: String,
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Delete a resource.
+    Delete {
+        kind: String,
+        name: String,
+        #[arg(short = 'm', long, default_value = "default")]
+        mesh: String,
+    },
+    /// Overviews with live state: `inspect zones`, `inspect dataplanes -m default`.
+    Inspect {
+        #[arg(value_parser = ["zones", "dataplanes"])]
+        what: String,
+        #[arg(short = 'm', long, default_value = "default")]
+        mesh: String,
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Output {
+    Table,
+    Yaml,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let client = Client::new(&cli.api);
+    let result = match cli.cmd {
+        Cmd::Apply { files } => apply(&client, &files),
+        Cmd::Get { kind, name, mesh, output } => get(&client, &kind, name.as_deref(), &mesh, output),
+        Cmd::Delete { kind, name, mesh } => delete(&client, &kind, &name, &mesh),
+        Cmd::Inspect { what, mesh, output } => inspect(&client, &what, &mesh, output),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A thin client over the HTTP API.
+struct Client {
+    base: String,
+    agent: ureq::Agent,
+}
+
+impl Client {
+    fn new(base: &str) -> Self {
+        let config = ureq::Agent::config_builder().http_status_as_error(false).build();
+        Client {
+            base: base.trim_end_matches('/').to_string(),
+            agent: ureq::Agent::new_with_config(config),
+        }
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<&Value>) -> anyhow::Result<(u16, Value)> {
+        let url = format!("{}{}", self.base, path);
+        let resp = match (method, body) {
+            ("GET", _) => self.agent.get(&url).call(),
+            ("DELETE", _) => self.agent.delete(&url).call(),
+            ("PUT", Some(b)) => self.agent.put(&url).send_json(b),
+            _ => return Err(anyhow!("unsupported request {method} {path}")),
+        };
+        let mut resp = resp.with_context(|| format!("cannot reach the control plane at {}", self.base))?;
+        let status = resp.status().as_u16();
+        let text = resp
+            .body_mut()
+            .read_to_string()
+            .with_context(|| format!("reading the answer to {method} {path}"))?;
+        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Ok((status, value))
+    }
+
+    /// Calls and turns an error status into an error that shows the causes.
+    fn expect_ok(&self, method: &str, path: &str, body: Option<&Value>) -> anyhow::Result<(u16, Value)> {
+        let (status, value) = self.call(method, path, body)?;
+        if (200..300).contains(&status) {
+            Ok((status, value))
+        } else {
+            Err(anyhow!("{method} {path}: {status}: {}", describe_error(&value)))
+        }
+    }
+}
+
+fn describe_error(v: &Value) -> String {
+    let mut out = v
+        .get("details")
+        .or_else(|| v.get("title"))
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .unwrap_or_else(|| v.to_string());
+    if let Some(causes) = v.get("causes").and_then(Value::as_array) {
+        for c in causes {
+            let field = c.get("field").and_then(Value::as_str).unwrap_or("");
+            let msg = c.get("message").and_then(Value::as_str).unwrap_or("");
+            out.push_str(&format!("\n  {field}: {msg}"));
+        }
+    }
+    out
+}
+
+fn resolve_kind(name: &str) -> anyhow::Result<ResourceType> {
+    let lower = name.to_ascii_lowercase();
+    ResourceType::ALL
+        .into_iter()
+        .find(|t| t.plural() == lower || t.name().to_ascii_lowercase() == lower)
+        .ok_or_else(|| anyhow!("unknown resource type {name:?}"))
+}
+
+fn resource_path(key: &ResourceKey) -> String {
+    match &key.mesh {
+        _ if key.kind == ResourceType::Mesh => format!("/meshes/{}", key.name),
+        Some(m) => format!("/meshes/{m}/{}/{}", key.kind.plural(), key.name),
+        None => format!("/{}/{}", key.kind.plural(), key.name),
+    }
+}
+
+fn collection_path(kind: ResourceType, mesh: &str) -> String {
+    if kind == ResourceType::Mesh {
+        "/meshes".into()
+    } else if kind.is_mesh_scoped() {
+        format!("/meshes/{mesh}/{}", kind.plural())
+    } else {
+        format!("/{}", kind.plural())
+    }
+}
+
+// ---- apply ----------------------------------------------------------------
+
+fn read_inputs(spec: &str) -> anyhow::Result<Vec<(String, String)>> {
+    if spec == "-" {
+        let mut s = String::new();
+        std::io::stdin().read_to_string(&mut s).context("reading stdin")?;
+        return Ok(vec![("<stdin>".into(), s)]);
+    }
+    let path = PathBuf::from(spec);
+    let mut files = Vec::new();
+    if path.is_dir() {
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(&path)
+            .with_context(|| format!("reading directory {spec}"))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json")))
+            .collect();
+        entries.sort();
+        files.extend(entries);
+    } else {
+        files.push(path);
+    }
+    files
+        .into_iter()
+        .map(|p: PathBuf| {
+            let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+            Ok((p.display().to_string(), text))
+        })
+        .collect()
+}
+
+fn format_of(name: &str) -> Format {
+    if Path::new(name).extension().and_then(|e| e.to_str()) == Some("json") {
+        Format::Json
+    } else {
+        Format::Yaml
+    }
+}
+
+fn apply(client: &Client, specs: &[String]) -> anyhow::Result<()> {
+    // Validate everything first, so a bad document applies nothing.
+    let mut docs = Vec::new();
+    for spec in specs {
+        for (name, text) in read_inputs(spec)? {
+            let values = parse_values(&text, format_of(&name)).map_err(|e| anyhow!("{name}: {e}"))?;
+            for (i, v) in values.into_iter().enumerate() {
+                let doc = decode_value(v.clone()).map_err(|e| anyhow!("{name}: document {i}: {e}"))?;
+                docs.push((doc.key, v));
+            }
+        }
+    }
+    // Meshes first, so policies in the same input can land in a new mesh.
+    docs.sort_by_key(|(k, _)| k.kind != ResourceType::Mesh);
+    for (key, body) in &docs {
+        let (status, _) = client.expect_ok("PUT", &resource_path(key), Some(body))?;
+        let verb = if status == 201 { "created" } else { "updated" };
+        println!("{} {verb}", describe_key(key));
+    }
+    Ok(())
+}
+
+fn describe_key(key: &ResourceKey) -> String {
+    match &key.mesh {
+        Some(m) => format!("{} {:?} in mesh {:?}", key.kind, key.name, m),
+        None => format!("{} {:?}", key.kind, key.name),
+    }
+}
+
+// ---- get / delete / inspect -------------------------------------------------
+
+fn get(client: &Client, kind: &str, name: Option<&str>, mesh: &str, output: Output) -> anyhow::Result<()> {
+    let kind = resolve_kind(kind)?;
+    match name {
+        Some(name) => {
+            let key = if kind.is_mesh_scoped() {
+                ResourceKey::in_mesh(kind, mesh, name)
+            } else {
+                ResourceKey::global(kind, name)
+            };
+            let (_, item) = client.expect_ok("GET", &resource_path(&key), None)?;
+            print_items(kind, &[item], output, None)
+        }
+        None => {
+            let items = list_all(client, &collection_path(kind, mesh))?;
+            print_items(kind, &items, output, None)
+        }
+    }
+}
+
+/// Follows `next` links until the list is complete.
+fn list_all(client: &Client, path: &str) -> anyhow::Result<Vec<Value>> {
+    let mut items = Vec::new();
+    let mut offset = 0usize;
+    loop {
+        let (_, page) = client.expect_ok("GET", &format!("{path}?offset={offset}&size=1000"), None)?;
+        let batch = page.get("items").and_then(Value::as_array).cloned().unwrap_or_default();
+        let n = batch.len();
+        items.extend(batch);
+        if page.get("next").is_none_or(Value::is_null) || n == 0 {
+            return Ok(items);
+        }
+        offset += n;
+    }
+}
+
+fn print_items(kind: ResourceType, items: &[Value], output: Output, columns: Option<&[(&str, &str)]>) -> anyhow::Result<()> {
+    match output {
+        Output::Json => {
+            let v = if items.len() == 1 { items[0].clone() } else { Value::Array(items.to_vec()) };
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        Output::Yaml => {
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    println!("---");
+                }
+                print!("{}", serde_yaml_ng::to_string(item)?);
+            }
+        }
+        Output::Table => {
+            let default_cols: Vec<(&str, &str)> = if kind.is_mesh_scoped() {
+                vec![("MESH", "mesh"), ("NAME", "name"), ("AGE", "creationTime")]
+            } else {
+                vec![("NAME", "name"), ("AGE", "creationTime")]
+            };
+            let cols = columns.unwrap_or(&default_cols);
+            let rows: Vec<Vec<String>> = items
+                .iter()
+                .map(|it| cols.iter().map(|(_, ptr)| cell(it, ptr)).collect())
+                .collect();
+            print_table(&cols.iter().map(|(h, _)| *h).collect::<Vec<_>>(), &rows);
+        }
+    }
+    Ok(())
+}
+
+fn cell(item: &Value, field: &str) -> String {
+    let v = item.pointer(&format!("/{}", field.replace('.', "/"))).unwrap_or(&Value::Null);
+    match v {
+        Value::String(s) if field.ends_with("creationTime") => age(s),
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+fn age(rfc3339: &str) -> String {
+    let Ok(t) = chrono::DateTime::parse_from_rfc3339(rfc3339) else {
+        return rfc3339.to_string();
+    };
+    let secs = (chrono::Utc::now() - t.with_timezone(&chrono::Utc)).num_seconds().max(0);
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
+}
+
+fn print_table(headers: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (i, c) in row.iter().enumerate() {
+            widths[i] = widths[i].max(c.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let parts: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{:width$}", c, width = widths[i]))
+            .collect();
+        println!("{}", parts.join("   ").trim_end());
+    };
+    line(headers.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}
+
+fn delete(client: &Client, kind: &str, name: &str, mesh: &str) -> anyhow::Result<()> {
+    let kind = resolve_kind(kind)?;
+    let key = if kind.is_mesh_scoped() {
+        ResourceKey::in_mesh(kind, mesh, name)
+    } else {
+        ResourceKey::global(kind, name)
+    };
+    client.expect_ok("DELETE", &resource_path(&key), None)?;
+    println!("deleted {}", describe_key(&key));
+    Ok(())
+}
+
+fn inspect(client: &Client, what: &str, mesh: &str, output: Output) -> anyhow::Result<()> {
+    match what {
+        "zones" => {
+            let items = list_all(client, "/zones+insights")?;
+            print_items(
+                ResourceType::Zone,
+                &items,
+                output,
+                Some(&[("NAME", "name"), ("ONLINE", "online"), ("AGE", "creationTime")]),
+            )
+        }
+        "dataplanes" => {
+            let items = list_all(client, &format!("/meshes/{mesh}/dataplanes+insights"))?;
+            print_items(
+                ResourceType::Dataplane,
+                &items,
+                output,
+                Some(&[
+                    ("MESH", "mesh"),
+                    ("NAME", "name"),
+                    ("ONLINE", "online"),
+                    ("ADDRESS", "dataplane.networking.address"),
+                    ("AGE", "creationTime"),
+                ]),
+            )
+        }
+        other => bail!("cannot inspect {other:?}"),
+    }
+}

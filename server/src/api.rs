@@ -1,0 +1,508 @@
+//! The HTTP API (DESIGN §4), identical paths on the global and on zones.
+//!
+//! Handlers resolve the path to a resource type, check that this side may
+//! write it, decode and validate the body, and call the [`Manager`]. Reads
+//! come from the cache. Errors become responses only in [`crate::error`].
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use meridian_core::decode::{decode_value, parse_values, Format, MAX_RESOURCE_BYTES};
+use meridian_core::resource::format_time;
+use meridian_core::types::Owner;
+use meridian_core::{Resource, ResourceKey, ResourceType};
+use meridian_store::Filter;
+use prometheus_client::registry::Registry;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use tokio::sync::watch;
+
+use crate::error::ApiError;
+use crate::manager::{Manager, Outcome};
+use crate::metrics::{ApiMetrics, KindLabel, RequestLabels};
+
+/// Which role this control plane plays; it decides what the API may write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// The global control plane: owns meshes and policies.
+    Global,
+    /// A zone federated to a global: owns its inventory only.
+    Zone { name: String },
+    /// A zone without a global: owns everything itself.
+    Standalone { zone: String },
+}
+
+impl Mode {
+    fn name(&self) -> &'static str {
+        match self {
+            Mode::Global => "global",
+            Mode::Zone { .. } => "zone",
+            Mode::Standalone { .. } => "standalone",
+        }
+    }
+
+    fn zone(&self) -> Option<&str> {
+        match self {
+            Mode::Global => None,
+            Mode::Zone { name } => Some(name),
+            Mode::Standalone { zone } => Some(zone),
+        }
+    }
+
+    /// Whether the API may write `kind` here (405 otherwise, with why).
+    fn check_writable(&self, kind: ResourceType) -> Result<(), ApiError> {
+        if kind.is_read_only() {
+            return Err(ApiError::read_only(format!("{kind} is read-only: Meridian maintains it")));
+        }
+        match (self, kind.owner()) {
+            (Mode::Global, Owner::Zone) => Err(ApiError::read_only(format!(
+                "{kind} is owned by the zones; on the global it is read-only"
+            ))),
+            (Mode::Zone { .. }, Owner::Global) => Err(ApiError::read_only(format!(
+                "{kind} comes from the global control plane; on a federated zone it is read-only"
+            ))),
+            (Mode::Zone { .. } | Mode::Standalone { .. }, Owner::System) => {
+                Err(ApiError::read_only(format!("{kind} is kept by the global control plane")))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Everything the handlers share.
+pub struct ApiState {
+    pub manager: Arc<Manager>,
+    pub mode: Mode,
+    pub metrics: ApiMetrics,
+    pub registry: Registry,
+    /// True once the store answered and the initial work is done.
+    pub ready: watch::Receiver<bool>,
+}
+
+/// Builds the router over `state`.
+pub fn router(state: Arc<ApiState>) -> Router {
+    Router::new()
+        .route("/", get(root))
+        .route("/ready", get(ready))
+        .route("/healthy", get(|| async { (StatusCode::OK, "ok") }))
+        .route("/metrics", get(metrics))
+        .route("/global-insight", get(global_insight))
+        .route("/meshes", get(list_meshes))
+        .route("/meshes/{name}", get(get_mesh).put(put_mesh).delete(delete_mesh))
+        .route("/meshes/{mesh}/dataplanes+insights", get(list_dataplane_overviews))
+        .route("/meshes/{mesh}/dataplanes+insights/{name}", get(get_dataplane_overview))
+        .route("/meshes/{mesh}/{plural}", get(list_in_mesh))
+        .route(
+            "/meshes/{mesh}/{plural}/{name}",
+            get(get_in_mesh).put(put_in_mesh).delete(delete_in_mesh),
+        )
+        .route("/zones+insights", get(list_zone_overviews))
+        .route("/zones+insights/{name}", get(get_zone_overview))
+        .route("/{plural}", get(list_global))
+        .route("/{plural}/{name}", get(get_global).put(put_global).delete(delete_global))
+        .layer(DefaultBodyLimit::max(MAX_RESOURCE_BYTES))
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+type St = State<Arc<ApiState>>;
+type ApiResult = Result<Response, ApiError>;
+
+async fn observe(State(state): St, req: Request, next: Next) -> Response {
+    let method = req.method().to_string();
+    let path = req.uri().path().to_string();
+    let start = Instant::now();
+    let resp = next.run(req).await;
+    let elapsed = start.elapsed();
+    let status = resp.status().as_u16();
+    state.metrics.request_seconds.observe(elapsed.as_secs_f64());
+    state
+        .metrics
+        .requests
+        .get_or_create(&RequestLabels { method: method.clone(), status })
+        .inc();
+    tracing::debug!(%method, %path, status, micros = elapsed.as_micros() as u64, "request");
+    resp
+}
+
+async fn root(State(state): St) -> Json<Value> {
+    let mut v = json!({
+        "product": "Meridian",
+        "version": env!("CARGO_PKG_VERSION"),
+        "mode": state.mode.name(),
+    });
+    if let (Some(zone), Value::Object(m)) = (state.mode.zone(), &mut v) {
+        m.insert("zone".into(), Value::String(zone.to_string()));
+    }
+    Json(v)
+}
+
+async fn ready(State(state): St) -> Response {
+    if *state.ready.borrow() {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
+    }
+}
+
+async fn metrics(State(state): St) -> Response {
+    let cache = state.manager.cache();
+    for kind in ResourceType::ALL {
+        let n = cache.list(&Filter::kind(kind)).len() as i64;
+        state
+            .metrics
+            .resources
+            .get_or_create(&KindLabel { resource_type: kind.name().to_string() })
+            .set(n);
+    }
+    state.metrics.store_revision.set(cache.revision() as i64);
+    let mut out = String::new();
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &state.registry) {
+        return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal error", e.to_string()).into_response();
+    }
+    (
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        out,
+    )
+        .into_response()
+}
+
+// ---- paths to types -------------------------------------------------------
+
+fn mesh_scoped_type(plural: &str) -> Result<ResourceType, ApiError> {
+    match ResourceType::from_plural(plural) {
+        Some(t) if t.is_mesh_scoped() => Ok(t),
+        _ => Err(ApiError::not_found(format!("unknown resource type {plural:?} in a mesh"))),
+    }
+}
+
+fn global_type(plural: &str) -> Result<ResourceType, ApiError> {
+    match ResourceType::from_plural(plural) {
+        Some(t) if !t.is_mesh_scoped() && t != ResourceType::Mesh => Ok(t),
+        _ => Err(ApiError::not_found(format!("unknown path /{plural}"))),
+    }
+}
+
+// ---- listing --------------------------------------------------------------
+
+#[derive(Deserialize)]
+struct Page {
+    offset: Option<String>,
+    size: Option<String>,
+}
+
+const DEFAULT_PAGE: usize = 100;
+const MAX_PAGE: usize = 1000;
+
+fn paged(items: Vec<Value>, page: &Page, headers: &HeaderMap, path: &str) -> Result<Response, ApiError> {
+    let parse = |name: &str, v: &Option<String>, default: usize| -> Result<usize, ApiError> {
+        match v {
+            None => Ok(default),
+            Some(s) => s
+                .parse::<usize>()
+                .map_err(|_| ApiError::field(name, format!("must be a non-negative integer, got {s:?}"))),
+        }
+    };
+    let offset = parse("offset", &page.offset, 0)?;
+    let size = parse("size", &page.size, DEFAULT_PAGE)?;
+    if size == 0 || size > MAX_PAGE {
+        return Err(ApiError::field("size", format!("must be between 1 and {MAX_PAGE}")));
+    }
+    let total = items.len();
+    let end = offset.saturating_add(size).min(total);
+    let slice: Vec<Value> = if offset < total { items[offset..end].to_vec() } else { Vec::new() };
+    let next = if end < total {
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("localhost");
+        Value::String(format!("http://{host}{path}?offset={end}&size={size}"))
+    } else {
+        Value::Null
+    };
+    Ok(Json(json!({"total": total, "items": slice, "next": next})).into_response())
+}
+
+fn to_json(items: Vec<Resource>) -> Vec<Value> {
+    items.iter().map(Resource::to_api_json).collect()
+}
+
+async fn list_meshes(State(s): St, Query(p): Query<Page>, h: HeaderMap) -> ApiResult {
+    let items = s.manager.list(&Filter::kind(ResourceType::Mesh));
+    paged(to_json(items), &p, &h, "/meshes")
+}
+
+async fn list_in_mesh(State(s): St, Path((mesh, plural)): Path<(String, String)>, Query(p): Query<Page>, h: HeaderMap) -> ApiResult {
+    let kind = mesh_scoped_type(&plural)?;
+    let items = s.manager.list(&Filter::in_mesh(kind, &mesh));
+    paged(to_json(items), &p, &h, &format!("/meshes/{mesh}/{plural}"))
+}
+
+async fn list_global(State(s): St, Path(plural): Path<String>, Query(p): Query<Page>, h: HeaderMap) -> ApiResult {
+    let kind = global_type(&plural)?;
+    let items = s.manager.list(&Filter::kind(kind));
+    paged(to_json(items), &p, &h, &format!("/{plural}"))
+}
+
+// ---- single resources -----------------------------------------------------
+
+fn get_one(s: &ApiState, key: ResourceKey) -> ApiResult {
+    match s.manager.get(&key) {
+        Some(r) => Ok(Json(r.to_api_json()).into_response()),
+        None => Err(ApiError::not_found(format!("{key} not found"))),
+    }
+}
+
+async fn get_mesh(State(s): St, Path(name): Path<String>) -> ApiResult {
+    get_one(&s, ResourceKey::global(ResourceType::Mesh, &name))
+}
+
+async fn get_in_mesh(State(s): St, Path((mesh, plural, name)): Path<(String, String, String)>) -> ApiResult {
+    let kind = mesh_scoped_type(&plural)?;
+    get_one(&s, ResourceKey::in_mesh(kind, &mesh, &name))
+}
+
+async fn get_global(State(s): St, Path((plural, name)): Path<(String, String)>) -> ApiResult {
+    let kind = global_type(&plural)?;
+    get_one(&s, ResourceKey::global(kind, &name))
+}
+
+async fn delete_one(s: &ApiState, key: ResourceKey) -> ApiResult {
+    s.mode.check_writable(key.kind)?;
+    s.manager.delete(&key).await?;
+    Ok(Json(json!({})).into_response())
+}
+
+async fn delete_mesh(State(s): St, Path(name): Path<String>) -> ApiResult {
+    delete_one(&s, ResourceKey::global(ResourceType::Mesh, &name)).await
+}
+
+async fn delete_in_mesh(State(s): St, Path((mesh, plural, name)): Path<(String, String, String)>) -> ApiResult {
+    let kind = mesh_scoped_type(&plural)?;
+    delete_one(&s, ResourceKey::in_mesh(kind, &mesh, &name)).await
+}
+
+async fn delete_global(State(s): St, Path((plural, name)): Path<(String, String)>) -> ApiResult {
+    let kind = global_type(&plural)?;
+    delete_one(&s, ResourceKey::global(kind, &name)).await
+}
+
+async fn put_mesh(State(s): St, Path(name): Path<String>, h: HeaderMap, body: Result<Bytes, BytesRejection>) -> ApiResult {
+    put_one(&s, ResourceKey::global(ResourceType::Mesh, &name), &h, body).await
+}
+
+async fn put_in_mesh(
+    State(s): St,
+    Path((mesh, plural, name)): Path<(String, String, String)>,
+    h: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let kind = mesh_scoped_type(&plural)?;
+    put_one(&s, ResourceKey::in_mesh(kind, &mesh, &name), &h, body).await
+}
+
+async fn put_global(
+    State(s): St,
+    Path((plural, name)): Path<(String, String)>,
+    h: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let kind = global_type(&plural)?;
+    put_one(&s, ResourceKey::global(kind, &name), &h, body).await
+}
+
+/// PUT: one document, in JSON or YAML by Content-Type; identity fields
+/// missing from the body are taken from the path, present ones must match.
+async fn put_one(s: &ApiState, key: ResourceKey, headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> ApiResult {
+    s.mode.check_writable(key.kind)?;
+    let bytes = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "Payload Too Large",
+                format!("a resource must be at most {MAX_RESOURCE_BYTES} bytes"),
+            )
+        } else {
+            ApiError::bad_request(e.body_text())
+        }
+    })?;
+    let text = std::str::from_utf8(&bytes).map_err(|_| ApiError::bad_request("body is not UTF-8"))?;
+    let format = match headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
+        Some(ct) if ct.contains("yaml") => Format::Yaml,
+        _ => Format::Json,
+    };
+    let mut values = parse_values(text, format)?;
+    if values.len() != 1 {
+        return Err(ApiError::bad_request(format!(
+            "the body must hold exactly one resource, got {}",
+            values.len()
+        )));
+    }
+    let mut value = values.remove(0);
+    if let Value::Object(obj) = &mut value {
+        fill_identity(obj, &key);
+    }
+    let doc = decode_value(value).map_err(ApiError::invalid)?;
+    if doc.key.kind != key.kind {
+        return Err(ApiError::field(
+            "type",
+            format!("{} in the body does not match {} in the path", doc.key.kind, key.kind),
+        ));
+    }
+    if doc.key.name != key.name {
+        return Err(ApiError::field(
+            "name",
+            format!("{:?} in the body does not match {:?} in the path", doc.key.name, key.name),
+        ));
+    }
+    if doc.key.mesh != key.mesh {
+        return Err(ApiError::field(
+            "mesh",
+            format!(
+                "{:?} in the body does not match {:?} in the path",
+                doc.key.mesh.unwrap_or_default(),
+                key.mesh.unwrap_or_default()
+            ),
+        ));
+    }
+    let (stored, outcome) = s.manager.apply(doc).await?;
+    let status = match outcome {
+        Outcome::Created => StatusCode::CREATED,
+        Outcome::Updated => StatusCode::OK,
+    };
+    Ok((status, Json(stored.to_api_json())).into_response())
+}
+
+fn fill_identity(obj: &mut Map<String, Value>, key: &ResourceKey) {
+    if obj.contains_key("kind") || obj.contains_key("apiVersion") {
+        return;
+    }
+    obj.entry("type").or_insert_with(|| Value::String(key.kind.name().into()));
+    obj.entry("name").or_insert_with(|| Value::String(key.name.clone()));
+    if let Some(mesh) = &key.mesh {
+        obj.entry("mesh").or_insert_with(|| Value::String(mesh.clone()));
+    }
+}
+
+// ---- overviews and insights ----------------------------------------------
+
+/// A subscription list is online when one entry has no disconnect time.
+fn online(insight: Option<&Resource>) -> bool {
+    insight
+        .and_then(|r| r.spec.get("subscriptions"))
+        .and_then(Value::as_array)
+        .is_some_and(|subs| subs.iter().any(|s| s.get("disconnectTime").is_none_or(Value::is_null)))
+}
+
+fn dataplane_overview(dp: &Resource, insight: Option<&Resource>) -> Value {
+    json!({
+        "type": "DataplaneOverview",
+        "mesh": dp.key.mesh,
+        "name": dp.key.name,
+        "labels": dp.labels,
+        "creationTime": format_time(&dp.creation_time),
+        "modificationTime": format_time(&dp.modification_time),
+        "online": online(insight),
+        "dataplane": dp.spec,
+        "dataplaneInsight": insight.map(|i| i.spec.clone()).unwrap_or_else(|| json!({})),
+    })
+}
+
+async fn list_dataplane_overviews(State(s): St, Path(mesh): Path<String>, Query(p): Query<Page>, h: HeaderMap) -> ApiResult {
+    let insights: BTreeMap<String, Resource> = s
+        .manager
+        .list(&Filter::in_mesh(ResourceType::DataplaneInsight, &mesh))
+        .into_iter()
+        .map(|r| (r.key.name.clone(), r))
+        .collect();
+    let items = s
+        .manager
+        .list(&Filter::in_mesh(ResourceType::Dataplane, &mesh))
+        .iter()
+        .map(|dp| dataplane_overview(dp, insights.get(&dp.key.name)))
+        .collect();
+    paged(items, &p, &h, &format!("/meshes/{mesh}/dataplanes+insights"))
+}
+
+async fn get_dataplane_overview(State(s): St, Path((mesh, name)): Path<(String, String)>) -> ApiResult {
+    let key = ResourceKey::in_mesh(ResourceType::Dataplane, &mesh, &name);
+    let dp = s.manager.get(&key).ok_or_else(|| ApiError::not_found(format!("{key} not found")))?;
+    let insight = s
+        .manager
+        .get(&ResourceKey::in_mesh(ResourceType::DataplaneInsight, &mesh, &name));
+    Ok(Json(dataplane_overview(&dp, insight.as_ref())).into_response())
+}
+
+fn zone_overview(zone: &Resource, insight: Option<&Resource>) -> Value {
+    json!({
+        "type": "ZoneOverview",
+        "name": zone.key.name,
+        "creationTime": format_time(&zone.creation_time),
+        "modificationTime": format_time(&zone.modification_time),
+        "online": online(insight),
+        "zone": zone.spec,
+        "zoneInsight": insight.map(|i| i.spec.clone()).unwrap_or_else(|| json!({"subscriptions": []})),
+    })
+}
+
+async fn list_zone_overviews(State(s): St, Query(p): Query<Page>, h: HeaderMap) -> ApiResult {
+    let items = s
+        .manager
+        .list(&Filter::kind(ResourceType::Zone))
+        .iter()
+        .map(|z| {
+            let insight = s.manager.get(&ResourceKey::global(ResourceType::ZoneInsight, &z.key.name));
+            zone_overview(z, insight.as_ref())
+        })
+        .collect();
+    paged(items, &p, &h, "/zones+insights")
+}
+
+async fn get_zone_overview(State(s): St, Path(name): Path<String>) -> ApiResult {
+    let key = ResourceKey::global(ResourceType::Zone, &name);
+    let zone = s.manager.get(&key).ok_or_else(|| ApiError::not_found(format!("{key} not found")))?;
+    let insight = s.manager.get(&ResourceKey::global(ResourceType::ZoneInsight, &name));
+    Ok(Json(zone_overview(&zone, insight.as_ref())).into_response())
+}
+
+async fn global_insight(State(s): St) -> Json<Value> {
+    let m = &s.manager;
+    let zones = m.list(&Filter::kind(ResourceType::Zone));
+    let zones_online = zones
+        .iter()
+        .filter(|z| online(m.get(&ResourceKey::global(ResourceType::ZoneInsight, &z.key.name)).as_ref()))
+        .count();
+    let dataplanes = m.list(&Filter::kind(ResourceType::Dataplane));
+    let dp_online = dataplanes
+        .iter()
+        .filter(|dp| {
+            let mesh = dp.key.mesh.as_deref().unwrap_or_default();
+            online(m.get(&ResourceKey::in_mesh(ResourceType::DataplaneInsight, mesh, &dp.key.name)).as_ref())
+        })
+        .count();
+    let mut policies = Map::new();
+    let mut policy_total = 0;
+    for kind in ResourceType::policies() {
+        let n = m.list(&Filter::kind(kind)).len();
+        policy_total += n;
+        policies.insert(kind.name().to_string(), json!({"total": n}));
+    }
+    Json(json!({
+        "type": "GlobalInsight",
+        "createdAt": format_time(&chrono::Utc::now()),
+        "meshes": {"total": m.list(&Filter::kind(ResourceType::Mesh)).len()},
+        "zones": {"online": zones_online, "total": zones.len()},
+        "zoneIngresses": {"total": m.list(&Filter::kind(ResourceType::ZoneIngress)).len()},
+        "dataplanes": {"online": dp_online, "total": dataplanes.len()},
+        "policies": {"total": policy_total, "byType": policies},
+    }))
+}

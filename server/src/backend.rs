@@ -1,0 +1,71 @@
+//! Opening the configured store, and who leads the one-time work on it.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use meridian_store::embedded::EmbeddedStore;
+use meridian_store::etcd::EtcdStore;
+use meridian_store::leader;
+use meridian_store::memory::MemoryStore;
+use meridian_store::Store;
+use serde::Deserialize;
+use tokio::sync::watch;
+
+/// The store backends a control plane can run on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// A crash-safe database file in the data directory (the default).
+    Embedded,
+    /// Nothing persisted; for tests.
+    Memory,
+    /// etcd, shared by several replicas of the global.
+    Etcd,
+}
+
+/// Where the store lives.
+#[derive(Clone, Debug)]
+pub struct StoreSettings<'a> {
+    pub kind: StoreKind,
+    pub data_dir: &'a Path,
+    pub etcd_endpoints: &'a [String],
+    pub etcd_prefix: &'a str,
+    /// A name for this replica in leader election.
+    pub instance_id: &'a str,
+}
+
+/// An open store and the leadership signal for one-time work.
+pub struct Backend {
+    pub store: Arc<dyn Store>,
+    pub leader: watch::Receiver<bool>,
+}
+
+/// Opens the store. On etcd, leadership comes from an election among the
+/// replicas; on a local store this process is the only one and always leads.
+pub async fn open(s: &StoreSettings<'_>) -> anyhow::Result<Backend> {
+    match s.kind {
+        StoreKind::Memory => Ok(Backend {
+            store: Arc::new(MemoryStore::new()),
+            leader: leader::always(),
+        }),
+        StoreKind::Embedded => {
+            let store = EmbeddedStore::open(s.data_dir)
+                .with_context(|| format!("opening the embedded store in {}", s.data_dir.display()))?;
+            Ok(Backend {
+                store: Arc::new(store),
+                leader: leader::always(),
+            })
+        }
+        StoreKind::Etcd => {
+            let store = EtcdStore::connect(s.etcd_endpoints, s.etcd_prefix)
+                .await
+                .with_context(|| format!("connecting to etcd at {}", s.etcd_endpoints.join(",")))?;
+            let leader = leader::elect(&store, s.instance_id);
+            Ok(Backend {
+                store: Arc::new(store),
+                leader,
+            })
+        }
+    }
+}

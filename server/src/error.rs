@@ -1,0 +1,110 @@
+//! The one place where errors become HTTP responses (DESIGN §4 error body:
+//! `{"title", "details", "causes": [{"field", "message"}]}`).
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use meridian_core::decode::DecodeError;
+use meridian_core::{Cause, ValidationError};
+use meridian_store::StoreError;
+use serde_json::json;
+
+use crate::manager::WriteError;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub title: String,
+    pub details: String,
+    pub causes: Vec<Cause>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, title: &str, details: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            title: title.to_string(),
+            details: details.into(),
+            causes: Vec::new(),
+        }
+    }
+
+    pub fn bad_request(details: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "Bad Request", details)
+    }
+
+    pub fn not_found(details: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "Not Found", details)
+    }
+
+    pub fn read_only(details: impl Into<String>) -> Self {
+        Self::new(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed", details)
+    }
+
+    pub fn invalid(err: ValidationError) -> Self {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            title: "Could not process a resource".into(),
+            details: "Resource is not valid".into(),
+            causes: err.causes,
+        }
+    }
+
+    /// An invalid field, reported like a validation failure.
+    pub fn field(field: &str, message: impl Into<String>) -> Self {
+        Self::invalid(ValidationError {
+            causes: vec![Cause {
+                field: field.to_string(),
+                message: message.into(),
+            }],
+        })
+    }
+}
+
+impl From<DecodeError> for ApiError {
+    fn from(e: DecodeError) -> Self {
+        match e {
+            DecodeError::Syntax(msg) => ApiError::new(StatusCode::BAD_REQUEST, "Could not parse the body", msg),
+            DecodeError::Invalid { error, .. } => ApiError::invalid(error),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match &e {
+            StoreError::NotFound(_) => ApiError::not_found(e.to_string()),
+            StoreError::AlreadyExists(_) | StoreError::Conflict(..) => {
+                ApiError::new(StatusCode::CONFLICT, "Conflict", e.to_string())
+            }
+            StoreError::Unavailable(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Store unavailable", e.to_string())
+            }
+            StoreError::Compacted { .. } | StoreError::Internal(_) => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal error", e.to_string())
+            }
+        }
+    }
+}
+
+impl From<WriteError> for ApiError {
+    fn from(e: WriteError) -> Self {
+        match e {
+            WriteError::MeshNotFound(_) => ApiError::field("mesh", e.to_string()),
+            WriteError::NotFound(_) => ApiError::not_found(e.to_string()),
+            WriteError::Conflict(_) => ApiError::new(StatusCode::CONFLICT, "Conflict", e.to_string()),
+            WriteError::Store(s) => s.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({
+            "title": self.title,
+            "details": self.details,
+            "causes": self.causes,
+        });
+        (self.status, Json(body)).into_response()
+    }
+}

@@ -1,0 +1,114 @@
+//! The control-plane runtime shared by `meridian-global` and `meridian-zone`:
+//! the HTTP API ([`api`]), resource writes and reads ([`manager`]), mesh
+//! defaults ([`defaults`]) and metrics ([`metrics`]).
+//!
+//! Start at [`start`]: it builds the cache over a store, starts the defaults
+//! work (gated by leadership) and serves the API until shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use meridian_store::cache::Cache;
+use meridian_store::Store;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub mod api;
+pub mod backend;
+pub mod defaults;
+pub mod error;
+pub mod manager;
+pub mod metrics;
+pub mod process;
+
+pub use api::Mode;
+
+/// What the runtime needs to know.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub api_addr: SocketAddr,
+    pub mode: Mode,
+    /// Create the `default` mesh on first start (global and standalone only).
+    pub create_default_mesh: bool,
+}
+
+/// A running API server.
+pub struct Running {
+    /// The address the API listens on (useful with port 0).
+    pub api_addr: SocketAddr,
+    pub manager: Arc<manager::Manager>,
+    pub task: JoinHandle<anyhow::Result<()>>,
+}
+
+/// Starts the cache, the defaults work and the API server; serves until
+/// `shutdown` completes.
+pub async fn start(
+    config: ServerConfig,
+    store: Arc<dyn Store>,
+    leader: watch::Receiver<bool>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<Running> {
+    let cache = Cache::start(store.clone());
+    let manager = Arc::new(manager::Manager::new(store, cache.clone()));
+
+    // Meshes and their defaults belong to the global or a standalone zone.
+    let (defaults_done_tx, defaults_done) = watch::channel(false);
+    if matches!(config.mode, Mode::Global | Mode::Standalone { .. }) {
+        let cfg = defaults::DefaultsConfig {
+            create_default_mesh: config.create_default_mesh,
+        };
+        let m = manager.clone();
+        tokio::spawn(async move {
+            // The cache must hold the current meshes before the first pass.
+            m.cache().wait_ready().await;
+            defaults::run(m, cfg, leader, defaults_done_tx).await
+        });
+    } else {
+        let _ = defaults_done_tx.send(true);
+    }
+
+    let ready = readiness(cache.clone(), defaults_done);
+    let mut registry = Registry::with_prefix("");
+    let metrics = metrics::ApiMetrics::register(&mut registry);
+    let state = Arc::new(api::ApiState {
+        manager: manager.clone(),
+        mode: config.mode.clone(),
+        metrics,
+        registry,
+        ready,
+    });
+    let listener = TcpListener::bind(config.api_addr)
+        .await
+        .with_context(|| format!("binding the API to {}", config.api_addr))?;
+    let api_addr = listener.local_addr().context("reading the API address")?;
+    tracing::info!(%api_addr, mode = ?config.mode, "API listening");
+    let app = api::router(state);
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .context("serving the API")
+    });
+    Ok(Running { api_addr, manager, task })
+}
+
+/// Ready = the cache has loaded from the store and the defaults are done.
+fn readiness(cache: Arc<Cache>, mut defaults_done: watch::Receiver<bool>) -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        cache.wait_ready().await;
+        while !*defaults_done.borrow_and_update() {
+            if defaults_done.changed().await.is_err() {
+                return;
+            }
+        }
+        let _ = tx.send(true);
+        // Keep the sender alive for as long as anyone reads readiness.
+        tx.closed().await;
+    });
+    rx
+}
