@@ -23,6 +23,7 @@ pub mod conformance;
 pub mod embedded;
 pub mod etcd;
 pub mod leader;
+mod local_watch;
 pub mod memory;
 
 /// Errors every backend reports in the same terms.
