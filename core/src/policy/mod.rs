@@ -15,6 +15,9 @@ use crate::error::{Causes, FieldPath, ValidationError};
 use crate::spec::check;
 use crate::types::ResourceType;
 
+pub mod common;
+pub mod meshcircuitbreaker;
+pub mod meshretry;
 pub mod meshtimeout;
 
 /// The kinds a `targetRef` may name.
@@ -77,26 +80,51 @@ impl TargetRef {
     /// Checks this reference at `path`: its kind is one of `allowed`, and
     /// `name`, `tags` and `proxyTypes` are present exactly where the kind
     /// calls for them.
-    pub fn validate(&self, path: &FieldPath, position: RefPosition, allowed: &[TargetRefKind], causes: &mut Causes) {
+    pub fn validate(
+        &self,
+        path: &FieldPath,
+        position: RefPosition,
+        allowed: &[TargetRefKind],
+        causes: &mut Causes,
+    ) {
         use TargetRefKind as K;
         if !allowed.contains(&self.kind) {
             let list: Vec<String> = allowed.iter().map(|k| k.to_string()).collect();
             causes.add(
                 &path.field("kind"),
-                format!("value {} is not supported here; allowed: {}", self.kind, list.join(", ")),
+                format!(
+                    "value {} is not supported here; allowed: {}",
+                    self.kind,
+                    list.join(", ")
+                ),
             );
             return;
         }
-        let needs_name = matches!(self.kind, K::MeshService | K::MeshServiceSubset | K::MeshGateway | K::MeshHttpRoute);
+        let needs_name = matches!(
+            self.kind,
+            K::MeshService | K::MeshServiceSubset | K::MeshGateway | K::MeshHttpRoute
+        );
         match (&self.name, needs_name) {
-            (None, true) => causes.add(&path.field("name"), format!("must be set with kind {}", self.kind)),
+            (None, true) => causes.add(
+                &path.field("name"),
+                format!("must be set with kind {}", self.kind),
+            ),
             (Some(n), true) if n.is_empty() => causes.add(&path.field("name"), "must not be empty"),
-            (Some(_), false) => causes.add(&path.field("name"), format!("must not be set with kind {}", self.kind)),
+            (Some(_), false) => causes.add(
+                &path.field("name"),
+                format!("must not be set with kind {}", self.kind),
+            ),
             _ => {}
         }
-        let takes_tags = matches!(self.kind, K::MeshSubset | K::MeshServiceSubset | K::MeshGateway);
+        let takes_tags = matches!(
+            self.kind,
+            K::MeshSubset | K::MeshServiceSubset | K::MeshGateway
+        );
         match (&self.tags, takes_tags) {
-            (Some(_), false) => causes.add(&path.field("tags"), format!("must not be set with kind {}", self.kind)),
+            (Some(_), false) => causes.add(
+                &path.field("tags"),
+                format!("must not be set with kind {}", self.kind),
+            ),
             (Some(tags), true) => {
                 for (k, v) in tags {
                     if k.is_empty() {
@@ -128,6 +156,10 @@ pub fn validate_policy(kind: ResourceType, spec: Value) -> Result<Value, Validat
     let root = FieldPath::new("spec");
     match kind {
         ResourceType::MeshTimeout => check::<meshtimeout::MeshTimeout>(spec, &root),
+        ResourceType::MeshRetry => check::<meshretry::MeshRetry>(spec, &root),
+        ResourceType::MeshCircuitBreaker => {
+            check::<meshcircuitbreaker::MeshCircuitBreaker>(spec, &root)
+        }
         other => Err(ValidationError::single(
             &FieldPath::new("type"),
             format!("{other} is not a policy type"),
@@ -141,3 +173,4 @@ pub fn require_to_or_from(to_len: usize, from_len: usize, path: &FieldPath, caus
         causes.add(path, "at least one of \"to\" or \"from\" must be defined");
     }
 }
+
