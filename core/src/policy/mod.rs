@@ -17,8 +17,15 @@ use crate::types::ResourceType;
 
 pub mod common;
 pub mod meshcircuitbreaker;
+pub mod meshfaultinjection;
+pub mod meshhealthcheck;
+pub mod meshhttproute;
+pub mod meshloadbalancingstrategy;
+pub mod meshratelimit;
 pub mod meshretry;
+pub mod meshtcproute;
 pub mod meshtimeout;
+pub mod meshtrafficpermission;
 
 /// The kinds a `targetRef` may name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -160,6 +167,19 @@ pub fn validate_policy(kind: ResourceType, spec: Value) -> Result<Value, Validat
         ResourceType::MeshCircuitBreaker => {
             check::<meshcircuitbreaker::MeshCircuitBreaker>(spec, &root)
         }
+        ResourceType::MeshHealthCheck => check::<meshhealthcheck::MeshHealthCheck>(spec, &root),
+        ResourceType::MeshTrafficPermission => {
+            check::<meshtrafficpermission::MeshTrafficPermission>(spec, &root)
+        }
+        ResourceType::MeshHTTPRoute => check::<meshhttproute::MeshHttpRoute>(spec, &root),
+        ResourceType::MeshTCPRoute => check::<meshtcproute::MeshTcpRoute>(spec, &root),
+        ResourceType::MeshLoadBalancingStrategy => {
+            check::<meshloadbalancingstrategy::MeshLoadBalancingStrategy>(spec, &root)
+        }
+        ResourceType::MeshFaultInjection => {
+            check::<meshfaultinjection::MeshFaultInjection>(spec, &root)
+        }
+        ResourceType::MeshRateLimit => check::<meshratelimit::MeshRateLimit>(spec, &root),
         other => Err(ValidationError::single(
             &FieldPath::new("type"),
             format!("{other} is not a policy type"),
