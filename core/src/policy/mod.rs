@@ -16,15 +16,19 @@ use crate::spec::check;
 use crate::types::ResourceType;
 
 pub mod common;
+pub mod meshaccesslog;
 pub mod meshcircuitbreaker;
 pub mod meshfaultinjection;
 pub mod meshhealthcheck;
 pub mod meshhttproute;
 pub mod meshloadbalancingstrategy;
+pub mod meshmetric;
+pub mod meshproxypatch;
 pub mod meshratelimit;
 pub mod meshretry;
 pub mod meshtcproute;
 pub mod meshtimeout;
+pub mod meshtrace;
 pub mod meshtrafficpermission;
 
 /// The kinds a `targetRef` may name.
@@ -176,10 +180,14 @@ pub fn validate_policy(kind: ResourceType, spec: Value) -> Result<Value, Validat
         ResourceType::MeshLoadBalancingStrategy => {
             check::<meshloadbalancingstrategy::MeshLoadBalancingStrategy>(spec, &root)
         }
+        ResourceType::MeshAccessLog => check::<meshaccesslog::MeshAccessLog>(spec, &root),
         ResourceType::MeshFaultInjection => {
             check::<meshfaultinjection::MeshFaultInjection>(spec, &root)
         }
         ResourceType::MeshRateLimit => check::<meshratelimit::MeshRateLimit>(spec, &root),
+        ResourceType::MeshTrace => check::<meshtrace::MeshTrace>(spec, &root),
+        ResourceType::MeshMetric => check::<meshmetric::MeshMetric>(spec, &root),
+        ResourceType::MeshProxyPatch => check::<meshproxypatch::MeshProxyPatch>(spec, &root),
         other => Err(ValidationError::single(
             &FieldPath::new("type"),
             format!("{other} is not a policy type"),
@@ -194,3 +202,94 @@ pub fn require_to_or_from(to_len: usize, from_len: usize, path: &FieldPath, caus
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn every_policy_type_has_a_validator() {
+        for ty in ResourceType::policies() {
+            // A spec without a targetRef is wrong for every policy, and the
+            // error must come from that policy's decoder, not the dispatcher.
+            let err = validate_policy(ty, json!({})).err();
+            let causes = err.map(|e| e.causes).unwrap_or_default();
+            assert_eq!(causes.len(), 1, "{ty:?}: {causes:?}");
+            assert_eq!(causes[0].field, "spec", "{ty:?}");
+            assert_eq!(causes[0].message, "missing field `targetRef`", "{ty:?}");
+        }
+    }
+
+    #[test]
+    fn non_policies_are_refused() {
+        let err = validate_policy(ResourceType::Dataplane, json!({})).err();
+        let causes = err.map(|e| e.causes).unwrap_or_default();
+        assert_eq!(causes[0].field, "type");
+    }
+
+    #[test]
+    fn minimal_specs_of_each_type_are_accepted() {
+        let mesh = json!({"kind": "Mesh"});
+        let cases = [
+            (
+                ResourceType::MeshRetry,
+                json!({"targetRef": mesh, "to": [{"targetRef": mesh, "default": {"tcp": {"maxConnectAttempt": 3}}}]}),
+            ),
+            (
+                ResourceType::MeshCircuitBreaker,
+                json!({"targetRef": mesh, "from": [{"targetRef": mesh, "default": {"connectionLimits": {"maxConnections": 10}}}]}),
+            ),
+            (
+                ResourceType::MeshHealthCheck,
+                json!({"targetRef": mesh, "to": [{"targetRef": mesh, "default": {"tcp": {}}}]}),
+            ),
+            (
+                ResourceType::MeshTrafficPermission,
+                json!({"targetRef": mesh, "from": [{"targetRef": mesh, "default": {"action": "Allow"}}]}),
+            ),
+            (
+                ResourceType::MeshHTTPRoute,
+                json!({"targetRef": mesh, "to": [{"targetRef": {"kind": "MeshService", "name": "b"}}]}),
+            ),
+            (
+                ResourceType::MeshTCPRoute,
+                json!({"targetRef": mesh, "to": [{"targetRef": {"kind": "MeshService", "name": "b"}}]}),
+            ),
+            (
+                ResourceType::MeshLoadBalancingStrategy,
+                json!({"targetRef": mesh, "to": [{"targetRef": mesh, "default": {"loadBalancer": {"type": "RoundRobin"}}}]}),
+            ),
+            (
+                ResourceType::MeshAccessLog,
+                json!({"targetRef": mesh, "from": [{"targetRef": mesh, "default": {"backends": []}}]}),
+            ),
+            (
+                ResourceType::MeshFaultInjection,
+                json!({"targetRef": mesh, "from": [{"targetRef": mesh, "default": {"http": []}}]}),
+            ),
+            (
+                ResourceType::MeshRateLimit,
+                json!({"targetRef": mesh, "from": [{"targetRef": mesh, "default": {"local": {"tcp": {"disabled": true}}}}]}),
+            ),
+            (
+                ResourceType::MeshTrace,
+                json!({"targetRef": mesh, "default": {"backends": []}}),
+            ),
+            (
+                ResourceType::MeshMetric,
+                json!({"targetRef": mesh, "default": {}}),
+            ),
+            (
+                ResourceType::MeshProxyPatch,
+                json!({"targetRef": mesh, "default": {"appendModifications": [{"cluster": {"operation": "Remove"}}]}}),
+            ),
+        ];
+        for (ty, spec) in cases {
+            match validate_policy(ty, spec.clone()) {
+                Ok(canonical) => assert_eq!(canonical, spec, "{ty:?}"),
+                Err(e) => panic!("{ty:?}: {e}"),
+            }
+        }
+    }
+}
