@@ -50,11 +50,13 @@ async fn run(config: GlobalConfig) -> anyhow::Result<()> {
             create_default_mesh: !config.defaults_skip_mesh_creation,
         },
         backend.store,
-        backend.leader,
+        backend.leader.subscribe(),
         process::shutdown_signal(),
     )
     .await?;
     server.task.await??;
+    // Hand leadership over at once instead of letting the lease expire.
+    backend.leader.resign().await;
     tracing::info!("stopped");
     Ok(())
 }

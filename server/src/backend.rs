@@ -6,11 +6,10 @@ use std::sync::Arc;
 use anyhow::Context;
 use meridian_store::embedded::EmbeddedStore;
 use meridian_store::etcd::EtcdStore;
-use meridian_store::leader;
+use meridian_store::leader::{LeaderElector, LeaderHandle};
 use meridian_store::memory::MemoryStore;
 use meridian_store::Store;
 use serde::Deserialize;
-use tokio::sync::watch;
 
 /// The store backends a control plane can run on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Deserialize)]
@@ -35,10 +34,11 @@ pub struct StoreSettings<'a> {
     pub instance_id: &'a str,
 }
 
-/// An open store and the leadership signal for one-time work.
+/// An open store and the leadership of one-time work on it; keep the
+/// handle alive for as long as the process serves.
 pub struct Backend {
     pub store: Arc<dyn Store>,
-    pub leader: watch::Receiver<bool>,
+    pub leader: LeaderHandle,
 }
 
 /// Opens the store. On etcd, leadership comes from an election among the
@@ -47,21 +47,21 @@ pub async fn open(s: &StoreSettings<'_>) -> anyhow::Result<Backend> {
     match s.kind {
         StoreKind::Memory => Ok(Backend {
             store: Arc::new(MemoryStore::new()),
-            leader: leader::always(),
+            leader: LeaderHandle::always(),
         }),
         StoreKind::Embedded => {
             let store = EmbeddedStore::open(s.data_dir)
                 .with_context(|| format!("opening the embedded store in {}", s.data_dir.display()))?;
             Ok(Backend {
                 store: Arc::new(store),
-                leader: leader::always(),
+                leader: LeaderHandle::always(),
             })
         }
         StoreKind::Etcd => {
             let store = EtcdStore::connect(s.etcd_endpoints, s.etcd_prefix)
                 .await
                 .with_context(|| format!("connecting to etcd at {}", s.etcd_endpoints.join(",")))?;
-            let leader = leader::elect(&store, s.instance_id);
+            let leader = LeaderElector::for_store(&store, s.instance_id).start();
             Ok(Backend {
                 store: Arc::new(store),
                 leader,

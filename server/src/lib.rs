@@ -64,7 +64,7 @@ pub async fn start(
         let m = manager.clone();
         tokio::spawn(async move {
             // The cache must hold the current meshes before the first pass.
-            m.cache().wait_ready().await;
+            let _ = m.cache().ready().wait_for(|ready| *ready).await;
             defaults::run(m, cfg, leader, defaults_done_tx).await
         });
     } else {
@@ -100,7 +100,7 @@ pub async fn start(
 fn readiness(cache: Arc<Cache>, mut defaults_done: watch::Receiver<bool>) -> watch::Receiver<bool> {
     let (tx, rx) = watch::channel(false);
     tokio::spawn(async move {
-        cache.wait_ready().await;
+        let _ = cache.ready().wait_for(|ready| *ready).await;
         while !*defaults_done.borrow_and_update() {
             if defaults_done.changed().await.is_err() {
                 return;

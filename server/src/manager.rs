@@ -143,7 +143,7 @@ impl Manager {
 
     /// Waits (bounded) until the cache reflects `revision`.
     async fn settle(&self, revision: u64) {
-        if !self.cache.wait_for_revision(revision, READ_YOUR_WRITES).await {
+        if self.cache.wait_for_revision(revision, READ_YOUR_WRITES).await.is_err() {
             tracing::warn!(revision, "cache did not catch up with a write in time");
         }
     }

@@ -133,11 +133,13 @@ async fn main() -> anyhow::Result<()> {
             create_default_mesh: !skip_mesh,
         },
         backend.store,
-        backend.leader,
+        backend.leader.subscribe(),
         process::shutdown_signal(),
     )
     .await?;
     server.task.await??;
+    // Hand leadership over at once instead of letting the lease expire.
+    backend.leader.resign().await;
     tracing::info!("stopped");
     Ok(())
 }

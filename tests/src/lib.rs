@@ -1,0 +1,244 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test harness: failing loudly is its job
+//! Harness for end-to-end tests: starts the real binaries (built by
+//! `cargo build --workspace --bins`, found next to the test executable),
+//! waits for conditions with deadlines, and kills what it started on drop.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub use meridian_store::testing::{unique_prefix, EtcdServer};
+
+/// The directory holding the workspace's binaries (`target/debug`).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/debug/deps/<test> -> target/debug
+    exe.parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .expect("target directory")
+}
+
+/// The path of a workspace binary; panics with a clear message if it was not built.
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --workspace --bins` before the end-to-end tests",
+        p.display()
+    );
+    p
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Polls `f` until it returns `Some`, or panics after `timeout` with `what`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// A running control-plane process, killed on drop.
+pub struct Proc {
+    pub child: Child,
+    pub api: String,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    /// Starts `binary` with `args` and env; output goes to a log file in `dir`.
+    pub fn spawn(binary: &str, args: &[String], envs: &[(&str, &str)], dir: &Path, api_port: u16) -> Proc {
+        let log = dir.join(format!("{binary}-{api_port}.log"));
+        let file = std::fs::File::create(&log).expect("log file");
+        let err = file.try_clone().expect("log file");
+        let mut cmd = Command::new(bin(binary));
+        cmd.args(args).stdout(Stdio::from(file)).stderr(Stdio::from(err));
+        // A clean environment for the settings the tests control.
+        for (k, _) in std::env::vars() {
+            if k.starts_with("MERIDIAN_") || k.starts_with("KUMA_") {
+                cmd.env_remove(k);
+            }
+        }
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn control plane");
+        Proc {
+            child,
+            api: format!("http://127.0.0.1:{api_port}"),
+            log,
+        }
+    }
+
+    /// Waits until `/ready` answers 200, failing with the log if the process died.
+    pub fn wait_ready(&mut self, timeout: Duration) {
+        let api = self.api.clone();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("process exited with {status} before ready; log:\n{}", self.log_text());
+            }
+            if let Ok((200, _)) = http("GET", &format!("{api}/ready"), None, None) {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!("not ready after {timeout:?}; log:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL, no clean shutdown.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        self.child.wait().expect("wait for exit")
+    }
+
+    pub fn get(&self, path: &str) -> (u16, Value) {
+        http("GET", &format!("{}{}", self.api, path), None, None).expect("GET")
+    }
+
+    pub fn put_json(&self, path: &str, body: &Value) -> (u16, Value) {
+        http("PUT", &format!("{}{}", self.api, path), Some(body.to_string()), Some("application/json")).expect("PUT")
+    }
+
+    pub fn put_raw(&self, path: &str, body: &str, content_type: &str) -> (u16, Value) {
+        http("PUT", &format!("{}{}", self.api, path), Some(body.to_string()), Some(content_type)).expect("PUT")
+    }
+
+    pub fn delete(&self, path: &str) -> (u16, Value) {
+        http("DELETE", &format!("{}{}", self.api, path), None, None).expect("DELETE")
+    }
+
+    /// Runs `meridianctl --api <this> args…` with `stdin`.
+    pub fn ctl(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        ctl(&self.api, args, stdin)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs meridianctl against `api`.
+pub fn ctl(api: &str, args: &[&str], stdin: Option<&str>) -> Output {
+    use std::io::Write;
+    let mut cmd = Command::new(bin("meridianctl"));
+    cmd.arg("--api").arg(api).args(args);
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn meridianctl");
+    if let Some(mut sin) = child.stdin.take() {
+        if let Some(text) = stdin {
+            sin.write_all(text.as_bytes()).expect("write stdin");
+        }
+    }
+    child.wait_with_output().expect("meridianctl output")
+}
+
+/// One HTTP call; returns the status and the body as JSON (or a JSON string).
+pub fn http(method: &str, url: &str, body: Option<String>, content_type: Option<&str>) -> Result<(u16, Value), String> {
+    let config = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build();
+    let agent = ureq::Agent::new_with_config(config);
+    let resp = match method {
+        "GET" => agent.get(url).call(),
+        "DELETE" => agent.delete(url).call(),
+        "PUT" => agent
+            .put(url)
+            .header("content-type", content_type.unwrap_or("application/json"))
+            .send(body.unwrap_or_default()),
+        "POST" => agent
+            .post(url)
+            .header("content-type", content_type.unwrap_or("application/json"))
+            .send(body.unwrap_or_default()),
+        _ => return Err(format!("unsupported method {method}")),
+    };
+    let mut resp = resp.map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let text = resp
+        .body_mut()
+        .with_config()
+        .limit(64 * 1024 * 1024)
+        .read_to_string()
+        .map_err(|e| e.to_string())?;
+    let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    Ok((status, value))
+}
+
+/// Starts `meridian-global run` on the embedded store in `data_dir`.
+pub fn start_global_embedded(dir: &Path, data_dir: &Path, envs: &[(&str, &str)]) -> Proc {
+    let port = free_port();
+    let args = vec![
+        "run".to_string(),
+        "--api-addr".into(),
+        format!("127.0.0.1:{port}"),
+        "--kds-addr".into(),
+        format!("127.0.0.1:{}", free_port()),
+        "--store".into(),
+        "embedded".into(),
+        "--data-dir".into(),
+        data_dir.display().to_string(),
+    ];
+    let mut p = Proc::spawn("meridian-global", &args, envs, dir, port);
+    p.wait_ready(Duration::from_secs(30));
+    p
+}
+
+/// Starts `meridian-global run` on etcd with key prefix `prefix`.
+pub fn start_global_etcd(dir: &Path, endpoints: &str, prefix: &str) -> Proc {
+    let port = free_port();
+    let args = vec![
+        "run".to_string(),
+        "--api-addr".into(),
+        format!("127.0.0.1:{port}"),
+        "--kds-addr".into(),
+        format!("127.0.0.1:{}", free_port()),
+        "--store".into(),
+        "etcd".into(),
+        "--etcd-endpoints".into(),
+        endpoints.to_string(),
+        "--etcd-prefix".into(),
+        prefix.to_string(),
+    ];
+    let mut p = Proc::spawn("meridian-global", &args, &[], dir, port);
+    p.wait_ready(Duration::from_secs(30));
+    p
+}
+
+/// The names of the items of a list response.
+pub fn names(list: &Value) -> Vec<String> {
+    list["items"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|i| i["name"].as_str().map(str::to_string)).collect())
+        .unwrap_or_default()
+}
