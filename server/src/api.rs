@@ -86,6 +86,8 @@ pub struct ApiState {
     pub registry: Registry,
     /// True once the store answered and the initial work is done.
     pub ready: watch::Receiver<bool>,
+    /// True while this replica leads.
+    pub leader: watch::Receiver<bool>,
 }
 
 /// Builds the router over `state`.
@@ -165,6 +167,7 @@ async fn metrics(State(state): St) -> Response {
             .set(n);
     }
     state.metrics.store_revision.set(cache.revision() as i64);
+    state.metrics.leader.set(i64::from(*state.leader.borrow()));
     let mut out = String::new();
     if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &state.registry) {
         return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal error", e.to_string()).into_response();

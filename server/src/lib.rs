@@ -56,6 +56,7 @@ pub async fn start(
     let manager = Arc::new(manager::Manager::new(store, cache.clone()));
 
     // Meshes and their defaults belong to the global or a standalone zone.
+    let leader_view = leader.clone();
     let (defaults_done_tx, defaults_done) = watch::channel(false);
     if matches!(config.mode, Mode::Global | Mode::Standalone { .. }) {
         let cfg = defaults::DefaultsConfig {
@@ -72,7 +73,7 @@ pub async fn start(
     }
 
     let ready = readiness(cache.clone(), defaults_done);
-    let mut registry = Registry::with_prefix("");
+    let mut registry = Registry::default();
     let metrics = metrics::ApiMetrics::register(&mut registry);
     let state = Arc::new(api::ApiState {
         manager: manager.clone(),
@@ -80,6 +81,7 @@ pub async fn start(
         metrics,
         registry,
         ready,
+        leader: leader_view,
     });
     let listener = TcpListener::bind(config.api_addr)
         .await

@@ -25,6 +25,7 @@ pub struct ApiMetrics {
     pub request_seconds: Histogram,
     pub resources: Family<KindLabel, Gauge>,
     pub store_revision: Gauge,
+    pub leader: Gauge,
 }
 
 impl ApiMetrics {
@@ -34,6 +35,7 @@ impl ApiMetrics {
             request_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             resources: Family::default(),
             store_revision: Gauge::default(),
+            leader: Gauge::default(),
         };
         registry.register("meridian_api_requests", "HTTP API requests by method and status", m.requests.clone());
         registry.register(
@@ -43,6 +45,11 @@ impl ApiMetrics {
         );
         registry.register("meridian_resources", "Resources in the store by type", m.resources.clone());
         registry.register("meridian_store_revision", "Store revision seen by the cache", m.store_revision.clone());
+        registry.register(
+            "meridian_leader",
+            "1 while this replica leads the one-time work (defaults), else 0",
+            m.leader.clone(),
+        );
         m
     }
 }

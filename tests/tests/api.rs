@@ -338,7 +338,7 @@ fn paging_metrics_and_kill9_durability() {
     let (s, metrics) = g.get("/metrics");
     assert_eq!(s, 200);
     let text = metrics.as_str().unwrap_or_default().to_string();
-    assert!(text.contains("meridian_api_requests_total"), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("meridian_api_requests_total{")), "{text}");
     assert!(text.contains("meridian_resources{resource_type=\"Mesh\"} 25"), "{text}");
     assert_eq!(g.get("/healthy").0, 200);
 
