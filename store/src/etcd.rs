@@ -1,1 +1,560 @@
-//! (being written)
+//! [`EtcdStore`]: the [`Store`] on etcd, for several replicas of the global.
+//!
+//! Keys follow [`crate::keys`] under a configurable prefix (e.g. `/meridian`).
+//! Values are [`Resource::to_stored_bytes`]; a resource's `version` is its
+//! key's `mod_revision`, so etcd's own compare-and-swap does the work:
+//!
+//! - `create` is a txn `create_revision(key) == 0 → put`;
+//! - `update` is a txn `version(key) > 0 ∧ mod_revision(key) == v → put`, else
+//!   a `get` in the same txn tells `NotFound` from `Conflict`;
+//! - deleting a `Mesh` is one txn deleting the mesh key, the range
+//!   `mesh_resources(m)` and the range `mesh_system(m)`;
+//! - `watch(rev)` is an etcd watch on `all_resources()` starting at `rev`
+//!   itself, dropping the events of `rev` (the caller has them). Compacting
+//!   at `c` also drops a tombstone written at `c`, and etcd only refuses
+//!   watches that start *before* `c`; starting one revision early makes etcd
+//!   refuse (with `Compacted`) every watch that could miss such a deletion.
+//!
+//! Every call is bounded by a deadline (connect + request timeout, 2 s each
+//! by default): a dead or partitioned etcd answers `StoreError::Unavailable`
+//! within a few seconds instead of hanging the caller. `connect` itself does
+//! not touch the network (the channel connects lazily), so a global can start
+//! while etcd is still coming up; [`EtcdStore::check`] probes it.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, KeyValue, PutOptions, Txn, TxnOp,
+    TxnOpResponse, WatchOptions, WatchResponse, WatchStream,
+};
+use meridian_core::{Resource, ResourceKey, ResourceType};
+use tonic::Code;
+
+use crate::keys::{prefix_end, Keys};
+use crate::{Event, EventStream, Filter, Listing, Store, StoreError};
+
+/// How an [`EtcdStore`] talks to etcd.
+#[derive(Clone, Debug)]
+pub struct EtcdOptions {
+    /// Deadline for establishing a connection to an endpoint.
+    pub connect_timeout: Duration,
+    /// Deadline for one request once connected.
+    pub request_timeout: Duration,
+    /// HTTP/2 keepalive (interval, timeout) on streams, so a silently dead
+    /// etcd ends a watch instead of leaving it hanging. etcd refuses pings
+    /// more often than every 5 s (`--grpc-keepalive-min-time`).
+    pub keep_alive: (Duration, Duration),
+    /// Items per range request when listing (the list stays consistent: all
+    /// pages are read at the revision of the first).
+    pub list_page_size: i64,
+}
+
+impl Default for EtcdOptions {
+    fn default() -> Self {
+        EtcdOptions {
+            connect_timeout: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(2),
+            keep_alive: (Duration::from_secs(10), Duration::from_secs(5)),
+            list_page_size: 500,
+        }
+    }
+}
+
+/// Largest response we accept (a page of resources, or a watch response
+/// carrying a big mesh deletion). Resources are at most ~1.5 MiB each (etcd's
+/// request limit).
+const MAX_MESSAGE_BYTES: usize = 512 * 1024 * 1024;
+
+/// The [`Store`] on etcd.
+#[derive(Clone)]
+pub struct EtcdStore {
+    client: Client,
+    keys: Keys,
+    /// The endpoints, for error messages.
+    endpoints: String,
+    options: EtcdOptions,
+}
+
+impl EtcdStore {
+    /// A store on `endpoints` (e.g. `http://127.0.0.1:2379`) keeping its keys
+    /// under `prefix` (e.g. `/meridian`), with default timeouts. Does not
+    /// contact etcd; see [`EtcdStore::check`].
+    pub async fn connect(endpoints: &[String], prefix: &str) -> Result<Self, StoreError> {
+        Self::connect_with(endpoints, prefix, EtcdOptions::default()).await
+    }
+
+    /// Like [`EtcdStore::connect`], with explicit options.
+    pub async fn connect_with(endpoints: &[String], prefix: &str, options: EtcdOptions) -> Result<Self, StoreError> {
+        let joined = endpoints.join(",");
+        if endpoints.is_empty() {
+            return Err(StoreError::Internal("no etcd endpoints given".into()));
+        }
+        let connect = ConnectOptions::new()
+            .with_connect_timeout(options.connect_timeout)
+            .with_timeout(options.request_timeout)
+            .with_keep_alive(options.keep_alive.0, options.keep_alive.1);
+        let deadline = options.connect_timeout + options.request_timeout;
+        let client = match tokio::time::timeout(deadline, Client::connect(endpoints, Some(connect))).await {
+            Ok(Ok(client)) => client,
+            Ok(Err(e)) => return Err(classify(&joined, "connect", e)),
+            Err(_) => {
+                return Err(StoreError::Unavailable(format!(
+                    "etcd {joined}: connect did not finish within {deadline:?}"
+                )))
+            }
+        };
+        Ok(EtcdStore {
+            client,
+            keys: Keys::new(prefix),
+            endpoints: joined,
+            options,
+        })
+    }
+
+    /// The underlying client (cheap to clone), e.g. for [`crate::leader`].
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    /// The key layout of this store.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// The endpoints this store talks to, comma-separated.
+    pub fn endpoints(&self) -> &str {
+        &self.endpoints
+    }
+
+    /// The deadline for one call: connecting plus the request itself.
+    pub fn call_deadline(&self) -> Duration {
+        self.options.connect_timeout + self.options.request_timeout
+    }
+
+    /// Probes etcd: `Ok` when it answers a read, `Unavailable` otherwise.
+    pub async fn check(&self) -> Result<(), StoreError> {
+        let mut kv = self.client.kv_client();
+        let key = self.keys.all_resources();
+        self.call(
+            "health check",
+            kv.get(key, Some(GetOptions::new().with_count_only().with_prefix())),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Runs one etcd call under the store's deadline, mapping its errors.
+    async fn call<T>(
+        &self,
+        what: &str,
+        fut: impl Future<Output = Result<T, etcd_client::Error>>,
+    ) -> Result<T, StoreError> {
+        let deadline = self.call_deadline();
+        match tokio::time::timeout(deadline, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(classify(&self.endpoints, what, e)),
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "etcd {}: {what} did not answer within {deadline:?}",
+                self.endpoints
+            ))),
+        }
+    }
+
+    fn kv(&self) -> etcd_client::KvClient {
+        self.client.kv_client().max_decoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    /// Decodes one stored key-value into a resource; `None` (with a warning)
+    /// for records that are not ours or cannot be decoded, so one foreign or
+    /// corrupt record never stops a list or a watch.
+    fn decode(&self, kv: &KeyValue) -> Option<Resource> {
+        let key = String::from_utf8_lossy(kv.key());
+        let parsed = self.keys.parse_resource(&key)?;
+        match Resource::from_stored_bytes(kv.value(), rev_u64(kv.mod_revision())) {
+            Ok(r) if r.key == parsed => Some(r),
+            Ok(r) => {
+                tracing::warn!(etcd_key = %key, stored = %r.key, "ignoring a record stored under another resource's key");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(etcd_key = %key, error = %e, "ignoring an undecodable record");
+                None
+            }
+        }
+    }
+
+    /// After a failed compare: does the key exist? Reads the `get` that the
+    /// txn's failure branch ran.
+    fn key_existed(resp: &etcd_client::TxnResponse) -> bool {
+        resp.op_responses().iter().any(|op| match op {
+            TxnOpResponse::Get(g) => !g.kvs().is_empty(),
+            _ => false,
+        })
+    }
+
+    async fn list_once(&self, filter: &Filter) -> Result<Listing, StoreError> {
+        let prefix = self.keys.filter_prefix(filter);
+        let end = prefix_end(&prefix);
+        let mut kv = self.kv();
+        let mut start: Vec<u8> = prefix.into_bytes();
+        let mut revision: i64 = 0;
+        let mut items = Vec::new();
+        loop {
+            let mut opts = GetOptions::new()
+                .with_range(end.clone())
+                .with_limit(self.options.list_page_size);
+            if revision > 0 {
+                opts = opts.with_revision(revision);
+            }
+            let resp = self.call("list", kv.get(start.clone(), Some(opts))).await?;
+            if revision == 0 {
+                revision = header_revision(resp.header())?;
+            }
+            for kv in resp.kvs() {
+                if let Some(r) = self.decode(kv) {
+                    if filter.matches(&r.key) {
+                        items.push(r);
+                    }
+                }
+            }
+            match resp.kvs().last() {
+                Some(last) if resp.more() => {
+                    start = last.key().to_vec();
+                    start.push(0);
+                }
+                _ => break,
+            }
+        }
+        Ok(Listing {
+            items,
+            revision: rev_u64(revision),
+        })
+    }
+
+    /// Whether a watch after `revision` would miss history to compaction;
+    /// `Some(oldest)` (the oldest revision one can watch after) when it would.
+    /// Reading at `revision` fails exactly when the watch (which starts at
+    /// `revision`, see the module docs) would be refused; asking first gives
+    /// callers the error from `watch()` itself rather than in the stream.
+    async fn compacted_since(&self, revision: u64) -> Result<Option<u64>, StoreError> {
+        if revision == 0 {
+            // Watching all history: etcd reports compaction in the stream.
+            return Ok(None);
+        }
+        let mut kv = self.kv();
+        let opts = GetOptions::new()
+            .with_prefix()
+            .with_count_only()
+            .with_revision(rev_i64(revision));
+        let probe = tokio::time::timeout(self.call_deadline(), kv.get(self.keys.all_resources(), Some(opts))).await;
+        match probe {
+            Ok(Ok(_)) => Ok(None),
+            Ok(Err(etcd_client::Error::GRpcStatus(s))) if s.code() == Code::OutOfRange => {
+                if s.message().contains("compacted") {
+                    Ok(Some(self.compact_revision(revision).await))
+                } else {
+                    // "required revision is a future revision": nothing to
+                    // miss yet; the watch waits for it.
+                    Ok(None)
+                }
+            }
+            Ok(Err(e)) => Err(classify(&self.endpoints, "watch", e)),
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "etcd {}: watch did not answer within {:?}",
+                self.endpoints,
+                self.call_deadline()
+            ))),
+        }
+    }
+
+    /// The compaction revision, learned the only way etcd 3.4 tells it: a
+    /// watch from before it is canceled with it. Falls back to
+    /// `revision + 1` when etcd does not say within a second.
+    async fn compact_revision(&self, revision: u64) -> u64 {
+        let mut client = self.client.watch_client();
+        let probe = async {
+            let opts = WatchOptions::new().with_prefix().with_start_revision(1);
+            let mut stream = client.watch(self.keys.all_resources(), Some(opts)).await.ok()?;
+            while let Ok(Some(resp)) = stream.message().await {
+                if resp.canceled() {
+                    return (resp.compact_revision() > 0).then(|| rev_u64(resp.compact_revision()));
+                }
+            }
+            None
+        };
+        tokio::time::timeout(Duration::from_secs(1), probe)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or(revision.saturating_add(1))
+    }
+}
+
+#[async_trait]
+impl Store for EtcdStore {
+    async fn create(&self, mut resource: Resource) -> Result<Resource, StoreError> {
+        let key = self.keys.resource(&resource.key);
+        let value = resource.to_stored_bytes();
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key, value, None)]);
+        let mut kv = self.kv();
+        let resp = self.call("create", kv.txn(txn)).await?;
+        if !resp.succeeded() {
+            return Err(StoreError::AlreadyExists(resource.key));
+        }
+        resource.version = rev_u64(header_revision(resp.header())?);
+        Ok(resource)
+    }
+
+    async fn update(&self, mut resource: Resource) -> Result<Resource, StoreError> {
+        let key = self.keys.resource(&resource.key);
+        let value = resource.to_stored_bytes();
+        let txn = Txn::new()
+            .when([
+                Compare::version(key.clone(), CompareOp::Greater, 0),
+                Compare::mod_revision(key.clone(), CompareOp::Equal, rev_i64(resource.version)),
+            ])
+            .and_then([TxnOp::put(key.clone(), value, None)])
+            .or_else([TxnOp::get(key, Some(GetOptions::new().with_keys_only()))]);
+        let mut kv = self.kv();
+        let resp = self.call("update", kv.txn(txn)).await?;
+        if !resp.succeeded() {
+            return Err(if Self::key_existed(&resp) {
+                StoreError::Conflict(resource.key, resource.version)
+            } else {
+                StoreError::NotFound(resource.key)
+            });
+        }
+        resource.version = rev_u64(header_revision(resp.header())?);
+        Ok(resource)
+    }
+
+    async fn delete(&self, key: &ResourceKey, expected_version: Option<u64>) -> Result<u64, StoreError> {
+        let ekey = self.keys.resource(key);
+        let mut when = vec![Compare::version(ekey.clone(), CompareOp::Greater, 0)];
+        if let Some(v) = expected_version {
+            when.push(Compare::mod_revision(ekey.clone(), CompareOp::Equal, rev_i64(v)));
+        }
+        let mut ops = vec![TxnOp::delete(ekey.clone(), None)];
+        if key.kind == ResourceType::Mesh {
+            let mesh = key.name.as_str();
+            ops.push(TxnOp::delete(
+                self.keys.mesh_resources(mesh),
+                Some(DeleteOptions::new().with_prefix()),
+            ));
+            ops.push(TxnOp::delete(
+                self.keys.mesh_system(mesh),
+                Some(DeleteOptions::new().with_prefix()),
+            ));
+        }
+        let txn = Txn::new()
+            .when(when)
+            .and_then(ops)
+            .or_else([TxnOp::get(ekey, Some(GetOptions::new().with_keys_only()))]);
+        let mut kv = self.kv();
+        let resp = self.call("delete", kv.txn(txn)).await?;
+        if !resp.succeeded() {
+            return Err(match expected_version {
+                Some(v) if Self::key_existed(&resp) => StoreError::Conflict(key.clone(), v),
+                _ => StoreError::NotFound(key.clone()),
+            });
+        }
+        Ok(rev_u64(header_revision(resp.header())?))
+    }
+
+    async fn get(&self, key: &ResourceKey) -> Result<Option<Resource>, StoreError> {
+        let ekey = self.keys.resource(key);
+        let mut kv = self.kv();
+        let resp = self.call("get", kv.get(ekey.clone(), None)).await?;
+        let Some(found) = resp.kvs().first() else {
+            return Ok(None);
+        };
+        Resource::from_stored_bytes(found.value(), rev_u64(found.mod_revision()))
+            .map(Some)
+            .map_err(|e| StoreError::Internal(format!("etcd key {ekey}: {e}")))
+    }
+
+    async fn list(&self, filter: &Filter) -> Result<Listing, StoreError> {
+        // A compaction between two pages makes the later pages fail; the
+        // list is then simply read again at a newer revision.
+        let mut attempts = 0;
+        loop {
+            match self.list_once(filter).await {
+                Err(StoreError::Internal(msg)) if msg.contains("compacted") && attempts < 3 => attempts += 1,
+                other => return other,
+            }
+        }
+    }
+
+    async fn watch(&self, revision: u64) -> Result<EventStream, StoreError> {
+        if let Some(oldest) = self.compacted_since(revision).await? {
+            return Err(StoreError::Compacted {
+                requested: revision,
+                oldest,
+            });
+        }
+        // See the module docs for why the watch starts at `revision`.
+        let opts = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(rev_i64(revision.max(1)));
+        let mut client = self.client.watch_client().max_decoding_message_size(MAX_MESSAGE_BYTES);
+        let stream = self
+            .call("watch", client.watch(self.keys.all_resources(), Some(opts)))
+            .await?;
+        let state = WatchState {
+            store: self.clone(),
+            requested: revision,
+            stream,
+            pending: VecDeque::new(),
+            done: false,
+        };
+        Ok(Box::pin(futures::stream::unfold(state, |mut st| async move {
+            let item = st.next_item().await?;
+            Some((item, st))
+        })))
+    }
+
+    async fn get_system(&self, mesh: Option<&str>, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = self.keys.system(mesh, name);
+        let mut kv = self.kv();
+        let resp = self.call("get system record", kv.get(key, None)).await?;
+        Ok(resp.kvs().first().map(|kv| kv.value().to_vec()))
+    }
+
+    async fn put_system(&self, mesh: Option<&str>, name: &str, value: Vec<u8>) -> Result<(), StoreError> {
+        let key = self.keys.system(mesh, name);
+        let mut kv = self.kv();
+        self.call("put system record", kv.put(key, value, None::<PutOptions>))
+            .await
+            .map(|_| ())
+    }
+}
+
+/// The state behind one [`EtcdStore::watch`] stream.
+struct WatchState {
+    store: EtcdStore,
+    requested: u64,
+    /// Holds the request side too: dropping it would end the watch.
+    stream: WatchStream,
+    pending: VecDeque<Event>,
+    done: bool,
+}
+
+impl WatchState {
+    /// The next item: a buffered event, or the next response's events, or
+    /// one final error item (then the end).
+    async fn next_item(&mut self) -> Option<Result<Event, StoreError>> {
+        loop {
+            if let Some(ev) = self.pending.pop_front() {
+                return Some(Ok(ev));
+            }
+            if self.done {
+                return None;
+            }
+            let endpoints = &self.store.endpoints;
+            match self.stream.message().await {
+                Ok(Some(resp)) => {
+                    if resp.canceled() {
+                        self.done = true;
+                        return Some(Err(self.canceled(&resp)));
+                    }
+                    self.buffer(&resp);
+                }
+                Ok(None) => {
+                    self.done = true;
+                    return Some(Err(StoreError::Unavailable(format!(
+                        "etcd {endpoints}: watch stream closed"
+                    ))));
+                }
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(classify(endpoints, "watch stream", e)));
+                }
+            }
+        }
+    }
+
+    fn canceled(&self, resp: &WatchResponse) -> StoreError {
+        if resp.compact_revision() > 0 {
+            StoreError::Compacted {
+                requested: self.requested,
+                oldest: rev_u64(resp.compact_revision()),
+            }
+        } else {
+            StoreError::Unavailable(format!(
+                "etcd {}: watch canceled: {}",
+                self.store.endpoints,
+                resp.cancel_reason()
+            ))
+        }
+    }
+
+    fn buffer(&mut self, resp: &WatchResponse) {
+        for ev in resp.events() {
+            let Some(kv) = ev.kv() else { continue };
+            let key = String::from_utf8_lossy(kv.key());
+            let Some(rkey) = self.store.keys.parse_resource(&key) else {
+                continue;
+            };
+            let revision = rev_u64(kv.mod_revision());
+            if revision <= self.requested {
+                continue;
+            }
+            let event = match ev.event_type() {
+                etcd_client::EventType::Put => match self.store.decode(kv) {
+                    Some(r) => Event::Put(r),
+                    // Listing skips undecodable records; a watcher must
+                    // forget the key the same way.
+                    None => Event::Delete { key: rkey, revision },
+                },
+                etcd_client::EventType::Delete => Event::Delete { key: rkey, revision },
+            };
+            self.pending.push_back(event);
+        }
+    }
+}
+
+/// Maps an etcd client error to the store's terms: anything that a retry
+/// may fix is `Unavailable`.
+pub(crate) fn classify(endpoints: &str, what: &str, e: etcd_client::Error) -> StoreError {
+    use etcd_client::Error as E;
+    let msg = if endpoints.is_empty() {
+        format!("etcd: {what}: {e}")
+    } else {
+        format!("etcd {endpoints}: {what}: {e}")
+    };
+    match &e {
+        E::GRpcStatus(s) => match s.code() {
+            Code::Unavailable
+            | Code::DeadlineExceeded
+            | Code::Cancelled
+            | Code::Aborted
+            | Code::ResourceExhausted
+            | Code::Unknown => StoreError::Unavailable(msg),
+            _ => StoreError::Internal(msg),
+        },
+        E::TransportError(_) | E::IoError(_) | E::WatchError(_) | E::LeaseKeepAliveError(_) | E::EndpointError(_) => {
+            StoreError::Unavailable(msg)
+        }
+        _ => StoreError::Internal(msg),
+    }
+}
+
+fn header_revision(header: Option<&etcd_client::ResponseHeader>) -> Result<i64, StoreError> {
+    header
+        .map(|h| h.revision())
+        .ok_or_else(|| StoreError::Internal("etcd response without a header".into()))
+}
+
+/// etcd revisions are positive `i64`s; ours are `u64`.
+fn rev_u64(rev: i64) -> u64 {
+    u64::try_from(rev).unwrap_or(0)
+}
+
+fn rev_i64(rev: u64) -> i64 {
+    i64::try_from(rev).unwrap_or(i64::MAX)
+}

@@ -25,6 +25,7 @@ pub mod etcd;
 pub mod leader;
 mod local_watch;
 pub mod memory;
+pub mod testing;
 
 /// Errors every backend reports in the same terms.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
