@@ -135,7 +135,10 @@ fn take_labels(obj: &mut Map<String, Value>, path: &FieldPath) -> Result<BTreeMa
                         out.insert(k, s);
                     }
                     Value::String(_) => {
-                        return Err(ValidationError::single(&p.key(&k), "label value is longer than 1024 characters"))
+                        return Err(ValidationError::single(
+                            &p.key(&k),
+                            "label value is longer than 1024 characters",
+                        ))
                     }
                     other => {
                         return Err(ValidationError::single(
@@ -147,7 +150,10 @@ fn take_labels(obj: &mut Map<String, Value>, path: &FieldPath) -> Result<BTreeMa
             }
             Ok(out)
         }
-        Some(other) => Err(ValidationError::single(&p, format!("must be an object, got {}", json_kind(&other)))),
+        Some(other) => Err(ValidationError::single(
+            &p,
+            format!("must be an object, got {}", json_kind(&other)),
+        )),
     }
 }
 
@@ -182,7 +188,10 @@ fn decode_universal(mut obj: Map<String, Value>) -> Result<Document, ValidationE
         (true, m) => Some(m.unwrap_or_else(|| DEFAULT_MESH.to_string())),
         (false, None) => None,
         (false, Some(_)) => {
-            return Err(ValidationError::single(&root.field("mesh"), format!("must not be set for {kind}")))
+            return Err(ValidationError::single(
+                &root.field("mesh"),
+                format!("must not be set for {kind}"),
+            ))
         }
     };
     let spec = if kind.is_policy() {
@@ -213,14 +222,24 @@ fn decode_kubernetes(mut obj: Map<String, Value>) -> Result<Document, Validation
         Some(Value::Object(m)) => m,
         None => return Err(ValidationError::single(&meta_path, "is required")),
         Some(other) => {
-            return Err(ValidationError::single(&meta_path, format!("must be an object, got {}", json_kind(&other))))
+            return Err(ValidationError::single(
+                &meta_path,
+                format!("must be an object, got {}", json_kind(&other)),
+            ))
         }
     };
     let name = take_string(&mut meta, "name", &meta_path)?
         .ok_or_else(|| ValidationError::single(&meta_path.field("name"), "is required"))?;
     let labels = take_labels(&mut meta, &meta_path)?;
     // Kubernetes bookkeeping that Meridian does not use.
-    for ignored in ["namespace", "annotations", "creationTimestamp", "uid", "resourceVersion", "generation"] {
+    for ignored in [
+        "namespace",
+        "annotations",
+        "creationTimestamp",
+        "uid",
+        "resourceVersion",
+        "generation",
+    ] {
         meta.remove(ignored);
     }
     if let Some(extra) = meta.keys().next() {
@@ -229,15 +248,22 @@ fn decode_kubernetes(mut obj: Map<String, Value>) -> Result<Document, Validation
     if let Some(extra) = obj.keys().find(|k| *k != "spec") {
         return Err(ValidationError::single(&root.field(extra), "unknown field"));
     }
-    let mesh = kind
-        .is_mesh_scoped()
-        .then(|| labels.get(MESH_LABEL).cloned().unwrap_or_else(|| DEFAULT_MESH.to_string()));
+    let mesh = kind.is_mesh_scoped().then(|| {
+        labels
+            .get(MESH_LABEL)
+            .cloned()
+            .unwrap_or_else(|| DEFAULT_MESH.to_string())
+    });
     let spec = match obj.remove("spec") {
         Some(s) => s,
         None if kind.is_policy() => return Err(ValidationError::single(&root.field("spec"), "is required")),
         None => Value::Object(Map::new()),
     };
-    let spec_root = if kind.is_policy() { root.clone() } else { root.field("spec") };
+    let spec_root = if kind.is_policy() {
+        root.clone()
+    } else {
+        root.field("spec")
+    };
     finish(kind, mesh, name, labels, spec, &spec_root)
 }
 
@@ -261,11 +287,7 @@ fn finish(
     }
     let spec = validate_spec(kind, spec, inline_root)?;
     Ok(Document {
-        key: ResourceKey {
-            kind,
-            mesh,
-            name,
-        },
+        key: ResourceKey { kind, mesh, name },
         labels,
         spec,
     })
@@ -276,8 +298,15 @@ fn finish(
 /// in the input (empty for universal, `spec` for Kubernetes style).
 pub fn validate_spec(kind: ResourceType, spec: Value, inline_root: &FieldPath) -> Result<Value, ValidationError> {
     if !spec.is_object() {
-        let p = if kind.is_policy() { FieldPath::new("spec") } else { inline_root.clone() };
-        return Err(ValidationError::single(&p, format!("must be an object, got {}", json_kind(&spec))));
+        let p = if kind.is_policy() {
+            FieldPath::new("spec")
+        } else {
+            inline_root.clone()
+        };
+        return Err(ValidationError::single(
+            &p,
+            format!("must be an object, got {}", json_kind(&spec)),
+        ));
     }
     match kind {
         k if k.is_policy() => policy::validate_policy(k, spec),
@@ -302,7 +331,10 @@ mod tests {
             Format::Yaml,
         )
         .unwrap();
-        assert_eq!(docs[0].key, ResourceKey::in_mesh(ResourceType::MeshTimeout, "default", "t1"));
+        assert_eq!(
+            docs[0].key,
+            ResourceKey::in_mesh(ResourceType::MeshTimeout, "default", "t1")
+        );
     }
 
     #[test]
@@ -325,8 +357,13 @@ mod tests {
             Format::Yaml,
         )
         .unwrap_err();
-        let DecodeError::Invalid { error, .. } = err else { panic!("{err}") };
-        assert_eq!(error.to_string(), "spec.to[0].default.http.requestTimeout: invalid duration \"15 seconds\"");
+        let DecodeError::Invalid { error, .. } = err else {
+            panic!("{err}")
+        };
+        assert_eq!(
+            error.to_string(),
+            "spec.to[0].default.http.requestTimeout: invalid duration \"15 seconds\""
+        );
     }
 
     #[test]

@@ -138,7 +138,10 @@ mod tests {
             json!({"connectionTimeout": "10s", "idleTimeout": "2h",
                    "http": {"requestTimeout": "0s", "streamIdleTimeout": "1h", "maxStreamDuration": "0s"}})
         );
-        assert_eq!(docs[2].spec["to"][0]["default"]["grpc"]["backOff"]["maxInterval"], "250ms");
+        assert_eq!(
+            docs[2].spec["to"][0]["default"]["grpc"]["backOff"]["maxInterval"],
+            "250ms"
+        );
         assert_eq!(docs[3].spec["to"][0]["default"]["connectionLimits"]["maxRetries"], 3);
     }
 

@@ -103,11 +103,7 @@ fn parse_go_duration(s: &str) -> Option<StdDuration> {
             "h" => 3600 * 1_000_000_000,
             _ => return None,
         };
-        let int_val: u128 = if int_part.is_empty() {
-            0
-        } else {
-            int_part.parse().ok()?
-        };
+        let int_val: u128 = if int_part.is_empty() { 0 } else { int_part.parse().ok()? };
         let mut nanos = int_val.checked_mul(unit_nanos)?;
         if !frac_part.is_empty() {
             let digits = frac_part.len().min(18) as u32;
@@ -145,7 +141,17 @@ mod tests {
 
     #[test]
     fn rejects_bad_forms() {
-        for text in ["", "15 seconds", "15", "s", "-1s", "1d", "1.s.", "ms5", "99999999999999999999h"] {
+        for text in [
+            "",
+            "15 seconds",
+            "15",
+            "s",
+            "-1s",
+            "1d",
+            "1.s.",
+            "ms5",
+            "99999999999999999999h",
+        ] {
             assert!(Duration::parse(text).is_err(), "{text} should be rejected");
         }
     }

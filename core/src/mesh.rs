@@ -238,8 +238,11 @@ mod tests {
 
     #[test]
     fn enabled_backend_must_exist() {
-        let err = check::<Mesh>(json!({"mtls": {"enabledBackend": "ca-1", "backends": []}}), &FieldPath::root())
-            .unwrap_err();
+        let err = check::<Mesh>(
+            json!({"mtls": {"enabledBackend": "ca-1", "backends": []}}),
+            &FieldPath::root(),
+        )
+        .unwrap_err();
         assert_eq!(err.causes[0].field, "mtls.enabledBackend");
     }
 

@@ -127,8 +127,7 @@ impl Resource {
     /// Decodes what [`Resource::to_stored_bytes`] wrote; `version` is the
     /// store revision of that write.
     pub fn from_stored_bytes(bytes: &[u8], version: u64) -> Result<Self, DecodeStoredError> {
-        let form: StoredForm<'_> =
-            serde_json::from_slice(bytes).map_err(|e| DecodeStoredError(e.to_string()))?;
+        let form: StoredForm<'_> = serde_json::from_slice(bytes).map_err(|e| DecodeStoredError(e.to_string()))?;
         let kind = form
             .kind
             .parse::<ResourceType>()

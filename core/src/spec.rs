@@ -23,8 +23,7 @@ pub fn check<T: Spec>(value: Value, root: &FieldPath) -> Result<Value, Validatio
     let mut causes = Causes::new();
     typed.validate(root, &mut causes);
     causes.into_result()?;
-    serde_json::to_value(&typed)
-        .map_err(|e| ValidationError::single(root, format!("cannot encode: {e}")))
+    serde_json::to_value(&typed).map_err(|e| ValidationError::single(root, format!("cannot encode: {e}")))
 }
 
 /// Decodes `value` as `T`, naming the failing field on error.

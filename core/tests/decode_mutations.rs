@@ -70,8 +70,8 @@ fn mutated_documents_never_panic_and_canonical_form_is_stable() {
                         }
                         v
                     };
-                    let back = decode_value(again)
-                        .unwrap_or_else(|e| panic!("canonical form rejected: {e}\ninput:\n{text}"));
+                    let back =
+                        decode_value(again).unwrap_or_else(|e| panic!("canonical form rejected: {e}\ninput:\n{text}"));
                     assert_eq!(back.spec, d.spec, "input:\n{text}");
                 }
             }

@@ -70,7 +70,12 @@ fn main() -> ExitCode {
     let client = Client::new(&cli.api);
     let result = match cli.cmd {
         Cmd::Apply { files } => apply(&client, &files),
-        Cmd::Get { kind, name, mesh, output } => get(&client, &kind, name.as_deref(), &mesh, output),
+        Cmd::Get {
+            kind,
+            name,
+            mesh,
+            output,
+        } => get(&client, &kind, name.as_deref(), &mesh, output),
         Cmd::Delete { kind, name, mesh } => delete(&client, &kind, &name, &mesh),
         Cmd::Inspect { what, mesh, output } => inspect(&client, &what, &mesh, output),
     };
@@ -274,10 +279,19 @@ fn list_all(client: &Client, path: &str) -> anyhow::Result<Vec<Value>> {
     }
 }
 
-fn print_items(kind: ResourceType, items: &[Value], output: Output, columns: Option<&[(&str, &str)]>) -> anyhow::Result<()> {
+fn print_items(
+    kind: ResourceType,
+    items: &[Value],
+    output: Output,
+    columns: Option<&[(&str, &str)]>,
+) -> anyhow::Result<()> {
     match output {
         Output::Json => {
-            let v = if items.len() == 1 { items[0].clone() } else { Value::Array(items.to_vec()) };
+            let v = if items.len() == 1 {
+                items[0].clone()
+            } else {
+                Value::Array(items.to_vec())
+            };
             println!("{}", serde_json::to_string_pretty(&v)?);
         }
         Output::Yaml => {
@@ -306,7 +320,9 @@ fn print_items(kind: ResourceType, items: &[Value], output: Output, columns: Opt
 }
 
 fn cell(item: &Value, field: &str) -> String {
-    let v = item.pointer(&format!("/{}", field.replace('.', "/"))).unwrap_or(&Value::Null);
+    let v = item
+        .pointer(&format!("/{}", field.replace('.', "/")))
+        .unwrap_or(&Value::Null);
     match v {
         Value::String(s) if field.ends_with("creationTime") => age(s),
         Value::String(s) => s.clone(),
@@ -319,7 +335,9 @@ fn age(rfc3339: &str) -> String {
     let Ok(t) = chrono::DateTime::parse_from_rfc3339(rfc3339) else {
         return rfc3339.to_string();
     };
-    let secs = (chrono::Utc::now() - t.with_timezone(&chrono::Utc)).num_seconds().max(0);
+    let secs = (chrono::Utc::now() - t.with_timezone(&chrono::Utc))
+        .num_seconds()
+        .max(0);
     match secs {
         s if s < 120 => format!("{s}s"),
         s if s < 7200 => format!("{}m", s / 60),

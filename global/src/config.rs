@@ -161,13 +161,20 @@ mod tests {
         let dir = tempfile_dir();
         let file = dir.join("c.yaml");
         std::fs::write(&file, "stor: memory\n").unwrap();
-        let args = RunArgs { config: Some(file), ..RunArgs::default() };
+        let args = RunArgs {
+            config: Some(file),
+            ..RunArgs::default()
+        };
         let err = GlobalConfig::resolve(args, None).unwrap_err();
         assert!(format!("{err:#}").contains("stor"), "{err:#}");
     }
 
     fn tempfile_dir() -> PathBuf {
-        let d = std::env::temp_dir().join(format!("meridian-cfg-{}-{:?}", std::process::id(), std::thread::current().id()));
+        let d = std::env::temp_dir().join(format!(
+            "meridian-cfg-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
         std::fs::create_dir_all(&d).unwrap();
         d
     }

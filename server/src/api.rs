@@ -61,7 +61,9 @@ impl Mode {
     /// Whether the API may write `kind` here (405 otherwise, with why).
     fn check_writable(&self, kind: ResourceType) -> Result<(), ApiError> {
         if kind.is_read_only() {
-            return Err(ApiError::read_only(format!("{kind} is read-only: Meridian maintains it")));
+            return Err(ApiError::read_only(format!(
+                "{kind} is read-only: Meridian maintains it"
+            )));
         }
         match (self, kind.owner()) {
             (Mode::Global, Owner::Zone) => Err(ApiError::read_only(format!(
@@ -70,9 +72,9 @@ impl Mode {
             (Mode::Zone { .. }, Owner::Global) => Err(ApiError::read_only(format!(
                 "{kind} comes from the global control plane; on a federated zone it is read-only"
             ))),
-            (Mode::Zone { .. } | Mode::Standalone { .. }, Owner::System) => {
-                Err(ApiError::read_only(format!("{kind} is kept by the global control plane")))
-            }
+            (Mode::Zone { .. } | Mode::Standalone { .. }, Owner::System) => Err(ApiError::read_only(format!(
+                "{kind} is kept by the global control plane"
+            ))),
             _ => Ok(()),
         }
     }
@@ -110,11 +112,19 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/zones+insights", get(list_zone_overviews))
         .route("/zones+insights/{name}", get(get_zone_overview))
         .route("/{plural}", get(list_global))
-        .route("/{plural}/{name}", get(get_global).put(put_global).delete(delete_global))
-        .layer(DefaultBodyLimit::max(MAX_RESOURCE_BYTES))
+        .route(
+            "/{plural}/{name}",
+            get(get_global).put(put_global).delete(delete_global),
+        )
+        .layer(DefaultBodyLimit::max(BODY_READ_LIMIT))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }
+
+/// Bodies up to this size are read in full so that an oversized resource gets
+/// a clean 413 answer instead of a connection reset mid-upload; larger ones
+/// are cut off by the HTTP layer.
+const BODY_READ_LIMIT: usize = 8 * MAX_RESOURCE_BYTES;
 
 type St = State<Arc<ApiState>>;
 type ApiResult = Result<Response, ApiError>;
@@ -130,7 +140,10 @@ async fn observe(State(state): St, req: Request, next: Next) -> Response {
     state
         .metrics
         .requests
-        .get_or_create(&RequestLabels { method: method.clone(), status })
+        .get_or_create(&RequestLabels {
+            method: method.clone(),
+            status,
+        })
         .inc();
     tracing::debug!(%method, %path, status, micros = elapsed.as_micros() as u64, "request");
     resp
@@ -163,7 +176,9 @@ async fn metrics(State(state): St) -> Response {
         state
             .metrics
             .resources
-            .get_or_create(&KindLabel { resource_type: kind.name().to_string() })
+            .get_or_create(&KindLabel {
+                resource_type: kind.name().to_string(),
+            })
             .set(n);
     }
     state.metrics.store_revision.set(cache.revision() as i64);
@@ -173,7 +188,10 @@ async fn metrics(State(state): St) -> Response {
         return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal error", e.to_string()).into_response();
     }
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         out,
     )
         .into_response()
@@ -184,7 +202,9 @@ async fn metrics(State(state): St) -> Response {
 fn mesh_scoped_type(plural: &str) -> Result<ResourceType, ApiError> {
     match ResourceType::from_plural(plural) {
         Some(t) if t.is_mesh_scoped() => Ok(t),
-        _ => Err(ApiError::not_found(format!("unknown resource type {plural:?} in a mesh"))),
+        _ => Err(ApiError::not_found(format!(
+            "unknown resource type {plural:?} in a mesh"
+        ))),
     }
 }
 
@@ -222,7 +242,11 @@ fn paged(items: Vec<Value>, page: &Page, headers: &HeaderMap, path: &str) -> Res
     }
     let total = items.len();
     let end = offset.saturating_add(size).min(total);
-    let slice: Vec<Value> = if offset < total { items[offset..end].to_vec() } else { Vec::new() };
+    let slice: Vec<Value> = if offset < total {
+        items[offset..end].to_vec()
+    } else {
+        Vec::new()
+    };
     let next = if end < total {
         let host = headers
             .get(header::HOST)
@@ -244,7 +268,12 @@ async fn list_meshes(State(s): St, Query(p): Query<Page>, h: HeaderMap) -> ApiRe
     paged(to_json(items), &p, &h, "/meshes")
 }
 
-async fn list_in_mesh(State(s): St, Path((mesh, plural)): Path<(String, String)>, Query(p): Query<Page>, h: HeaderMap) -> ApiResult {
+async fn list_in_mesh(
+    State(s): St,
+    Path((mesh, plural)): Path<(String, String)>,
+    Query(p): Query<Page>,
+    h: HeaderMap,
+) -> ApiResult {
     let kind = mesh_scoped_type(&plural)?;
     let items = s.manager.list(&Filter::in_mesh(kind, &mesh));
     paged(to_json(items), &p, &h, &format!("/meshes/{mesh}/{plural}"))
@@ -299,7 +328,12 @@ async fn delete_global(State(s): St, Path((plural, name)): Path<(String, String)
     delete_one(&s, ResourceKey::global(kind, &name)).await
 }
 
-async fn put_mesh(State(s): St, Path(name): Path<String>, h: HeaderMap, body: Result<Bytes, BytesRejection>) -> ApiResult {
+async fn put_mesh(
+    State(s): St,
+    Path(name): Path<String>,
+    h: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
     put_one(&s, ResourceKey::global(ResourceType::Mesh, &name), &h, body).await
 }
 
@@ -325,19 +359,30 @@ async fn put_global(
 
 /// PUT: one document, in JSON or YAML by Content-Type; identity fields
 /// missing from the body are taken from the path, present ones must match.
-async fn put_one(s: &ApiState, key: ResourceKey, headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> ApiResult {
+async fn put_one(
+    s: &ApiState,
+    key: ResourceKey,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
     s.mode.check_writable(key.kind)?;
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "Payload Too Large",
+            format!("a resource must be at most {MAX_RESOURCE_BYTES} bytes"),
+        )
+    };
     let bytes = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "Payload Too Large",
-                format!("a resource must be at most {MAX_RESOURCE_BYTES} bytes"),
-            )
+            too_large()
         } else {
             ApiError::bad_request(e.body_text())
         }
     })?;
+    if bytes.len() > MAX_RESOURCE_BYTES {
+        return Err(too_large());
+    }
     let text = std::str::from_utf8(&bytes).map_err(|_| ApiError::bad_request("body is not UTF-8"))?;
     let format = match headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
         Some(ct) if ct.contains("yaml") => Format::Yaml,
@@ -364,7 +409,10 @@ async fn put_one(s: &ApiState, key: ResourceKey, headers: &HeaderMap, body: Resu
     if doc.key.name != key.name {
         return Err(ApiError::field(
             "name",
-            format!("{:?} in the body does not match {:?} in the path", doc.key.name, key.name),
+            format!(
+                "{:?} in the body does not match {:?} in the path",
+                doc.key.name, key.name
+            ),
         ));
     }
     if doc.key.mesh != key.mesh {
@@ -389,7 +437,8 @@ fn fill_identity(obj: &mut Map<String, Value>, key: &ResourceKey) {
     if obj.contains_key("kind") || obj.contains_key("apiVersion") {
         return;
     }
-    obj.entry("type").or_insert_with(|| Value::String(key.kind.name().into()));
+    obj.entry("type")
+        .or_insert_with(|| Value::String(key.kind.name().into()));
     obj.entry("name").or_insert_with(|| Value::String(key.name.clone()));
     if let Some(mesh) = &key.mesh {
         obj.entry("mesh").or_insert_with(|| Value::String(mesh.clone()));
@@ -420,7 +469,12 @@ fn dataplane_overview(dp: &Resource, insight: Option<&Resource>) -> Value {
     })
 }
 
-async fn list_dataplane_overviews(State(s): St, Path(mesh): Path<String>, Query(p): Query<Page>, h: HeaderMap) -> ApiResult {
+async fn list_dataplane_overviews(
+    State(s): St,
+    Path(mesh): Path<String>,
+    Query(p): Query<Page>,
+    h: HeaderMap,
+) -> ApiResult {
     let insights: BTreeMap<String, Resource> = s
         .manager
         .list(&Filter::in_mesh(ResourceType::DataplaneInsight, &mesh))
@@ -438,7 +492,10 @@ async fn list_dataplane_overviews(State(s): St, Path(mesh): Path<String>, Query(
 
 async fn get_dataplane_overview(State(s): St, Path((mesh, name)): Path<(String, String)>) -> ApiResult {
     let key = ResourceKey::in_mesh(ResourceType::Dataplane, &mesh, &name);
-    let dp = s.manager.get(&key).ok_or_else(|| ApiError::not_found(format!("{key} not found")))?;
+    let dp = s
+        .manager
+        .get(&key)
+        .ok_or_else(|| ApiError::not_found(format!("{key} not found")))?;
     let insight = s
         .manager
         .get(&ResourceKey::in_mesh(ResourceType::DataplaneInsight, &mesh, &name));
@@ -463,7 +520,9 @@ async fn list_zone_overviews(State(s): St, Query(p): Query<Page>, h: HeaderMap) 
         .list(&Filter::kind(ResourceType::Zone))
         .iter()
         .map(|z| {
-            let insight = s.manager.get(&ResourceKey::global(ResourceType::ZoneInsight, &z.key.name));
+            let insight = s
+                .manager
+                .get(&ResourceKey::global(ResourceType::ZoneInsight, &z.key.name));
             zone_overview(z, insight.as_ref())
         })
         .collect();
@@ -472,7 +531,10 @@ async fn list_zone_overviews(State(s): St, Query(p): Query<Page>, h: HeaderMap) 
 
 async fn get_zone_overview(State(s): St, Path(name): Path<String>) -> ApiResult {
     let key = ResourceKey::global(ResourceType::Zone, &name);
-    let zone = s.manager.get(&key).ok_or_else(|| ApiError::not_found(format!("{key} not found")))?;
+    let zone = s
+        .manager
+        .get(&key)
+        .ok_or_else(|| ApiError::not_found(format!("{key} not found")))?;
     let insight = s.manager.get(&ResourceKey::global(ResourceType::ZoneInsight, &name));
     Ok(Json(zone_overview(&zone, insight.as_ref())).into_response())
 }
@@ -482,14 +544,26 @@ async fn global_insight(State(s): St) -> Json<Value> {
     let zones = m.list(&Filter::kind(ResourceType::Zone));
     let zones_online = zones
         .iter()
-        .filter(|z| online(m.get(&ResourceKey::global(ResourceType::ZoneInsight, &z.key.name)).as_ref()))
+        .filter(|z| {
+            online(
+                m.get(&ResourceKey::global(ResourceType::ZoneInsight, &z.key.name))
+                    .as_ref(),
+            )
+        })
         .count();
     let dataplanes = m.list(&Filter::kind(ResourceType::Dataplane));
     let dp_online = dataplanes
         .iter()
         .filter(|dp| {
             let mesh = dp.key.mesh.as_deref().unwrap_or_default();
-            online(m.get(&ResourceKey::in_mesh(ResourceType::DataplaneInsight, mesh, &dp.key.name)).as_ref())
+            online(
+                m.get(&ResourceKey::in_mesh(
+                    ResourceType::DataplaneInsight,
+                    mesh,
+                    &dp.key.name,
+                ))
+                .as_ref(),
+            )
         })
         .count();
     let mut policies = Map::new();

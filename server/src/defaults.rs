@@ -139,7 +139,9 @@ async fn ensure_mesh_policies(manager: &Manager, mesh: &str) -> Result<(), Write
             created += 1;
         }
     }
-    store.put_system(Some(mesh), INITIAL_POLICIES_MARKER, b"1".to_vec()).await?;
+    store
+        .put_system(Some(mesh), INITIAL_POLICIES_MARKER, b"1".to_vec())
+        .await?;
     tracing::info!(mesh, created, "initial policies ensured");
     Ok(())
 }

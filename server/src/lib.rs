@@ -95,7 +95,11 @@ pub async fn start(
             .await
             .context("serving the API")
     });
-    Ok(Running { api_addr, manager, task })
+    Ok(Running {
+        api_addr,
+        manager,
+        task,
+    })
 }
 
 /// Ready = the cache has loaded from the store and the defaults are done.

@@ -72,16 +72,24 @@ impl Manager {
 
     /// Creates or replaces the resource described by `doc` (PUT semantics:
     /// the last writer wins, creation time is kept).
+    ///
+    /// The first attempt trusts the cache for the mesh check and the current
+    /// version, so a PUT costs one store round trip; a lost compare-and-swap
+    /// race reads the store and retries.
     pub async fn apply(&self, doc: Document) -> Result<(Resource, Outcome), WriteError> {
         if let Some(mesh) = &doc.key.mesh {
             let mesh_key = ResourceKey::global(ResourceType::Mesh, mesh);
-            if self.store.get(&mesh_key).await?.is_none() {
+            if self.cache.get(&mesh_key).is_none() && self.store.get(&mesh_key).await?.is_none() {
                 return Err(WriteError::MeshNotFound(mesh.clone()));
             }
         }
         let now = Utc::now();
-        for _ in 0..CAS_ATTEMPTS {
-            let result = match self.store.get(&doc.key).await? {
+        let mut current = self.cache.get(&doc.key);
+        for attempt in 0..CAS_ATTEMPTS {
+            if attempt > 0 {
+                current = self.store.get(&doc.key).await?;
+            }
+            let result = match &current {
                 None => {
                     let r = Resource::new(doc.key.clone(), doc.labels.clone(), doc.spec.clone(), now);
                     self.store.create(r).await.map(|r| (r, Outcome::Created))
@@ -103,7 +111,8 @@ impl Manager {
                     self.settle(r.version).await;
                     return Ok((r, outcome));
                 }
-                // Lost a race with another writer: read again and retry.
+                // Lost a race with another writer (or the cache was behind):
+                // read the store and retry.
                 Err(StoreError::Conflict(..)) | Err(StoreError::AlreadyExists(_)) | Err(StoreError::NotFound(_)) => {
                     continue
                 }

@@ -37,14 +37,26 @@ impl ApiMetrics {
             store_revision: Gauge::default(),
             leader: Gauge::default(),
         };
-        registry.register("meridian_api_requests", "HTTP API requests by method and status", m.requests.clone());
+        registry.register(
+            "meridian_api_requests",
+            "HTTP API requests by method and status",
+            m.requests.clone(),
+        );
         registry.register(
             "meridian_api_request_duration_seconds",
             "HTTP API request latency",
             m.request_seconds.clone(),
         );
-        registry.register("meridian_resources", "Resources in the store by type", m.resources.clone());
-        registry.register("meridian_store_revision", "Store revision seen by the cache", m.store_revision.clone());
+        registry.register(
+            "meridian_resources",
+            "Resources in the store by type",
+            m.resources.clone(),
+        );
+        registry.register(
+            "meridian_store_revision",
+            "Store revision seen by the cache",
+            m.store_revision.clone(),
+        );
         registry.register(
             "meridian_leader",
             "1 while this replica leads the one-time work (defaults), else 0",

@@ -47,40 +47,26 @@ type Case = fn(Arc<dyn Store>) -> BoxFuture<'static, ()>;
 /// Every case, by name.
 const CASES: &[(&str, Case)] = &[
     ("create_get", |s| Box::pin(create_get(s))),
-    ("create_existing_fails", |s| {
-        Box::pin(create_existing_fails(s))
-    }),
+    ("create_existing_fails", |s| Box::pin(create_existing_fails(s))),
     ("update_is_compare_and_swap", |s| {
         Box::pin(update_is_compare_and_swap(s))
     }),
-    ("update_missing_fails", |s| {
-        Box::pin(update_missing_fails(s))
-    }),
+    ("update_missing_fails", |s| Box::pin(update_missing_fails(s))),
     ("delete_is_compare_and_swap", |s| {
         Box::pin(delete_is_compare_and_swap(s))
     }),
-    ("list_filters_and_order", |s| {
-        Box::pin(list_filters_and_order(s))
-    }),
-    ("same_name_in_two_meshes", |s| {
-        Box::pin(same_name_in_two_meshes(s))
-    }),
-    ("mesh_delete_cascades", |s| {
-        Box::pin(mesh_delete_cascades(s))
-    }),
+    ("list_filters_and_order", |s| Box::pin(list_filters_and_order(s))),
+    ("same_name_in_two_meshes", |s| Box::pin(same_name_in_two_meshes(s))),
+    ("mesh_delete_cascades", |s| Box::pin(mesh_delete_cascades(s))),
     ("revisions_strictly_increase", |s| {
         Box::pin(revisions_strictly_increase(s))
     }),
-    ("watch_replays_in_order", |s| {
-        Box::pin(watch_replays_in_order(s))
-    }),
+    ("watch_replays_in_order", |s| Box::pin(watch_replays_in_order(s))),
     ("watch_from_list_has_no_gap", |s| {
         Box::pin(watch_from_list_has_no_gap(s))
     }),
     ("system_records", |s| Box::pin(system_records(s))),
-    ("large_spec_round_trips", |s| {
-        Box::pin(large_spec_round_trips(s))
-    }),
+    ("large_spec_round_trips", |s| Box::pin(large_spec_round_trips(s))),
 ];
 
 /// Runs every case against a fresh store from `fresh`; panics naming each
@@ -97,9 +83,7 @@ where
         match outcome {
             Ok(Ok(())) => {}
             Ok(Err(_)) => failures.push(format!("{name}: did not finish within {CASE_TIMEOUT:?}")),
-            Err(e) if e.is_panic() => {
-                failures.push(format!("{name}: {}", panic_message(e.into_panic())))
-            }
+            Err(e) if e.is_panic() => failures.push(format!("{name}: {}", panic_message(e.into_panic()))),
             Err(e) => failures.push(format!("{name}: {e}")),
         }
     }
@@ -255,12 +239,7 @@ async fn create_get(store: Arc<dyn Store>) {
             "create returned {created:?} for input {input:?}"
         );
         let got = must("get", store.get(&input.key).await);
-        assert_eq!(
-            got.as_ref(),
-            Some(&created),
-            "get after create of {}",
-            input.key
-        );
+        assert_eq!(got.as_ref(), Some(&created), "get after create of {}", input.key);
     }
     let missing = ResourceKey::in_mesh(ResourceType::MeshRetry, "m1", "nope");
     assert_eq!(must("get missing", store.get(&missing).await), None);
@@ -281,17 +260,10 @@ async fn create_existing_fails(store: Arc<dyn Store>) {
         Err(StoreError::AlreadyExists(k)) => {
             assert_eq!(k, again.key, "AlreadyExists names the key")
         }
-        other => panic!(
-            "second create of {}: expected AlreadyExists, got {other:?}",
-            again.key
-        ),
+        other => panic!("second create of {}: expected AlreadyExists, got {other:?}", again.key),
     }
     let got = must("get", store.get(&first.key).await);
-    assert_eq!(
-        got,
-        Some(first),
-        "a failed create must not change the stored resource"
-    );
+    assert_eq!(got, Some(first), "a failed create must not change the stored resource");
 }
 
 async fn update_is_compare_and_swap(store: Arc<dyn Store>) {
@@ -301,20 +273,14 @@ async fn update_is_compare_and_swap(store: Arc<dyn Store>) {
     let mut change = v1.clone();
     change.spec = json!({"version": 2});
     change.labels.insert("team".into(), "a".into());
-    let v2 = must(
-        "update with the current version",
-        store.update(change.clone()).await,
-    );
+    let v2 = must("update with the current version", store.update(change.clone()).await);
     assert!(
         v2.version > v1.version,
         "update version {} not above {}",
         v2.version,
         v1.version
     );
-    assert!(
-        same_content(&v2, &change),
-        "update returned {v2:?} for {change:?}"
-    );
+    assert!(same_content(&v2, &change), "update returned {v2:?} for {change:?}");
     assert_eq!(must("get", store.get(&v1.key).await), Some(v2.clone()));
 
     for stale in [v1.version, 0, v2.version + 1000] {
@@ -346,11 +312,7 @@ async fn update_missing_fails(store: Arc<dyn Store>) {
         Err(StoreError::NotFound(k)) => assert_eq!(k, r.key),
         other => panic!("update of a missing resource: expected NotFound, got {other:?}"),
     }
-    assert_eq!(
-        must("get", store.get(&r.key).await),
-        None,
-        "update must not create"
-    );
+    assert_eq!(must("get", store.get(&r.key).await), None, "update must not create");
 }
 
 async fn delete_is_compare_and_swap(store: Arc<dyn Store>) {
@@ -374,19 +336,13 @@ async fn delete_is_compare_and_swap(store: Arc<dyn Store>) {
         "delete with the current version",
         store.delete(&v1.key, Some(v2.version)).await,
     );
-    assert!(
-        rev > v2.version,
-        "delete revision {rev} not above {}",
-        v2.version
-    );
+    assert!(rev > v2.version, "delete revision {rev} not above {}", v2.version);
     assert_eq!(must("get after delete", store.get(&v1.key).await), None);
 
     for expected in [None, Some(v2.version)] {
         match store.delete(&v1.key, expected).await {
             Err(StoreError::NotFound(k)) => assert_eq!(k, v1.key),
-            other => panic!(
-                "delete of a deleted resource ({expected:?}): expected NotFound, got {other:?}"
-            ),
+            other => panic!("delete of a deleted resource ({expected:?}): expected NotFound, got {other:?}"),
         }
     }
 
@@ -450,18 +406,14 @@ async fn list_filters_and_order(store: Arc<dyn Store>) {
         Filter::kind(ResourceType::MeshHTTPRoute),
     ];
     for filter in filters {
-        let mut expected: Vec<&Resource> =
-            created.iter().filter(|r| filter.matches(&r.key)).collect();
+        let mut expected: Vec<&Resource> = created.iter().filter(|r| filter.matches(&r.key)).collect();
         expected.sort_by_key(|r| encoded(&r.key));
         let listing = must(&format!("list {filter:?}"), store.list(&filter).await);
         let got_keys: Vec<String> = listing.items.iter().map(|r| r.key.to_string()).collect();
         let want_keys: Vec<String> = expected.iter().map(|r| r.key.to_string()).collect();
         assert_eq!(got_keys, want_keys, "list {filter:?}: keys or their order");
         for (got, want) in listing.items.iter().zip(expected) {
-            assert_eq!(
-                got, want,
-                "list {filter:?}: item differs from what create returned"
-            );
+            assert_eq!(got, want, "list {filter:?}: item differs from what create returned");
         }
         assert!(
             listing.revision >= last,
@@ -480,10 +432,7 @@ async fn same_name_in_two_meshes(store: Arc<dyn Store>) {
     assert_ne!(a.key, b.key);
     assert_eq!(must("get a", store.get(&a.key).await), Some(a.clone()));
     assert_eq!(must("get b", store.get(&b.key).await), Some(b.clone()));
-    let all = must(
-        "list",
-        store.list(&Filter::kind(ResourceType::MeshRetry)).await,
-    );
+    let all = must("list", store.list(&Filter::kind(ResourceType::MeshRetry)).await);
     assert_eq!(
         all.items.len(),
         2,
@@ -500,11 +449,7 @@ async fn same_name_in_two_meshes(store: Arc<dyn Store>) {
         "updating a changed b"
     );
     must("delete a", store.delete(&a.key, Some(a2.version)).await);
-    assert_eq!(
-        must("get b", store.get(&b.key).await),
-        Some(b),
-        "deleting a removed b"
-    );
+    assert_eq!(must("get b", store.get(&b.key).await), Some(b), "deleting a removed b");
 }
 
 async fn mesh_delete_cascades(store: Arc<dyn Store>) {
@@ -514,11 +459,7 @@ async fn mesh_delete_cascades(store: Arc<dyn Store>) {
     create(store, mesh("a-1")).await;
     let in_a = [
         create(store, retry("a", "r1")).await,
-        create(
-            store,
-            in_mesh(ResourceType::Dataplane, "a", "dp", json!({})),
-        )
-        .await,
+        create(store, in_mesh(ResourceType::Dataplane, "a", "dp", json!({}))).await,
     ];
     let kept = [
         create(store, retry("b", "r1")).await,
@@ -531,10 +472,7 @@ async fn mesh_delete_cascades(store: Arc<dyn Store>) {
         (Some("b"), b"b".to_vec()),
         (None, b"g".to_vec()),
     ] {
-        must(
-            "put_system",
-            store.put_system(mesh, "signing-key", value).await,
-        );
+        must("put_system", store.put_system(mesh, "signing-key", value).await);
     }
     // A global resource named like a mesh is not a mesh: no cascade.
     let zb = create(store, zone("b")).await;
@@ -544,10 +482,7 @@ async fn mesh_delete_cascades(store: Arc<dyn Store>) {
         "deleting Zone b removed a resource of mesh b"
     );
 
-    must(
-        "delete mesh a",
-        store.delete(&ma.key, Some(ma.version)).await,
-    );
+    must("delete mesh a", store.delete(&ma.key, Some(ma.version)).await);
     assert_eq!(must("get mesh a", store.get(&ma.key).await), None);
     for r in &in_a {
         assert_eq!(
@@ -576,25 +511,16 @@ async fn mesh_delete_cascades(store: Arc<dyn Store>) {
         );
     }
     assert_eq!(
-        must(
-            "get_system",
-            store.get_system(Some("a"), "signing-key").await
-        ),
+        must("get_system", store.get_system(Some("a"), "signing-key").await),
         None,
         "mesh a's system record survived"
     );
     assert_eq!(
-        must(
-            "get_system",
-            store.get_system(Some("a-1"), "signing-key").await
-        ),
+        must("get_system", store.get_system(Some("a-1"), "signing-key").await),
         Some(b"a1".to_vec())
     );
     assert_eq!(
-        must(
-            "get_system",
-            store.get_system(Some("b"), "signing-key").await
-        ),
+        must("get_system", store.get_system(Some("b"), "signing-key").await),
         Some(b"b".to_vec())
     );
     assert_eq!(
@@ -613,21 +539,14 @@ async fn mesh_delete_cascades(store: Arc<dyn Store>) {
             })
             .await,
     );
-    assert!(
-        left.items.is_empty(),
-        "re-created mesh a lists {:?}",
-        left.items
-    );
+    assert!(left.items.is_empty(), "re-created mesh a lists {:?}", left.items);
 }
 
 async fn revisions_strictly_increase(store: Arc<dyn Store>) {
     let store = store.as_ref();
     let mut last = revision(store).await;
     let mut step = |what: &str, rev: u64| {
-        assert!(
-            rev > last,
-            "{what}: revision {rev} not above the previous {last}"
-        );
+        assert!(rev > last, "{what}: revision {rev} not above the previous {last}");
         last = rev;
     };
     let m = create(store, mesh("m")).await;
@@ -641,11 +560,7 @@ async fn revisions_strictly_increase(store: Arc<dyn Store>) {
     step("delete", must("delete", store.delete(&z.key, None).await));
     create(store, retry("m", "r2")).await;
     let rev = must("delete mesh", store.delete(&m.key, None).await);
-    assert!(
-        rev > r.version,
-        "mesh delete revision {rev} not above {}",
-        r.version
-    );
+    assert!(rev > r.version, "mesh delete revision {rev} not above {}", r.version);
     last = rev;
     let again = create(store, mesh("m")).await;
     assert!(
@@ -671,11 +586,7 @@ async fn watch_replays_in_order(store: Arc<dyn Store>) {
     let r1b = must("update", store.update(r1.clone()).await);
     let z = create(store, zone("z")).await;
     let z_del = must("delete zone", store.delete(&z.key, Some(z.version)).await);
-    let r2 = create(
-        store,
-        in_mesh(ResourceType::MeshTimeout, "a", "t", json!({})),
-    )
-    .await;
+    let r2 = create(store, in_mesh(ResourceType::MeshTimeout, "a", "t", json!({}))).await;
     let m_del = must("delete mesh", store.delete(&ma.key, None).await);
 
     let mut stream = must("watch", store.watch(base).await);
@@ -714,9 +625,7 @@ async fn watch_replays_in_order(store: Arc<dyn Store>) {
         );
     }
     assert!(
-        events
-            .windows(2)
-            .all(|w| w[0].revision() <= w[1].revision()),
+        events.windows(2).all(|w| w[0].revision() <= w[1].revision()),
         "events out of revision order: {shown:?}"
     );
     expect_quiet(store, &mut stream, "watch after the replay").await;
@@ -756,10 +665,7 @@ async fn watch_from_list_has_no_gap(store: Arc<dyn Store>) {
     let started = tokio::time::timeout(EVENT_TIMEOUT, progress.wait_for(|n| *n >= N / 4))
         .await
         .map(|r| r.map(|n| *n));
-    assert!(
-        matches!(started, Ok(Ok(_))),
-        "the writer made no progress: {started:?}"
-    );
+    assert!(matches!(started, Ok(Ok(_))), "the writer made no progress: {started:?}");
     let listing = must("list", store.list(&Filter::kind(ResourceType::Zone)).await);
     for _ in 0..10 {
         tokio::task::yield_now().await;
@@ -784,10 +690,7 @@ async fn watch_from_list_has_no_gap(store: Arc<dyn Store>) {
         );
     }
     let listed: BTreeSet<&ResourceKey> = listing.items.iter().map(|r| &r.key).collect();
-    let missing: Vec<&Resource> = created
-        .iter()
-        .filter(|r| !listed.contains(&r.key))
-        .collect();
+    let missing: Vec<&Resource> = created.iter().filter(|r| !listed.contains(&r.key)).collect();
     let events = next_events(&mut stream, missing.len(), "watch from the list revision").await;
     let shown = briefs(&events);
     for (e, want) in events.iter().zip(&missing) {
@@ -807,28 +710,16 @@ async fn watch_from_list_has_no_gap(store: Arc<dyn Store>) {
 async fn system_records(store: Arc<dyn Store>) {
     let store = store.as_ref();
     assert_eq!(must("get_system", store.get_system(None, "k").await), None);
-    must(
-        "put_system",
-        store.put_system(None, "k", b"one".to_vec()).await,
-    );
+    must("put_system", store.put_system(None, "k", b"one".to_vec()).await);
     assert_eq!(
         must("get_system", store.get_system(None, "k").await),
         Some(b"one".to_vec())
     );
     let binary: Vec<u8> = (0..=255u8).collect();
-    must(
-        "overwrite",
-        store.put_system(None, "k", binary.clone()).await,
-    );
+    must("overwrite", store.put_system(None, "k", binary.clone()).await);
+    assert_eq!(must("get_system", store.get_system(None, "k").await), Some(binary));
     assert_eq!(
-        must("get_system", store.get_system(None, "k").await),
-        Some(binary)
-    );
-    assert_eq!(
-        must(
-            "get_system in a mesh",
-            store.get_system(Some("m"), "k").await
-        ),
+        must("get_system in a mesh", store.get_system(Some("m"), "k").await),
         None,
         "a global record is not visible in a mesh"
     );
@@ -840,10 +731,7 @@ async fn system_records(store: Arc<dyn Store>) {
         must("get_system", store.get_system(Some("m"), "k").await),
         Some(Vec::new())
     );
-    assert_eq!(
-        must("get_system", store.get_system(Some("n"), "k").await),
-        None
-    );
+    assert_eq!(must("get_system", store.get_system(Some("n"), "k").await), None);
     let all = must("list", store.list(&Filter::all()).await);
     assert!(
         all.items.is_empty(),
@@ -859,27 +747,14 @@ async fn large_spec_round_trips(store: Arc<dyn Store>) {
         .map(|i| char::from(b'a' + ((i.wrapping_mul(2_654_435_761) >> 13) % 26) as u8))
         .collect();
     let base = revision(store).await;
-    let input = in_mesh(
-        ResourceType::MeshProxyPatch,
-        "m",
-        "big",
-        json!({"blob": blob}),
-    );
+    let input = in_mesh(ResourceType::MeshProxyPatch, "m", "big", json!({"blob": blob}));
     let created = create(store, input.clone()).await;
-    assert!(
-        same_content(&created, &input),
-        "create changed the large resource"
-    );
+    assert!(same_content(&created, &input), "create changed the large resource");
     let got = must("get", store.get(&input.key).await);
-    assert!(
-        got.as_ref() == Some(&created),
-        "get of the large resource differs"
-    );
+    assert!(got.as_ref() == Some(&created), "get of the large resource differs");
     let listed = must(
         "list",
-        store
-            .list(&Filter::in_mesh(ResourceType::MeshProxyPatch, "m"))
-            .await,
+        store.list(&Filter::in_mesh(ResourceType::MeshProxyPatch, "m")).await,
     );
     assert!(
         listed.items == vec![created.clone()],

@@ -36,9 +36,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use meridian_core::{Resource, ResourceKey, ResourceType};
-use redb::{
-    Database, DatabaseError, Durability, ReadableDatabase, ReadableTable, Table, TableDefinition,
-};
+use redb::{Database, DatabaseError, Durability, ReadableDatabase, ReadableTable, Table, TableDefinition};
 
 use crate::keys::Keys;
 use crate::local_watch::{Hub, DEFAULT_LOG_CAPACITY};
@@ -198,10 +196,7 @@ impl EmbeddedStore {
             txn.open_table(SYSTEM).map_err(|e| db_error(&e))?;
             txn.open_table(CHANGES).map_err(|e| db_error(&e))?;
             let mut meta = txn.open_table(META).map_err(|e| db_error(&e))?;
-            let found = meta
-                .get(META_FORMAT)
-                .map_err(|e| db_error(&e))?
-                .map(|g| g.value());
+            let found = meta.get(META_FORMAT).map_err(|e| db_error(&e))?.map(|g| g.value());
             match found {
                 None => {
                     meta.insert(META_FORMAT, FORMAT).map_err(|e| db_error(&e))?;
@@ -219,10 +214,7 @@ impl EmbeddedStore {
         let txn = db.begin_read().map_err(|e| db_error(&e))?;
         let meta = txn.open_table(META).map_err(|e| db_error(&e))?;
         let meta_u64 = |name: &str| -> Result<u64, OpenError> {
-            Ok(meta
-                .get(name)
-                .map_err(|e| db_error(&e))?
-                .map_or(0, |g| g.value()))
+            Ok(meta.get(name).map_err(|e| db_error(&e))?.map_or(0, |g| g.value()))
         };
         let revision = meta_u64(META_REVISION)?;
         let mut compacted_through = meta_u64(META_COMPACTED)?;
@@ -290,33 +282,21 @@ impl Inner {
                 resources: txn.open_table(RESOURCES).map_err(db_err)?,
                 system: txn.open_table(SYSTEM).map_err(db_err)?,
             };
-            let current = meta
-                .get(META_REVISION)
-                .map_err(db_err)?
-                .map_or(0, |g| g.value());
+            let current = meta.get(META_REVISION).map_err(db_err)?.map_or(0, |g| g.value());
             let revision = current + 1;
             let (out, events) = op(&mut tables, revision)?;
 
             for (i, event) in events.iter().enumerate() {
-                let index = u32::try_from(i)
-                    .map_err(|_| StoreError::Internal("too many events in one write".into()))?;
+                let index =
+                    u32::try_from(i).map_err(|_| StoreError::Internal("too many events in one write".into()))?;
                 changes
-                    .insert(
-                        (revision, index),
-                        encode_event(&self.keys, event).as_slice(),
-                    )
+                    .insert((revision, index), encode_event(&self.keys, event).as_slice())
                     .map_err(db_err)?;
             }
             if let Some(cut) = self.hub.compaction_point(&events)? {
-                changes
-                    .retain_in(..=(cut, u32::MAX), |_, _| false)
-                    .map_err(db_err)?;
-                let compacted = meta
-                    .get(META_COMPACTED)
-                    .map_err(db_err)?
-                    .map_or(0, |g| g.value());
-                meta.insert(META_COMPACTED, compacted.max(cut))
-                    .map_err(db_err)?;
+                changes.retain_in(..=(cut, u32::MAX), |_, _| false).map_err(db_err)?;
+                let compacted = meta.get(META_COMPACTED).map_err(db_err)?.map_or(0, |g| g.value());
+                meta.insert(META_COMPACTED, compacted.max(cut)).map_err(db_err)?;
             }
             meta.insert(META_REVISION, revision).map_err(db_err)?;
             (out, events, revision)
@@ -327,12 +307,7 @@ impl Inner {
     }
 
     /// Stores `resource` at `revision` in `tables`.
-    fn put(
-        &self,
-        tables: &mut Tables<'_>,
-        mut resource: Resource,
-        revision: u64,
-    ) -> Result<Resource, StoreError> {
+    fn put(&self, tables: &mut Tables<'_>, mut resource: Resource, revision: u64) -> Result<Resource, StoreError> {
         let encoded = self.keys.resource(&resource.key);
         resource.version = revision;
         let bytes = resource.to_stored_bytes();
@@ -345,11 +320,7 @@ impl Inner {
 
     /// The version stored under `encoded`, if any.
     fn stored_version(tables: &Tables<'_>, encoded: &str) -> Result<Option<u64>, StoreError> {
-        Ok(tables
-            .resources
-            .get(encoded)
-            .map_err(db_err)?
-            .map(|g| g.value().0))
+        Ok(tables.resources.get(encoded).map_err(db_err)?.map(|g| g.value().0))
     }
 
     /// Removes every entry under `prefix` from `table`; returns their keys.
@@ -403,8 +374,7 @@ impl Inner {
                 break;
             }
             let (version, bytes) = v.value();
-            let resource =
-                Resource::from_stored_bytes(bytes, version).map_err(|e| decode_err(k, e))?;
+            let resource = Resource::from_stored_bytes(bytes, version).map_err(|e| decode_err(k, e))?;
             if filter.matches(&resource.key) {
                 items.push(resource);
             }
@@ -415,10 +385,7 @@ impl Inner {
     fn get_system(&self, encoded: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let txn = self.db.begin_read().map_err(db_err)?;
         let table = txn.open_table(SYSTEM).map_err(db_err)?;
-        Ok(table
-            .get(encoded)
-            .map_err(db_err)?
-            .map(|g| g.value().to_vec()))
+        Ok(table.get(encoded).map_err(db_err)?.map(|g| g.value().to_vec()))
     }
 
     fn put_system(&self, encoded: &str, value: &[u8]) -> Result<(), StoreError> {
@@ -466,29 +433,20 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn delete(
-        &self,
-        key: &ResourceKey,
-        expected_version: Option<u64>,
-    ) -> Result<u64, StoreError> {
+    async fn delete(&self, key: &ResourceKey, expected_version: Option<u64>) -> Result<u64, StoreError> {
         let key = key.clone();
         self.blocking(move |inner| {
             inner.write(|tables, revision| {
                 let encoded = inner.keys.resource(&key);
                 match (Inner::stored_version(tables, &encoded)?, expected_version) {
                     (None, _) => return Err(StoreError::NotFound(key)),
-                    (Some(stored), Some(v)) if stored != v => {
-                        return Err(StoreError::Conflict(key, v))
-                    }
+                    (Some(stored), Some(v)) if stored != v => return Err(StoreError::Conflict(key, v)),
                     _ => {}
                 }
                 tables.resources.remove(encoded.as_str()).map_err(db_err)?;
                 let mut events = Vec::new();
                 if key.kind == ResourceType::Mesh && key.mesh.is_none() {
-                    let removed = Inner::remove_prefix(
-                        &mut tables.resources,
-                        &inner.keys.mesh_resources(&key.name),
-                    )?;
+                    let removed = Inner::remove_prefix(&mut tables.resources, &inner.keys.mesh_resources(&key.name))?;
                     Inner::remove_prefix(&mut tables.system, &inner.keys.mesh_system(&key.name))?;
                     events.push(Event::Delete { key, revision });
                     for k in removed {
@@ -521,24 +479,14 @@ impl Store for EmbeddedStore {
         self.inner.hub.watch(revision)
     }
 
-    async fn get_system(
-        &self,
-        mesh: Option<&str>,
-        name: &str,
-    ) -> Result<Option<Vec<u8>>, StoreError> {
+    async fn get_system(&self, mesh: Option<&str>, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let encoded = self.inner.keys.system(mesh, name);
         self.blocking(move |inner| inner.get_system(&encoded)).await
     }
 
-    async fn put_system(
-        &self,
-        mesh: Option<&str>,
-        name: &str,
-        value: Vec<u8>,
-    ) -> Result<(), StoreError> {
+    async fn put_system(&self, mesh: Option<&str>, name: &str, value: Vec<u8>) -> Result<(), StoreError> {
         let encoded = self.inner.keys.system(mesh, name);
-        self.blocking(move |inner| inner.put_system(&encoded, &value))
-            .await
+        self.blocking(move |inner| inner.put_system(&encoded, &value)).await
     }
 }
 
@@ -568,8 +516,7 @@ mod tests {
         let txn = db.begin_write().unwrap();
         {
             let mut t = txn.open_table(RESOURCES).unwrap();
-            t.insert(Keys::new("").resource(key).as_str(), (99, bytes))
-                .unwrap();
+            t.insert(Keys::new("").resource(key).as_str(), (99, bytes)).unwrap();
         }
         txn.commit().unwrap();
     }
@@ -581,14 +528,8 @@ mod tests {
         drop(EmbeddedStore::open(dir.path()).unwrap());
         poke(dir.path(), &key, b"\xff\x00not json");
         let store = EmbeddedStore::open(dir.path()).unwrap();
-        assert!(matches!(
-            store.get(&key).await,
-            Err(StoreError::Internal(_))
-        ));
-        assert!(matches!(
-            store.list(&Filter::all()).await,
-            Err(StoreError::Internal(_))
-        ));
+        assert!(matches!(store.get(&key).await, Err(StoreError::Internal(_))));
+        assert!(matches!(store.list(&Filter::all()).await, Err(StoreError::Internal(_))));
     }
 
     #[tokio::test]
@@ -633,10 +574,7 @@ mod tests {
         {
             let db = Database::create(dir.path().join(FILE_NAME)).unwrap();
             let txn = db.begin_write().unwrap();
-            txn.open_table(META)
-                .unwrap()
-                .insert(META_FORMAT, FORMAT + 1)
-                .unwrap();
+            txn.open_table(META).unwrap().insert(META_FORMAT, FORMAT + 1).unwrap();
             txn.commit().unwrap();
         }
         assert!(matches!(

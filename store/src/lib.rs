@@ -18,10 +18,10 @@ use futures::Stream;
 use meridian_core::{Resource, ResourceKey, ResourceType};
 
 pub mod cache;
-pub mod keys;
 pub mod conformance;
 pub mod embedded;
 pub mod etcd;
+pub mod keys;
 pub mod leader;
 mod local_watch;
 pub mod memory;
@@ -102,7 +102,10 @@ impl Filter {
     }
 
     pub fn kind(kind: ResourceType) -> Self {
-        Filter { kind: Some(kind), mesh: None }
+        Filter {
+            kind: Some(kind),
+            mesh: None,
+        }
     }
 
     pub fn in_mesh(kind: ResourceType, mesh: &str) -> Self {
@@ -113,8 +116,7 @@ impl Filter {
     }
 
     pub fn matches(&self, key: &ResourceKey) -> bool {
-        self.kind.is_none_or(|k| k == key.kind)
-            && self.mesh.as_deref().is_none_or(|m| key.mesh.as_deref() == Some(m))
+        self.kind.is_none_or(|k| k == key.kind) && self.mesh.as_deref().is_none_or(|m| key.mesh.as_deref() == Some(m))
     }
 }
 

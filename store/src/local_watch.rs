@@ -86,12 +86,7 @@ impl Hub {
     /// A hub whose log starts with `history` (events in revision order, e.g.
     /// loaded from disk), at store revision `current`, where history up to
     /// `compacted_through` is gone.
-    pub(crate) fn new(
-        capacity: usize,
-        history: Vec<Event>,
-        compacted_through: u64,
-        current: u64,
-    ) -> Arc<Self> {
+    pub(crate) fn new(capacity: usize, history: Vec<Event>, compacted_through: u64, current: u64) -> Arc<Self> {
         let (tx, _) = broadcast::channel(BROADCAST_CAPACITY);
         let mut state = HubState {
             log: VecDeque::new(),
@@ -341,10 +336,7 @@ mod tests {
             hub.publish(rev, vec![put("a", rev)]).unwrap();
         }
         match next(&mut s).await {
-            Err(StoreError::Compacted {
-                requested: 0,
-                oldest,
-            }) => assert_eq!(oldest, n - 10),
+            Err(StoreError::Compacted { requested: 0, oldest }) => assert_eq!(oldest, n - 10),
             other => panic!("expected Compacted, got {other:?}"),
         }
         assert!(s.next().await.is_none(), "the stream ends after the error");
@@ -355,9 +347,6 @@ mod tests {
         let hub = Hub::new(10, vec![], 0, 0);
         let mut s = hub.watch(0).unwrap();
         drop(hub);
-        assert!(matches!(
-            next(&mut s).await,
-            Err(StoreError::Unavailable(_))
-        ));
+        assert!(matches!(next(&mut s).await, Err(StoreError::Unavailable(_))));
     }
 }

@@ -66,17 +66,11 @@ impl MemoryStore {
     }
 
     /// Stores `resource` at the next revision and publishes its event.
-    fn put(
-        &self,
-        state: &mut State,
-        encoded: String,
-        mut resource: Resource,
-    ) -> Result<Resource, StoreError> {
+    fn put(&self, state: &mut State, encoded: String, mut resource: Resource) -> Result<Resource, StoreError> {
         state.revision += 1;
         resource.version = state.revision;
         state.resources.insert(encoded, resource.clone());
-        self.hub
-            .publish(state.revision, vec![Event::Put(resource.clone())])?;
+        self.hub.publish(state.revision, vec![Event::Put(resource.clone())])?;
         Ok(resource)
     }
 }
@@ -118,11 +112,7 @@ impl Store for MemoryStore {
         self.put(&mut state, encoded, resource)
     }
 
-    async fn delete(
-        &self,
-        key: &ResourceKey,
-        expected_version: Option<u64>,
-    ) -> Result<u64, StoreError> {
+    async fn delete(&self, key: &ResourceKey, expected_version: Option<u64>) -> Result<u64, StoreError> {
         let mut state = self.lock()?;
         let encoded = state.keys.resource(key);
         match (state.resources.get(&encoded), expected_version) {
@@ -145,10 +135,7 @@ impl Store for MemoryStore {
             events.extend(
                 remove_prefix(&mut state.resources, &resources)
                     .into_iter()
-                    .map(|(_, r)| Event::Delete {
-                        key: r.key,
-                        revision,
-                    }),
+                    .map(|(_, r)| Event::Delete { key: r.key, revision }),
             );
             remove_prefix(&mut state.system, &system);
         }
@@ -181,21 +168,12 @@ impl Store for MemoryStore {
         self.hub.watch(revision)
     }
 
-    async fn get_system(
-        &self,
-        mesh: Option<&str>,
-        name: &str,
-    ) -> Result<Option<Vec<u8>>, StoreError> {
+    async fn get_system(&self, mesh: Option<&str>, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let state = self.lock()?;
         Ok(state.system.get(&state.keys.system(mesh, name)).cloned())
     }
 
-    async fn put_system(
-        &self,
-        mesh: Option<&str>,
-        name: &str,
-        value: Vec<u8>,
-    ) -> Result<(), StoreError> {
+    async fn put_system(&self, mesh: Option<&str>, name: &str, value: Vec<u8>) -> Result<(), StoreError> {
         let mut state = self.lock()?;
         let encoded = state.keys.system(mesh, name);
         state.system.insert(encoded, value);

@@ -77,10 +77,7 @@ async fn reopen_keeps_data_history_and_revision() {
             .delete(&ResourceKey::global(ResourceType::Zone, "z2"), None)
             .await
             .unwrap();
-        store
-            .put_system(None, "key", b"secret".to_vec())
-            .await
-            .unwrap();
+        store.put_system(None, "key", b"secret".to_vec()).await.unwrap();
         let listing = store.list(&Filter::all()).await.unwrap();
         let mut s = store.watch(base).await.unwrap();
         let mut events = Vec::new();
@@ -97,15 +94,9 @@ async fn reopen_keeps_data_history_and_revision() {
     };
     let store = EmbeddedStore::open(dir.path()).unwrap();
     assert_eq!(store.list(&Filter::all()).await.unwrap(), before);
-    assert_eq!(
-        store.get_system(None, "key").await.unwrap(),
-        Some(b"secret".to_vec())
-    );
+    assert_eq!(store.get_system(None, "key").await.unwrap(), Some(b"secret".to_vec()));
     let next = store.create(zone("z3")).await.unwrap();
-    assert!(
-        next.version > before.revision,
-        "revision went back after reopen"
-    );
+    assert!(next.version > before.revision, "revision went back after reopen");
 
     // The change log survived: a watch from before the restart replays it.
     let mut s = store.watch(base).await.unwrap();
@@ -135,10 +126,7 @@ async fn a_second_open_is_refused() {
     }
     // So is one from another process.
     let out = run_child("probe", dir.path(), 0, Duration::from_secs(60));
-    assert!(
-        out.iter().any(|l| l == "LOCKED"),
-        "child probe said {out:?}"
-    );
+    assert!(out.iter().any(|l| l == "LOCKED"), "child probe said {out:?}");
     drop(store);
     let out = run_child("probe", dir.path(), 0, Duration::from_secs(60));
     assert!(
@@ -213,29 +201,20 @@ fn kill_9_keeps_every_acknowledged_write() {
 }
 
 async fn check_after_crash(dir: &Path, acked: &BTreeSet<u64>, counter_acked: u64, round: u32) {
-    let store =
-        EmbeddedStore::open(dir).unwrap_or_else(|e| panic!("round {round}: reopen failed: {e}"));
-    let listing = store
-        .list(&Filter::kind(ResourceType::Dataplane))
-        .await
-        .unwrap();
+    let store = EmbeddedStore::open(dir).unwrap_or_else(|e| panic!("round {round}: reopen failed: {e}"));
+    let listing = store.list(&Filter::kind(ResourceType::Dataplane)).await.unwrap();
     let present: BTreeSet<u64> = listing
         .items
         .iter()
         .map(|r| r.key.name.trim_start_matches("dp-").parse().unwrap())
         .collect();
     let lost: Vec<&u64> = acked.difference(&present).collect();
-    assert!(
-        lost.is_empty(),
-        "round {round}: acknowledged writes lost: {lost:?}"
-    );
+    assert!(lost.is_empty(), "round {round}: acknowledged writes lost: {lost:?}");
     // Beyond the acknowledged ones, only writes in flight at a kill may appear.
     // (a write in flight follows an acknowledged one).
     for extra in present.difference(acked) {
         assert!(
-            extra
-                .checked_sub(1)
-                .is_some_and(|prev| acked.contains(&prev)),
+            extra.checked_sub(1).is_some_and(|prev| acked.contains(&prev)),
             "round {round}: dp-{extra} was never attempted"
         );
     }
@@ -269,12 +248,7 @@ async fn check_after_crash(dir: &Path, acked: &BTreeSet<u64>, counter_acked: u64
     while last < all.revision {
         let e = tokio::time::timeout(Duration::from_secs(10), s.next())
             .await
-            .unwrap_or_else(|_| {
-                panic!(
-                    "round {round}: replay stopped at {last} before {}",
-                    all.revision
-                )
-            })
+            .unwrap_or_else(|_| panic!("round {round}: replay stopped at {last} before {}", all.revision))
             .unwrap()
             .unwrap();
         assert!(e.revision() > last, "round {round}: replay out of order");
@@ -360,10 +334,7 @@ fn run_writer_and_kill(dir: &Path, start: u64, n: usize) -> Vec<String> {
 
 /// Runs a child to completion and returns its stdout lines.
 fn run_child(mode: &str, dir: &Path, start: u64, timeout: Duration) -> Vec<String> {
-    let mut child = child_command(mode, dir, start)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = child_command(mode, dir, start).stdout(Stdio::piped()).spawn().unwrap();
     let deadline = Instant::now() + timeout;
     loop {
         if child.try_wait().unwrap().is_some() {
@@ -384,17 +355,12 @@ fn run_child(mode: &str, dir: &Path, start: u64, timeout: Duration) -> Vec<Strin
 
 fn child_command(mode: &str, dir: &Path, start: u64) -> Command {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args([
-        "child_process",
-        "--exact",
-        "--nocapture",
-        "--test-threads=1",
-    ])
-    .env(CHILD_MODE, mode)
-    .env(CHILD_DIR, dir)
-    .env(CHILD_START, start.to_string())
-    .stdin(Stdio::null())
-    .stderr(Stdio::inherit());
+    cmd.args(["child_process", "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD_MODE, mode)
+        .env(CHILD_DIR, dir)
+        .env(CHILD_START, start.to_string())
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit());
     cmd
 }
 

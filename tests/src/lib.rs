@@ -48,7 +48,10 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
         if let Some(v) = f() {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(25));
     }
 }
@@ -115,7 +118,10 @@ impl Proc {
 
     /// SIGTERM and wait for a clean exit.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
         self.child.wait().expect("wait for exit")
     }
 
@@ -124,11 +130,23 @@ impl Proc {
     }
 
     pub fn put_json(&self, path: &str, body: &Value) -> (u16, Value) {
-        http("PUT", &format!("{}{}", self.api, path), Some(body.to_string()), Some("application/json")).expect("PUT")
+        http(
+            "PUT",
+            &format!("{}{}", self.api, path),
+            Some(body.to_string()),
+            Some("application/json"),
+        )
+        .expect("PUT")
     }
 
     pub fn put_raw(&self, path: &str, body: &str, content_type: &str) -> (u16, Value) {
-        http("PUT", &format!("{}{}", self.api, path), Some(body.to_string()), Some(content_type)).expect("PUT")
+        http(
+            "PUT",
+            &format!("{}{}", self.api, path),
+            Some(body.to_string()),
+            Some(content_type),
+        )
+        .expect("PUT")
     }
 
     pub fn delete(&self, path: &str) -> (u16, Value) {
@@ -239,6 +257,10 @@ pub fn start_global_etcd(dir: &Path, endpoints: &str, prefix: &str) -> Proc {
 pub fn names(list: &Value) -> Vec<String> {
     list["items"]
         .as_array()
-        .map(|a| a.iter().filter_map(|i| i["name"].as_str().map(str::to_string)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|i| i["name"].as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default()
 }

@@ -50,7 +50,10 @@ fn defaults_on_first_start_with_exact_specs_and_never_recreated() {
                         "http": {"requestTimeout": "0s", "streamIdleTimeout": "1h", "maxStreamDuration": "0s"}}}]})
     );
     let (_, gw) = g.get("/meshes/default/meshtimeouts/mesh-gateways-timeout-all-default");
-    assert_eq!(gw["spec"]["from"][0]["default"]["http"]["requestHeadersTimeout"], "500ms");
+    assert_eq!(
+        gw["spec"]["from"][0]["default"]["http"]["requestHeadersTimeout"],
+        "500ms"
+    );
     assert_eq!(gw["spec"]["targetRef"]["proxyTypes"], json!(["Gateway"]));
     let (_, r) = g.get("/meshes/default/meshretries/mesh-retry-all-default");
     assert_eq!(
@@ -82,7 +85,11 @@ fn defaults_on_first_start_with_exact_specs_and_never_recreated() {
     assert_eq!(policy_names(&g, "other").len(), 4);
 
     // Re-creating a deleted mesh is a new mesh: it gets its defaults again.
-    assert_eq!(g.put_json("/meshes/default", &json!({"type": "Mesh", "name": "default"})).0, 201);
+    assert_eq!(
+        g.put_json("/meshes/default", &json!({"type": "Mesh", "name": "default"}))
+            .0,
+        201
+    );
     wait_for("defaults of re-created mesh", Duration::from_secs(10), || {
         (policy_names(&g, "default") == DEFAULT_POLICIES).then_some(())
     });
@@ -91,7 +98,11 @@ fn defaults_on_first_start_with_exact_specs_and_never_recreated() {
 #[test]
 fn skip_default_mesh_and_initial_policies() {
     let dir = tempfile::tempdir().unwrap();
-    let g = start_global_embedded(dir.path(), &dir.path().join("d"), &[("KUMA_DEFAULTS_SKIP_MESH_CREATION", "true")]);
+    let g = start_global_embedded(
+        dir.path(),
+        &dir.path().join("d"),
+        &[("KUMA_DEFAULTS_SKIP_MESH_CREATION", "true")],
+    );
     let (_, meshes) = g.get("/meshes");
     assert_eq!(meshes["total"], 0, "{meshes}");
 
@@ -105,7 +116,10 @@ fn skip_default_mesh_and_initial_policies() {
     });
     // The marker for "bare" is written after its (empty) defaults pass; check
     // a later mesh got its defaults to know the pass for "bare" has run.
-    assert_eq!(g.put_json("/meshes/late", &json!({"type": "Mesh", "name": "late"})).0, 201);
+    assert_eq!(
+        g.put_json("/meshes/late", &json!({"type": "Mesh", "name": "late"})).0,
+        201
+    );
     wait_for("defaults of mesh late", Duration::from_secs(10), || {
         (policy_names(&g, "late").len() == 4).then_some(())
     });
@@ -200,7 +214,10 @@ spec:
     // Table output lists both meshes' policies by mesh.
     let out = g.ctl(&["get", "meshtimeouts", "-m", "payments"], None);
     let table = String::from_utf8(out.stdout).unwrap();
-    assert!(table.contains("slow") && table.contains("mesh-timeout-all-payments"), "{table}");
+    assert!(
+        table.contains("slow") && table.contains("mesh-timeout-all-payments"),
+        "{table}"
+    );
 
     // Deleting a mesh deletes everything in it and nothing elsewhere.
     let out = g.ctl(&["delete", "mesh", "payments"], None);
@@ -283,7 +300,9 @@ fn bad_input_is_refused_with_the_field_and_stores_nothing() {
         if !field.is_empty() {
             let causes = resp["causes"].as_array().cloned().unwrap_or_default();
             assert!(
-                causes.iter().any(|c| c["field"].as_str().unwrap_or("").starts_with(field)),
+                causes
+                    .iter()
+                    .any(|c| c["field"].as_str().unwrap_or("").starts_with(field)),
                 "expected a cause naming {field}: {resp}"
             );
             assert!(causes.iter().all(|c| !c["message"].as_str().unwrap_or("").is_empty()));
@@ -318,7 +337,10 @@ fn paging_metrics_and_kill9_durability() {
     let data = dir.path().join("d");
     let mut g = start_global_embedded(dir.path(), &data, &[("KUMA_DEFAULTS_SKIP_MESH_CREATION", "true")]);
     for i in 0..25 {
-        let (s, body) = g.put_json(&format!("/meshes/m{i:02}"), &json!({"type": "Mesh", "name": format!("m{i:02}"), "skipCreatingInitialPolicies": ["*"]}));
+        let (s, body) = g.put_json(
+            &format!("/meshes/m{i:02}"),
+            &json!({"type": "Mesh", "name": format!("m{i:02}"), "skipCreatingInitialPolicies": ["*"]}),
+        );
         assert_eq!(s, 201, "{body}");
     }
     let (_, page) = g.get("/meshes?size=10&offset=20");
@@ -326,19 +348,28 @@ fn paging_metrics_and_kill9_durability() {
     assert_eq!(names(&page), ["m20", "m21", "m22", "m23", "m24"]);
     assert!(page["next"].is_null());
     let (_, page) = g.get("/meshes?size=10");
-    assert!(page["next"].as_str().unwrap().ends_with("/meshes?offset=10&size=10"), "{page}");
+    assert!(
+        page["next"].as_str().unwrap().ends_with("/meshes?offset=10&size=10"),
+        "{page}"
+    );
     assert_eq!(g.get("/meshes?size=abc").0, 400);
 
     // Update answers 200 and keeps creationTime.
     let (_, before) = g.get("/meshes/m00");
-    let (s, after) = g.put_json("/meshes/m00", &json!({"type": "Mesh", "name": "m00", "routing": {"zoneEgress": true}}));
+    let (s, after) = g.put_json(
+        "/meshes/m00",
+        &json!({"type": "Mesh", "name": "m00", "routing": {"zoneEgress": true}}),
+    );
     assert_eq!(s, 200, "{after}");
     assert_eq!(before["creationTime"], after["creationTime"]);
 
     let (s, metrics) = g.get("/metrics");
     assert_eq!(s, 200);
     let text = metrics.as_str().unwrap_or_default().to_string();
-    assert!(text.lines().any(|l| l.starts_with("meridian_api_requests_total{")), "{text}");
+    assert!(
+        text.lines().any(|l| l.starts_with("meridian_api_requests_total{")),
+        "{text}"
+    );
     assert!(text.contains("meridian_resources{resource_type=\"Mesh\"} 25"), "{text}");
     assert_eq!(g.get("/healthy").0, 200);
 
@@ -357,12 +388,20 @@ fn second_process_on_the_same_data_dir_is_refused() {
     let port = free_port();
     let mut second = Proc::spawn(
         "meridian-global",
-        &["run".into(), "--api-addr".into(), format!("127.0.0.1:{port}"), "--data-dir".into(), data.display().to_string()],
+        &[
+            "run".into(),
+            "--api-addr".into(),
+            format!("127.0.0.1:{port}"),
+            "--data-dir".into(),
+            data.display().to_string(),
+        ],
         &[],
         dir.path(),
         port,
     );
-    let status = wait_for("second global to exit", Duration::from_secs(20), || second.child.try_wait().ok().flatten());
+    let status = wait_for("second global to exit", Duration::from_secs(20), || {
+        second.child.try_wait().ok().flatten()
+    });
     assert!(!status.success());
     let log = second.log_text();
     assert!(log.contains("embedded store"), "{log}");
@@ -397,6 +436,9 @@ fn zone_standalone_serves_its_own_meshes() {
         "networking": {"address": "127.0.0.1", "inbound": [{"port": 8080, "tags": {"kuma.io/service": "backend"}}]}});
     assert_eq!(z.put_json("/meshes/default/dataplanes/dp-1", &dp).0, 201);
     let (_, overview) = z.get("/meshes/default/dataplanes+insights");
-    assert_eq!(overview["items"][0]["dataplane"]["networking"]["inbound"][0]["port"], 8080);
+    assert_eq!(
+        overview["items"][0]["dataplane"]["networking"]["inbound"][0]["port"],
+        8080
+    );
     let _: &Value = &overview;
 }

@@ -65,6 +65,9 @@ struct RunArgs {
     config: Option<PathBuf>,
 }
 
+// The KDS and xDS settings are accepted (so one file serves both modes) but
+// only read once federation exists.
+#[allow(dead_code)]
 #[derive(Deserialize, Debug, Default)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct FileConfig {
@@ -102,7 +105,10 @@ async fn main() -> anyhow::Result<()> {
     if store == StoreKind::Etcd {
         bail!("--store: a zone keeps its replica in the embedded or memory store, not etcd");
     }
-    let data_dir = args.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("./meridian-zone-data"));
+    let data_dir = args
+        .data_dir
+        .or(file.data_dir)
+        .unwrap_or_else(|| PathBuf::from("./meridian-zone-data"));
     let api_addr = args
         .api_addr
         .or(file.api_addr)

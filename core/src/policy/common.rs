@@ -152,10 +152,7 @@ pub fn parse_decimal(s: &str) -> Option<f64> {
 /// Checks that `value` is a number between 0 and 100 inclusive.
 pub fn check_percentage(value: &IntOrString, path: &FieldPath, causes: &mut Causes) {
     match value.as_f64() {
-        None => causes.add(
-            path,
-            format!("{value} is not a number (expected e.g. 50 or \"99.9\")"),
-        ),
+        None => causes.add(path, format!("{value} is not a number (expected e.g. 50 or \"99.9\")")),
         Some(v) if !(0.0..=100.0).contains(&v) => causes.add(path, "must be between 0 and 100"),
         Some(_) => {}
     }
@@ -200,10 +197,7 @@ pub fn check_port(value: impl Into<i64>, path: &FieldPath, causes: &mut Causes) 
 pub fn check_status_code(value: impl Into<i64>, path: &FieldPath, causes: &mut Causes) {
     let v = value.into();
     if !(100..=599).contains(&v) {
-        causes.add(
-            path,
-            format!("{v} is not a valid HTTP status code (100-599)"),
-        );
+        causes.add(path, format!("{v} is not a valid HTTP status code (100-599)"));
     }
 }
 
@@ -224,8 +218,7 @@ pub fn check_max_items(len: usize, max: usize, path: &FieldPath, causes: &mut Ca
 
 /// Checks an HTTP header name: 1 to 256 lowercase token characters.
 pub fn check_header_name(name: &str, path: &FieldPath, causes: &mut Causes) {
-    let token =
-        |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || "!#$%&'*+-.^_`|~".contains(c);
+    let token = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || "!#$%&'*+-.^_`|~".contains(c);
     if name.is_empty() {
         causes.add(path, "must not be empty");
     } else if name.len() > 256 {
@@ -241,8 +234,7 @@ pub fn check_header_name(name: &str, path: &FieldPath, causes: &mut Causes) {
 /// Checks an absolute file path (`/var/log/x.log`, or `C:\logs\x.log`).
 pub fn check_file_path(value: &str, path: &FieldPath, causes: &mut Causes) {
     let bytes = value.as_bytes();
-    let windows =
-        bytes.len() >= 3 && bytes[0].is_ascii_alphabetic() && bytes[1] == b':' && bytes[2] == b'\\';
+    let windows = bytes.len() >= 3 && bytes[0].is_ascii_alphabetic() && bytes[1] == b':' && bytes[2] == b'\\';
     if value.is_empty() {
         causes.add(path, "must not be empty");
     } else if value.contains('\0') || !(value.starts_with('/') || windows) {
@@ -266,11 +258,7 @@ pub fn split_url(value: &str) -> Option<UrlParts<'_>> {
         return None;
     }
     let (scheme, after) = match value.split_once("://") {
-        Some((s, a))
-            if !s.is_empty()
-                && s.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c)) =>
-        {
+        Some((s, a)) if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c)) => {
             (Some(s), a)
         }
         Some(_) => return None,
@@ -331,16 +319,10 @@ pub fn check_tagged_union(
     for (name, set) in members {
         if Some(*name) == chosen {
             if required && !set {
-                causes.add(
-                    &path.field(name),
-                    format!("must be defined when type is {type_value}"),
-                );
+                causes.add(&path.field(name), format!("must be defined when type is {type_value}"));
             }
         } else if *set {
-            causes.add(
-                &path.field(name),
-                format!("must not be set when type is {type_value}"),
-            );
+            causes.add(&path.field(name), format!("must not be set when type is {type_value}"));
         }
     }
 }
@@ -372,10 +354,7 @@ impl HeaderMatch {
         let ty = self.match_type.unwrap_or(HeaderMatchType::Exact);
         let has_value = self.value.as_deref().is_some_and(|v| !v.is_empty());
         if matches!(ty, HeaderMatchType::Present | HeaderMatchType::Absent) && has_value {
-            causes.add(
-                &path.field("value"),
-                format!("must not be set when type is {ty:?}"),
-            );
+            causes.add(&path.field("value"), format!("must not be set when type is {ty:?}"));
         }
     }
 }
@@ -437,8 +416,7 @@ pub struct BackendRef {
 }
 
 /// Route backends may point at services or service subsets only.
-pub const BACKEND_KINDS: &[TargetRefKind] =
-    &[TargetRefKind::MeshService, TargetRefKind::MeshServiceSubset];
+pub const BACKEND_KINDS: &[TargetRefKind] = &[TargetRefKind::MeshService, TargetRefKind::MeshServiceSubset];
 
 impl BackendRef {
     /// The target-reference part of this backend.
@@ -453,8 +431,7 @@ impl BackendRef {
     }
 
     pub fn validate(&self, path: &FieldPath, causes: &mut Causes) {
-        self.target_ref()
-            .validate(path, RefPosition::To, BACKEND_KINDS, causes);
+        self.target_ref().validate(path, RefPosition::To, BACKEND_KINDS, causes);
         if let Some(port) = self.port {
             check_port(port, &path.field("port"), causes);
         }
@@ -490,9 +467,7 @@ pub(crate) mod testing {
     pub fn assert_invalid<T: Spec>(input: Value, field: &str, message: &str) {
         let causes = causes::<T>(input);
         assert!(
-            causes
-                .iter()
-                .any(|c| c.field == field && c.message.contains(message)),
+            causes.iter().any(|c| c.field == field && c.message.contains(message)),
             "no cause at {field} containing {message:?}; got: {causes:?}"
         );
     }
@@ -566,15 +541,7 @@ mod tests {
             check_url(u, &FieldPath::new("u"), &mut c);
             assert!(c.is_empty(), "{u}");
         }
-        for u in [
-            "",
-            "http://",
-            "a b",
-            "host:0",
-            "host:99999",
-            "host:x",
-            "://x",
-        ] {
+        for u in ["", "http://", "a b", "host:0", "host:99999", "host:x", "://x"] {
             let mut c = Causes::new();
             check_url(u, &FieldPath::new("u"), &mut c);
             assert!(!c.is_empty(), "{u}");

@@ -4,9 +4,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::common::{
-    check_entries, check_file_path, check_not_empty, check_tagged_union, check_url, Entry,
-};
+use super::common::{check_entries, check_file_path, check_not_empty, check_tagged_union, check_url, Entry};
 use super::{require_to_or_from, RefPosition, TargetRef, TargetRefKind as K};
 use crate::error::{Causes, FieldPath};
 use crate::spec::Spec;
@@ -214,10 +212,7 @@ impl Format {
             &format!("{:?}", self.format_type),
             Some(chosen),
             true,
-            &[
-                ("plain", self.plain.is_some()),
-                ("json", self.json.is_some()),
-            ],
+            &[("plain", self.plain.is_some()), ("json", self.json.is_some())],
             causes,
         );
         if let Some(plain) = &self.plain {
@@ -236,10 +231,7 @@ impl Format {
                 check_not_empty(value, &ip.field("value"), causes);
                 // Key and value are pasted into a JSON template as they are.
                 if serde_json::from_str::<Value>(&format!("{{\"{key}\": \"{value}\"}}")).is_err() {
-                    causes.add(
-                        &ip,
-                        "does not form a valid JSON object (check quotes and backslashes)",
-                    );
+                    causes.add(&ip, "does not form a valid JSON object (check quotes and backslashes)");
                 }
             }
         }
@@ -298,11 +290,7 @@ mod tests {
         let mut bad = full();
         bad["from"][0]["targetRef"] = json!({"kind": "MeshService", "name": "x"});
         assert_invalid::<MeshAccessLog>(bad, "spec.from[0].targetRef.kind", "allowed: Mesh");
-        assert_invalid::<MeshAccessLog>(
-            json!({"targetRef": {"kind": "Mesh"}}),
-            "spec",
-            "\"to\" or \"from\"",
-        );
+        assert_invalid::<MeshAccessLog>(json!({"targetRef": {"kind": "Mesh"}}), "spec", "\"to\" or \"from\"");
     }
 
     #[test]
@@ -317,10 +305,7 @@ mod tests {
             ]}}]
         }));
         let pre = "spec.to[0].default.backends";
-        let fields: Vec<_> = got
-            .iter()
-            .map(|c| c.field.trim_start_matches(pre))
-            .collect();
+        let fields: Vec<_> = got.iter().map(|c| c.field.trim_start_matches(pre)).collect();
         assert_eq!(
             fields,
             [
@@ -337,10 +322,7 @@ mod tests {
         );
         assert_eq!(got[0].message, "must not be set when type is File");
         assert_eq!(got[1].message, "must be defined when type is File");
-        assert_eq!(
-            got[6].message,
-            "\"relative.log\" is not a valid absolute file path"
-        );
+        assert_eq!(got[6].message, "\"relative.log\" is not a valid absolute file path");
     }
 
     #[test]

@@ -3,10 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::common::{
-    check_entries, check_int_percentage, check_positive, check_positive_duration, Entry,
-    IntOrString,
-};
+use super::common::{check_entries, check_int_percentage, check_positive, check_positive_duration, Entry, IntOrString};
 use super::{require_to_or_from, RefPosition, TargetRef, TargetRefKind as K};
 use crate::duration::Duration;
 use crate::error::{Causes, FieldPath};
@@ -154,16 +151,8 @@ impl Conf {
         if let Some(l) = &self.connection_limits {
             let p = path.field("connectionLimits");
             check_positive(l.max_connections, &p.field("maxConnections"), causes);
-            check_positive(
-                l.max_connection_pools,
-                &p.field("maxConnectionPools"),
-                causes,
-            );
-            check_positive(
-                l.max_pending_requests,
-                &p.field("maxPendingRequests"),
-                causes,
-            );
+            check_positive(l.max_connection_pools, &p.field("maxConnectionPools"), causes);
+            check_positive(l.max_pending_requests, &p.field("maxPendingRequests"), causes);
             check_positive(l.max_retries, &p.field("maxRetries"), causes);
             check_positive(l.max_requests, &p.field("maxRequests"), causes);
         }
@@ -181,11 +170,7 @@ impl OutlierDetection {
             &path.field("baseEjectionTime"),
             causes,
         );
-        check_int_percentage(
-            self.max_ejection_percent,
-            &path.field("maxEjectionPercent"),
-            causes,
-        );
+        check_int_percentage(self.max_ejection_percent, &path.field("maxEjectionPercent"), causes);
         let p = path.field("detectors");
         let Some(d) = &self.detectors else {
             // Turning detection off needs nothing else.
@@ -296,11 +281,7 @@ mod tests {
             "spec.targetRef.kind",
             "not supported",
         );
-        assert_invalid::<MeshCircuitBreaker>(
-            json!({"targetRef": {"kind": "Mesh"}}),
-            "spec",
-            "\"to\" or \"from\"",
-        );
+        assert_invalid::<MeshCircuitBreaker>(json!({"targetRef": {"kind": "Mesh"}}), "spec", "\"to\" or \"from\"");
     }
 
     #[test]
@@ -315,10 +296,7 @@ mod tests {
         bad["to"][0]["default"]["connectionLimits"]["maxConnections"] = json!(0);
         let got = causes::<MeshCircuitBreaker>(bad);
         let pre = "spec.to[0].default.";
-        let fields: Vec<_> = got
-            .iter()
-            .map(|c| c.field.trim_start_matches(pre))
-            .collect();
+        let fields: Vec<_> = got.iter().map(|c| c.field.trim_start_matches(pre)).collect();
         assert_eq!(
             fields,
             [

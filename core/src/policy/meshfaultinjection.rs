@@ -4,9 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::common::{
-    check_entries, check_percentage, check_status_code, forbid_list, Entry, IntOrString,
-};
+use super::common::{check_entries, check_percentage, check_status_code, forbid_list, Entry, IntOrString};
 use super::{RefPosition, TargetRef, TargetRefKind as K};
 use crate::duration::Duration;
 use crate::error::{Causes, FieldPath};
@@ -132,14 +130,13 @@ impl Conf {
                 if !is_bandwidth(&b.limit) {
                     causes.add(
                         &p.field("responseBandwidth").field("limit"),
-                        format!("{:?} is not a bandwidth: expected a number and a unit kbps, Mbps or Gbps", b.limit),
+                        format!(
+                            "{:?} is not a bandwidth: expected a number and a unit kbps, Mbps or Gbps",
+                            b.limit
+                        ),
                     );
                 }
-                check_percentage(
-                    &b.percentage,
-                    &p.field("responseBandwidth").field("percentage"),
-                    causes,
-                );
+                check_percentage(&b.percentage, &p.field("responseBandwidth").field("percentage"), causes);
             }
         }
     }
@@ -211,10 +208,7 @@ mod tests {
             ]}}]
         }));
         let pre = "spec.from[0].default.http";
-        let fields: Vec<_> = got
-            .iter()
-            .map(|c| c.field.trim_start_matches(pre))
-            .collect();
+        let fields: Vec<_> = got.iter().map(|c| c.field.trim_start_matches(pre)).collect();
         assert_eq!(
             fields,
             [

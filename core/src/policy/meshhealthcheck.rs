@@ -4,8 +4,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::common::{
-    check_entries, check_file_path, check_int_percentage, check_not_empty, check_percentage,
-    check_positive, check_positive_duration, check_status_code, Entry, HeadersToAdd, IntOrString,
+    check_entries, check_file_path, check_int_percentage, check_not_empty, check_percentage, check_positive,
+    check_positive_duration, check_status_code, Entry, HeadersToAdd, IntOrString,
 };
 use super::{RefPosition, TargetRef, TargetRefKind as K};
 use crate::duration::Duration;
@@ -134,16 +134,8 @@ impl Conf {
         ] {
             check_positive_duration(d.as_ref(), &path.field(name), causes);
         }
-        check_positive(
-            self.unhealthy_threshold,
-            &path.field("unhealthyThreshold"),
-            causes,
-        );
-        check_positive(
-            self.healthy_threshold,
-            &path.field("healthyThreshold"),
-            causes,
-        );
+        check_positive(self.unhealthy_threshold, &path.field("unhealthyThreshold"), causes);
+        check_positive(self.healthy_threshold, &path.field("healthyThreshold"), causes);
         check_int_percentage(
             self.interval_jitter_percent,
             &path.field("intervalJitterPercent"),
@@ -156,10 +148,7 @@ impl Conf {
             check_file_path(p, &path.field("eventLogPath"), causes);
         }
         if self.http.is_none() && self.tcp.is_none() && self.grpc.is_none() {
-            causes.add(
-                path,
-                "at least one of \"http\", \"tcp\" or \"grpc\" must be set",
-            );
+            causes.add(path, "at least one of \"http\", \"tcp\" or \"grpc\" must be set");
         }
         if let Some(http) = &self.http {
             let p = path.field("http");
@@ -256,10 +245,7 @@ mod tests {
         d["http"]["requestHeadersToAdd"]["add"][0]["name"] = json!("Bad Header");
         let got = causes::<MeshHealthCheck>(bad);
         let pre = "spec.to[0].default.";
-        let fields: Vec<_> = got
-            .iter()
-            .map(|c| c.field.trim_start_matches(pre))
-            .collect();
+        let fields: Vec<_> = got.iter().map(|c| c.field.trim_start_matches(pre)).collect();
         assert_eq!(
             fields,
             [
@@ -274,10 +260,7 @@ mod tests {
                 "http.requestHeadersToAdd.add[0].name",
             ]
         );
-        assert_eq!(
-            got[6].message,
-            "99 is not a valid HTTP status code (100-599)"
-        );
+        assert_eq!(got[6].message, "99 is not a valid HTTP status code (100-599)");
     }
 
     #[test]

@@ -8,8 +8,8 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 use super::common::{
-    check_header_values, check_max_items, check_not_empty, check_percentage, check_port,
-    check_tagged_union, BackendRef, HeaderMatch, HeaderValue, IntOrString, BACKEND_KINDS,
+    check_header_values, check_max_items, check_not_empty, check_percentage, check_port, check_tagged_union,
+    BackendRef, HeaderMatch, HeaderValue, IntOrString, BACKEND_KINDS,
 };
 use super::{RefPosition, TargetRef, TargetRefKind as K};
 use crate::error::{Causes, FieldPath};
@@ -292,9 +292,7 @@ impl Rule {
             f.validate(&p.field("filters").index(i), gateway, all_prefix, causes);
         }
         let backends = self.default.backend_refs.as_deref().unwrap_or_default();
-        let redirects = filters
-            .iter()
-            .any(|f| f.filter_type == FilterType::RequestRedirect);
+        let redirects = filters.iter().any(|f| f.filter_type == FilterType::RequestRedirect);
         // A gateway has no "original destination" to fall back to.
         if gateway && backends.is_empty() && !redirects {
             causes.add(
@@ -349,14 +347,8 @@ impl Filter {
             Some(self.filter_type.field()),
             true,
             &[
-                (
-                    "requestHeaderModifier",
-                    self.request_header_modifier.is_some(),
-                ),
-                (
-                    "responseHeaderModifier",
-                    self.response_header_modifier.is_some(),
-                ),
+                ("requestHeaderModifier", self.request_header_modifier.is_some()),
+                ("responseHeaderModifier", self.response_header_modifier.is_some()),
                 ("requestRedirect", self.request_redirect.is_some()),
                 ("urlRewrite", self.url_rewrite.is_some()),
                 ("requestMirror", self.request_mirror.is_some()),
@@ -409,12 +401,9 @@ impl Filter {
         }
         if let Some(m) = &self.request_mirror {
             let p = path.field("requestMirror");
-            m.backend_ref.target_ref().validate(
-                &p.field("backendRef"),
-                RefPosition::To,
-                BACKEND_KINDS,
-                causes,
-            );
+            m.backend_ref
+                .target_ref()
+                .validate(&p.field("backendRef"), RefPosition::To, BACKEND_KINDS, causes);
             if let Some(port) = m.backend_ref.port {
                 check_port(port, &p.field("backendRef").field("port"), causes);
             }
@@ -428,10 +417,7 @@ impl Filter {
 impl HeaderModifier {
     fn validate(&self, path: &FieldPath, causes: &mut Causes) {
         if self.set.is_none() && self.add.is_none() && self.remove.is_none() {
-            causes.add(
-                path,
-                "at least one of \"set\", \"add\" or \"remove\" must be set",
-            );
+            causes.add(path, "at least one of \"set\", \"add\" or \"remove\" must be set");
             return;
         }
         let mut seen = BTreeSet::new();
@@ -629,8 +615,7 @@ mod tests {
         );
         let mut bad = full();
         bad["to"][0]["hostnames"] = json!(["example.com"]);
-        bad["to"][0]["rules"][0]["default"]["filters"][2]["urlRewrite"]["hostToBackendHostname"] =
-            json!(true);
+        bad["to"][0]["rules"][0]["default"]["filters"][2]["urlRewrite"]["hostToBackendHostname"] = json!(true);
         let got = causes::<MeshHttpRoute>(bad);
         let fields: Vec<_> = got.iter().map(|c| c.field.as_str()).collect();
         assert_eq!(
@@ -641,10 +626,7 @@ mod tests {
                 "spec.to[0].rules[0].default.filters[2].urlRewrite.hostToBackendHostname",
             ]
         );
-        assert_eq!(
-            got[1].message,
-            "can only be set when targetRef.kind is MeshGateway"
-        );
+        assert_eq!(got[1].message, "can only be set when targetRef.kind is MeshGateway");
         assert_eq!(got[2].message, "cannot be set together with hostname");
     }
 
@@ -659,10 +641,7 @@ mod tests {
         ]);
         let got = causes::<MeshHttpRoute>(bad);
         let pre = "spec.to[0].rules[0].";
-        let fields: Vec<_> = got
-            .iter()
-            .map(|c| c.field.trim_start_matches(pre))
-            .collect();
+        let fields: Vec<_> = got.iter().map(|c| c.field.trim_start_matches(pre)).collect();
         assert_eq!(
             fields,
             [
@@ -711,10 +690,7 @@ mod tests {
             }]}]
         }));
         let pre = "spec.to[0].rules[0].default.filters";
-        let fields: Vec<_> = got
-            .iter()
-            .map(|c| c.field.trim_start_matches(pre))
-            .collect();
+        let fields: Vec<_> = got.iter().map(|c| c.field.trim_start_matches(pre)).collect();
         assert_eq!(
             fields,
             [
@@ -732,10 +708,7 @@ mod tests {
                 "[5].requestMirror.percentage",
             ]
         );
-        assert_eq!(
-            got[0].message,
-            "must be defined when type is RequestHeaderModifier"
-        );
+        assert_eq!(got[0].message, "must be defined when type is RequestHeaderModifier");
         assert_eq!(got[2].message, "duplicate header name \"x-a\"");
         assert_eq!(got[3].message, "cannot be an IP address");
         assert_eq!(got[9].message, "must not be set when type is RequestMirror");

@@ -4,8 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::common::{
-    check_entries, check_not_empty, check_percentage, check_positive, check_tagged_union, Entry,
-    IntOrString,
+    check_entries, check_not_empty, check_percentage, check_positive, check_tagged_union, Entry, IntOrString,
 };
 use super::{RefPosition, TargetRef, TargetRefKind as K};
 use crate::duration::Duration;
@@ -285,11 +284,7 @@ impl Conf {
 
 impl LocalityAwareness {
     fn validate(&self, path: &FieldPath, causes: &mut Causes) {
-        if let Some(tags) = self
-            .local_zone
-            .as_ref()
-            .and_then(|z| z.affinity_tags.as_ref())
-        {
+        if let Some(tags) = self.local_zone.as_ref().and_then(|z| z.affinity_tags.as_ref()) {
             let p = path.field("localZone").field("affinityTags");
             for (i, tag) in tags.iter().enumerate() {
                 check_not_empty(&tag.key, &p.index(i).field("key"), causes);
@@ -317,16 +312,10 @@ impl LocalityAwareness {
                 let zp = fp.field("to").field("zones");
                 match f.to.to_type {
                     ToZonesType::Any | ToZonesType::None if !zones.is_empty() => {
-                        causes.add(
-                            &zp,
-                            format!("must be empty when type is {:?}", f.to.to_type),
-                        );
+                        causes.add(&zp, format!("must be empty when type is {:?}", f.to.to_type));
                     }
                     ToZonesType::Only | ToZonesType::AnyExcept if zones.is_empty() => {
-                        causes.add(
-                            &zp,
-                            format!("must not be empty when type is {:?}", f.to.to_type),
-                        );
+                        causes.add(&zp, format!("must not be empty when type is {:?}", f.to.to_type));
                     }
                     _ => {}
                 }
@@ -335,11 +324,7 @@ impl LocalityAwareness {
                 }
             }
             if let Some(t) = &cz.failover_threshold {
-                check_percentage(
-                    &t.percentage,
-                    &p.field("failoverThreshold").field("percentage"),
-                    causes,
-                );
+                check_percentage(&t.percentage, &p.field("failoverThreshold").field("percentage"), causes);
             }
         }
     }
@@ -376,10 +361,7 @@ impl LoadBalancer {
             if let Some(bias) = &lr.active_request_bias {
                 let bp = p.field("activeRequestBias");
                 match bias.as_f64() {
-                    None => causes.add(
-                        &bp,
-                        format!("{bias} is not a number (expected e.g. \"1.5\")"),
-                    ),
+                    None => causes.add(&bp, format!("{bias} is not a number (expected e.g. \"1.5\")")),
                     Some(v) if v < 0.0 => causes.add(&bp, "must be greater than or equal to 0"),
                     Some(_) => {}
                 }
@@ -387,10 +369,7 @@ impl LoadBalancer {
         }
         if let Some(rh) = &self.ring_hash {
             let p = path.field("ringHash");
-            for (name, size) in [
-                ("minRingSize", rh.min_ring_size),
-                ("maxRingSize", rh.max_ring_size),
-            ] {
+            for (name, size) in [("minRingSize", rh.min_ring_size), ("maxRingSize", rh.max_ring_size)] {
                 if size.is_some_and(|s| !(1..=8_000_000).contains(&s)) {
                     causes.add(&p.field(name), "must be between 1 and 8000000");
                 }
@@ -403,11 +382,7 @@ impl LoadBalancer {
                     );
                 }
             }
-            check_hash_policies(
-                rh.hash_policies.as_deref(),
-                &p.field("hashPolicies"),
-                causes,
-            );
+            check_hash_policies(rh.hash_policies.as_deref(), &p.field("hashPolicies"), causes);
         }
         if let Some(m) = &self.maglev {
             let p = path.field("maglev");
@@ -574,10 +549,7 @@ mod tests {
         la["crossZone"]["failoverThreshold"]["percentage"] = json!("101");
         let got = causes::<MeshLoadBalancingStrategy>(bad);
         let pre = "spec.to[0].default.localityAwareness.";
-        let fields: Vec<_> = got
-            .iter()
-            .map(|c| c.field.trim_start_matches(pre))
-            .collect();
+        let fields: Vec<_> = got.iter().map(|c| c.field.trim_start_matches(pre)).collect();
         assert_eq!(
             fields,
             [
@@ -590,10 +562,7 @@ mod tests {
                 "crossZone.failoverThreshold.percentage",
             ]
         );
-        assert_eq!(
-            got[2].message,
-            "either all affinity tags or none must have a weight"
-        );
+        assert_eq!(got[2].message, "either all affinity tags or none must have a weight");
         assert_eq!(got[4].message, "must be empty when type is Any");
         assert_eq!(got[5].message, "must not be empty when type is Only");
     }
@@ -612,10 +581,7 @@ mod tests {
             }}}]
         }));
         let pre = "spec.to[0].default.loadBalancer.";
-        let fields: Vec<_> = got
-            .iter()
-            .map(|c| c.field.trim_start_matches(pre))
-            .collect();
+        let fields: Vec<_> = got.iter().map(|c| c.field.trim_start_matches(pre)).collect();
         assert_eq!(
             fields,
             [

@@ -3,9 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::common::{
-    check_not_empty, check_port, check_positive_duration, check_tagged_union, check_url,
-};
+use super::common::{check_not_empty, check_port, check_positive_duration, check_tagged_union, check_url};
 use super::{RefPosition, TargetRef, TargetRefKind as K};
 use crate::duration::Duration;
 use crate::error::{Causes, FieldPath};
@@ -174,16 +172,9 @@ impl Conf {
     fn validate(&self, path: &FieldPath, causes: &mut Causes) {
         if let Some(profiles) = self.sidecar.as_ref().and_then(|s| s.profiles.as_ref()) {
             let p = path.field("sidecar").field("profiles");
-            for (name, list) in [
-                ("exclude", &profiles.exclude),
-                ("include", &profiles.include),
-            ] {
+            for (name, list) in [("exclude", &profiles.exclude), ("include", &profiles.include)] {
                 for (i, sel) in list.iter().flatten().enumerate() {
-                    check_not_empty(
-                        &sel.match_value,
-                        &p.field(name).index(i).field("match"),
-                        causes,
-                    );
+                    check_not_empty(&sel.match_value, &p.field(name).index(i).field("match"), causes);
                 }
             }
         }
@@ -219,11 +210,7 @@ impl Conf {
             if let Some(otel) = &b.open_telemetry {
                 let op = p.field("openTelemetry");
                 check_url(&otel.endpoint, &op.field("endpoint"), causes);
-                check_positive_duration(
-                    otel.refresh_interval.as_ref(),
-                    &op.field("refreshInterval"),
-                    causes,
-                );
+                check_positive_duration(otel.refresh_interval.as_ref(), &op.field("refreshInterval"), causes);
             }
         }
     }

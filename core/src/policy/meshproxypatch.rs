@@ -232,10 +232,7 @@ impl Modification {
         if let Some(m) = &self.virtual_host {
             let p = path.field("virtualHost");
             if m.operation == ResourceOp::Add && m.match_.name.is_some() {
-                causes.add(
-                    &p.field("match").field("name"),
-                    "must not be set when operation is Add",
-                );
+                causes.add(&p.field("match").field("name"), "must not be set when operation is Add");
             }
             check_payload(
                 m.operation == ResourceOp::Patch,
@@ -252,10 +249,7 @@ impl Modification {
 impl<M> ResourceMod<M> {
     fn validate(&self, path: &FieldPath, causes: &mut Causes) {
         if self.operation == ResourceOp::Add && self.match_.is_some() {
-            causes.add(
-                &path.field("match"),
-                "must not be set when operation is Add",
-            );
+            causes.add(&path.field("match"), "must not be set when operation is Add");
         }
         let patch = self.operation == ResourceOp::Patch;
         let remove = self.operation == ResourceOp::Remove;
@@ -275,17 +269,13 @@ impl FilterMod {
         let named = self.match_.as_ref().is_some_and(|m| m.name.is_some());
         let np = path.field("match").field("name");
         match self.operation {
-            FilterOp::AddBefore if !named => causes.add(
-                &np,
-                "must be defined: name the filter before which this one is added",
-            ),
-            FilterOp::AddAfter if !named => causes.add(
-                &np,
-                "must be defined: name the filter after which this one is added",
-            ),
-            FilterOp::Patch if !named => {
-                causes.add(&np, "must be defined: name the filter to patch")
+            FilterOp::AddBefore if !named => {
+                causes.add(&np, "must be defined: name the filter before which this one is added")
             }
+            FilterOp::AddAfter if !named => {
+                causes.add(&np, "must be defined: name the filter after which this one is added")
+            }
+            FilterOp::Patch if !named => causes.add(&np, "must be defined: name the filter to patch"),
             _ => {}
         }
         let patch = self.operation == FilterOp::Patch;
@@ -314,27 +304,16 @@ fn check_payload(
     let has_patches = json_patches.is_some_and(|p| !p.is_empty());
     if patch {
         match (value, has_patches) {
-            (Some(_), true) => {
-                causes.add(path, "only one of \"value\" or \"jsonPatches\" may be set")
-            }
-            (None, false) => causes.add(
-                path,
-                "exactly one of \"value\" or \"jsonPatches\" must be set",
-            ),
+            (Some(_), true) => causes.add(path, "only one of \"value\" or \"jsonPatches\" may be set"),
+            (None, false) => causes.add(path, "exactly one of \"value\" or \"jsonPatches\" must be set"),
             _ => {}
         }
     } else {
         if json_patches.is_some() {
-            causes.add(
-                &path.field("jsonPatches"),
-                "can only be set when operation is Patch",
-            );
+            causes.add(&path.field("jsonPatches"), "can only be set when operation is Patch");
         }
         if remove && value.is_some() {
-            causes.add(
-                &path.field("value"),
-                "must not be set when operation is Remove",
-            );
+            causes.add(&path.field("value"), "must not be set when operation is Remove");
         }
         if !remove && value.is_none() {
             causes.add(&path.field("value"), "must be defined");
@@ -382,10 +361,7 @@ impl JsonPatch {
 /// A JSON Pointer (RFC 6901): empty, or `/`-separated tokens.
 fn check_pointer(p: &str, path: &FieldPath, causes: &mut Causes) {
     if !p.is_empty() && !p.starts_with('/') {
-        causes.add(
-            path,
-            format!("{p:?} is not a JSON pointer (it must start with /)"),
-        );
+        causes.add(path, format!("{p:?} is not a JSON pointer (it must start with /)"));
     }
 }
 
@@ -475,10 +451,7 @@ mod tests {
         }));
         let fields: Vec<_> = got
             .iter()
-            .map(|c| {
-                c.field
-                    .trim_start_matches("spec.default.appendModifications")
-            })
+            .map(|c| c.field.trim_start_matches("spec.default.appendModifications"))
             .collect();
         assert_eq!(
             fields,
@@ -499,14 +472,8 @@ mod tests {
             ]
         );
         assert_eq!(got[2].message, "must be defined");
-        assert_eq!(
-            got[3].message,
-            "only one of \"value\" or \"jsonPatches\" may be set"
-        );
-        assert_eq!(
-            got[6].message,
-            "must be a YAML object describing the Envoy resource"
-        );
+        assert_eq!(got[3].message, "only one of \"value\" or \"jsonPatches\" may be set");
+        assert_eq!(got[6].message, "must be a YAML object describing the Envoy resource");
         assert_eq!(got[8].message, "must be defined with op move");
         assert!(got[10].message.ends_with("found 2"), "{}", got[10].message);
     }

@@ -6,9 +6,7 @@ use std::time::Duration as StdDuration;
 
 use serde::{Deserialize, Serialize};
 
-use super::common::{
-    check_entries, check_positive, check_status_code, forbid_list, Entry, HeadersToAdd,
-};
+use super::common::{check_entries, check_positive, check_status_code, forbid_list, Entry, HeadersToAdd};
 use super::{RefPosition, TargetRef, TargetRefKind as K};
 use crate::duration::Duration;
 use crate::error::{Causes, FieldPath};
@@ -161,10 +159,7 @@ impl Conf {
         if let Some(tcp) = &local.tcp {
             let tp = p.field("tcp");
             if tcp == &LocalTcp::default() {
-                causes.add(
-                    &tp,
-                    "at least one of \"disabled\" or \"connectionRate\" must be set",
-                );
+                causes.add(&tp, "at least one of \"disabled\" or \"connectionRate\" must be set");
             }
             if let Some(rate) = &tcp.connection_rate {
                 rate.validate(&tp.field("connectionRate"), causes);

@@ -5,9 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::common::{
-    check_entries, check_header_name, check_positive, check_positive_duration, Entry, HeaderMatch,
-};
+use super::common::{check_entries, check_header_name, check_positive, check_positive_duration, Entry, HeaderMatch};
 use super::{RefPosition, TargetRef, TargetRefKind as K};
 use crate::duration::Duration;
 use crate::error::{Causes, FieldPath};
@@ -198,10 +196,7 @@ impl Spec for MeshRetry {
 impl Conf {
     fn validate(&self, path: &FieldPath, causes: &mut Causes) {
         if self.tcp.is_none() && self.http.is_none() && self.grpc.is_none() {
-            causes.add(
-                path,
-                "at least one of \"tcp\", \"http\" or \"grpc\" must be set",
-            );
+            causes.add(path, "at least one of \"tcp\", \"http\" or \"grpc\" must be set");
         }
         if let Some(tcp) = &self.tcp {
             let p = path.field("tcp").field("maxConnectAttempt");
@@ -218,12 +213,7 @@ impl Conf {
             if grpc == &Grpc::default() {
                 causes.add(&p, "must not be empty");
             }
-            check_back_offs(
-                grpc.back_off.as_ref(),
-                grpc.rate_limited_back_off.as_ref(),
-                &p,
-                causes,
-            );
+            check_back_offs(grpc.back_off.as_ref(), grpc.rate_limited_back_off.as_ref(), &p, causes);
         }
     }
 }
@@ -240,8 +230,7 @@ impl Http {
             causes,
         );
         for (i, cond) in self.retry_on.iter().flatten().enumerate() {
-            let is_status =
-                cond.len() == 3 && cond.parse::<u16>().is_ok_and(|c| (100..=599).contains(&c));
+            let is_status = cond.len() == 3 && cond.parse::<u16>().is_ok_and(|c| (100..=599).contains(&c));
             if !is_status && !HTTP_RETRY_ON.contains(&cond.as_str()) {
                 causes.add(
                     &path.field("retryOn").index(i),
@@ -267,32 +256,21 @@ impl Http {
                 PredicateType::OmitPreviousHosts => {}
                 PredicateType::OmitHostsWithTags => {
                     if pred.tags.as_ref().is_none_or(|t| t.is_empty()) {
-                        causes.add(
-                            &p.field("tags"),
-                            "must be defined with predicate OmitHostsWithTags",
-                        );
+                        causes.add(&p.field("tags"), "must be defined with predicate OmitHostsWithTags");
                     }
                 }
                 PredicateType::OmitPreviousPriorities => {
                     if priorities_seen {
-                        causes.add(
-                            &p.field("predicate"),
-                            "OmitPreviousPriorities may only be given once",
-                        );
+                        causes.add(&p.field("predicate"), "OmitPreviousPriorities may only be given once");
                     }
                     priorities_seen = true;
                     check_positive(pred.update_frequency, &p.field("updateFrequency"), causes);
                 }
             }
             if pred.predicate != PredicateType::OmitHostsWithTags && pred.tags.is_some() {
-                causes.add(
-                    &p.field("tags"),
-                    "can only be set with predicate OmitHostsWithTags",
-                );
+                causes.add(&p.field("tags"), "can only be set with predicate OmitHostsWithTags");
             }
-            if pred.predicate != PredicateType::OmitPreviousPriorities
-                && pred.update_frequency.is_some()
-            {
+            if pred.predicate != PredicateType::OmitPreviousPriorities && pred.update_frequency.is_some() {
                 causes.add(
                     &p.field("updateFrequency"),
                     "can only be set with predicate OmitPreviousPriorities",
@@ -316,10 +294,7 @@ fn check_back_offs(
     if let Some(b) = back_off {
         let p = path.field("backOff");
         if b.base_interval.is_none() && b.max_interval.is_none() {
-            causes.add(
-                &p,
-                "at least one of \"baseInterval\" or \"maxInterval\" must be set",
-            );
+            causes.add(&p, "at least one of \"baseInterval\" or \"maxInterval\" must be set");
         }
         check_positive_duration(b.base_interval.as_ref(), &p.field("baseInterval"), causes);
         check_positive_duration(b.max_interval.as_ref(), &p.field("maxInterval"), causes);
@@ -337,16 +312,10 @@ fn check_back_offs(
         check_positive_duration(r.max_interval.as_ref(), &p.field("maxInterval"), causes);
         match &r.reset_headers {
             None => causes.add(&p.field("resetHeaders"), "must be defined"),
-            Some(list) if list.is_empty() => {
-                causes.add(&p.field("resetHeaders"), "must have at least one item")
-            }
+            Some(list) if list.is_empty() => causes.add(&p.field("resetHeaders"), "must have at least one item"),
             Some(list) => {
                 for (i, h) in list.iter().enumerate() {
-                    check_header_name(
-                        &h.name,
-                        &p.field("resetHeaders").index(i).field("name"),
-                        causes,
-                    );
+                    check_header_name(&h.name, &p.field("resetHeaders").index(i).field("name"), causes);
                 }
             }
         }
@@ -433,11 +402,7 @@ mod tests {
             "spec.from",
             "unknown field `from`, expected `targetRef` or `to`",
         );
-        assert_invalid::<MeshRetry>(
-            json!({"targetRef": {"kind": "Mesh"}}),
-            "spec.to",
-            "at least one item",
-        );
+        assert_invalid::<MeshRetry>(json!({"targetRef": {"kind": "Mesh"}}), "spec.to", "at least one item");
     }
 
     #[test]
@@ -464,9 +429,7 @@ mod tests {
         assert_eq!(got[0].message, "must be defined");
         assert_eq!(got[1].message, "must be greater than 0s");
         assert!(
-            got[3]
-                .message
-                .starts_with("unknown retry condition \"Sometimes\""),
+            got[3].message.starts_with("unknown retry condition \"Sometimes\""),
             "{}",
             got[3].message
         );

@@ -68,11 +68,7 @@ impl Spec for MeshTcpRoute {
             let Some(rules) = &to.rules else { continue };
             check_max_items(rules.len(), 1, &p.field("rules"), causes);
             for (j, rule) in rules.iter().enumerate() {
-                let bp = p
-                    .field("rules")
-                    .index(j)
-                    .field("default")
-                    .field("backendRefs");
+                let bp = p.field("rules").index(j).field("default").field("backendRefs");
                 if rule.default.backend_refs.is_empty() {
                     causes.add(&bp, "must have at least one item");
                 }

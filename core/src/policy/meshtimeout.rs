@@ -53,7 +53,14 @@ pub struct Http {
     pub request_headers_timeout: Option<Duration>,
 }
 
-const TOP: &[K] = &[K::Mesh, K::MeshSubset, K::MeshService, K::MeshServiceSubset, K::MeshGateway, K::MeshHttpRoute];
+const TOP: &[K] = &[
+    K::Mesh,
+    K::MeshSubset,
+    K::MeshService,
+    K::MeshServiceSubset,
+    K::MeshGateway,
+    K::MeshHttpRoute,
+];
 const TO: &[K] = &[K::Mesh, K::MeshService];
 const FROM: &[K] = &[K::Mesh];
 
@@ -63,7 +70,10 @@ impl Spec for MeshTimeout {
             .validate(&path.field("targetRef"), RefPosition::Top, TOP, causes);
         let top_is_route = self.target_ref.kind == K::MeshHttpRoute;
         if top_is_route && !self.from.is_empty() {
-            causes.add(&path.field("from"), "must not be set when targetRef.kind is MeshHTTPRoute");
+            causes.add(
+                &path.field("from"),
+                "must not be set when targetRef.kind is MeshHTTPRoute",
+            );
         }
         require_to_or_from(self.to.len(), self.from.len(), path, causes);
         for (list, name, allowed, pos) in [

@@ -4,8 +4,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::common::{
-    check_max_items, check_not_empty, check_percentage, check_tagged_union, check_url,
-    forbid_gateway_listener_tags, split_url, IntOrString,
+    check_max_items, check_not_empty, check_percentage, check_tagged_union, check_url, forbid_gateway_listener_tags,
+    split_url, IntOrString,
 };
 use super::{RefPosition, TargetRef, TargetRefKind as K};
 use crate::error::{Causes, FieldPath};
@@ -150,11 +150,7 @@ impl Conf {
         }
         if let Some(s) = &self.sampling {
             let sp = path.field("sampling");
-            for (name, v) in [
-                ("overall", &s.overall),
-                ("client", &s.client),
-                ("random", &s.random),
-            ] {
+            for (name, v) in [("overall", &s.overall), ("client", &s.client), ("random", &s.random)] {
                 if let Some(v) = v {
                     check_percentage(v, &sp.field(name), causes);
                 }
@@ -204,11 +200,7 @@ impl Backend {
             check_datadog_url(&d.url, &path.field("datadog").field("url"), causes);
         }
         if let Some(o) = &self.open_telemetry {
-            check_not_empty(
-                &o.endpoint,
-                &path.field("openTelemetry").field("endpoint"),
-                causes,
-            );
+            check_not_empty(&o.endpoint, &path.field("openTelemetry").field("endpoint"), causes);
         }
     }
 }
@@ -216,10 +208,7 @@ impl Backend {
 /// The Datadog agent address is exactly `http://host:port`.
 fn check_datadog_url(url: &str, path: &FieldPath, causes: &mut Causes) {
     let Some(parts) = split_url(url).filter(|p| p.scheme.is_some()) else {
-        causes.add(
-            path,
-            format!("{url:?} is not a valid URL (expected http://host:port)"),
-        );
+        causes.add(path, format!("{url:?} is not a valid URL (expected http://host:port)"));
         return;
     };
     if parts.scheme != Some("http") {
@@ -267,9 +256,7 @@ mod tests {
             "targetRef": {"kind": "MeshGateway", "name": "edge"},
             "default": {"backends": [{"type": "OpenTelemetry", "openTelemetry": {"endpoint": "otel-collector:4317"}}]}
         }));
-        assert_valid::<MeshTrace>(
-            json!({"targetRef": {"kind": "Mesh"}, "default": {"backends": []}}),
-        );
+        assert_valid::<MeshTrace>(json!({"targetRef": {"kind": "Mesh"}, "default": {"backends": []}}));
     }
 
     #[test]
@@ -335,13 +322,7 @@ mod tests {
         );
         assert_eq!(got[0].message, "must have at most 1 item, has 2");
         assert_eq!(got[1].message, "scheme must be http");
-        assert_eq!(
-            got[2].message,
-            "must not have a user, path, query or fragment"
-        );
-        assert_eq!(
-            got[6].message,
-            "exactly one of \"literal\" or \"header\" must be set"
-        );
+        assert_eq!(got[2].message, "must not have a user, path, query or fragment");
+        assert_eq!(got[6].message, "exactly one of \"literal\" or \"header\" must be set");
     }
 }

@@ -91,13 +91,7 @@ impl TargetRef {
     /// Checks this reference at `path`: its kind is one of `allowed`, and
     /// `name`, `tags` and `proxyTypes` are present exactly where the kind
     /// calls for them.
-    pub fn validate(
-        &self,
-        path: &FieldPath,
-        position: RefPosition,
-        allowed: &[TargetRefKind],
-        causes: &mut Causes,
-    ) {
+    pub fn validate(&self, path: &FieldPath, position: RefPosition, allowed: &[TargetRefKind], causes: &mut Causes) {
         use TargetRefKind as K;
         if !allowed.contains(&self.kind) {
             let list: Vec<String> = allowed.iter().map(|k| k.to_string()).collect();
@@ -116,26 +110,14 @@ impl TargetRef {
             K::MeshService | K::MeshServiceSubset | K::MeshGateway | K::MeshHttpRoute
         );
         match (&self.name, needs_name) {
-            (None, true) => causes.add(
-                &path.field("name"),
-                format!("must be set with kind {}", self.kind),
-            ),
+            (None, true) => causes.add(&path.field("name"), format!("must be set with kind {}", self.kind)),
             (Some(n), true) if n.is_empty() => causes.add(&path.field("name"), "must not be empty"),
-            (Some(_), false) => causes.add(
-                &path.field("name"),
-                format!("must not be set with kind {}", self.kind),
-            ),
+            (Some(_), false) => causes.add(&path.field("name"), format!("must not be set with kind {}", self.kind)),
             _ => {}
         }
-        let takes_tags = matches!(
-            self.kind,
-            K::MeshSubset | K::MeshServiceSubset | K::MeshGateway
-        );
+        let takes_tags = matches!(self.kind, K::MeshSubset | K::MeshServiceSubset | K::MeshGateway);
         match (&self.tags, takes_tags) {
-            (Some(_), false) => causes.add(
-                &path.field("tags"),
-                format!("must not be set with kind {}", self.kind),
-            ),
+            (Some(_), false) => causes.add(&path.field("tags"), format!("must not be set with kind {}", self.kind)),
             (Some(tags), true) => {
                 for (k, v) in tags {
                     if k.is_empty() {
@@ -168,22 +150,16 @@ pub fn validate_policy(kind: ResourceType, spec: Value) -> Result<Value, Validat
     match kind {
         ResourceType::MeshTimeout => check::<meshtimeout::MeshTimeout>(spec, &root),
         ResourceType::MeshRetry => check::<meshretry::MeshRetry>(spec, &root),
-        ResourceType::MeshCircuitBreaker => {
-            check::<meshcircuitbreaker::MeshCircuitBreaker>(spec, &root)
-        }
+        ResourceType::MeshCircuitBreaker => check::<meshcircuitbreaker::MeshCircuitBreaker>(spec, &root),
         ResourceType::MeshHealthCheck => check::<meshhealthcheck::MeshHealthCheck>(spec, &root),
-        ResourceType::MeshTrafficPermission => {
-            check::<meshtrafficpermission::MeshTrafficPermission>(spec, &root)
-        }
+        ResourceType::MeshTrafficPermission => check::<meshtrafficpermission::MeshTrafficPermission>(spec, &root),
         ResourceType::MeshHTTPRoute => check::<meshhttproute::MeshHttpRoute>(spec, &root),
         ResourceType::MeshTCPRoute => check::<meshtcproute::MeshTcpRoute>(spec, &root),
         ResourceType::MeshLoadBalancingStrategy => {
             check::<meshloadbalancingstrategy::MeshLoadBalancingStrategy>(spec, &root)
         }
         ResourceType::MeshAccessLog => check::<meshaccesslog::MeshAccessLog>(spec, &root),
-        ResourceType::MeshFaultInjection => {
-            check::<meshfaultinjection::MeshFaultInjection>(spec, &root)
-        }
+        ResourceType::MeshFaultInjection => check::<meshfaultinjection::MeshFaultInjection>(spec, &root),
         ResourceType::MeshRateLimit => check::<meshratelimit::MeshRateLimit>(spec, &root),
         ResourceType::MeshTrace => check::<meshtrace::MeshTrace>(spec, &root),
         ResourceType::MeshMetric => check::<meshmetric::MeshMetric>(spec, &root),
@@ -276,10 +252,7 @@ mod tests {
                 ResourceType::MeshTrace,
                 json!({"targetRef": mesh, "default": {"backends": []}}),
             ),
-            (
-                ResourceType::MeshMetric,
-                json!({"targetRef": mesh, "default": {}}),
-            ),
+            (ResourceType::MeshMetric, json!({"targetRef": mesh, "default": {}})),
             (
                 ResourceType::MeshProxyPatch,
                 json!({"targetRef": mesh, "default": {"appendModifications": [{"cluster": {"operation": "Remove"}}]}}),

@@ -1,0 +1,432 @@
+//! Meridian's benchmark programs. Each prints a table of numbers; see
+//! BENCHMARKS.md for the commands and recorded results.
+//!
+//! - `latency`: HTTP PUT of a policy at the global → store → watch event
+//!   delivered to a subscriber inside the global, on the embedded store and
+//!   on etcd, next to the raw etcd baseline (etcd put → etcd watch event)
+//!   measured by the same program against the same etcd.
+//! - `bulk`: applies N policies across M meshes to a real `meridian-global`
+//!   process and reports the time taken and the process's peak RSS.
+
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use clap::{Parser, Subcommand};
+use etcd_client::{EventType, WatchOptions};
+use meridian_core::ResourceType;
+use meridian_server::{Mode, ServerConfig};
+use meridian_store::embedded::EmbeddedStore;
+use meridian_store::etcd::EtcdStore;
+use meridian_store::testing::EtcdServer;
+use meridian_store::{Event, Store};
+use serde_json::{json, Value};
+use tokio::sync::watch;
+
+#[derive(Parser)]
+#[command(name = "meridian-bench")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Write-to-watch latency on the embedded store and etcd, with the raw etcd baseline.
+    Latency {
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+    },
+    /// Bulk apply to a real meridian-global process; time and peak RSS.
+    Bulk {
+        #[arg(long, default_value_t = 100)]
+        meshes: usize,
+        #[arg(long, default_value_t = 10_000)]
+        policies: usize,
+        #[arg(long, default_value_t = 8)]
+        clients: usize,
+        /// embedded or etcd
+        #[arg(long, default_value = "embedded")]
+        store: String,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    match Cli::parse().cmd {
+        Cmd::Latency { count } => rt.block_on(latency(count)),
+        Cmd::Bulk {
+            meshes,
+            policies,
+            clients,
+            store,
+        } => rt.block_on(bulk(meshes, policies, clients, &store)),
+    }
+}
+
+// ---- statistics -------------------------------------------------------------
+
+struct Summary {
+    n: usize,
+    p50: Duration,
+    p90: Duration,
+    p99: Duration,
+    max: Duration,
+}
+
+fn summarize(mut samples: Vec<Duration>) -> Summary {
+    samples.sort();
+    let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize];
+    Summary {
+        n: samples.len(),
+        p50: at(0.50),
+        p90: at(0.90),
+        p99: at(0.99),
+        max: samples[samples.len() - 1],
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.3}", d.as_secs_f64() * 1000.0)
+}
+
+fn print_row(name: &str, s: &Summary) {
+    println!(
+        "| {name:<44} | {:>5} | {:>8} | {:>8} | {:>8} | {:>8} |",
+        s.n,
+        ms(s.p50),
+        ms(s.p90),
+        ms(s.p99),
+        ms(s.max)
+    );
+}
+
+// ---- latency ----------------------------------------------------------------
+
+async fn latency(count: usize) -> anyhow::Result<()> {
+    let etcd = EtcdServer::start().await.map_err(|e| anyhow!("starting etcd: {e}"))?;
+    println!("latency: {count} sequential writes each; times in ms\n");
+    println!("| path                                         |     n |      p50 |      p90 |      p99 |      max |");
+    println!("|----------------------------------------------|-------|----------|----------|----------|----------|");
+
+    let raw = raw_etcd(&etcd, count).await?;
+    print_row("raw etcd: put → watch event", &summarize(raw));
+
+    let dir = tempfile::tempdir()?;
+    let embedded: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&dir.path().join("data"))?);
+    let (event, response) = through_api(embedded, count).await?;
+    print_row("embedded: API PUT → watch event in global", &summarize(event));
+    print_row("embedded: API PUT → HTTP response", &summarize(response));
+
+    let store: Arc<dyn Store> = Arc::new(EtcdStore::connect(&etcd.endpoints(), "/bench-api").await?);
+    let (event, response) = through_api(store, count).await?;
+    print_row("etcd: API PUT → watch event in global", &summarize(event));
+    print_row("etcd: API PUT → HTTP response", &summarize(response));
+
+    // The baseline again, to show the etcd itself did not drift during the run.
+    let raw = raw_etcd(&etcd, count).await?;
+    print_row("raw etcd again: put → watch event", &summarize(raw));
+    Ok(())
+}
+
+/// etcd put → the watch event for that key, sequentially.
+async fn raw_etcd(etcd: &EtcdServer, count: usize) -> anyhow::Result<Vec<Duration>> {
+    let mut client = etcd.client().await?;
+    let prefix = format!("/bench-raw-{}/", std::process::id());
+    let mut stream = client
+        .watch(prefix.clone(), Some(WatchOptions::new().with_prefix()))
+        .await?;
+    let body = vec![b'x'; 400];
+    let mut out = Vec::with_capacity(count);
+    for i in 0..count {
+        let key = format!("{prefix}{i}");
+        let start = Instant::now();
+        client.put(key.clone(), body.clone(), None).await?;
+        'wait: loop {
+            let resp = tokio::time::timeout(Duration::from_secs(5), stream.message())
+                .await
+                .context("raw watch timed out")??
+                .ok_or_else(|| anyhow!("raw watch ended"))?;
+            for ev in resp.events() {
+                if ev.event_type() == EventType::Put && ev.kv().is_some_and(|kv| kv.key() == key.as_bytes()) {
+                    break 'wait;
+                }
+            }
+        }
+        out.push(start.elapsed());
+    }
+    Ok(out)
+}
+
+fn policy(mesh: &str, name: &str, i: usize) -> Value {
+    json!({
+        "type": "MeshTimeout", "mesh": mesh, "name": name,
+        "spec": {"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "MeshService", "name": format!("svc-{i}")},
+                 "default": {"idleTimeout": "1h", "http": {"requestTimeout": format!("{}s", 1 + i % 30)}}}]}
+    })
+}
+
+/// HTTP PUT through a real in-process API server → the event reaching a
+/// subscriber of the global's cache (what KDS and other consumers follow).
+async fn through_api(store: Arc<dyn Store>, count: usize) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    let running = meridian_server::start(
+        ServerConfig {
+            api_addr: "127.0.0.1:0".parse()?,
+            mode: Mode::Global,
+            create_default_mesh: false,
+        },
+        store,
+        watch::channel(true).1,
+        async move {
+            let _ = stop_rx.wait_for(|s| *s).await;
+        },
+    )
+    .await?;
+    let base = format!("http://{}", running.api_addr);
+    let cache = running.manager.cache().clone();
+    cache
+        .wait_ready(Duration::from_secs(10))
+        .await
+        .map_err(|e| anyhow!("cache not ready: {e}"))?;
+    let mesh = format!("bench-{}", Instant::now().elapsed().as_nanos() % 100_000);
+    let agent = ureq::Agent::new_with_config(ureq::Agent::config_builder().http_status_as_error(false).build());
+    {
+        let agent = agent.clone();
+        let url = format!("{base}/meshes/{mesh}");
+        let body = json!({"type": "Mesh", "name": mesh, "skipCreatingInitialPolicies": ["*"]});
+        let status = tokio::task::spawn_blocking(move || agent.put(&url).send_json(&body).map(|r| r.status().as_u16()))
+            .await??;
+        if status != 201 {
+            bail!("creating the bench mesh answered {status}");
+        }
+    }
+
+    // The client runs on its own thread and stamps each request as it sends
+    // it; this task stamps each event as it arrives.
+    let mut events = cache.subscribe();
+    let (sent_tx, sent_rx) = mpsc::channel::<(usize, Instant, Duration)>();
+    let client_mesh = mesh.clone();
+    let client = std::thread::spawn(move || -> anyhow::Result<()> {
+        for i in 0..count {
+            let name = format!("p{i}");
+            let url = format!("{base}/meshes/{client_mesh}/meshtimeouts/{name}");
+            let body = policy(&client_mesh, &name, i);
+            let start = Instant::now();
+            let resp = agent.put(&url).send_json(&body)?;
+            let took = start.elapsed();
+            if resp.status().as_u16() != 201 {
+                bail!("PUT {url} answered {}", resp.status());
+            }
+            sent_tx.send((i, start, took))?;
+        }
+        Ok(())
+    });
+    let mut arrived = vec![None; count];
+    let mut seen = 0;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while seen < count {
+        let ev = tokio::time::timeout_at(deadline.into(), events.recv())
+            .await
+            .context("events did not arrive in time")??;
+        if let Event::Put(r) = ev {
+            if r.key.kind == ResourceType::MeshTimeout && r.key.mesh.as_deref() == Some(&mesh) {
+                if let Some(i) = r.key.name.strip_prefix('p').and_then(|n| n.parse::<usize>().ok()) {
+                    if i < count && arrived[i].is_none() {
+                        arrived[i] = Some(Instant::now());
+                        seen += 1;
+                    }
+                }
+            }
+        }
+    }
+    client.join().map_err(|_| anyhow!("client thread panicked"))??;
+    let mut to_event = Vec::with_capacity(count);
+    let mut to_response = Vec::with_capacity(count);
+    for (i, start, took) in sent_rx.try_iter() {
+        let at = arrived[i].ok_or_else(|| anyhow!("no event for p{i}"))?;
+        to_event.push(at.saturating_duration_since(start));
+        to_response.push(took);
+    }
+    let _ = stop_tx.send(true);
+    let _ = running.task.await;
+    Ok((to_event, to_response))
+}
+
+// ---- bulk ---------------------------------------------------------------------
+
+fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let p = exe
+        .parent()
+        .map(|d| d.join(name))
+        .ok_or_else(|| anyhow!("no directory for {}", exe.display()))?;
+    if !p.exists() {
+        bail!(
+            "{} not found: build it with `cargo build --release --bins`",
+            p.display()
+        );
+    }
+    Ok(p)
+}
+
+fn peak_rss_kib(pid: u32) -> anyhow::Result<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| -> u64 {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    Ok((field("VmHWM:"), field("VmRSS:")))
+}
+
+async fn bulk(meshes: usize, policies: usize, clients: usize, store: &str) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let mut args: Vec<String> = vec![
+        "run".into(),
+        "--api-addr".into(),
+        format!("127.0.0.1:{port}"),
+        "--kds-addr".into(),
+        "127.0.0.1:0".into(),
+        "--defaults-skip-mesh-creation".into(),
+        "true".into(),
+    ];
+    let _etcd = match store {
+        "embedded" => {
+            args.extend([
+                "--store".into(),
+                "embedded".into(),
+                "--data-dir".into(),
+                path_str(&dir.path().join("d")),
+            ]);
+            None
+        }
+        "etcd" => {
+            let etcd = EtcdServer::start().await.map_err(|e| anyhow!("starting etcd: {e}"))?;
+            args.extend([
+                "--store".into(),
+                "etcd".into(),
+                "--etcd-endpoints".into(),
+                etcd.endpoint(),
+            ]);
+            Some(etcd)
+        }
+        other => bail!("unknown store {other:?}"),
+    };
+    let mut child = std::process::Command::new(sibling_binary("meridian-global")?)
+        .args(&args)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()?;
+    let pid = child.id();
+    let base = format!("http://127.0.0.1:{port}");
+    let result = tokio::task::spawn_blocking(move || run_bulk(&base, meshes, policies, clients)).await?;
+    let (hwm, rss) = peak_rss_kib(pid)?;
+    let _ = child.kill();
+    let _ = child.wait();
+    let (mesh_time, policy_time, total) = result?;
+    println!("bulk on {store}: {meshes} meshes, {policies} policies, {clients} concurrent clients");
+    let rows = [
+        (
+            format!("create {meshes} meshes"),
+            format!("{:.2} s", mesh_time.as_secs_f64()),
+        ),
+        (
+            format!("apply {policies} policies"),
+            format!("{:.2} s", policy_time.as_secs_f64()),
+        ),
+        (
+            "policies per second".into(),
+            format!("{:.0}", policies as f64 / policy_time.as_secs_f64()),
+        ),
+        ("policies listed afterwards".into(), total.to_string()),
+        (
+            "global peak RSS (VmHWM)".into(),
+            format!("{:.1} MiB", hwm as f64 / 1024.0),
+        ),
+        (
+            "global RSS at the end".into(),
+            format!("{:.1} MiB", rss as f64 / 1024.0),
+        ),
+    ];
+    println!("| {:<32} | {:>10} |", "measure", "value");
+    println!("|{}|{}|", "-".repeat(34), "-".repeat(12));
+    for (k, v) in rows {
+        println!("| {k:<32} | {v:>10} |");
+    }
+    Ok(())
+}
+
+fn path_str(p: &Path) -> String {
+    p.display().to_string()
+}
+
+fn run_bulk(base: &str, meshes: usize, policies: usize, clients: usize) -> anyhow::Result<(Duration, Duration, u64)> {
+    let agent = ureq::Agent::new_with_config(
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(30)))
+            .build(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(r) = agent.get(&format!("{base}/ready")).call() {
+            if r.status().as_u16() == 200 {
+                break;
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("global not ready");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let start = Instant::now();
+    for m in 0..meshes {
+        let body = json!({"type": "Mesh", "name": format!("mesh-{m}"), "skipCreatingInitialPolicies": ["*"]});
+        let r = agent.put(&format!("{base}/meshes/mesh-{m}")).send_json(&body)?;
+        if r.status().as_u16() != 201 {
+            bail!("mesh-{m}: {}", r.status());
+        }
+    }
+    let mesh_time = start.elapsed();
+    let start = Instant::now();
+    std::thread::scope(|s| -> anyhow::Result<()> {
+        let handles: Vec<_> = (0..clients)
+            .map(|c| {
+                let agent = agent.clone();
+                s.spawn(move || -> anyhow::Result<()> {
+                    for i in (c..policies).step_by(clients) {
+                        let mesh = format!("mesh-{}", i % meshes);
+                        let name = format!("timeout-{i}");
+                        let url = format!("{base}/meshes/{mesh}/meshtimeouts/{name}");
+                        let r = agent.put(&url).send_json(policy(&mesh, &name, i))?;
+                        if r.status().as_u16() != 201 {
+                            bail!("{url}: {}", r.status());
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().map_err(|_| anyhow!("client panicked"))??;
+        }
+        Ok(())
+    })?;
+    let policy_time = start.elapsed();
+    let mut total = 0;
+    for m in 0..meshes {
+        let mut r = agent
+            .get(&format!("{base}/meshes/mesh-{m}/meshtimeouts?size=1"))
+            .call()?;
+        let v: Value = r.body_mut().read_json()?;
+        total += v["total"].as_u64().unwrap_or(0);
+    }
+    Ok((mesh_time, policy_time, total))
+}
