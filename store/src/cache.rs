@@ -567,6 +567,9 @@ mod tests {
         async fn put_system(&self, _: Option<&str>, _: &str, _: Vec<u8>) -> Result<(), StoreError> {
             Ok(())
         }
+        async fn put_system_if_absent(&self, _: Option<&str>, _: &str, v: Vec<u8>) -> Result<Vec<u8>, StoreError> {
+            Ok(v)
+        }
     }
 
     fn fast() -> CacheOptions {

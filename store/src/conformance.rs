@@ -66,6 +66,7 @@ const CASES: &[(&str, Case)] = &[
         Box::pin(watch_from_list_has_no_gap(s))
     }),
     ("system_records", |s| Box::pin(system_records(s))),
+    ("system_record_if_absent", |s| Box::pin(system_record_if_absent(s))),
     ("large_spec_round_trips", |s| Box::pin(large_spec_round_trips(s))),
 ];
 
@@ -738,6 +739,48 @@ async fn system_records(store: Arc<dyn Store>) {
         "system records must not list as resources: {:?}",
         all.items
     );
+}
+
+async fn system_record_if_absent(store: Arc<dyn Store>) {
+    // Racing creators of one record, in a mesh and globally: each gets the
+    // one stored value back, whoever wrote it.
+    for mesh in [None, Some("m")] {
+        let racers: Vec<_> = (0..8u8)
+            .map(|i| {
+                let store = store.clone();
+                let mesh = mesh.map(str::to_string);
+                tokio::spawn(async move {
+                    store
+                        .put_system_if_absent(mesh.as_deref(), "shared-key", vec![i; 32])
+                        .await
+                })
+            })
+            .collect();
+        let mut winners = BTreeSet::new();
+        for racer in racers {
+            let got = must(
+                "put_system_if_absent",
+                racer.await.unwrap_or_else(|e| panic!("racer: {e}")),
+            );
+            winners.insert(got);
+        }
+        assert_eq!(
+            winners.len(),
+            1,
+            "racers saw different records in {mesh:?}: {winners:?}"
+        );
+        let stored = must("get_system", store.get_system(mesh, "shared-key").await);
+        assert_eq!(
+            stored.as_ref(),
+            winners.first(),
+            "the stored record is not the winner's"
+        );
+        let again = must(
+            "put_system_if_absent again",
+            store.put_system_if_absent(mesh, "shared-key", b"late".to_vec()).await,
+        );
+        assert_eq!(Some(&again), winners.first(), "a late caller replaced the record");
+    }
 }
 
 async fn large_spec_round_trips(store: Arc<dyn Store>) {

@@ -397,6 +397,25 @@ impl Inner {
         }
         txn.commit().map_err(db_err)
     }
+
+    /// Reads and, when absent, writes `encoded` in one write transaction.
+    fn put_system_if_absent(&self, encoded: &str, value: Vec<u8>) -> Result<Vec<u8>, StoreError> {
+        let mut txn = self.db.begin_write().map_err(db_err)?;
+        txn.set_durability(Durability::Immediate).map_err(db_err)?;
+        let stored = {
+            let mut table = txn.open_table(SYSTEM).map_err(db_err)?;
+            let existing = table.get(encoded).map_err(db_err)?.map(|g| g.value().to_vec());
+            match existing {
+                Some(existing) => existing,
+                None => {
+                    table.insert(encoded, value.as_slice()).map_err(db_err)?;
+                    value
+                }
+            }
+        };
+        txn.commit().map_err(db_err)?;
+        Ok(stored)
+    }
 }
 
 #[async_trait]
@@ -487,6 +506,17 @@ impl Store for EmbeddedStore {
     async fn put_system(&self, mesh: Option<&str>, name: &str, value: Vec<u8>) -> Result<(), StoreError> {
         let encoded = self.inner.keys.system(mesh, name);
         self.blocking(move |inner| inner.put_system(&encoded, &value)).await
+    }
+
+    async fn put_system_if_absent(
+        &self,
+        mesh: Option<&str>,
+        name: &str,
+        value: Vec<u8>,
+    ) -> Result<Vec<u8>, StoreError> {
+        let encoded = self.inner.keys.system(mesh, name);
+        self.blocking(move |inner| inner.put_system_if_absent(&encoded, value))
+            .await
     }
 }
 

@@ -432,6 +432,33 @@ impl Store for EtcdStore {
             .await
             .map(|_| ())
     }
+
+    async fn put_system_if_absent(
+        &self,
+        mesh: Option<&str>,
+        name: &str,
+        value: Vec<u8>,
+    ) -> Result<Vec<u8>, StoreError> {
+        let key = self.keys.system(mesh, name);
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key.clone(), value.clone(), None)])
+            .or_else([TxnOp::get(key.clone(), None)]);
+        let mut kv = self.kv();
+        let resp = self.call("put system record if absent", kv.txn(txn)).await?;
+        if resp.succeeded() {
+            return Ok(value);
+        }
+        resp.op_responses()
+            .iter()
+            .find_map(|op| match op {
+                TxnOpResponse::Get(g) => g.kvs().first().map(|kv| kv.value().to_vec()),
+                _ => None,
+            })
+            // Only a delete between the compare and the get could get here;
+            // system records are deleted with their mesh only.
+            .ok_or_else(|| StoreError::Internal(format!("etcd key {key}: exists but could not be read")))
+    }
 }
 
 /// The state behind one [`EtcdStore::watch`] stream.

@@ -158,4 +158,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Writes a system record.
     async fn put_system(&self, mesh: Option<&str>, name: &str, value: Vec<u8>) -> Result<(), StoreError>;
+
+    /// Atomically stores `value` as a system record only if none exists yet,
+    /// and returns the record stored afterwards: `value` when this call
+    /// created it, otherwise the earlier writer's. Concurrent callers (also
+    /// on other replicas of one etcd) all get the same winner, which makes it
+    /// the way to create shared secrets such as signing keys.
+    async fn put_system_if_absent(&self, mesh: Option<&str>, name: &str, value: Vec<u8>)
+        -> Result<Vec<u8>, StoreError>;
 }

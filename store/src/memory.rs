@@ -179,4 +179,15 @@ impl Store for MemoryStore {
         state.system.insert(encoded, value);
         Ok(())
     }
+
+    async fn put_system_if_absent(
+        &self,
+        mesh: Option<&str>,
+        name: &str,
+        value: Vec<u8>,
+    ) -> Result<Vec<u8>, StoreError> {
+        let mut state = self.lock()?;
+        let encoded = state.keys.system(mesh, name);
+        Ok(state.system.entry(encoded).or_insert(value).clone())
+    }
 }
