@@ -176,6 +176,7 @@ async fn through_api(store: Arc<dyn Store>, count: usize) -> anyhow::Result<(Vec
             api_addr: "127.0.0.1:0".parse()?,
             mode: Mode::Global,
             create_default_mesh: false,
+            global: None,
         },
         store,
         watch::channel(true).1,

@@ -38,6 +38,11 @@ pub struct RunArgs {
     /// Private key (PEM) of the KDS server
     #[arg(long, env = "MERIDIAN_KDS_TLS_KEY")]
     pub kds_tls_key: Option<PathBuf>,
+    /// Address zones dial for KDS, grpcs://HOST:PORT, handed out by
+    /// `meridianctl generate zone-join` [default: grpcs://127.0.0.1:<kds port>
+    /// when kds-addr is a wildcard or loopback address, else grpcs://<kds-addr>]
+    #[arg(long, env = "MERIDIAN_KDS_ADVERTISED_ADDRESS")]
+    pub kds_advertised_address: Option<String>,
     /// Do not create the `default` mesh on first start
     #[arg(long, env = "MERIDIAN_DEFAULTS_SKIP_MESH_CREATION")]
     pub defaults_skip_mesh_creation: Option<bool>,
@@ -58,6 +63,7 @@ pub struct FileConfig {
     pub etcd_prefix: Option<String>,
     pub kds_tls_cert: Option<PathBuf>,
     pub kds_tls_key: Option<PathBuf>,
+    pub kds_advertised_address: Option<String>,
     pub defaults_skip_mesh_creation: Option<bool>,
 }
 
@@ -72,6 +78,8 @@ pub struct GlobalConfig {
     pub etcd_prefix: String,
     pub kds_tls_cert: Option<PathBuf>,
     pub kds_tls_key: Option<PathBuf>,
+    /// `None`: derived from `kds_addr`, see [`GlobalConfig::kds_advertised_address`].
+    pub kds_advertised_address: Option<String>,
     pub defaults_skip_mesh_creation: bool,
 }
 
@@ -86,6 +94,7 @@ impl Default for GlobalConfig {
             etcd_prefix: "/meridian".into(),
             kds_tls_cert: None,
             kds_tls_key: None,
+            kds_advertised_address: None,
             defaults_skip_mesh_creation: false,
         }
     }
@@ -99,6 +108,21 @@ impl FileConfig {
 }
 
 impl GlobalConfig {
+    /// The address zones dial for KDS: the configured one, or one derived
+    /// from `kds_addr` (a wildcard or loopback bind is advertised as
+    /// 127.0.0.1, good for a single machine).
+    pub fn kds_advertised_address(&self) -> String {
+        if let Some(a) = &self.kds_advertised_address {
+            return a.clone();
+        }
+        let ip = self.kds_addr.ip();
+        if ip.is_unspecified() || ip.is_loopback() {
+            format!("grpcs://127.0.0.1:{}", self.kds_addr.port())
+        } else {
+            format!("grpcs://{}", self.kds_addr)
+        }
+    }
+
     /// Resolves flags/env over the file over the defaults. `kuma_skip` is the
     /// value of `KUMA_DEFAULTS_SKIP_MESH_CREATION`, honoured for users coming
     /// with existing settings.
@@ -117,6 +141,11 @@ impl GlobalConfig {
             etcd_prefix: args.etcd_prefix.or(file.etcd_prefix).unwrap_or(d.etcd_prefix),
             kds_tls_cert: args.kds_tls_cert.or(file.kds_tls_cert),
             kds_tls_key: args.kds_tls_key.or(file.kds_tls_key),
+            kds_advertised_address: args
+                .kds_advertised_address
+                .or(file.kds_advertised_address)
+                .map(|a| check_advertised_address(&a).map(|_| a))
+                .transpose()?,
             defaults_skip_mesh_creation: args
                 .defaults_skip_mesh_creation
                 .or(kuma_skip)
@@ -124,6 +153,22 @@ impl GlobalConfig {
                 .unwrap_or(d.defaults_skip_mesh_creation),
         })
     }
+}
+
+/// Checks `grpcs://HOST:PORT` and returns HOST (without IPv6 brackets).
+pub fn check_advertised_address(address: &str) -> anyhow::Result<String> {
+    let bad = |why: &str| anyhow::anyhow!("kds-advertised-address {address:?}: {why}; expected grpcs://HOST:PORT");
+    let rest = address
+        .strip_prefix("grpcs://")
+        .ok_or_else(|| bad("KDS runs over TLS, so the scheme must be grpcs"))?;
+    let (host, port) = rest.rsplit_once(':').ok_or_else(|| bad("no port"))?;
+    port.parse::<u16>()
+        .map_err(|_| bad("the port is not a number from 0 to 65535"))?;
+    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    if host.is_empty() || host.contains(['/', '@', '?', '#', ' ']) {
+        return Err(bad("the host is not a DNS name or an IP address"));
+    }
+    Ok(host.to_string())
 }
 
 #[cfg(test)]
@@ -139,6 +184,26 @@ mod tests {
             ..RunArgs::default()
         };
         assert_eq!(GlobalConfig::resolve(args, None).unwrap(), GlobalConfig::default());
+    }
+
+    /// Every flag is documented in the defaults file (set, or commented out
+    /// when its default is derived or absent).
+    #[test]
+    fn defaults_file_names_every_flag() {
+        use clap::Args as _;
+        let text =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/global.defaults.yaml"))
+                .unwrap();
+        let cmd = RunArgs::augment_args(clap::Command::new("run"));
+        for arg in cmd.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if long != "config" {
+                assert!(
+                    text.contains(&format!("{long}:")),
+                    "deploy/global.defaults.yaml does not mention {long}"
+                );
+            }
+        }
     }
 
     #[test]
@@ -167,6 +232,56 @@ mod tests {
         };
         let err = GlobalConfig::resolve(args, None).unwrap_err();
         assert!(format!("{err:#}").contains("stor"), "{err:#}");
+    }
+
+    #[test]
+    fn advertised_kds_address() {
+        let with = |kds: &str, adv: Option<&str>| GlobalConfig {
+            kds_addr: kds.parse().unwrap(),
+            kds_advertised_address: adv.map(str::to_string),
+            ..GlobalConfig::default()
+        };
+        assert_eq!(
+            GlobalConfig::default().kds_advertised_address(),
+            "grpcs://127.0.0.1:5685"
+        );
+        assert_eq!(
+            with("127.0.0.1:7000", None).kds_advertised_address(),
+            "grpcs://127.0.0.1:7000"
+        );
+        assert_eq!(
+            with("10.0.0.5:7000", None).kds_advertised_address(),
+            "grpcs://10.0.0.5:7000"
+        );
+        assert_eq!(
+            with("[::]:7000", None).kds_advertised_address(),
+            "grpcs://127.0.0.1:7000"
+        );
+        assert_eq!(
+            with("0.0.0.0:5685", Some("grpcs://kds.example:443")).kds_advertised_address(),
+            "grpcs://kds.example:443"
+        );
+        assert_eq!(
+            check_advertised_address("grpcs://kds.example:5685").unwrap(),
+            "kds.example"
+        );
+        assert_eq!(check_advertised_address("grpcs://[::1]:5685").unwrap(), "::1");
+        for bad in [
+            "kds.example:5685",
+            "http://h:1",
+            "grpcs://h",
+            "grpcs://h:99999",
+            "grpcs://:1",
+            "grpcs://a/b:1",
+        ] {
+            assert!(check_advertised_address(bad).is_err(), "{bad}");
+        }
+        let args = RunArgs {
+            kds_advertised_address: Some("grpc://plain:1".into()),
+            ..RunArgs::default()
+        };
+        let err = GlobalConfig::resolve(args, None).unwrap_err();
+        assert!(format!("{err:#}").contains("grpcs"), "{err:#}");
     }
 
     fn tempfile_dir() -> PathBuf {

@@ -14,7 +14,7 @@ use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use meridian_core::decode::{decode_value, parse_values, Format, MAX_RESOURCE_BYTES};
 use meridian_core::resource::format_time;
@@ -27,8 +27,10 @@ use serde_json::{json, Map, Value};
 use tokio::sync::watch;
 
 use crate::error::ApiError;
+use crate::global_services::GlobalServices;
 use crate::manager::{Manager, Outcome};
 use crate::metrics::{ApiMetrics, KindLabel, RequestLabels};
+use crate::tokens;
 
 /// Which role this control plane plays; it decides what the API may write.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -90,6 +92,8 @@ pub struct ApiState {
     pub ready: watch::Receiver<bool>,
     /// True while this replica leads.
     pub leader: watch::Receiver<bool>,
+    /// Zone tokens and KDS join information: the global only.
+    pub global: Option<Arc<GlobalServices>>,
 }
 
 /// Builds the router over `state`.
@@ -109,6 +113,9 @@ pub fn router(state: Arc<ApiState>) -> Router {
             "/meshes/{mesh}/{plural}/{name}",
             get(get_in_mesh).put(put_in_mesh).delete(delete_in_mesh),
         )
+        .route("/tokens/zone", post(issue_zone_token))
+        .route("/tokens/zone/revoke", post(revoke_zone_token))
+        .route("/kds-info", get(kds_info))
         .route("/zones+insights", get(list_zone_overviews))
         .route("/zones+insights/{name}", get(get_zone_overview))
         .route("/{plural}", get(list_global))
@@ -582,4 +589,77 @@ async fn global_insight(State(s): St) -> Json<Value> {
         "dataplanes": {"online": dp_online, "total": dataplanes.len()},
         "policies": {"total": policy_total, "byType": policies},
     }))
+}
+
+// ---- zone tokens and joining (global only) --------------------------------
+
+/// Validity of a zone token when the request names none (one year).
+const DEFAULT_TOKEN_VALIDITY: &str = "8760h";
+
+fn global_services(s: &ApiState) -> Result<&GlobalServices, ApiError> {
+    s.global.as_deref().ok_or_else(|| {
+        ApiError::not_found(format!(
+            "zone tokens and KDS information are served by the global control plane; this is a {} control plane",
+            s.mode.name()
+        ))
+    })
+}
+
+/// Parses a small JSON object body, naming the field that is wrong.
+fn json_object(body: Result<Bytes, BytesRejection>, fields: &[&str]) -> Result<Map<String, Value>, ApiError> {
+    let bytes = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let value: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "Could not parse the body", e.to_string()))?;
+    let Value::Object(obj) = value else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "Could not parse the body",
+            format!("the body must be a JSON object with {}", fields.join(", ")),
+        ));
+    };
+    if let Some(unknown) = obj.keys().find(|k| !fields.contains(&k.as_str())) {
+        return Err(ApiError::field(
+            unknown,
+            format!("unknown field; expected {}", fields.join(", ")),
+        ));
+    }
+    Ok(obj)
+}
+
+fn string_field<'a>(obj: &'a Map<String, Value>, field: &str) -> Result<Option<&'a str>, ApiError> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(other) => Err(ApiError::field(field, format!("must be a string, got {other}"))),
+    }
+}
+
+/// `POST /tokens/zone {"zone", "validFor"}` → the token, as text.
+async fn issue_zone_token(State(s): St, body: Result<Bytes, BytesRejection>) -> ApiResult {
+    let global = global_services(&s)?;
+    let obj = json_object(body, &["zone", "validFor"])?;
+    let zone = string_field(&obj, "zone")?.ok_or_else(|| ApiError::field("zone", "must be set"))?;
+    meridian_core::names::check_rfc1035_label(zone).map_err(|e| ApiError::field("zone", e))?;
+    let valid_for = string_field(&obj, "validFor")?.unwrap_or(DEFAULT_TOKEN_VALIDITY);
+    let valid_for = meridian_core::duration::Duration::parse(valid_for).map_err(|e| ApiError::field("validFor", e))?;
+    let token = global.tokens.issue(zone, valid_for.as_std()).await?;
+    tracing::info!(%zone, valid_for = %valid_for, "issued a zone token");
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], token).into_response())
+}
+
+/// `POST /tokens/zone/revoke {"id"}` → `{}`.
+async fn revoke_zone_token(State(s): St, body: Result<Bytes, BytesRejection>) -> ApiResult {
+    let global = global_services(&s)?;
+    let obj = json_object(body, &["id"])?;
+    let id = string_field(&obj, "id")?.ok_or_else(|| ApiError::field("id", "must be set"))?;
+    tokens::check_token_id(id).map_err(|e| ApiError::field("id", e))?;
+    global.tokens.revoke(id).await?;
+    tracing::info!(%id, "revoked a zone token");
+    Ok(Json(json!({})).into_response())
+}
+
+/// `GET /kds-info` → where zones reach KDS and the CA they verify it with.
+async fn kds_info(State(s): St) -> ApiResult {
+    let global = global_services(&s)?;
+    Ok(Json(json!({"kdsAddress": global.kds_address, "caCert": global.ca_pem})).into_response())
 }

@@ -10,6 +10,7 @@ use meridian_store::StoreError;
 use serde_json::json;
 
 use crate::manager::WriteError;
+use crate::tokens::TokenError;
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -94,6 +95,21 @@ impl From<WriteError> for ApiError {
             WriteError::NotFound(_) => ApiError::not_found(e.to_string()),
             WriteError::Conflict(_) => ApiError::new(StatusCode::CONFLICT, "Conflict", e.to_string()),
             WriteError::Store(s) => s.into(),
+        }
+    }
+}
+
+impl From<TokenError> for ApiError {
+    fn from(e: TokenError) -> Self {
+        match e {
+            TokenError::InvalidZone(_) => ApiError::field("zone", e.to_string()),
+            TokenError::InvalidValidity(_) => ApiError::field("validFor", e.to_string()),
+            TokenError::Store(s) => s.into(),
+            TokenError::Missing
+            | TokenError::Malformed(_)
+            | TokenError::BadSignature
+            | TokenError::Expired { .. }
+            | TokenError::Revoked { .. } => ApiError::bad_request(e.to_string()),
         }
     }
 }

@@ -21,9 +21,12 @@ pub mod api;
 pub mod backend;
 pub mod defaults;
 pub mod error;
+pub mod global_services;
 pub mod manager;
 pub mod metrics;
 pub mod process;
+pub mod tls;
+pub mod tokens;
 
 pub use api::Mode;
 
@@ -34,6 +37,8 @@ pub struct ServerConfig {
     pub mode: Mode,
     /// Create the `default` mesh on first start (global and standalone only).
     pub create_default_mesh: bool,
+    /// Zone tokens and KDS join information; the global only.
+    pub global: Option<Arc<global_services::GlobalServices>>,
 }
 
 /// A running API server.
@@ -82,6 +87,7 @@ pub async fn start(
         registry,
         ready,
         leader: leader_view,
+        global: config.global.clone(),
     });
     let listener = TcpListener::bind(config.api_addr)
         .await

@@ -137,6 +137,7 @@ async fn main() -> anyhow::Result<()> {
             api_addr,
             mode: Mode::Standalone { zone },
             create_default_mesh: !skip_mesh,
+            global: None,
         },
         backend.store,
         backend.leader.subscribe(),
