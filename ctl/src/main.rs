@@ -1,5 +1,6 @@
 //! `meridianctl`: apply, get, delete and inspect resources through the
-//! HTTP API of a global or zone control plane (DESIGN §5).
+//! HTTP API of a global or zone control plane, and issue zone tokens and
+//! join commands on the global (DESIGN §5).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -56,6 +57,56 @@ enum Cmd {
         #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
+    /// Issue credentials on the global: `generate zone-token`, `generate zone-join`.
+    #[command(subcommand)]
+    Generate(Generate),
+    /// Revoke credentials on the global: `revoke zone-token --id ID`.
+    #[command(subcommand)]
+    Revoke(Revoke),
+}
+
+#[derive(Subcommand)]
+enum Generate {
+    /// Print a token a zone control plane authenticates to the global with.
+    ZoneToken {
+        /// The zone's name (an RFC 1035 label).
+        #[arg(long)]
+        zone: String,
+        /// How long the token is accepted (Go duration: 720h, 30m…).
+        #[arg(long, default_value = "720h")]
+        valid_for: String,
+    },
+    /// Issue a token, fetch the global's KDS address and CA, write
+    /// `DIR/zone-NAME.token` and `DIR/global-ca.pem`, and print the
+    /// `meridian-zone run …` command that joins the zone.
+    ZoneJoin {
+        /// The zone's name (an RFC 1035 label).
+        #[arg(long)]
+        zone: String,
+        /// How long the token is accepted (Go duration: 720h, 30m…).
+        #[arg(long, default_value = "720h")]
+        valid_for: String,
+        /// Where to write the token and the CA certificate.
+        #[arg(long, default_value = ".")]
+        output_dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum Revoke {
+    /// Make the global refuse a zone token from now on. Name it by its id
+    /// (the `jti` claim, printed by `generate`) or give the token itself.
+    ZoneToken {
+        /// The token's id.
+        #[arg(long, required_unless_present_any = ["token", "token_file"], conflicts_with_all = ["token", "token_file"])]
+        id: Option<String>,
+        /// The token itself.
+        #[arg(long, conflicts_with = "token_file")]
+        token: Option<String>,
+        /// A file holding the token.
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -78,6 +129,17 @@ fn main() -> ExitCode {
         } => get(&client, &kind, name.as_deref(), &mesh, output),
         Cmd::Delete { kind, name, mesh } => delete(&client, &kind, &name, &mesh),
         Cmd::Inspect { what, mesh, output } => inspect(&client, &what, &mesh, output),
+        Cmd::Generate(Generate::ZoneToken { zone, valid_for }) => {
+            issue_zone_token(&client, &zone, &valid_for).map(|token| println!("{token}"))
+        }
+        Cmd::Generate(Generate::ZoneJoin {
+            zone,
+            valid_for,
+            output_dir,
+        }) => zone_join(&client, &zone, &valid_for, &output_dir),
+        Cmd::Revoke(Revoke::ZoneToken { id, token, token_file }) => {
+            revoke_zone_token(&client, id, token, token_file.as_deref())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -109,6 +171,7 @@ impl Client {
             ("GET", _) => self.agent.get(&url).call(),
             ("DELETE", _) => self.agent.delete(&url).call(),
             ("PUT", Some(b)) => self.agent.put(&url).send_json(b),
+            ("POST", Some(b)) => self.agent.post(&url).send_json(b),
             _ => return Err(anyhow!("unsupported request {method} {path}")),
         };
         let mut resp = resp.with_context(|| format!("cannot reach the control plane at {}", self.base))?;
@@ -407,4 +470,107 @@ fn inspect(client: &Client, what: &str, mesh: &str, output: Output) -> anyhow::R
         }
         other => bail!("cannot inspect {other:?}"),
     }
+}
+
+// ---- zone tokens and joining ------------------------------------------------
+
+/// `POST /tokens/zone`; the answer is the token as text.
+fn issue_zone_token(client: &Client, zone: &str, valid_for: &str) -> anyhow::Result<String> {
+    let body = serde_json::json!({"zone": zone, "validFor": valid_for});
+    let (_, answer) = client.expect_ok("POST", "/tokens/zone", Some(&body))?;
+    let token = answer
+        .as_str()
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| anyhow!("the global answered without a token: {answer}"))?
+        .to_string();
+    if let Some(id) = token_id(&token) {
+        eprintln!("issued zone token {id} for zone {zone:?}, valid for {valid_for} (revoke: meridianctl revoke zone-token --id {id})");
+    }
+    Ok(token)
+}
+
+/// The id (`jti` claim) of a token, read without checking the signature.
+fn token_id(token: &str) -> Option<String> {
+    use base64::Engine;
+    let claims = token.trim().split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(claims).ok()?;
+    let claims: Value = serde_json::from_slice(&bytes).ok()?;
+    claims.get("jti")?.as_str().map(str::to_string)
+}
+
+fn zone_join(client: &Client, zone: &str, valid_for: &str, output_dir: &Path) -> anyhow::Result<()> {
+    // Ask for the KDS information first: a zone control plane refuses it, and
+    // then no token is issued for nothing.
+    let (_, info) = client.expect_ok("GET", "/kds-info", None)?;
+    let address = info
+        .get("kdsAddress")
+        .and_then(Value::as_str)
+        .ok_or_else(|| anyhow!("the global's /kds-info has no kdsAddress: {info}"))?;
+    let ca = info
+        .get("caCert")
+        .and_then(Value::as_str)
+        .ok_or_else(|| anyhow!("the global's /kds-info has no caCert"))?;
+    let token = issue_zone_token(client, zone, valid_for)?;
+
+    std::fs::create_dir_all(output_dir).with_context(|| format!("creating {}", output_dir.display()))?;
+    let dir = std::fs::canonicalize(output_dir).with_context(|| format!("resolving {}", output_dir.display()))?;
+    let token_file = dir.join(format!("zone-{zone}.token"));
+    let ca_file = dir.join("global-ca.pem");
+    write_private(&token_file, &format!("{token}\n"))?;
+    std::fs::write(&ca_file, ca).with_context(|| format!("writing {}", ca_file.display()))?;
+    eprintln!("wrote {} and {}", token_file.display(), ca_file.display());
+    println!(
+        "meridian-zone run --zone {} --global-address {} --token-file {} --ca-file {}",
+        shell_quote(zone),
+        shell_quote(address),
+        shell_quote(&token_file.display().to_string()),
+        shell_quote(&ca_file.display().to_string()),
+    );
+    Ok(())
+}
+
+/// Writes a secret readable by its owner only.
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    file.write_all(text.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// Quotes `s` for a POSIX shell when it holds anything but safe characters.
+fn shell_quote(s: &str) -> String {
+    let safe = |c: char| c.is_ascii_alphanumeric() || "-_./:=,@+[]".contains(c);
+    if !s.is_empty() && s.chars().all(safe) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+fn revoke_zone_token(
+    client: &Client,
+    id: Option<String>,
+    token: Option<String>,
+    token_file: Option<&Path>,
+) -> anyhow::Result<()> {
+    let id = match (id, token, token_file) {
+        (Some(id), _, _) => id,
+        (None, Some(token), _) => token_id(&token).ok_or_else(|| anyhow!("--token is not a zone token"))?,
+        (None, None, Some(file)) => {
+            let token = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+            token_id(&token).ok_or_else(|| anyhow!("{} does not hold a zone token", file.display()))?
+        }
+        (None, None, None) => bail!("name the token: --id, --token or --token-file"),
+    };
+    client.expect_ok("POST", "/tokens/zone/revoke", Some(&serde_json::json!({"id": id})))?;
+    println!("revoked zone token {id}");
+    Ok(())
 }
