@@ -43,6 +43,10 @@ pub struct RunArgs {
     /// when kds-addr is a wildcard or loopback address, else grpcs://<kds-addr>]
     #[arg(long, env = "MERIDIAN_KDS_ADVERTISED_ADDRESS")]
     pub kds_advertised_address: Option<String>,
+    /// HTTP/2 keepalive of KDS streams, e.g. 10s; a zone that vanishes
+    /// without closing shows offline within about twice this [default: 10s]
+    #[arg(long, env = "MERIDIAN_KDS_KEEPALIVE")]
+    pub kds_keepalive: Option<meridian_core::duration::Duration>,
     /// Do not create the `default` mesh on first start
     #[arg(long, env = "MERIDIAN_DEFAULTS_SKIP_MESH_CREATION")]
     pub defaults_skip_mesh_creation: Option<bool>,
@@ -64,6 +68,7 @@ pub struct FileConfig {
     pub kds_tls_cert: Option<PathBuf>,
     pub kds_tls_key: Option<PathBuf>,
     pub kds_advertised_address: Option<String>,
+    pub kds_keepalive: Option<meridian_core::duration::Duration>,
     pub defaults_skip_mesh_creation: Option<bool>,
 }
 
@@ -80,6 +85,7 @@ pub struct GlobalConfig {
     pub kds_tls_key: Option<PathBuf>,
     /// `None`: derived from `kds_addr`, see [`GlobalConfig::kds_advertised_address`].
     pub kds_advertised_address: Option<String>,
+    pub kds_keepalive: std::time::Duration,
     pub defaults_skip_mesh_creation: bool,
 }
 
@@ -95,6 +101,7 @@ impl Default for GlobalConfig {
             kds_tls_cert: None,
             kds_tls_key: None,
             kds_advertised_address: None,
+            kds_keepalive: std::time::Duration::from_secs(10),
             defaults_skip_mesh_creation: false,
         }
     }
@@ -146,6 +153,11 @@ impl GlobalConfig {
                 .or(file.kds_advertised_address)
                 .map(|a| check_advertised_address(&a).map(|_| a))
                 .transpose()?,
+            kds_keepalive: match args.kds_keepalive.or(file.kds_keepalive) {
+                Some(d) if d.is_zero() => anyhow::bail!("kds-keepalive must be greater than zero"),
+                Some(d) => d.as_std(),
+                None => d.kds_keepalive,
+            },
             defaults_skip_mesh_creation: args
                 .defaults_skip_mesh_creation
                 .or(kuma_skip)

@@ -22,6 +22,7 @@ pub mod backend;
 pub mod defaults;
 pub mod error;
 pub mod global_services;
+pub mod kds;
 pub mod manager;
 pub mod metrics;
 pub mod process;

@@ -135,6 +135,48 @@ impl Manager {
         }
     }
 
+    /// Stores a copy received from the other side: creates it, replaces it,
+    /// or does nothing when the stored labels and spec are already equal.
+    /// Unlike [`Manager::apply`] it does not wait for the cache: sync writes
+    /// come in batches and are acknowledged to the peer, not to a user.
+    pub async fn upsert_synced(&self, r: Resource) -> Result<(), StoreError> {
+        let mut current = self.cache.get(&r.key);
+        for attempt in 0..CAS_ATTEMPTS {
+            if attempt > 0 {
+                current = self.store.get(&r.key).await?;
+            }
+            let result = match &current {
+                Some(c) if c.labels == r.labels && c.spec == r.spec => return Ok(()),
+                Some(c) => {
+                    let mut next = r.clone();
+                    next.version = c.version;
+                    self.store.update(next).await.map(|_| ())
+                }
+                None => {
+                    let mut next = r.clone();
+                    next.version = 0;
+                    self.store.create(next).await.map(|_| ())
+                }
+            };
+            match result {
+                Ok(()) => return Ok(()),
+                Err(StoreError::Conflict(..)) | Err(StoreError::AlreadyExists(_)) | Err(StoreError::NotFound(_)) => {
+                    continue
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(StoreError::Conflict(r.key, r.version))
+    }
+
+    /// Removes a synced copy; one that is already gone is not an error.
+    pub async fn remove_synced(&self, key: &ResourceKey) -> Result<(), StoreError> {
+        match self.store.delete(key, None).await {
+            Ok(_) | Err(StoreError::NotFound(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Deletes a resource (a mesh takes everything in it along).
     pub async fn delete(&self, key: &ResourceKey) -> Result<(), WriteError> {
         let revision = self.store.delete(key, None).await?;

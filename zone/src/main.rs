@@ -1,9 +1,9 @@
 //! `meridian-zone`: parses flags and runs a zone control plane.
 //!
-//! Without `--global-address` the zone runs standalone: it owns meshes and
-//! policies itself (defaults included). Federation with a global over KDS
-//! is not built yet; asking for it is refused with a clear error rather than
-//! silently running standalone.
+//! With `--global-address` the zone is federated: it receives meshes and
+//! policies from the global over KDS ([`kds`]) and sends its inventory up;
+//! its API is read-only for what the global owns. Without it the zone runs
+//! standalone and owns meshes and policies itself (defaults included).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,9 +11,12 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use meridian_core::names::check_rfc1035_label;
-use meridian_server::backend::{self, StoreKind, StoreSettings};
-use meridian_server::{process, Mode, ServerConfig};
+use meridian_server::backend::StoreKind;
+use meridian_server::process;
 use serde::Deserialize;
+use std::time::Duration;
+
+use meridian_zone::{kds, start, ZoneConfig};
 
 #[derive(Parser)]
 #[command(name = "meridian-zone", version, about = "Meridian zone control plane")]
@@ -65,8 +68,7 @@ struct RunArgs {
     config: Option<PathBuf>,
 }
 
-// The KDS and xDS settings are accepted (so one file serves both modes) but
-// only read once federation exists.
+// xds-addr is accepted so one file serves this and later versions.
 #[allow(dead_code)]
 #[derive(Deserialize, Debug, Default)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -98,9 +100,48 @@ async fn main() -> anyhow::Result<()> {
         bail!("--zone is required");
     };
     check_rfc1035_label(&zone).map_err(|e| anyhow::anyhow!("--zone: {e}"))?;
-    if args.global_address.or(file.global_address).is_some() {
-        bail!("--global-address: federation with a global control plane (KDS) is not available in this build yet; run without it for a standalone zone");
-    }
+    let global_addresses = args.global_address.or(file.global_address).unwrap_or_default();
+    let federation = if global_addresses.is_empty() {
+        None
+    } else {
+        let token_file = args
+            .token_file
+            .or(file.token_file)
+            .ok_or_else(|| anyhow::anyhow!("--token-file is required with --global-address"))?;
+        let ca_file = args
+            .ca_file
+            .or(file.ca_file)
+            .ok_or_else(|| anyhow::anyhow!("--ca-file is required with --global-address"))?;
+        let token = std::fs::read_to_string(&token_file)
+            .with_context(|| format!("reading the zone token {}", token_file.display()))?
+            .trim()
+            .to_string();
+        let ca_pem = std::fs::read_to_string(&ca_file).with_context(|| format!("reading {}", ca_file.display()))?;
+        for a in &global_addresses {
+            if !a.starts_with("grpcs://") {
+                bail!("--global-address {a:?}: must be grpcs://HOST:PORT");
+            }
+        }
+        Some(kds::ClientSettings {
+            zone: zone.clone(),
+            addresses: global_addresses,
+            token,
+            ca_pem,
+            keepalive: Duration::from_secs(10),
+        })
+    };
+    let ingress_address = match args.ingress_address.or(file.ingress_address) {
+        None => None,
+        Some(a) => {
+            let (host, port) = a
+                .rsplit_once(':')
+                .ok_or_else(|| anyhow::anyhow!("--ingress-address {a:?}: expected HOST:PORT"))?;
+            let port: u16 = port
+                .parse()
+                .map_err(|_| anyhow::anyhow!("--ingress-address {a:?}: bad port"))?;
+            Some((host.to_string(), port))
+        }
+    };
     let store = args.store.or(file.store).unwrap_or(StoreKind::Embedded);
     if store == StoreKind::Etcd {
         bail!("--store: a zone keeps its replica in the embedded or memory store, not etcd");
@@ -122,31 +163,18 @@ async fn main() -> anyhow::Result<()> {
         .or(file.defaults_skip_mesh_creation)
         .unwrap_or(false);
 
-    tracing::info!(%zone, %api_addr, ?store, "starting meridian-zone (standalone)");
-    let instance_id = format!("zone-{zone}-{}", std::process::id());
-    let backend = backend::open(&StoreSettings {
-        kind: store,
-        data_dir: &data_dir,
-        etcd_endpoints: &[],
-        etcd_prefix: "",
-        instance_id: &instance_id,
+    let zone = start(ZoneConfig {
+        zone,
+        api_addr,
+        store,
+        data_dir,
+        federation,
+        ingress_address,
+        create_default_mesh: !skip_mesh,
     })
     .await?;
-    let server = meridian_server::start(
-        ServerConfig {
-            api_addr,
-            mode: Mode::Standalone { zone },
-            create_default_mesh: !skip_mesh,
-            global: None,
-        },
-        backend.store,
-        backend.leader.subscribe(),
-        process::shutdown_signal(),
-    )
-    .await?;
-    server.task.await??;
-    // Hand leadership over at once instead of letting the lease expire.
-    backend.leader.resign().await;
+    process::shutdown_signal().await;
+    zone.stop().await?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -1,0 +1,360 @@
+//! The global's KDS server: authenticates zones, serves `GlobalToZone`
+//! (meshes, policies, other zones' ingresses) and receives `ZoneToGlobal`
+//! (the zone's dataplanes, insights and ingresses), recording insights.
+//!
+//! The stream loops are the shared ones in `meridian_server::kds::stream`;
+//! this module decides what the global sends to a zone ([`ToZone`]), how it
+//! stores what a zone sends ([`FromZone`]), and who may connect.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::Stream;
+use meridian_core::decode::{validate_spec, MAX_RESOURCE_BYTES};
+use meridian_core::names::{check_rfc1035_label, check_subdomain};
+use meridian_core::{FieldPath, Resource, ResourceKey, ResourceType};
+use meridian_proto as pb;
+use meridian_server::global_services::GlobalServices;
+use meridian_server::kds::stream::{run_receiver, run_sender, MAX_MESSAGE_BYTES};
+use meridian_server::kds::wire::{content_version, parse_wire_name, wire_name};
+use meridian_server::kds::{global_to_zone_types, labels, Inbound, Outbound, WireResource, ZONE_TO_GLOBAL_TYPES};
+use meridian_server::manager::Manager;
+use meridian_server::tokens::TokenError;
+use meridian_store::Filter;
+use tokio::sync::{mpsc, watch};
+use tokio::task::AbortHandle;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::insights::ZoneInsights;
+
+/// The metadata key naming the connecting zone.
+pub const ZONE_HEADER: &str = "x-meridian-zone";
+
+/// Settings of the KDS server.
+#[derive(Clone, Debug)]
+pub struct KdsSettings {
+    pub addr: SocketAddr,
+    pub cert_pem: String,
+    pub key_pem: String,
+    /// HTTP/2 keepalive interval; a dead zone is noticed within about twice this.
+    pub keepalive: Duration,
+}
+
+/// Which streams are open, so that a newer connection of a zone replaces an
+/// older one.
+#[derive(Default)]
+struct Registry {
+    streams: Mutex<HashMap<(String, &'static str), AbortHandle>>,
+}
+
+impl Registry {
+    fn replace(&self, zone: &str, dir: &'static str, handle: AbortHandle) {
+        let old = self
+            .streams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((zone.to_string(), dir), handle);
+        if let Some(old) = old {
+            tracing::info!(%zone, direction = dir, "a newer stream of this zone replaces the older one");
+            old.abort();
+        }
+    }
+}
+
+pub struct KdsService {
+    manager: Arc<Manager>,
+    services: Arc<GlobalServices>,
+    insights: ZoneInsights,
+    registry: Arc<Registry>,
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+impl KdsService {
+    pub fn new(manager: Arc<Manager>, services: Arc<GlobalServices>, insights: ZoneInsights) -> Self {
+        KdsService {
+            manager,
+            services,
+            insights,
+            registry: Arc::new(Registry::default()),
+        }
+    }
+
+    /// Checks the zone name and its token; the zone must be enabled.
+    async fn authenticate<T>(&self, req: &Request<T>) -> Result<String, Status> {
+        let zone = req
+            .metadata()
+            .get(ZONE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| Status::invalid_argument(format!("missing {ZONE_HEADER} metadata")))?
+            .to_string();
+        check_rfc1035_label(&zone).map_err(|e| Status::invalid_argument(format!("zone name: {e}")))?;
+        let token = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        let claims = self.services.tokens.verify(token).await.map_err(|e| match e {
+            TokenError::Store(_) => Status::unavailable(e.to_string()),
+            _ => Status::unauthenticated(e.to_string()),
+        })?;
+        if claims.zone != zone {
+            return Err(Status::unauthenticated(format!(
+                "the token was issued for zone {:?}, not {zone:?}",
+                claims.zone
+            )));
+        }
+        self.ensure_zone(&zone).await?;
+        Ok(zone)
+    }
+
+    /// Creates the Zone record on first contact; refuses disabled zones.
+    async fn ensure_zone(&self, zone: &str) -> Result<(), Status> {
+        let key = ResourceKey::global(ResourceType::Zone, zone);
+        match self.manager.get(&key) {
+            Some(z) if z.spec.get("enabled").and_then(|v| v.as_bool()) == Some(false) => {
+                Err(Status::permission_denied(format!("zone {zone:?} is disabled")))
+            }
+            Some(_) => Ok(()),
+            None => {
+                let r = Resource::new(
+                    key,
+                    Default::default(),
+                    serde_json::json!({"enabled": true}),
+                    chrono::Utc::now(),
+                );
+                self.manager
+                    .upsert_synced(r)
+                    .await
+                    .map_err(|e| Status::unavailable(format!("recording zone {zone:?}: {e}")))
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::kds_server::Kds for KdsService {
+    type GlobalToZoneStream = BoxStream<pb::DeltaResponse>;
+    type ZoneToGlobalStream = BoxStream<pb::DeltaRequest>;
+
+    async fn global_to_zone(
+        &self,
+        request: Request<Streaming<pb::DeltaRequest>>,
+    ) -> Result<Response<Self::GlobalToZoneStream>, Status> {
+        let zone = self.authenticate(&request).await?;
+        let incoming = request.into_inner();
+        let (tx, rx) = mpsc::channel(64);
+        let outbound: Arc<dyn Outbound> = Arc::new(ToZone { zone: zone.clone() });
+        let subscription = self.insights.connect(&zone);
+        let cache = self.manager.cache().clone();
+        let span = tracing::info_span!("kds", %zone, direction = "global-to-zone");
+        let task = tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                tracing::info!("zone subscribed");
+                let result = run_sender(incoming, tx, cache, outbound, subscription, MAX_MESSAGE_BYTES).await;
+                match result {
+                    Ok(()) => tracing::info!("zone closed the stream"),
+                    Err(e) => tracing::info!(error = %e, "stream ended"),
+                }
+            },
+            span,
+        ));
+        self.registry.replace(&zone, "g2z", task.abort_handle());
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(Ok))))
+    }
+
+    async fn zone_to_global(
+        &self,
+        request: Request<Streaming<pb::DeltaResponse>>,
+    ) -> Result<Response<Self::ZoneToGlobalStream>, Status> {
+        let zone = self.authenticate(&request).await?;
+        let incoming = request.into_inner();
+        let (tx, rx) = mpsc::channel(64);
+        let inbound: Arc<dyn Inbound> = Arc::new(FromZone {
+            zone: zone.clone(),
+            manager: self.manager.clone(),
+        });
+        let node = pb::Node {
+            zone: zone.clone(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            instance_id: String::new(),
+        };
+        let span = tracing::info_span!("kds", %zone, direction = "zone-to-global");
+        let task = tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                if let Err(e) = run_receiver(incoming, tx, inbound, node).await {
+                    tracing::info!(error = %e, "stream ended");
+                }
+            },
+            span,
+        ));
+        self.registry.replace(&zone, "z2g", task.abort_handle());
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(Ok))))
+    }
+}
+
+/// What the global sends to one zone: meshes and policies (labelled as
+/// coming from the global) and the ingresses of the other zones.
+pub struct ToZone {
+    pub zone: String,
+}
+
+impl Outbound for ToZone {
+    fn types(&self) -> Vec<ResourceType> {
+        global_to_zone_types()
+    }
+
+    fn export(&self, r: &Resource) -> Option<WireResource> {
+        let kind = r.key.kind;
+        if kind == ResourceType::Mesh || kind.is_policy() {
+            let mut w = WireResource::from_resource(r);
+            w.labels.insert(labels::ORIGIN.into(), "global".into());
+            Some(w)
+        } else if kind == ResourceType::ZoneIngress {
+            let from = r.labels.get(labels::ZONE)?;
+            (from != &self.zone).then(|| WireResource::from_resource(r))
+        } else {
+            None
+        }
+    }
+}
+
+/// How the global stores what one zone sends: under `<zone>.<name>`, only
+/// zone-owned types, only resources labelled for that zone.
+pub struct FromZone {
+    pub zone: String,
+    pub manager: Arc<Manager>,
+}
+
+impl FromZone {
+    fn prefix(&self) -> String {
+        format!("{}.", self.zone)
+    }
+}
+
+#[async_trait]
+impl Inbound for FromZone {
+    fn types(&self) -> Vec<ResourceType> {
+        ZONE_TO_GLOBAL_TYPES.to_vec()
+    }
+
+    fn held(&self, kind: ResourceType) -> HashMap<String, String> {
+        let prefix = self.prefix();
+        self.manager
+            .list(&Filter::kind(kind))
+            .into_iter()
+            .filter(|r| r.labels.get(labels::ZONE) == Some(&self.zone))
+            .filter_map(|r| {
+                let name = r.key.name.strip_prefix(&prefix)?;
+                Some((
+                    wire_name(r.key.mesh.as_deref(), name),
+                    content_version(&r.labels, &r.spec),
+                ))
+            })
+            .collect()
+    }
+
+    async fn upsert(&self, w: WireResource) -> Result<(), String> {
+        if !ZONE_TO_GLOBAL_TYPES.contains(&w.kind) {
+            return Err(format!("a zone cannot write {}", w.kind));
+        }
+        let expect = [
+            (labels::ORIGIN, "zone"),
+            (labels::ZONE, self.zone.as_str()),
+            (labels::DISPLAY_NAME, w.name.as_str()),
+        ];
+        for (label, value) in expect {
+            match w.labels.get(label) {
+                Some(v) if v == value => {}
+                Some(v) => {
+                    return Err(format!(
+                        "label {label} is {v:?}; zone {:?} may only send {value:?}",
+                        self.zone
+                    ))
+                }
+                None => return Err(format!("label {label} is missing")),
+            }
+        }
+        check_subdomain(&w.name).map_err(|e| format!("name: {e}"))?;
+        if let Some(mesh) = &w.mesh {
+            if self
+                .manager
+                .get(&ResourceKey::global(ResourceType::Mesh, mesh))
+                .is_none()
+            {
+                return Err(format!("mesh {mesh:?} does not exist"));
+            }
+        }
+        let size = serde_json::to_vec(&w.spec).map(|v| v.len()).unwrap_or(usize::MAX);
+        if size > MAX_RESOURCE_BYTES {
+            return Err(format!(
+                "resource is {size} bytes, more than the limit of {MAX_RESOURCE_BYTES}"
+            ));
+        }
+        let root = FieldPath::root();
+        let spec = validate_spec(w.kind, w.spec.clone(), &root).map_err(|e| e.to_string())?;
+        let key = ResourceKey {
+            kind: w.kind,
+            mesh: w.mesh.clone(),
+            name: format!("{}{}", self.prefix(), w.name),
+        };
+        let mut resource = w.into_resource(key, 0);
+        resource.spec = spec;
+        self.manager.upsert_synced(resource).await.map_err(|e| e.to_string())
+    }
+
+    async fn remove(&self, kind: ResourceType, wire: &str) -> Result<(), String> {
+        if !ZONE_TO_GLOBAL_TYPES.contains(&kind) {
+            return Err(format!("a zone cannot delete {kind}"));
+        }
+        let (mesh, name) = parse_wire_name(kind, wire)?;
+        let key = ResourceKey {
+            kind,
+            mesh,
+            name: format!("{}{}", self.prefix(), name),
+        };
+        self.manager.remove_synced(&key).await.map_err(|e| e.to_string())
+    }
+}
+
+/// Serves KDS over TLS until `shutdown` turns true.
+pub async fn serve(
+    settings: KdsSettings,
+    service: KdsService,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<SocketAddr> {
+    use anyhow::Context;
+    let identity = tonic::transport::Identity::from_pem(&settings.cert_pem, &settings.key_pem);
+    let listener = tokio::net::TcpListener::bind(settings.addr)
+        .await
+        .with_context(|| format!("binding KDS to {}", settings.addr))?;
+    let addr = listener.local_addr()?;
+    let server = tonic::transport::Server::builder()
+        .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+        .context("KDS TLS configuration")?
+        .http2_keepalive_interval(Some(settings.keepalive))
+        .http2_keepalive_timeout(Some(settings.keepalive))
+        .add_service(
+            pb::kds_server::KdsServer::new(service)
+                .max_decoding_message_size(2 * MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(2 * MAX_MESSAGE_BYTES),
+        );
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tokio::spawn(async move {
+        let stop = async move {
+            let _ = shutdown.wait_for(|s| *s).await;
+        };
+        if let Err(e) = server.serve_with_incoming_shutdown(incoming, stop).await {
+            tracing::error!(error = %e, "KDS server failed");
+        }
+    });
+    tracing::info!(%addr, "KDS listening");
+    Ok(addr)
+}

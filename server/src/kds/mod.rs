@@ -1,0 +1,79 @@
+//! KDS, the protocol between the global and the zones (DESIGN §7).
+//!
+//! One machinery, used in both directions:
+//! - the **sender** ([`stream::run_sender`], state in [`sender::SenderState`])
+//!   holds resources in its cache and answers subscriptions with deltas;
+//! - the **receiver** ([`stream::run_receiver`]) subscribes with what it
+//!   already holds, applies each resource on its own, and acknowledges with
+//!   the per-resource rejections.
+//!
+//! On `GlobalToZone` the global sends and the zone receives; on
+//! `ZoneToGlobal` the zone sends and the global receives. What is sent and
+//! how it is applied differ per side and are given by [`Outbound`] and
+//! [`Inbound`]; the global's and zone's implementations live in their crates.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use meridian_core::{Resource, ResourceType};
+
+pub mod sender;
+pub mod stream;
+pub mod wire;
+
+pub use wire::WireResource;
+
+/// Types the global sends to zones.
+pub fn global_to_zone_types() -> Vec<ResourceType> {
+    let mut v = vec![ResourceType::Mesh];
+    v.extend(ResourceType::policies());
+    v.push(ResourceType::ZoneIngress);
+    v
+}
+
+/// Types zones send to the global.
+pub const ZONE_TO_GLOBAL_TYPES: [ResourceType; 3] = [
+    ResourceType::Dataplane,
+    ResourceType::DataplaneInsight,
+    ResourceType::ZoneIngress,
+];
+
+/// Labels Meridian sets on synced resources (DESIGN §3).
+pub mod labels {
+    pub const ORIGIN: &str = "kuma.io/origin";
+    pub const ZONE: &str = "kuma.io/zone";
+    pub const DISPLAY_NAME: &str = "kuma.io/display-name";
+}
+
+/// What one side sends on a stream: which of its resources, in which form.
+pub trait Outbound: Send + Sync + 'static {
+    /// The types this side serves on the stream.
+    fn types(&self) -> Vec<ResourceType>;
+    /// The wire form of a local resource, or `None` when it is not for this peer.
+    fn export(&self, r: &Resource) -> Option<WireResource>;
+}
+
+/// How one side applies what it receives.
+#[async_trait]
+pub trait Inbound: Send + Sync + 'static {
+    /// The types this side subscribes to.
+    fn types(&self) -> Vec<ResourceType>;
+    /// What this side holds from the peer, as wire name → version.
+    fn held(&self, kind: ResourceType) -> HashMap<String, String>;
+    /// Validates and stores one resource; `Err` is the reason it was refused.
+    async fn upsert(&self, resource: WireResource) -> Result<(), String>;
+    /// Removes one resource by wire name.
+    async fn remove(&self, kind: ResourceType, wire_name: &str) -> Result<(), String>;
+}
+
+/// Hears what happens on a stream, for insights and metrics.
+pub trait StreamObserver: Send + Sync + 'static {
+    fn sent(&self, _kind: ResourceType, _resources: usize) {}
+    fn acked(&self, _kind: ResourceType, _applied: usize) {}
+    fn rejected(&self, _kind: ResourceType, _reason: &str) {}
+}
+
+/// An observer that ignores everything.
+pub struct NoObserver;
+
+impl StreamObserver for NoObserver {}
