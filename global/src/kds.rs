@@ -86,8 +86,15 @@ impl KdsService {
         }
     }
 
-    /// Checks the zone name and its token; the zone must be enabled.
+    /// Checks the zone name and its token; the zone must be enabled. Waits
+    /// until the cache holds the store's state: computing a difference from
+    /// an empty cache would tell the zone to delete everything it has.
     async fn authenticate<T>(&self, req: &Request<T>) -> Result<String, Status> {
+        self.manager
+            .cache()
+            .wait_ready(Duration::from_secs(10))
+            .await
+            .map_err(|e| Status::unavailable(format!("the global is starting: {e}")))?;
         let zone = req
             .metadata()
             .get(ZONE_HEADER)

@@ -152,6 +152,13 @@ pub async fn run(
         .with_randomization_factor(0.5)
         .with_max_elapsed_time(None)
         .build();
+    // Never sync from an empty cache: the difference would delete the
+    // zone's inventory at the global.
+    let mut ready = manager.cache().ready();
+    tokio::select! {
+        _ = ready.wait_for(|r| *r) => {}
+        _ = shutdown.wait_for(|s| *s) => return,
+    }
     let mut attempt = 0usize;
     loop {
         let address = &settings.addresses[attempt % settings.addresses.len()];
