@@ -72,6 +72,8 @@ pub struct KdsService {
     services: Arc<GlobalServices>,
     insights: ZoneInsights,
     registry: Arc<Registry>,
+    /// Set by [`serve`]: open streams end when it turns true.
+    shutdown: Option<watch::Receiver<bool>>,
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -83,6 +85,20 @@ impl KdsService {
             services,
             insights,
             registry: Arc::new(Registry::default()),
+            shutdown: None,
+        }
+    }
+
+    /// Completes when the server stops (never without [`serve`]).
+    fn stopping(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let shutdown = self.shutdown.clone();
+        async move {
+            match shutdown {
+                Some(mut s) => {
+                    let _ = s.wait_for(|s| *s).await;
+                }
+                None => std::future::pending().await,
+            }
         }
     }
 
@@ -162,13 +178,16 @@ impl pb::kds_server::Kds for KdsService {
         let subscription = self.insights.connect(&zone);
         let cache = self.manager.cache().clone();
         let span = tracing::info_span!("kds", %zone, direction = "global-to-zone");
+        let stopping = self.stopping();
         let task = tokio::spawn(tracing::Instrument::instrument(
             async move {
                 tracing::info!("zone subscribed");
-                let result = run_sender(incoming, tx, cache, outbound, subscription, MAX_MESSAGE_BYTES).await;
-                match result {
-                    Ok(()) => tracing::info!("zone closed the stream"),
-                    Err(e) => tracing::info!(error = %e, "stream ended"),
+                tokio::select! {
+                    result = run_sender(incoming, tx, cache, outbound, subscription, MAX_MESSAGE_BYTES) => match result {
+                        Ok(()) => tracing::info!("zone closed the stream"),
+                        Err(e) => tracing::info!(error = %e, "stream ended"),
+                    },
+                    () = stopping => tracing::info!("the global is stopping; closing the stream"),
                 }
             },
             span,
@@ -194,10 +213,14 @@ impl pb::kds_server::Kds for KdsService {
             instance_id: String::new(),
         };
         let span = tracing::info_span!("kds", %zone, direction = "zone-to-global");
+        let stopping = self.stopping();
         let task = tokio::spawn(tracing::Instrument::instrument(
             async move {
-                if let Err(e) = run_receiver(incoming, tx, inbound, node).await {
-                    tracing::info!(error = %e, "stream ended");
+                tokio::select! {
+                    result = run_receiver(incoming, tx, inbound, node) => if let Err(e) = result {
+                        tracing::info!(error = %e, "stream ended");
+                    },
+                    () = stopping => tracing::info!("the global is stopping; closing the stream"),
                 }
             },
             span,
@@ -331,13 +354,15 @@ impl Inbound for FromZone {
     }
 }
 
-/// Serves KDS over TLS until `shutdown` turns true.
+/// Serves KDS over TLS until `shutdown` turns true; open streams end then
+/// too (a graceful HTTP/2 shutdown alone would wait for them forever).
 pub async fn serve(
     settings: KdsSettings,
-    service: KdsService,
+    mut service: KdsService,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<SocketAddr> {
     use anyhow::Context;
+    service.shutdown = Some(shutdown.clone());
     let identity = tonic::transport::Identity::from_pem(&settings.cert_pem, &settings.key_pem);
     let listener = tokio::net::TcpListener::bind(settings.addr)
         .await
