@@ -1,0 +1,813 @@
+//! KDS in one process: a global and several zones on memory (or embedded)
+//! stores and port 0, talking real gRPC over TLS with zone tokens. Each test
+//! waits for the stores to converge and compares them, failing with the
+//! difference it saw last.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use meridian_core::decode::decode_value;
+use meridian_core::{Resource, ResourceKey, ResourceType};
+use meridian_global::config::GlobalConfig;
+use meridian_global::RunningGlobal;
+use meridian_server::backend::StoreKind;
+use meridian_server::kds::wire::wire_name;
+use meridian_server::kds::{global_to_zone_types, labels};
+use meridian_server::manager::Manager;
+use meridian_store::Filter;
+use meridian_zone::{kds::ClientSettings, RunningZone, ZoneConfig};
+use serde_json::{json, Value};
+
+/// How long any convergence may take.
+const DEADLINE: Duration = Duration::from_secs(20);
+
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// Polls `check` until it returns `Ok`, or panics after `timeout` with what
+/// it saw last.
+async fn eventually<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match check() {
+            Ok(v) => return v,
+            Err(seen) if Instant::now() >= deadline => {
+                panic!("timed out after {timeout:?} waiting for {what}; last seen: {seen}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Starting things
+
+fn loopback() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+fn global_config(store: StoreKind, data_dir: &Path) -> GlobalConfig {
+    GlobalConfig {
+        api_addr: loopback(),
+        kds_addr: loopback(),
+        store,
+        data_dir: data_dir.to_path_buf(),
+        kds_keepalive: Duration::from_secs(1),
+        ..GlobalConfig::default()
+    }
+}
+
+async fn start_global(config: GlobalConfig, instance: &str) -> RunningGlobal {
+    let g = meridian_global::start(config, instance.to_string()).await.unwrap();
+    g.manager.cache().wait_ready(Duration::from_secs(10)).await.unwrap();
+    g
+}
+
+/// How zone `zone` joins `g`: a fresh token, the CA, the KDS address.
+async fn join(g: &RunningGlobal, zone: &str) -> ClientSettings {
+    ClientSettings {
+        zone: zone.to_string(),
+        addresses: vec![format!("grpcs://127.0.0.1:{}", g.kds_addr.port())],
+        token: g.services.tokens.issue(zone, Duration::from_secs(3600)).await.unwrap(),
+        ca_pem: g.services.ca_pem.clone(),
+        keepalive: Duration::from_secs(1),
+    }
+}
+
+fn zone_config(join: ClientSettings, store: StoreKind, data_dir: &Path) -> ZoneConfig {
+    ZoneConfig {
+        zone: join.zone.clone(),
+        api_addr: loopback(),
+        store,
+        data_dir: data_dir.to_path_buf(),
+        federation: Some(join),
+        ingress_address: None,
+        create_default_mesh: false,
+    }
+}
+
+async fn start_zone(config: ZoneConfig) -> RunningZone {
+    // A store just closed by a stopped instance may still be locked for a moment.
+    let t = Instant::now();
+    let z = loop {
+        match meridian_zone::start(config.clone()).await {
+            Ok(z) => break z,
+            Err(e) if t.elapsed() < Duration::from_secs(5) && format!("{e:#}").contains("locked") => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("{e:#}"),
+        }
+    };
+    z.manager.cache().wait_ready(Duration::from_secs(10)).await.unwrap();
+    z
+}
+
+/// A global on a memory store and zones `zone-1`…`zone-n`, each with its own
+/// memory store; `ingress(i)` gives zone i an ingress address.
+struct Cluster {
+    global: RunningGlobal,
+    zones: Vec<(String, RunningZone)>,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    async fn start(n: usize, ingress: impl Fn(usize) -> Option<(String, u16)>) -> Cluster {
+        init_tracing();
+        let dir = tempfile::tempdir().unwrap();
+        let global = start_global(global_config(StoreKind::Memory, &dir.path().join("global")), "global-1").await;
+        let mut zones = Vec::new();
+        for i in 1..=n {
+            let name = format!("zone-{i}");
+            let mut cfg = zone_config(join(&global, &name).await, StoreKind::Memory, &dir.path().join(&name));
+            cfg.ingress_address = ingress(i);
+            zones.push((name, start_zone(cfg).await));
+        }
+        Cluster {
+            global,
+            zones,
+            _dir: dir,
+        }
+    }
+
+    fn managers(&self) -> Vec<(&str, &Manager)> {
+        self.zones
+            .iter()
+            .map(|(n, z)| (n.as_str(), z.manager.as_ref()))
+            .collect()
+    }
+
+    async fn converged(&self, what: &str) -> View {
+        converged(&self.global.manager, &self.managers(), what).await
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Comparing stores
+
+/// What the global sends, as "<Type> <wire name>" → {labels, spec}.
+type View = BTreeMap<String, Value>;
+
+fn is_global_owned(kind: ResourceType) -> bool {
+    kind == ResourceType::Mesh || kind.is_policy()
+}
+
+/// The meshes and policies of a store. With `as_sent`, the labels carry
+/// the origin the global adds when it sends them.
+fn global_owned_view(m: &Manager, as_sent: bool) -> View {
+    let mut view = View::new();
+    for kind in global_to_zone_types().into_iter().filter(|k| is_global_owned(*k)) {
+        for r in m.list(&Filter::kind(kind)) {
+            let mut l = r.labels.clone();
+            if as_sent {
+                l.insert(labels::ORIGIN.into(), "global".into());
+            }
+            view.insert(
+                format!("{kind} {}", wire_name(r.key.mesh.as_deref(), &r.key.name)),
+                json!({"labels": l, "spec": r.spec}),
+            );
+        }
+    }
+    view
+}
+
+/// What differs between `want` and `got`, readably.
+fn diff(want: &View, got: &View) -> String {
+    let mut out = Vec::new();
+    for (k, v) in want {
+        match got.get(k) {
+            None => out.push(format!("missing {k}")),
+            Some(g) if g != v => out.push(format!("differs {k}: want {v} got {g}")),
+            Some(_) => {}
+        }
+    }
+    for k in got.keys().filter(|k| !want.contains_key(*k)) {
+        out.push(format!("extra {k}"));
+    }
+    out.join("; ")
+}
+
+/// Waits until every zone holds exactly the global's meshes and policies;
+/// returns that view.
+async fn converged(global: &Manager, zones: &[(&str, &Manager)], what: &str) -> View {
+    eventually(what, DEADLINE, || {
+        let want = global_owned_view(global, true);
+        let mut problems = Vec::new();
+        for (name, z) in zones {
+            let d = diff(&want, &global_owned_view(z, false));
+            if !d.is_empty() {
+                problems.push(format!("{name}: {d}"));
+            }
+        }
+        if problems.is_empty() {
+            Ok(want)
+        } else {
+            Err(problems.join("\n"))
+        }
+    })
+    .await
+}
+
+fn names_of(view: &View) -> Vec<&str> {
+    view.keys().map(String::as_str).collect()
+}
+
+// ---------------------------------------------------------------------------
+// Writing
+
+async fn apply(m: &Manager, doc: Value) {
+    let doc = decode_value(doc.clone()).unwrap_or_else(|e| panic!("{doc}: {e}"));
+    m.apply(doc).await.unwrap();
+}
+
+async fn delete(m: &Manager, kind: ResourceType, mesh: Option<&str>, name: &str) {
+    m.delete(&ResourceKey::new(kind, mesh, name)).await.unwrap();
+}
+
+fn timeout_policy(name: &str, mesh: &str, idle: &str) -> Value {
+    json!({
+        "type": "MeshTimeout", "name": name, "mesh": mesh,
+        "labels": {"team": "payments"},
+        "spec": {"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "Mesh"},
+                 "default": {"idleTimeout": idle}}]}
+    })
+}
+
+fn dataplane(name: &str, mesh: &str, service: &str, port: u16) -> Value {
+    json!({
+        "type": "Dataplane", "name": name, "mesh": mesh,
+        "networking": {"address": "10.0.0.1", "inbound": [
+            {"port": port, "tags": {"kuma.io/service": service, "version": "v1"}}]}
+    })
+}
+
+/// Waits until the global has created the four default policies of `mesh`.
+async fn mesh_defaults(g: &Manager, mesh: &str) {
+    eventually(&format!("the defaults of mesh {mesh}"), DEADLINE, || {
+        let n = ResourceType::policies()
+            .flat_map(|k| g.list(&Filter::in_mesh(k, mesh)))
+            .filter(|r| r.key.name.ends_with(&format!("-all-{mesh}")))
+            .count();
+        (n == 4).then_some(()).ok_or_else(|| format!("{n} defaults"))
+    })
+    .await;
+}
+
+/// The zone insight of `zone` at the global, as stored.
+fn zone_insight(g: &Manager, zone: &str) -> Option<Value> {
+    g.get(&ResourceKey::global(ResourceType::ZoneInsight, zone))
+        .map(|r| r.spec)
+}
+
+fn subscriptions(g: &Manager, zone: &str) -> Vec<Value> {
+    zone_insight(g, zone)
+        .and_then(|s| s["subscriptions"].as_array().cloned())
+        .unwrap_or_default()
+}
+
+fn online_subscriptions(g: &Manager, zone: &str) -> usize {
+    subscriptions(g, zone)
+        .iter()
+        .filter(|s| s.get("disconnectTime").is_none())
+        .count()
+}
+
+// ---------------------------------------------------------------------------
+// Tests
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn meshes_and_policies_reach_every_zone_and_follow_every_change() {
+    let c = Cluster::start(3, |_| None).await;
+    let g = &c.global.manager;
+
+    // Initial sync: the default mesh and its four default policies.
+    let view = c.converged("the initial sync").await;
+    assert_eq!(
+        names_of(&view),
+        [
+            "Mesh default",
+            "MeshCircuitBreaker default/mesh-circuit-breaker-all-default",
+            "MeshRetry default/mesh-retry-all-default",
+            "MeshTimeout default/mesh-gateways-timeout-all-default",
+            "MeshTimeout default/mesh-timeout-all-default",
+        ]
+    );
+    for (name, z) in c.managers() {
+        let mesh = z.get(&ResourceKey::global(ResourceType::Mesh, "default")).unwrap();
+        assert_eq!(
+            mesh.labels.get(labels::ORIGIN).map(String::as_str),
+            Some("global"),
+            "{name}: {mesh:?}"
+        );
+    }
+
+    // Create, update, delete a policy.
+    apply(g, timeout_policy("payments", "default", "10s")).await;
+    let view = c.converged("a created policy").await;
+    assert!(view.contains_key("MeshTimeout default/payments"));
+    apply(g, timeout_policy("payments", "default", "20s")).await;
+    let view = c.converged("an updated policy").await;
+    assert_eq!(
+        view["MeshTimeout default/payments"]["spec"]["to"][0]["default"]["idleTimeout"],
+        "20s"
+    );
+    delete(g, ResourceType::MeshTimeout, Some("default"), "payments").await;
+    let view = c.converged("a deleted policy").await;
+    assert!(!view.contains_key("MeshTimeout default/payments"));
+
+    // A new mesh comes with its defaults; deleting it takes everything in it
+    // away in every zone.
+    apply(g, json!({"type": "Mesh", "name": "other", "labels": {"env": "test"}})).await;
+    apply(
+        g,
+        json!({"type": "MeshRetry", "name": "retry-other", "mesh": "other",
+               "spec": {"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "Mesh"},
+                        "default": {"tcp": {"maxConnectAttempt": 3}}}]}}),
+    )
+    .await;
+    mesh_defaults(g, "other").await;
+    let view = c.converged("a new mesh with its defaults").await;
+    let in_other = view.keys().filter(|k| k.contains(" other/")).count();
+    assert_eq!(in_other, 5, "4 defaults + 1: {:?}", names_of(&view));
+    delete(g, ResourceType::Mesh, None, "other").await;
+    let view = c.converged("a deleted mesh").await;
+    assert!(view.keys().all(|k| !k.contains("other")), "{:?}", names_of(&view));
+    for (name, z) in c.managers() {
+        let left: Vec<_> = z
+            .list(&Filter::all())
+            .into_iter()
+            .filter(|r| r.key.mesh.as_deref() == Some("other") || r.key.name == "other")
+            .map(|r| r.key.to_string())
+            .collect();
+        assert!(left.is_empty(), "{name} still holds {left:?}");
+    }
+
+    // A mesh re-created under the same name gets fresh, identical defaults;
+    // zones that saw the old ones must receive them again.
+    apply(g, json!({"type": "Mesh", "name": "other"})).await;
+    mesh_defaults(g, "other").await;
+    let view = c.converged("a re-created mesh").await;
+    assert_eq!(view.keys().filter(|k| k.contains(" other/")).count(), 4);
+
+    // Each zone is online with one subscription and acknowledged everything.
+    for (name, _) in c.managers() {
+        eventually("the zone insight", DEADLINE, || {
+            let subs = subscriptions(g, name);
+            let s = subs.first().ok_or("no subscription")?;
+            let total = &s["status"]["total"];
+            let sent = total["responsesSent"].as_u64().unwrap_or(0);
+            let acked = total["responsesAcknowledged"].as_u64().unwrap_or(0);
+            (subs.len() == 1
+                && s.get("disconnectTime").is_none()
+                && sent > 0
+                && sent == acked
+                && total["responsesRejected"] == 0
+                && s["globalInstanceId"] == "global-1")
+                .then_some(())
+                .ok_or_else(|| format!("{subs:?}"))
+        })
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zones_send_their_dataplanes_and_ingresses() {
+    let c = Cluster::start(3, |i| Some((format!("10.0.{i}.1"), 10000 + i as u16))).await;
+    let g = &c.global.manager;
+    c.converged("the initial sync").await;
+
+    // Two dataplanes per zone, same local names in every zone.
+    for (name, z) in c.managers() {
+        apply(z, dataplane("web", "default", &format!("web-{name}"), 8080)).await;
+        apply(z, dataplane("db", "default", "db", 5432)).await;
+    }
+    let dataplanes = |m: &Manager| -> BTreeMap<String, BTreeMap<String, String>> {
+        m.list(&Filter::kind(ResourceType::Dataplane))
+            .into_iter()
+            .map(|r| (r.key.name.clone(), r.labels.clone()))
+            .collect()
+    };
+    let at_global = eventually("the dataplanes at the global", DEADLINE, || {
+        let got = dataplanes(g);
+        (got.len() == 6).then(|| got.clone()).ok_or_else(|| format!("{got:?}"))
+    })
+    .await;
+    for (zone, _) in c.managers() {
+        for dp in ["web", "db"] {
+            let l = &at_global[&format!("{zone}.{dp}")];
+            assert_eq!(l.get(labels::ORIGIN).map(String::as_str), Some("zone"), "{l:?}");
+            assert_eq!(l.get(labels::ZONE).map(String::as_str), Some(zone), "{l:?}");
+            assert_eq!(l.get(labels::DISPLAY_NAME).map(String::as_str), Some(dp), "{l:?}");
+        }
+    }
+    // The content is the zone's.
+    let web = g
+        .get(&ResourceKey::in_mesh(ResourceType::Dataplane, "default", "zone-2.web"))
+        .unwrap();
+    assert_eq!(
+        web.spec["networking"]["inbound"][0]["tags"]["kuma.io/service"],
+        "web-zone-2"
+    );
+    // Dataplanes are not sent to other zones.
+    for (zone, z) in c.managers() {
+        let got: Vec<String> = dataplanes(z).into_keys().collect();
+        assert_eq!(got, ["db", "web"], "{zone}");
+    }
+
+    // Every zone's ingress reaches the other zones, never its own, and
+    // advertises its zone's services.
+    let ingress_names = |m: &Manager| -> Vec<String> {
+        m.list(&Filter::kind(ResourceType::ZoneIngress))
+            .into_iter()
+            .map(|r| r.key.name)
+            .collect()
+    };
+    for (zone, z) in c.managers() {
+        eventually("other zones' ingresses", DEADLINE, || {
+            let got = ingress_names(z);
+            let want: Vec<String> = c
+                .managers()
+                .iter()
+                .map(|(n, _)| {
+                    if *n == zone {
+                        "ingress".to_string()
+                    } else {
+                        format!("{n}.ingress")
+                    }
+                })
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            // Each zone's ingress must advertise two services.
+            let complete = z
+                .list(&Filter::kind(ResourceType::ZoneIngress))
+                .iter()
+                .all(|r| r.spec["availableServices"].as_array().map(Vec::len) == Some(2));
+            (got == want && complete)
+                .then_some(())
+                .ok_or_else(|| format!("{zone}: {:?}", z.list(&Filter::kind(ResourceType::ZoneIngress))))
+        })
+        .await;
+    }
+    let z1_at_z3 = c.zones[2]
+        .1
+        .manager
+        .get(&ResourceKey::global(ResourceType::ZoneIngress, "zone-1.ingress"))
+        .unwrap();
+    assert_eq!(z1_at_z3.labels.get(labels::ZONE).map(String::as_str), Some("zone-1"));
+    assert_eq!(z1_at_z3.spec["networking"]["advertisedAddress"], "10.0.1.1");
+    let services: Vec<&str> = z1_at_z3.spec["availableServices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["tags"]["kuma.io/service"].as_str().unwrap())
+        .collect();
+    assert_eq!(services, ["db", "web-zone-1"]);
+    assert_eq!(ingress_names(g).len(), 3, "{:?}", ingress_names(g));
+
+    // Deleted dataplanes leave the global, and the ingresses follow.
+    delete(&c.zones[0].1.manager, ResourceType::Dataplane, Some("default"), "web").await;
+    eventually("zone-1.web gone at the global", DEADLINE, || {
+        let got = dataplanes(g);
+        (!got.contains_key("zone-1.web") && got.len() == 5)
+            .then_some(())
+            .ok_or_else(|| format!("{:?}", got.keys()))
+    })
+    .await;
+    eventually("zone-1's ingress shrinking in zone-2", DEADLINE, || {
+        let r = c.zones[1]
+            .1
+            .manager
+            .get(&ResourceKey::global(ResourceType::ZoneIngress, "zone-1.ingress"));
+        let n = r
+            .as_ref()
+            .and_then(|r| r.spec["availableServices"].as_array().map(Vec::len));
+        (n == Some(1)).then_some(()).ok_or_else(|| format!("{r:?}"))
+    })
+    .await;
+
+    // Zone-owned types are read-only at the global; the zone's API refuses
+    // global-owned writes — that is the API's job, checked end to end; here
+    // the origin checks of the synced copies.
+    let db = g
+        .get(&ResourceKey::in_mesh(ResourceType::Dataplane, "default", "zone-3.db"))
+        .unwrap();
+    assert_eq!(db.labels.len(), 3, "{:?}", db.labels);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_zone_catches_up_exactly_when_it_starts_again() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let global = start_global(global_config(StoreKind::Memory, &dir.path().join("global")), "global-1").await;
+    let g = &global.manager;
+    let zone_dir = dir.path().join("zone-1");
+    let settings = join(&global, "zone-1").await;
+    let zone = start_zone(zone_config(settings.clone(), StoreKind::Embedded, &zone_dir)).await;
+    // A second, always-connected zone as a reference.
+    let other = start_zone(zone_config(
+        join(&global, "zone-2").await,
+        StoreKind::Memory,
+        &dir.path().join("z2"),
+    ))
+    .await;
+
+    apply(g, timeout_policy("keep", "default", "1s")).await;
+    apply(g, timeout_policy("change", "default", "1s")).await;
+    apply(g, timeout_policy("drop", "default", "1s")).await;
+    apply(g, json!({"type": "Mesh", "name": "doomed"})).await;
+    apply(g, timeout_policy("in-doomed", "doomed", "1s")).await;
+    converged(
+        g,
+        &[("zone-1", &zone.manager), ("zone-2", &other.manager)],
+        "the first sync",
+    )
+    .await;
+    apply(&zone.manager, dataplane("dp-1", "default", "web", 80)).await;
+    let dp_key = ResourceKey::in_mesh(ResourceType::Dataplane, "default", "zone-1.dp-1");
+    eventually("zone-1's dataplane at the global", DEADLINE, || {
+        g.get(&dp_key).map(|_| ()).ok_or_else(|| "absent".to_string())
+    })
+    .await;
+
+    zone.stop().await.unwrap();
+    eventually("zone-1 offline", DEADLINE, || {
+        (online_subscriptions(g, "zone-1") == 0)
+            .then_some(())
+            .ok_or_else(|| format!("{:?}", subscriptions(g, "zone-1")))
+    })
+    .await;
+
+    // While it is away: deletions, changes, creations, a mesh delete.
+    delete(g, ResourceType::MeshTimeout, Some("default"), "drop").await;
+    apply(g, timeout_policy("change", "default", "2s")).await;
+    apply(g, timeout_policy("new", "default", "3s")).await;
+    delete(g, ResourceType::Mesh, None, "doomed").await;
+    delete(g, ResourceType::MeshRetry, Some("default"), "mesh-retry-all-default").await;
+    apply(g, json!({"type": "Mesh", "name": "born"})).await;
+    let want = converged(g, &[("zone-2", &other.manager)], "the connected zone").await;
+
+    // The replica survived the restart: before it reconnects, the zone
+    // still serves what it had.
+    let mut cfg = zone_config(settings.clone(), StoreKind::Embedded, &zone_dir);
+    cfg.federation = None; // standalone for a moment: read only what is on disk
+    cfg.create_default_mesh = false;
+    let offline = start_zone(cfg).await;
+    let before = global_owned_view(&offline.manager, false);
+    assert!(
+        before.contains_key("MeshTimeout default/drop"),
+        "{:?}",
+        names_of(&before)
+    );
+    assert!(before.contains_key("Mesh doomed"), "{:?}", names_of(&before));
+    offline.stop().await.unwrap();
+
+    let zone = start_zone(zone_config(settings, StoreKind::Embedded, &zone_dir)).await;
+    let view = converged(
+        g,
+        &[("zone-1", &zone.manager), ("zone-2", &other.manager)],
+        "the restarted zone",
+    )
+    .await;
+    assert_eq!(view, want);
+    for gone in [
+        "MeshTimeout default/drop",
+        "Mesh doomed",
+        "MeshTimeout doomed/in-doomed",
+    ] {
+        assert!(!view.contains_key(gone), "{gone}");
+    }
+    let leftovers: Vec<String> = zone
+        .manager
+        .list(&Filter::all())
+        .into_iter()
+        .filter(|r| r.key.mesh.as_deref() == Some("doomed"))
+        .map(|r| r.key.to_string())
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    // The zone's own dataplane is still there, at both ends, once.
+    assert!(zone
+        .manager
+        .get(&ResourceKey::in_mesh(ResourceType::Dataplane, "default", "dp-1"))
+        .is_some());
+    eventually("zone-1 online again", DEADLINE, || {
+        (online_subscriptions(g, "zone-1") == 1)
+            .then_some(())
+            .ok_or_else(|| format!("{:?}", subscriptions(g, "zone-1")))
+    })
+    .await;
+    let dps: Vec<String> = g
+        .list(&Filter::kind(ResourceType::Dataplane))
+        .into_iter()
+        .map(|r| r.key.name)
+        .collect();
+    assert_eq!(dps, ["zone-1.dp-1"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_resource_is_rejected_alone_and_reported() {
+    let c = Cluster::start(2, |_| None).await;
+    let g = &c.global.manager;
+    c.converged("the initial sync").await;
+
+    // Bypass validation: write straight to the global's store.
+    let bad_key = ResourceKey::in_mesh(ResourceType::MeshTimeout, "default", "bad");
+    let bad = Resource::new(
+        bad_key.clone(),
+        Default::default(),
+        json!({"targetRef": {"kind": "NoSuchKind"}, "to": []}),
+        chrono::Utc::now(),
+    );
+    g.store().create(bad).await.unwrap();
+    apply(g, timeout_policy("good", "default", "5s")).await;
+
+    for (zone, z) in c.managers() {
+        eventually("the valid policy", DEADLINE, || {
+            z.get(&ResourceKey::in_mesh(ResourceType::MeshTimeout, "default", "good"))
+                .map(|_| ())
+                .ok_or_else(|| format!("{zone}: absent"))
+        })
+        .await;
+        eventually("a NACK naming the invalid policy", DEADLINE, || {
+            let subs = subscriptions(g, zone);
+            let nack = subs.iter().find_map(|s| s.get("lastNack")).cloned();
+            match &nack {
+                Some(n)
+                    if n["type"] == "MeshTimeout"
+                        && n["message"].as_str().is_some_and(|m| m.contains("default/bad")) =>
+                {
+                    Ok(())
+                }
+                _ => Err(format!("{zone}: {subs:?}")),
+            }
+        })
+        .await;
+        assert!(z.get(&bad_key).is_none(), "{zone} stored the invalid policy");
+    }
+    // Everything else is in sync: the views differ by the bad one only.
+    let mut want = global_owned_view(g, true);
+    want.remove("MeshTimeout default/bad");
+    for (zone, z) in c.managers() {
+        assert_eq!(diff(&want, &global_owned_view(z, false)), "", "{zone}");
+    }
+    let rejected = |zone: &str| -> u64 {
+        subscriptions(g, zone)[0]["status"]["stat"]["MeshTimeout"]["responsesRejected"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    assert!(rejected("zone-1") >= 1);
+
+    // Later changes of the same type still flow, and once fixed it arrives.
+    apply(g, timeout_policy("later", "default", "6s")).await;
+    apply(g, timeout_policy("bad", "default", "7s")).await;
+    let view = c.converged("the fixed policy").await;
+    assert!(view.contains_key("MeshTimeout default/bad"));
+    assert!(view.contains_key("MeshTimeout default/later"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_connection_of_a_zone_replaces_the_first() {
+    let c = Cluster::start(2, |_| None).await;
+    let g = &c.global.manager;
+    c.converged("the initial sync").await;
+    eventually("zone-1 online", DEADLINE, || {
+        (online_subscriptions(g, "zone-1") == 1)
+            .then_some(())
+            .ok_or_else(|| format!("{:?}", subscriptions(g, "zone-1")))
+    })
+    .await;
+    let first_id = subscriptions(g, "zone-1")[0]["id"].clone();
+
+    // Same name, same token, another process-like instance.
+    let dir = tempfile::tempdir().unwrap();
+    let twin_settings = join(&c.global, "zone-1").await;
+    let twin = start_zone(zone_config(twin_settings, StoreKind::Memory, dir.path())).await;
+
+    // The first subscription is closed; a newer one holds the zone.
+    eventually("the first stream closed", DEADLINE, || {
+        let subs = subscriptions(g, "zone-1");
+        let first = subs.iter().find(|s| s["id"] == first_id).ok_or("first gone")?;
+        (first.get("disconnectTime").is_some() && subs.len() >= 2)
+            .then_some(())
+            .ok_or_else(|| format!("{subs:?}"))
+    })
+    .await;
+    // Nothing crashed: both instances and zone-2 keep receiving.
+    apply(g, timeout_policy("after-twin", "default", "9s")).await;
+    converged(
+        g,
+        &[
+            ("zone-1", &c.zones[0].1.manager),
+            ("zone-1 twin", &twin.manager),
+            ("zone-2", &c.zones[1].1.manager),
+        ],
+        "every instance",
+    )
+    .await;
+    eventually("zone-1 online", DEADLINE, || {
+        (online_subscriptions(g, "zone-1") == 1)
+            .then_some(())
+            .ok_or_else(|| format!("{:?}", subscriptions(g, "zone-1")))
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zones_reconnect_to_a_restarted_global_and_nothing_is_lost() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = global_config(StoreKind::Embedded, &dir.path().join("global"));
+    config.api_addr = SocketAddr::from(([127, 0, 0, 1], meridian_e2e::free_port()));
+    config.kds_addr = SocketAddr::from(([127, 0, 0, 1], meridian_e2e::free_port()));
+    let global = start_global(config.clone(), "global-a").await;
+    let z1 = start_zone(zone_config(
+        join(&global, "zone-1").await,
+        StoreKind::Memory,
+        &dir.path().join("z1"),
+    ))
+    .await;
+    let z2 = start_zone(zone_config(
+        join(&global, "zone-2").await,
+        StoreKind::Memory,
+        &dir.path().join("z2"),
+    ))
+    .await;
+    let zones = [("zone-1", z1.manager.as_ref()), ("zone-2", z2.manager.as_ref())];
+    apply(&global.manager, timeout_policy("before", "default", "1s")).await;
+    converged(&global.manager, &zones, "the first sync").await;
+    apply(&z1.manager, dataplane("kept", "default", "web", 80)).await;
+    apply(&z1.manager, dataplane("removed", "default", "web", 81)).await;
+    let dp_names = |m: &Manager| -> Vec<String> {
+        m.list(&Filter::kind(ResourceType::Dataplane))
+            .into_iter()
+            .map(|r| r.key.name)
+            .collect()
+    };
+    eventually("the dataplanes at the global", DEADLINE, || {
+        let got = dp_names(&global.manager);
+        (got == ["zone-1.kept", "zone-1.removed"])
+            .then_some(())
+            .ok_or_else(|| format!("{got:?}"))
+    })
+    .await;
+
+    global.stop().await.unwrap();
+    let mut z1_connected = z1.connected.clone();
+    tokio::time::timeout(DEADLINE, z1_connected.wait_for(|c| !*c))
+        .await
+        .expect("zone-1 notices that the global stopped")
+        .unwrap();
+    // While the global is away, zone-1 changes its inventory.
+    delete(&z1.manager, ResourceType::Dataplane, Some("default"), "removed").await;
+    apply(&z1.manager, dataplane("added", "default", "web", 82)).await;
+
+    let global = start_global_retrying(config, "global-b").await;
+    let g = &global.manager;
+    apply(g, timeout_policy("after", "default", "2s")).await;
+    let view = converged(g, &zones, "after the restart").await;
+    assert!(view.contains_key("MeshTimeout default/before") && view.contains_key("MeshTimeout default/after"));
+    eventually("zone-1's inventory at the restarted global", DEADLINE, || {
+        let got = dp_names(g);
+        (got == ["zone-1.added", "zone-1.kept"])
+            .then_some(())
+            .ok_or_else(|| format!("{got:?}"))
+    })
+    .await;
+    for zone in ["zone-1", "zone-2"] {
+        eventually("a subscription held by the new instance", DEADLINE, || {
+            let subs = subscriptions(g, zone);
+            subs.iter()
+                .any(|s| s["globalInstanceId"] == "global-b" && s.get("disconnectTime").is_none())
+                .then_some(())
+                .ok_or_else(|| format!("{subs:?}"))
+        })
+        .await;
+    }
+}
+
+/// Starts a global on a data dir a stopped instance may still hold for a moment.
+async fn start_global_retrying(config: GlobalConfig, instance: &str) -> RunningGlobal {
+    let t = Instant::now();
+    loop {
+        match meridian_global::start(config.clone(), instance.to_string()).await {
+            Ok(g) => {
+                g.manager.cache().wait_ready(Duration::from_secs(10)).await.unwrap();
+                return g;
+            }
+            Err(e) if t.elapsed() < Duration::from_secs(5) => {
+                tracing::info!(error = %format!("{e:#}"), "global not startable yet");
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("{e:#}"),
+        }
+    }
+}
