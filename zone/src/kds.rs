@@ -172,7 +172,16 @@ pub async fn run(
         let _ = connected.send(false);
         match result {
             Ok(()) => tracing::info!(global = %address, "KDS session ended"),
-            Err(e) => tracing::warn!(global = %address, error = %e, "KDS session failed"),
+            Err(e) => match e.downcast_ref::<tonic::Status>() {
+                // Say which gRPC status the global answered (UNAUTHENTICATED
+                // for a bad token), not only its generic description.
+                Some(status) => tracing::warn!(
+                    global = %address,
+                    error = %format!("{}: {}", status_name(status.code()), status.message()),
+                    "KDS session failed"
+                ),
+                None => tracing::warn!(global = %address, error = %e, "KDS session failed"),
+            },
         }
         // A session that lasted is a success: start the backoff over.
         if started.elapsed() > Duration::from_secs(30) {
@@ -184,6 +193,18 @@ pub async fn run(
             _ = shutdown.wait_for(|s| *s) => return,
         }
     }
+}
+
+/// The canonical gRPC name of a status code, e.g. `UNAUTHENTICATED`.
+fn status_name(code: tonic::Code) -> String {
+    let mut out = String::new();
+    for (i, c) in format!("{code:?}").chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_uppercase());
+    }
+    out
 }
 
 /// Turns `grpcs://host:port` into an endpoint with TLS verified against the CA.
@@ -262,5 +283,17 @@ async fn session(
     tokio::select! {
         r = receive => r.map_err(|e| anyhow::anyhow!("global-to-zone: {e}")),
         r = send => r.map_err(|e| anyhow::anyhow!("zone-to-global: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_names_are_the_canonical_ones() {
+        assert_eq!(status_name(tonic::Code::Unauthenticated), "UNAUTHENTICATED");
+        assert_eq!(status_name(tonic::Code::PermissionDenied), "PERMISSION_DENIED");
+        assert_eq!(status_name(tonic::Code::Ok), "OK");
     }
 }

@@ -20,12 +20,16 @@ use tokio::task::JoinHandle;
 
 pub mod ingress;
 pub mod kds;
+pub mod policies;
+pub mod xds;
 
 /// Everything a zone needs to run.
 #[derive(Clone, Debug)]
 pub struct ZoneConfig {
     pub zone: String,
     pub api_addr: SocketAddr,
+    /// Where the ADS server for the zone's proxies listens.
+    pub xds_addr: SocketAddr,
     pub store: StoreKind,
     pub data_dir: PathBuf,
     /// How to reach the global; `None` runs standalone.
@@ -39,6 +43,9 @@ pub struct ZoneConfig {
 /// A running zone.
 pub struct RunningZone {
     pub api_addr: SocketAddr,
+    pub xds_addr: SocketAddr,
+    /// The proxies' side of the zone.
+    pub xds: xds::ZoneXds,
     pub manager: Arc<Manager>,
     /// Whether the KDS streams to the global are up (always false standalone).
     pub connected: watch::Receiver<bool>,
@@ -99,8 +106,17 @@ pub async fn start(config: ZoneConfig) -> anyhow::Result<RunningZone> {
         config.ingress_address,
         stop_rx.clone(),
     )));
+    let zone_xds = xds::ZoneXds::start(
+        server.manager.clone(),
+        config.zone.clone(),
+        policies::resolver_factory(),
+        stop_rx.clone(),
+    );
+    let xds_addr = serve_xds(config.xds_addr, zone_xds.clone(), stop_rx.clone()).await?;
     Ok(RunningZone {
         api_addr: server.api_addr,
+        xds_addr,
+        xds: zone_xds,
         manager: server.manager,
         connected,
         stop: stop_tx,
@@ -108,6 +124,36 @@ pub async fn start(config: ZoneConfig) -> anyhow::Result<RunningZone> {
         api: server.task,
         leader: backend.leader,
     })
+}
+
+/// Serves ADS for the zone's proxies until `shutdown` turns true.
+async fn serve_xds(
+    addr: SocketAddr,
+    source: xds::ZoneXds,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<SocketAddr> {
+    use anyhow::Context;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding xDS to {addr}"))?;
+    let bound = listener.local_addr()?;
+    let service = meridian_xds::ads::AdsServer::new(Arc::new(source)).into_service();
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tokio::spawn(async move {
+        let stop = async move {
+            let _ = shutdown.wait_for(|s| *s).await;
+        };
+        let result = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+            .add_service(service)
+            .serve_with_incoming_shutdown(incoming, stop)
+            .await;
+        if let Err(e) = result {
+            tracing::error!(error = %e, "xDS server failed");
+        }
+    });
+    tracing::info!(%bound, "xDS (ADS) listening");
+    Ok(bound)
 }
 
 impl RunningZone {

@@ -68,8 +68,6 @@ struct RunArgs {
     config: Option<PathBuf>,
 }
 
-// xds-addr is accepted so one file serves this and later versions.
-#[allow(dead_code)]
 #[derive(Deserialize, Debug, Default)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct FileConfig {
@@ -163,9 +161,14 @@ async fn main() -> anyhow::Result<()> {
         .or(file.defaults_skip_mesh_creation)
         .unwrap_or(false);
 
+    let xds_addr = args
+        .xds_addr
+        .or(file.xds_addr)
+        .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 5678)));
     let zone = start(ZoneConfig {
         zone,
         api_addr,
+        xds_addr,
         store,
         data_dir,
         federation,

@@ -1,0 +1,150 @@
+//! Structural checks every generated configuration must pass: resources
+//! decode as their type, names are unique and match, every route
+//! configuration a listener names exists, every cluster a route sends to
+//! exists, every EDS cluster has its load assignment, ports are valid.
+
+use std::collections::BTreeSet;
+
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::endpoint::v3::{lb_endpoint::HostIdentifier, ClusterLoadAssignment};
+use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::envoy::config::route::v3::{route::Action, route_action::ClusterSpecifier, RouteConfiguration};
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    http_connection_manager::RouteSpecifier, HttpConnectionManager,
+};
+use prost::Message;
+
+use crate::resources::{ResourceSet, CLUSTER, ENDPOINT, LISTENER, ROUTE};
+
+const HCM: &str =
+    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+
+fn decode<M: Message + Default>(set: &ResourceSet, type_url: &str, errors: &mut Vec<String>) -> Vec<(String, M)> {
+    set.of_type(type_url)
+        .filter_map(|r| {
+            if r.body.type_url != type_url {
+                errors.push(format!("{} has type {} in a {type_url} slot", r.name, r.body.type_url));
+                return None;
+            }
+            match M::decode(r.body.value.as_slice()) {
+                Ok(m) => Some((r.name.clone(), m)),
+                Err(e) => {
+                    errors.push(format!("{type_url} {} does not decode: {e}", r.name));
+                    None
+                }
+            }
+        })
+        .collect()
+}
+
+fn hcm_of(listener: &Listener) -> Vec<HttpConnectionManager> {
+    let mut out = Vec::new();
+    if let Some(api) = listener.api_listener.as_ref().and_then(|a| a.api_listener.as_ref()) {
+        if api.type_url == HCM {
+            out.extend(HttpConnectionManager::decode(api.value.as_slice()).ok());
+        }
+    }
+    for chain in &listener.filter_chains {
+        for f in &chain.filters {
+            if let Some(envoy_types::pb::envoy::config::listener::v3::filter::ConfigType::TypedConfig(any)) =
+                &f.config_type
+            {
+                if any.type_url == HCM {
+                    out.extend(HttpConnectionManager::decode(any.value.as_slice()).ok());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// All violations of the invariants in `set` (empty when it is sound).
+pub fn check(set: &ResourceSet) -> Vec<String> {
+    let mut errors = Vec::new();
+    let listeners: Vec<(String, Listener)> = decode(set, LISTENER, &mut errors);
+    let routes: Vec<(String, RouteConfiguration)> = decode(set, ROUTE, &mut errors);
+    let clusters: Vec<(String, Cluster)> = decode(set, CLUSTER, &mut errors);
+    let assignments: Vec<(String, ClusterLoadAssignment)> = decode(set, ENDPOINT, &mut errors);
+    let route_names: BTreeSet<&str> = routes.iter().map(|(n, _)| n.as_str()).collect();
+    let cluster_names: BTreeSet<&str> = clusters.iter().map(|(n, _)| n.as_str()).collect();
+    let cla_names: BTreeSet<&str> = assignments.iter().map(|(n, _)| n.as_str()).collect();
+    for (name, l) in &listeners {
+        if &l.name != name {
+            errors.push(format!("listener {name} carries the name {}", l.name));
+        }
+        for hcm in hcm_of(l) {
+            match &hcm.route_specifier {
+                Some(RouteSpecifier::Rds(rds)) if !route_names.contains(rds.route_config_name.as_str()) => {
+                    errors.push(format!("listener {name} names missing routes {}", rds.route_config_name))
+                }
+                None => errors.push(format!("listener {name} has an HCM without routes")),
+                _ => {}
+            }
+            match hcm.http_filters.last() {
+                Some(f) if f.name == "envoy.filters.http.router" => {}
+                _ => errors.push(format!("listener {name}: the router filter is not last")),
+            }
+        }
+    }
+    for (name, rc) in &routes {
+        if &rc.name != name {
+            errors.push(format!("route configuration {name} carries the name {}", rc.name));
+        }
+        for vh in &rc.virtual_hosts {
+            for r in &vh.routes {
+                let Some(Action::Route(action)) = &r.action else { continue };
+                let targets: Vec<&str> = match &action.cluster_specifier {
+                    Some(ClusterSpecifier::Cluster(c)) => vec![c.as_str()],
+                    Some(ClusterSpecifier::WeightedClusters(w)) => w.clusters.iter().map(|c| c.name.as_str()).collect(),
+                    _ => vec![],
+                };
+                for t in targets {
+                    if !cluster_names.contains(t) {
+                        errors.push(format!("route {name} sends to missing cluster {t}"));
+                    }
+                }
+            }
+        }
+    }
+    for (name, c) in &clusters {
+        if &c.name != name {
+            errors.push(format!("cluster {name} carries the name {}", c.name));
+        }
+        if let Some(eds) = &c.eds_cluster_config {
+            let service = if eds.service_name.is_empty() { name.as_str() } else { eds.service_name.as_str() };
+            if !cla_names.contains(service) {
+                errors.push(format!("EDS cluster {name} has no load assignment {service}"));
+            }
+        }
+    }
+    for (name, cla) in &assignments {
+        let mut priorities: Vec<u32> = cla.endpoints.iter().map(|l| l.priority).collect();
+        priorities.sort();
+        priorities.dedup();
+        if priorities.iter().enumerate().any(|(i, p)| *p != i as u32) {
+            errors.push(format!("load assignment {name} has non-contiguous priorities {priorities:?}"));
+        }
+        for l in &cla.endpoints {
+            for e in &l.lb_endpoints {
+                if let Some(HostIdentifier::Endpoint(ep)) = &e.host_identifier {
+                    let port = ep
+                        .address
+                        .as_ref()
+                        .and_then(|a| a.address.as_ref())
+                        .and_then(|a| match a {
+                            envoy_types::pb::envoy::config::core::v3::address::Address::SocketAddress(s) => {
+                                s.port_specifier.as_ref()
+                            }
+                            _ => None,
+                        });
+                    match port {
+                        Some(envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier::PortValue(p))
+                            if (1..=65535).contains(p) => {}
+                        _ => errors.push(format!("load assignment {name} has an endpoint without a valid port")),
+                    }
+                }
+            }
+        }
+    }
+    errors
+}

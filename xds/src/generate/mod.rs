@@ -1,0 +1,92 @@
+//! Generation: pure functions from a [`MeshSnapshot`], a proxy and the
+//! policies that apply to it to the proxy's [`ResourceSet`].
+//!
+//! Policy matching and merging happen before generation (in
+//! `meridian_core::policy::matching`); the generator receives, per
+//! destination service, the effective configuration in [`OutboundPolicies`].
+
+use std::collections::BTreeMap;
+
+use envoy_types::pb::envoy::config::core::v3::{
+    config_source::ConfigSourceSpecifier, AggregatedConfigSource, ApiVersion, ConfigSource,
+};
+use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration, UInt32Value};
+use meridian_core::policy::{
+    meshcircuitbreaker, meshfaultinjection, meshhttproute, meshloadbalancingstrategy, meshretry, meshtimeout,
+};
+use prost::{Message, Name};
+
+use crate::snapshot::{MeshSnapshot, ProxyContext};
+
+pub mod clusters;
+pub mod endpoints;
+pub mod invariants;
+pub mod proxyless;
+pub mod routes;
+
+/// The effective configuration of a proxy towards one destination service.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct OutboundPolicies {
+    pub timeout: Option<meshtimeout::Conf>,
+    pub retry: Option<meshretry::Conf>,
+    pub circuit_breaker: Option<meshcircuitbreaker::Conf>,
+    pub load_balancing: Option<meshloadbalancingstrategy::Conf>,
+    /// MeshHTTPRoute rules for this destination, highest precedence first.
+    pub http_rules: Vec<meshhttproute::Rule>,
+    /// Faults the destination's side injects for this client.
+    pub faults: Vec<meshfaultinjection::FaultConf>,
+}
+
+/// Gives generation the effective policies of a proxy.
+pub trait PolicyResolver {
+    /// The effective configuration of `proxy` towards `service`.
+    fn outbound(&self, snapshot: &MeshSnapshot, proxy: &ProxyContext, service: &str) -> OutboundPolicies;
+}
+
+/// A resolver that applies no policies (tests, and a mesh without any).
+pub struct NoPolicies;
+
+impl PolicyResolver for NoPolicies {
+    fn outbound(&self, _: &MeshSnapshot, _: &ProxyContext, _: &str) -> OutboundPolicies {
+        OutboundPolicies::default()
+    }
+}
+
+/// Packs a message into an `Any` with its type URL.
+pub fn any<M: Message + Name>(m: &M) -> Any {
+    Any {
+        type_url: M::type_url(),
+        value: m.encode_to_vec(),
+    }
+}
+
+/// A config source pointing at the ADS stream itself.
+pub fn ads_source() -> ConfigSource {
+    ConfigSource {
+        resource_api_version: ApiVersion::V3 as i32,
+        config_source_specifier: Some(ConfigSourceSpecifier::Ads(AggregatedConfigSource {})),
+        ..Default::default()
+    }
+}
+
+pub fn duration(d: std::time::Duration) -> PbDuration {
+    PbDuration {
+        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
+    }
+}
+
+pub fn u32_value(v: u32) -> UInt32Value {
+    UInt32Value { value: v }
+}
+
+/// The cluster name of a service, or of a subset of it (`svc` or
+/// `svc|version=v1,zone=z`): stable and unique per tag set.
+pub fn cluster_name(service: &str, subset: &BTreeMap<String, String>) -> String {
+    if subset.is_empty() {
+        service.to_string()
+    } else {
+        let tags: Vec<String> = subset.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        format!("{service}|{}", tags.join(","))
+    }
+}

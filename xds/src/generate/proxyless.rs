@@ -1,0 +1,228 @@
+//! Proxyless gRPC clients (`xds:///SERVICE`): for every service of the mesh,
+//! a Listener named `SERVICE` (and `SERVICE:PORT` for each port the service
+//! is known on) holding an `api_listener` — an HttpConnectionManager that
+//! takes its routes over ADS (RDS), with the fault filter when the
+//! destination injects faults and the router last — plus the
+//! RouteConfiguration, EDS Clusters and ClusterLoadAssignments behind it.
+
+use std::collections::BTreeSet;
+
+use envoy_types::pb::envoy::config::listener::v3::{ApiListener, Listener};
+use envoy_types::pb::envoy::extensions::filters::common::fault::v3::{fault_delay, FaultDelay};
+use envoy_types::pb::envoy::extensions::filters::http::fault::v3::{fault_abort, FaultAbort, HttpFault};
+use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    http_connection_manager::RouteSpecifier, http_filter::ConfigType, HttpConnectionManager, HttpFilter, Rds,
+};
+use envoy_types::pb::envoy::r#type::v3::{fractional_percent::DenominatorType, FractionalPercent};
+use meridian_core::policy::common::IntOrString;
+use meridian_core::policy::meshfaultinjection::FaultConf;
+
+use super::clusters::eds_cluster;
+use super::endpoints::load_assignment;
+use super::routes::{route_configuration, ClusterRef, Protocol};
+use super::{ads_source, any, duration, PolicyResolver};
+use crate::resources::{ResourceSet, CLUSTER, ENDPOINT, LISTENER, ROUTE};
+use crate::snapshot::{MeshSnapshot, ProxyContext};
+
+/// A percentage (`50`, `"12.5"`) as a fraction of a million.
+pub fn fraction(p: &IntOrString) -> FractionalPercent {
+    let value = p.as_f64().unwrap_or(0.0).clamp(0.0, 100.0);
+    FractionalPercent {
+        numerator: (value * 10_000.0).round() as u32,
+        denominator: DenominatorType::Million as i32,
+    }
+}
+
+/// The fault filter for a destination's faults: the first abort and the
+/// first delay configured (Envoy's filter holds one of each).
+pub fn fault_filter(faults: &[FaultConf]) -> Option<HttpFault> {
+    let abort = faults.iter().find_map(|f| f.abort.as_ref());
+    let delay = faults.iter().find_map(|f| f.delay.as_ref());
+    if abort.is_none() && delay.is_none() {
+        return None;
+    }
+    Some(HttpFault {
+        abort: abort.map(|a| FaultAbort {
+            percentage: Some(fraction(&a.percentage)),
+            error_type: Some(fault_abort::ErrorType::HttpStatus(a.http_status.clamp(200, 599) as u32)),
+            ..Default::default()
+        }),
+        delay: delay.map(|d| FaultDelay {
+            percentage: Some(fraction(&d.percentage)),
+            fault_delay_secifier: Some(fault_delay::FaultDelaySecifier::FixedDelay(duration(d.value.as_std()))),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+fn http_connection_manager(route_name: &str, fault: Option<HttpFault>) -> HttpConnectionManager {
+    let mut filters = Vec::new();
+    if let Some(f) = fault {
+        filters.push(HttpFilter {
+            name: "envoy.filters.http.fault".into(),
+            config_type: Some(ConfigType::TypedConfig(any(&f))),
+            ..Default::default()
+        });
+    }
+    filters.push(HttpFilter {
+        name: "envoy.filters.http.router".into(),
+        config_type: Some(ConfigType::TypedConfig(any(&Router::default()))),
+        ..Default::default()
+    });
+    HttpConnectionManager {
+        stat_prefix: route_name.to_string(),
+        route_specifier: Some(RouteSpecifier::Rds(Rds {
+            config_source: Some(ads_source()),
+            route_config_name: route_name.to_string(),
+        })),
+        http_filters: filters,
+        ..Default::default()
+    }
+}
+
+/// Everything a proxyless gRPC client of the mesh may ask for.
+pub fn generate(snapshot: &MeshSnapshot, proxy: &ProxyContext, policies: &dyn PolicyResolver) -> ResourceSet {
+    let mut set = ResourceSet::new();
+    let mut clusters: BTreeSet<(ClusterRef, String)> = BTreeSet::new();
+    for service in snapshot.services() {
+        let p = policies.outbound(snapshot, proxy, &service);
+        let (routes, used) = route_configuration(&service, &service, &p, Protocol::Grpc);
+        set.insert(ROUTE, &service, &routes);
+        let hcm = http_connection_manager(&service, fault_filter(&p.faults));
+        let mut names = vec![service.clone()];
+        names.extend(snapshot.service_ports(&service).into_iter().map(|port| format!("{service}:{port}")));
+        for name in names {
+            let listener = Listener {
+                name: name.clone(),
+                api_listener: Some(ApiListener {
+                    api_listener: Some(any(&hcm)),
+                }),
+                ..Default::default()
+            };
+            set.insert(LISTENER, &name, &listener);
+        }
+        for c in used {
+            clusters.insert((c, service.clone()));
+        }
+    }
+    for (cluster, via) in clusters {
+        let name = cluster.name();
+        if set.get(CLUSTER, &name).is_some() {
+            continue;
+        }
+        // A cluster carries the policies of the service it belongs to.
+        let p = if cluster.service == via {
+            policies.outbound(snapshot, proxy, &via)
+        } else {
+            policies.outbound(snapshot, proxy, &cluster.service)
+        };
+        set.insert(CLUSTER, &name, &eds_cluster(&name, &p));
+        let endpoints = snapshot.endpoints(&cluster.service, &cluster.subset);
+        set.insert(ENDPOINT, &name, &load_assignment(&name, snapshot, &endpoints, p.load_balancing.as_ref()));
+    }
+    set
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::generate::{invariants, NoPolicies, OutboundPolicies};
+    use crate::snapshot::{DataplaneEntry, ProxyKind, RemoteIngress};
+    use envoy_types::pb::envoy::config::route::v3::{route::Action, route_action::ClusterSpecifier, RouteConfiguration};
+    use meridian_core::dataplane::{Dataplane, ZoneIngress};
+    use meridian_core::policy::meshhttproute::Rule;
+    use prost::Message;
+    use serde_json::json;
+
+    fn dp(address: &str, port: u32, service: &str, version: &str) -> Dataplane {
+        serde_json::from_value(json!({"networking": {"address": address, "inbound": [
+            {"port": port, "tags": {"kuma.io/service": service, "version": version}}]}}))
+        .unwrap()
+    }
+
+    fn snapshot() -> MeshSnapshot {
+        MeshSnapshot {
+            zone: "zone-1".into(),
+            mesh: "default".into(),
+            dataplanes: vec![
+                DataplaneEntry { name: "backend-1".into(), spec: dp("127.0.0.1", 50051, "backend", "v1") },
+                DataplaneEntry { name: "backend-2".into(), spec: dp("127.0.0.2", 50051, "backend", "v2") },
+            ],
+            remote_ingresses: vec![RemoteIngress {
+                zone: "zone-2".into(),
+                spec: serde_json::from_value::<ZoneIngress>(json!({
+                    "networking": {"address": "10.0.0.9", "port": 10001, "advertisedAddress": "10.0.0.9", "advertisedPort": 10001},
+                    "availableServices": [
+                        {"tags": {"kuma.io/service": "backend", "version": "v1"}, "instances": 2, "mesh": "default"},
+                        {"tags": {"kuma.io/service": "db"}, "instances": 1, "mesh": "default"},
+                        {"tags": {"kuma.io/service": "other-mesh"}, "instances": 1, "mesh": "other"}
+                    ]}))
+                .unwrap(),
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn client() -> ProxyContext {
+        ProxyContext {
+            mesh: "default".into(),
+            name: "client".into(),
+            kind: ProxyKind::Proxyless,
+            dataplane: dp("127.0.0.9", 1, "client", "v1"),
+        }
+    }
+
+    #[test]
+    fn every_service_gets_listener_route_cluster_and_endpoints() {
+        let set = generate(&snapshot(), &client(), &NoPolicies);
+        let names: Vec<_> = set.of_type(LISTENER).map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["backend", "backend:50051", "db"]);
+        assert!(set.get(CLUSTER, "other-mesh").is_none(), "another mesh's service never appears");
+        assert_eq!(invariants::check(&set), Vec::<String>::new());
+        let cla = envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment::decode(
+            set.get(ENDPOINT, "backend").unwrap().body.value.as_slice(),
+        )
+        .unwrap();
+        let by_priority: Vec<(String, u32, usize)> = cla
+            .endpoints
+            .iter()
+            .map(|l| (l.locality.clone().unwrap_or_default().zone, l.priority, l.lb_endpoints.len()))
+            .collect();
+        assert_eq!(by_priority, [("zone-1".into(), 0, 2), ("zone-2".into(), 1, 1)]);
+    }
+
+    struct Split;
+
+    impl PolicyResolver for Split {
+        fn outbound(&self, _: &MeshSnapshot, _: &ProxyContext, service: &str) -> OutboundPolicies {
+            if service != "backend" {
+                return OutboundPolicies::default();
+            }
+            let rule: Rule = serde_json::from_value(json!({"matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+                "default": {"backendRefs": [
+                    {"kind": "MeshServiceSubset", "name": "backend", "tags": {"version": "v1"}, "weight": 80},
+                    {"kind": "MeshServiceSubset", "name": "backend", "tags": {"version": "v2"}, "weight": 20}]}}))
+            .unwrap();
+            OutboundPolicies { http_rules: vec![rule], ..Default::default() }
+        }
+    }
+
+    #[test]
+    fn weighted_subsets_get_their_own_clusters() {
+        let set = generate(&snapshot(), &client(), &Split);
+        assert_eq!(invariants::check(&set), Vec::<String>::new());
+        let rc = RouteConfiguration::decode(set.get(ROUTE, "backend").unwrap().body.value.as_slice()).unwrap();
+        let Some(Action::Route(a)) = &rc.virtual_hosts[0].routes[0].action else { panic!("no route action") };
+        let Some(ClusterSpecifier::WeightedClusters(w)) = &a.cluster_specifier else { panic!("not weighted") };
+        let got: Vec<(String, u32)> =
+            w.clusters.iter().map(|c| (c.name.clone(), c.weight.clone().unwrap_or_default().value)).collect();
+        assert_eq!(got, [("backend|version=v1".into(), 80), ("backend|version=v2".into(), 20)]);
+        let v2 = envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment::decode(
+            set.get(ENDPOINT, "backend|version=v2").unwrap().body.value.as_slice(),
+        )
+        .unwrap();
+        assert_eq!(v2.endpoints.len(), 1, "v2 exists only locally");
+    }
+}

@@ -1,0 +1,469 @@
+//! The zone's side of xDS: admitting proxies, building mesh snapshots from
+//! the zone's cache, regenerating the configuration of the proxies a change
+//! affects, and recording DataplaneInsights.
+//!
+//! The ADS protocol itself is `meridian_xds::ads`; generation is
+//! `meridian_xds::generate`. This module connects them to the zone's store.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value as PbValue};
+use meridian_core::dataplane::{Dataplane, ZoneIngress};
+use meridian_core::decode::validate_spec;
+use meridian_core::mesh::Mesh;
+use meridian_core::resource::format_time;
+use meridian_core::{FieldPath, Resource, ResourceKey, ResourceType};
+use meridian_server::kds::labels;
+use meridian_server::manager::Manager;
+use meridian_store::{Event, Filter};
+use meridian_xds::generate::{proxyless, PolicyResolver};
+use meridian_xds::resources::{ResourceSet, SharedResources};
+use meridian_xds::snapshot::{DataplaneEntry, MeshSnapshot, ProxyContext, ProxyKind, RemoteIngress};
+use meridian_xds::source::{AckReporter, ConfigSource, ProxyId, ProxySession};
+use serde_json::{json, Map, Value};
+use tokio::sync::{broadcast, watch, Notify};
+use tonic::Status;
+
+/// Builds the snapshot of `mesh` as zone `zone` sees it; `None` when the
+/// mesh does not exist.
+pub fn snapshot(manager: &Manager, zone: &str, mesh: &str) -> Option<MeshSnapshot> {
+    let mesh_res = manager.get(&ResourceKey::global(ResourceType::Mesh, mesh))?;
+    let spec: Mesh = serde_json::from_value(mesh_res.spec).unwrap_or_default();
+    let dataplanes = manager
+        .list(&Filter::in_mesh(ResourceType::Dataplane, mesh))
+        .into_iter()
+        .filter(|r| r.labels.get(labels::ZONE).is_none_or(|z| z == zone))
+        .filter_map(|r| {
+            let spec: Dataplane = serde_json::from_value(r.spec).ok()?;
+            Some(DataplaneEntry { name: r.key.name, spec })
+        })
+        .collect();
+    let remote_ingresses = manager
+        .list(&Filter::kind(ResourceType::ZoneIngress))
+        .into_iter()
+        .filter_map(|r| {
+            let from = r.labels.get(labels::ZONE)?.clone();
+            if from == zone {
+                return None;
+            }
+            let spec: ZoneIngress = serde_json::from_value(r.spec).ok()?;
+            Some(RemoteIngress { zone: from, spec })
+        })
+        .collect();
+    let mut policies: BTreeMap<String, Vec<(String, Value)>> = BTreeMap::new();
+    for kind in ResourceType::policies() {
+        let list: Vec<(String, Value)> = manager
+            .list(&Filter::in_mesh(kind, mesh))
+            .into_iter()
+            .map(|r| (r.key.name, r.spec))
+            .collect();
+        if !list.is_empty() {
+            policies.insert(kind.name().to_string(), list);
+        }
+    }
+    Some(MeshSnapshot {
+        zone: zone.to_string(),
+        mesh: mesh.to_string(),
+        spec,
+        dataplanes,
+        remote_ingresses,
+        policies,
+    })
+}
+
+/// Makes the policy resolver for a snapshot.
+pub type ResolverFactory = Arc<dyn Fn(&MeshSnapshot) -> Box<dyn PolicyResolver> + Send + Sync>;
+
+/// The configuration of one proxy.
+pub fn generate(snapshot: &MeshSnapshot, proxy: &ProxyContext, resolver: &dyn PolicyResolver) -> ResourceSet {
+    match proxy.kind {
+        // Sidecar and ingress generation build on the same pieces; until
+        // they land, every proxy gets the proxyless view of the mesh.
+        ProxyKind::Proxyless | ProxyKind::Sidecar | ProxyKind::Ingress => {
+            proxyless::generate(snapshot, proxy, resolver)
+        }
+    }
+}
+
+struct Connected {
+    kind: ProxyKind,
+    tx: watch::Sender<SharedResources>,
+    insight: InsightRecord,
+}
+
+#[derive(Clone, Default)]
+struct InsightRecord {
+    id: String,
+    connect_time: String,
+    disconnect_time: Option<String>,
+    acked: BTreeMap<String, String>,
+    nacked: BTreeMap<String, (String, String)>,
+    dirty: bool,
+}
+
+struct Shared {
+    manager: Arc<Manager>,
+    zone: String,
+    instance_id: String,
+    resolver: ResolverFactory,
+    proxies: Mutex<HashMap<ProxyId, Connected>>,
+    /// Proxies that disconnected and whose insight still has to be written.
+    gone: Mutex<Vec<(ProxyId, InsightRecord)>>,
+    wake_insights: Notify,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The zone's [`ConfigSource`]: admits proxies and keeps their resources
+/// current.
+#[derive(Clone)]
+pub struct ZoneXds {
+    shared: Arc<Shared>,
+}
+
+impl ZoneXds {
+    /// Starts the regeneration and insight tasks; they end with `shutdown`.
+    pub fn start(
+        manager: Arc<Manager>,
+        zone: String,
+        resolver: ResolverFactory,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        let shared = Arc::new(Shared {
+            manager,
+            instance_id: format!("zone-{zone}-{}", std::process::id()),
+            zone,
+            resolver,
+            proxies: Mutex::new(HashMap::new()),
+            gone: Mutex::new(Vec::new()),
+            wake_insights: Notify::new(),
+        });
+        tokio::spawn(regenerate_loop(shared.clone(), shutdown.clone()));
+        tokio::spawn(insight_loop(shared.clone(), shutdown));
+        ZoneXds { shared }
+    }
+
+    /// How many proxies are connected.
+    pub fn connected(&self) -> usize {
+        lock(&self.shared.proxies).len()
+    }
+
+    /// The current configuration of a connected proxy.
+    pub fn resources_of(&self, id: &ProxyId) -> Option<SharedResources> {
+        lock(&self.shared.proxies).get(id).map(|c| c.tx.borrow().clone())
+    }
+}
+
+fn pb_to_json(v: &PbValue) -> Value {
+    match &v.kind {
+        None | Some(Kind::NullValue(_)) => Value::Null,
+        Some(Kind::NumberValue(n)) => {
+            if n.fract() == 0.0 && n.abs() < 9.0e15 {
+                json!(*n as i64)
+            } else {
+                json!(n)
+            }
+        }
+        Some(Kind::StringValue(s)) => Value::String(s.clone()),
+        Some(Kind::BoolValue(b)) => Value::Bool(*b),
+        Some(Kind::StructValue(s)) => struct_to_json(s),
+        Some(Kind::ListValue(l)) => Value::Array(l.values.iter().map(pb_to_json).collect()),
+    }
+}
+
+fn struct_to_json(s: &Struct) -> Value {
+    Value::Object(s.fields.iter().map(|(k, v)| (k.clone(), pb_to_json(v))).collect::<Map<_, _>>())
+}
+
+/// How a node says what it is: Envoy identifies itself as `envoy`; anything
+/// else speaking ADS is a proxyless gRPC client or server.
+fn kind_of(node: &Node) -> ProxyKind {
+    if node.user_agent_name.eq_ignore_ascii_case("envoy") {
+        ProxyKind::Sidecar
+    } else {
+        ProxyKind::Proxyless
+    }
+}
+
+struct Disconnect {
+    shared: Arc<Shared>,
+    id: ProxyId,
+}
+
+impl Drop for Disconnect {
+    fn drop(&mut self) {
+        let removed = lock(&self.shared.proxies).remove(&self.id);
+        if let Some(mut c) = removed {
+            c.insight.disconnect_time = Some(format_time(&Utc::now()));
+            lock(&self.shared.gone).push((self.id.clone(), c.insight));
+            self.shared.wake_insights.notify_one();
+        }
+        tracing::info!(proxy = %self.id, "proxy disconnected");
+    }
+}
+
+struct Reporter {
+    shared: Arc<Shared>,
+    id: ProxyId,
+}
+
+impl AckReporter for Reporter {
+    fn acked(&self, type_url: &str, version: &str) {
+        if let Some(c) = lock(&self.shared.proxies).get_mut(&self.id) {
+            c.insight.acked.insert(type_url.to_string(), version.to_string());
+            c.insight.nacked.remove(type_url);
+            c.insight.dirty = true;
+        }
+        self.shared.wake_insights.notify_one();
+    }
+
+    fn nacked(&self, type_url: &str, version: &str, message: &str) {
+        tracing::warn!(proxy = %self.id, type_url, version, message, "proxy rejected its configuration");
+        if let Some(c) = lock(&self.shared.proxies).get_mut(&self.id) {
+            c.insight
+                .nacked
+                .insert(type_url.to_string(), (version.to_string(), message.to_string()));
+            c.insight.dirty = true;
+        }
+        self.shared.wake_insights.notify_one();
+    }
+}
+
+#[async_trait]
+impl ConfigSource for ZoneXds {
+    async fn connect(&self, node: &Node) -> Result<ProxySession, Status> {
+        let s = &self.shared;
+        let id = ProxyId::parse(&node.id).map_err(Status::invalid_argument)?;
+        let mesh_key = ResourceKey::global(ResourceType::Mesh, &id.mesh);
+        let mesh = s
+            .manager
+            .get(&mesh_key)
+            .ok_or_else(|| Status::not_found(format!("mesh {:?} does not exist", id.mesh)))?;
+        let mesh_spec: Mesh = serde_json::from_value(mesh.spec).unwrap_or_default();
+        let key = ResourceKey::in_mesh(ResourceType::Dataplane, &id.mesh, &id.name);
+        let dataplane = match s.manager.get(&key) {
+            Some(r) => serde_json::from_value::<Dataplane>(r.spec)
+                .map_err(|e| Status::internal(format!("stored dataplane {id} does not decode: {e}")))?,
+            None => self.register_inline(node, &id, &key).await?,
+        };
+        if !mesh_spec.admits(&dataplane.all_tags()) {
+            return Err(Status::permission_denied(format!(
+                "dataplane {id} does not satisfy the constraints of mesh {:?} (constraints.dataplaneProxy)",
+                id.mesh
+            )));
+        }
+        let kind = kind_of(node);
+        let proxy = ProxyContext {
+            mesh: id.mesh.clone(),
+            name: id.name.clone(),
+            kind,
+            dataplane,
+        };
+        let snap = snapshot(&s.manager, &s.zone, &id.mesh)
+            .ok_or_else(|| Status::not_found(format!("mesh {:?} does not exist", id.mesh)))?;
+        let resolver = (s.resolver)(&snap);
+        let resources = Arc::new(generate(&snap, &proxy, resolver.as_ref()));
+        let (tx, rx) = watch::channel(resources);
+        {
+            let mut proxies = lock(&s.proxies);
+            if proxies.contains_key(&id) {
+                return Err(Status::already_exists(format!("dataplane {id} is already connected")));
+            }
+            proxies.insert(
+                id.clone(),
+                Connected {
+                    kind,
+                    tx,
+                    insight: InsightRecord {
+                        id: format!("{}-{}", s.instance_id, Utc::now().timestamp_micros()),
+                        connect_time: format_time(&Utc::now()),
+                        dirty: true,
+                        ..Default::default()
+                    },
+                },
+            );
+        }
+        s.wake_insights.notify_one();
+        tracing::info!(proxy = %id, ?kind, "proxy connected");
+        Ok(ProxySession {
+            id: id.clone(),
+            resources: rx,
+            reporter: Arc::new(Reporter {
+                shared: s.clone(),
+                id: id.clone(),
+            }),
+            guard: Box::new(Disconnect { shared: s.clone(), id }),
+        })
+    }
+}
+
+impl ZoneXds {
+    /// Registers a dataplane that brought its definition in its node
+    /// metadata (`dataplane`, the universal form's fields).
+    async fn register_inline(&self, node: &Node, id: &ProxyId, key: &ResourceKey) -> Result<Dataplane, Status> {
+        let inline = node
+            .metadata
+            .as_ref()
+            .and_then(|m| m.fields.get("dataplane"))
+            .map(pb_to_json)
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "dataplane {id} is not registered: register it through the zone API or put its definition in the node metadata field \"dataplane\""
+                ))
+            })?;
+        let spec = validate_spec(ResourceType::Dataplane, inline, &FieldPath::new("metadata.dataplane"))
+            .map_err(|e| Status::invalid_argument(format!("inline dataplane {id}: {e}")))?;
+        let dataplane: Dataplane =
+            serde_json::from_value(spec.clone()).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let r = Resource::new(key.clone(), Default::default(), spec, Utc::now());
+        self.shared
+            .manager
+            .upsert_synced(r)
+            .await
+            .map_err(|e| Status::unavailable(format!("registering dataplane {id}: {e}")))?;
+        Ok(dataplane)
+    }
+}
+
+/// Which meshes a change touches (`None`: every mesh).
+fn affected_mesh(ev: &Event) -> Option<Option<String>> {
+    let key = ev.key();
+    match key.kind {
+        ResourceType::Mesh => Some(Some(key.name.clone())),
+        ResourceType::ZoneIngress => Some(None),
+        ResourceType::DataplaneInsight | ResourceType::ZoneInsight | ResourceType::Zone => None,
+        _ => key.mesh.clone().map(Some),
+    }
+}
+
+async fn regenerate_loop(s: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let mut events = s.manager.cache().subscribe();
+    loop {
+        let mut dirty: BTreeSet<String> = BTreeSet::new();
+        let mut all = false;
+        // Wait for the first relevant change, then gather the burst.
+        loop {
+            tokio::select! {
+                ev = events.recv() => match ev {
+                    Ok(ev) => match affected_mesh(&ev) {
+                        Some(Some(m)) => { dirty.insert(m); break; }
+                        Some(None) => { all = true; break; }
+                        None => {}
+                    },
+                    Err(broadcast::error::RecvError::Lagged(_)) => { all = true; break; }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+                _ = shutdown.wait_for(|v| *v) => return,
+            }
+        }
+        let settle = tokio::time::sleep(Duration::from_millis(5));
+        tokio::pin!(settle);
+        loop {
+            tokio::select! {
+                _ = &mut settle => break,
+                ev = events.recv() => match ev {
+                    Ok(ev) => match affected_mesh(&ev) {
+                        Some(Some(m)) => { dirty.insert(m); }
+                        Some(None) => all = true,
+                        None => {}
+                    },
+                    Err(broadcast::error::RecvError::Lagged(_)) => all = true,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+            }
+        }
+        let targets: Vec<(ProxyId, ProxyKind)> = lock(&s.proxies)
+            .iter()
+            .filter(|(id, _)| all || dirty.contains(&id.mesh))
+            .map(|(id, c)| (id.clone(), c.kind))
+            .collect();
+        let meshes: BTreeSet<String> = targets.iter().map(|(id, _)| id.mesh.clone()).collect();
+        for mesh in meshes {
+            let snap = snapshot(&s.manager, &s.zone, &mesh);
+            let resolver = snap.as_ref().map(|sn| (s.resolver)(sn));
+            for (id, kind) in targets.iter().filter(|(id, _)| id.mesh == mesh) {
+                let key = ResourceKey::in_mesh(ResourceType::Dataplane, &id.mesh, &id.name);
+                let next = match (&snap, &resolver, s.manager.get(&key)) {
+                    (Some(snap), Some(resolver), Some(dp)) => {
+                        let Ok(dataplane) = serde_json::from_value::<Dataplane>(dp.spec) else { continue };
+                        let proxy = ProxyContext {
+                            mesh: id.mesh.clone(),
+                            name: id.name.clone(),
+                            kind: *kind,
+                            dataplane,
+                        };
+                        generate(snap, &proxy, resolver.as_ref())
+                    }
+                    // The mesh or the dataplane is gone: the proxy gets nothing.
+                    _ => ResourceSet::new(),
+                };
+                if let Some(c) = lock(&s.proxies).get(id) {
+                    c.tx.send_if_modified(|cur| {
+                        if **cur == next {
+                            false
+                        } else {
+                            *cur = Arc::new(next);
+                            true
+                        }
+                    });
+                }
+            }
+        }
+    }
+}
+
+fn insight_spec(r: &InsightRecord, instance: &str) -> Value {
+    let mut stat = Map::new();
+    for (t, v) in &r.acked {
+        stat.insert(short_type(t), json!({"acknowledgedVersion": v}));
+    }
+    for (t, (v, msg)) in &r.nacked {
+        stat.insert(short_type(t), json!({"rejectedVersion": v, "lastNack": msg}));
+    }
+    let mut sub = json!({
+        "id": r.id,
+        "controlPlaneInstanceId": instance,
+        "connectTime": r.connect_time,
+        "status": {"lastUpdateTime": format_time(&Utc::now()), "stat": stat},
+    });
+    if let (Some(t), Value::Object(m)) = (&r.disconnect_time, &mut sub) {
+        m.insert("disconnectTime".into(), Value::String(t.clone()));
+    }
+    json!({"subscriptions": [sub]})
+}
+
+fn short_type(type_url: &str) -> String {
+    type_url.rsplit('.').next().unwrap_or(type_url).to_string()
+}
+
+async fn insight_loop(s: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = s.wake_insights.notified() => {}
+            _ = shutdown.wait_for(|v| *v) => return,
+        }
+        // Coalesce bursts (a stream's first ACKs come together).
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut writes: Vec<(ProxyId, InsightRecord)> = std::mem::take(&mut *lock(&s.gone));
+        for (id, c) in lock(&s.proxies).iter_mut() {
+            if c.insight.dirty {
+                c.insight.dirty = false;
+                writes.push((id.clone(), c.insight.clone()));
+            }
+        }
+        for (id, record) in writes {
+            let key = ResourceKey::in_mesh(ResourceType::DataplaneInsight, &id.mesh, &id.name);
+            let r = Resource::new(key, Default::default(), insight_spec(&record, &s.instance_id), Utc::now());
+            if let Err(e) = s.manager.upsert_synced(r).await {
+                tracing::warn!(proxy = %id, error = %e, "writing the dataplane insight failed");
+            }
+        }
+    }
+}
