@@ -21,7 +21,7 @@ use meridian_core::{FieldPath, Resource, ResourceKey, ResourceType};
 use meridian_server::kds::labels;
 use meridian_server::manager::Manager;
 use meridian_store::{Event, Filter};
-use meridian_xds::generate::{proxyless, PolicyResolver};
+use meridian_xds::generate::{proxyless, sidecar, PolicyResolver};
 use meridian_xds::resources::{ResourceSet, SharedResources};
 use meridian_xds::snapshot::{DataplaneEntry, MeshSnapshot, ProxyContext, ProxyKind, RemoteIngress};
 use meridian_xds::source::{AckReporter, ConfigSource, ProxyId, ProxySession};
@@ -82,11 +82,10 @@ pub type ResolverFactory = Arc<dyn Fn(&MeshSnapshot) -> Box<dyn PolicyResolver> 
 /// The configuration of one proxy.
 pub fn generate(snapshot: &MeshSnapshot, proxy: &ProxyContext, resolver: &dyn PolicyResolver) -> ResourceSet {
     match proxy.kind {
-        // Sidecar and ingress generation build on the same pieces; until
-        // they land, every proxy gets the proxyless view of the mesh.
-        ProxyKind::Proxyless | ProxyKind::Sidecar | ProxyKind::Ingress => {
-            proxyless::generate(snapshot, proxy, resolver)
-        }
+        ProxyKind::Sidecar => sidecar::generate(snapshot, proxy, resolver),
+        // Ingress proxies are not generated yet; they are never admitted
+        // (admission only knows dataplanes), so this arm is for completeness.
+        ProxyKind::Proxyless | ProxyKind::Ingress => proxyless::generate(snapshot, proxy, resolver),
     }
 }
 

@@ -23,6 +23,7 @@ pub mod endpoints;
 pub mod invariants;
 pub mod proxyless;
 pub mod routes;
+pub mod sidecar;
 
 /// The effective configuration of a proxy towards one destination service.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -37,10 +38,23 @@ pub struct OutboundPolicies {
     pub faults: Vec<meshfaultinjection::FaultConf>,
 }
 
+/// The effective configuration of a proxy's inbound: what applies to the
+/// traffic it receives.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct InboundPolicies {
+    pub timeout: Option<meshtimeout::Conf>,
+    pub faults: Vec<meshfaultinjection::FaultConf>,
+}
+
 /// Gives generation the effective policies of a proxy.
 pub trait PolicyResolver {
     /// The effective configuration of `proxy` towards `service`.
     fn outbound(&self, snapshot: &MeshSnapshot, proxy: &ProxyContext, service: &str) -> OutboundPolicies;
+
+    /// The effective configuration of the proxy's inbound number `index`.
+    fn inbound(&self, _snapshot: &MeshSnapshot, _proxy: &ProxyContext, _index: usize) -> InboundPolicies {
+        InboundPolicies::default()
+    }
 }
 
 /// A resolver that applies no policies (tests, and a mesh without any).
