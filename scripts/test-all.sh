@@ -16,6 +16,41 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
+# --- real gRPC xDS clients (tests/xds-clients): begin ---------------------
+# The proxyless gRPC clients (Python grpcio, Node @grpc/grpc-js-xds), the gRPC
+# test server and the Envoy validator, where tests/src/xds_clients.rs looks for
+# them: target/xds-venv, target/pgv-venv (apart: xds-protos<1.60 needs
+# protobuf<5) and tests/xds-clients/node/node_modules. Each is installed only
+# when missing or when its requirements / lock file changed since.
+xds_apt() {
+  local sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null
+}
+xds_venv() { # DIR REQUIREMENTS
+  local dir=$1 req=$2
+  if [ -x "$dir/bin/python" ] && cmp -s "$req" "$dir/.requirements"; then return 0; fi
+  echo "installing $dir from $req"
+  rm -rf "$dir"
+  if ! python3 -m venv "$dir" >/dev/null 2>&1; then
+    rm -rf "$dir"
+    xds_apt python3-venv
+    python3 -m venv "$dir"
+  fi
+  "$dir/bin/python" -m pip install --quiet --disable-pip-version-check -r "$req"
+  cp "$req" "$dir/.requirements"
+}
+xds_venv target/xds-venv tests/xds-clients/requirements.txt
+xds_venv target/pgv-venv tests/xds-clients/requirements-pgv.txt
+command -v npm >/dev/null 2>&1 || xds_apt nodejs npm
+xds_node=tests/xds-clients/node
+if ! cmp -s "$xds_node/package-lock.json" "$xds_node/node_modules/.meridian-installed"; then
+  echo "installing $xds_node/node_modules"
+  (cd "$xds_node" && npm ci --no-audit --no-fund --loglevel=error)
+  cp "$xds_node/package-lock.json" "$xds_node/node_modules/.meridian-installed"
+fi
+# --- real gRPC xDS clients: end --------------------------------------------
+
 # etcd-server on Debian starts a system etcd on 2379; the tests never use it
 # (they start their own on free ports), so its state does not matter.
 
