@@ -12,6 +12,8 @@ use serde_json::Value;
 
 pub use meridian_store::testing::{unique_prefix, EtcdServer};
 
+pub mod xds_clients;
+
 /// The directory holding the workspace's binaries (`target/debug`).
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
