@@ -16,6 +16,7 @@ use crate::spec::check;
 use crate::types::ResourceType;
 
 pub mod common;
+pub mod matching;
 pub mod meshaccesslog;
 pub mod meshcircuitbreaker;
 pub mod meshfaultinjection;

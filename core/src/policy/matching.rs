@@ -1,0 +1,883 @@
+//! Which `targetRef` policies apply to one data plane proxy, and the
+//! configuration they give it: the input of Envoy config generation.
+//!
+//! Start at [`ProxyView`] (the proxy as matching sees it), [`matching`]
+//! (the policies of one type that select it, least specific first), then the
+//! per-direction results: [`to_conf`] (one destination), [`from_conf`] (one
+//! inbound), [`single_item_conf`] (policies without `to`/`from`),
+//! [`traffic_permissions`], and the routes: [`http_route_rules`],
+//! [`tcp_route_conf`], [`route_to_conf`]. Everything here is a pure function.
+//!
+//! # Selection (top-level `targetRef`)
+//!
+//! A proxy is known by the tag sets of its inbounds, or, for a gateway, by
+//! its gateway tags. `Mesh` selects every proxy; `MeshSubset` a proxy with a
+//! tag set holding all `tags`; `MeshService` one with a tag set whose
+//! `kuma.io/service` is `name`; `MeshServiceSubset` both. A tag value `*`
+//! means "present, any value". `proxyTypes` restricts `Mesh` and
+//! `MeshSubset` to sidecars or gateways; a proxy is a gateway exactly when
+//! its dataplane has `networking.gateway` (a proxyless gRPC client is a
+//! sidecar). `MeshGateway` selects the gateways whose `kuma.io/service` is
+//! `name` (and whose gateway tags hold `tags`: Meridian has no MeshGateway
+//! resource, so listener tags are matched against the gateway tags). A
+//! `targetRef.mesh`, when set, must be the proxy's mesh. `from` rules of a
+//! policy apply only to the inbounds its top-level reference selects.
+//!
+//! # Order (least to most specific; the last one wins)
+//!
+//! Policies sort by the kind of their top-level reference: `Mesh` <
+//! `MeshSubset` < `MeshGateway` < `MeshService` < `MeshServiceSubset` <
+//! `MeshHTTPRoute` (Kuma 2.7, `api/common/v1alpha1/targetref.go`); within
+//! one kind, fewer `tags` before more (Kuma does this for `MeshGateway`
+//! only; Meridian extends it to the subset kinds, where more tags also means
+//! a narrower selection); then by name in *descending* order, so that of two
+//! equally specific policies the one whose name sorts first wins, as in
+//! Kuma (`pkg/plugins/policies/core/matchers/dataplane.go`, `ByTargetRef`:
+//! `name(i) > name(j)`). Policy names are unique per type and mesh, so the
+//! order is total and does not depend on the input order.
+//!
+//! `to` entries are ordered by their policy's specificity, then by the kind
+//! of the entry's own reference (`Mesh` before `MeshService`), then by
+//! policy name as above, then by position in the list. This is Kuma's
+//! current `SortByTargetRefV2` (`pkg/plugins/policies/core/rules/sort.go`):
+//! a `MeshService` entry overrides a `Mesh` entry of an equally specific
+//! policy whatever the names. `from` entries keep list order within their
+//! policy (Kuma's documentation: "order of rules inside the `from` array
+//! matters"), so a later entry wins over an earlier one.
+//!
+//! Origin (zone before global in newer Kuma) and Kubernetes policy roles are
+//! not part of the order yet: every policy counts as coming from the global.
+//!
+//! # Merging
+//!
+//! The `default` objects that apply are merged in that order with
+//! [`merge_json`]: JSON merge patch (RFC 7386) — objects merge field by
+//! field, anything else (scalars *and lists*) is replaced by the later
+//! value, `null` deletes — except that lists under a key named `append…`
+//! (`appendModifications`, `appendProfiles`) are concatenated, as Kuma does
+//! for fields whose Go name starts with `Append`. MeshHTTPRoute rules are
+//! merged by their `matches` (see [`http_routes`]); a MeshTCPRoute entry's
+//! single rule is merged like a `default`.
+
+use std::cmp::{Ordering, Reverse};
+use std::collections::BTreeMap;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use super::common::{BackendRef, Entry};
+use super::meshhttproute::{self, Match, MeshHttpRoute, PathMatchType};
+use super::meshtcproute::{self, MeshTcpRoute};
+use super::meshtrafficpermission::{Action, MeshTrafficPermission};
+use super::{
+    meshaccesslog, meshcircuitbreaker, meshfaultinjection, meshhealthcheck, meshloadbalancingstrategy, meshmetric,
+    meshproxypatch, meshratelimit, meshretry, meshtimeout, meshtrace, ProxyType, TargetRef, TargetRefKind,
+};
+use crate::dataplane::{Dataplane, SERVICE_TAG};
+
+/// A set of tags (`kuma.io/service`, `version`, …).
+pub type Tags = BTreeMap<String, String>;
+
+/// A tag value in a selector that matches any value of a present tag.
+const MATCH_ALL: &str = "*";
+
+/// Why effective configuration could not be computed.
+#[derive(Debug, thiserror::Error)]
+pub enum MatchError {
+    /// Merged `default` objects did not decode back into the policy's
+    /// configuration type (or one did not encode).
+    #[error("cannot merge {conf}: {message}")]
+    Merge { conf: &'static str, message: String },
+}
+
+/// A data plane proxy as policy matching sees it.
+#[derive(Clone, Debug)]
+pub struct ProxyView<'a> {
+    /// The mesh the proxy belongs to.
+    pub mesh: &'a str,
+    /// The tags of each inbound, in the dataplane's order: [`from_conf`]
+    /// and friends take an index into this list.
+    pub inbounds: Vec<&'a Tags>,
+    /// A gateway's own tags (`networking.gateway.tags`).
+    pub gateway: Option<&'a Tags>,
+    pub proxy_type: ProxyType,
+}
+
+impl<'a> ProxyView<'a> {
+    /// The view of `dataplane` in `mesh`. A dataplane with
+    /// `networking.gateway` is a gateway; any other one — including a
+    /// proxyless gRPC client — is a sidecar.
+    pub fn new(mesh: &'a str, dataplane: &'a Dataplane) -> Self {
+        let n = &dataplane.networking;
+        let gateway = n.gateway.as_ref().map(|g| &g.tags);
+        ProxyView {
+            mesh,
+            inbounds: n.inbound.iter().map(|i| &i.tags).collect(),
+            gateway,
+            proxy_type: if gateway.is_some() {
+                ProxyType::Gateway
+            } else {
+                ProxyType::Sidecar
+            },
+        }
+    }
+
+    /// The service a gateway serves as (its `kuma.io/service` tag).
+    pub fn gateway_service(&self) -> Option<&'a str> {
+        self.gateway.and_then(|t| t.get(SERVICE_TAG)).map(String::as_str)
+    }
+
+    /// Every tag set the proxy is known by.
+    fn tag_sets(&self) -> impl Iterator<Item = &'a Tags> + '_ {
+        self.inbounds.iter().copied().chain(self.gateway)
+    }
+}
+
+/// Where outbound traffic goes, for `to` rules.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Destination<'a> {
+    /// One service: selected by `to` entries of kind `Mesh` and by
+    /// `MeshService` entries with this name.
+    Service(&'a str),
+    /// All traffic at once, as a gateway's `to: [{kind: Mesh}]` entries
+    /// describe it: only `Mesh` entries select it.
+    Mesh,
+}
+
+impl Destination<'_> {
+    fn selected_by(self, target: &TargetRef) -> bool {
+        let Some(selector) = Selector::of(target) else {
+            return false;
+        };
+        match self {
+            Destination::Service(name) => {
+                let tags = Tags::from([(SERVICE_TAG.to_string(), name.to_string())]);
+                selector.matches(&tags)
+            }
+            Destination::Mesh => selector.matches(&Tags::new()),
+        }
+    }
+}
+
+/// A policy with a top-level `targetRef`; every policy type is one.
+pub trait Targeted {
+    fn target_ref(&self) -> &TargetRef;
+}
+
+/// A policy whose `to`, `from` or single `default` configuration can be
+/// merged: all types but the routes (see [`http_routes`], [`tcp_route_conf`]).
+pub trait TargetRefPolicy: Targeted {
+    /// The type of a `default` object.
+    type Conf: Serialize + DeserializeOwned;
+
+    /// The `to` entries that carry a `default`, in list order.
+    fn to_entries(&self) -> Vec<(&TargetRef, &Self::Conf)> {
+        Vec::new()
+    }
+
+    /// The `from` entries that carry a `default`, in list order.
+    #[allow(clippy::wrong_self_convention)] // named after the spec's `from` list, not a constructor
+    fn from_entries(&self) -> Vec<(&TargetRef, &Self::Conf)> {
+        Vec::new()
+    }
+
+    /// The top-level `default` of a policy without `to`/`from`.
+    fn single_item(&self) -> Option<&Self::Conf> {
+        None
+    }
+}
+
+/// One `default` that takes part in a merge, and where it comes from.
+#[derive(Debug)]
+pub struct Contribution<'a, C> {
+    /// The name of the policy.
+    pub policy: &'a str,
+    /// The `to`/`from` entry's reference.
+    pub target_ref: &'a TargetRef,
+    pub conf: &'a C,
+}
+
+impl<C> Clone for Contribution<'_, C> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<C> Copy for Contribution<'_, C> {}
+
+/// The policies among `policies` (name, spec) whose top-level reference
+/// selects `proxy`, least specific first: merging their configuration in
+/// this order lets the most specific one win.
+///
+/// Policies that target a `MeshHTTPRoute` are not listed: which proxies they
+/// select depends on the route, see [`route_to_conf`].
+pub fn matching<'a, P: Targeted>(policies: &'a [(String, P)], proxy: &ProxyView<'_>) -> Vec<&'a (String, P)> {
+    let mut out: Vec<&(String, P)> = policies
+        .iter()
+        .filter(|(_, p)| selects_proxy(p.target_ref(), proxy))
+        .collect();
+    out.sort_by(|a, b| policy_order((&a.0, a.1.target_ref()), (&b.0, b.1.target_ref())));
+    out
+}
+
+/// The `to` entries of the policies selecting `proxy` that select
+/// `destination`, in merge order (the last one wins).
+pub fn to_contributions<'a, P: TargetRefPolicy>(
+    policies: &'a [(String, P)],
+    proxy: &ProxyView<'_>,
+    destination: Destination<'_>,
+) -> Vec<Contribution<'a, P::Conf>> {
+    ordered_to(policies, proxy, destination, |p| p.to_entries())
+}
+
+/// The effective configuration of `proxy` towards `destination`: the merge
+/// of [`to_contributions`], or `None` when no policy says anything.
+pub fn to_conf<P: TargetRefPolicy>(
+    policies: &[(String, P)],
+    proxy: &ProxyView<'_>,
+    destination: Destination<'_>,
+) -> Result<Option<P::Conf>, MatchError> {
+    merge_confs(to_contributions(policies, proxy, destination).iter().map(|c| c.conf))
+}
+
+/// The `from` entries for inbound `inbound` of `proxy` (an index into
+/// [`ProxyView::inbounds`]), for every client, in merge order.
+pub fn from_contributions<'a, P: TargetRefPolicy>(
+    policies: &'a [(String, P)],
+    proxy: &ProxyView<'_>,
+    inbound: usize,
+) -> Vec<Contribution<'a, P::Conf>> {
+    let mut items = Vec::new();
+    for (name, p) in policies {
+        let top = p.target_ref();
+        if !selects_inbound(top, proxy, inbound) {
+            continue;
+        }
+        for (i, (target_ref, conf)) in p.from_entries().into_iter().enumerate() {
+            let key = (specificity(top), Reverse(name.as_str()), i);
+            let c = Contribution {
+                policy: name.as_str(),
+                target_ref,
+                conf,
+            };
+            items.push((key, c));
+        }
+    }
+    items.sort_by(|a, b| a.0.cmp(&b.0));
+    items.into_iter().map(|(_, c)| c).collect()
+}
+
+/// The effective configuration of inbound `inbound` of `proxy` for a client
+/// with tags `client`. With empty `client` tags only `from` entries of kind
+/// `Mesh` apply: the configuration every client gets.
+pub fn from_conf<P: TargetRefPolicy>(
+    policies: &[(String, P)],
+    proxy: &ProxyView<'_>,
+    inbound: usize,
+    client: &Tags,
+) -> Result<Option<P::Conf>, MatchError> {
+    let contributions = from_contributions(policies, proxy, inbound);
+    merge_confs(
+        contributions
+            .iter()
+            .filter(|c| selects_client(c.target_ref, client))
+            .map(|c| c.conf),
+    )
+}
+
+/// The merged top-level `default` of the policies (MeshTrace, MeshMetric,
+/// MeshProxyPatch) that select `proxy`.
+pub fn single_item_conf<P: TargetRefPolicy>(
+    policies: &[(String, P)],
+    proxy: &ProxyView<'_>,
+) -> Result<Option<P::Conf>, MatchError> {
+    merge_confs(
+        matching(policies, proxy)
+            .into_iter()
+            .filter_map(|(_, p)| p.single_item()),
+    )
+}
+
+/// Whether a `from` reference selects a client with tags `client`.
+pub fn selects_client(target: &TargetRef, client: &Tags) -> bool {
+    Selector::of(target).is_some_and(|s| s.matches(client))
+}
+
+/// One MeshTrafficPermission rule for an inbound.
+#[derive(Clone, Copy, Debug)]
+pub struct Permission<'a> {
+    /// The name of the policy.
+    pub policy: &'a str,
+    /// The clients it is about (`Mesh`, `MeshSubset`, `MeshService`,
+    /// `MeshServiceSubset`).
+    pub clients: &'a TargetRef,
+    pub action: Action,
+}
+
+impl Permission<'_> {
+    /// Whether this rule is about a client with tags `client`.
+    pub fn applies_to(&self, client: &Tags) -> bool {
+        selects_client(self.clients, client)
+    }
+}
+
+/// The MeshTrafficPermission rules for inbound `inbound` of `proxy`, highest
+/// precedence first: the first one that applies to a client decides.
+pub fn traffic_permissions<'a>(
+    policies: &'a [(String, MeshTrafficPermission)],
+    proxy: &ProxyView<'_>,
+    inbound: usize,
+) -> Vec<Permission<'a>> {
+    let mut out: Vec<Permission<'a>> = from_contributions(policies, proxy, inbound)
+        .into_iter()
+        .filter_map(|c| {
+            c.conf.action.map(|action| Permission {
+                policy: c.policy,
+                clients: c.target_ref,
+                action,
+            })
+        })
+        .collect();
+    out.reverse();
+    out
+}
+
+/// The action for a client with tags `client` under `permissions` (from
+/// [`traffic_permissions`]); `None` when no rule is about it.
+pub fn permission_for(permissions: &[Permission<'_>], client: &Tags) -> Option<Action> {
+    permissions.iter().find(|p| p.applies_to(client)).map(|p| p.action)
+}
+
+/// The MeshHTTPRoute rules for one request hostname (gateways only; a
+/// sidecar's routes have no hostname).
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostnameRules {
+    /// `None` for rules of routes without `hostnames`.
+    pub hostname: Option<String>,
+    /// Highest precedence first; each rule's `default` is merged over the
+    /// rules with the same `matches` from less specific routes.
+    pub rules: Vec<meshhttproute::Rule>,
+}
+
+/// The effective MeshHTTPRoute rules of `proxy` towards `destination`,
+/// grouped by hostname in order of first appearance.
+///
+/// As in Kuma (`meshhttproute/api/v1alpha1/helpers.go` and
+/// `rules/merge.go`): the selecting `to` entries are taken in merge order;
+/// rules with equal `matches` (compared as whole lists) are one rule whose
+/// `default`s merge in that order and which takes the place of its most
+/// specific occurrence; the result lists the most specific route's rules
+/// first, each route's rules in their own order. Within a route the first
+/// rule takes precedence, as in the Gateway API. To build Envoy routes,
+/// order the matches with [`ordered_http_routes`].
+pub fn http_routes(
+    routes: &[(String, MeshHttpRoute)],
+    proxy: &ProxyView<'_>,
+    destination: Destination<'_>,
+) -> Result<Vec<HostnameRules>, MatchError> {
+    let tos = ordered_to(routes, proxy, destination, |r| {
+        r.to.iter().map(|t| (&t.target_ref, t)).collect()
+    });
+    let mut groups: Vec<(Option<&str>, Vec<&meshhttproute::To>)> = Vec::new();
+    for c in &tos {
+        let keys: Vec<Option<&str>> = match &c.conf.hostnames {
+            Some(h) if !h.is_empty() => h.iter().map(|h| Some(h.as_str())).collect(),
+            _ => vec![None],
+        };
+        for key in keys {
+            match groups.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, list)) => list.push(c.conf),
+                None => groups.push((key, vec![c.conf])),
+            }
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(hostname, tos)| {
+            Ok(HostnameRules {
+                hostname: hostname.map(str::to_string),
+                rules: merge_http_rules(&tos)?,
+            })
+        })
+        .collect()
+}
+
+/// The effective MeshHTTPRoute rules of a sidecar towards `destination`:
+/// those of routes without `hostnames` (see [`http_routes`]).
+pub fn http_route_rules(
+    routes: &[(String, MeshHttpRoute)],
+    proxy: &ProxyView<'_>,
+    destination: Destination<'_>,
+) -> Result<Vec<meshhttproute::Rule>, MatchError> {
+    Ok(http_routes(routes, proxy, destination)?
+        .into_iter()
+        .find(|g| g.hostname.is_none())
+        .map(|g| g.rules)
+        .unwrap_or_default())
+}
+
+/// Merges the rules of route `to` entries given in merge order.
+fn merge_http_rules(tos: &[&meshhttproute::To]) -> Result<Vec<meshhttproute::Rule>, MatchError> {
+    // Kuma reverses each entry's rules so that, within one route, the first
+    // rule ends up last (highest precedence) before merging by key, and
+    // reverses the result back.
+    let mut acc: Vec<(&Vec<Match>, Vec<&meshhttproute::RuleConf>)> = Vec::new();
+    for to in tos {
+        for rule in to.rules.iter().flatten().rev() {
+            let mut confs = match acc.iter().position(|(m, _)| **m == rule.matches) {
+                Some(i) => acc.remove(i).1,
+                None => Vec::new(),
+            };
+            confs.push(&rule.default);
+            acc.push((&rule.matches, confs));
+        }
+    }
+    acc.reverse();
+    acc.into_iter()
+        .map(|(matches, confs)| {
+            Ok(meshhttproute::Rule {
+                matches: matches.clone(),
+                default: merge_confs(confs)?.unwrap_or_default(),
+            })
+        })
+        .collect()
+}
+
+/// One match of one rule, in Envoy route order.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RouteEntry<'a> {
+    pub matched: &'a Match,
+    pub conf: &'a meshhttproute::RuleConf,
+}
+
+/// The matches of `rules` (from [`http_routes`]) one by one, most precise
+/// first, as the Gateway API orders them and Kuma's `SortRules` does: a path
+/// match before none, `Exact` before `PathPrefix` before
+/// `RegularExpression`, a longer prefix or expression first; then a method
+/// before none; then more header matches, then more query matches first.
+/// Ties keep the rules' precedence order.
+pub fn ordered_http_routes(rules: &[meshhttproute::Rule]) -> Vec<RouteEntry<'_>> {
+    let mut out: Vec<RouteEntry<'_>> = rules
+        .iter()
+        .flat_map(|r| {
+            r.matches.iter().map(move |m| RouteEntry {
+                matched: m,
+                conf: &r.default,
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| compare_match(a.matched, b.matched));
+    out
+}
+
+fn compare_match(a: &Match, b: &Match) -> Ordering {
+    let rank = |t: PathMatchType| match t {
+        PathMatchType::Exact => 0,
+        PathMatchType::PathPrefix => 1,
+        PathMatchType::RegularExpression => 2,
+    };
+    let path = match (&a.path, &b.path) {
+        (Some(_), None) => Ordering::Less,
+        (None, Some(_)) => Ordering::Greater,
+        (None, None) => Ordering::Equal,
+        (Some(pa), Some(pb)) if pa.match_type == pb.match_type => match pa.match_type {
+            PathMatchType::Exact => Ordering::Equal,
+            _ => pb.value.len().cmp(&pa.value.len()),
+        },
+        (Some(pa), Some(pb)) => rank(pa.match_type).cmp(&rank(pb.match_type)),
+    };
+    let count = |headers: &Option<Vec<_>>| headers.as_ref().map_or(0, Vec::len);
+    let queries = |q: &Option<Vec<_>>| q.as_ref().map_or(0, Vec::len);
+    path.then_with(|| b.method.is_some().cmp(&a.method.is_some()))
+        .then_with(|| count(&b.headers).cmp(&count(&a.headers)))
+        .then_with(|| queries(&b.query_params).cmp(&queries(&a.query_params)))
+}
+
+/// The effective MeshTCPRoute rule of `proxy` towards `destination`: the
+/// single rule of each selecting `to` entry merged in order, so the most
+/// specific route's `backendRefs` win. An entry without rules stands for
+/// "send to the destination itself", as in Kuma.
+pub fn tcp_route_conf(
+    routes: &[(String, MeshTcpRoute)],
+    proxy: &ProxyView<'_>,
+    destination: Destination<'_>,
+) -> Result<Option<meshtcproute::RuleConf>, MatchError> {
+    let tos = ordered_to(routes, proxy, destination, |r| {
+        r.to.iter().map(|t| (&t.target_ref, t)).collect()
+    });
+    let confs: Vec<meshtcproute::RuleConf> = tos.iter().map(|c| tcp_rule(c.conf)).collect();
+    merge_confs(&confs)
+}
+
+fn tcp_rule(to: &meshtcproute::To) -> meshtcproute::RuleConf {
+    match to.rules.as_deref().and_then(<[_]>::first) {
+        Some(rule) => rule.default.clone(),
+        None => meshtcproute::RuleConf {
+            backend_refs: vec![BackendRef {
+                kind: to.target_ref.kind,
+                name: to.target_ref.name.clone(),
+                mesh: None,
+                tags: to.target_ref.tags.clone(),
+                proxy_types: None,
+                port: None,
+                weight: Some(1),
+            }],
+        },
+    }
+}
+
+/// The effective configuration for the requests of `proxy` to `destination`
+/// that take the MeshHTTPRoute rule with `matches`: [`to_conf`], then — most
+/// specific of all — the `to` entries of policies whose top-level reference
+/// names a route among `http_routes` that selects `proxy` and has a rule
+/// with exactly these `matches` towards `destination` (by name, the first
+/// in order wins). As in Kuma 2.7, the `targetRef` of those entries is not
+/// looked at: the route decides where they apply.
+pub fn route_to_conf<P: TargetRefPolicy>(
+    policies: &[(String, P)],
+    http_routes: &[(String, MeshHttpRoute)],
+    proxy: &ProxyView<'_>,
+    destination: Destination<'_>,
+    matches: &[Match],
+) -> Result<Option<P::Conf>, MatchError> {
+    let mut confs: Vec<&P::Conf> = to_contributions(policies, proxy, destination)
+        .iter()
+        .map(|c| c.conf)
+        .collect();
+    let mut on_route: Vec<&(String, P)> = policies
+        .iter()
+        .filter(|(_, p)| {
+            let top = p.target_ref();
+            top.kind == TargetRefKind::MeshHttpRoute
+                && http_routes.iter().any(|(name, route)| {
+                    top.name.as_deref() == Some(name.as_str())
+                        && selects_proxy(&route.target_ref, proxy)
+                        && route.to.iter().any(|to| {
+                            destination.selected_by(&to.target_ref)
+                                && to.rules.iter().flatten().any(|r| r.matches == matches)
+                        })
+                })
+        })
+        .collect();
+    on_route.sort_by(|a, b| b.0.cmp(&a.0));
+    confs.extend(on_route.iter().flat_map(|(_, p)| p.to_entries()).map(|(_, c)| c));
+    merge_confs(confs)
+}
+
+/// Merges `confs` in order with [`merge_json`]; `None` when there are none.
+pub fn merge_confs<'c, C>(confs: impl IntoIterator<Item = &'c C>) -> Result<Option<C>, MatchError>
+where
+    C: Serialize + DeserializeOwned + 'c,
+{
+    let error = |e: serde_json::Error| MatchError::Merge {
+        conf: std::any::type_name::<C>(),
+        message: e.to_string(),
+    };
+    let mut acc: Option<Value> = None;
+    for conf in confs {
+        let value = serde_json::to_value(conf).map_err(error)?;
+        match &mut acc {
+            None => acc = Some(value),
+            Some(base) => merge_json(base, &value),
+        }
+    }
+    acc.map(|v| serde_json::from_value(v).map_err(error)).transpose()
+}
+
+/// Merges `overlay` into `base` the way policy `default`s merge: JSON merge
+/// patch (RFC 7386) with one exception.
+///
+/// - Objects merge key by key, recursively; a key only in `base` survives.
+/// - A `null` in `overlay` deletes the key from `base`.
+/// - Anything else in `overlay` — a scalar, or a **list** — replaces what
+///   `base` had: lists are not merged element by element (`[]` clears one).
+/// - Exception: a list under a key named `append…` followed by an uppercase
+///   letter (`appendModifications`, `appendProfiles`) is appended to the list
+///   `base` has there, so every policy's additions accumulate.
+pub fn merge_json(base: &mut Value, overlay: &Value) {
+    let Value::Object(patch) = overlay else {
+        *base = overlay.clone();
+        return;
+    };
+    if !base.is_object() {
+        *base = Value::Object(Map::new());
+    }
+    let Value::Object(target) = base else {
+        return;
+    };
+    for (key, value) in patch {
+        if value.is_null() {
+            target.remove(key);
+            continue;
+        }
+        match target.get_mut(key) {
+            Some(existing) => match (existing.as_array_mut(), value.as_array()) {
+                (Some(list), Some(more)) if is_append_key(key) => list.extend(more.iter().cloned()),
+                _ => merge_json(existing, value),
+            },
+            None => {
+                // Merging into nothing drops the nulls nested in objects.
+                let mut fresh = Value::Null;
+                merge_json(&mut fresh, value);
+                target.insert(key.clone(), fresh);
+            }
+        }
+    }
+}
+
+fn is_append_key(key: &str) -> bool {
+    key.strip_prefix("append")
+        .and_then(|rest| rest.chars().next())
+        .is_some_and(|c| c.is_ascii_uppercase())
+}
+
+/// The `to`-like entries (given by `entries`) of the policies selecting
+/// `proxy` that select `destination`, in merge order.
+fn ordered_to<'a, P: Targeted, T>(
+    policies: &'a [(String, P)],
+    proxy: &ProxyView<'_>,
+    destination: Destination<'_>,
+    entries: impl Fn(&'a P) -> Vec<(&'a TargetRef, &'a T)>,
+) -> Vec<Contribution<'a, T>> {
+    let mut items = Vec::new();
+    for (name, p) in policies {
+        let top = p.target_ref();
+        if !selects_proxy(top, proxy) {
+            continue;
+        }
+        for (i, (target_ref, conf)) in entries(p).into_iter().enumerate() {
+            if !destination.selected_by(target_ref) {
+                continue;
+            }
+            let key = (specificity(top), kind_rank(target_ref.kind), Reverse(name.as_str()), i);
+            let c = Contribution {
+                policy: name.as_str(),
+                target_ref,
+                conf,
+            };
+            items.push((key, c));
+        }
+    }
+    items.sort_by(|a, b| a.0.cmp(&b.0));
+    items.into_iter().map(|(_, c)| c).collect()
+}
+
+/// How narrow a kind of reference is (higher is narrower).
+fn kind_rank(kind: TargetRefKind) -> u8 {
+    match kind {
+        TargetRefKind::Mesh => 1,
+        TargetRefKind::MeshSubset => 2,
+        TargetRefKind::MeshGateway => 3,
+        TargetRefKind::MeshService => 4,
+        TargetRefKind::MeshServiceSubset => 5,
+        TargetRefKind::MeshHttpRoute => 6,
+    }
+}
+
+/// How narrow a top-level reference is: its kind, then its number of tags.
+fn specificity(target: &TargetRef) -> (u8, usize) {
+    (kind_rank(target.kind), target.tags.as_ref().map_or(0, BTreeMap::len))
+}
+
+/// The merge order of two policies: less specific first; of two equally
+/// specific ones, the name that sorts first comes last (and wins).
+fn policy_order(a: (&str, &TargetRef), b: (&str, &TargetRef)) -> Ordering {
+    specificity(a.1).cmp(&specificity(b.1)).then_with(|| b.0.cmp(a.0))
+}
+
+/// A reference read as a tag selector: `Mesh`, `MeshSubset`, `MeshService`
+/// and `MeshServiceSubset` are; `MeshGateway` and `MeshHTTPRoute` are not.
+struct Selector<'a> {
+    service: Option<&'a str>,
+    tags: Option<&'a Tags>,
+}
+
+impl<'a> Selector<'a> {
+    fn of(target: &'a TargetRef) -> Option<Self> {
+        let (service, tags) = match target.kind {
+            TargetRefKind::Mesh => (None, None),
+            TargetRefKind::MeshSubset => (None, target.tags.as_ref()),
+            // A service reference without a name selects nothing.
+            TargetRefKind::MeshService => (Some(target.name.as_deref()?), None),
+            TargetRefKind::MeshServiceSubset => (Some(target.name.as_deref()?), target.tags.as_ref()),
+            TargetRefKind::MeshGateway | TargetRefKind::MeshHttpRoute => return None,
+        };
+        Some(Selector { service, tags })
+    }
+
+    fn matches(&self, tags: &Tags) -> bool {
+        let service_ok = self.service.is_none_or(|s| tag_matches(s, tags.get(SERVICE_TAG)));
+        service_ok
+            && self
+                .tags
+                .into_iter()
+                .flatten()
+                .all(|(k, v)| tag_matches(v, tags.get(k)))
+    }
+}
+
+fn tag_matches(wanted: &str, have: Option<&String>) -> bool {
+    have.is_some_and(|h| wanted == MATCH_ALL || wanted == h)
+}
+
+/// Checks the parts of a top-level reference that do not depend on tags:
+/// the mesh and the proxy types.
+fn mesh_and_type_match(target: &TargetRef, proxy: &ProxyView<'_>) -> bool {
+    let mesh_ok = target.mesh.as_deref().is_none_or(|m| m == proxy.mesh);
+    let type_ok = target
+        .proxy_types
+        .as_ref()
+        .is_none_or(|types| types.is_empty() || types.contains(&proxy.proxy_type));
+    mesh_ok && type_ok
+}
+
+/// Whether a top-level reference selects `proxy` (for `to` rules and
+/// single-item policies).
+fn selects_proxy(target: &TargetRef, proxy: &ProxyView<'_>) -> bool {
+    if !mesh_and_type_match(target, proxy) {
+        return false;
+    }
+    match target.kind {
+        TargetRefKind::Mesh => true,
+        TargetRefKind::MeshGateway => {
+            let Some(gateway) = proxy.gateway else {
+                return false;
+            };
+            let named = target.name.is_some() && target.name.as_deref() == proxy.gateway_service();
+            named
+                && target
+                    .tags
+                    .iter()
+                    .flatten()
+                    .all(|(k, v)| tag_matches(v, gateway.get(k)))
+        }
+        _ => Selector::of(target).is_some_and(|s| proxy.tag_sets().any(|tags| s.matches(tags))),
+    }
+}
+
+/// Whether a top-level reference selects inbound `inbound` of `proxy` (for
+/// `from` rules).
+fn selects_inbound(target: &TargetRef, proxy: &ProxyView<'_>, inbound: usize) -> bool {
+    let Some(tags) = proxy.inbounds.get(inbound) else {
+        return false;
+    };
+    mesh_and_type_match(target, proxy) && Selector::of(target).is_some_and(|s| s.matches(tags))
+}
+
+fn with_default<C>(entries: &[Entry<C>]) -> Vec<(&TargetRef, &C)> {
+    entries
+        .iter()
+        .filter_map(|e| e.default.as_ref().map(|c| (&e.target_ref, c)))
+        .collect()
+}
+
+macro_rules! targeted {
+    ($($ty:ty),* $(,)?) => {
+        $(impl Targeted for $ty {
+            fn target_ref(&self) -> &TargetRef {
+                &self.target_ref
+            }
+        })*
+    };
+}
+
+targeted!(
+    meshaccesslog::MeshAccessLog,
+    meshcircuitbreaker::MeshCircuitBreaker,
+    meshfaultinjection::MeshFaultInjection,
+    meshhealthcheck::MeshHealthCheck,
+    MeshHttpRoute,
+    meshloadbalancingstrategy::MeshLoadBalancingStrategy,
+    meshmetric::MeshMetric,
+    meshproxypatch::MeshProxyPatch,
+    meshratelimit::MeshRateLimit,
+    meshretry::MeshRetry,
+    MeshTcpRoute,
+    meshtimeout::MeshTimeout,
+    meshtrace::MeshTrace,
+    MeshTrafficPermission,
+);
+
+/// Policies with `to` and `from` lists of [`Entry`].
+macro_rules! to_and_from {
+    ($($ty:ty => $conf:ty),* $(,)?) => {
+        $(impl TargetRefPolicy for $ty {
+            type Conf = $conf;
+            fn to_entries(&self) -> Vec<(&TargetRef, &$conf)> {
+                with_default(&self.to)
+            }
+            fn from_entries(&self) -> Vec<(&TargetRef, &$conf)> {
+                with_default(&self.from)
+            }
+        })*
+    };
+}
+
+to_and_from!(
+    meshaccesslog::MeshAccessLog => meshaccesslog::Conf,
+    meshcircuitbreaker::MeshCircuitBreaker => meshcircuitbreaker::Conf,
+    meshfaultinjection::MeshFaultInjection => meshfaultinjection::Conf,
+    meshratelimit::MeshRateLimit => meshratelimit::Conf,
+);
+
+/// Policies with only a `to` list of [`Entry`].
+macro_rules! to_only {
+    ($($ty:ty => $conf:ty),* $(,)?) => {
+        $(impl TargetRefPolicy for $ty {
+            type Conf = $conf;
+            fn to_entries(&self) -> Vec<(&TargetRef, &$conf)> {
+                with_default(&self.to)
+            }
+        })*
+    };
+}
+
+to_only!(
+    meshhealthcheck::MeshHealthCheck => meshhealthcheck::Conf,
+    meshloadbalancingstrategy::MeshLoadBalancingStrategy => meshloadbalancingstrategy::Conf,
+    meshretry::MeshRetry => meshretry::Conf,
+);
+
+/// Policies with a single top-level `default`.
+macro_rules! single_item {
+    ($($ty:ty => $conf:ty),* $(,)?) => {
+        $(impl TargetRefPolicy for $ty {
+            type Conf = $conf;
+            fn single_item(&self) -> Option<&$conf> {
+                self.default.as_ref()
+            }
+        })*
+    };
+}
+
+single_item!(
+    meshmetric::MeshMetric => meshmetric::Conf,
+    meshproxypatch::MeshProxyPatch => meshproxypatch::Conf,
+    meshtrace::MeshTrace => meshtrace::Conf,
+);
+
+impl TargetRefPolicy for MeshTrafficPermission {
+    type Conf = super::meshtrafficpermission::Conf;
+    fn from_entries(&self) -> Vec<(&TargetRef, &Self::Conf)> {
+        with_default(&self.from)
+    }
+}
+
+impl TargetRefPolicy for meshtimeout::MeshTimeout {
+    type Conf = meshtimeout::Conf;
+    fn to_entries(&self) -> Vec<(&TargetRef, &Self::Conf)> {
+        timeout_entries(&self.to)
+    }
+    fn from_entries(&self) -> Vec<(&TargetRef, &Self::Conf)> {
+        timeout_entries(&self.from)
+    }
+}
+
+fn timeout_entries(entries: &[meshtimeout::Entry]) -> Vec<(&TargetRef, &meshtimeout::Conf)> {
+    entries
+        .iter()
+        .filter_map(|e| e.default.as_ref().map(|c| (&e.target_ref, c)))
+        .collect()
+}
+
