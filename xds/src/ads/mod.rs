@@ -1,0 +1,414 @@
+//! The zone's Aggregated Discovery Service: state of the world
+//! ([`sotw::SotwState`]) and incremental ([`delta::DeltaState`]) over one
+//! stream loop.
+//!
+//! A stream admits its proxy through [`ConfigSource::connect`] on the first
+//! request (which must carry `node`), then serves from the watch the source
+//! returns. The loop knows nothing of the protocol: it hands requests to the
+//! per-stream state, reports ACKs and NACKs, and sends what the state says is
+//! due against the latest resource set. It holds only that latest set (the
+//! watch coalesces changes) and sends through a bounded channel, so a proxy
+//! that stops reading stalls its own stream and costs no more memory.
+
+pub mod delta;
+pub mod sotw;
+
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
+    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use futures::{Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
+
+use crate::resources::{hash_hex, ResourceSet, TYPES_IN_ORDER};
+use crate::source::ConfigSource;
+
+pub use delta::DeltaState;
+pub use sotw::{SotwState, Subscription};
+
+/// The name that subscribes to every resource of a type.
+pub const WILDCARD: &str = "*";
+
+/// Limits of the ADS server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdsConfig {
+    /// Most resource names in one request, and (delta) subscribed per type.
+    pub max_resource_names: usize,
+    /// Responses queued per stream before the stream waits for the proxy to
+    /// read. Keep it at least the number of served types, so one change of
+    /// everything is queued at once.
+    pub channel_capacity: usize,
+}
+
+impl Default for AdsConfig {
+    fn default() -> Self {
+        AdsConfig {
+            max_resource_names: 10_000,
+            channel_capacity: TYPES_IN_ORDER.len(),
+        }
+    }
+}
+
+/// Why a stream ends with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum AdsError {
+    /// The first request of a stream has no `node`.
+    #[error("the first request of an ADS stream must carry node")]
+    MissingNode,
+    /// A request names more resources than allowed.
+    #[error("{count} resource names for {type_url} (at most {max})")]
+    TooManyNames { type_url: String, count: usize, max: usize },
+    /// The config source refused the proxy; its status goes back as is.
+    #[error("proxy refused: {}", .0.message())]
+    Refused(Status),
+    /// Reading from the proxy failed.
+    #[error("receiving from the proxy: {}", .0.message())]
+    Receive(Status),
+    /// The config source stopped serving this proxy.
+    #[error("the configuration of this proxy is no longer served")]
+    SourceClosed,
+}
+
+impl From<AdsError> for Status {
+    fn from(e: AdsError) -> Status {
+        match e {
+            AdsError::Refused(status) | AdsError::Receive(status) => status,
+            AdsError::MissingNode | AdsError::TooManyNames { .. } => Status::invalid_argument(e.to_string()),
+            AdsError::SourceClosed => Status::unavailable(e.to_string()),
+        }
+    }
+}
+
+/// What one request meant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// A subscription (first request of a type, or a change) without answer.
+    Request { type_url: String },
+    /// The proxy applied the response of `version`.
+    Acked { type_url: String, version: String },
+    /// The proxy rejected the response of `version`.
+    Nacked {
+        type_url: String,
+        version: String,
+        message: String,
+    },
+    /// The nonce is not the latest sent: no ACK or NACK, but the
+    /// subscription applied.
+    StaleNonce { type_url: String, nonce: String },
+    /// A type Meridian does not serve: ignored.
+    UnknownType { type_url: String },
+}
+
+/// One flavour of ADS as the stream loop sees it.
+pub trait Protocol: Send + 'static {
+    type Request: Send + 'static;
+    type Response: Send + 'static;
+    /// For logs: `sotw` or `delta`.
+    const KIND: &'static str;
+
+    fn new(max_names: usize) -> Self;
+    fn node(req: &Self::Request) -> Option<&Node>;
+    fn on_request(&mut self, req: Self::Request) -> Result<Outcome, AdsError>;
+    fn responses(&mut self, resources: &ResourceSet) -> Vec<Self::Response>;
+}
+
+/// Whether Meridian serves a type URL.
+pub fn is_served(type_url: &str) -> bool {
+    TYPES_IN_ORDER.contains(&type_url)
+}
+
+/// A version of exactly these resources (name, content version), in name
+/// order; for all resources of a type it equals [`ResourceSet::type_version`].
+pub fn content_version<'a>(entries: impl Iterator<Item = (&'a str, &'a str)>) -> String {
+    let mut bytes = Vec::new();
+    for (name, version) in entries {
+        bytes.extend_from_slice(name.as_bytes());
+        bytes.push(0);
+        bytes.extend_from_slice(version.as_bytes());
+        bytes.push(0);
+    }
+    hash_hex(&bytes)
+}
+
+/// Nonces unique within a stream.
+#[derive(Debug, Default)]
+struct Nonces(u64);
+
+impl Nonces {
+    fn next(&mut self) -> String {
+        self.0 += 1;
+        self.0.to_string()
+    }
+}
+
+/// The ADS gRPC service over a [`ConfigSource`].
+pub struct AdsServer<S: ConfigSource> {
+    source: Arc<S>,
+    config: AdsConfig,
+}
+
+impl<S: ConfigSource> AdsServer<S> {
+    pub fn new(source: Arc<S>) -> Self {
+        Self::with_config(source, AdsConfig::default())
+    }
+
+    pub fn with_config(source: Arc<S>, config: AdsConfig) -> Self {
+        AdsServer { source, config }
+    }
+
+    /// The tonic service to add to a server.
+    pub fn into_service(self) -> AggregatedDiscoveryServiceServer<Self> {
+        AggregatedDiscoveryServiceServer::new(self)
+    }
+
+    fn start<P, I>(
+        &self,
+        peer: Option<std::net::SocketAddr>,
+        incoming: I,
+    ) -> ReceiverStream<Result<P::Response, Status>>
+    where
+        P: Protocol,
+        I: Stream<Item = Result<P::Request, Status>> + Unpin + Send + 'static,
+    {
+        let (tx, rx) = mpsc::channel(self.config.channel_capacity.max(1));
+        let peer = peer.map(|a| a.to_string()).unwrap_or_default();
+        let span = tracing::info_span!("ads", protocol = P::KIND, %peer, node = tracing::field::Empty);
+        tokio::spawn(serve_stream::<P, S, I>(self.source.clone(), self.config.clone(), incoming, tx).instrument(span));
+        ReceiverStream::new(rx)
+    }
+}
+
+#[tonic::async_trait]
+impl<S: ConfigSource> AggregatedDiscoveryService for AdsServer<S> {
+    type StreamAggregatedResourcesStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
+    type DeltaAggregatedResourcesStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        let peer = request.remote_addr();
+        Ok(Response::new(self.start::<SotwState, _>(peer, request.into_inner())))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        let peer = request.remote_addr();
+        Ok(Response::new(self.start::<DeltaState, _>(peer, request.into_inner())))
+    }
+}
+
+/// Runs one stream to its end; an error goes to the proxy as the stream's
+/// status.
+pub async fn serve_stream<P, S, I>(
+    source: Arc<S>,
+    config: AdsConfig,
+    incoming: I,
+    tx: mpsc::Sender<Result<P::Response, Status>>,
+) where
+    P: Protocol,
+    S: ConfigSource,
+    I: Stream<Item = Result<P::Request, Status>> + Unpin + Send,
+{
+    match run::<P, S, I>(&*source, &config, incoming, &tx).await {
+        Ok(()) => tracing::debug!("stream ended"),
+        Err(e) => {
+            tracing::info!(error = %e, "stream ended with an error");
+            // Fails only if the proxy is gone, which ends the stream too.
+            let _ = tx.send(Err(e.into())).await;
+        }
+    }
+}
+
+async fn run<P, S, I>(
+    source: &S,
+    config: &AdsConfig,
+    mut incoming: I,
+    tx: &mpsc::Sender<Result<P::Response, Status>>,
+) -> Result<(), AdsError>
+where
+    P: Protocol,
+    S: ConfigSource,
+    I: Stream<Item = Result<P::Request, Status>> + Unpin + Send,
+{
+    let first = match incoming.next().await {
+        None => return Ok(()),
+        Some(Err(status)) => return Err(AdsError::Receive(status)),
+        Some(Ok(req)) => req,
+    };
+    let node = P::node(&first).ok_or(AdsError::MissingNode)?;
+    tracing::Span::current().record("node", node.id.as_str());
+    let session = source.connect(node).await.map_err(AdsError::Refused)?;
+    tracing::info!(proxy = %session.id, "proxy connected");
+    let reporter = session.reporter.clone();
+    let mut watch = session.resources.clone();
+    let mut current = watch.borrow_and_update().clone();
+    let mut state = P::new(config.max_resource_names);
+    let mut unknown = UnknownTypes::default();
+    let mut next = Some(first);
+
+    loop {
+        if let Some(req) = next.take() {
+            match state.on_request(req)? {
+                Outcome::Request { type_url } => tracing::debug!(%type_url, "request"),
+                Outcome::Acked { type_url, version } => {
+                    tracing::debug!(%type_url, %version, "ACK");
+                    reporter.acked(&type_url, &version);
+                }
+                Outcome::Nacked {
+                    type_url,
+                    version,
+                    message,
+                } => {
+                    tracing::warn!(proxy = %session.id, %type_url, %version, %message, "proxy rejected configuration (NACK)");
+                    reporter.nacked(&type_url, &version, &message);
+                }
+                Outcome::StaleNonce { type_url, nonce } => {
+                    tracing::debug!(%type_url, %nonce, "request with a stale nonce: subscription only")
+                }
+                Outcome::UnknownType { type_url } => unknown.log(&type_url),
+            }
+        }
+        for response in state.responses(&current) {
+            if tx.send(Ok(response)).await.is_err() {
+                return Ok(());
+            }
+        }
+        tokio::select! {
+            msg = incoming.next() => match msg {
+                None => return Ok(()),
+                Some(Err(status)) => return Err(AdsError::Receive(status)),
+                Some(Ok(req)) => next = Some(req),
+            },
+            changed = watch.changed() => {
+                if changed.is_err() {
+                    return Err(AdsError::SourceClosed);
+                }
+                current = watch.borrow_and_update().clone();
+            }
+            () = tx.closed() => return Ok(()),
+        }
+    }
+}
+
+/// Logs an unknown type once per stream (a bounded number of them), so a
+/// proxy cannot flood the log.
+#[derive(Default)]
+struct UnknownTypes(std::collections::BTreeSet<String>);
+
+impl UnknownTypes {
+    const MAX: usize = 16;
+
+    fn log(&mut self, type_url: &str) {
+        if self.0.len() < Self::MAX && self.0.insert(type_url.to_string()) {
+            tracing::warn!(%type_url, "request for a type Meridian does not serve: ignored");
+        } else {
+            tracing::debug!(%type_url, "request for a type Meridian does not serve: ignored");
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+    use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+    use envoy_types::pb::envoy::config::listener::v3::Listener;
+    use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+
+    use crate::resources::{ResourceSet, CLUSTER, ENDPOINT, LISTENER, ROUTE};
+
+    /// A resource set from (type, name, content tag): a different tag is a
+    /// different content version.
+    pub fn set(entries: &[(&str, &str, &str)]) -> ResourceSet {
+        let mut set = ResourceSet::new();
+        for (type_url, name, tag) in entries {
+            let (name, tag) = (name.to_string(), tag.to_string());
+            match *type_url {
+                CLUSTER => set.insert(
+                    CLUSTER,
+                    &name,
+                    &Cluster {
+                        name: name.clone(),
+                        alt_stat_name: tag,
+                        ..Default::default()
+                    },
+                ),
+                ENDPOINT => set.insert(
+                    ENDPOINT,
+                    &name,
+                    &ClusterLoadAssignment {
+                        cluster_name: format!("{name}/{tag}"),
+                        ..Default::default()
+                    },
+                ),
+                LISTENER => set.insert(
+                    LISTENER,
+                    &name,
+                    &Listener {
+                        name: name.clone(),
+                        stat_prefix: tag,
+                        ..Default::default()
+                    },
+                ),
+                ROUTE => set.insert(
+                    ROUTE,
+                    &name,
+                    &RouteConfiguration {
+                        name: name.clone(),
+                        internal_only_headers: vec![tag],
+                        ..Default::default()
+                    },
+                ),
+                other => panic!("no test message for {other}"),
+            }
+        }
+        set
+    }
+
+    pub fn nack_status(message: &str) -> envoy_types::pb::google::rpc::Status {
+        envoy_types::pb::google::rpc::Status {
+            code: 3,
+            message: message.to_string(),
+            details: vec![],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::set;
+    use super::*;
+    use crate::resources::{CLUSTER, LISTENER};
+
+    #[test]
+    fn content_version_of_a_whole_type_is_its_type_version() {
+        let s = set(&[(CLUSTER, "a", "1"), (CLUSTER, "b", "1"), (LISTENER, "l", "1")]);
+        let all = content_version(s.of_type(CLUSTER).map(|r| (r.name.as_str(), r.version.as_str())));
+        assert_eq!(all, s.type_version(CLUSTER));
+    }
+
+    #[test]
+    fn errors_map_to_statuses() {
+        let too_many = Status::from(AdsError::TooManyNames {
+            type_url: CLUSTER.into(),
+            count: 11,
+            max: 10,
+        });
+        assert_eq!(too_many.code(), tonic::Code::InvalidArgument);
+        assert_eq!(Status::from(AdsError::MissingNode).code(), tonic::Code::InvalidArgument);
+        let refused = Status::from(AdsError::Refused(Status::not_found("no dataplane default.web")));
+        assert_eq!(refused.code(), tonic::Code::NotFound);
+        assert_eq!(refused.message(), "no dataplane default.web");
+        assert_eq!(Status::from(AdsError::SourceClosed).code(), tonic::Code::Unavailable);
+    }
+}
