@@ -881,3 +881,847 @@ fn timeout_entries(entries: &[meshtimeout::Entry]) -> Vec<(&TargetRef, &meshtime
         .collect()
 }
 
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::defaults::initial_policies;
+    use crate::mesh::Mesh;
+    use crate::policy::meshcircuitbreaker::MeshCircuitBreaker;
+    use crate::policy::meshfaultinjection::MeshFaultInjection;
+    use crate::policy::meshproxypatch::MeshProxyPatch;
+    use crate::policy::meshretry::MeshRetry;
+    use crate::policy::meshtimeout::MeshTimeout;
+    use crate::policy::meshtrace::MeshTrace;
+    use crate::types::ResourceType;
+
+    fn policy<P: DeserializeOwned>(name: &str, spec: Value) -> (String, P) {
+        match serde_json::from_value(spec) {
+            Ok(p) => (name.to_string(), p),
+            Err(e) => panic!("{name}: {e}"),
+        }
+    }
+
+    /// The default policies of type `kind` that every new mesh gets.
+    fn defaults<P: DeserializeOwned>(kind: ResourceType) -> Vec<(String, P)> {
+        initial_policies("default", &Mesh::default())
+            .into_iter()
+            .filter(|d| d.key.kind == kind)
+            .map(|d| policy(&d.key.name, d.spec))
+            .collect()
+    }
+
+    fn sidecar(inbounds: &[Value]) -> Dataplane {
+        let inbound: Vec<Value> = inbounds
+            .iter()
+            .enumerate()
+            .map(|(i, tags)| json!({"port": 8080 + i, "tags": tags}))
+            .collect();
+        serde_json::from_value(json!({"networking": {"address": "10.0.0.1", "inbound": inbound}})).unwrap()
+    }
+
+    fn service(name: &str) -> Dataplane {
+        sidecar(&[json!({"kuma.io/service": name})])
+    }
+
+    fn gateway(name: &str) -> Dataplane {
+        serde_json::from_value(json!({"networking": {"address": "10.0.0.2",
+            "gateway": {"type": "BUILTIN", "tags": {"kuma.io/service": name}}}}))
+        .unwrap()
+    }
+
+    fn tags(pairs: &[(&str, &str)]) -> Tags {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn js<T: Serialize>(v: &T) -> Value {
+        serde_json::to_value(v).unwrap()
+    }
+
+    fn to<P: TargetRefPolicy>(policies: &[(String, P)], proxy: &ProxyView<'_>, dest: &str) -> Value {
+        js(&to_conf(policies, proxy, Destination::Service(dest)).unwrap())
+    }
+
+    fn names<P>(list: &[&(String, P)]) -> Vec<String> {
+        list.iter().map(|(n, _)| n.clone()).collect()
+    }
+
+    /// Every ordering of `items`.
+    fn permutations<T: Clone>(items: &[T]) -> Vec<Vec<T>> {
+        if items.is_empty() {
+            return vec![Vec::new()];
+        }
+        let mut out = Vec::new();
+        for i in 0..items.len() {
+            let mut rest = items.to_vec();
+            let first = rest.remove(i);
+            for mut tail in permutations(&rest) {
+                tail.insert(0, first.clone());
+                out.push(tail);
+            }
+        }
+        out
+    }
+
+    const SIDECAR_TO: &str = r#"{"connectionTimeout": "5s", "idleTimeout": "1h",
+        "http": {"requestTimeout": "15s", "streamIdleTimeout": "30m"}}"#;
+
+    fn sidecar_to() -> Value {
+        serde_json::from_str(SIDECAR_TO).unwrap()
+    }
+
+    #[test]
+    fn merge_json_is_a_merge_patch() {
+        // The example of Kuma's "Merging configuration" documentation.
+        let mut base = json!({"conf": 1, "sub": {"array": [1, 2, 3], "other": 50, "other-array": [3, 4, 5]}});
+        merge_json(
+            &mut base,
+            &json!({"sub": {"array": [], "other": null, "other-array": [5, 6], "extra": 2}}),
+        );
+        assert_eq!(
+            base,
+            json!({"conf": 1, "sub": {"array": [], "other-array": [5, 6], "extra": 2}})
+        );
+
+        let mut base = json!({"a": 1, "b": {"c": 1}});
+        merge_json(
+            &mut base,
+            &json!({"a": {"x": 1, "y": null}, "b": 2, "n": {"m": null, "k": [null]}}),
+        );
+        assert_eq!(base, json!({"a": {"x": 1}, "b": 2, "n": {"k": [null]}}));
+        merge_json(&mut base, &json!([1]));
+        assert_eq!(base, json!([1]));
+    }
+
+    #[test]
+    fn append_lists_accumulate() {
+        let mut base = json!({"appendModifications": [1], "list": [1], "appendix": [1],
+                              "sidecar": {"profiles": {"appendProfiles": ["a"]}}});
+        merge_json(
+            &mut base,
+            &json!({"appendModifications": [2, 3], "list": [2], "appendix": [2],
+                    "sidecar": {"profiles": {"appendProfiles": ["b"]}}}),
+        );
+        assert_eq!(
+            base,
+            json!({"appendModifications": [1, 2, 3], "list": [2], "appendix": [2],
+                   "sidecar": {"profiles": {"appendProfiles": ["a", "b"]}}})
+        );
+    }
+
+    #[test]
+    fn proxy_views() {
+        let dp = service("web");
+        let view = ProxyView::new("default", &dp);
+        assert_eq!(view.proxy_type, ProxyType::Sidecar);
+        assert_eq!(view.inbounds.len(), 1);
+        assert_eq!(view.gateway_service(), None);
+        let gw = gateway("edge");
+        let view = ProxyView::new("default", &gw);
+        assert_eq!(view.proxy_type, ProxyType::Gateway);
+        assert_eq!(view.gateway_service(), Some("edge"));
+        assert!(view.inbounds.is_empty());
+    }
+
+    #[test]
+    fn default_policies_give_every_sidecar_the_defaults() {
+        let timeouts: Vec<(String, MeshTimeout)> = defaults(ResourceType::MeshTimeout);
+        let retries: Vec<(String, MeshRetry)> = defaults(ResourceType::MeshRetry);
+        let breakers: Vec<(String, MeshCircuitBreaker)> = defaults(ResourceType::MeshCircuitBreaker);
+        assert_eq!((timeouts.len(), retries.len(), breakers.len()), (2, 1, 1));
+        let web = service("web");
+        let v2 = sidecar(&[
+            json!({"kuma.io/service": "api", "version": "v2"}),
+            json!({"kuma.io/service": "admin"}),
+        ]);
+        for dp in [&web, &v2] {
+            let proxy = ProxyView::new("default", dp);
+            assert_eq!(names(&matching(&timeouts, &proxy)), ["mesh-timeout-all-default"]);
+            for dest in ["backend", "db", "web", "api"] {
+                assert_eq!(to(&timeouts, &proxy, dest), sidecar_to(), "{dest}");
+                assert_eq!(
+                    to(&retries, &proxy, dest),
+                    json!({"tcp": {"maxConnectAttempt": 5},
+                           "http": {"numRetries": 5, "perTryTimeout": "16s",
+                                    "backOff": {"baseInterval": "25ms", "maxInterval": "250ms"}},
+                           "grpc": {"numRetries": 5, "perTryTimeout": "16s",
+                                    "backOff": {"baseInterval": "25ms", "maxInterval": "250ms"}}})
+                );
+                assert_eq!(
+                    to(&breakers, &proxy, dest),
+                    json!({"connectionLimits": {"maxConnections": 1024, "maxPendingRequests": 1024,
+                                                "maxRetries": 3, "maxRequests": 1024}})
+                );
+            }
+            for inbound in 0..proxy.inbounds.len() {
+                let from = from_conf(&timeouts, &proxy, inbound, &Tags::new()).unwrap();
+                assert_eq!(
+                    js(&from),
+                    json!({"connectionTimeout": "10s", "idleTimeout": "2h",
+                           "http": {"requestTimeout": "0s", "streamIdleTimeout": "1h", "maxStreamDuration": "0s"}})
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn gateway_timeouts_apply_to_gateways_only() {
+        let timeouts: Vec<(String, MeshTimeout)> = defaults(ResourceType::MeshTimeout);
+        let gw = gateway("edge");
+        let proxy = ProxyView::new("default", &gw);
+        assert_eq!(
+            names(&matching(&timeouts, &proxy)),
+            ["mesh-gateways-timeout-all-default"]
+        );
+        let expected = json!({"idleTimeout": "1h", "http": {"streamIdleTimeout": "5s"}});
+        assert_eq!(js(&to_conf(&timeouts, &proxy, Destination::Mesh).unwrap()), expected);
+        assert_eq!(to(&timeouts, &proxy, "backend"), expected);
+        // A sidecar never sees the gateway values.
+        let web = service("web");
+        let proxy = ProxyView::new("default", &web);
+        assert_eq!(
+            to(&timeouts, &proxy, "backend")["http"].get("requestHeadersTimeout"),
+            None
+        );
+        assert_eq!(to(&timeouts, &proxy, "backend"), sidecar_to());
+    }
+
+    #[test]
+    fn a_service_entry_overrides_one_field_for_one_destination() {
+        let mut timeouts: Vec<(String, MeshTimeout)> = defaults(ResourceType::MeshTimeout);
+        // Its name sorts after the default's: the entry kind, not the name,
+        // makes it win.
+        timeouts.push(policy(
+            "timeout-backend",
+            json!({"targetRef": {"kind": "Mesh"},
+                   "to": [{"targetRef": {"kind": "MeshService", "name": "backend"},
+                           "default": {"http": {"requestTimeout": "2s"}}}]}),
+        ));
+        let web = service("web");
+        let proxy = ProxyView::new("default", &web);
+        let mut expected = sidecar_to();
+        expected["http"]["requestTimeout"] = json!("2s");
+        assert_eq!(to(&timeouts, &proxy, "backend"), expected);
+        assert_eq!(to(&timeouts, &proxy, "db"), sidecar_to());
+        let contributions = to_contributions(&timeouts, &proxy, Destination::Service("backend"));
+        let by: Vec<&str> = contributions.iter().map(|c| c.policy).collect();
+        assert_eq!(by, ["mesh-timeout-all-default", "timeout-backend"]);
+
+        // The same from a top-level reference to the client's own service.
+        let mut timeouts: Vec<(String, MeshTimeout)> = defaults(ResourceType::MeshTimeout);
+        timeouts.push(policy(
+            "a-web",
+            json!({"targetRef": {"kind": "MeshService", "name": "web"},
+                   "to": [{"targetRef": {"kind": "Mesh"}, "default": {"http": {"requestTimeout": "3s"}}}]}),
+        ));
+        expected["http"]["requestTimeout"] = json!("3s");
+        assert_eq!(to(&timeouts, &proxy, "db"), expected);
+        let other = service("other");
+        let proxy = ProxyView::new("default", &other);
+        assert_eq!(to(&timeouts, &proxy, "db"), sidecar_to());
+    }
+
+    #[test]
+    fn mesh_subset_selects_by_tags() {
+        let mut retries: Vec<(String, MeshRetry)> = defaults(ResourceType::MeshRetry);
+        retries.push(policy(
+            "v2",
+            json!({"targetRef": {"kind": "MeshSubset", "tags": {"version": "v2"}},
+                   "to": [{"targetRef": {"kind": "Mesh"}, "default": {"tcp": {"maxConnectAttempt": 9}}}]}),
+        ));
+        retries.push(policy(
+            "any-version",
+            json!({"targetRef": {"kind": "MeshSubset", "tags": {"version": "*"}},
+                   "to": [{"targetRef": {"kind": "Mesh"}, "default": {"http": {"numRetries": 1}}}]}),
+        ));
+        let attempts = |dp: &Dataplane| {
+            let proxy = ProxyView::new("default", dp);
+            let conf = to(&retries, &proxy, "backend");
+            (
+                conf["tcp"]["maxConnectAttempt"].clone(),
+                conf["http"]["numRetries"].clone(),
+            )
+        };
+        let v2 = sidecar(&[json!({"kuma.io/service": "web", "version": "v2"})]);
+        let v1 = sidecar(&[json!({"kuma.io/service": "web", "version": "v1"})]);
+        let none = service("web");
+        // One inbound in v2 is enough for outbound rules.
+        let mixed = sidecar(&[
+            json!({"kuma.io/service": "a"}),
+            json!({"kuma.io/service": "b", "version": "v2"}),
+        ]);
+        assert_eq!(attempts(&v2), (json!(9), json!(1)));
+        assert_eq!(attempts(&v1), (json!(5), json!(1)));
+        assert_eq!(attempts(&none), (json!(5), json!(5)));
+        assert_eq!(attempts(&mixed), (json!(9), json!(1)));
+    }
+
+    /// Top-level references from least to most specific, all selecting the
+    /// proxy `web` {version: v1, zone: east}.
+    fn ladder() -> Vec<Value> {
+        vec![
+            json!({"kind": "Mesh"}),
+            json!({"kind": "MeshSubset", "tags": {"version": "v1"}}),
+            json!({"kind": "MeshSubset", "tags": {"version": "v1", "zone": "east"}}),
+            json!({"kind": "MeshService", "name": "web"}),
+            json!({"kind": "MeshServiceSubset", "name": "web", "tags": {"version": "v1"}}),
+            json!({"kind": "MeshServiceSubset", "name": "web", "tags": {"version": "v1", "zone": "east"}}),
+        ]
+    }
+
+    #[test]
+    fn the_more_specific_policy_wins_and_the_other_fields_survive() {
+        let dp = sidecar(&[json!({"kuma.io/service": "web", "version": "v1", "zone": "east"})]);
+        let proxy = ProxyView::new("default", &dp);
+        let ladder = ladder();
+        for (i, low) in ladder.iter().enumerate() {
+            for high in &ladder[i + 1..] {
+                // The less specific policy has the name that wins ties.
+                let policies: Vec<(String, MeshCircuitBreaker)> = vec![
+                    policy(
+                        "z-high",
+                        json!({"targetRef": high, "to": [{"targetRef": {"kind": "Mesh"},
+                               "default": {"connectionLimits": {"maxConnections": 2, "maxRequests": 20}}}]}),
+                    ),
+                    policy(
+                        "a-low",
+                        json!({"targetRef": low, "to": [{"targetRef": {"kind": "Mesh"},
+                               "default": {"connectionLimits": {"maxConnections": 1, "maxRetries": 10}}}]}),
+                    ),
+                ];
+                assert_eq!(
+                    to(&policies, &proxy, "backend"),
+                    json!({"connectionLimits": {"maxConnections": 2, "maxRetries": 10, "maxRequests": 20}}),
+                    "{low} < {high}"
+                );
+                assert_eq!(names(&matching(&policies, &proxy)), ["a-low", "z-high"]);
+            }
+        }
+    }
+
+    #[test]
+    fn equally_specific_policies_the_first_name_wins() {
+        let retry = |name: &str, n: u32| -> (String, MeshRetry) {
+            policy(
+                name,
+                json!({"targetRef": {"kind": "Mesh"},
+                       "to": [{"targetRef": {"kind": "Mesh"}, "default": {"tcp": {"maxConnectAttempt": n}}}]}),
+            )
+        };
+        let policies = vec![retry("a-retry", 1), retry("b-retry", 2)];
+        let web = service("web");
+        let proxy = ProxyView::new("default", &web);
+        assert_eq!(names(&matching(&policies, &proxy)), ["b-retry", "a-retry"]);
+        assert_eq!(to(&policies, &proxy, "x")["tcp"]["maxConnectAttempt"], 1);
+    }
+
+    #[test]
+    fn service_entries_override_mesh_entries_of_equal_policies() {
+        let cb = |name: &str, to: Value| -> (String, MeshCircuitBreaker) {
+            policy(name, json!({"targetRef": {"kind": "Mesh"}, "to": to}))
+        };
+        let limit = |n: u32| json!({"connectionLimits": {"maxConnections": n}});
+        let web = service("web");
+        let proxy = ProxyView::new("default", &web);
+        // Within one policy, whatever the list order.
+        let one = vec![cb(
+            "p",
+            json!([{"targetRef": {"kind": "MeshService", "name": "backend"}, "default": limit(1)},
+                   {"targetRef": {"kind": "Mesh"}, "default": limit(2)}]),
+        )];
+        assert_eq!(to(&one, &proxy, "backend"), limit(1));
+        assert_eq!(to(&one, &proxy, "db"), limit(2));
+        // Across policies, whatever the names.
+        let two = vec![
+            cb(
+                "z",
+                json!([{"targetRef": {"kind": "MeshService", "name": "backend"}, "default": limit(1)}]),
+            ),
+            cb("a", json!([{"targetRef": {"kind": "Mesh"}, "default": limit(2)}])),
+        ];
+        assert_eq!(to(&two, &proxy, "backend"), limit(1));
+        assert_eq!(to(&two, &proxy, "db"), limit(2));
+        // Equal entries of one policy: the later one wins.
+        let same = vec![cb(
+            "p",
+            json!([{"targetRef": {"kind": "Mesh"}, "default": limit(1)},
+                   {"targetRef": {"kind": "Mesh"}, "default": limit(2)}]),
+        )];
+        assert_eq!(to(&same, &proxy, "db"), limit(2));
+    }
+
+    #[test]
+    fn the_result_does_not_depend_on_the_input_order() {
+        let mut input: Vec<(String, MeshTimeout)> = defaults(ResourceType::MeshTimeout);
+        let specs = [
+            ("a", json!({"kind": "Mesh"}), "backend", "1s"),
+            ("b", json!({"kind": "Mesh"}), "db", "2s"),
+            (
+                "c",
+                json!({"kind": "MeshSubset", "tags": {"version": "v1"}}),
+                "backend",
+                "3s",
+            ),
+            (
+                "d",
+                json!({"kind": "MeshSubset", "tags": {"version": "v1"}}),
+                "db",
+                "4s",
+            ),
+            ("e", json!({"kind": "MeshService", "name": "web"}), "", "5s"),
+        ];
+        for (name, top, dest, value) in specs {
+            let target = if dest.is_empty() {
+                json!({"kind": "Mesh"})
+            } else {
+                json!({"kind": "MeshService", "name": dest})
+            };
+            input.push(policy(
+                name,
+                json!({"targetRef": top,
+                       "to": [{"targetRef": target, "default": {"idleTimeout": value}},
+                              {"targetRef": {"kind": "Mesh"}, "default": {"connectionTimeout": value}}],
+                       "from": [{"targetRef": {"kind": "Mesh"}, "default": {"idleTimeout": value}}]}),
+            ));
+        }
+        let dp = sidecar(&[json!({"kuma.io/service": "web", "version": "v1"})]);
+        let proxy = ProxyView::new("default", &dp);
+        let outcome = |policies: &[(String, MeshTimeout)]| -> Vec<Value> {
+            let mut out: Vec<Value> = ["backend", "db", "other"]
+                .iter()
+                .map(|d| to(policies, &proxy, d))
+                .collect();
+            out.push(js(&from_conf(policies, &proxy, 0, &Tags::new()).unwrap()));
+            out.push(json!(names(&matching(policies, &proxy))));
+            out
+        };
+        let expected = outcome(&input);
+        assert_eq!(expected[0]["idleTimeout"], "5s");
+        assert_eq!(expected[0]["connectionTimeout"], "5s");
+        let perms = permutations(&input);
+        assert_eq!(perms.len(), 5040);
+        for order in perms {
+            assert_eq!(outcome(&order), expected);
+        }
+    }
+
+    #[test]
+    fn from_rules_apply_to_the_selected_inbounds() {
+        let mut timeouts: Vec<(String, MeshTimeout)> = defaults(ResourceType::MeshTimeout);
+        timeouts.push(policy(
+            "admin-idle",
+            json!({"targetRef": {"kind": "MeshService", "name": "admin"},
+                   "from": [{"targetRef": {"kind": "Mesh"}, "default": {"idleTimeout": "1m"}}]}),
+        ));
+        let dp = sidecar(&[json!({"kuma.io/service": "web"}), json!({"kuma.io/service": "admin"})]);
+        let proxy = ProxyView::new("default", &dp);
+        let web = js(&from_conf(&timeouts, &proxy, 0, &Tags::new()).unwrap());
+        let admin = js(&from_conf(&timeouts, &proxy, 1, &Tags::new()).unwrap());
+        assert_eq!(web["idleTimeout"], "2h");
+        assert_eq!(admin["idleTimeout"], "1m");
+        assert_eq!(admin["connectionTimeout"], "10s");
+        assert!(from_conf(&timeouts, &proxy, 2, &Tags::new()).unwrap().is_none());
+    }
+
+    #[test]
+    fn from_rules_depend_on_the_client() {
+        let faults: Vec<(String, MeshFaultInjection)> = vec![policy(
+            "faults",
+            json!({"targetRef": {"kind": "MeshService", "name": "backend"},
+                   "from": [{"targetRef": {"kind": "Mesh"},
+                             "default": {"http": [{"delay": {"value": "1s", "percentage": 10}}]}},
+                            {"targetRef": {"kind": "MeshService", "name": "frontend"},
+                             "default": {"http": [{"abort": {"httpStatus": 503, "percentage": 50}}]}}]}),
+        )];
+        let dp = service("backend");
+        let proxy = ProxyView::new("default", &dp);
+        let front = from_conf(&faults, &proxy, 0, &tags(&[("kuma.io/service", "frontend")])).unwrap();
+        let other = from_conf(&faults, &proxy, 0, &tags(&[("kuma.io/service", "other")])).unwrap();
+        // Lists are replaced, not merged.
+        assert_eq!(
+            js(&front),
+            json!({"http": [{"abort": {"httpStatus": 503, "percentage": 50}}]})
+        );
+        assert_eq!(
+            js(&other),
+            json!({"http": [{"delay": {"value": "1s", "percentage": 10}}]})
+        );
+        assert_eq!(from_contributions(&faults, &proxy, 0).len(), 2);
+    }
+
+    #[test]
+    fn traffic_permissions_in_precedence_order() {
+        let mtp = |name: &str, top: Value, from: Value| -> (String, MeshTrafficPermission) {
+            policy(name, json!({"targetRef": top, "from": from}))
+        };
+        let rule = |target: Value, action: &str| json!({"targetRef": target, "default": {"action": action}});
+        let policies = vec![
+            mtp(
+                "backend",
+                json!({"kind": "MeshService", "name": "backend"}),
+                json!([
+                    rule(json!({"kind": "MeshService", "name": "frontend"}), "Allow"),
+                    rule(json!({"kind": "MeshSubset", "tags": {"env": "dev"}}), "Deny")
+                ]),
+            ),
+            mtp(
+                "zone-east",
+                json!({"kind": "Mesh"}),
+                json!([rule(
+                    json!({"kind": "MeshSubset", "tags": {"kuma.io/zone": "east"}}),
+                    "AllowWithShadowDeny"
+                )]),
+            ),
+            mtp(
+                "deny-all",
+                json!({"kind": "Mesh"}),
+                json!([rule(json!({"kind": "Mesh"}), "Deny")]),
+            ),
+        ];
+        let dp = service("backend");
+        let proxy = ProxyView::new("default", &dp);
+        let perms = traffic_permissions(&policies, &proxy, 0);
+        let order: Vec<(&str, Action)> = perms.iter().map(|p| (p.policy, p.action)).collect();
+        assert_eq!(
+            order,
+            [
+                ("backend", Action::Deny),
+                ("backend", Action::Allow),
+                ("deny-all", Action::Deny),
+                ("zone-east", Action::AllowWithShadowDeny),
+            ]
+        );
+        let front = tags(&[("kuma.io/service", "frontend"), ("env", "prod")]);
+        let front_dev = tags(&[("kuma.io/service", "frontend"), ("env", "dev")]);
+        let east = tags(&[("kuma.io/service", "x"), ("kuma.io/zone", "east")]);
+        assert_eq!(permission_for(&perms, &front), Some(Action::Allow));
+        assert_eq!(permission_for(&perms, &front_dev), Some(Action::Deny));
+        // deny-all sorts before zone-east by name, so it wins.
+        assert_eq!(permission_for(&perms, &east), Some(Action::Deny));
+        // The merged view agrees with the list.
+        for client in [&front, &front_dev, &east] {
+            let merged = from_conf(&policies, &proxy, 0, client).unwrap().and_then(|c| c.action);
+            assert_eq!(merged, permission_for(&perms, client));
+        }
+
+        // Kuma's documented example: the later `from` entry wins.
+        let doc = vec![mtp(
+            "example-with-tags",
+            json!({"kind": "Mesh"}),
+            json!([
+                rule(
+                    json!({"kind": "MeshSubset", "tags": {"kuma.io/zone": "us-east"}}),
+                    "Allow"
+                ),
+                rule(json!({"kind": "MeshSubset", "tags": {"env": "dev"}}), "Deny")
+            ]),
+        )];
+        let perms = traffic_permissions(&doc, &proxy, 0);
+        let both = tags(&[("kuma.io/zone", "us-east"), ("env", "dev")]);
+        assert_eq!(permission_for(&perms, &both), Some(Action::Deny));
+        assert_eq!(
+            permission_for(&perms, &tags(&[("kuma.io/zone", "us-east")])),
+            Some(Action::Allow)
+        );
+        assert_eq!(permission_for(&perms, &tags(&[("kuma.io/zone", "west")])), None);
+        // Another service's proxy is not selected by "backend".
+        let web = service("web");
+        let perms = traffic_permissions(&policies, &ProxyView::new("default", &web), 0);
+        assert_eq!(permission_for(&perms, &front), Some(Action::Deny));
+        assert_eq!(perms.len(), 2);
+    }
+
+    fn http_rule(path: (&str, &str), version: &str, extra: Value) -> Value {
+        let mut default = json!({"backendRefs": [
+            {"kind": "MeshServiceSubset", "name": "backend", "tags": {"version": version}}]});
+        merge_json(&mut default, &extra);
+        json!({"matches": [{"path": {"type": path.0, "value": path.1}}], "default": default})
+    }
+
+    fn backend_version(rule: &meshhttproute::Rule) -> String {
+        let refs = rule.default.backend_refs.as_deref().unwrap_or_default();
+        refs[0].tags.as_ref().unwrap()["version"].clone()
+    }
+
+    #[test]
+    fn http_routes_of_two_policies_for_one_destination() {
+        let header = json!({"filters": [{"type": "RequestHeaderModifier",
+                                          "requestHeaderModifier": {"set": [{"name": "x-a", "value": "1"}]}}]});
+        let routes: Vec<(String, MeshHttpRoute)> = vec![
+            policy(
+                "web-routes",
+                json!({"targetRef": {"kind": "MeshService", "name": "web"},
+                       "to": [{"targetRef": {"kind": "MeshService", "name": "backend"},
+                               "rules": [http_rule(("PathPrefix", "/api"), "v2", json!({})),
+                                         http_rule(("Exact", "/health"), "v3", json!({}))]}]}),
+            ),
+            policy(
+                "all-routes",
+                json!({"targetRef": {"kind": "Mesh"},
+                       "to": [{"targetRef": {"kind": "MeshService", "name": "backend"},
+                               "rules": [http_rule(("PathPrefix", "/api"), "v1", header.clone()),
+                                         http_rule(("PathPrefix", "/"), "v1", json!({}))]}]}),
+            ),
+        ];
+        let web = service("web");
+        let proxy = ProxyView::new("default", &web);
+        let rules = http_route_rules(&routes, &proxy, Destination::Service("backend")).unwrap();
+        let summary: Vec<(String, String)> = rules
+            .iter()
+            .map(|r| (r.matches[0].path.as_ref().unwrap().value.clone(), backend_version(r)))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("/api".to_string(), "v2".to_string()),
+                ("/health".to_string(), "v3".to_string()),
+                ("/".to_string(), "v1".to_string())
+            ]
+        );
+        // The /api rule keeps the filter only the less specific route set.
+        assert_eq!(js(&rules[0].default.filters), header["filters"]);
+        let ordered: Vec<&str> = ordered_http_routes(&rules)
+            .iter()
+            .map(|r| r.matched.path.as_ref().unwrap().value.as_str())
+            .collect();
+        assert_eq!(ordered, ["/health", "/api", "/"]);
+
+        // Another client only has the mesh-wide routes, in their order.
+        let other = service("other");
+        let proxy = ProxyView::new("default", &other);
+        let rules = http_route_rules(&routes, &proxy, Destination::Service("backend")).unwrap();
+        let versions: Vec<String> = rules.iter().map(backend_version).collect();
+        assert_eq!(versions, ["v1", "v1"]);
+        assert_eq!(rules[0].matches[0].path.as_ref().unwrap().value, "/api");
+        assert!(http_route_rules(&routes, &proxy, Destination::Service("db"))
+            .unwrap()
+            .is_empty());
+    }
+
+    #[test]
+    fn http_route_order_follows_the_gateway_api() {
+        let rules: Vec<meshhttproute::Rule> = serde_json::from_value(json!([
+            {"matches": [{"path": {"type": "PathPrefix", "value": "/a"}}], "default": {}},
+            {"matches": [{"path": {"type": "RegularExpression", "value": "/a.*b"}}], "default": {}},
+            {"matches": [{"headers": [{"name": "x", "value": "1"}]}, {"method": "GET"}], "default": {}},
+            {"matches": [{"path": {"type": "PathPrefix", "value": "/a/b"}}], "default": {}},
+            {"matches": [{"path": {"type": "Exact", "value": "/z"}}], "default": {}},
+            {"matches": [{"path": {"type": "PathPrefix", "value": "/a"}, "method": "GET"}], "default": {}}
+        ]))
+        .unwrap();
+        let order: Vec<Value> = ordered_http_routes(&rules).iter().map(|r| js(r.matched)).collect();
+        assert_eq!(
+            order,
+            [
+                json!({"path": {"type": "Exact", "value": "/z"}}),
+                json!({"path": {"type": "PathPrefix", "value": "/a/b"}}),
+                json!({"path": {"type": "PathPrefix", "value": "/a"}, "method": "GET"}),
+                json!({"path": {"type": "PathPrefix", "value": "/a"}}),
+                json!({"path": {"type": "RegularExpression", "value": "/a.*b"}}),
+                json!({"method": "GET"}),
+                json!({"headers": [{"name": "x", "value": "1"}]}),
+            ]
+        );
+    }
+
+    #[test]
+    fn gateway_routes_are_grouped_by_hostname() {
+        let rule = |path: &str, version: &str| http_rule(("PathPrefix", path), version, json!({}));
+        let routes: Vec<(String, MeshHttpRoute)> = vec![
+            policy(
+                "edge-a",
+                json!({"targetRef": {"kind": "MeshGateway", "name": "edge"},
+                       "to": [{"targetRef": {"kind": "Mesh"}, "hostnames": ["a.example"],
+                               "rules": [rule("/", "v1")]}]}),
+            ),
+            policy(
+                "edge-any",
+                json!({"targetRef": {"kind": "MeshGateway", "name": "edge"},
+                       "to": [{"targetRef": {"kind": "Mesh"}, "rules": [rule("/", "v2")]}]}),
+            ),
+        ];
+        let gw = gateway("edge");
+        let proxy = ProxyView::new("default", &gw);
+        let groups = http_routes(&routes, &proxy, Destination::Mesh).unwrap();
+        let summary: Vec<(Option<String>, Vec<String>)> = groups
+            .iter()
+            .map(|g| (g.hostname.clone(), g.rules.iter().map(backend_version).collect()))
+            .collect();
+        // edge-any sorts before edge-a by name, so it is merged first.
+        assert_eq!(
+            summary,
+            [
+                (None, vec!["v2".to_string()]),
+                (Some("a.example".to_string()), vec!["v1".to_string()])
+            ]
+        );
+        let other = gateway("other");
+        assert!(
+            http_routes(&routes, &ProxyView::new("default", &other), Destination::Mesh)
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn tcp_routes_take_the_most_specific_backends() {
+        let routes: Vec<(String, MeshTcpRoute)> = vec![
+            policy(
+                "all",
+                json!({"targetRef": {"kind": "Mesh"},
+                       "to": [{"targetRef": {"kind": "MeshService", "name": "backend"},
+                               "rules": [{"default": {"backendRefs": [
+                                   {"kind": "MeshServiceSubset", "name": "backend", "tags": {"version": "v1"}}]}}]}]}),
+            ),
+            policy(
+                "web",
+                json!({"targetRef": {"kind": "MeshService", "name": "web"},
+                       "to": [{"targetRef": {"kind": "MeshService", "name": "backend"}}]}),
+            ),
+        ];
+        let conf = |service_name: &str, dest: &str| {
+            let dp = service(service_name);
+            let proxy = ProxyView::new("default", &dp);
+            js(&tcp_route_conf(&routes, &proxy, Destination::Service(dest)).unwrap())
+        };
+        assert_eq!(
+            conf("web", "backend"),
+            json!({"backendRefs": [{"kind": "MeshService", "name": "backend", "weight": 1}]})
+        );
+        assert_eq!(
+            conf("other", "backend"),
+            json!({"backendRefs": [{"kind": "MeshServiceSubset", "name": "backend", "tags": {"version": "v1"}}]})
+        );
+        assert_eq!(conf("web", "db"), Value::Null);
+    }
+
+    #[test]
+    fn policies_on_a_route_apply_to_its_rule() {
+        let routes: Vec<(String, MeshHttpRoute)> = vec![policy(
+            "web-routes",
+            json!({"targetRef": {"kind": "MeshService", "name": "web"},
+                   "to": [{"targetRef": {"kind": "MeshService", "name": "backend"},
+                           "rules": [http_rule(("PathPrefix", "/api"), "v2", json!({}))]}]}),
+        )];
+        let mut timeouts: Vec<(String, MeshTimeout)> = defaults(ResourceType::MeshTimeout);
+        timeouts.push(policy(
+            "api-timeout",
+            json!({"targetRef": {"kind": "MeshHTTPRoute", "name": "web-routes"},
+                   "to": [{"targetRef": {"kind": "Mesh"}, "default": {"http": {"requestTimeout": "1s"}}}]}),
+        ));
+        let api: Vec<Match> =
+            serde_json::from_value(json!([{"path": {"type": "PathPrefix", "value": "/api"}}])).unwrap();
+        let root: Vec<Match> = serde_json::from_value(json!([{"path": {"type": "PathPrefix", "value": "/"}}])).unwrap();
+        let web = service("web");
+        let proxy = ProxyView::new("default", &web);
+        let on_rule = |proxy: &ProxyView<'_>, dest: &str, matches: &[Match]| {
+            js(&route_to_conf(&timeouts, &routes, proxy, Destination::Service(dest), matches).unwrap())
+        };
+        let mut expected = sidecar_to();
+        expected["http"]["requestTimeout"] = json!("1s");
+        assert_eq!(on_rule(&proxy, "backend", &api), expected);
+        assert_eq!(on_rule(&proxy, "backend", &root), sidecar_to());
+        assert_eq!(on_rule(&proxy, "db", &api), sidecar_to());
+        // Not a destination-wide setting, and not for clients the route
+        // does not select.
+        assert_eq!(to(&timeouts, &proxy, "backend"), sidecar_to());
+        assert_eq!(names(&matching(&timeouts, &proxy)), ["mesh-timeout-all-default"]);
+        let other = service("other");
+        assert_eq!(
+            on_rule(&ProxyView::new("default", &other), "backend", &api),
+            sidecar_to()
+        );
+    }
+
+    #[test]
+    fn mesh_gateway_references_select_gateways_by_service() {
+        let timeouts: Vec<(String, MeshTimeout)> = vec![
+            policy(
+                "edge",
+                json!({"targetRef": {"kind": "MeshGateway", "name": "edge"},
+                       "to": [{"targetRef": {"kind": "Mesh"}, "default": {"idleTimeout": "2h"}}]}),
+            ),
+            policy(
+                "edge-public",
+                json!({"targetRef": {"kind": "MeshGateway", "name": "edge", "tags": {"public": "yes"}},
+                       "to": [{"targetRef": {"kind": "Mesh"}, "default": {"idleTimeout": "3h"}}]}),
+            ),
+            policy(
+                "gateways",
+                json!({"targetRef": {"kind": "Mesh", "proxyTypes": ["Gateway"]},
+                       "to": [{"targetRef": {"kind": "Mesh"}, "default": {"connectionTimeout": "1s"}}]}),
+            ),
+        ];
+        let idle = |dp: &Dataplane| to(&timeouts, &ProxyView::new("default", dp), "x");
+        assert_eq!(
+            idle(&gateway("edge")),
+            json!({"connectionTimeout": "1s", "idleTimeout": "2h"})
+        );
+        assert_eq!(idle(&gateway("other")), json!({"connectionTimeout": "1s"}));
+        assert_eq!(idle(&service("edge")), Value::Null);
+        let public: Dataplane = serde_json::from_value(json!({"networking": {"address": "10.0.0.3",
+            "gateway": {"tags": {"kuma.io/service": "edge", "public": "yes"}}}}))
+        .unwrap();
+        assert_eq!(idle(&public), json!({"connectionTimeout": "1s", "idleTimeout": "3h"}));
+    }
+
+    #[test]
+    fn single_item_policies_merge_and_append() {
+        let patches: Vec<(String, MeshProxyPatch)> = vec![
+            policy(
+                "web",
+                json!({"targetRef": {"kind": "MeshService", "name": "web"},
+                       "default": {"appendModifications": [{"cluster": {"operation": "Remove",
+                                                                       "match": {"name": "b"}}}]}}),
+            ),
+            policy(
+                "all",
+                json!({"targetRef": {"kind": "Mesh"},
+                       "default": {"appendModifications": [{"cluster": {"operation": "Remove",
+                                                                       "match": {"name": "a"}}}]}}),
+            ),
+        ];
+        let traces: Vec<(String, MeshTrace)> = vec![
+            policy(
+                "all",
+                json!({"targetRef": {"kind": "Mesh"},
+                       "default": {"backends": [{"type": "Zipkin", "zipkin": {"url": "http://zipkin:9411/api/v2/spans"}}],
+                                   "sampling": {"overall": 80, "client": 50}}}),
+            ),
+            policy(
+                "web",
+                json!({"targetRef": {"kind": "MeshService", "name": "web"},
+                       "default": {"sampling": {"overall": 10}}}),
+            ),
+        ];
+        let web = service("web");
+        let proxy = ProxyView::new("default", &web);
+        let patch = js(&single_item_conf(&patches, &proxy).unwrap());
+        let removed: Vec<&Value> = patch["appendModifications"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| &m["cluster"]["match"]["name"])
+            .collect();
+        assert_eq!(removed, [&json!("a"), &json!("b")]);
+        let trace = js(&single_item_conf(&traces, &proxy).unwrap());
+        assert_eq!(trace["sampling"], json!({"overall": 10, "client": 50}));
+        assert_eq!(trace["backends"][0]["type"], "Zipkin");
+        let other = service("other");
+        let trace = js(&single_item_conf(&traces, &ProxyView::new("default", &other)).unwrap());
+        assert_eq!(trace["sampling"]["overall"], 80);
+    }
+
+    #[test]
+    fn references_to_another_mesh_select_nothing() {
+        let retries: Vec<(String, MeshRetry)> = vec![policy(
+            "elsewhere",
+            json!({"targetRef": {"kind": "Mesh", "mesh": "other"},
+                   "to": [{"targetRef": {"kind": "Mesh"}, "default": {"tcp": {"maxConnectAttempt": 1}}}]}),
+        )];
+        let web = service("web");
+        assert!(matching(&retries, &ProxyView::new("default", &web)).is_empty());
+        assert_eq!(matching(&retries, &ProxyView::new("other", &web)).len(), 1);
+    }
+}
