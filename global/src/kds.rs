@@ -21,7 +21,9 @@ use meridian_proto as pb;
 use meridian_server::global_services::GlobalServices;
 use meridian_server::kds::stream::{run_receiver, run_sender, MAX_MESSAGE_BYTES};
 use meridian_server::kds::wire::{content_version, parse_wire_name, wire_name};
-use meridian_server::kds::{global_to_zone_types, labels, Inbound, Outbound, WireResource, ZONE_TO_GLOBAL_TYPES};
+use meridian_server::kds::{
+    global_to_zone_types, labels, write_synced, Inbound, Outbound, WireResource, ZONE_TO_GLOBAL_TYPES,
+};
 use meridian_server::manager::Manager;
 use meridian_server::tokens::TokenError;
 use meridian_store::Filter;
@@ -335,9 +337,10 @@ impl Inbound for FromZone {
             mesh: w.mesh.clone(),
             name: format!("{}{}", self.prefix(), w.name),
         };
+        let what = key.to_string();
         let mut resource = w.into_resource(key, 0);
         resource.spec = spec;
-        self.manager.upsert_synced(resource).await.map_err(|e| e.to_string())
+        write_synced(&what, || self.manager.upsert_synced(resource.clone())).await
     }
 
     async fn remove(&self, kind: ResourceType, wire: &str) -> Result<(), String> {
@@ -350,7 +353,7 @@ impl Inbound for FromZone {
             mesh,
             name: format!("{}{}", self.prefix(), name),
         };
-        self.manager.remove_synced(&key).await.map_err(|e| e.to_string())
+        write_synced(&key.to_string(), || self.manager.remove_synced(&key)).await
     }
 }
 

@@ -18,7 +18,7 @@ use meridian_proto as pb;
 use meridian_server::kds::stream::{run_receiver, run_sender, MAX_MESSAGE_BYTES};
 use meridian_server::kds::wire::{content_version, parse_wire_name, wire_name};
 use meridian_server::kds::{
-    global_to_zone_types, labels, Inbound, NoObserver, Outbound, WireResource, ZONE_TO_GLOBAL_TYPES,
+    global_to_zone_types, labels, write_synced, Inbound, NoObserver, Outbound, WireResource, ZONE_TO_GLOBAL_TYPES,
 };
 use meridian_server::manager::Manager;
 use meridian_store::Filter;
@@ -121,9 +121,10 @@ impl Inbound for FromGlobal {
             mesh: w.mesh.clone(),
             name: w.name.clone(),
         };
+        let what = key.to_string();
         let mut r = w.into_resource(key, 0);
         r.spec = spec;
-        self.manager.upsert_synced(r).await.map_err(|e| e.to_string())
+        write_synced(&what, || self.manager.upsert_synced(r.clone())).await
     }
 
     async fn remove(&self, kind: ResourceType, wire: &str) -> Result<(), String> {
@@ -134,7 +135,7 @@ impl Inbound for FromGlobal {
                 return Err(format!("{key} belongs to this zone"));
             }
         }
-        self.manager.remove_synced(&key).await.map_err(|e| e.to_string())
+        write_synced(&key.to_string(), || self.manager.remove_synced(&key)).await
     }
 }
 

@@ -13,9 +13,11 @@
 //! [`Inbound`]; the global's and zone's implementations live in their crates.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use meridian_core::{Resource, ResourceType};
+use meridian_store::StoreError;
 
 pub mod sender;
 pub mod stream;
@@ -66,6 +68,32 @@ pub trait Inbound: Send + Sync + 'static {
     async fn remove(&self, kind: ResourceType, wire_name: &str) -> Result<(), String>;
 }
 
+/// Writes a received resource (or its removal) with `write`, waiting out
+/// outages of this side's store: an unavailable store (or a write that keeps
+/// losing compare-and-swap races) says nothing about the resource, and
+/// reporting it as rejected would make the sender hold it back until it
+/// changes — the write would be lost. Only other errors are returned, as
+/// the reason to reject. The wait ends with the stream (the caller's future
+/// is dropped).
+pub async fn write_synced<F, Fut>(what: &str, mut write: F) -> Result<(), String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), StoreError>>,
+{
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match write().await {
+            Ok(()) => return Ok(()),
+            Err(e @ (StoreError::Unavailable(_) | StoreError::Conflict(..))) => {
+                tracing::warn!(resource = what, error = %e, retry_in = ?delay, "cannot store a synced resource yet");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
 /// Hears what happens on a stream, for insights and metrics.
 pub trait StreamObserver: Send + Sync + 'static {
     fn sent(&self, _kind: ResourceType, _resources: usize) {}
@@ -77,3 +105,37 @@ pub trait StreamObserver: Send + Sync + 'static {
 pub struct NoObserver;
 
 impl StreamObserver for NoObserver {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meridian_core::ResourceKey;
+
+    #[tokio::test]
+    async fn synced_writes_wait_out_an_unavailable_store_and_reject_the_rest() {
+        let mut attempts = 0;
+        let result = write_synced("x", || {
+            attempts += 1;
+            let n = attempts;
+            async move {
+                match n {
+                    1 => Err(StoreError::Unavailable("down".into())),
+                    _ => Ok(()),
+                }
+            }
+        })
+        .await;
+        assert_eq!(result, Ok(()));
+        assert_eq!(attempts, 2);
+
+        let key = ResourceKey::global(ResourceType::Mesh, "m");
+        let result = write_synced("x", || async { Err(StoreError::Internal("bad bytes".into())) }).await;
+        assert!(result.unwrap_err().contains("bad bytes"));
+        let result = write_synced("x", || {
+            let k = key.clone();
+            async move { Err(StoreError::AlreadyExists(k)) }
+        })
+        .await;
+        assert!(result.is_err());
+    }
+}
