@@ -178,7 +178,12 @@ fn pb_to_json(v: &PbValue) -> Value {
 }
 
 fn struct_to_json(s: &Struct) -> Value {
-    Value::Object(s.fields.iter().map(|(k, v)| (k.clone(), pb_to_json(v))).collect::<Map<_, _>>())
+    Value::Object(
+        s.fields
+            .iter()
+            .map(|(k, v)| (k.clone(), pb_to_json(v)))
+            .collect::<Map<_, _>>(),
+    )
 }
 
 /// How a node says what it is: Envoy identifies itself as `envoy`; anything
@@ -391,7 +396,9 @@ async fn regenerate_loop(s: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
                 let key = ResourceKey::in_mesh(ResourceType::Dataplane, &id.mesh, &id.name);
                 let next = match (&snap, &resolver, s.manager.get(&key)) {
                     (Some(snap), Some(resolver), Some(dp)) => {
-                        let Ok(dataplane) = serde_json::from_value::<Dataplane>(dp.spec) else { continue };
+                        let Ok(dataplane) = serde_json::from_value::<Dataplane>(dp.spec) else {
+                            continue;
+                        };
                         let proxy = ProxyContext {
                             mesh: id.mesh.clone(),
                             name: id.name.clone(),
@@ -459,7 +466,12 @@ async fn insight_loop(s: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
         }
         for (id, record) in writes {
             let key = ResourceKey::in_mesh(ResourceType::DataplaneInsight, &id.mesh, &id.name);
-            let r = Resource::new(key, Default::default(), insight_spec(&record, &s.instance_id), Utc::now());
+            let r = Resource::new(
+                key,
+                Default::default(),
+                insight_spec(&record, &s.instance_id),
+                Utc::now(),
+            );
             if let Err(e) = s.manager.upsert_synced(r).await {
                 tracing::warn!(proxy = %id, error = %e, "writing the dataplane insight failed");
             }

@@ -31,7 +31,9 @@ fn outlier_detection(o: &meshcircuitbreaker::OutlierDetection) -> Option<Outlier
     let d = o.detectors.as_ref();
     let total = d.and_then(|d| d.total_failures.as_ref()).and_then(|c| c.consecutive);
     let gateway = d.and_then(|d| d.gateway_failures.as_ref()).and_then(|c| c.consecutive);
-    let local = d.and_then(|d| d.local_origin_failures.as_ref()).and_then(|c| c.consecutive);
+    let local = d
+        .and_then(|d| d.local_origin_failures.as_ref())
+        .and_then(|c| c.consecutive);
     let sr = d.and_then(|d| d.success_rate.as_ref());
     let fp = d.and_then(|d| d.failure_percentage.as_ref());
     Some(OutlierDetection {
@@ -95,7 +97,9 @@ pub fn eds_cluster(name: &str, p: &OutboundPolicies) -> Cluster {
             thresholds: vec![thresholds(l)],
             ..Default::default()
         }),
-        outlier_detection: cb.and_then(|c| c.outlier_detection.as_ref()).and_then(outlier_detection),
+        outlier_detection: cb
+            .and_then(|c| c.outlier_detection.as_ref())
+            .and_then(outlier_detection),
         ..Default::default()
     }
 }

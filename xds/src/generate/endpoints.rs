@@ -151,7 +151,10 @@ mod tests {
     #[test]
     fn default_other_zones_are_priority_one() {
         let p = zone_priorities("z1", &zones(&["z1", "z2", "z3"]), None);
-        assert_eq!(p, BTreeMap::from([("z1".into(), 0), ("z2".into(), 1), ("z3".into(), 1)]));
+        assert_eq!(
+            p,
+            BTreeMap::from([("z1".into(), 0), ("z2".into(), 1), ("z3".into(), 1)])
+        );
     }
 
     #[test]
@@ -163,13 +166,19 @@ mod tests {
         ]}}}))
         .unwrap();
         let p = zone_priorities("z1", &zones(&["z1", "z2", "z3", "z4"]), Some(&lb));
-        assert_eq!(p, BTreeMap::from([("z1".into(), 0), ("z3".into(), 1), ("z2".into(), 2)]));
-        let none: LbConf =
-            serde_json::from_value(json!({"localityAwareness": {"crossZone": {"failover": [{"to": {"type": "None"}}]}}}))
-                .unwrap();
+        assert_eq!(
+            p,
+            BTreeMap::from([("z1".into(), 0), ("z3".into(), 1), ("z2".into(), 2)])
+        );
+        let none: LbConf = serde_json::from_value(
+            json!({"localityAwareness": {"crossZone": {"failover": [{"to": {"type": "None"}}]}}}),
+        )
+        .unwrap();
         assert_eq!(zone_priorities("z1", &zones(&["z1", "z2"]), Some(&none)).len(), 1);
         let off: LbConf = serde_json::from_value(json!({"localityAwareness": {"disabled": true}})).unwrap();
-        assert!(zone_priorities("z1", &zones(&["z1", "z2"]), Some(&off)).values().all(|p| *p == 0));
+        assert!(zone_priorities("z1", &zones(&["z1", "z2"]), Some(&off))
+            .values()
+            .all(|p| *p == 0));
     }
 
     #[test]
@@ -186,7 +195,12 @@ mod tests {
             weight: w,
         };
         // No local endpoint: the remote zone becomes priority 0.
-        let cla = load_assignment("backend", &snap, &[ep("z2", "10.0.0.2", 2), ep("z2", "10.0.0.2", 3)], None);
+        let cla = load_assignment(
+            "backend",
+            &snap,
+            &[ep("z2", "10.0.0.2", 2), ep("z2", "10.0.0.2", 3)],
+            None,
+        );
         assert_eq!(cla.endpoints.len(), 1);
         assert_eq!(cla.endpoints[0].priority, 0);
         assert_eq!(cla.endpoints[0].lb_endpoints.len(), 1);

@@ -74,9 +74,9 @@ pub fn check(set: &ResourceSet) -> Vec<String> {
         }
         for hcm in hcm_of(l) {
             match &hcm.route_specifier {
-                Some(RouteSpecifier::Rds(rds)) if !route_names.contains(rds.route_config_name.as_str()) => {
-                    errors.push(format!("listener {name} names missing routes {}", rds.route_config_name))
-                }
+                Some(RouteSpecifier::Rds(rds)) if !route_names.contains(rds.route_config_name.as_str()) => errors.push(
+                    format!("listener {name} names missing routes {}", rds.route_config_name),
+                ),
                 None => errors.push(format!("listener {name} has an HCM without routes")),
                 _ => {}
             }
@@ -92,7 +92,9 @@ pub fn check(set: &ResourceSet) -> Vec<String> {
         }
         for vh in &rc.virtual_hosts {
             for r in &vh.routes {
-                let Some(Action::Route(action)) = &r.action else { continue };
+                let Some(Action::Route(action)) = &r.action else {
+                    continue;
+                };
                 let targets: Vec<&str> = match &action.cluster_specifier {
                     Some(ClusterSpecifier::Cluster(c)) => vec![c.as_str()],
                     Some(ClusterSpecifier::WeightedClusters(w)) => w.clusters.iter().map(|c| c.name.as_str()).collect(),
@@ -111,7 +113,11 @@ pub fn check(set: &ResourceSet) -> Vec<String> {
             errors.push(format!("cluster {name} carries the name {}", c.name));
         }
         if let Some(eds) = &c.eds_cluster_config {
-            let service = if eds.service_name.is_empty() { name.as_str() } else { eds.service_name.as_str() };
+            let service = if eds.service_name.is_empty() {
+                name.as_str()
+            } else {
+                eds.service_name.as_str()
+            };
             if !cla_names.contains(service) {
                 errors.push(format!("EDS cluster {name} has no load assignment {service}"));
             }
@@ -122,7 +128,9 @@ pub fn check(set: &ResourceSet) -> Vec<String> {
         priorities.sort();
         priorities.dedup();
         if priorities.iter().enumerate().any(|(i, p)| *p != i as u32) {
-            errors.push(format!("load assignment {name} has non-contiguous priorities {priorities:?}"));
+            errors.push(format!(
+                "load assignment {name} has non-contiguous priorities {priorities:?}"
+            ));
         }
         for l in &cla.endpoints {
             for e in &l.lb_endpoints {

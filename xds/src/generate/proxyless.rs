@@ -51,7 +51,6 @@ pub fn fault_filter(faults: &[FaultConf]) -> Option<HttpFault> {
         delay: delay.map(|d| FaultDelay {
             percentage: Some(fraction(&d.percentage)),
             fault_delay_secifier: Some(fault_delay::FaultDelaySecifier::FixedDelay(duration(d.value.as_std()))),
-            ..Default::default()
         }),
         ..Default::default()
     })
@@ -92,7 +91,12 @@ pub fn generate(snapshot: &MeshSnapshot, proxy: &ProxyContext, policies: &dyn Po
         set.insert(ROUTE, &service, &routes);
         let hcm = http_connection_manager(&service, fault_filter(&p.faults));
         let mut names = vec![service.clone()];
-        names.extend(snapshot.service_ports(&service).into_iter().map(|port| format!("{service}:{port}")));
+        names.extend(
+            snapshot
+                .service_ports(&service)
+                .into_iter()
+                .map(|port| format!("{service}:{port}")),
+        );
         for name in names {
             let listener = Listener {
                 name: name.clone(),
@@ -120,7 +124,11 @@ pub fn generate(snapshot: &MeshSnapshot, proxy: &ProxyContext, policies: &dyn Po
         };
         set.insert(CLUSTER, &name, &eds_cluster(&name, &p));
         let endpoints = snapshot.endpoints(&cluster.service, &cluster.subset);
-        set.insert(ENDPOINT, &name, &load_assignment(&name, snapshot, &endpoints, p.load_balancing.as_ref()));
+        set.insert(
+            ENDPOINT,
+            &name,
+            &load_assignment(&name, snapshot, &endpoints, p.load_balancing.as_ref()),
+        );
     }
     set
 }
@@ -130,7 +138,9 @@ mod tests {
     use super::*;
     use crate::generate::{invariants, NoPolicies, OutboundPolicies};
     use crate::snapshot::{DataplaneEntry, ProxyKind, RemoteIngress};
-    use envoy_types::pb::envoy::config::route::v3::{route::Action, route_action::ClusterSpecifier, RouteConfiguration};
+    use envoy_types::pb::envoy::config::route::v3::{
+        route::Action, route_action::ClusterSpecifier, RouteConfiguration,
+    };
     use meridian_core::dataplane::{Dataplane, ZoneIngress};
     use meridian_core::policy::meshhttproute::Rule;
     use prost::Message;
@@ -179,7 +189,10 @@ mod tests {
         let set = generate(&snapshot(), &client(), &NoPolicies);
         let names: Vec<_> = set.of_type(LISTENER).map(|r| r.name.as_str()).collect();
         assert_eq!(names, ["backend", "backend:50051", "db"]);
-        assert!(set.get(CLUSTER, "other-mesh").is_none(), "another mesh's service never appears");
+        assert!(
+            set.get(CLUSTER, "other-mesh").is_none(),
+            "another mesh's service never appears"
+        );
         assert_eq!(invariants::check(&set), Vec::<String>::new());
         let cla = envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment::decode(
             set.get(ENDPOINT, "backend").unwrap().body.value.as_slice(),
@@ -188,7 +201,13 @@ mod tests {
         let by_priority: Vec<(String, u32, usize)> = cla
             .endpoints
             .iter()
-            .map(|l| (l.locality.clone().unwrap_or_default().zone, l.priority, l.lb_endpoints.len()))
+            .map(|l| {
+                (
+                    l.locality.clone().unwrap_or_default().zone,
+                    l.priority,
+                    l.lb_endpoints.len(),
+                )
+            })
             .collect();
         assert_eq!(by_priority, [("zone-1".into(), 0, 2), ("zone-2".into(), 1, 1)]);
     }
@@ -200,12 +219,16 @@ mod tests {
             if service != "backend" {
                 return OutboundPolicies::default();
             }
-            let rule: Rule = serde_json::from_value(json!({"matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+            let rule: Rule =
+                serde_json::from_value(json!({"matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
                 "default": {"backendRefs": [
                     {"kind": "MeshServiceSubset", "name": "backend", "tags": {"version": "v1"}, "weight": 80},
                     {"kind": "MeshServiceSubset", "name": "backend", "tags": {"version": "v2"}, "weight": 20}]}}))
-            .unwrap();
-            OutboundPolicies { http_rules: vec![rule], ..Default::default() }
+                .unwrap();
+            OutboundPolicies {
+                http_rules: vec![rule],
+                ..Default::default()
+            }
         }
     }
 
@@ -214,11 +237,21 @@ mod tests {
         let set = generate(&snapshot(), &client(), &Split);
         assert_eq!(invariants::check(&set), Vec::<String>::new());
         let rc = RouteConfiguration::decode(set.get(ROUTE, "backend").unwrap().body.value.as_slice()).unwrap();
-        let Some(Action::Route(a)) = &rc.virtual_hosts[0].routes[0].action else { panic!("no route action") };
-        let Some(ClusterSpecifier::WeightedClusters(w)) = &a.cluster_specifier else { panic!("not weighted") };
-        let got: Vec<(String, u32)> =
-            w.clusters.iter().map(|c| (c.name.clone(), c.weight.clone().unwrap_or_default().value)).collect();
-        assert_eq!(got, [("backend|version=v1".into(), 80), ("backend|version=v2".into(), 20)]);
+        let Some(Action::Route(a)) = &rc.virtual_hosts[0].routes[0].action else {
+            panic!("no route action")
+        };
+        let Some(ClusterSpecifier::WeightedClusters(w)) = &a.cluster_specifier else {
+            panic!("not weighted")
+        };
+        let got: Vec<(String, u32)> = w
+            .clusters
+            .iter()
+            .map(|c| (c.name.clone(), c.weight.unwrap_or_default().value))
+            .collect();
+        assert_eq!(
+            got,
+            [("backend|version=v1".into(), 80), ("backend|version=v2".into(), 20)]
+        );
         let v2 = envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment::decode(
             set.get(ENDPOINT, "backend|version=v2").unwrap().body.value.as_slice(),
         )

@@ -229,7 +229,9 @@ pub fn route_configuration(
     let mut clusters = BTreeSet::new();
     let mut routes = Vec::new();
     for rule in &p.http_rules {
-        let Some(backends) = rule_backends(rule, service) else { continue };
+        let Some(backends) = rule_backends(rule, service) else {
+            continue;
+        };
         clusters.extend(backends.iter().map(|(c, _)| c.clone()));
         let matches: Vec<RouteMatch> = if rule.matches.is_empty() {
             vec![route_match(&Match::default())]

@@ -136,7 +136,10 @@ pub fn generate(snapshot: &MeshSnapshot, proxy: &ProxyContext, policies: &dyn Po
         let address = inbound.address.clone().unwrap_or_else(|| net.address.clone());
         let name = format!("inbound:{address}:{}", inbound.port);
         let app_port = inbound.service_port.unwrap_or(inbound.port);
-        let app_address = inbound.service_address.clone().unwrap_or_else(|| "127.0.0.1".to_string());
+        let app_address = inbound
+            .service_address
+            .clone()
+            .unwrap_or_else(|| "127.0.0.1".to_string());
         let cluster = format!("localhost:{app_port}");
         let p = policies.inbound(snapshot, proxy, index);
         let t = p.timeout.as_ref();
@@ -144,9 +147,16 @@ pub fn generate(snapshot: &MeshSnapshot, proxy: &ProxyContext, policies: &dyn Po
             .and_then(|t| t.connection_timeout.as_ref())
             .map(|d| d.as_std())
             .unwrap_or(std::time::Duration::from_secs(10));
-        set.insert(CLUSTER, &cluster, &local_cluster(&cluster, &app_address, app_port, connect));
+        set.insert(
+            CLUSTER,
+            &cluster,
+            &local_cluster(&cluster, &app_address, app_port, connect),
+        );
         let idle = t.and_then(|t| t.idle_timeout.as_ref()).map(|d| d.as_std());
-        let http = matches!(inbound.tags.get(PROTOCOL_TAG).map(String::as_str), Some("http" | "http2" | "grpc"));
+        let http = matches!(
+            inbound.tags.get(PROTOCOL_TAG).map(String::as_str),
+            Some("http" | "http2" | "grpc")
+        );
         let filter = if http {
             let request_timeout = t
                 .and_then(|t| t.http.as_ref())
@@ -216,7 +226,9 @@ pub fn generate(snapshot: &MeshSnapshot, proxy: &ProxyContext, policies: &dyn Po
 
     let mut clusters: BTreeSet<ClusterRef> = BTreeSet::new();
     for outbound in &net.outbound {
-        let Some(service) = outbound.tags.get(SERVICE_TAG) else { continue };
+        let Some(service) = outbound.tags.get(SERVICE_TAG) else {
+            continue;
+        };
         let address = outbound.address.clone().unwrap_or_else(|| "127.0.0.1".to_string());
         let name = format!("outbound:{address}:{}", outbound.port);
         let p = policies.outbound(snapshot, proxy, service);
@@ -252,7 +264,11 @@ pub fn generate(snapshot: &MeshSnapshot, proxy: &ProxyContext, policies: &dyn Po
                     subset: Default::default(),
                 };
                 clusters.insert(whole);
-                let idle = p.timeout.as_ref().and_then(|t| t.idle_timeout.as_ref()).map(|d| d.as_std());
+                let idle = p
+                    .timeout
+                    .as_ref()
+                    .and_then(|t| t.idle_timeout.as_ref())
+                    .map(|d| d.as_std());
                 network_filter("envoy.filters.network.tcp_proxy", &tcp_proxy(&name, service, idle))
             }
         };
@@ -273,7 +289,11 @@ pub fn generate(snapshot: &MeshSnapshot, proxy: &ProxyContext, policies: &dyn Po
         let p = policies.outbound(snapshot, proxy, &c.service);
         set.insert(CLUSTER, &name, &eds_cluster(&name, &p));
         let endpoints = snapshot.endpoints(&c.service, &c.subset);
-        set.insert(ENDPOINT, &name, &load_assignment(&name, snapshot, &endpoints, p.load_balancing.as_ref()));
+        set.insert(
+            ENDPOINT,
+            &name,
+            &load_assignment(&name, snapshot, &endpoints, p.load_balancing.as_ref()),
+        );
     }
     set
 }
@@ -303,17 +323,38 @@ mod tests {
             zone: "z".into(),
             mesh: "default".into(),
             dataplanes: vec![
-                DataplaneEntry { name: "web".into(), spec: web.clone() },
-                DataplaneEntry { name: "backend".into(), spec: backend },
-                DataplaneEntry { name: "db".into(), spec: db },
+                DataplaneEntry {
+                    name: "web".into(),
+                    spec: web.clone(),
+                },
+                DataplaneEntry {
+                    name: "backend".into(),
+                    spec: backend,
+                },
+                DataplaneEntry {
+                    name: "db".into(),
+                    spec: db,
+                },
             ],
             ..Default::default()
         };
-        let proxy = ProxyContext { mesh: "default".into(), name: "web".into(), kind: ProxyKind::Sidecar, dataplane: web };
+        let proxy = ProxyContext {
+            mesh: "default".into(),
+            name: "web".into(),
+            kind: ProxyKind::Sidecar,
+            dataplane: web,
+        };
         let set = generate(&snap, &proxy, &NoPolicies);
         assert_eq!(invariants::check(&set), Vec::<String>::new());
         let listeners: Vec<_> = set.of_type(LISTENER).map(|r| r.name.as_str()).collect();
-        assert_eq!(listeners, ["inbound:10.0.0.1:15001", "outbound:127.0.0.1:10001", "outbound:127.0.0.1:10002"]);
+        assert_eq!(
+            listeners,
+            [
+                "inbound:10.0.0.1:15001",
+                "outbound:127.0.0.1:10001",
+                "outbound:127.0.0.1:10002"
+            ]
+        );
         let clusters: Vec<_> = set.of_type(CLUSTER).map(|r| r.name.as_str()).collect();
         assert_eq!(clusters, ["backend", "db", "localhost:8080"]);
         assert!(set.get(ROUTE, "backend").is_some(), "grpc service gets routes");
