@@ -58,6 +58,21 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
     }
 }
 
+/// Polls `f` until it returns `Ok`, or panics after `timeout` with `what`
+/// and the last `Err` it returned (what it saw). Polls every `every`.
+pub fn wait_until<T>(what: &str, timeout: Duration, every: Duration, mut f: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match f() {
+            Ok(v) => return v,
+            Err(seen) if Instant::now() >= deadline => {
+                panic!("timed out after {timeout:?} waiting for {what}; last seen: {seen}")
+            }
+            Err(_) => std::thread::sleep(every),
+        }
+    }
+}
+
 /// A running control-plane process, killed on drop.
 pub struct Proc {
     pub child: Child,
@@ -68,7 +83,14 @@ pub struct Proc {
 impl Proc {
     /// Starts `binary` with `args` and env; output goes to a log file in `dir`.
     pub fn spawn(binary: &str, args: &[String], envs: &[(&str, &str)], dir: &Path, api_port: u16) -> Proc {
-        let log = dir.join(format!("{binary}-{api_port}.log"));
+        // A restart on the same port keeps the earlier log.
+        let log = (0..)
+            .map(|n| match n {
+                0 => dir.join(format!("{binary}-{api_port}.log")),
+                n => dir.join(format!("{binary}-{api_port}.{n}.log")),
+            })
+            .find(|p| !p.exists())
+            .expect("a free log name");
         let file = std::fs::File::create(&log).expect("log file");
         let err = file.try_clone().expect("log file");
         let mut cmd = Command::new(bin(binary));
@@ -234,10 +256,78 @@ pub fn start_global_embedded(dir: &Path, data_dir: &Path, envs: &[(&str, &str)])
     p
 }
 
+/// Starts `meridian-global run` on the embedded store in `data_dir` on the
+/// given ports, with `extra` arguments (e.g. `--kds-keepalive 2s`); the same
+/// ports and data dir restart the same global.
+pub fn start_global_on(dir: &Path, data_dir: &Path, api_port: u16, kds_port: u16, extra: &[&str]) -> Proc {
+    let mut args = vec![
+        "run".to_string(),
+        "--api-addr".into(),
+        format!("127.0.0.1:{api_port}"),
+        "--kds-addr".into(),
+        format!("127.0.0.1:{kds_port}"),
+        "--store".into(),
+        "embedded".into(),
+        "--data-dir".into(),
+        data_dir.display().to_string(),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let mut p = Proc::spawn("meridian-global", &args, &[], dir, api_port);
+    p.wait_ready(Duration::from_secs(30));
+    p
+}
+
+/// Runs `meridianctl generate zone-join --zone ZONE --output-dir OUT` against
+/// `global` and returns the printed command's arguments after
+/// `meridian-zone` (`run --zone … --ca-file …`).
+pub fn zone_join(global: &Proc, zone: &str, out: &Path) -> Vec<String> {
+    let o = global.ctl(
+        &[
+            "generate",
+            "zone-join",
+            "--zone",
+            zone,
+            "--output-dir",
+            out.to_str().expect("utf-8 path"),
+        ],
+        None,
+    );
+    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(o.status.success(), "zone-join: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(!stdout.contains(['\'', '"']), "a path that needs quoting: {stdout}");
+    let mut words = stdout.split_whitespace().map(str::to_string);
+    assert_eq!(words.next().as_deref(), Some("meridian-zone"), "{stdout}");
+    words.collect()
+}
+
+/// Starts `meridian-zone` with the arguments of a zone-join line, an API on
+/// `api_port` (a free one when `None`) and `extra` arguments (e.g.
+/// `--store embedded --data-dir D`); waits until its API is ready (which
+/// does not wait for the global).
+pub fn start_zone(dir: &Path, join: &[String], api_port: Option<u16>, extra: &[&str]) -> Proc {
+    let port = api_port.unwrap_or_else(free_port);
+    let mut args = join.to_vec();
+    args.extend([
+        "--api-addr".to_string(),
+        format!("127.0.0.1:{port}"),
+        "--xds-addr".into(),
+        format!("127.0.0.1:{}", free_port()),
+    ]);
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let mut p = Proc::spawn("meridian-zone", &args, &[], dir, port);
+    p.wait_ready(Duration::from_secs(30));
+    p
+}
+
 /// Starts `meridian-global run` on etcd with key prefix `prefix`.
 pub fn start_global_etcd(dir: &Path, endpoints: &str, prefix: &str) -> Proc {
+    start_global_etcd_with(dir, endpoints, prefix, &[])
+}
+
+/// [`start_global_etcd`] with `extra` arguments.
+pub fn start_global_etcd_with(dir: &Path, endpoints: &str, prefix: &str, extra: &[&str]) -> Proc {
     let port = free_port();
-    let args = vec![
+    let mut args = vec![
         "run".to_string(),
         "--api-addr".into(),
         format!("127.0.0.1:{port}"),
@@ -250,6 +340,7 @@ pub fn start_global_etcd(dir: &Path, endpoints: &str, prefix: &str) -> Proc {
         "--etcd-prefix".into(),
         prefix.to_string(),
     ];
+    args.extend(extra.iter().map(|a| a.to_string()));
     let mut p = Proc::spawn("meridian-global", &args, &[], dir, port);
     p.wait_ready(Duration::from_secs(30));
     p

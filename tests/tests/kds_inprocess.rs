@@ -88,6 +88,7 @@ fn zone_config(join: ClientSettings, store: StoreKind, data_dir: &Path) -> ZoneC
     ZoneConfig {
         zone: join.zone.clone(),
         api_addr: loopback(),
+        xds_addr: loopback(),
         store,
         data_dir: data_dir.to_path_buf(),
         federation: Some(join),
