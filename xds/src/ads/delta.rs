@@ -22,12 +22,13 @@
 //!   ACK or NACK with a response.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource};
 
 use super::{content_version, is_served, AdsError, Nonces, Outcome, Protocol, WILDCARD};
-use crate::resources::{ResourceSet, TYPES_IN_ORDER};
+use crate::resources::{SharedResources, TYPES_IN_ORDER};
 
 /// How many unanswered responses per type are remembered for pairing ACKs.
 const PENDING_NONCES: usize = 16;
@@ -60,6 +61,9 @@ pub struct DeltaState {
     max_names: usize,
     types: BTreeMap<String, TypeState>,
     nonces: Nonces,
+    /// The set of the last [`DeltaState::responses`]: while it stays the
+    /// same, only types with a first request or forced names can be due.
+    last: Option<SharedResources>,
 }
 
 impl DeltaState {
@@ -68,6 +72,7 @@ impl DeltaState {
             max_names,
             types: BTreeMap::new(),
             nonces: Nonces::default(),
+            last: None,
         }
     }
 
@@ -177,12 +182,19 @@ impl DeltaState {
 
     /// The responses due against `resources`, in make-before-break order;
     /// what each carries is recorded as held by the proxy.
-    pub fn responses(&mut self, resources: &ResourceSet) -> Vec<DeltaDiscoveryResponse> {
+    pub fn responses(&mut self, resources: &SharedResources) -> Vec<DeltaDiscoveryResponse> {
         let mut out = Vec::new();
+        let same_set = self.last.as_ref().is_some_and(|last| Arc::ptr_eq(last, resources));
+        self.last = Some(resources.clone());
         for type_url in TYPES_IN_ORDER {
             let Some(state) = self.types.get_mut(type_url) else {
                 continue;
             };
+            // Unchanged resources and nothing newly asked for: nothing to
+            // send (the common case of an ACK), so skip comparing.
+            if same_set && !state.first && !state.force_all && state.force.is_empty() {
+                continue;
+            }
             let covered: Vec<_> = if state.wildcard {
                 resources.of_type(type_url).collect()
             } else {
@@ -220,6 +232,14 @@ impl DeltaState {
                 state.pending.pop_front();
             }
             state.pending.push_back((nonce.clone(), system_version.clone()));
+            tracing::debug!(
+                %type_url,
+                %system_version,
+                %nonce,
+                resources = sent.len(),
+                removed = removed.len(),
+                "sending"
+            );
             out.push(DeltaDiscoveryResponse {
                 system_version_info: system_version,
                 resources: sent
@@ -258,7 +278,7 @@ impl Protocol for DeltaState {
         DeltaState::on_request(self, req)
     }
 
-    fn responses(&mut self, resources: &ResourceSet) -> Vec<DeltaDiscoveryResponse> {
+    fn responses(&mut self, resources: &SharedResources) -> Vec<DeltaDiscoveryResponse> {
         DeltaState::responses(self, resources)
     }
 }
@@ -269,7 +289,7 @@ mod tests {
 
     use super::*;
     use crate::ads::test_support::{nack_status, set};
-    use crate::resources::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
+    use crate::resources::{ResourceSet, CLUSTER, ENDPOINT, LISTENER, ROUTE};
 
     fn req(type_url: &str, subscribe: &[&str], unsubscribe: &[&str], nonce: &str) -> DeltaDiscoveryRequest {
         DeltaDiscoveryRequest {
@@ -328,9 +348,9 @@ mod tests {
     fn first_wildcard_request_is_answered_even_when_empty() {
         let mut st = DeltaState::new(100);
         st.on_request(req(LISTENER, &["*"], &[], "")).unwrap();
-        let r = one(st.responses(&ResourceSet::new()));
+        let r = one(st.responses(&Arc::new(ResourceSet::new())));
         assert!(r.resources.is_empty() && r.removed_resources.is_empty());
-        assert!(st.responses(&ResourceSet::new()).is_empty());
+        assert!(st.responses(&Arc::new(ResourceSet::new())).is_empty());
     }
 
     #[test]

@@ -28,7 +28,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
-use crate::resources::{hash_hex, ResourceSet, TYPES_IN_ORDER};
+use crate::resources::{hash_hex, SharedResources, TYPES_IN_ORDER};
 use crate::source::ConfigSource;
 
 pub use delta::DeltaState;
@@ -117,7 +117,9 @@ pub trait Protocol: Send + 'static {
     fn new(max_names: usize) -> Self;
     fn node(req: &Self::Request) -> Option<&Node>;
     fn on_request(&mut self, req: Self::Request) -> Result<Outcome, AdsError>;
-    fn responses(&mut self, resources: &ResourceSet) -> Vec<Self::Response>;
+    /// The responses due against `resources`. Called again with the same
+    /// set (same `Arc`), only types touched by requests since are looked at.
+    fn responses(&mut self, resources: &SharedResources) -> Vec<Self::Response>;
 }
 
 /// Whether Meridian serves a type URL.
@@ -325,11 +327,11 @@ pub(crate) mod test_support {
     use envoy_types::pb::envoy::config::listener::v3::Listener;
     use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 
-    use crate::resources::{ResourceSet, CLUSTER, ENDPOINT, LISTENER, ROUTE};
+    use crate::resources::{ResourceSet, SharedResources, CLUSTER, ENDPOINT, LISTENER, ROUTE};
 
     /// A resource set from (type, name, content tag): a different tag is a
     /// different content version.
-    pub fn set(entries: &[(&str, &str, &str)]) -> ResourceSet {
+    pub fn set(entries: &[(&str, &str, &str)]) -> SharedResources {
         let mut set = ResourceSet::new();
         for (type_url, name, tag) in entries {
             let (name, tag) = (name.to_string(), tag.to_string());
@@ -372,7 +374,7 @@ pub(crate) mod test_support {
                 other => panic!("no test message for {other}"),
             }
         }
-        set
+        std::sync::Arc::new(set)
     }
 
     pub fn nack_status(message: &str) -> envoy_types::pb::google::rpc::Status {

@@ -18,12 +18,13 @@
 //!   must not drop those requests).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 
 use super::{content_version, is_served, AdsError, Nonces, Outcome, Protocol, WILDCARD};
-use crate::resources::{ResourceSet, CLUSTER, ENDPOINT, TYPES_IN_ORDER};
+use crate::resources::{SharedResources, CLUSTER, ENDPOINT, TYPES_IN_ORDER};
 
 /// What a proxy asked for, for one type.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -75,6 +76,9 @@ pub struct SotwState {
     max_names: usize,
     types: BTreeMap<String, TypeState>,
     nonces: Nonces,
+    /// The set of the last [`SotwState::responses`]: while it stays the
+    /// same, only forced types can be due.
+    last: Option<SharedResources>,
 }
 
 impl SotwState {
@@ -83,6 +87,7 @@ impl SotwState {
             max_names,
             types: BTreeMap::new(),
             nonces: Nonces::default(),
+            last: None,
         }
     }
 
@@ -160,12 +165,19 @@ impl SotwState {
 
     /// The responses due against `resources`, in make-before-break order;
     /// each is recorded as sent.
-    pub fn responses(&mut self, resources: &ResourceSet) -> Vec<DiscoveryResponse> {
+    pub fn responses(&mut self, resources: &SharedResources) -> Vec<DiscoveryResponse> {
         let mut out = Vec::new();
+        let same_set = self.last.as_ref().is_some_and(|last| Arc::ptr_eq(last, resources));
+        self.last = Some(resources.clone());
         for type_url in TYPES_IN_ORDER {
             let Some(state) = self.types.get_mut(type_url) else {
                 continue;
             };
+            // Unchanged resources and no new subscription: nothing to send
+            // (the common case of an ACK), so skip comparing.
+            if same_set && !state.force {
+                continue;
+            }
             let view: BTreeMap<&str, &str> = if state.subscription.wildcard {
                 resources
                     .of_type(type_url)
@@ -196,6 +208,12 @@ impl SotwState {
             }
             let version = content_version(view.iter().map(|(n, v)| (*n, *v)));
             let nonce = self.nonces.next();
+            let reason = match (&state.sent, changed) {
+                (None, _) => "first request",
+                (Some(_), true) => "content changed",
+                (Some(_), false) => "newly asked for",
+            };
+            tracing::debug!(%type_url, %version, %nonce, resources = view.len(), reason, "sending");
             let bodies = view
                 .keys()
                 .filter_map(|n| resources.get(type_url, n))
@@ -246,7 +264,7 @@ impl Protocol for SotwState {
         SotwState::on_request(self, req)
     }
 
-    fn responses(&mut self, resources: &ResourceSet) -> Vec<DiscoveryResponse> {
+    fn responses(&mut self, resources: &SharedResources) -> Vec<DiscoveryResponse> {
         SotwState::responses(self, resources)
     }
 }
@@ -354,6 +372,18 @@ mod tests {
         let r = one(st.responses(&s3));
         assert_eq!(r.type_url, LISTENER);
         assert!(r.resources.is_empty());
+    }
+
+    #[test]
+    fn regenerated_but_equal_content_sends_nothing() {
+        let mut st = SotwState::new(100);
+        st.on_request(req(CLUSTER, &["a"], "")).unwrap();
+        one(st.responses(&set(&[(CLUSTER, "a", "1")])));
+        // A new set (another Arc) with the same content for the names asked
+        // for, and a change elsewhere.
+        assert!(st
+            .responses(&set(&[(CLUSTER, "a", "1"), (CLUSTER, "b", "1")]))
+            .is_empty());
     }
 
     #[test]
