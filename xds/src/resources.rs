@@ -94,8 +94,8 @@ pub type SharedResources = Arc<ResourceSet>;
 
 /// A 64-bit FNV-1a hash as hex: cheap change detection, not security.
 pub fn hash_hex(bytes: &[u8]) -> String {
-    let h = bytes
-        .iter()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3));
+    let h = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
     format!("{h:016x}")
 }

@@ -25,7 +25,9 @@ impl ProxyId {
                 mesh: mesh.to_string(),
                 name: name.to_string(),
             }),
-            _ => Err(format!("node id {node_id:?} is not of the form <mesh>.<dataplane name>")),
+            _ => Err(format!(
+                "node id {node_id:?} is not of the form <mesh>.<dataplane name>"
+            )),
         }
     }
 }
