@@ -140,6 +140,26 @@ impl Proc {
         let _ = self.child.wait();
     }
 
+    /// SIGSTOP: the process keeps its sockets open but answers nothing,
+    /// like a hung machine or a network partition. [`Proc::resume`] undoes it.
+    pub fn pause(&mut self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT after [`Proc::pause`].
+    pub fn resume(&mut self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .arg(sig)
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {sig} {}: {status}", self.child.id());
+    }
+
     /// SIGTERM and wait for a clean exit.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let _ = Command::new("kill")
@@ -185,6 +205,7 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        // SIGKILL also ends a paused process.
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -812,3 +812,303 @@ async fn start_global_retrying(config: GlobalConfig, instance: &str) -> RunningG
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// A hand-driven zone: raw KDS streams, to hold the global to the protocol.
+
+mod raw {
+    use super::*;
+    use meridian_proto as pb;
+    use meridian_server::kds::wire::type_url;
+    use tokio::sync::mpsc;
+    use tokio_stream::wrappers::ReceiverStream;
+    use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+
+    pub async fn client(g: &RunningGlobal) -> pb::kds_client::KdsClient<Channel> {
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&g.services.ca_pem))
+            .domain_name("127.0.0.1");
+        let channel = Endpoint::from_shared(format!("https://127.0.0.1:{}", g.kds_addr.port()))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        pb::kds_client::KdsClient::new(channel)
+    }
+
+    pub fn authorized<T>(msg: T, zone: &str, token: &str) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(msg);
+        r.metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        r.metadata_mut().insert("x-meridian-zone", zone.parse().unwrap());
+        r
+    }
+
+    /// The zone side of `ZoneToGlobal`, driven by hand.
+    pub struct Pusher {
+        tx: mpsc::Sender<pb::DeltaResponse>,
+        acks: tonic::Streaming<pb::DeltaRequest>,
+        nonce: u64,
+    }
+
+    impl Pusher {
+        /// Opens the stream and returns it with the global's subscriptions.
+        pub async fn open(g: &RunningGlobal, zone: &str) -> (Pusher, Vec<pb::DeltaRequest>) {
+            let token = g.services.tokens.issue(zone, Duration::from_secs(600)).await.unwrap();
+            let (tx, rx) = mpsc::channel(16);
+            let mut acks = client(g)
+                .await
+                .zone_to_global(authorized(ReceiverStream::new(rx), zone, &token))
+                .await
+                .unwrap()
+                .into_inner();
+            let mut subs = Vec::new();
+            for _ in 0..3 {
+                subs.push(next(&mut acks).await);
+            }
+            (Pusher { tx, acks, nonce: 0 }, subs)
+        }
+
+        /// Sends one response and returns the global's answer to it.
+        pub async fn push(&mut self, kind: &str, resources: Vec<pb::Resource>, removed: &[&str]) -> pb::DeltaRequest {
+            self.nonce += 1;
+            let nonce = self.nonce.to_string();
+            self.tx
+                .send(pb::DeltaResponse {
+                    type_url: format!("{}{kind}", pb::TYPE_URL_PREFIX),
+                    resources,
+                    removed_resources: removed.iter().map(|s| s.to_string()).collect(),
+                    nonce: nonce.clone(),
+                })
+                .await
+                .unwrap();
+            let ack = next(&mut self.acks).await;
+            assert_eq!(ack.response_nonce, nonce, "{ack:?}");
+            ack
+        }
+    }
+
+    async fn next<T>(s: &mut tonic::Streaming<T>) -> T {
+        tokio::time::timeout(DEADLINE, s.message())
+            .await
+            .expect("a message from the global in time")
+            .expect("a well-formed stream")
+            .expect("the stream stays open")
+    }
+
+    /// A zone that subscribes to everything on `GlobalToZone` and then
+    /// neither acknowledges nor reads.
+    pub async fn stuck_zone(
+        g: &RunningGlobal,
+        zone: &str,
+    ) -> (mpsc::Sender<pb::DeltaRequest>, tonic::Streaming<pb::DeltaResponse>) {
+        let token = g.services.tokens.issue(zone, Duration::from_secs(600)).await.unwrap();
+        let (tx, rx) = mpsc::channel(64);
+        for kind in global_to_zone_types() {
+            tx.send(pb::DeltaRequest {
+                node: Some(pb::Node {
+                    zone: zone.into(),
+                    version: "test".into(),
+                    instance_id: "stuck".into(),
+                }),
+                type_url: type_url(kind),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        }
+        let responses = client(g)
+            .await
+            .global_to_zone(authorized(ReceiverStream::new(rx), zone, &token))
+            .await
+            .unwrap()
+            .into_inner();
+        (tx, responses)
+    }
+}
+
+/// A wire resource as a zone would send it, with `labels` and `spec`.
+fn wire(name: &str, labels: Value, spec: Value) -> meridian_proto::Resource {
+    let payload = serde_json::to_vec(&json!({"labels": labels, "spec": spec})).unwrap();
+    meridian_proto::Resource {
+        name: name.into(),
+        version: format!("v-{name}"),
+        payload,
+    }
+}
+
+fn zone_labels(zone: &str, name: &str) -> Value {
+    json!({"kuma.io/origin": "zone", "kuma.io/zone": zone, "kuma.io/display-name": name})
+}
+
+fn dp_spec() -> Value {
+    json!({"networking": {"address": "10.0.0.9", "inbound": [{"port": 80, "tags": {"kuma.io/service": "web"}}]}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zone_can_push_only_its_own_resources_and_each_bad_one_is_rejected_alone() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let global = start_global(global_config(StoreKind::Memory, dir.path()), "global-1").await;
+    let g = &global.manager;
+    mesh_defaults(g, "default").await;
+    let (mut zone, subs) = raw::Pusher::open(&global, "zone-1").await;
+    let mut subscribed: Vec<&str> = subs.iter().map(|s| s.type_url.as_str()).collect();
+    subscribed.sort();
+    assert_eq!(
+        subscribed,
+        [
+            "meridian.kds/Dataplane",
+            "meridian.kds/DataplaneInsight",
+            "meridian.kds/ZoneIngress"
+        ]
+    );
+
+    // A type the zone does not own: the whole response is refused.
+    let ack = zone
+        .push(
+            "Mesh",
+            vec![wire("evil", json!({"kuma.io/origin": "zone"}), json!({}))],
+            &[],
+        )
+        .await;
+    assert!(ack.error_message.contains("Mesh"), "{ack:?}");
+    let ack = zone.push("NoSuchType", vec![], &[]).await;
+    assert!(!ack.error_message.is_empty(), "{ack:?}");
+
+    // One response mixing a good dataplane with bad ones: only the bad ones
+    // are rejected, each with its reason.
+    let ack = zone
+        .push(
+            "Dataplane",
+            vec![
+                wire("default/good", zone_labels("zone-1", "good"), dp_spec()),
+                wire("default/spoofed", zone_labels("zone-2", "spoofed"), dp_spec()),
+                wire("default/renamed", zone_labels("zone-1", "other-name"), dp_spec()),
+                wire("default/unlabelled", json!({}), dp_spec()),
+                wire("no-mesh", zone_labels("zone-1", "no-mesh"), dp_spec()),
+                wire("nowhere/dp", zone_labels("zone-1", "dp"), dp_spec()),
+                wire(
+                    "default/invalid",
+                    zone_labels("zone-1", "invalid"),
+                    json!({"networking": {}}),
+                ),
+                meridian_proto::Resource {
+                    name: "default/garbage".into(),
+                    version: "1".into(),
+                    payload: b"\x00\xffnot json".to_vec(),
+                },
+            ],
+            &[],
+        )
+        .await;
+    assert!(ack.error_message.is_empty(), "{ack:?}");
+    let mut rejected: Vec<&str> = ack.rejected.iter().map(|r| r.name.as_str()).collect();
+    rejected.sort();
+    assert_eq!(
+        rejected,
+        [
+            "default/garbage",
+            "default/invalid",
+            "default/renamed",
+            "default/spoofed",
+            "default/unlabelled",
+            "no-mesh",
+            "nowhere/dp"
+        ],
+        "{ack:?}"
+    );
+    let spoofed = ack.rejected.iter().find(|r| r.name == "default/spoofed").unwrap();
+    assert!(spoofed.message.contains("kuma.io/zone"), "{spoofed:?}");
+    let dps: Vec<String> = g
+        .list(&Filter::kind(ResourceType::Dataplane))
+        .into_iter()
+        .map(|r| r.key.name)
+        .collect();
+    assert_eq!(dps, ["zone-1.good"]);
+
+    // Removals only ever touch the zone's own resources: "good" here is
+    // zone-1.good, and a name of another zone's resource is just absent.
+    let other = ResourceKey::in_mesh(ResourceType::Dataplane, "default", "zone-2.web");
+    let mut r = Resource::new(other.clone(), Default::default(), dp_spec(), chrono::Utc::now());
+    r.labels = serde_json::from_value(zone_labels("zone-2", "web")).unwrap();
+    g.store().create(r).await.unwrap();
+    let ack = zone
+        .push(
+            "Dataplane",
+            vec![],
+            &["default/good", "default/zone-2.web", "bad/name/x"],
+        )
+        .await;
+    let rejected: Vec<&str> = ack.rejected.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(rejected, ["bad/name/x"], "{ack:?}");
+    let dps: Vec<String> = g
+        .list(&Filter::kind(ResourceType::Dataplane))
+        .into_iter()
+        .map(|r| r.key.name)
+        .collect();
+    assert_eq!(dps, ["zone-2.web"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_zone_holds_back_no_one() {
+    let c = Cluster::start(1, |_| None).await;
+    let g = &c.global.manager;
+    c.converged("the initial sync").await;
+    let (_requests, mut responses) = raw::stuck_zone(&c.global, "stuck").await;
+    // It receives the initial state, one response per type with content,
+    // and then acknowledges nothing.
+    let first = tokio::time::timeout(DEADLINE, responses.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(!first.resources.is_empty(), "{first:?}");
+
+    // Many changes while it is stuck: the healthy zone keeps up.
+    let started = Instant::now();
+    for i in 0..100 {
+        apply(g, timeout_policy(&format!("p-{i}"), "default", &format!("{}s", i + 1))).await;
+    }
+    for i in 0..100 {
+        apply(
+            g,
+            timeout_policy(&format!("p-{i}"), "default", &format!("{}s", i + 101)),
+        )
+        .await;
+    }
+    let view = c.converged("the healthy zone, next to a stuck one").await;
+    assert_eq!(view.len(), 105);
+    eprintln!("200 writes synced in {:?}", started.elapsed());
+
+    // The stuck stream got nothing beyond one unacknowledged response per
+    // type: what is waiting for it now is at most one message per type.
+    let mut per_type: BTreeMap<String, usize> = BTreeMap::new();
+    *per_type.entry(first.type_url.clone()).or_default() += 1;
+    while let Ok(Ok(Some(r))) = tokio::time::timeout(Duration::from_millis(300), responses.message()).await {
+        *per_type.entry(r.type_url.clone()).or_default() += 1;
+    }
+    assert!(per_type.values().all(|n| *n == 1), "{per_type:?}");
+    let subs = subscriptions(g, "stuck");
+    let total = &subs[0]["status"]["total"];
+    assert_eq!(total["responsesAcknowledged"], 0, "{subs:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zone_tries_every_global_address_in_turn() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let global = start_global(global_config(StoreKind::Memory, dir.path()), "global-1").await;
+    let mut settings = join(&global, "zone-1").await;
+    let dead = meridian_e2e::free_port();
+    settings.addresses.insert(0, format!("grpcs://127.0.0.1:{dead}"));
+    let zone = start_zone(zone_config(settings, StoreKind::Memory, &dir.path().join("z"))).await;
+    converged(
+        &global.manager,
+        &[("zone-1", &zone.manager)],
+        "a zone whose first address is dead",
+    )
+    .await;
+}
