@@ -5,7 +5,7 @@
 //! come from the cache. Errors become responses only in [`crate::error`].
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use axum::body::Bytes;
@@ -94,6 +94,18 @@ pub struct ApiState {
     pub leader: watch::Receiver<bool>,
     /// Zone tokens and KDS join information: the global only.
     pub global: Option<Arc<GlobalServices>>,
+    /// What the zone generates for its proxies, set once the zone's xDS side
+    /// exists; the global has none.
+    pub inspector: Arc<OnceLock<Arc<dyn DataplaneInspector>>>,
+}
+
+/// Answers the inspection endpoints of a zone's dataplanes.
+pub trait DataplaneInspector: Send + Sync + 'static {
+    /// The generated xDS resources of a dataplane (config-dump style), or
+    /// `None` when it is not known.
+    fn xds(&self, mesh: &str, name: &str) -> Option<Value>;
+    /// The policies matched for a dataplane, per inbound and destination.
+    fn policies(&self, mesh: &str, name: &str) -> Option<Value>;
 }
 
 /// Builds the router over `state`.
@@ -108,6 +120,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/meshes/{name}", get(get_mesh).put(put_mesh).delete(delete_mesh))
         .route("/meshes/{mesh}/dataplanes+insights", get(list_dataplane_overviews))
         .route("/meshes/{mesh}/dataplanes+insights/{name}", get(get_dataplane_overview))
+        .route("/meshes/{mesh}/dataplanes/{name}/xds", get(dataplane_xds))
+        .route("/meshes/{mesh}/dataplanes/{name}/policies", get(dataplane_policies))
         .route("/meshes/{mesh}/{plural}", get(list_in_mesh))
         .route(
             "/meshes/{mesh}/{plural}/{name}",
@@ -450,6 +464,29 @@ fn fill_identity(obj: &mut Map<String, Value>, key: &ResourceKey) {
     if let Some(mesh) = &key.mesh {
         obj.entry("mesh").or_insert_with(|| Value::String(mesh.clone()));
     }
+}
+
+// ---- inspection -------------------------------------------------------------
+
+fn inspector(s: &ApiState) -> Result<Arc<dyn DataplaneInspector>, ApiError> {
+    s.inspector
+        .get()
+        .cloned()
+        .ok_or_else(|| ApiError::not_found("dataplane inspection is served by zone control planes"))
+}
+
+async fn dataplane_xds(State(s): St, Path((mesh, name)): Path<(String, String)>) -> ApiResult {
+    let i = inspector(&s)?;
+    i.xds(&mesh, &name)
+        .map(|v| Json(v).into_response())
+        .ok_or_else(|| ApiError::not_found(format!("dataplane {mesh}/{name} not found")))
+}
+
+async fn dataplane_policies(State(s): St, Path((mesh, name)): Path<(String, String)>) -> ApiResult {
+    let i = inspector(&s)?;
+    i.policies(&mesh, &name)
+        .map(|v| Json(v).into_response())
+        .ok_or_else(|| ApiError::not_found(format!("dataplane {mesh}/{name} not found")))
 }
 
 // ---- overviews and insights ----------------------------------------------

@@ -46,6 +46,8 @@ pub struct ServerConfig {
 pub struct Running {
     /// The address the API listens on (useful with port 0).
     pub api_addr: SocketAddr,
+    /// Set once by a zone to serve `/meshes/{mesh}/dataplanes/{name}/xds` and `/policies`.
+    pub inspector: Arc<std::sync::OnceLock<Arc<dyn api::DataplaneInspector>>>,
     pub manager: Arc<manager::Manager>,
     pub task: JoinHandle<anyhow::Result<()>>,
 }
@@ -81,6 +83,7 @@ pub async fn start(
     let ready = readiness(cache.clone(), defaults_done);
     let mut registry = Registry::default();
     let metrics = metrics::ApiMetrics::register(&mut registry);
+    let inspector = Arc::new(std::sync::OnceLock::new());
     let state = Arc::new(api::ApiState {
         manager: manager.clone(),
         mode: config.mode.clone(),
@@ -89,6 +92,7 @@ pub async fn start(
         ready,
         leader: leader_view,
         global: config.global.clone(),
+        inspector: inspector.clone(),
     });
     let listener = TcpListener::bind(config.api_addr)
         .await
@@ -104,6 +108,7 @@ pub async fn start(
     });
     Ok(Running {
         api_addr,
+        inspector,
         manager,
         task,
     })

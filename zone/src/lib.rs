@@ -112,6 +112,8 @@ pub async fn start(config: ZoneConfig) -> anyhow::Result<RunningZone> {
         policies::resolver_factory(),
         stop_rx.clone(),
     );
+    let inspector: Arc<dyn meridian_server::api::DataplaneInspector> = Arc::new(zone_xds.clone());
+    let _ = server.inspector.set(inspector);
     let xds_addr = serve_xds(config.xds_addr, zone_xds.clone(), stop_rx.clone()).await?;
     Ok(RunningZone {
         api_addr: server.api_addr,

@@ -478,3 +478,93 @@ async fn insight_loop(s: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
         }
     }
 }
+
+fn render(r: &meridian_xds::resources::XdsResource) -> Value {
+    use envoy_types::pb::envoy::config::{cluster::v3::Cluster, endpoint::v3::ClusterLoadAssignment};
+    use envoy_types::pb::envoy::config::{listener::v3::Listener, route::v3::RouteConfiguration};
+    use meridian_xds::resources::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
+    use prost::Message;
+    let bytes = r.body.value.as_slice();
+    let text = match r.body.type_url.as_str() {
+        LISTENER => Listener::decode(bytes).map(|m| format!("{m:#?}")),
+        ROUTE => RouteConfiguration::decode(bytes).map(|m| format!("{m:#?}")),
+        CLUSTER => Cluster::decode(bytes).map(|m| format!("{m:#?}")),
+        ENDPOINT => ClusterLoadAssignment::decode(bytes).map(|m| format!("{m:#?}")),
+        _ => Ok(String::new()),
+    }
+    .unwrap_or_else(|e| format!("undecodable: {e}"));
+    json!({"type": r.body.type_url, "name": r.name, "version": r.version, "config": text})
+}
+
+impl ZoneXds {
+    /// The snapshot and proxy context of a dataplane, as generation sees it.
+    fn context(&self, mesh: &str, name: &str) -> Option<(MeshSnapshot, ProxyContext, bool)> {
+        let s = &self.shared;
+        let dp = s.manager.get(&ResourceKey::in_mesh(ResourceType::Dataplane, mesh, name))?;
+        let dataplane: Dataplane = serde_json::from_value(dp.spec).ok()?;
+        let id = ProxyId {
+            mesh: mesh.to_string(),
+            name: name.to_string(),
+        };
+        let connected = lock(&s.proxies).get(&id).map(|c| c.kind);
+        let kind = connected.unwrap_or(ProxyKind::Sidecar);
+        let snap = snapshot(&s.manager, &s.zone, mesh)?;
+        let proxy = ProxyContext {
+            mesh: mesh.to_string(),
+            name: name.to_string(),
+            kind,
+            dataplane,
+        };
+        Some((snap, proxy, connected.is_some()))
+    }
+}
+
+impl meridian_server::api::DataplaneInspector for ZoneXds {
+    fn xds(&self, mesh: &str, name: &str) -> Option<Value> {
+        let (snap, proxy, connected) = self.context(mesh, name)?;
+        let resolver = (self.shared.resolver)(&snap);
+        let set = generate(&snap, &proxy, resolver.as_ref());
+        let resources: Vec<Value> = meridian_xds::resources::TYPES_IN_ORDER
+            .iter()
+            .flat_map(|t| set.of_type(t).map(render).collect::<Vec<_>>())
+            .collect();
+        Some(json!({
+            "mesh": mesh,
+            "name": name,
+            "proxyKind": format!("{:?}", proxy.kind),
+            "connected": connected,
+            "resources": resources,
+        }))
+    }
+
+    fn policies(&self, mesh: &str, name: &str) -> Option<Value> {
+        let (snap, proxy, _) = self.context(mesh, name)?;
+        let resolver = (self.shared.resolver)(&snap);
+        let inbounds: Vec<Value> = proxy
+            .dataplane
+            .networking
+            .inbound
+            .iter()
+            .enumerate()
+            .map(|(i, inbound)| {
+                json!({"port": inbound.port, "tags": inbound.tags,
+                       "policies": resolver.inbound(&snap, &proxy, i)})
+            })
+            .collect();
+        let destinations: Vec<String> = match proxy.kind {
+            ProxyKind::Sidecar => proxy
+                .dataplane
+                .networking
+                .outbound
+                .iter()
+                .filter_map(|o| o.tags.get(meridian_core::dataplane::SERVICE_TAG).cloned())
+                .collect(),
+            _ => snap.services().into_iter().collect(),
+        };
+        let outbounds: Vec<Value> = destinations
+            .iter()
+            .map(|d| json!({"service": d, "policies": resolver.outbound(&snap, &proxy, d)}))
+            .collect();
+        Some(json!({"mesh": mesh, "name": name, "inbounds": inbounds, "outbounds": outbounds}))
+    }
+}

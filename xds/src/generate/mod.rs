@@ -26,7 +26,8 @@ pub mod routes;
 pub mod sidecar;
 
 /// The effective configuration of a proxy towards one destination service.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct OutboundPolicies {
     pub timeout: Option<meshtimeout::Conf>,
     pub retry: Option<meshretry::Conf>,
@@ -40,7 +41,8 @@ pub struct OutboundPolicies {
 
 /// The effective configuration of a proxy's inbound: what applies to the
 /// traffic it receives.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct InboundPolicies {
     pub timeout: Option<meshtimeout::Conf>,
     pub faults: Vec<meshfaultinjection::FaultConf>,
