@@ -398,42 +398,53 @@ fn wrong_tokens_are_refused_and_the_zone_says_why() {
     }
 }
 
+/// The arguments of a zone-join line with `--global-address` set to `addresses`.
+fn with_addresses(join: Vec<String>, addresses: &str) -> Vec<String> {
+    let mut join = join;
+    let i = join.iter().position(|a| a == "--global-address").unwrap();
+    join[i + 1] = addresses.to_string();
+    join
+}
+
+fn kds_address(global: &Proc) -> String {
+    get(global, "/kds-info").unwrap()["kdsAddress"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
 #[test]
-fn zones_converge_after_etcd_restarts_under_them() {
+fn zones_converge_after_etcd_restarts_and_follow_a_failover() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut etcd = rt
         .block_on(EtcdServer::start())
         .expect("etcd must be installed (apt-get install etcd-server)");
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let global = start_global_etcd_with(
-        d,
-        &etcd.endpoint(),
-        &unique_prefix("e2e-kds"),
-        &["--kds-keepalive", "2s"],
-    );
-    let z1 = start_zone(
-        d,
-        &zone_join(&global, "zone-1", &d.join("join")),
-        None,
-        &["--store", "memory"],
-    );
-    let z2 = start_zone(
-        d,
-        &zone_join(&global, "zone-2", &d.join("join")),
-        None,
-        &["--store", "memory"],
-    );
+    // Two global replicas on one etcd; zones know both addresses.
+    let prefix = unique_prefix("e2e-kds");
+    let keepalive = ["--kds-keepalive", "2s"];
+    let mut a = start_global_etcd_with(d, &etcd.endpoint(), &prefix, &keepalive);
+    let b = start_global_etcd_with(d, &etcd.endpoint(), &prefix, &keepalive);
+    let addresses = format!("{},{}", kds_address(&a), kds_address(&b));
+    let join = |zone: &str| with_addresses(zone_join(&a, zone, &d.join("join")), &addresses);
+    let z1 = start_zone(d, &join("zone-1"), None, &["--store", "memory"]);
+    let z2 = start_zone(d, &join("zone-2"), None, &["--store", "memory"]);
     let zones = [("zone-1", &z1), ("zone-2", &z2)];
-    converged(&global, &zones, "the initial sync");
+    converged(&a, &zones, "the initial sync");
     put_dataplane(&z1, "before", "web", 8080);
-    wait_dataplanes(&global, "default", &["zone-1.before"], "zone-1's dataplane");
+    wait_dataplanes(
+        &b,
+        "default",
+        &["zone-1.before"],
+        "zone-1's dataplane, read at the other replica",
+    );
 
-    // etcd goes down: the zones keep their replicas, the global cannot write.
+    // etcd goes down: the zones keep their replicas, the globals cannot write.
     etcd.stop();
     put_dataplane(&z1, "during", "web", 8081);
     put_dataplane(&z2, "during", "db", 5432);
-    let out = global.ctl(&["apply", "-f", "-"], Some(PERMISSION));
+    let out = a.ctl(&["apply", "-f", "-"], Some(PERMISSION));
     assert!(!out.status.success(), "a write without etcd must fail");
     assert_eq!(names(&get(&z1, "/meshes").unwrap()), ["default"]);
     rt.block_on(etcd.restart())
@@ -441,21 +452,61 @@ fn zones_converge_after_etcd_restarts_under_them() {
 
     // Afterwards everything converges, both ways.
     wait_until("a write through the global after etcd is back", CONVERGE, POLL, || {
-        let out = global.ctl(&["apply", "-f", "-"], Some(PERMISSION));
+        let out = a.ctl(&["apply", "-f", "-"], Some(PERMISSION));
         out.status
             .success()
             .then_some(())
             .ok_or_else(|| String::from_utf8_lossy(&out.stderr).into_owned())
     });
-    let state = converged(&global, &zones, "the zones after the etcd restart");
+    let state = converged(&a, &zones, "the zones after the etcd restart");
     assert!(state.contains_key("meshtrafficpermissions default/allow-web"));
+    let all = ["zone-1.before", "zone-1.during", "zone-2.during"];
+    wait_dataplanes(&a, "default", &all, "the zones' dataplanes after the etcd restart");
+    for zone in ["zone-1", "zone-2"] {
+        wait_online(&a, zone, true, CONVERGE);
+    }
+
+    // The replica the zones use dies: they move to the other one, and the
+    // dead replica's subscriptions are swept as disconnected.
+    let a_instance = {
+        let i = get(&a, "/zones+insights/zone-1").unwrap();
+        i["zoneInsight"]["subscriptions"]
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s.get("disconnectTime").is_none()))
+            .map(|s| s["globalInstanceId"].clone())
+            .unwrap_or_else(|| panic!("{i}"))
+    };
+    a.kill9();
+    ctl_ok(
+        &b,
+        &["delete", "meshtrafficpermissions", "allow-web", "-m", "default"],
+        None,
+    );
+    let state = converged(&b, &zones, "the zones after a failover");
+    assert!(!state.contains_key("meshtrafficpermissions default/allow-web"));
+    put_dataplane(&z2, "after", "db", 5433);
     wait_dataplanes(
-        &global,
+        &b,
         "default",
-        &["zone-1.before", "zone-1.during", "zone-2.during"],
-        "the zones' dataplanes after the etcd restart",
+        &["zone-1.before", "zone-1.during", "zone-2.after", "zone-2.during"],
+        "the zones' dataplanes through the other replica",
     );
     for zone in ["zone-1", "zone-2"] {
-        wait_online(&global, zone, true, CONVERGE);
+        wait_until(
+            &format!("{zone} held by the surviving replica only"),
+            CONVERGE,
+            POLL,
+            || {
+                let i = get(&b, &format!("/zones+insights/{zone}"))?;
+                let subs = i["zoneInsight"]["subscriptions"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                let open: Vec<&Value> = subs.iter().filter(|s| s.get("disconnectTime").is_none()).collect();
+                (i["online"] == true && !open.is_empty() && open.iter().all(|s| s["globalInstanceId"] != a_instance))
+                    .then_some(())
+                    .ok_or_else(|| format!("{i}"))
+            },
+        );
     }
 }

@@ -1112,3 +1112,85 @@ async fn a_zone_tries_every_global_address_in_turn() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_valid_token_for_the_zone_opens_a_stream() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let global = start_global(global_config(StoreKind::Memory, dir.path()), "global-1").await;
+    let tokens = &global.services.tokens;
+    let hour = Duration::from_secs(3600);
+    let now = chrono::Utc::now().timestamp();
+    let valid = tokens.issue("zone-1", hour).await.unwrap();
+    let other_zone = tokens.issue("zone-2", hour).await.unwrap();
+    let expired = tokens
+        .issue_at("zone-1", Duration::from_secs(60), now - 3600)
+        .await
+        .unwrap();
+    let revoked = tokens.issue("zone-1", hour).await.unwrap();
+    tokens.revoke(&tokens.verify(&revoked).await.unwrap().id).await.unwrap();
+    // Another signature: one character changed well inside it.
+    let at = valid.len() - 10;
+    let flipped = if &valid[at..=at] == "A" { "B" } else { "A" };
+    let tampered = format!("{}{flipped}{}", &valid[..at], &valid[at + 1..]);
+
+    let open = |zone: Option<&'static str>, token: Option<String>| {
+        let global = &global;
+        async move {
+            let (_tx, rx) = tokio::sync::mpsc::channel::<meridian_proto::DeltaRequest>(1);
+            let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+            if let Some(t) = token {
+                req.metadata_mut()
+                    .insert("authorization", format!("Bearer {t}").parse().unwrap());
+            }
+            if let Some(z) = zone {
+                req.metadata_mut().insert("x-meridian-zone", z.parse().unwrap());
+            }
+            raw::client(global).await.global_to_zone(req).await.map(|_| ())
+        }
+    };
+    open(Some("zone-1"), Some(valid.clone())).await.unwrap();
+    let refused = [
+        (Some("zone-1"), Some(other_zone), tonic::Code::Unauthenticated, "zone-2"),
+        (Some("zone-1"), Some(expired), tonic::Code::Unauthenticated, "expired"),
+        (Some("zone-1"), Some(revoked), tonic::Code::Unauthenticated, "revoked"),
+        (
+            Some("zone-1"),
+            Some(tampered),
+            tonic::Code::Unauthenticated,
+            "signature",
+        ),
+        (
+            Some("zone-1"),
+            Some("garbage".into()),
+            tonic::Code::Unauthenticated,
+            "token",
+        ),
+        (Some("zone-1"), None, tonic::Code::Unauthenticated, "token"),
+        (
+            None,
+            Some(valid.clone()),
+            tonic::Code::InvalidArgument,
+            "x-meridian-zone",
+        ),
+        (
+            Some("Not_A_Zone"),
+            Some(valid),
+            tonic::Code::InvalidArgument,
+            "zone name",
+        ),
+    ];
+    for (zone, token, code, reason) in refused {
+        let status = open(zone, token.clone()).await.unwrap_err();
+        assert_eq!(status.code(), code, "{zone:?} {token:?}: {status:?}");
+        assert!(status.message().contains(reason), "{zone:?}: {status:?}");
+    }
+    // Refused zones leave no trace at the global.
+    let zones: Vec<String> = global
+        .manager
+        .list(&Filter::kind(ResourceType::Zone))
+        .into_iter()
+        .map(|r| r.key.name)
+        .collect();
+    assert_eq!(zones, ["zone-1"]);
+}
