@@ -1,0 +1,1142 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! Golden files for generated xDS, and Envoy's own validation of it.
+//!
+//! A few representative meshes are written here as the YAML a user would
+//! apply (validated by `meridian_core::decode`), turned into the
+//! [`MeshSnapshot`] the zone would build, and generated with the zone's real
+//! policy resolver ([`MeshPolicies`]). Each output is rendered as JSON — type
+//! URL, name, content version and the message field by field, `Any`s
+//! unpacked — and compared with `tests/golden/xds/<case>.json`.
+//!
+//! After an intended change of generation, regenerate and review the diff:
+//!
+//! ```text
+//! UPDATE_GOLDEN=1 cargo test -p meridian-e2e --test xds_golden
+//! ```
+//!
+//! The sidecar output of every snapshot also goes through Envoy's
+//! protoc-gen-validate rules (`validate_envoy`, which needs the venv that
+//! `scripts/test-all.sh` installs).
+
+use std::path::PathBuf;
+
+use meridian_core::dataplane::{Dataplane, ZoneIngress};
+use meridian_core::decode::{decode_all, Document, Format};
+use meridian_core::defaults::initial_policies;
+use meridian_core::mesh::Mesh;
+use meridian_core::ResourceType;
+use meridian_e2e::xds_clients::validate_envoy;
+use meridian_xds::generate::{invariants, proxyless, sidecar};
+use meridian_xds::resources::{ResourceSet, CLUSTER, ENDPOINT, LISTENER, ROUTE};
+use meridian_xds::snapshot::{DataplaneEntry, MeshSnapshot, ProxyContext, ProxyKind, RemoteIngress};
+use meridian_zone::policies::MeshPolicies;
+use serde_json::json;
+
+const MESH: &str = "default";
+/// The label that says which zone a synced resource comes from.
+const ZONE_LABEL: &str = "kuma.io/zone";
+
+/// Resource types in the order a reader follows them: listener → routes →
+/// clusters → endpoints.
+const READING_ORDER: [&str; 4] = [LISTENER, ROUTE, CLUSTER, ENDPOINT];
+
+// ---------------------------------------------------------------------------
+// The meshes.
+
+/// web (http) calls backend (grpc, two instances) and db (tcp), with the
+/// mesh's four default policies and nothing else.
+const WEB_BACKEND_DB: &str = r#"
+type: Dataplane
+mesh: default
+name: web-1
+networking:
+  address: 10.0.0.1
+  inbound:
+  - port: 15001
+    servicePort: 8080
+    tags: {kuma.io/service: web, kuma.io/protocol: http}
+  outbound:
+  - port: 10001
+    tags: {kuma.io/service: backend}
+  - port: 10002
+    tags: {kuma.io/service: db}
+---
+type: Dataplane
+mesh: default
+name: backend-1
+networking:
+  address: 10.0.0.2
+  inbound:
+  - port: 15001
+    servicePort: 9090
+    tags: {kuma.io/service: backend, kuma.io/protocol: grpc, version: v1}
+---
+type: Dataplane
+mesh: default
+name: backend-2
+networking:
+  address: 10.0.0.3
+  inbound:
+  - port: 15001
+    servicePort: 9090
+    tags: {kuma.io/service: backend, kuma.io/protocol: grpc, version: v2}
+---
+type: Dataplane
+mesh: default
+name: db-1
+networking:
+  address: 10.0.0.4
+  inbound:
+  - port: 5432
+    tags: {kuma.io/service: db, kuma.io/protocol: tcp}
+"#;
+
+/// A gRPC client of backend (v1 and v2) with a weighted split, retries, a
+/// timeout and fault injection on top of the defaults.
+const GRPC_WITH_POLICIES: &str = r#"
+type: Dataplane
+mesh: default
+name: client-1
+networking:
+  address: 127.0.0.10
+  inbound:
+  - port: 1
+    tags: {kuma.io/service: client}
+  outbound:
+  - port: 10001
+    tags: {kuma.io/service: backend}
+---
+type: Dataplane
+mesh: default
+name: backend-v1
+networking:
+  address: 127.0.0.1
+  inbound:
+  - port: 50051
+    tags: {kuma.io/service: backend, kuma.io/protocol: grpc, version: v1}
+---
+type: Dataplane
+mesh: default
+name: backend-v2
+networking:
+  address: 127.0.0.2
+  inbound:
+  - port: 50051
+    tags: {kuma.io/service: backend, kuma.io/protocol: grpc, version: v2}
+---
+type: MeshHTTPRoute
+mesh: default
+name: backend-split
+spec:
+  targetRef:
+    kind: Mesh
+  to:
+  - targetRef:
+      kind: MeshService
+      name: backend
+    rules:
+    - matches:
+      - path:
+          type: PathPrefix
+          value: /meridian.test.Echo
+        headers:
+        - type: Exact
+          name: x-canary
+          value: "true"
+      default:
+        backendRefs:
+        - kind: MeshServiceSubset
+          name: backend
+          tags: {version: v2}
+          weight: 100
+    - matches:
+      - path:
+          type: PathPrefix
+          value: /meridian.test.Echo
+      default:
+        backendRefs:
+        - kind: MeshServiceSubset
+          name: backend
+          tags: {version: v1}
+          weight: 80
+        - kind: MeshServiceSubset
+          name: backend
+          tags: {version: v2}
+          weight: 20
+---
+type: MeshRetry
+mesh: default
+name: backend-retry
+spec:
+  targetRef:
+    kind: Mesh
+  to:
+  - targetRef:
+      kind: MeshService
+      name: backend
+    default:
+      grpc:
+        numRetries: 3
+        perTryTimeout: 500ms
+        retryOn: [Unavailable, ResourceExhausted]
+        backOff:
+          baseInterval: 10ms
+          maxInterval: 100ms
+---
+type: MeshTimeout
+mesh: default
+name: backend-timeout
+spec:
+  targetRef:
+    kind: Mesh
+  to:
+  - targetRef:
+      kind: MeshService
+      name: backend
+    default:
+      connectionTimeout: 2s
+      http:
+        requestTimeout: 3s
+---
+type: MeshFaultInjection
+mesh: default
+name: backend-faults
+spec:
+  targetRef:
+    kind: MeshService
+    name: backend
+  from:
+  - targetRef:
+      kind: Mesh
+    default:
+      http:
+      - abort:
+          httpStatus: 503
+          percentage: 10
+      - delay:
+          value: 150ms
+          percentage: "12.5"
+"#;
+
+/// zone-1 has one backend; zone-2, zone-3 and zone-4 advertise more through
+/// their ingresses, and a MeshLoadBalancingStrategy makes backend fail over
+/// to zone-3 first, then anywhere but zone-4. db exists only in zone-2 and
+/// gets the default cross-zone behaviour.
+const CROSS_ZONE: &str = r#"
+type: Dataplane
+mesh: default
+name: web-1
+networking:
+  address: 10.1.0.1
+  inbound:
+  - port: 15001
+    servicePort: 8080
+    tags: {kuma.io/service: web, kuma.io/protocol: http}
+  outbound:
+  - port: 10001
+    tags: {kuma.io/service: backend}
+  - port: 10002
+    tags: {kuma.io/service: db}
+---
+type: Dataplane
+mesh: default
+name: backend-1
+networking:
+  address: 10.1.0.2
+  inbound:
+  - port: 15001
+    servicePort: 8080
+    tags: {kuma.io/service: backend, kuma.io/protocol: http}
+---
+type: ZoneIngress
+name: ingress-2
+labels: {kuma.io/zone: zone-2}
+networking:
+  address: 10.2.0.100
+  port: 10001
+  advertisedAddress: 192.0.2.2
+  advertisedPort: 30001
+availableServices:
+- mesh: default
+  instances: 3
+  tags: {kuma.io/service: backend, kuma.io/protocol: http, version: v1}
+- mesh: default
+  instances: 1
+  tags: {kuma.io/service: backend, kuma.io/protocol: http, version: v2}
+- mesh: default
+  instances: 2
+  tags: {kuma.io/service: db, kuma.io/protocol: tcp}
+- mesh: other
+  instances: 5
+  tags: {kuma.io/service: backend, kuma.io/protocol: http}
+---
+type: ZoneIngress
+name: ingress-3
+labels: {kuma.io/zone: zone-3}
+networking:
+  address: 10.3.0.100
+  port: 10001
+  advertisedAddress: 192.0.2.3
+  advertisedPort: 30001
+availableServices:
+- mesh: default
+  instances: 2
+  tags: {kuma.io/service: backend, kuma.io/protocol: http}
+---
+type: ZoneIngress
+name: ingress-4
+labels: {kuma.io/zone: zone-4}
+networking:
+  address: 10.4.0.100
+  port: 10001
+  advertisedAddress: 192.0.2.4
+  advertisedPort: 30001
+availableServices:
+- mesh: default
+  instances: 4
+  tags: {kuma.io/service: backend, kuma.io/protocol: http}
+---
+type: MeshLoadBalancingStrategy
+mesh: default
+name: backend-failover
+spec:
+  targetRef:
+    kind: Mesh
+  to:
+  - targetRef:
+      kind: MeshService
+      name: backend
+    default:
+      loadBalancer:
+        type: LeastRequest
+      localityAwareness:
+        crossZone:
+          failover:
+          - to:
+              type: Only
+              zones: [zone-3]
+          - to:
+              type: AnyExcept
+              zones: [zone-4]
+"#;
+
+/// One golden file: a mesh, the zone generating, and the proxy it generates for.
+struct Case {
+    name: &'static str,
+    description: &'static str,
+    zone: &'static str,
+    yaml: &'static str,
+    proxy: &'static str,
+    kind: ProxyKind,
+}
+
+const CASES: [Case; 5] = [
+    Case {
+        name: "sidecar-defaults",
+        description: "Envoy sidecar of web: http inbound, grpc outbound to backend (2 instances), tcp outbound to db; the 4 default policies",
+        zone: "zone-1",
+        yaml: WEB_BACKEND_DB,
+        proxy: "web-1",
+        kind: ProxyKind::Sidecar,
+    },
+    Case {
+        name: "proxyless-policies",
+        description: "proxyless gRPC client: MeshHTTPRoute split (header match, 80/20), MeshRetry, MeshTimeout, MeshFaultInjection on backend, over the defaults",
+        zone: "zone-1",
+        yaml: GRPC_WITH_POLICIES,
+        proxy: "client-1",
+        kind: ProxyKind::Proxyless,
+    },
+    Case {
+        name: "sidecar-policies",
+        description: "the proxyless-policies mesh seen by an Envoy sidecar of the same client",
+        zone: "zone-1",
+        yaml: GRPC_WITH_POLICIES,
+        proxy: "client-1",
+        kind: ProxyKind::Sidecar,
+    },
+    Case {
+        name: "cross-zone-failover",
+        description: "Envoy sidecar of web in zone-1: backend local + 3 remote ingresses with a MeshLoadBalancingStrategy failover (zone-3, then any but zone-4); db only remote, default priorities",
+        zone: "zone-1",
+        yaml: CROSS_ZONE,
+        proxy: "web-1",
+        kind: ProxyKind::Sidecar,
+    },
+    Case {
+        name: "cross-zone-proxyless",
+        description: "the cross-zone mesh seen by a proxyless client (web-1)",
+        zone: "zone-1",
+        yaml: CROSS_ZONE,
+        proxy: "web-1",
+        kind: ProxyKind::Proxyless,
+    },
+];
+
+// ---------------------------------------------------------------------------
+// Snapshot and generation.
+
+/// The snapshot zone `zone` would build from these documents plus the mesh's
+/// default policies.
+fn snapshot(zone: &str, yaml: &str) -> MeshSnapshot {
+    let mut docs: Vec<Document> = initial_policies(MESH, &Mesh::default());
+    docs.extend(decode_all(yaml, Format::Yaml).unwrap_or_else(|e| panic!("invalid test mesh: {e}")));
+    let mut snap = MeshSnapshot {
+        zone: zone.to_string(),
+        mesh: MESH.to_string(),
+        ..Default::default()
+    };
+    for doc in docs {
+        let kind = doc.key.kind;
+        match kind {
+            ResourceType::Dataplane => snap.dataplanes.push(DataplaneEntry {
+                name: doc.key.name,
+                spec: serde_json::from_value::<Dataplane>(doc.spec).unwrap(),
+            }),
+            ResourceType::ZoneIngress => {
+                let spec: ZoneIngress = serde_json::from_value(doc.spec).unwrap();
+                let from = doc
+                    .labels
+                    .get(ZONE_LABEL)
+                    .cloned()
+                    .or_else(|| spec.zone.clone())
+                    .unwrap();
+                snap.remote_ingresses.push(RemoteIngress { zone: from, spec });
+            }
+            k if k.is_policy() => snap
+                .policies
+                .entry(k.name().to_string())
+                .or_default()
+                .push((doc.key.name, doc.spec)),
+            other => panic!("unexpected {other} in a test mesh"),
+        }
+    }
+    snap
+}
+
+fn generate(case: &Case, kind: ProxyKind) -> ResourceSet {
+    let snap = snapshot(case.zone, case.yaml);
+    let dataplane = snap
+        .dataplanes
+        .iter()
+        .find(|d| d.name == case.proxy)
+        .unwrap_or_else(|| panic!("{}: no dataplane {}", case.name, case.proxy))
+        .spec
+        .clone();
+    let proxy = ProxyContext {
+        mesh: MESH.to_string(),
+        name: case.proxy.to_string(),
+        kind,
+        dataplane,
+    };
+    let resolver = MeshPolicies::new(&snap);
+    match kind {
+        ProxyKind::Sidecar => sidecar::generate(&snap, &proxy, &resolver),
+        ProxyKind::Proxyless | ProxyKind::Ingress => proxyless::generate(&snap, &proxy, &resolver),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Golden files.
+
+fn golden_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("golden").join("xds")
+}
+
+fn render_case(case: &Case, set: &ResourceSet) -> String {
+    let mut resources = Vec::new();
+    for type_url in READING_ORDER {
+        for r in set.of_type(type_url) {
+            resources.push(json!({
+                "type_url": type_url,
+                "name": r.name,
+                "version": r.version,
+                "resource": render::message(&r.body.type_url, &r.body.value),
+            }));
+        }
+    }
+    let doc = json!({
+        "case": case.name,
+        "description": case.description,
+        "zone": case.zone,
+        "proxy": {"name": format!("{MESH}.{}", case.proxy), "kind": format!("{:?}", case.kind)},
+        "resources": resources,
+    });
+    let mut text = serde_json::to_string_pretty(&doc).unwrap();
+    text.push('\n');
+    text
+}
+
+/// The first lines where `want` and `got` differ, for a failure message.
+fn first_difference(want: &str, got: &str) -> String {
+    let (w, g): (Vec<&str>, Vec<&str>) = (want.lines().collect(), got.lines().collect());
+    let Some(at) = (0..w.len().max(g.len())).find(|&i| w.get(i) != g.get(i)) else {
+        return "(only trailing whitespace differs)".into();
+    };
+    let from = at.saturating_sub(3);
+    let mut out = format!("first difference at line {}:\n", at + 1);
+    for i in from..(at + 6) {
+        match (w.get(i), g.get(i)) {
+            (Some(a), Some(b)) if a == b => out.push_str(&format!("   {a}\n")),
+            (a, b) => {
+                if let Some(a) = a {
+                    out.push_str(&format!(" - {a}\n"));
+                }
+                if let Some(b) = b {
+                    out.push_str(&format!(" + {b}\n"));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn generated_xds_matches_golden_files() {
+    let update = std::env::var_os("UPDATE_GOLDEN").is_some_and(|v| v == "1");
+    let dir = golden_dir();
+    if update {
+        std::fs::create_dir_all(&dir).unwrap();
+    }
+    let mut failures = Vec::new();
+    for case in &CASES {
+        let set = generate(case, case.kind);
+        assert_eq!(
+            invariants::check(&set),
+            Vec::<String>::new(),
+            "{}: generated resources break invariants",
+            case.name
+        );
+        assert!(!set.is_empty(), "{}: nothing generated", case.name);
+        let got = render_case(case, &set);
+        let path = dir.join(format!("{}.json", case.name));
+        if update {
+            std::fs::write(&path, &got).unwrap();
+            continue;
+        }
+        match std::fs::read_to_string(&path) {
+            Ok(want) if want == got => {}
+            Ok(want) => failures.push(format!(
+                "{}: generated xDS differs from {}\n{}",
+                case.name,
+                path.display(),
+                first_difference(&want, &got)
+            )),
+            Err(e) => failures.push(format!("{}: cannot read {}: {e}", case.name, path.display())),
+        }
+    }
+    // A golden file without a case is stale.
+    let known: Vec<String> = CASES.iter().map(|c| format!("{}.json", c.name)).collect();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        if name.ends_with(".json") && !known.contains(&name) {
+            if update {
+                std::fs::remove_file(dir.join(&name)).unwrap();
+            } else {
+                failures.push(format!("{name}: golden file of no case (remove it)"));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{}\n\nIf the change is intended: UPDATE_GOLDEN=1 cargo test -p meridian-e2e --test xds_golden, and review the diff.",
+        failures.join("\n\n")
+    );
+}
+
+/// The renderer itself: Anys unpacked, durations and wrappers readable,
+/// defaults left out, oneofs flattened.
+#[test]
+fn renderer_shows_what_matters() {
+    use envoy_types::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType, LbPolicy};
+    use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+    use envoy_types::pb::envoy::config::listener::v3::{filter, Filter, FilterChain, Listener};
+    use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{tcp_proxy, TcpProxy};
+    use envoy_types::pb::google::protobuf::{Duration, UInt32Value};
+    use prost::Message;
+
+    let cluster = Cluster {
+        name: "a\"b".into(),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
+        connect_timeout: Some(Duration {
+            seconds: 1,
+            nanos: 500_000_000,
+        }),
+        lb_policy: LbPolicy::LeastRequest as i32,
+        per_connection_buffer_limit_bytes: Some(UInt32Value { value: 0 }),
+        ..Default::default()
+    };
+    assert_eq!(
+        render::message(CLUSTER, &cluster.encode_to_vec()),
+        json!({"name": "a\"b", "type": "Eds", "connect_timeout": "1.500s", "lb_policy": "LeastRequest",
+               "per_connection_buffer_limit_bytes": 0})
+    );
+    let tcp = TcpProxy {
+        stat_prefix: "s".into(),
+        cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster("db".into())),
+        ..Default::default()
+    };
+    let listener = Listener {
+        name: "l".into(),
+        filter_chains: vec![FilterChain {
+            filters: vec![Filter {
+                name: "envoy.filters.network.tcp_proxy".into(),
+                config_type: Some(filter::ConfigType::TypedConfig(meridian_xds::generate::any(&tcp))),
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    assert_eq!(
+        render::message(LISTENER, &listener.encode_to_vec()),
+        json!({"name": "l", "filter_chains": [{"filters": [{"name": "envoy.filters.network.tcp_proxy",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                             "stat_prefix": "s", "cluster": "db"}}]}]})
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Envoy's validation.
+
+/// The sidecar configuration of every golden mesh (and the proxyless one,
+/// which real gRPC clients take) passes Envoy's protoc-gen-validate rules,
+/// `Any`s included.
+#[test]
+fn generated_xds_passes_envoy_validation() {
+    let mut failures = Vec::new();
+    let mut seen = Vec::new();
+    for case in &CASES {
+        for kind in [ProxyKind::Sidecar, ProxyKind::Proxyless] {
+            if seen.contains(&(case.yaml, case.proxy, kind)) {
+                continue;
+            }
+            seen.push((case.yaml, case.proxy, kind));
+            let set = generate(case, kind);
+            let resources: Vec<(&str, &[u8])> = READING_ORDER
+                .iter()
+                .flat_map(|t| set.of_type(t).map(move |r| (*t, r.body.value.as_slice())))
+                .collect();
+            assert!(!resources.is_empty());
+            if let Err(report) = validate_envoy(&resources) {
+                failures.push(format!("{} as {kind:?}:\n{report}", case.name));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "Envoy validation failed:\n{}", failures.join("\n"));
+}
+
+/// The validation above would see a broken field of generated output, at the
+/// top level and inside an `Any`: a zero connect timeout on a cluster, an
+/// empty stat prefix in a listener's HttpConnectionManager.
+#[test]
+fn envoy_validation_catches_broken_generated_output() {
+    use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+    use envoy_types::pb::envoy::config::listener::v3::{filter::ConfigType, Listener};
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
+    use envoy_types::pb::google::protobuf::Duration;
+    use prost::Message;
+
+    let set = generate(&CASES[0], ProxyKind::Sidecar);
+    let mut cluster = Cluster::decode(set.get(CLUSTER, "backend").unwrap().body.value.as_slice()).unwrap();
+    cluster.connect_timeout = Some(Duration::default());
+    let mut listener = Listener::decode(
+        set.get(LISTENER, "outbound:127.0.0.1:10001")
+            .unwrap()
+            .body
+            .value
+            .as_slice(),
+    )
+    .unwrap();
+    let Some(ConfigType::TypedConfig(any)) = &mut listener.filter_chains[0].filters[0].config_type else {
+        panic!("no typed_config")
+    };
+    let mut hcm = HttpConnectionManager::decode(any.value.as_slice()).unwrap();
+    hcm.stat_prefix.clear();
+    any.value = hcm.encode_to_vec();
+    let report = validate_envoy(&[(CLUSTER, cluster.encode_to_vec()), (LISTENER, listener.encode_to_vec())])
+        .expect_err("broken resources pass validation");
+    assert!(report.contains("\"connect_timeout\""), "{report}");
+    assert!(
+        report.contains("filter_chains[0].filters[0].typed_config<envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager>.stat_prefix"),
+        "{report}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Rendering prost messages as reviewable JSON.
+
+mod render {
+    //! prost messages have `Debug` but no serde. This parses their `Debug`
+    //! text (which names every field, and enum values by name) into a tree
+    //! and turns it into JSON close to the protobuf JSON mapping:
+    //! - fields at their default (unset, zero, empty, the enum's zero value)
+    //!   are left out; set wrapper fields (`Some(UInt32Value { value: 0 })`)
+    //!   are kept, as their value;
+    //! - oneofs are flattened to the field of their case (`cluster`,
+    //!   `weighted_clusters`, `typed_config`, …);
+    //! - `Any`s are unpacked into `{"@type": …, fields…}`; a type the
+    //!   renderer does not know fails the test, so nothing hides in bytes;
+    //! - `Duration`s read `"1.500s"`.
+
+    use std::collections::BTreeMap;
+    use std::sync::OnceLock;
+
+    use envoy_types::pb::envoy::config::cluster::v3::{circuit_breakers::Thresholds, CircuitBreakers, Cluster};
+    use envoy_types::pb::envoy::config::cluster::v3::{cluster::EdsClusterConfig, OutlierDetection};
+    use envoy_types::pb::envoy::config::core::v3::{Address, ConfigSource, Locality, SocketAddress};
+    use envoy_types::pb::envoy::config::endpoint::v3::LocalityLbEndpoints;
+    use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, Endpoint, LbEndpoint};
+    use envoy_types::pb::envoy::config::listener::v3::{ApiListener, Filter, FilterChain, Listener};
+    use envoy_types::pb::envoy::config::route::v3::{
+        retry_policy::RetryBackOff, route_action::MaxStreamDuration, weighted_cluster::ClusterWeight, HeaderMatcher,
+        RetryPolicy, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, WeightedCluster,
+    };
+    use envoy_types::pb::envoy::extensions::filters::common::fault::v3::FaultDelay;
+    use envoy_types::pb::envoy::extensions::filters::http::fault::v3::{FaultAbort, HttpFault};
+    use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+        HttpConnectionManager, HttpFilter, Rds,
+    };
+    use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
+    use envoy_types::pb::envoy::r#type::matcher::v3::{RegexMatcher, StringMatcher};
+    use envoy_types::pb::envoy::r#type::v3::FractionalPercent;
+    use prost::{Message, Name};
+    use serde_json::{Map, Value};
+
+    /// A parsed `Debug` value.
+    #[derive(Clone, Debug, PartialEq)]
+    enum Node {
+        Str(String),
+        /// A number, as printed.
+        Num(String),
+        /// `None`, `true`, an enum value, a unit struct.
+        Ident(String),
+        Struct(String, Vec<(String, Node)>),
+        /// `Some(x)`, or a oneof case `Cluster("x")`.
+        Tuple(String, Vec<Node>),
+        List(Vec<Node>),
+        Map(Vec<(Node, Node)>),
+    }
+
+    /// Decodes `bytes` as the message `type_url` names and renders it.
+    pub fn message(type_url: &str, bytes: &[u8]) -> Value {
+        let text = debug_of(type_url, bytes)
+            .unwrap_or_else(|| panic!("the golden renderer does not know {type_url}: add it to `debug_of`"));
+        let node = Parser::new(&text).parse();
+        json(&node)
+    }
+
+    fn decode_debug<M: Message + Default + std::fmt::Debug>(bytes: &[u8]) -> String {
+        let m = M::decode(bytes).unwrap_or_else(|e| panic!("{} does not decode: {e}", std::any::type_name::<M>()));
+        format!("{m:?}")
+    }
+
+    /// The `Debug` text of the message in `bytes`, for the types generation
+    /// produces.
+    fn debug_of(type_url: &str, bytes: &[u8]) -> Option<String> {
+        macro_rules! known {
+            ($($t:ty),* $(,)?) => {
+                $(if type_url == <$t>::type_url() { return Some(decode_debug::<$t>(bytes)); })*
+            };
+        }
+        known!(
+            Listener,
+            RouteConfiguration,
+            Cluster,
+            ClusterLoadAssignment,
+            HttpConnectionManager,
+            Router,
+            HttpFault,
+            TcpProxy,
+        );
+        None
+    }
+
+    /// Per message name, its fields at their default values: a field equal
+    /// to its default is left out (this is what hides enums at zero).
+    fn defaults() -> &'static BTreeMap<String, Vec<(String, Node)>> {
+        static DEFAULTS: OnceLock<BTreeMap<String, Vec<(String, Node)>>> = OnceLock::new();
+        DEFAULTS.get_or_init(|| {
+            let mut out = BTreeMap::new();
+            macro_rules! register {
+                ($($t:ty),* $(,)?) => {
+                    $(if let Node::Struct(name, fields) = Parser::new(&format!("{:?}", <$t>::default())).parse() {
+                        out.insert(name, fields);
+                    })*
+                };
+            }
+            register!(
+                Listener,
+                FilterChain,
+                Filter,
+                ApiListener,
+                HttpConnectionManager,
+                HttpFilter,
+                Rds,
+                ConfigSource,
+                RouteConfiguration,
+                VirtualHost,
+                Route,
+                RouteMatch,
+                RouteAction,
+                RetryPolicy,
+                RetryBackOff,
+                MaxStreamDuration,
+                WeightedCluster,
+                ClusterWeight,
+                HeaderMatcher,
+                StringMatcher,
+                RegexMatcher,
+                Cluster,
+                EdsClusterConfig,
+                CircuitBreakers,
+                Thresholds,
+                OutlierDetection,
+                ClusterLoadAssignment,
+                LocalityLbEndpoints,
+                LbEndpoint,
+                Endpoint,
+                Locality,
+                Address,
+                SocketAddress,
+                TcpProxy,
+                HttpFault,
+                FaultAbort,
+                FaultDelay,
+                FractionalPercent,
+                Router,
+            );
+            out
+        })
+    }
+
+    fn is_zero(n: &Node) -> bool {
+        match n {
+            Node::Ident(i) => i == "None" || i == "false",
+            Node::Str(s) => s.is_empty(),
+            Node::Num(s) => s.parse::<f64>().is_ok_and(|v| v == 0.0),
+            Node::List(l) => l.is_empty(),
+            Node::Map(m) => m.is_empty(),
+            _ => false,
+        }
+    }
+
+    /// `WeightedClusters` → `weighted_clusters`.
+    fn snake(s: &str) -> String {
+        let mut out = String::new();
+        for (i, c) in s.chars().enumerate() {
+            if c.is_ascii_uppercase() {
+                if i > 0 {
+                    out.push('_');
+                }
+                out.push(c.to_ascii_lowercase());
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    }
+
+    fn number(s: &str) -> Value {
+        if let Ok(i) = s.parse::<i64>() {
+            return Value::from(i);
+        }
+        if let Ok(u) = s.parse::<u64>() {
+            return Value::from(u);
+        }
+        match s.parse::<f64>().ok().and_then(serde_json::Number::from_f64) {
+            Some(n) => Value::Number(n),
+            None => Value::String(s.to_string()),
+        }
+    }
+
+    fn field<'a>(fields: &'a [(String, Node)], name: &str) -> Option<&'a Node> {
+        fields.iter().find(|(n, _)| n == name).map(|(_, v)| v)
+    }
+
+    fn json(n: &Node) -> Value {
+        match n {
+            Node::Str(s) => Value::String(s.clone()),
+            Node::Num(s) => number(s),
+            Node::Ident(i) => match i.as_str() {
+                "None" => Value::Null,
+                "true" => Value::Bool(true),
+                "false" => Value::Bool(false),
+                other => Value::String(other.to_string()),
+            },
+            Node::List(items) => Value::Array(items.iter().map(json).collect()),
+            Node::Map(entries) => {
+                let mut sorted: Vec<(String, Value)> = entries
+                    .iter()
+                    .map(|(k, v)| {
+                        let key = match json(k) {
+                            Value::String(s) => s,
+                            other => other.to_string(),
+                        };
+                        (key, json(v))
+                    })
+                    .collect();
+                sorted.sort_by(|a, b| a.0.cmp(&b.0));
+                Value::Object(sorted.into_iter().collect())
+            }
+            Node::Tuple(name, items) if name == "Some" && items.len() == 1 => json(&items[0]),
+            Node::Tuple(name, items) => {
+                let inner = match items.as_slice() {
+                    [one] => json(one),
+                    many => Value::Array(many.iter().map(json).collect()),
+                };
+                Value::Object(Map::from_iter([(snake(name), inner)]))
+            }
+            Node::Struct(name, fields) => struct_json(name, fields),
+        }
+    }
+
+    fn struct_json(name: &str, fields: &[(String, Node)]) -> Value {
+        match name {
+            "Any" => return any_json(fields),
+            "Duration" => {
+                if let (Some(Node::Num(s)), Some(Node::Num(n)), 2) =
+                    (field(fields, "seconds"), field(fields, "nanos"), fields.len())
+                {
+                    let nanos: i64 = n.parse().unwrap_or(0);
+                    return Value::String(if nanos == 0 {
+                        format!("{s}s")
+                    } else {
+                        let frac = format!("{nanos:09}");
+                        format!("{s}.{}s", frac.trim_end_matches("000"))
+                    });
+                }
+            }
+            "UInt32Value" | "UInt64Value" | "Int32Value" | "Int64Value" | "BoolValue" | "DoubleValue"
+            | "FloatValue" | "StringValue" => {
+                if let [(f, v)] = fields {
+                    if f == "value" {
+                        return json(v);
+                    }
+                }
+            }
+            _ => {}
+        }
+        let defaults = defaults().get(name);
+        let mut out = Map::new();
+        for (f, v) in fields {
+            if is_zero(v) || defaults.and_then(|d| field(d, f)) == Some(v) {
+                continue;
+            }
+            match v {
+                // A oneof: the field of its case.
+                Node::Tuple(some, inner) if some == "Some" => match inner.as_slice() {
+                    [Node::Tuple(case, value)] if case != "Some" && value.len() == 1 => {
+                        out.insert(snake(case), json(&value[0]));
+                    }
+                    _ => {
+                        out.insert(f.clone(), json(v));
+                    }
+                },
+                _ => {
+                    out.insert(f.clone(), json(v));
+                }
+            }
+        }
+        Value::Object(out)
+    }
+
+    fn any_json(fields: &[(String, Node)]) -> Value {
+        let (Some(Node::Str(type_url)), Some(Node::List(bytes))) = (field(fields, "type_url"), field(fields, "value"))
+        else {
+            panic!("an Any without type_url and value: {fields:?}")
+        };
+        let bytes: Vec<u8> = bytes
+            .iter()
+            .map(|b| match b {
+                Node::Num(n) => n.parse::<u8>().unwrap(),
+                other => panic!("not a byte: {other:?}"),
+            })
+            .collect();
+        let mut out = Map::new();
+        out.insert("@type".into(), Value::String(type_url.clone()));
+        if let Value::Object(inner) = message(type_url, &bytes) {
+            out.extend(inner);
+        }
+        Value::Object(out)
+    }
+
+    /// A parser for `{:?}` output of prost messages.
+    struct Parser<'a> {
+        s: &'a [u8],
+        text: &'a str,
+        at: usize,
+    }
+
+    impl<'a> Parser<'a> {
+        fn new(text: &'a str) -> Self {
+            Parser {
+                s: text.as_bytes(),
+                text,
+                at: 0,
+            }
+        }
+
+        fn parse(mut self) -> Node {
+            let n = self.value();
+            self.ws();
+            assert_eq!(self.at, self.s.len(), "trailing text in {:?}", self.text);
+            n
+        }
+
+        fn fail(&self, what: &str) -> ! {
+            let end = (self.at + 60).min(self.text.len());
+            panic!(
+                "cannot parse Debug output ({what}) at {}: {:?}",
+                self.at,
+                self.text.get(self.at..end).unwrap_or("")
+            )
+        }
+
+        fn ws(&mut self) {
+            while self.at < self.s.len() && self.s[self.at].is_ascii_whitespace() {
+                self.at += 1;
+            }
+        }
+
+        fn peek(&mut self) -> Option<u8> {
+            self.ws();
+            self.s.get(self.at).copied()
+        }
+
+        fn eat(&mut self, c: u8) -> bool {
+            if self.peek() == Some(c) {
+                self.at += 1;
+                true
+            } else {
+                false
+            }
+        }
+
+        fn expect(&mut self, c: u8) {
+            if !self.eat(c) {
+                self.fail(&format!("expected {:?}", c as char));
+            }
+        }
+
+        fn ident(&mut self) -> String {
+            self.ws();
+            let start = self.at;
+            while self.at < self.s.len() && (self.s[self.at].is_ascii_alphanumeric() || self.s[self.at] == b'_') {
+                self.at += 1;
+            }
+            if start == self.at {
+                self.fail("expected an identifier");
+            }
+            // `r#type` and friends.
+            let id = &self.text[start..self.at];
+            if id == "r" && self.s.get(self.at) == Some(&b'#') {
+                self.at += 1;
+                return self.ident();
+            }
+            id.to_string()
+        }
+
+        /// Items separated by commas up to `close` (a trailing comma allowed).
+        fn items<T>(&mut self, close: u8, mut item: impl FnMut(&mut Self) -> T) -> Vec<T> {
+            let mut out = Vec::new();
+            loop {
+                if self.eat(close) {
+                    return out;
+                }
+                out.push(item(self));
+                if !self.eat(b',') {
+                    self.expect(close);
+                    return out;
+                }
+            }
+        }
+
+        fn value(&mut self) -> Node {
+            match self.peek() {
+                Some(b'"') => Node::Str(self.string()),
+                Some(b'[') => {
+                    self.at += 1;
+                    Node::List(self.items(b']', Self::value))
+                }
+                Some(b'{') => {
+                    self.at += 1;
+                    Node::Map(self.items(b'}', |p| {
+                        let k = p.value();
+                        p.expect(b':');
+                        (k, p.value())
+                    }))
+                }
+                Some(c) if c == b'-' || c.is_ascii_digit() => self.number(),
+                Some(c) if c.is_ascii_alphabetic() || c == b'_' => {
+                    let name = self.ident();
+                    match self.peek() {
+                        Some(b'{') => {
+                            self.at += 1;
+                            let fields = self.items(b'}', |p| {
+                                let f = p.ident();
+                                p.expect(b':');
+                                (f, p.value())
+                            });
+                            Node::Struct(name, fields)
+                        }
+                        Some(b'(') => {
+                            self.at += 1;
+                            Node::Tuple(name, self.items(b')', Self::value))
+                        }
+                        _ => Node::Ident(name),
+                    }
+                }
+                _ => self.fail("expected a value"),
+            }
+        }
+
+        fn number(&mut self) -> Node {
+            let start = self.at;
+            if self.s[self.at] == b'-' {
+                self.at += 1;
+            }
+            while self.at < self.s.len() && matches!(self.s[self.at], b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-') {
+                self.at += 1;
+            }
+            Node::Num(self.text[start..self.at].to_string())
+        }
+
+        /// A string as `Debug` escapes it.
+        fn string(&mut self) -> String {
+            self.expect(b'"');
+            let mut out = String::new();
+            let mut chars = self.text[self.at..].char_indices();
+            while let Some((i, c)) = chars.next() {
+                match c {
+                    '"' => {
+                        self.at += i + 1;
+                        return out;
+                    }
+                    '\\' => match chars.next().map(|(_, e)| e) {
+                        Some('n') => out.push('\n'),
+                        Some('r') => out.push('\r'),
+                        Some('t') => out.push('\t'),
+                        Some('0') => out.push('\0'),
+                        Some('u') => {
+                            let mut hex = String::new();
+                            for (_, h) in chars.by_ref() {
+                                match h {
+                                    '{' => {}
+                                    '}' => break,
+                                    h => hex.push(h),
+                                }
+                            }
+                            let c = u32::from_str_radix(&hex, 16).ok().and_then(char::from_u32);
+                            out.push(c.unwrap_or(char::REPLACEMENT_CHARACTER));
+                        }
+                        Some(other) => out.push(other),
+                        None => break,
+                    },
+                    c => out.push(c),
+                }
+            }
+            self.fail("unterminated string")
+        }
+    }
+}
