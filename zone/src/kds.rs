@@ -53,8 +53,11 @@ impl Outbound for FromThisZone {
         if !ZONE_TO_GLOBAL_TYPES.contains(&r.key.kind) {
             return None;
         }
-        // Other zones' ingresses arrive from the global; they are not ours to send.
-        if r.labels.get(labels::ZONE).is_some_and(|z| z != &self.zone) {
+        // Other zones' ingresses arrive from the global; they are not ours to
+        // send. Only ingresses: every dataplane (and insight) here is this
+        // zone's, whatever `kuma.io/zone` label a user gave it (that label is
+        // replaced below), as `FromGlobal::is_from_global` agrees.
+        if r.key.kind == ResourceType::ZoneIngress && r.labels.get(labels::ZONE).is_some_and(|z| z != &self.zone) {
             return None;
         }
         let mut w = WireResource::from_resource(r);
