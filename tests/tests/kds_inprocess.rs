@@ -496,13 +496,37 @@ async fn zones_send_their_dataplanes_and_ingresses() {
     })
     .await;
 
-    // Zone-owned types are read-only at the global; the zone's API refuses
-    // global-owned writes — that is the API's job, checked end to end; here
-    // the origin checks of the synced copies.
+    // The global's copy carries exactly the three labels.
     let db = g
         .get(&ResourceKey::in_mesh(ResourceType::Dataplane, "default", "zone-3.db"))
         .unwrap();
     assert_eq!(db.labels.len(), 3, "{:?}", db.labels);
+
+    // A dataplane whose user labels claim another zone and origin is still
+    // this zone's: it is sent, labelled with the truth.
+    let mut doc = dataplane("claims", "default", "claims", 7070);
+    doc["labels"] = json!({"kuma.io/zone": "zone-2", "kuma.io/origin": "global", "app": "x"});
+    apply(&c.zones[0].1.manager, doc).await;
+    let claims = eventually("a dataplane labelled for another zone", DEADLINE, || {
+        g.get(&ResourceKey::in_mesh(
+            ResourceType::Dataplane,
+            "default",
+            "zone-1.claims",
+        ))
+        .ok_or_else(|| format!("{:?}", dataplanes(g).keys()))
+    })
+    .await;
+    assert_eq!(
+        serde_json::to_value(&claims.labels).unwrap(),
+        json!({"app": "x", "kuma.io/display-name": "claims", "kuma.io/origin": "zone", "kuma.io/zone": "zone-1"})
+    );
+    assert!(g
+        .get(&ResourceKey::in_mesh(
+            ResourceType::Dataplane,
+            "default",
+            "zone-2.claims"
+        ))
+        .is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1193,4 +1217,32 @@ async fn only_a_valid_token_for_the_zone_opens_a_stream() {
         .map(|r| r.key.name)
         .collect();
     assert_eq!(zones, ["zone-1"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resources_near_the_size_limit_arrive_split_over_several_responses() {
+    let c = Cluster::start(2, |_| None).await;
+    let g = &c.global.manager;
+    c.converged("the initial sync").await;
+    // Five patches of ~900 KiB each: about 4.4 MiB, more than one response
+    // (3 MiB at most) and more than gRPC's default 4 MiB message.
+    let filler = "x".repeat(900 * 1024);
+    for i in 0..5 {
+        apply(
+            g,
+            json!({
+                "type": "MeshProxyPatch", "name": format!("big-{i}"), "mesh": "default",
+                "spec": {"targetRef": {"kind": "Mesh"}, "default": {"appendModifications": [
+                    {"cluster": {"operation": "Add", "value": format!("name: big-{i}\nfiller: {filler}\n")}}
+                ]}}
+            }),
+        )
+        .await;
+    }
+    let view = c.converged("five large patches").await;
+    assert_eq!(view.keys().filter(|k| k.starts_with("MeshProxyPatch ")).count(), 5);
+    let sent = subscriptions(g, "zone-1")[0]["status"]["stat"]["MeshProxyPatch"]["responsesSent"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(sent >= 2, "4.4 MiB must take at least two responses, took {sent}");
 }
