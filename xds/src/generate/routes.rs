@@ -131,6 +131,12 @@ fn retry_policy(p: &OutboundPolicies, protocol: Protocol) -> Option<RetryPolicy>
             (h.num_retries, h.back_off.as_ref(), on, h.per_try_timeout.as_ref())
         }
     };
+    // `numRetries: 0` means no retries. Envoy reads that from a missing
+    // policy as well, and gRPC clients reject a policy with zero retries
+    // (NACK of the whole RouteConfiguration), so none is sent.
+    if num == Some(0) {
+        return None;
+    }
     Some(RetryPolicy {
         retry_on,
         num_retries: num.map(u32_value),
@@ -267,4 +273,26 @@ pub fn route_configuration(
         ..Default::default()
     };
     (rc, clusters)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn retry(grpc: serde_json::Value) -> OutboundPolicies {
+        OutboundPolicies {
+            retry: Some(serde_json::from_value(json!({"grpc": grpc, "http": grpc})).unwrap()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn zero_retries_send_no_retry_policy() {
+        for protocol in [Protocol::Grpc, Protocol::Http] {
+            assert_eq!(retry_policy(&retry(json!({"numRetries": 0})), protocol), None);
+            let two = retry_policy(&retry(json!({"numRetries": 2})), protocol).unwrap();
+            assert_eq!(two.num_retries, Some(u32_value(2)));
+        }
+    }
 }
