@@ -52,21 +52,42 @@ pub struct KdsSettings {
 /// older one.
 #[derive(Default)]
 struct Registry {
-    streams: Mutex<HashMap<(String, &'static str), AbortHandle>>,
+    streams: Mutex<HashMap<(String, &'static str), OpenStream>>,
 }
 
+/// An open stream: its task, and the status its peer gets if it is cut.
+struct OpenStream {
+    task: AbortHandle,
+    closing: Closing,
+}
+
+/// The status a stream ends with when the global cuts it (none: it ends OK).
+type Closing = Arc<Mutex<Option<Status>>>;
+
 impl Registry {
-    fn replace(&self, zone: &str, dir: &'static str, handle: AbortHandle) {
+    fn replace(&self, zone: &str, dir: &'static str, open: OpenStream) {
         let old = self
             .streams
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert((zone.to_string(), dir), handle);
+            .insert((zone.to_string(), dir), open);
         if let Some(old) = old {
             tracing::info!(%zone, direction = dir, "a newer stream of this zone replaces the older one");
-            old.abort();
+            // Tell the older peer why, so that a second zone running under the
+            // same name shows in its log rather than as silent reconnects.
+            *old.closing.lock().unwrap_or_else(|p| p.into_inner()) = Some(Status::aborted(format!(
+                "replaced by a newer connection of zone {zone:?}: is another zone control plane running under this name?"
+            )));
+            old.task.abort();
         }
     }
+}
+
+/// The response stream of a KDS call: what the stream task sends, then the
+/// closing status if the global cut the stream.
+fn response_stream<T: Send + 'static>(rx: mpsc::Receiver<T>, closing: Closing) -> BoxStream<T> {
+    let status = futures::stream::once(async move { closing.lock().unwrap_or_else(|p| p.into_inner()).take() });
+    Box::pin(ReceiverStream::new(rx).map(Ok).chain(status.filter_map(|s| s.map(Err))))
 }
 
 pub struct KdsService {
@@ -194,8 +215,16 @@ impl pb::kds_server::Kds for KdsService {
             },
             span,
         ));
-        self.registry.replace(&zone, "g2z", task.abort_handle());
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(Ok))))
+        let closing = Closing::default();
+        self.registry.replace(
+            &zone,
+            "g2z",
+            OpenStream {
+                task: task.abort_handle(),
+                closing: closing.clone(),
+            },
+        );
+        Ok(Response::new(response_stream(rx, closing)))
     }
 
     async fn zone_to_global(
@@ -227,8 +256,16 @@ impl pb::kds_server::Kds for KdsService {
             },
             span,
         ));
-        self.registry.replace(&zone, "z2g", task.abort_handle());
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(Ok))))
+        let closing = Closing::default();
+        self.registry.replace(
+            &zone,
+            "z2g",
+            OpenStream {
+                task: task.abort_handle(),
+                closing: closing.clone(),
+            },
+        );
+        Ok(Response::new(response_stream(rx, closing)))
     }
 }
 
