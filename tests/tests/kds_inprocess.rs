@@ -1246,3 +1246,31 @@ async fn resources_near_the_size_limit_arrive_split_over_several_responses() {
         .unwrap_or(0);
     assert!(sent >= 2, "4.4 MiB must take at least two responses, took {sent}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_stream_is_told_why() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let global = start_global(global_config(StoreKind::Memory, dir.path()), "global-1").await;
+    let (_a_tx, mut older) = raw::stuck_zone(&global, "dup").await;
+    older.message().await.unwrap().unwrap();
+    let (_b_tx, mut newer) = raw::stuck_zone(&global, "dup").await;
+    // The newer stream is served: its initial state arrives.
+    newer.message().await.unwrap().unwrap();
+    let status = tokio::time::timeout(DEADLINE, async {
+        loop {
+            match older.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the older stream ended without a status"),
+                Err(status) => break status,
+            }
+        }
+    })
+    .await
+    .expect("the older stream to be closed");
+    assert_eq!(status.code(), tonic::Code::Aborted, "{status:?}");
+    assert!(
+        status.message().contains("newer connection of zone \"dup\""),
+        "{status:?}"
+    );
+}
