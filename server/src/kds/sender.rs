@@ -130,6 +130,7 @@ impl SenderState {
             .iter()
             .map(|e| (e.name.as_str(), e.message.as_str()))
             .collect();
+        let mut meshes_removed = Vec::new();
         for (name, version) in flight.sent {
             match (rejected.get(name.as_str()), version) {
                 (Some(msg), Some(v)) => {
@@ -150,10 +151,33 @@ impl SenderState {
                     outcome.applied += 1;
                     st.rejected.remove(&name);
                     st.peer.remove(&name);
+                    if kind == ResourceType::Mesh {
+                        meshes_removed.push(name);
+                    }
                 }
             }
         }
+        for mesh in meshes_removed {
+            self.forget_mesh(&mesh);
+        }
         Ok(outcome)
+    }
+
+    /// The peer removed mesh `mesh`, and its store took everything in that
+    /// mesh along. What this side believed the peer held there is void:
+    /// forget it and look at those names again. Without this, a resource
+    /// whose deletion (by the cascade) and identical re-creation (e.g. a
+    /// re-created mesh's defaults) coalesced while its type had a response
+    /// in flight looks unchanged and is never sent again.
+    fn forget_mesh(&mut self, mesh: &str) {
+        let prefix = format!("{mesh}/");
+        for st in self.types.values_mut() {
+            let gone: Vec<String> = st.peer.keys().filter(|n| n.starts_with(&prefix)).cloned().collect();
+            for name in gone {
+                st.peer.remove(&name);
+                st.dirty.insert(name);
+            }
+        }
     }
 
     /// Marks a resource as possibly changed.
@@ -359,6 +383,72 @@ mod tests {
             s.on_request(&ack(&r.nonce, &[]), &names(&world)).unwrap();
         }
         assert_eq!(got.len(), 10);
+    }
+
+    fn typed_ack(kind: ResourceType, nonce: &str) -> pb::DeltaRequest {
+        pb::DeltaRequest {
+            type_url: type_url(kind),
+            response_nonce: nonce.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_removed_mesh_takes_what_the_peer_held_in_it_along() {
+        // Meshes are named "m", policies "m/p": one world, split by kind.
+        let world: World = RefCell::new(BTreeMap::from([
+            ("m".into(), ("1".into(), 10)),
+            ("m/p".into(), ("1".into(), 10)),
+        ]));
+        let of_kind = |k: ResourceType, n: &str| (k == ResourceType::Mesh) != n.contains('/');
+        let names =
+            |k: ResourceType| -> Vec<String> { world.borrow().keys().filter(|n| of_kind(k, n)).cloned().collect() };
+        let look = |k: ResourceType, n: &str| -> Option<pb::Resource> {
+            of_kind(k, n)
+                .then(|| world.borrow().get(n).map(|(v, s)| res(n, v, *s)))
+                .flatten()
+        };
+        let mut s = SenderState::new([ResourceType::Mesh, ResourceType::MeshTimeout], 1 << 20);
+        let mut sub = subscribe(&[("m", "1")]);
+        s.on_request(&sub, &names).unwrap();
+        sub.type_url = type_url(ResourceType::MeshTimeout);
+        sub.initial_resource_versions = [("m/p".to_string(), "1".to_string())].into();
+        s.on_request(&sub, &names).unwrap();
+        assert!(s.next_response(&look).is_none(), "in sync");
+
+        // An unrelated policy change is in flight when mesh m is deleted
+        // (with m/p) and re-created with an identical m/p.
+        world.borrow_mut().insert("m/q".into(), ("1".into(), 10));
+        s.on_change(ResourceType::MeshTimeout, "m/q");
+        let q = s.next_response(&look).unwrap();
+        world.borrow_mut().remove("m");
+        world.borrow_mut().remove("m/p");
+        s.on_change(ResourceType::Mesh, "m");
+        s.on_change(ResourceType::MeshTimeout, "m/p");
+        let removal = s.next_response(&look).unwrap();
+        assert_eq!(removal.removed_resources, ["m"]);
+        world.borrow_mut().insert("m".into(), ("1".into(), 10));
+        world.borrow_mut().insert("m/p".into(), ("1".into(), 10));
+        s.on_change(ResourceType::Mesh, "m");
+        s.on_change(ResourceType::MeshTimeout, "m/p");
+
+        // The peer applies q, then the mesh removal (its store drops m/p and m/q).
+        s.on_request(&typed_ack(ResourceType::MeshTimeout, &q.nonce), &names)
+            .unwrap();
+        s.on_request(&typed_ack(ResourceType::Mesh, &removal.nonce), &names)
+            .unwrap();
+        let mut sent = Vec::new();
+        while let Some(r) = s.next_response(&look) {
+            sent.extend(r.resources.iter().map(|r| r.name.clone()));
+            let kind = kind_of(&r.type_url).unwrap();
+            s.on_request(&typed_ack(kind, &r.nonce), &names).unwrap();
+        }
+        sent.sort();
+        assert_eq!(
+            sent,
+            ["m", "m/p", "m/q"],
+            "everything in the re-created mesh is sent again"
+        );
     }
 
     #[test]
