@@ -15,7 +15,12 @@
 //!   is not sent again, a change is;
 //! - a request with a stale nonce is no ACK or NACK, but its subscription
 //!   applies (envoyproxy/envoy#10363: a server that does not wait for ACKs
-//!   must not drop those requests).
+//!   must not drop those requests);
+//! - make before break ("Eventually consistent considerations"): a cluster
+//!   the proxy had stays in its CDS responses, though gone from the set, until
+//!   the proxy has answered listeners and routes of the current set (which no
+//!   longer refer to it) or stops asking for it. Otherwise a route change that
+//!   replaces a cluster fails the calls still routed to the old one in between.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -24,7 +29,7 @@ use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 
 use super::{content_version, is_served, AdsError, Nonces, Outcome, Protocol, WILDCARD};
-use crate::resources::{SharedResources, CLUSTER, ENDPOINT, TYPES_IN_ORDER};
+use crate::resources::{ResourceSet, SharedResources, XdsResource, CLUSTER, ENDPOINT, LISTENER, ROUTE, TYPES_IN_ORDER};
 
 /// What a proxy asked for, for one type.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -79,6 +84,25 @@ pub struct SotwState {
     /// The set of the last [`SotwState::responses`]: while it stays the
     /// same, only forced types can be due.
     last: Option<SharedResources>,
+    /// Clusters gone from the set that the proxy keeps until its listeners
+    /// and routes are current (make before break).
+    lingering: BTreeMap<String, XdsResource>,
+}
+
+/// What of `type_url` a subscription gets from `resources`: name → version.
+fn view<'a>(sub: &Subscription, resources: &'a ResourceSet, type_url: &str) -> BTreeMap<&'a str, &'a str> {
+    if sub.wildcard {
+        resources
+            .of_type(type_url)
+            .map(|r| (r.name.as_str(), r.version.as_str()))
+            .collect()
+    } else {
+        sub.names
+            .iter()
+            .filter_map(|n| resources.get(type_url, n))
+            .map(|r| (r.name.as_str(), r.version.as_str()))
+            .collect()
+    }
 }
 
 impl SotwState {
@@ -88,7 +112,25 @@ impl SotwState {
             types: BTreeMap::new(),
             nonces: Nonces::default(),
             last: None,
+            lingering: BTreeMap::new(),
         }
+    }
+
+    /// Whether the proxy has answered listeners and routes that are those of
+    /// `resources` (a type it does not ask for counts as current).
+    fn routes_current(&self, resources: &ResourceSet) -> bool {
+        [LISTENER, ROUTE].into_iter().all(|t| {
+            self.types.get(t).is_none_or(|state| {
+                state.sent.as_ref().is_none_or(|sent| {
+                    sent.answered
+                        && sent.resources.iter().map(|(n, v)| (n.as_str(), v.as_str())).eq(view(
+                            &state.subscription,
+                            resources,
+                            t,
+                        ))
+                })
+            })
+        })
     }
 
     /// The current subscription of a type, if the proxy asked for it.
@@ -168,30 +210,36 @@ impl SotwState {
     pub fn responses(&mut self, resources: &SharedResources) -> Vec<DiscoveryResponse> {
         let mut out = Vec::new();
         let same_set = self.last.as_ref().is_some_and(|last| Arc::ptr_eq(last, resources));
-        self.last = Some(resources.clone());
+        let previous = self.last.replace(resources.clone());
+        let routes_current = self.routes_current(resources);
         for type_url in TYPES_IN_ORDER {
             let Some(state) = self.types.get_mut(type_url) else {
                 continue;
             };
             // Unchanged resources and no new subscription: nothing to send
-            // (the common case of an ACK), so skip comparing.
-            if same_set && !state.force {
+            // (the common case of an ACK), so skip comparing; lingering
+            // clusters are looked at again on every answer.
+            let recheck = type_url == CLUSTER && !self.lingering.is_empty();
+            if same_set && !state.force && !recheck {
                 continue;
             }
-            let view: BTreeMap<&str, &str> = if state.subscription.wildcard {
-                resources
-                    .of_type(type_url)
-                    .map(|r| (r.name.as_str(), r.version.as_str()))
-                    .collect()
-            } else {
-                state
-                    .subscription
-                    .names
-                    .iter()
-                    .filter_map(|n| resources.get(type_url, n))
-                    .map(|r| (r.name.as_str(), r.version.as_str()))
-                    .collect()
-            };
+            let mut view = view(&state.subscription, resources, type_url);
+            if type_url == CLUSTER {
+                if routes_current {
+                    self.lingering.clear();
+                } else if let Some(sent) = &state.sent {
+                    for name in sent.resources.keys().filter(|n| !view.contains_key(n.as_str())) {
+                        let old = previous.as_ref().and_then(|p| p.get(CLUSTER, name));
+                        if let (Some(old), false) = (old, self.lingering.contains_key(name)) {
+                            self.lingering.insert(name.clone(), old.clone());
+                        }
+                    }
+                }
+                let subscription = &state.subscription;
+                self.lingering
+                    .retain(|n, _| subscription.covers(n) && !view.contains_key(n.as_str()));
+                view.extend(self.lingering.values().map(|r| (r.name.as_str(), r.version.as_str())));
+            }
             let changed = match &state.sent {
                 None => true,
                 Some(sent) => {
@@ -216,7 +264,7 @@ impl SotwState {
             tracing::debug!(%type_url, %version, %nonce, resources = view.len(), reason, "sending");
             let bodies = view
                 .keys()
-                .filter_map(|n| resources.get(type_url, n))
+                .filter_map(|n| resources.get(type_url, n).or_else(|| self.lingering.get(*n)))
                 .map(|r| r.body.clone())
                 .collect();
             state.sent = Some(Sent {
@@ -547,6 +595,77 @@ mod tests {
         ]);
         let order: Vec<_> = st.responses(&s3).into_iter().map(|r| r.type_url).collect();
         assert_eq!(order, [ROUTE]);
+    }
+
+    #[test]
+    fn a_replaced_cluster_stays_until_the_routes_that_used_it_are_answered() {
+        let mut st = SotwState::new(100);
+        st.on_request(req(CLUSTER, &[], "")).unwrap();
+        st.on_request(req(LISTENER, &[], "")).unwrap();
+        st.on_request(req(ROUTE, &["r"], "")).unwrap();
+        let s1 = set(&[
+            (CLUSTER, "a", "1"),
+            (CLUSTER, "v1", "1"),
+            (LISTENER, "l", "1"),
+            (ROUTE, "r", "1"),
+        ]);
+        for r in st.responses(&s1) {
+            st.on_request(req(
+                &r.type_url,
+                if r.type_url == ROUTE { &["r"] } else { &[] },
+                &r.nonce,
+            ))
+            .unwrap();
+        }
+        assert!(st.responses(&s1).is_empty());
+
+        // The route moves from v1 to v2: clusters first, with v1 still there.
+        let s2 = set(&[
+            (CLUSTER, "a", "1"),
+            (CLUSTER, "v2", "1"),
+            (LISTENER, "l", "1"),
+            (ROUTE, "r", "2"),
+        ]);
+        let rs = st.responses(&s2);
+        let types: Vec<&str> = rs.iter().map(|r| r.type_url.as_str()).collect();
+        assert_eq!(types, [CLUSTER, ROUTE]);
+        assert_eq!(names(&rs[0]), ["a", "v1", "v2"]);
+        st.on_request(req(CLUSTER, &[], &rs[0].nonce)).unwrap();
+        assert!(
+            st.responses(&s2).is_empty(),
+            "v1 stays while the new route is unanswered"
+        );
+        // The route is ACKed: now v1 goes.
+        st.on_request(req(ROUTE, &["r"], &rs[1].nonce)).unwrap();
+        let r = one(st.responses(&s2));
+        assert_eq!(r.type_url, CLUSTER);
+        assert_eq!(names(&r), ["a", "v2"]);
+        st.on_request(req(CLUSTER, &[], &r.nonce)).unwrap();
+        assert!(st.responses(&s2).is_empty());
+
+        // A removal that no listener or route change comes with goes at once.
+        let s3 = set(&[(CLUSTER, "v2", "1"), (LISTENER, "l", "1"), (ROUTE, "r", "2")]);
+        assert_eq!(names(&one(st.responses(&s3))), ["v2"]);
+    }
+
+    #[test]
+    fn a_lingering_cluster_goes_when_the_proxy_stops_asking_for_it() {
+        // gRPC clients name the clusters their routes use.
+        let mut st = SotwState::new(100);
+        st.on_request(req(CLUSTER, &["v1"], "")).unwrap();
+        st.on_request(req(ROUTE, &["r"], "")).unwrap();
+        let s1 = set(&[(CLUSTER, "v1", "1"), (ROUTE, "r", "1")]);
+        let rs = st.responses(&s1);
+        st.on_request(req(CLUSTER, &["v1"], &rs[0].nonce)).unwrap();
+        st.on_request(req(ROUTE, &["r"], &rs[1].nonce)).unwrap();
+
+        let s2 = set(&[(CLUSTER, "v2", "1"), (ROUTE, "r", "2")]);
+        let r = one(st.responses(&s2));
+        assert_eq!(r.type_url, ROUTE, "v1 is not withdrawn before the new route");
+        // The client applies the route and asks for v2 instead of v1.
+        st.on_request(req(CLUSTER, &["v2"], &rs[0].nonce)).unwrap();
+        let c = one(st.responses(&s2));
+        assert_eq!(names(&c), ["v2"]);
     }
 
     #[test]
