@@ -67,9 +67,12 @@ fn global_config(store: StoreKind, data_dir: &Path) -> GlobalConfig {
     }
 }
 
+/// Starts a global and waits until its `default` mesh and that mesh's four
+/// default policies exist (the defaults are created in the background).
 async fn start_global(config: GlobalConfig, instance: &str) -> RunningGlobal {
     let g = meridian_global::start(config, instance.to_string()).await.unwrap();
     g.manager.cache().wait_ready(Duration::from_secs(10)).await.unwrap();
+    mesh_defaults(&g.manager, "default").await;
     g
 }
 
@@ -249,6 +252,26 @@ fn dataplane(name: &str, mesh: &str, service: &str, port: u16) -> Value {
         "networking": {"address": "10.0.0.1", "inbound": [
             {"port": port, "tags": {"kuma.io/service": service, "version": "v1"}}]}
     })
+}
+
+/// The names of the dataplanes in `m`'s store (not its cache).
+async fn stored_dataplanes(m: &Manager) -> Vec<String> {
+    let listing = m.store().list(&Filter::kind(ResourceType::Dataplane)).await.unwrap();
+    listing.items.into_iter().map(|r| r.key.name).collect()
+}
+
+/// Waits until the dataplanes in `m` are exactly `want` (synced writes are
+/// acknowledged before the cache has them).
+async fn wait_dataplane_names(m: &Manager, want: &[&str], what: &str) {
+    eventually(what, DEADLINE, || {
+        let got: Vec<String> = m
+            .list(&Filter::kind(ResourceType::Dataplane))
+            .into_iter()
+            .map(|r| r.key.name)
+            .collect();
+        (got == want).then_some(()).ok_or_else(|| format!("{got:?}"))
+    })
+    .await;
 }
 
 /// Waits until the global has created the four default policies of `mesh`.
@@ -630,12 +653,7 @@ async fn a_stopped_zone_catches_up_exactly_when_it_starts_again() {
             .ok_or_else(|| format!("{:?}", subscriptions(g, "zone-1")))
     })
     .await;
-    let dps: Vec<String> = g
-        .list(&Filter::kind(ResourceType::Dataplane))
-        .into_iter()
-        .map(|r| r.key.name)
-        .collect();
-    assert_eq!(dps, ["zone-1.dp-1"]);
+    wait_dataplane_names(g, &["zone-1.dp-1"], "zone-1's dataplane, once").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -977,7 +995,6 @@ async fn a_zone_can_push_only_its_own_resources_and_each_bad_one_is_rejected_alo
     let dir = tempfile::tempdir().unwrap();
     let global = start_global(global_config(StoreKind::Memory, dir.path()), "global-1").await;
     let g = &global.manager;
-    mesh_defaults(g, "default").await;
     let (mut zone, subs) = raw::Pusher::open(&global, "zone-1").await;
     let mut subscribed: Vec<&str> = subs.iter().map(|s| s.type_url.as_str()).collect();
     subscribed.sort();
@@ -1046,12 +1063,8 @@ async fn a_zone_can_push_only_its_own_resources_and_each_bad_one_is_rejected_alo
     );
     let spoofed = ack.rejected.iter().find(|r| r.name == "default/spoofed").unwrap();
     assert!(spoofed.message.contains("kuma.io/zone"), "{spoofed:?}");
-    let dps: Vec<String> = g
-        .list(&Filter::kind(ResourceType::Dataplane))
-        .into_iter()
-        .map(|r| r.key.name)
-        .collect();
-    assert_eq!(dps, ["zone-1.good"]);
+    // The global answered after writing: its store (not yet its cache) has it all.
+    assert_eq!(stored_dataplanes(g).await, ["zone-1.good"]);
 
     // Removals only ever touch the zone's own resources: "good" here is
     // zone-1.good, and a name of another zone's resource is just absent.
@@ -1068,12 +1081,8 @@ async fn a_zone_can_push_only_its_own_resources_and_each_bad_one_is_rejected_alo
         .await;
     let rejected: Vec<&str> = ack.rejected.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(rejected, ["bad/name/x"], "{ack:?}");
-    let dps: Vec<String> = g
-        .list(&Filter::kind(ResourceType::Dataplane))
-        .into_iter()
-        .map(|r| r.key.name)
-        .collect();
-    assert_eq!(dps, ["zone-2.web"]);
+    // The global answered after writing: its store (not yet its cache) has it all.
+    assert_eq!(stored_dataplanes(g).await, ["zone-2.web"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
