@@ -326,13 +326,19 @@ pub fn zone_join(global: &Proc, zone: &str, out: &Path) -> Vec<String> {
 /// `--store embedded --data-dir D`); waits until its API is ready (which
 /// does not wait for the global).
 pub fn start_zone(dir: &Path, join: &[String], api_port: Option<u16>, extra: &[&str]) -> Proc {
+    start_zone_xds(dir, join, api_port, free_port(), extra)
+}
+
+/// [`start_zone`] with its ADS server on `127.0.0.1:<xds_port>`, for tests
+/// whose xDS clients need to know where it is.
+pub fn start_zone_xds(dir: &Path, join: &[String], api_port: Option<u16>, xds_port: u16, extra: &[&str]) -> Proc {
     let port = api_port.unwrap_or_else(free_port);
     let mut args = join.to_vec();
     args.extend([
         "--api-addr".to_string(),
         format!("127.0.0.1:{port}"),
         "--xds-addr".into(),
-        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{xds_port}"),
     ]);
     args.extend(extra.iter().map(|a| a.to_string()));
     let mut p = Proc::spawn("meridian-zone", &args, &[], dir, port);

@@ -1,0 +1,774 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! Zone xDS end to end: a real global (embedded store) and two zones joined
+//! with `meridianctl generate zone-join`, grpcio test servers registered as
+//! Dataplanes, policies applied at the global with meridianctl, and real
+//! proxyless gRPC clients (Python grpcio, Node @grpc/grpc-js-xds) showing
+//! each policy's effect: reachability, weighted routes, retries, timeouts,
+//! fault injection, a live policy change on a running client, cross-zone
+//! failover through zone 2's ingress, and refused nodes.
+//!
+//! One global and two zones serve every scenario; each scenario has its own
+//! services (and so its own policies' targets), and the scenarios run side by
+//! side. Build the binaries first: `cargo build --workspace --bins`; the
+//! clients come from `scripts/test-all.sh`.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use meridian_e2e::xds_clients::{
+    bootstrap_json, run_client, try_run_client, ClientKind, ClientReport, TestServer, WatchClient,
+};
+use meridian_e2e::*;
+use serde_json::{json, Value};
+
+const MESH: &str = "default";
+/// How long a policy may take from the global to a zone, or a zone to sync.
+const CONVERGE: Duration = Duration::from_secs(30);
+const POLL: Duration = Duration::from_millis(100);
+/// How long a running client may take to follow a change.
+const SWITCH: Duration = Duration::from_secs(20);
+
+/// One zone: its process and its ADS port.
+struct Zone {
+    name: &'static str,
+    proc: Proc,
+    xds: u16,
+}
+
+/// The shared deployment: a global and two zones; zone 2 advertises an
+/// ingress at `127.0.0.1:<ingress port>`, where nothing listens until the
+/// failover scenario puts a forwarder on `ingress`.
+struct Deployment {
+    global: Proc,
+    zone1: Zone,
+    zone2: Zone,
+    ingress: Mutex<Option<TcpListener>>,
+    clients: AtomicUsize,
+}
+
+/// Log text without the ANSI colours of the tracing output.
+fn plain(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // ESC [ ... final letter
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+impl Zone {
+    fn start(dir: &Path, global: &Proc, name: &'static str, extra: &[&str]) -> Zone {
+        let join = zone_join(global, name, &dir.join("join"));
+        let xds = free_port();
+        let mut args = vec!["--store", "memory"];
+        args.extend_from_slice(extra);
+        let proc = start_zone_xds(dir, &join, None, xds, &args);
+        Zone { name, proc, xds }
+    }
+
+    fn log(&self) -> String {
+        plain(&self.proc.log_text())
+    }
+
+    /// The last lines of the zone's log, for failure messages.
+    fn log_tail(&self) -> String {
+        format!("--- {} log (tail) ---\n{}", self.name, tail(&self.log(), 25))
+    }
+
+    /// Registers a Dataplane with one inbound on 127.0.0.1:`port`.
+    fn register(&self, name: &str, port: u16, tags: Value) {
+        let body = json!({"type": "Dataplane", "name": name, "mesh": MESH,
+            "networking": {"address": "127.0.0.1", "inbound": [{"port": port, "tags": tags}]}});
+        let (status, reply) = self.proc.put_json(&format!("/meshes/{MESH}/dataplanes/{name}"), &body);
+        assert!(
+            status == 200 || status == 201,
+            "PUT dataplane {name} at {}: {status} {reply}",
+            self.name
+        );
+    }
+
+    /// GET `path` on the zone: `Ok(None)` for 404.
+    fn get(&self, path: &str) -> Result<Option<Value>, String> {
+        match http("GET", &format!("{}{path}", self.proc.api), None, None) {
+            Ok((200, v)) => Ok(Some(v)),
+            Ok((404, _)) => Ok(None),
+            Ok((s, v)) => Err(format!("GET {path}: {s} {v}")),
+            Err(e) => Err(format!("GET {path}: {e}")),
+        }
+    }
+}
+
+/// A grpcio server registered as a Dataplane of `service` with `tags`.
+fn backend(zone: &Zone, name: &str, service: &str, tags: Value, flags: &[&str]) -> TestServer {
+    let server = TestServer::start(&format!("{}/{name}", zone.name), flags);
+    let mut all = json!({"kuma.io/service": service});
+    all.as_object_mut()
+        .unwrap()
+        .extend(tags.as_object().cloned().unwrap_or_default());
+    zone.register(name, server.port, all);
+    server
+}
+
+impl Deployment {
+    fn start(dir: &Path) -> Deployment {
+        let global = start_global_on(
+            dir,
+            &dir.join("global"),
+            free_port(),
+            free_port(),
+            &["--kds-keepalive", "2s"],
+        );
+        let ingress = TcpListener::bind("127.0.0.1:0").unwrap();
+        let ingress_address = format!("127.0.0.1:{}", ingress.local_addr().unwrap().port());
+        let zone1 = Zone::start(dir, &global, "zone-1", &[]);
+        let zone2 = Zone::start(dir, &global, "zone-2", &["--ingress-address", &ingress_address]);
+        for zone in [&zone1, &zone2] {
+            wait_until(
+                &format!("{} to receive the default mesh's policies", zone.name),
+                CONVERGE,
+                POLL,
+                || match zone.get(&format!("/meshes/{MESH}/meshretries/mesh-retry-all-{MESH}"))? {
+                    Some(_) => Ok(()),
+                    None => Err(zone.log_tail()),
+                },
+            );
+        }
+        Deployment {
+            global,
+            zone1,
+            zone2,
+            ingress: Mutex::new(Some(ingress)),
+            clients: AtomicUsize::new(0),
+        }
+    }
+
+    /// Registers a new client Dataplane in `zone` and returns its bootstrap
+    /// (node id `default.client-N-<hint>`) and node id.
+    fn client(&self, zone: &Zone, hint: &str) -> (String, String) {
+        let n = self.clients.fetch_add(1, Ordering::SeqCst);
+        let name = format!("client-{n}-{hint}");
+        zone.register(&name, 1, json!({"kuma.io/service": "client", "role": hint}));
+        let node = format!("{MESH}.{name}");
+        (bootstrap_json(&node, zone.xds), node)
+    }
+
+    /// Applies `doc` at the global with meridianctl, then waits until zone 1
+    /// holds exactly its spec.
+    fn apply(&self, doc: Value) {
+        let out = self.global.ctl(&["apply", "-f", "-"], Some(&doc.to_string()));
+        assert!(
+            out.status.success(),
+            "meridianctl apply {doc}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let path = format!("/meshes/{MESH}/{}/{}", plural(&doc), doc["name"].as_str().unwrap());
+        wait_until(
+            &format!("zone-1 to hold {path} as applied"),
+            CONVERGE,
+            POLL,
+            || match self.zone1.get(&path)? {
+                Some(item) if item["spec"] == doc["spec"] => Ok(()),
+                seen => Err(format!("{seen:?}\n{}", self.zone1.log_tail())),
+            },
+        );
+    }
+
+    /// Deletes a policy at the global and waits until zone 1 no longer has it.
+    fn delete(&self, plural: &str, name: &str) {
+        let out = self.global.ctl(&["delete", plural, name, "-m", MESH], None);
+        assert!(
+            out.status.success(),
+            "meridianctl delete {plural} {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let path = format!("/meshes/{MESH}/{plural}/{name}");
+        wait_until(&format!("zone-1 to drop {path}"), CONVERGE, POLL, || {
+            match self.zone1.get(&path)? {
+                None => Ok(()),
+                Some(item) => Err(format!("{item}")),
+            }
+        });
+    }
+}
+
+fn plural(doc: &Value) -> &'static str {
+    match doc["type"].as_str().unwrap() {
+        "MeshHTTPRoute" => "meshhttproutes",
+        "MeshRetry" => "meshretries",
+        "MeshTimeout" => "meshtimeouts",
+        "MeshFaultInjection" => "meshfaultinjections",
+        other => panic!("no plural for {other}"),
+    }
+}
+
+/// What a client saw, and the zone's log, for failure messages.
+fn seen(r: &ClientReport, zone: &Zone) -> String {
+    format!(
+        "client report: {}\nclient stderr (tail):\n{}\n{}",
+        r.raw,
+        tail(&r.stderr, 10),
+        zone.log_tail()
+    )
+}
+
+/// `n` calls from a new client of zone 1.
+fn calls(d: &Deployment, kind: ClientKind, service: &str, n: usize, args: &[&str]) -> ClientReport {
+    let (bootstrap, _) = d.client(&d.zone1, &format!("{kind:?}").to_lowercase());
+    run_client(kind, &format!("xds:///{service}"), n, args, Some(&bootstrap))
+}
+
+fn route(name: &str, service: &str, v1: u32, v2: u32) -> Value {
+    json!({"type": "MeshHTTPRoute", "name": name, "mesh": MESH, "spec": {
+        "targetRef": {"kind": "Mesh"},
+        "to": [{"targetRef": {"kind": "MeshService", "name": service}, "rules": [{
+            "matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+            "default": {"backendRefs": [
+                {"kind": "MeshServiceSubset", "name": service, "tags": {"version": "v1"}, "weight": v1},
+                {"kind": "MeshServiceSubset", "name": service, "tags": {"version": "v2"}, "weight": v2}]}}]}]}})
+}
+
+/// 1 and 2: clients reach `backend` (v1 and v2 in zone 1), then an 80/20
+/// MeshHTTPRoute splits 1,000 calls accordingly.
+fn reach_and_weighted_route(d: &Deployment) {
+    let _v1 = backend(&d.zone1, "backend-v1", "backend", json!({"version": "v1"}), &[]);
+    let _v2 = backend(&d.zone1, "backend-v2", "backend", json!({"version": "v2"}), &[]);
+    let (v1, v2) = ("zone-1/backend-v1", "zone-1/backend-v2");
+    for kind in ClientKind::ALL {
+        let r = calls(d, kind, "backend", 50, &[]);
+        let why = seen(&r, &d.zone1);
+        assert_eq!(r.total, 50, "{kind:?}: {why}");
+        assert_eq!(r.ok_total(), 50, "{kind:?}: every call reaches backend: {why}");
+        // Round robin over the two local endpoints.
+        assert!(r.ok_from(v1) >= 10 && r.ok_from(v2) >= 10, "{kind:?}: {why}");
+    }
+
+    d.apply(route("backend-split", "backend", 80, 20));
+    for kind in ClientKind::ALL {
+        let r = calls(d, kind, "backend", 1000, &["--concurrency", "4"]);
+        let why = seen(&r, &d.zone1);
+        assert_eq!(r.ok_total(), 1000, "{kind:?}: {why}");
+        let share = r.share(v1);
+        eprintln!("{kind:?}: 80/20 route gave v1 {} / v2 {}", r.ok_from(v1), r.ok_from(v2));
+        assert!(
+            (0.75..=0.85).contains(&share),
+            "{kind:?}: v1 share {share} outside [0.75, 0.85]: {why}"
+        );
+        assert_eq!(r.ok_from(v1) + r.ok_from(v2), 1000, "{kind:?}: {why}");
+    }
+}
+
+fn retry(name: &str, service: &str, num_retries: u32) -> Value {
+    json!({"type": "MeshRetry", "name": name, "mesh": MESH, "spec": {
+        "targetRef": {"kind": "Mesh"},
+        "to": [{"targetRef": {"kind": "MeshService", "name": service}, "default": {"grpc": {
+            "numRetries": num_retries, "retryOn": ["Unavailable"],
+            "backOff": {"baseInterval": "10ms", "maxInterval": "50ms"}}}}]}})
+}
+
+/// 3: a backend failing each request's first attempt. The default
+/// MeshRetry gets calls through; without it, or with `numRetries: 0`, they
+/// fail; a MeshRetry with retries on Unavailable gets them through again.
+fn retries(d: &Deployment) {
+    let server = backend(&d.zone1, "flaky", "flaky", json!({}), &["--fail-first", "1"]);
+    let through = |r: &ClientReport, kind: ClientKind, what: &str| {
+        let why = format!(
+            "{}\nserver output (tail):\n{}",
+            seen(r, &d.zone1),
+            tail(&server.output(), 10)
+        );
+        assert_eq!(r.ok_from("zone-1/flaky"), 20, "{kind:?} {what}: {why}");
+        assert_eq!(
+            r.attempts.get(&2),
+            Some(&20),
+            "{kind:?} {what}: the server saw attempt 2: {why}"
+        );
+    };
+    let failing = |r: &ClientReport, kind: ClientKind, what: &str| {
+        let why = seen(r, &d.zone1);
+        assert_eq!(r.errors_of("UNAVAILABLE"), 20, "{kind:?} {what}: {why}");
+        assert!(
+            r.error_samples["UNAVAILABLE"].contains("injected failure"),
+            "{kind:?} {what}: the server's own failure: {why}"
+        );
+    };
+
+    let r = calls(d, ClientKind::Python, "flaky", 20, &[]);
+    through(&r, ClientKind::Python, "with the default MeshRetry");
+
+    d.delete("meshretries", &format!("mesh-retry-all-{MESH}"));
+    let r = calls(d, ClientKind::Python, "flaky", 20, &[]);
+    failing(&r, ClientKind::Python, "without any MeshRetry");
+
+    // numRetries 0 is "no retries", and must not cost the client its routes.
+    d.apply(retry("flaky-retry", "flaky", 0));
+    for kind in ClientKind::ALL {
+        let r = calls(d, kind, "flaky", 20, &[]);
+        failing(&r, kind, "with numRetries 0");
+    }
+    let nacks: Vec<String> = d
+        .zone1
+        .log()
+        .lines()
+        .filter(|l| l.contains("NACK"))
+        .map(str::to_string)
+        .collect();
+    assert!(
+        nacks.is_empty(),
+        "clients rejected their configuration:\n{}",
+        nacks.join("\n")
+    );
+
+    d.apply(retry("flaky-retry", "flaky", 2));
+    for kind in ClientKind::ALL {
+        let r = calls(d, kind, "flaky", 20, &[]);
+        through(&r, kind, "with numRetries 2 on Unavailable");
+    }
+}
+
+/// 4: a MeshTimeout of 4s: a backend that answers after 8s fails with
+/// DEADLINE_EXCEEDED well before that (the client's own deadline is 30s), one
+/// answering after 0.5s succeeds.
+fn timeouts(d: &Deployment) {
+    let _slow = backend(&d.zone1, "slow", "slow", json!({}), &["--delay-ms", "8000"]);
+    let _fast = backend(&d.zone1, "fast", "fast", json!({}), &["--delay-ms", "500"]);
+    let timeout = |service: &str| {
+        json!({"targetRef": {"kind": "MeshService", "name": service},
+        "default": {"http": {"requestTimeout": "4s"}}})
+    };
+    d.apply(
+        json!({"type": "MeshTimeout", "name": "slow-and-fast", "mesh": MESH, "spec": {
+        "targetRef": {"kind": "Mesh"}, "to": [timeout("slow"), timeout("fast")]}}),
+    );
+    for kind in ClientKind::ALL {
+        let args = ["--deadline-ms", "30000", "--concurrency", "2"];
+        let r = calls(d, kind, "slow", 2, &args);
+        let why = seen(&r, &d.zone1);
+        assert_eq!(r.errors_of("DEADLINE_EXCEEDED"), 2, "{kind:?}: {why}");
+        // Two calls side by side: the run lasts about one timeout.
+        let elapsed = r.raw["elapsed_ms"].as_u64().unwrap();
+        eprintln!("{kind:?}: requestTimeout 4s against an 8s backend: DEADLINE_EXCEEDED after {elapsed} ms");
+        // grpcio 1.85 ends calls early under any method-config timeout (also a
+        // plain service config's, without xDS): about 1.3-1.9 s before it.
+        // @grpc/grpc-js keeps it to the millisecond.
+        let low = if kind == ClientKind::Python { 1000 } else { 3800 };
+        assert!(
+            (low..=5500).contains(&elapsed),
+            "{kind:?}: {elapsed} ms for a 4s requestTimeout: {why}"
+        );
+        let r = calls(d, kind, "fast", 2, &args);
+        let why = seen(&r, &d.zone1);
+        assert_eq!(r.ok_from("zone-1/fast"), 2, "{kind:?}: {why}");
+    }
+}
+
+/// 5: MeshFaultInjection aborting 100% with 503: every call UNAVAILABLE;
+/// removing it restores success.
+fn fault_injection(d: &Deployment) {
+    let _server = backend(&d.zone1, "faulty", "faulty", json!({}), &[]);
+    let r = calls(d, ClientKind::Python, "faulty", 20, &[]);
+    assert_eq!(
+        r.ok_from("zone-1/faulty"),
+        20,
+        "before the fault: {}",
+        seen(&r, &d.zone1)
+    );
+
+    d.apply(
+        json!({"type": "MeshFaultInjection", "name": "faulty-abort", "mesh": MESH, "spec": {
+        "targetRef": {"kind": "MeshService", "name": "faulty"},
+        "from": [{"targetRef": {"kind": "Mesh"},
+            "default": {"http": [{"abort": {"httpStatus": 503, "percentage": 100}}]}}]}}),
+    );
+    for kind in ClientKind::ALL {
+        let r = calls(d, kind, "faulty", 50, &[]);
+        let why = seen(&r, &d.zone1);
+        assert_eq!(r.errors_of("UNAVAILABLE"), 50, "{kind:?}: every call aborted: {why}");
+        eprintln!("{kind:?}: abort 503 reads {:?}", r.error_samples["UNAVAILABLE"]);
+    }
+
+    d.delete("meshfaultinjections", "faulty-abort");
+    for kind in ClientKind::ALL {
+        let r = calls(d, kind, "faulty", 20, &[]);
+        assert_eq!(
+            r.ok_from("zone-1/faulty"),
+            20,
+            "{kind:?}: after the fault is removed: {}",
+            seen(&r, &d.zone1)
+        );
+    }
+}
+
+/// How many lines of the zone's log say that `node` connected.
+fn connections(zone: &Zone, node: &str) -> usize {
+    let needle = format!("proxy={node} ");
+    zone.log()
+        .lines()
+        .filter(|l| l.contains("proxy connected") && format!("{l} ").contains(&needle))
+        .count()
+}
+
+/// Reads a watch client's windows until `done` holds for one, failing after
+/// `timeout`; returns the windows read (the last one satisfies `done`).
+fn windows_until(
+    w: &mut WatchClient,
+    what: &str,
+    timeout: Duration,
+    zone: &Zone,
+    done: impl Fn(&ClientReport) -> bool,
+) -> Vec<ClientReport> {
+    let deadline = Instant::now() + timeout;
+    let mut seen = Vec::new();
+    let shown = |seen: &[ClientReport], w: &WatchClient| {
+        let raw: Vec<String> = seen.iter().map(|r| r.raw.to_string()).collect();
+        format!(
+            "windows:\n{}\nclient stderr (tail):\n{}\n{}",
+            raw.join("\n"),
+            tail(&w.stderr(), 10),
+            zone.log_tail()
+        )
+    };
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            !left.is_zero(),
+            "timed out after {timeout:?} waiting for {what}; {}",
+            shown(&seen, w)
+        );
+        match w.next(left.max(Duration::from_millis(1))) {
+            Some(r) if r.summary => panic!("the watch client ended before {what}; {}", shown(&seen, w)),
+            Some(r) => {
+                let hit = r.total > 0 && done(&r);
+                seen.push(r);
+                if hit {
+                    return seen;
+                }
+            }
+            None => panic!("the watch client exited before {what}; {}", shown(&seen, w)),
+        }
+    }
+}
+
+/// 6: running clients follow route changes made at the global (100/0 to
+/// 0/100 and back, twice) on their one ADS stream, without a failed call.
+fn live_route_change(d: &Deployment) {
+    let _v1 = backend(&d.zone1, "canary-v1", "canary", json!({"version": "v1"}), &[]);
+    let _v2 = backend(&d.zone1, "canary-v2", "canary", json!({"version": "v2"}), &[]);
+    let (v1, v2) = ("zone-1/canary-v1", "zone-1/canary-v2");
+    d.apply(route("canary-shift", "canary", 100, 0));
+    let mut watchers: Vec<(ClientKind, String, WatchClient)> = ClientKind::ALL
+        .into_iter()
+        .map(|kind| {
+            let (bootstrap, node) = d.client(&d.zone1, &format!("watch-{kind:?}").to_lowercase());
+            // Calls close together, so that one lands in any gap a change
+            // might leave.
+            let args = ["--interval-ms", "5", "--concurrency", "2", "--deadline-ms", "2000"];
+            (
+                kind,
+                node,
+                WatchClient::start(kind, "xds:///canary", 60, &args, Some(&bootstrap)),
+            )
+        })
+        .collect();
+    for (kind, _, w) in &mut watchers {
+        windows_until(
+            w,
+            &format!("{kind:?} calls all answered by v1"),
+            SWITCH,
+            &d.zone1,
+            |r| r.ok_from(v1) == r.total,
+        );
+    }
+    let connected: Vec<usize> = watchers
+        .iter()
+        .map(|(_, node, _)| connections(&d.zone1, node))
+        .collect();
+    assert!(
+        connected.iter().all(|&n| n > 0),
+        "the zone's log names the watch clients' streams: {connected:?}\n{}",
+        d.zone1.log_tail()
+    );
+    for (to, weights) in [(v2, (0, 100)), (v1, (100, 0)), (v2, (0, 100))] {
+        let changed = Instant::now();
+        d.apply(route("canary-shift", "canary", weights.0, weights.1));
+        for (kind, _, w) in &mut watchers {
+            let what = format!("{kind:?} calls all answered by {to} after the route became {weights:?}");
+            let windows = windows_until(w, &what, SWITCH, &d.zone1, |r| r.ok_from(to) == r.total);
+            eprintln!("{kind:?}: route {weights:?} followed within {:?}", changed.elapsed());
+            let failed: Vec<String> = windows
+                .iter()
+                .filter(|r| !r.errors.is_empty())
+                .map(|r| r.raw.to_string())
+                .collect();
+            assert!(
+                failed.is_empty(),
+                "{kind:?}: calls failed while the route became {weights:?}:\n{}\n{}",
+                failed.join("\n"),
+                d.zone1.log_tail()
+            );
+        }
+    }
+    for ((kind, node, _), before) in watchers.iter().zip(connected) {
+        assert_eq!(
+            connections(&d.zone1, node),
+            before,
+            "{kind:?}: {node} kept its ADS stream (no new connection)\n{}",
+            d.zone1.log_tail()
+        );
+    }
+}
+
+/// A stand-in for zone 2's ingress: accepts on `listener` and copies bytes
+/// both ways to 127.0.0.1:`to`. Counts connections.
+fn forward(listener: TcpListener, to: u16) -> Arc<AtomicUsize> {
+    let count = Arc::new(AtomicUsize::new(0));
+    let counter = count.clone();
+    std::thread::spawn(move || {
+        for inbound in listener.incoming() {
+            let Ok(inbound) = inbound else { continue };
+            // A refused upstream closes the inbound connection (dropped).
+            let Ok(outbound) = TcpStream::connect(("127.0.0.1", to)) else {
+                continue;
+            };
+            counter.fetch_add(1, Ordering::SeqCst);
+            for (from, into) in [
+                (inbound.try_clone(), outbound.try_clone()),
+                (outbound.try_clone(), inbound.try_clone()),
+            ] {
+                let (Ok(mut from), Ok(mut into)) = (from, into) else {
+                    continue;
+                };
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 16 * 1024];
+                    while let Ok(n) = from.read(&mut buf) {
+                        if n == 0 || into.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = into.shutdown(Shutdown::Write);
+                });
+            }
+        }
+    });
+    count
+}
+
+/// 7: `failover` runs in both zones; zone 1's clients use their local
+/// endpoint, fail over to zone 2's (through its ingress) when it dies, and
+/// come back when it returns on the same port.
+fn cross_zone_failover(d: &Deployment) {
+    let mut local = backend(&d.zone1, "failover-1", "failover", json!({}), &[]);
+    let remote = backend(&d.zone2, "failover-2", "failover", json!({}), &[]);
+    let listener = d.ingress.lock().unwrap().take().expect("the ingress listener");
+    let ingress_port = listener.local_addr().unwrap().port();
+    let forwarded = forward(listener, remote.port);
+    wait_until("zone-2's ingress offering failover in zone-1", CONVERGE, POLL, || {
+        let ingress = d.zone1.get("/zoneingresses/zone-2.ingress")?;
+        let offers = ingress.as_ref().is_some_and(|i| {
+            i["networking"]["advertisedPort"] == ingress_port
+                && i["availableServices"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|s| s["tags"]["kuma.io/service"] == "failover"))
+        });
+        offers
+            .then_some(())
+            .ok_or_else(|| format!("{ingress:?}\n{}", d.zone2.log_tail()))
+    });
+    let (z1, z2) = ("zone-1/failover-1", "zone-2/failover-2");
+    let mut watchers: Vec<(ClientKind, WatchClient)> = ClientKind::ALL
+        .into_iter()
+        .map(|kind| {
+            let (bootstrap, _) = d.client(&d.zone1, &format!("failover-{kind:?}").to_lowercase());
+            let args = ["--interval-ms", "20", "--deadline-ms", "1000"];
+            (
+                kind,
+                WatchClient::start(kind, "xds:///failover", 90, &args, Some(&bootstrap)),
+            )
+        })
+        .collect();
+    for (kind, w) in &mut watchers {
+        windows_until(
+            w,
+            &format!("{kind:?} calls answered in zone 1"),
+            SWITCH,
+            &d.zone1,
+            |r| r.ok_from(z1) == r.total,
+        );
+    }
+    assert_eq!(
+        forwarded.load(Ordering::SeqCst),
+        0,
+        "no traffic leaves zone 1 while it is up"
+    );
+
+    let port = local.port;
+    local.kill();
+    let killed = Instant::now();
+    for (kind, w) in &mut watchers {
+        windows_until(
+            w,
+            &format!("{kind:?} calls answered by zone 2"),
+            SWITCH,
+            &d.zone1,
+            |r| r.ok_from(z2) == r.total,
+        );
+        eprintln!("{kind:?}: failed over to zone 2 within {:?}", killed.elapsed());
+    }
+    assert!(
+        forwarded.load(Ordering::SeqCst) > 0,
+        "zone 2 was reached through its ingress"
+    );
+
+    let _local = TestServer::start(z1, &["--port", &port.to_string()]);
+    let back = Instant::now();
+    for (kind, w) in &mut watchers {
+        windows_until(
+            w,
+            &format!("{kind:?} calls back in zone 1"),
+            Duration::from_secs(40),
+            &d.zone1,
+            |r| r.ok_from(z1) == r.total,
+        );
+        eprintln!("{kind:?}: back in zone 1 within {:?}", back.elapsed());
+    }
+}
+
+/// 8: nodes that name an unregistered dataplane, or a mesh that does not
+/// exist, get no configuration: the client fails to set up and the zone's
+/// log says why.
+fn refusals(d: &Deployment) {
+    // The node id, and what the zone's log must say about it.
+    let cases = [
+        (
+            format!("{MESH}.ghost"),
+            [format!("dataplane {MESH}.ghost is not registered"), String::new()],
+        ),
+        ("nomesh.client".to_string(), ["mesh".to_string(), "nomesh".to_string()]),
+    ];
+    std::thread::scope(|s| {
+        let runs: Vec<_> = cases
+            .iter()
+            .flat_map(|case| ClientKind::ALL.map(|kind| (case, kind)))
+            .map(|((node, reason), kind)| {
+                s.spawn(move || {
+                    let bootstrap = bootstrap_json(node, d.zone1.xds);
+                    let failure = try_run_client(
+                        kind,
+                        "xds:///backend",
+                        1,
+                        &["--ready-timeout-ms", "3000", "--deadline-ms", "1000"],
+                        Some(&bootstrap),
+                        Duration::from_secs(60),
+                    )
+                    .map(|r| r.raw)
+                    .expect_err("a refused node gets no configuration");
+                    assert_eq!(
+                        failure.status.and_then(|s| s.code()),
+                        Some(3),
+                        "{kind:?} as {node}: {failure}"
+                    );
+                    eprintln!(
+                        "{kind:?} as {node}: {}",
+                        failure.stdout.lines().last().unwrap_or_default()
+                    );
+                    wait_until(&format!("zone-1's log to say {reason:?}"), CONVERGE, POLL, || {
+                        d.zone1
+                            .log()
+                            .lines()
+                            .find(|l| l.contains(node.as_str()) && reason.iter().all(|r| l.contains(r.as_str())))
+                            .filter(|l| l.contains("not registered") || l.contains("does not exist"))
+                            .map(|l| eprintln!("zone-1 on {node}: {l}"))
+                            .ok_or_else(|| d.zone1.log_tail())
+                    });
+                })
+            })
+            .collect();
+        for r in runs {
+            if let Err(e) = r.join() {
+                std::panic::resume_unwind(e);
+            }
+        }
+    });
+}
+
+type Scenario = fn(&Deployment);
+
+#[test]
+fn proxyless_clients_follow_policies_across_zones() {
+    let started = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let d = Deployment::start(dir.path());
+    eprintln!("global and two zones up in {:?}", started.elapsed());
+
+    // Lanes run side by side; scenarios in a lane run in order.
+    let lanes: Vec<Vec<(&str, Scenario)>> = vec![
+        vec![
+            ("1+2 reach and weighted route", reach_and_weighted_route),
+            ("5 fault injection", fault_injection),
+        ],
+        vec![("3 retries", retries), ("8 refusals", refusals)],
+        vec![("4 timeouts", timeouts)],
+        vec![("6 live route change", live_route_change)],
+        vec![("7 cross-zone failover", cross_zone_failover)],
+    ];
+    // XDS_E2E_ONLY=retries,failover runs only the scenarios whose names
+    // contain one of the words.
+    let only = std::env::var("XDS_E2E_ONLY").unwrap_or_default();
+    let wanted = |name: &str| only.is_empty() || only.split(',').any(|w| name.contains(w.trim()));
+    let failures: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = lanes
+            .into_iter()
+            .map(|lane| lane.into_iter().filter(|(name, _)| wanted(name)).collect::<Vec<_>>())
+            .map(|lane| {
+                let d = &d;
+                s.spawn(move || {
+                    let mut failed = Vec::new();
+                    for (name, scenario) in lane {
+                        let t = Instant::now();
+                        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| scenario(d)));
+                        eprintln!(
+                            "scenario {name}: {} in {:?}",
+                            if outcome.is_ok() { "passed" } else { "FAILED" },
+                            t.elapsed()
+                        );
+                        if let Err(e) = outcome {
+                            let msg = e
+                                .downcast_ref::<String>()
+                                .cloned()
+                                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                                .unwrap_or_default();
+                            failed.push(format!("{name}: {msg}"));
+                        }
+                    }
+                    failed
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    eprintln!("all scenarios done in {:?}", started.elapsed());
+    assert!(
+        failures.is_empty(),
+        "{} scenario(s) failed:\n\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
+}
