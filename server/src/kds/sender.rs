@@ -44,6 +44,10 @@ struct TypeState {
     /// Content the peer refused: not sent again until it changes.
     rejected: HashMap<String, String>,
     dirty: BTreeSet<String>,
+    /// Meshes deleted since the peer was last told: their removal must reach
+    /// the peer even if an identical mesh exists again, because removing a
+    /// mesh also removes everything in it (see [`SenderState::on_delete`]).
+    deleted_meshes: BTreeSet<String>,
     in_flight: Option<InFlight>,
 }
 
@@ -187,6 +191,20 @@ impl SenderState {
         }
     }
 
+    /// Marks a resource as deleted. Like [`Self::on_change`], except that a
+    /// deleted mesh is removed at the peer even when it is re-created with
+    /// identical content before the removal goes out: the store took
+    /// everything in the mesh along (here, and the peer's copies of this
+    /// side's resources in it), and the peer must do the same.
+    pub fn on_delete(&mut self, kind: ResourceType, wire_name: &str) {
+        if let Some(st) = self.types.get_mut(&kind) {
+            st.dirty.insert(wire_name.to_string());
+            if kind == ResourceType::Mesh {
+                st.deleted_meshes.insert(wire_name.to_string());
+            }
+        }
+    }
+
     /// Marks everything as possibly changed (after missed events).
     pub fn on_resync(&mut self, current: &dyn Fn(ResourceType) -> Vec<String>) {
         for (kind, st) in self.types.iter_mut() {
@@ -215,7 +233,11 @@ impl SenderState {
             let mut size = 0usize;
             let mut done = Vec::new();
             for name in st.dirty.iter() {
-                match lookup(*kind, name) {
+                // A mesh deleted since the peer got it goes out as a removal
+                // first, whatever exists under its name now.
+                let tombstone = st.deleted_meshes.remove(name);
+                let deleted = tombstone && st.peer.contains_key(name);
+                match lookup(*kind, name).filter(|_| !deleted) {
                     Some(r) => {
                         let unchanged = st.peer.get(name) == Some(&r.version);
                         let refused = st.rejected.get(name) == Some(&r.version);
@@ -235,13 +257,19 @@ impl SenderState {
                     None => {
                         if st.peer.contains_key(name) {
                             if !resources.is_empty() && size + name.len() + 8 > max {
+                                if tombstone {
+                                    st.deleted_meshes.insert(name.clone());
+                                }
                                 break;
                             }
                             size += name.len() + 8;
                             removed.push(name.clone());
                             sent.push((name.clone(), None));
                         }
-                        done.push(name.clone());
+                        // A re-created mesh stays dirty: it goes out after its removal.
+                        if !deleted {
+                            done.push(name.clone());
+                        }
                     }
                 }
             }
@@ -449,6 +477,36 @@ mod tests {
             ["m", "m/p", "m/q"],
             "everything in the re-created mesh is sent again"
         );
+    }
+
+    #[test]
+    fn a_mesh_deleted_and_recreated_while_in_flight_is_removed_first() {
+        let world: World = RefCell::new(BTreeMap::from([
+            ("a".into(), ("1".into(), 10)),
+            ("m".into(), ("1".into(), 10)),
+        ]));
+        let mut s = SenderState::new([ResourceType::Mesh], 1 << 20);
+        s.on_request(&subscribe(&[("m", "1")]), &names(&world)).unwrap();
+        let first = s.next_response(&lookup(&world)).unwrap();
+        assert_eq!(first.resources[0].name, "a");
+        // While "a" is in flight, m is deleted and re-created identically.
+        s.on_delete(ResourceType::Mesh, "m");
+        s.on_change(ResourceType::Mesh, "m");
+        s.on_request(&ack(&first.nonce, &[]), &names(&world)).unwrap();
+        let removal = s.next_response(&lookup(&world)).unwrap();
+        assert_eq!(removal.removed_resources, ["m"], "{removal:?}");
+        assert!(removal.resources.is_empty());
+        s.on_request(&ack(&removal.nonce, &[]), &names(&world)).unwrap();
+        let again = s.next_response(&lookup(&world)).unwrap();
+        assert_eq!(again.resources[0].name, "m");
+        s.on_request(&ack(&again.nonce, &[]), &names(&world)).unwrap();
+        assert!(s.next_response(&lookup(&world)).is_none());
+        // A deletion of a mesh the peer never had leaves no trace.
+        s.on_delete(ResourceType::Mesh, "new");
+        world.borrow_mut().insert("new".into(), ("1".into(), 10));
+        s.on_change(ResourceType::Mesh, "new");
+        let r = s.next_response(&lookup(&world)).unwrap();
+        assert_eq!((r.resources.len(), r.removed_resources.len()), (1, 0), "{r:?}");
     }
 
     #[test]

@@ -103,7 +103,7 @@ where
                     state.on_change(r.key.kind, &wire_name(r.key.mesh.as_deref(), &r.key.name));
                 }
                 Ok(Event::Delete { key, .. }) => {
-                    state.on_change(key.kind, &wire_name(key.mesh.as_deref(), &key.name));
+                    state.on_delete(key.kind, &wire_name(key.mesh.as_deref(), &key.name));
                 }
                 Err(broadcast::error::RecvError::Lagged(_)) => {
                     state.on_resync(&|k| current_names(&cache, outbound.as_ref(), k));
