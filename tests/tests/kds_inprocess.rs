@@ -1283,3 +1283,43 @@ async fn a_replaced_stream_is_told_why() {
         "{status:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mesh_deleted_and_recreated_takes_the_zones_dataplanes_along_everywhere() {
+    let c = Cluster::start(2, |_| None).await;
+    let g = &c.global.manager;
+    apply(g, json!({"type": "Mesh", "name": "m"})).await;
+    mesh_defaults(g, "m").await;
+    c.converged("mesh m").await;
+    let (z1, z2) = (&c.zones[0].1.manager, &c.zones[1].1.manager);
+    let in_m = |m: &Manager| -> Vec<String> {
+        m.list(&Filter::in_mesh(ResourceType::Dataplane, "m"))
+            .into_iter()
+            .map(|r| r.key.name)
+            .collect()
+    };
+    for round in 0..5 {
+        apply(z1, dataplane("web", "m", "web", 80)).await;
+        apply(z2, dataplane("db", "m", "db", 5432)).await;
+        eventually("the dataplanes at the global", DEADLINE, || {
+            let got = in_m(g);
+            (got == ["zone-1.web", "zone-2.db"])
+                .then_some(())
+                .ok_or_else(|| format!("round {round}: {got:?}"))
+        })
+        .await;
+        // Deleted and at once re-created, identical: the deletion took the
+        // dataplanes along at the global, so it must in the zones too.
+        delete(g, ResourceType::Mesh, None, "m").await;
+        apply(g, json!({"type": "Mesh", "name": "m"})).await;
+        mesh_defaults(g, "m").await;
+        eventually("no dataplane left in m anywhere", DEADLINE, || {
+            let seen = (in_m(g), in_m(z1), in_m(z2));
+            (seen.0.is_empty() && seen.1.is_empty() && seen.2.is_empty())
+                .then_some(())
+                .ok_or_else(|| format!("round {round}: global, zone-1, zone-2: {seen:?}"))
+        })
+        .await;
+        c.converged("the re-created mesh").await;
+    }
+}
