@@ -16,8 +16,9 @@
 //! or a name that does not exist). A request the state refuses ends its
 //! stream; the proxy reconnects with a fresh one. After each step the
 //! responses due against the current set are checked: they carry only served
-//! types and existing resources, fresh nonces, and asking again without a
-//! change yields nothing.
+//! types and existing resources (for SotW clusters, of either set: a replaced
+//! cluster lingers until the proxy has routes without it), fresh nonces, and
+//! asking again without a change yields nothing.
 #![no_main]
 
 use std::collections::BTreeSet;
@@ -31,7 +32,7 @@ use libfuzzer_sys::fuzz_target;
 use meridian_core::dataplane::Dataplane;
 use meridian_xds::ads::{DeltaState, SotwState};
 use meridian_xds::generate::{proxyless, NoPolicies};
-use meridian_xds::resources::{SharedResources, TYPES_IN_ORDER};
+use meridian_xds::resources::{SharedResources, CLUSTER, TYPES_IN_ORDER};
 use meridian_xds::snapshot::{DataplaneEntry, MeshSnapshot, ProxyContext, ProxyKind};
 use prost::Message;
 
@@ -186,8 +187,17 @@ impl Streams {
             );
             for body in &r.resources {
                 assert_eq!(body.type_url, r.type_url, "a resource of another type in the response");
+                // A cluster of the previous set may linger until the proxy
+                // has the routes without it (make before break).
+                let candidates: &[SharedResources] = if r.type_url == CLUSTER {
+                    sets()
+                } else {
+                    std::slice::from_ref(set)
+                };
                 assert!(
-                    set.of_type(&r.type_url).any(|x| x.body == *body),
+                    candidates
+                        .iter()
+                        .any(|s| s.of_type(&r.type_url).any(|x| x.body == *body)),
                     "sotw sent a resource that is not in the set"
                 );
             }
