@@ -748,6 +748,7 @@ mod render {
             Router,
             HttpFault,
             TcpProxy,
+            envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions,
         );
         None
     }
@@ -766,6 +767,8 @@ mod render {
                 };
             }
             register!(
+                envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions,
+                envoy_types::pb::envoy::config::core::v3::Http2ProtocolOptions,
                 Listener,
                 FilterChain,
                 Filter,

@@ -2,7 +2,7 @@
 //! the zone's dataplanes and the other zones' ingresses — and the proxy a
 //! configuration is for. Built from the zone's cache; plain data.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use meridian_core::dataplane::{Dataplane, ZoneIngress, SERVICE_TAG};
 use meridian_core::mesh::Mesh;
@@ -93,58 +93,114 @@ impl MeshSnapshot {
     /// The ports a service is known to listen on locally (for `svc:port`
     /// listener names of proxyless clients).
     pub fn service_ports(&self, service: &str) -> BTreeSet<u32> {
-        self.dataplanes
-            .iter()
-            .flat_map(|dp| dp.spec.networking.inbound.iter())
-            .filter(|i| i.tags.get(SERVICE_TAG).map(String::as_str) == Some(service))
-            .map(|i| i.service_port.unwrap_or(i.port))
-            .collect()
+        ServiceIndex::new(self).ports(service)
     }
 
     /// Endpoints of `service` whose tags include `subset`: local inbounds
     /// (zone = this zone) and other zones' ingresses that advertise it.
     pub fn endpoints(&self, service: &str, subset: &BTreeMap<String, String>) -> Vec<ServiceEndpoint> {
-        let selected = |tags: &BTreeMap<String, String>| {
-            tags.get(SERVICE_TAG).map(String::as_str) == Some(service)
-                && subset.iter().all(|(k, v)| tags.get(k) == Some(v))
-        };
-        let mut out = Vec::new();
-        for dp in &self.dataplanes {
+        ServiceIndex::new(self)
+            .endpoints(service, subset)
+            .into_iter()
+            .cloned()
+            .collect()
+    }
+}
+
+/// Per-service lookups over a snapshot, built once per generation so that
+/// a proxy with many destinations does not rescan every dataplane for each.
+pub struct ServiceIndex<'a> {
+    endpoints: HashMap<&'a str, Vec<ServiceEndpoint>>,
+    ports: HashMap<&'a str, BTreeSet<u32>>,
+    protocols: HashMap<&'a str, Vec<&'a str>>,
+}
+
+/// The tag that declares a service's protocol.
+pub const PROTOCOL_TAG: &str = "kuma.io/protocol";
+
+impl<'a> ServiceIndex<'a> {
+    pub fn new(snapshot: &'a MeshSnapshot) -> Self {
+        let mut endpoints: HashMap<&'a str, Vec<ServiceEndpoint>> = HashMap::new();
+        let mut ports: HashMap<&'a str, BTreeSet<u32>> = HashMap::new();
+        let mut protocols: HashMap<&'a str, Vec<&'a str>> = HashMap::new();
+        for dp in &snapshot.dataplanes {
             let n = &dp.spec.networking;
-            for inbound in n.inbound.iter().filter(|i| selected(&i.tags)) {
+            for inbound in &n.inbound {
+                let Some(service) = inbound.tags.get(SERVICE_TAG) else {
+                    continue;
+                };
                 let address = inbound
                     .address
                     .clone()
                     .or_else(|| n.advertised_address.clone())
                     .unwrap_or_else(|| n.address.clone());
-                out.push(ServiceEndpoint {
+                endpoints.entry(service).or_default().push(ServiceEndpoint {
                     address,
                     port: inbound.port,
-                    zone: self.zone.clone(),
+                    zone: snapshot.zone.clone(),
                     tags: inbound.tags.clone(),
                     weight: 1,
                 });
+                ports
+                    .entry(service)
+                    .or_default()
+                    .insert(inbound.service_port.unwrap_or(inbound.port));
+                if let Some(p) = inbound.tags.get(PROTOCOL_TAG) {
+                    protocols.entry(service).or_default().push(p);
+                }
             }
         }
-        for ingress in &self.remote_ingresses {
+        for ingress in &snapshot.remote_ingresses {
             let net = &ingress.spec.networking;
-            let (Some(address), Some(port)) = (net.advertised_address.clone(), net.advertised_port) else {
+            let (Some(address), Some(port)) = (net.advertised_address.as_ref(), net.advertised_port) else {
                 continue;
             };
             for svc in ingress.spec.available_services.iter() {
-                if svc.mesh != self.mesh || !selected(&svc.tags) || svc.instances == 0 {
+                let Some(service) = svc.tags.get(SERVICE_TAG) else {
+                    continue;
+                };
+                if svc.mesh != snapshot.mesh || svc.instances == 0 {
                     continue;
                 }
-                out.push(ServiceEndpoint {
+                endpoints.entry(service).or_default().push(ServiceEndpoint {
                     address: address.clone(),
                     port,
                     zone: ingress.zone.clone(),
                     tags: svc.tags.clone(),
                     weight: svc.instances,
                 });
+                if let Some(p) = svc.tags.get(PROTOCOL_TAG) {
+                    protocols.entry(service).or_default().push(p);
+                }
             }
         }
-        out.sort();
-        out
+        for list in endpoints.values_mut() {
+            list.sort();
+        }
+        ServiceIndex {
+            endpoints,
+            ports,
+            protocols,
+        }
+    }
+
+    /// Endpoints of `service` whose tags include `subset`.
+    pub fn endpoints(&self, service: &str, subset: &BTreeMap<String, String>) -> Vec<&ServiceEndpoint> {
+        self.endpoints
+            .get(service)
+            .into_iter()
+            .flatten()
+            .filter(|e| subset.iter().all(|(k, v)| e.tags.get(k) == Some(v)))
+            .collect()
+    }
+
+    /// The local ports of `service`.
+    pub fn ports(&self, service: &str) -> BTreeSet<u32> {
+        self.ports.get(service).cloned().unwrap_or_default()
+    }
+
+    /// The `kuma.io/protocol` values the service's endpoints declare.
+    pub fn protocols(&self, service: &str) -> &[&'a str] {
+        self.protocols.get(service).map(Vec::as_slice).unwrap_or(&[])
     }
 }

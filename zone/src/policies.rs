@@ -3,8 +3,8 @@
 //! merging are `meridian_core::policy::matching`; this module decodes a
 //! snapshot's policies once and answers the generator's questions.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use meridian_core::dataplane::{Dataplane, SERVICE_TAG};
 use meridian_core::policy::matching::{
@@ -25,8 +25,17 @@ use serde_json::json;
 use crate::xds::ResolverFactory;
 
 /// The policies of one mesh, decoded.
+///
+/// Most destinations are only ever targeted by `Mesh`-wide entries; for
+/// those, every destination gets the same effective configuration, so it is
+/// computed once per proxy and reused ([`MeshPolicies::specific`] lists the
+/// services some policy names, which are resolved one by one).
 #[derive(Default)]
 pub struct MeshPolicies {
+    /// Services named by some policy (MeshService targets, subset tags).
+    specific: HashSet<String>,
+    /// The configuration of a proxy towards any destination no policy names.
+    generic: Mutex<HashMap<String, OutboundPolicies>>,
     timeouts: Vec<(String, MeshTimeout)>,
     retries: Vec<(String, MeshRetry)>,
     circuit_breakers: Vec<(String, MeshCircuitBreaker)>,
@@ -55,7 +64,13 @@ fn decode<P: DeserializeOwned>(snapshot: &MeshSnapshot, kind: ResourceType) -> V
 
 impl MeshPolicies {
     pub fn new(snapshot: &MeshSnapshot) -> Self {
+        let mut specific = HashSet::new();
+        for (_, spec) in snapshot.policies.values().flatten() {
+            named_services(spec, &mut specific);
+        }
         MeshPolicies {
+            specific,
+            generic: Mutex::new(HashMap::new()),
             timeouts: decode(snapshot, ResourceType::MeshTimeout),
             retries: decode(snapshot, ResourceType::MeshRetry),
             circuit_breakers: decode(snapshot, ResourceType::MeshCircuitBreaker),
@@ -97,8 +112,53 @@ fn client_tags(dp: &Dataplane) -> Tags {
     dp.all_tags()
 }
 
+/// Collects every service a policy names: `MeshService`/`MeshServiceSubset`
+/// references and `kuma.io/service` values of tag selectors.
+fn named_services(v: &serde_json::Value, out: &mut HashSet<String>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            if let (Some(kind), Some(name)) = (m.get("kind").and_then(|k| k.as_str()), m.get("name")) {
+                if matches!(kind, "MeshService" | "MeshServiceSubset") {
+                    if let Some(n) = name.as_str() {
+                        out.insert(n.to_string());
+                    }
+                }
+            }
+            if let Some(s) = m.get("tags").and_then(|t| t.get(SERVICE_TAG)).and_then(|s| s.as_str()) {
+                out.insert(s.to_string());
+            }
+            for child in m.values() {
+                named_services(child, out);
+            }
+        }
+        serde_json::Value::Array(a) => {
+            for child in a {
+                named_services(child, out);
+            }
+        }
+        _ => {}
+    }
+}
+
 impl PolicyResolver for MeshPolicies {
-    fn outbound(&self, _snapshot: &MeshSnapshot, proxy: &ProxyContext, service: &str) -> OutboundPolicies {
+    fn outbound(&self, snapshot: &MeshSnapshot, proxy: &ProxyContext, service: &str) -> OutboundPolicies {
+        if self.specific.contains(service) {
+            return self.resolve_outbound(snapshot, proxy, service);
+        }
+        let mut generic = self.generic.lock().unwrap_or_else(|p| p.into_inner());
+        generic
+            .entry(proxy.name.clone())
+            .or_insert_with(|| self.resolve_outbound(snapshot, proxy, service))
+            .clone()
+    }
+
+    fn inbound(&self, snapshot: &MeshSnapshot, proxy: &ProxyContext, index: usize) -> InboundPolicies {
+        self.resolve_inbound(snapshot, proxy, index)
+    }
+}
+
+impl MeshPolicies {
+    fn resolve_outbound(&self, _snapshot: &MeshSnapshot, proxy: &ProxyContext, service: &str) -> OutboundPolicies {
         let view = ProxyView::new(&proxy.mesh, &proxy.dataplane);
         let dest = Destination::Service(service);
         let rules: Vec<Rule> = http_route_rules(&self.http_routes, &view, dest).unwrap_or_else(|e| {
@@ -133,7 +193,7 @@ impl PolicyResolver for MeshPolicies {
         }
     }
 
-    fn inbound(&self, _snapshot: &MeshSnapshot, proxy: &ProxyContext, index: usize) -> InboundPolicies {
+    fn resolve_inbound(&self, _snapshot: &MeshSnapshot, proxy: &ProxyContext, index: usize) -> InboundPolicies {
         let view = ProxyView::new(&proxy.mesh, &proxy.dataplane);
         let anyone = BTreeMap::new();
         InboundPolicies {

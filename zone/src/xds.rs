@@ -500,7 +500,9 @@ impl ZoneXds {
     /// The snapshot and proxy context of a dataplane, as generation sees it.
     fn context(&self, mesh: &str, name: &str) -> Option<(MeshSnapshot, ProxyContext, bool)> {
         let s = &self.shared;
-        let dp = s.manager.get(&ResourceKey::in_mesh(ResourceType::Dataplane, mesh, name))?;
+        let dp = s
+            .manager
+            .get(&ResourceKey::in_mesh(ResourceType::Dataplane, mesh, name))?;
         let dataplane: Dataplane = serde_json::from_value(dp.spec).ok()?;
         let id = ProxyId {
             mesh: mesh.to_string(),

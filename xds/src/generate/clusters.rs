@@ -9,7 +9,13 @@ use envoy_types::pb::envoy::config::cluster::v3::{
 use meridian_core::policy::meshcircuitbreaker;
 use meridian_core::policy::meshloadbalancingstrategy::LoadBalancerType;
 
-use super::{ads_source, duration, u32_value, OutboundPolicies};
+use std::collections::HashMap;
+
+use envoy_types::pb::envoy::config::core::v3::Http2ProtocolOptions;
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::{http_protocol_options, HttpProtocolOptions};
+use envoy_types::pb::google::protobuf::Any;
+
+use super::{ads_source, any, duration, u32_value, OutboundPolicies};
 
 /// Envoy's connect timeout when no MeshTimeout says otherwise.
 const DEFAULT_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -63,8 +69,30 @@ fn outlier_detection(o: &meshcircuitbreaker::OutlierDetection) -> Option<Outlier
     })
 }
 
-/// An EDS cluster named `name` (its load assignment has the same name).
-pub fn eds_cluster(name: &str, p: &OutboundPolicies) -> Cluster {
+/// Cluster options that make Envoy speak HTTP/2 to the upstream (gRPC and
+/// `http2` services); one map entry, so its encoding is deterministic.
+pub fn http2_upstream() -> HashMap<String, Any> {
+    let options = HttpProtocolOptions {
+        upstream_protocol_options: Some(http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
+            http_protocol_options::ExplicitHttpConfig {
+                protocol_config: Some(
+                    http_protocol_options::explicit_http_config::ProtocolConfig::Http2ProtocolOptions(
+                        Http2ProtocolOptions::default(),
+                    ),
+                ),
+            },
+        )),
+        ..Default::default()
+    };
+    HashMap::from([(
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".to_string(),
+        any(&options),
+    )])
+}
+
+/// An EDS cluster named `name` (its load assignment has the same name);
+/// `http2` when the upstream speaks HTTP/2 (gRPC).
+pub fn eds_cluster(name: &str, p: &OutboundPolicies, http2: bool) -> Cluster {
     let connect_timeout = p
         .timeout
         .as_ref()
@@ -100,6 +128,7 @@ pub fn eds_cluster(name: &str, p: &OutboundPolicies) -> Cluster {
         outlier_detection: cb
             .and_then(|c| c.outlier_detection.as_ref())
             .and_then(outlier_detection),
+        typed_extension_protocol_options: if http2 { http2_upstream() } else { HashMap::new() },
         ..Default::default()
     }
 }

@@ -90,7 +90,7 @@ fn lb_endpoint(address: &str, port: u32, weight: u32) -> LbEndpoint {
 pub fn load_assignment(
     cluster_name: &str,
     snapshot: &MeshSnapshot,
-    endpoints: &[ServiceEndpoint],
+    endpoints: &[&ServiceEndpoint],
     lb: Option<&LbConf>,
 ) -> ClusterLoadAssignment {
     let zones: BTreeSet<String> = endpoints.iter().map(|e| e.zone.clone()).collect();
@@ -195,12 +195,8 @@ mod tests {
             weight: w,
         };
         // No local endpoint: the remote zone becomes priority 0.
-        let cla = load_assignment(
-            "backend",
-            &snap,
-            &[ep("z2", "10.0.0.2", 2), ep("z2", "10.0.0.2", 3)],
-            None,
-        );
+        let (a, b) = (ep("z2", "10.0.0.2", 2), ep("z2", "10.0.0.2", 3));
+        let cla = load_assignment("backend", &snap, &[&a, &b], None);
         assert_eq!(cla.endpoints.len(), 1);
         assert_eq!(cla.endpoints[0].priority, 0);
         assert_eq!(cla.endpoints[0].lb_endpoints.len(), 1);

@@ -5,7 +5,7 @@
 //! destination injects faults and the router last — plus the
 //! RouteConfiguration, EDS Clusters and ClusterLoadAssignments behind it.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use envoy_types::pb::envoy::config::listener::v3::{ApiListener, Listener};
 use envoy_types::pb::envoy::extensions::filters::common::fault::v3::{fault_delay, FaultDelay};
@@ -21,9 +21,9 @@ use meridian_core::policy::meshfaultinjection::FaultConf;
 use super::clusters::eds_cluster;
 use super::endpoints::load_assignment;
 use super::routes::{route_configuration, ClusterRef, Protocol};
-use super::{ads_source, any, duration, PolicyResolver};
+use super::{ads_source, any, duration, OutboundPolicies, PolicyResolver};
 use crate::resources::{ResourceSet, CLUSTER, ENDPOINT, LISTENER, ROUTE};
-use crate::snapshot::{MeshSnapshot, ProxyContext};
+use crate::snapshot::{MeshSnapshot, ProxyContext, ServiceIndex};
 
 /// A percentage (`50`, `"12.5"`) as a fraction of a million.
 pub fn fraction(p: &IntOrString) -> FractionalPercent {
@@ -84,16 +84,22 @@ fn http_connection_manager(route_name: &str, fault: Option<HttpFault>) -> HttpCo
 /// Everything a proxyless gRPC client of the mesh may ask for.
 pub fn generate(snapshot: &MeshSnapshot, proxy: &ProxyContext, policies: &dyn PolicyResolver) -> ResourceSet {
     let mut set = ResourceSet::new();
-    let mut clusters: BTreeSet<(ClusterRef, String)> = BTreeSet::new();
-    for service in snapshot.services() {
-        let p = policies.outbound(snapshot, proxy, &service);
-        let (routes, used) = route_configuration(&service, &service, &p, Protocol::Grpc);
+    let index = ServiceIndex::new(snapshot);
+    let mut resolved: HashMap<String, OutboundPolicies> = HashMap::new();
+    let mut clusters: BTreeSet<ClusterRef> = BTreeSet::new();
+    let services = snapshot.services();
+    for service in &services {
+        resolved.insert(service.clone(), policies.outbound(snapshot, proxy, service));
+    }
+    for service in services {
+        let Some(p) = resolved.get(&service) else { continue };
+        let (routes, used) = route_configuration(&service, &service, p, Protocol::Grpc);
         set.insert(ROUTE, &service, &routes);
         let hcm = http_connection_manager(&service, fault_filter(&p.faults));
         let mut names = vec![service.clone()];
         names.extend(
-            snapshot
-                .service_ports(&service)
+            index
+                .ports(&service)
                 .into_iter()
                 .map(|port| format!("{service}:{port}")),
         );
@@ -107,23 +113,21 @@ pub fn generate(snapshot: &MeshSnapshot, proxy: &ProxyContext, policies: &dyn Po
             };
             set.insert(LISTENER, &name, &listener);
         }
-        for c in used {
-            clusters.insert((c, service.clone()));
-        }
+        clusters.extend(used);
     }
-    for (cluster, via) in clusters {
+    for cluster in clusters {
         let name = cluster.name();
-        if set.get(CLUSTER, &name).is_some() {
-            continue;
-        }
         // A cluster carries the policies of the service it belongs to.
-        let p = if cluster.service == via {
-            policies.outbound(snapshot, proxy, &via)
-        } else {
-            policies.outbound(snapshot, proxy, &cluster.service)
+        if !resolved.contains_key(&cluster.service) {
+            let p = policies.outbound(snapshot, proxy, &cluster.service);
+            resolved.insert(cluster.service.clone(), p);
+        }
+        let Some(p) = resolved.get(&cluster.service) else {
+            continue;
         };
-        set.insert(CLUSTER, &name, &eds_cluster(&name, &p));
-        let endpoints = snapshot.endpoints(&cluster.service, &cluster.subset);
+        // gRPC clients speak HTTP/2 themselves; the option is for Envoy.
+        set.insert(CLUSTER, &name, &eds_cluster(&name, p, false));
+        let endpoints = index.endpoints(&cluster.service, &cluster.subset);
         set.insert(
             ENDPOINT,
             &name,

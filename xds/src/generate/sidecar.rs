@@ -37,30 +37,14 @@ use super::proxyless::fault_filter;
 use super::routes::{route_configuration, ClusterRef, Protocol};
 use super::{ads_source, any, duration, PolicyResolver};
 use crate::resources::{ResourceSet, CLUSTER, ENDPOINT, LISTENER, ROUTE};
-use crate::snapshot::{MeshSnapshot, ProxyContext};
+use crate::snapshot::{MeshSnapshot, ProxyContext, ServiceIndex, PROTOCOL_TAG};
 
-/// The tag that declares a service's protocol.
-pub const PROTOCOL_TAG: &str = "kuma.io/protocol";
-
-/// The protocol a service speaks, from its inbounds' `kuma.io/protocol` tags.
-pub fn service_protocol(snapshot: &MeshSnapshot, service: &str) -> Option<Protocol> {
-    let tags = snapshot
-        .dataplanes
-        .iter()
-        .flat_map(|d| d.spec.networking.inbound.iter())
-        .filter(|i| i.tags.get(SERVICE_TAG).map(String::as_str) == Some(service))
-        .filter_map(|i| i.tags.get(PROTOCOL_TAG))
-        .chain(
-            snapshot
-                .remote_ingresses
-                .iter()
-                .flat_map(|r| r.spec.available_services.iter())
-                .filter(|s| s.tags.get(SERVICE_TAG).map(String::as_str) == Some(service))
-                .filter_map(|s| s.tags.get(PROTOCOL_TAG)),
-        );
+/// The protocol a service speaks, from its endpoints' `kuma.io/protocol`
+/// tags: gRPC wins, then HTTP; `None` means TCP.
+pub fn service_protocol(index: &ServiceIndex<'_>, service: &str) -> Option<Protocol> {
     let mut http = None;
-    for t in tags {
-        match t.as_str() {
+    for t in index.protocols(service) {
+        match *t {
             "grpc" => return Some(Protocol::Grpc),
             "http" | "http2" => http = Some(Protocol::Http),
             _ => {}
@@ -131,6 +115,7 @@ fn local_cluster(name: &str, address: &str, port: u32, connect: std::time::Durat
 pub fn generate(snapshot: &MeshSnapshot, proxy: &ProxyContext, policies: &dyn PolicyResolver) -> ResourceSet {
     let mut set = ResourceSet::new();
     let net = &proxy.dataplane.networking;
+    let index = ServiceIndex::new(snapshot);
 
     for (index, inbound) in net.inbound.iter().enumerate() {
         let address = inbound.address.clone().unwrap_or_else(|| net.address.clone());
@@ -225,16 +210,20 @@ pub fn generate(snapshot: &MeshSnapshot, proxy: &ProxyContext, policies: &dyn Po
     }
 
     let mut clusters: BTreeSet<ClusterRef> = BTreeSet::new();
+    let mut resolved: std::collections::HashMap<String, super::OutboundPolicies> = std::collections::HashMap::new();
     for outbound in &net.outbound {
         let Some(service) = outbound.tags.get(SERVICE_TAG) else {
             continue;
         };
         let address = outbound.address.clone().unwrap_or_else(|| "127.0.0.1".to_string());
         let name = format!("outbound:{address}:{}", outbound.port);
-        let p = policies.outbound(snapshot, proxy, service);
-        let filter = match service_protocol(snapshot, service) {
+        if !resolved.contains_key(service) {
+            resolved.insert(service.clone(), policies.outbound(snapshot, proxy, service));
+        }
+        let Some(p) = resolved.get(service) else { continue };
+        let filter = match service_protocol(&index, service) {
             Some(protocol) => {
-                let (routes, used) = route_configuration(service, service, &p, protocol);
+                let (routes, used) = route_configuration(service, service, p, protocol);
                 set.insert(ROUTE, service, &routes);
                 clusters.extend(used);
                 let mut filters = Vec::new();
@@ -286,9 +275,13 @@ pub fn generate(snapshot: &MeshSnapshot, proxy: &ProxyContext, policies: &dyn Po
     }
     for c in clusters {
         let name = c.name();
-        let p = policies.outbound(snapshot, proxy, &c.service);
-        set.insert(CLUSTER, &name, &eds_cluster(&name, &p));
-        let endpoints = snapshot.endpoints(&c.service, &c.subset);
+        let p = resolved
+            .entry(c.service.clone())
+            .or_insert_with(|| policies.outbound(snapshot, proxy, &c.service));
+        let http2 = matches!(service_protocol(&index, &c.service), Some(Protocol::Grpc))
+            || index.protocols(&c.service).contains(&"http2");
+        set.insert(CLUSTER, &name, &eds_cluster(&name, p, http2));
+        let endpoints = index.endpoints(&c.service, &c.subset);
         set.insert(
             ENDPOINT,
             &name,

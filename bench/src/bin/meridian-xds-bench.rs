@@ -1,0 +1,142 @@
+//! xDS benchmarks: generation time for large meshes. Prints a table; see
+//! BENCHMARKS.md for the commands and results.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use meridian_core::dataplane::Dataplane;
+use meridian_core::defaults::initial_policies;
+use meridian_core::mesh::Mesh;
+use meridian_xds::generate::{invariants, proxyless, sidecar, PolicyResolver};
+use meridian_xds::resources::{ResourceSet, CLUSTER, ENDPOINT, LISTENER, ROUTE};
+use meridian_xds::snapshot::{DataplaneEntry, MeshSnapshot, ProxyContext, ProxyKind};
+use meridian_zone::policies::MeshPolicies;
+use serde_json::json;
+
+fn dataplane(address: &str, service: &str, outbounds: &[String]) -> anyhow::Result<Dataplane> {
+    let outbound: Vec<_> = outbounds
+        .iter()
+        .enumerate()
+        .map(|(i, s)| json!({"port": 10000 + i, "tags": {"kuma.io/service": s}}))
+        .collect();
+    Ok(serde_json::from_value(json!({"networking": {"address": address,
+        "inbound": [{"port": 8080, "tags": {"kuma.io/service": service, "kuma.io/protocol": "grpc", "version": "v1"}}],
+        "outbound": outbound}}))?)
+}
+
+/// A mesh with `services` services of `per_service` dataplanes each, and
+/// the mesh's default policies.
+fn snapshot(services: usize, per_service: usize) -> anyhow::Result<MeshSnapshot> {
+    let mut dataplanes = Vec::with_capacity(services * per_service);
+    for s in 0..services {
+        for i in 0..per_service {
+            let n = s * per_service + i;
+            let address = format!("10.{}.{}.{}", n / 65536, (n / 256) % 256, n % 256);
+            dataplanes.push(DataplaneEntry {
+                name: format!("svc-{s}-{i}"),
+                spec: dataplane(&address, &format!("svc-{s}"), &[])?,
+            });
+        }
+    }
+    let mut policies: BTreeMap<String, Vec<(String, serde_json::Value)>> = BTreeMap::new();
+    for doc in initial_policies("default", &Mesh::default()) {
+        policies
+            .entry(doc.key.kind.name().to_string())
+            .or_default()
+            .push((doc.key.name, doc.spec));
+    }
+    Ok(MeshSnapshot {
+        zone: "zone-1".into(),
+        mesh: "default".into(),
+        spec: Mesh::default(),
+        dataplanes,
+        remote_ingresses: Vec::new(),
+        policies,
+    })
+}
+
+fn percentile(sorted: &[Duration], q: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * q).round() as usize]
+}
+
+fn measure(name: &str, iterations: usize, mut f: impl FnMut() -> ResourceSet) -> anyhow::Result<()> {
+    let mut samples = Vec::with_capacity(iterations);
+    let mut last = ResourceSet::new();
+    for _ in 0..iterations {
+        let start = Instant::now();
+        last = f();
+        samples.push(start.elapsed());
+    }
+    let problems = invariants::check(&last);
+    if !problems.is_empty() {
+        anyhow::bail!(
+            "{name}: generated config violates invariants: {:?}",
+            &problems[..problems.len().min(5)]
+        );
+    }
+    samples.sort();
+    let bytes: usize = [LISTENER, ROUTE, CLUSTER, ENDPOINT]
+        .iter()
+        .flat_map(|t| last.of_type(t).map(|r| r.body.value.len()))
+        .sum();
+    println!(
+        "| {name:<48} | {:>5} | {:>5} | {:>5} | {:>6} | {:>7.0} KiB | {:>8.3} | {:>8.3} |",
+        last.len(LISTENER),
+        last.len(ROUTE),
+        last.len(CLUSTER),
+        last.len(ENDPOINT),
+        bytes as f64 / 1024.0,
+        percentile(&samples, 0.5).as_secs_f64() * 1000.0,
+        percentile(&samples, 0.99).as_secs_f64() * 1000.0,
+    );
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let services = 1000;
+    let per_service = 10;
+    let iterations: usize = std::env::var("MERIDIAN_BENCH_ITERATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
+    let snap = snapshot(services, per_service)?;
+    let all: Vec<String> = (0..services).map(|s| format!("svc-{s}")).collect();
+    let sidecar_proxy = ProxyContext {
+        mesh: "default".into(),
+        name: "web".into(),
+        kind: ProxyKind::Sidecar,
+        dataplane: dataplane("10.200.0.1", "web", &all)?,
+    };
+    let client = ProxyContext {
+        mesh: "default".into(),
+        name: "client".into(),
+        kind: ProxyKind::Proxyless,
+        dataplane: dataplane("10.200.0.2", "client", &[])?,
+    };
+    println!("generation: {services} services x {per_service} dataplanes ({} endpoints), default policies; {iterations} runs each; times in ms\n", services * per_service);
+    println!("| proxy                                            |   LDS |   RDS |   CDS |    EDS |        bytes |      p50 |      p99 |");
+    println!("|--------------------------------------------------|-------|-------|-------|--------|--------------|----------|----------|");
+    let start = Instant::now();
+    let resolver = MeshPolicies::new(&snap);
+    let resolver_time = start.elapsed();
+    measure("sidecar, 1,000 outbounds (resolver reused)", iterations, || {
+        sidecar::generate(&snap, &sidecar_proxy, &resolver)
+    })?;
+    measure("sidecar, 1,000 outbounds (resolver per run)", iterations, || {
+        let r: Box<dyn PolicyResolver> = Box::new(MeshPolicies::new(&snap));
+        sidecar::generate(&snap, &sidecar_proxy, r.as_ref())
+    })?;
+    measure("proxyless client, all 1,000 services", iterations, || {
+        proxyless::generate(&snap, &client, &resolver)
+    })?;
+    let small = snapshot(10, 3)?;
+    let small_resolver = MeshPolicies::new(&small);
+    measure("proxyless client, 10 services", iterations * 10, || {
+        proxyless::generate(&small, &client, &small_resolver)
+    })?;
+    println!(
+        "\nresolver construction (decoding the mesh's policies): {:.3} ms",
+        resolver_time.as_secs_f64() * 1000.0
+    );
+    Ok(())
+}
