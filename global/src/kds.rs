@@ -197,7 +197,10 @@ impl pb::kds_server::Kds for KdsService {
         let zone = self.authenticate(&request).await?;
         let incoming = request.into_inner();
         let (tx, rx) = mpsc::channel(64);
-        let outbound: Arc<dyn Outbound> = Arc::new(ToZone { zone: zone.clone() });
+        let outbound: Arc<dyn Outbound> = Arc::new(ToZone {
+            zone: zone.clone(),
+            manager: self.manager.clone(),
+        });
         let subscription = self.insights.connect(&zone);
         let cache = self.manager.cache().clone();
         let span = tracing::info_span!("kds", %zone, direction = "global-to-zone");
@@ -270,9 +273,22 @@ impl pb::kds_server::Kds for KdsService {
 }
 
 /// What the global sends to one zone: meshes and policies (labelled as
-/// coming from the global) and the ingresses of the other zones.
+/// coming from the global) and the ingresses of the other zones that are
+/// online — an offline zone's endpoints leave the other zones' EDS and come
+/// back when it reconnects.
 pub struct ToZone {
     pub zone: String,
+    pub manager: Arc<Manager>,
+}
+
+impl ToZone {
+    /// Whether one of `zone`'s KDS subscriptions is open.
+    fn online(&self, zone: &str) -> bool {
+        self.manager
+            .get(&ResourceKey::global(ResourceType::ZoneInsight, zone))
+            .and_then(|i| i.spec.get("subscriptions").and_then(|s| s.as_array()).cloned())
+            .is_some_and(|subs| subs.iter().any(|s| s.get("disconnectTime").is_none_or(|t| t.is_null())))
+    }
 }
 
 impl Outbound for ToZone {
@@ -288,10 +304,22 @@ impl Outbound for ToZone {
             Some(w)
         } else if kind == ResourceType::ZoneIngress {
             let from = r.labels.get(labels::ZONE)?;
-            (from != &self.zone).then(|| WireResource::from_resource(r))
+            (from != &self.zone && self.online(from)).then(|| WireResource::from_resource(r))
         } else {
             None
         }
+    }
+
+    fn related(&self, key: &ResourceKey) -> Vec<(ResourceType, String)> {
+        if key.kind != ResourceType::ZoneInsight {
+            return Vec::new();
+        }
+        self.manager
+            .list(&Filter::kind(ResourceType::ZoneIngress))
+            .into_iter()
+            .filter(|r| r.labels.get(labels::ZONE) == Some(&key.name))
+            .map(|r| (ResourceType::ZoneIngress, r.key.name))
+            .collect()
     }
 }
 

@@ -1323,3 +1323,44 @@ async fn a_mesh_deleted_and_recreated_takes_the_zones_dataplanes_along_everywher
         c.converged("the re-created mesh").await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offline_zones_ingress_leaves_the_other_zones_and_comes_back() {
+    let mut c = Cluster::start(2, |i| Some((format!("10.0.{i}.1"), 10000 + i as u16))).await;
+    c.converged("the initial sync").await;
+    let in_zone_1 = |c: &Cluster| {
+        c.zones[0]
+            .1
+            .manager
+            .get(&ResourceKey::global(ResourceType::ZoneIngress, "zone-2.ingress"))
+    };
+    eventually("zone-2's ingress in zone-1", DEADLINE, || {
+        in_zone_1(&c).map(|_| ()).ok_or_else(|| "absent".to_string())
+    })
+    .await;
+
+    // zone-2 goes away: the global stops relaying its ingress.
+    let (name, zone2) = c.zones.remove(1);
+    let data_dir = std::path::PathBuf::from("unused");
+    zone2.stop().await.unwrap();
+    eventually("zone-2's ingress gone from zone-1", DEADLINE, || match in_zone_1(&c) {
+        None => Ok(()),
+        Some(r) => Err(format!("still there: {:?}", r.labels)),
+    })
+    .await;
+    // The global keeps the ingress itself: it is zone-2's, not the global's to delete.
+    assert!(c
+        .global
+        .manager
+        .get(&ResourceKey::global(ResourceType::ZoneIngress, "zone-2.ingress"))
+        .is_some());
+
+    // zone-2 returns: its ingress comes back to zone-1.
+    let mut cfg = zone_config(join(&c.global, &name).await, StoreKind::Memory, &data_dir);
+    cfg.ingress_address = Some(("10.0.2.1".into(), 10002));
+    c.zones.push((name, start_zone(cfg).await));
+    eventually("zone-2's ingress back in zone-1", DEADLINE, || {
+        in_zone_1(&c).map(|_| ()).ok_or_else(|| "absent".to_string())
+    })
+    .await;
+}

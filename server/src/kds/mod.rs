@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use meridian_core::{Resource, ResourceType};
+use meridian_core::{Resource, ResourceKey, ResourceType};
 use meridian_store::StoreError;
 
 pub mod sender;
@@ -53,6 +53,12 @@ pub trait Outbound: Send + Sync + 'static {
     fn types(&self) -> Vec<ResourceType>;
     /// The wire form of a local resource, or `None` when it is not for this peer.
     fn export(&self, r: &Resource) -> Option<WireResource>;
+    /// Resources (type, wire name) whose export may change when `key`
+    /// changes, beyond `key` itself (e.g. a zone's ingresses when its
+    /// insight says it went offline).
+    fn related(&self, _key: &ResourceKey) -> Vec<(ResourceType, String)> {
+        Vec::new()
+    }
 }
 
 /// How one side applies what it receives.

@@ -101,9 +101,15 @@ where
             ev = events.recv() => match ev {
                 Ok(Event::Put(r)) => {
                     state.on_change(r.key.kind, &wire_name(r.key.mesh.as_deref(), &r.key.name));
+                    for (kind, name) in outbound.related(&r.key) {
+                        state.on_change(kind, &name);
+                    }
                 }
                 Ok(Event::Delete { key, .. }) => {
                     state.on_delete(key.kind, &wire_name(key.mesh.as_deref(), &key.name));
+                    for (kind, name) in outbound.related(&key) {
+                        state.on_change(kind, &name);
+                    }
                 }
                 Err(broadcast::error::RecvError::Lagged(_)) => {
                     state.on_resync(&|k| current_names(&cache, outbound.as_ref(), k));
@@ -126,23 +132,43 @@ where
     S: Stream<Item = Result<pb::DeltaResponse, tonic::Status>> + Unpin,
 {
     let mut node = Some(node);
+    let subscribe = |node: Option<pb::Node>, kind: ResourceType| pb::DeltaRequest {
+        node,
+        type_url: type_url(kind),
+        initial_resource_versions: inbound.held(kind).into_iter().collect(),
+        ..Default::default()
+    };
     for kind in inbound.types() {
-        let req = pb::DeltaRequest {
-            node: node.take(),
-            type_url: type_url(kind),
-            initial_resource_versions: inbound.held(kind).into_iter().collect(),
-            ..Default::default()
-        };
-        out.send(req).await.map_err(|_| StreamError::Closed)?;
+        out.send(subscribe(node.take(), kind))
+            .await
+            .map_err(|_| StreamError::Closed)?;
     }
     let subscribed = inbound.types();
-    while let Some(resp) = incoming.next().await {
-        let resp = resp.map_err(|s| StreamError::Peer(s.message().to_string()))?;
-        let ack = apply_response(inbound.as_ref(), &subscribed, resp).await;
-        out.send(ack).await.map_err(|_| StreamError::Closed)?;
+    let mut resync = tokio::time::interval_at(tokio::time::Instant::now() + RESYNC_INTERVAL, RESYNC_INTERVAL);
+    loop {
+        tokio::select! {
+            resp = incoming.next() => {
+                let Some(resp) = resp else { return Ok(()) };
+                let resp = resp.map_err(|s| StreamError::Peer(s.message().to_string()))?;
+                let ack = apply_response(inbound.as_ref(), &subscribed, resp).await;
+                out.send(ack).await.map_err(|_| StreamError::Closed)?;
+            }
+            _ = resync.tick() => {
+                // Anti-entropy: subscribe again with what this side holds, so
+                // the sender recomputes the difference from the truth. Any
+                // divergence (a missed change, a race between a mesh removal
+                // and its re-creation) lasts at most one interval; when in
+                // sync, the cost is one request per type.
+                for kind in &subscribed {
+                    out.send(subscribe(None, *kind)).await.map_err(|_| StreamError::Closed)?;
+                }
+            }
+        }
     }
-    Ok(())
 }
+
+/// How often a receiver re-subscribes with what it holds.
+pub const RESYNC_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Applies one response and builds its ACK (with per-resource rejections)
 /// or NACK (the whole response refused).
