@@ -329,8 +329,21 @@ async fn get_global(State(s): St, Path((plural, name)): Path<(String, String)>) 
     get_one(&s, ResourceKey::global(kind, &name))
 }
 
+/// On a federated zone, copies synced from another zone (its ingresses) are
+/// read-only like everything else that arrives from the global.
+fn check_not_synced(s: &ApiState, key: &ResourceKey) -> Result<(), ApiError> {
+    let Mode::Zone { name } = &s.mode else { return Ok(()) };
+    match s.manager.get(key).and_then(|r| r.labels.get("kuma.io/zone").cloned()) {
+        Some(zone) if &zone != name => Err(ApiError::read_only(format!(
+            "{key} is zone {zone:?}'s, synced through the global; it is read-only here"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 async fn delete_one(s: &ApiState, key: ResourceKey) -> ApiResult {
     s.mode.check_writable(key.kind)?;
+    check_not_synced(s, &key)?;
     s.manager.delete(&key).await?;
     Ok(Json(json!({})).into_response())
 }
@@ -387,6 +400,7 @@ async fn put_one(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
     s.mode.check_writable(key.kind)?;
+    check_not_synced(s, &key)?;
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,

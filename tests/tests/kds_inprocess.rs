@@ -1339,6 +1339,25 @@ async fn an_offline_zones_ingress_leaves_the_other_zones_and_comes_back() {
     })
     .await;
 
+    // Zone-1's API cannot overwrite or delete the copy synced from zone-2.
+    let api = format!("http://{}", c.zones[0].1.api_addr);
+    let (put, delete) = tokio::task::spawn_blocking(move || {
+        let body = json!({"type": "ZoneIngress", "name": "zone-2.ingress",
+            "networking": {"address": "1.2.3.4", "port": 1}});
+        let put = meridian_e2e::http(
+            "PUT",
+            &format!("{api}/zoneingresses/zone-2.ingress"),
+            Some(body.to_string()),
+            None,
+        );
+        let delete = meridian_e2e::http("DELETE", &format!("{api}/zoneingresses/zone-2.ingress"), None, None);
+        (put, delete)
+    })
+    .await
+    .unwrap();
+    assert_eq!(put.unwrap().0, 405);
+    assert_eq!(delete.unwrap().0, 405);
+
     // zone-2 goes away: the global stops relaying its ingress.
     let (name, zone2) = c.zones.remove(1);
     let data_dir = std::path::PathBuf::from("unused");
