@@ -7,6 +7,10 @@
 //!   measured by the same program against the same etcd.
 //! - `bulk`: applies N policies across M meshes to a real `meridian-global`
 //!   process and reports the time taken and the process's peak RSS.
+//! - `kds-policy`, `kds-dataplane`, `kds-reconnect`, `kds-restart`,
+//!   `kds-memory`: sync between the global and zones, see [`kds`].
+
+mod kds;
 
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc};
@@ -50,6 +54,73 @@ enum Cmd {
         #[arg(long, default_value = "embedded")]
         store: String,
     },
+    /// KDS: policy PUT at the global → applied in every zone (1, 10, 100 zones).
+    KdsPolicy {
+        #[arg(long, default_value_t = 200)]
+        writes: usize,
+        #[arg(long, value_delimiter = ',', default_value = "1,10,100")]
+        zones: Vec<usize>,
+        /// Stores of the global, in order: embedded, etcd, memory
+        #[arg(long, value_delimiter = ',', default_value = "embedded,etcd")]
+        stores: Vec<String>,
+        /// light: the real KDS client over a memory replica; full: meridian_zone::start
+        #[arg(long = "zone-kind", value_enum, default_value = "light")]
+        zone_kind: kds::ZoneKind,
+        /// in-process: meridian_global::start here; process: the meridian-global binary
+        #[arg(long = "global", value_enum, default_value = "in-process")]
+        global: kds::GlobalKind,
+        /// Policies created (and synced to every zone) before the measured writes
+        #[arg(long, default_value_t = 0)]
+        preload: usize,
+        /// Pause between measured writes, in ms (spread the writes over time)
+        #[arg(long = "pace-ms", default_value_t = 0)]
+        pace_ms: u64,
+    },
+    /// KDS: Dataplane PUT at a zone's API → visible at the global.
+    KdsDataplane {
+        #[arg(long, default_value_t = 200)]
+        count: usize,
+        #[arg(long, value_delimiter = ',', default_value = "embedded,etcd")]
+        stores: Vec<String>,
+    },
+    /// KDS: bytes and time of a zone reconnecting with 10,000 unchanged policies, against a cold zone.
+    KdsReconnect {
+        #[arg(long, default_value_t = 100)]
+        meshes: usize,
+        #[arg(long, default_value_t = 10_000)]
+        policies: usize,
+        /// embedded, etcd or memory
+        #[arg(long, default_value = "embedded")]
+        store: String,
+        /// Then keep the synced zone connected and idle this long (0: skip)
+        #[arg(long = "idle-secs", default_value_t = 35)]
+        idle_secs: u64,
+    },
+    /// KDS: restart of a real meridian-global process under N connected zones.
+    KdsRestart {
+        #[arg(long, default_value_t = 100)]
+        zones: usize,
+        #[arg(long, default_value_t = 100)]
+        policies: usize,
+        /// embedded or etcd
+        #[arg(long, default_value = "embedded")]
+        store: String,
+    },
+    /// KDS: RSS of a real meridian-global process per zone and per 1,000 dataplanes.
+    KdsMemory {
+        #[arg(long, default_value_t = 100)]
+        zones: usize,
+        #[arg(long, default_value_t = 10_000)]
+        dataplanes: usize,
+        /// Dataplanes are created in this many equal steps, RSS read after each
+        #[arg(long, default_value_t = 4)]
+        steps: usize,
+        /// embedded or etcd
+        #[arg(long, default_value = "embedded")]
+        store: String,
+        #[arg(long = "zone-kind", value_enum, default_value = "light")]
+        zone_kind: kds::ZoneKind,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -62,6 +133,43 @@ fn main() -> anyhow::Result<()> {
             clients,
             store,
         } => rt.block_on(bulk(meshes, policies, clients, &store)),
+        Cmd::KdsPolicy {
+            writes,
+            zones,
+            stores,
+            zone_kind,
+            global,
+            preload,
+            pace_ms,
+        } => rt.block_on(kds::policy_latency(
+            writes,
+            &zones,
+            &stores,
+            zone_kind,
+            global,
+            preload,
+            std::time::Duration::from_millis(pace_ms),
+        )),
+        Cmd::KdsDataplane { count, stores } => rt.block_on(kds::dataplane_latency(count, &stores)),
+        Cmd::KdsReconnect {
+            meshes,
+            policies,
+            store,
+            idle_secs,
+        } => rt.block_on(kds::reconnect(
+            meshes,
+            policies,
+            &store,
+            std::time::Duration::from_secs(idle_secs),
+        )),
+        Cmd::KdsRestart { zones, policies, store } => rt.block_on(kds::restart(zones, policies, &store)),
+        Cmd::KdsMemory {
+            zones,
+            dataplanes,
+            steps,
+            store,
+            zone_kind,
+        } => rt.block_on(kds::memory(zones, dataplanes, steps, &store, zone_kind)),
     }
 }
 
