@@ -446,7 +446,8 @@ pub async fn serve(
                 .max_decoding_message_size(2 * MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(2 * MAX_MESSAGE_BYTES),
         );
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // Small protocol messages must not wait for Nagle's algorithm.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     tokio::spawn(async move {
         let stop = async move {
             let _ = shutdown.wait_for(|s| *s).await;

@@ -1124,7 +1124,14 @@ async fn a_stuck_zone_holds_back_no_one() {
         *per_type.entry(r.type_url.clone()).or_default() += 1;
     }
     assert!(per_type.values().all(|n| *n == 1), "{per_type:?}");
-    let subs = subscriptions(g, "stuck");
+    // Insights are written at most once a second.
+    let subs = eventually("the stuck zone's insight", DEADLINE, || {
+        let subs = subscriptions(g, "stuck");
+        (!subs.is_empty())
+            .then_some(subs)
+            .ok_or_else(|| "no subscription yet".to_string())
+    })
+    .await;
     let total = &subs[0]["status"]["total"];
     assert_eq!(total["responsesAcknowledged"], 0, "{subs:?}");
 }

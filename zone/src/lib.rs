@@ -140,7 +140,8 @@ async fn serve_xds(
         .with_context(|| format!("binding xDS to {addr}"))?;
     let bound = listener.local_addr()?;
     let service = meridian_xds::ads::AdsServer::new(Arc::new(source)).into_service();
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // Small protocol messages must not wait for Nagle's algorithm.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     tokio::spawn(async move {
         let stop = async move {
             let _ = shutdown.wait_for(|s| *s).await;

@@ -167,8 +167,11 @@ where
     }
 }
 
-/// How often a receiver re-subscribes with what it holds.
-pub const RESYNC_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+/// How often a receiver re-subscribes with what it holds. Each
+/// re-subscription carries every version the receiver holds and the sender
+/// compares them all (measured: ~180 ms CPU and 580 KiB per zone at 10,000
+/// resources), so this is a safety net, not a sync mechanism.
+pub const RESYNC_INTERVAL: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// Applies one response and builds its ACK (with per-resource rejections)
 /// or NACK (the whole response refused).
