@@ -111,10 +111,8 @@ impl ZoneInsights {
                     _ = beat.tick() => false,
                 };
                 if woke {
-                    // Coalesce changes into at most one write per zone a
-                    // second: every insight write is a store write that every
-                    // stream's cache subscription sees.
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    // Coalesce a burst of changes into one write per zone.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
                 }
                 let mut zones: Vec<String> = std::mem::take(&mut *lock(&s.dirty));
                 if !woke {
