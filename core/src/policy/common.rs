@@ -46,6 +46,34 @@ pub fn check_entries<C>(
     }
 }
 
+/// Checks a policy's `to` and `from` lists (each entry's `targetRef` against
+/// its list's allowed kinds, `default` present) with one `check_conf` for both.
+pub fn check_to_and_from<C>(
+    to: &[Entry<C>],
+    from: &[Entry<C>],
+    path: &FieldPath,
+    (to_allowed, from_allowed): (&[TargetRefKind], &[TargetRefKind]),
+    causes: &mut Causes,
+    check_conf: impl Fn(&C, &FieldPath, &mut Causes),
+) {
+    check_entries(
+        to,
+        &path.field("to"),
+        RefPosition::To,
+        to_allowed,
+        causes,
+        |_, c, p, cs| check_conf(c, p, cs),
+    );
+    check_entries(
+        from,
+        &path.field("from"),
+        RefPosition::From,
+        from_allowed,
+        causes,
+        |_, c, p, cs| check_conf(c, p, cs),
+    );
+}
+
 /// Records that a whole list must be absent, e.g. `from` on a gateway policy.
 pub fn forbid_list(len: usize, path: &FieldPath, reason: &str, causes: &mut Causes) {
     if len > 0 {

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::common::{check_entries, check_file_path, check_not_empty, check_tagged_union, check_url, Entry};
+use super::common::{check_file_path, check_not_empty, check_tagged_union, check_to_and_from, check_url, Entry};
 use super::{require_to_or_from, RefPosition, TargetRef, TargetRefKind as K};
 use crate::error::{Causes, FieldPath};
 use crate::spec::Spec;
@@ -120,22 +120,9 @@ impl Spec for MeshAccessLog {
         self.target_ref
             .validate(&path.field("targetRef"), RefPosition::Top, TOP, causes);
         require_to_or_from(self.to.len(), self.from.len(), path, causes);
-        check_entries(
-            &self.to,
-            &path.field("to"),
-            RefPosition::To,
-            TO,
-            causes,
-            |_, c, p, cs| c.validate(p, cs),
-        );
-        check_entries(
-            &self.from,
-            &path.field("from"),
-            RefPosition::From,
-            FROM,
-            causes,
-            |_, c, p, cs| c.validate(p, cs),
-        );
+        check_to_and_from(&self.to, &self.from, path, (TO, FROM), causes, |c, p, cs| {
+            c.validate(p, cs)
+        });
     }
 }
 

@@ -3,7 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::common::{check_entries, check_int_percentage, check_positive, check_positive_duration, Entry, IntOrString};
+use super::common::{
+    check_int_percentage, check_positive, check_positive_duration, check_to_and_from, Entry, IntOrString,
+};
 use super::{require_to_or_from, RefPosition, TargetRef, TargetRefKind as K};
 use crate::duration::Duration;
 use crate::error::{Causes, FieldPath};
@@ -121,22 +123,9 @@ impl Spec for MeshCircuitBreaker {
         self.target_ref
             .validate(&path.field("targetRef"), RefPosition::Top, TOP, causes);
         require_to_or_from(self.to.len(), self.from.len(), path, causes);
-        check_entries(
-            &self.to,
-            &path.field("to"),
-            RefPosition::To,
-            TO,
-            causes,
-            |_, c, p, cs| c.validate(p, cs),
-        );
-        check_entries(
-            &self.from,
-            &path.field("from"),
-            RefPosition::From,
-            FROM,
-            causes,
-            |_, c, p, cs| c.validate(p, cs),
-        );
+        check_to_and_from(&self.to, &self.from, path, (TO, FROM), causes, |c, p, cs| {
+            c.validate(p, cs)
+        });
     }
 }
 

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::common::{check_entries, check_percentage, check_status_code, forbid_list, Entry, IntOrString};
+use super::common::{check_percentage, check_status_code, check_to_and_from, forbid_list, Entry, IntOrString};
 use super::{RefPosition, TargetRef, TargetRefKind as K};
 use crate::duration::Duration;
 use crate::error::{Causes, FieldPath};
@@ -90,21 +90,13 @@ impl Spec for MeshFaultInjection {
                 causes,
             );
         }
-        check_entries(
+        check_to_and_from(
             &self.to,
-            &path.field("to"),
-            RefPosition::To,
-            TO_FROM_GATEWAY,
-            causes,
-            |_, c, p, cs| c.validate(p, cs),
-        );
-        check_entries(
             &self.from,
-            &path.field("from"),
-            RefPosition::From,
-            FROM,
+            path,
+            (TO_FROM_GATEWAY, FROM),
             causes,
-            |_, c, p, cs| c.validate(p, cs),
+            |c, p, cs| c.validate(p, cs),
         );
     }
 }

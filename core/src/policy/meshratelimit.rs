@@ -6,7 +6,7 @@ use std::time::Duration as StdDuration;
 
 use serde::{Deserialize, Serialize};
 
-use super::common::{check_entries, check_positive, check_status_code, forbid_list, Entry, HeadersToAdd};
+use super::common::{check_positive, check_status_code, check_to_and_from, forbid_list, Entry, HeadersToAdd};
 use super::{RefPosition, TargetRef, TargetRefKind as K};
 use crate::duration::Duration;
 use crate::error::{Causes, FieldPath};
@@ -106,22 +106,9 @@ impl Spec for MeshRateLimit {
                 causes,
             );
         }
-        check_entries(
-            &self.to,
-            &path.field("to"),
-            RefPosition::To,
-            TO,
-            causes,
-            |_, c, p, cs| c.validate(p, cs),
-        );
-        check_entries(
-            &self.from,
-            &path.field("from"),
-            RefPosition::From,
-            FROM,
-            causes,
-            |_, c, p, cs| c.validate(p, cs),
-        );
+        check_to_and_from(&self.to, &self.from, path, (TO, FROM), causes, |c, p, cs| {
+            c.validate(p, cs)
+        });
     }
 }
 
