@@ -18,6 +18,9 @@
 //!   whether to keep it;
 //! - what was sent is what the proxy holds, ACKed or NACKed: a NACK does not
 //!   make the same content go out again;
+//! - make before break: a cluster that left the set but is still subscribed
+//!   is removed only once the proxy has answered listeners and routes that
+//!   no longer use it (an unsubscribed one goes at once);
 //! - subscription changes apply whatever the nonce; the nonce only pairs an
 //!   ACK or NACK with a response.
 
@@ -28,7 +31,7 @@ use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource};
 
 use super::{content_version, is_served, AdsError, Nonces, Outcome, Protocol, WILDCARD};
-use crate::resources::{SharedResources, TYPES_IN_ORDER};
+use crate::resources::{SharedResources, CLUSTER, LISTENER, ROUTE, TYPES_IN_ORDER};
 
 /// How many unanswered responses per type are remembered for pairing ACKs.
 const PENDING_NONCES: usize = 16;
@@ -64,6 +67,9 @@ pub struct DeltaState {
     /// The set of the last [`DeltaState::responses`]: while it stays the
     /// same, only types with a first request or forced names can be due.
     last: Option<SharedResources>,
+    /// Clusters gone from the set whose removal waits until the proxy holds
+    /// the listeners and routes of the current set (make before break).
+    lingering: bool,
 }
 
 impl DeltaState {
@@ -73,7 +79,32 @@ impl DeltaState {
             types: BTreeMap::new(),
             nonces: Nonces::default(),
             last: None,
+            lingering: false,
         }
+    }
+
+    /// Whether the proxy has answered every listener and route response and
+    /// holds exactly those of `resources` (a type it does not ask for
+    /// counts as current).
+    fn routes_current(&self, resources: &SharedResources) -> bool {
+        [LISTENER, ROUTE].into_iter().all(|t| {
+            self.types.get(t).is_none_or(|state| {
+                let covered: BTreeMap<&str, &str> = if state.wildcard {
+                    resources
+                        .of_type(t)
+                        .map(|r| (r.name.as_str(), r.version.as_str()))
+                        .collect()
+                } else {
+                    state
+                        .names
+                        .iter()
+                        .filter_map(|n| resources.get(t, n))
+                        .map(|r| (r.name.as_str(), r.version.as_str()))
+                        .collect()
+                };
+                state.pending.is_empty() && state.held.iter().map(|(n, v)| (n.as_str(), v.as_str())).eq(covered)
+            })
+        })
     }
 
     /// Whether the proxy has a wildcard subscription to a type.
@@ -186,13 +217,16 @@ impl DeltaState {
         let mut out = Vec::new();
         let same_set = self.last.as_ref().is_some_and(|last| Arc::ptr_eq(last, resources));
         self.last = Some(resources.clone());
+        let routes_current = self.routes_current(resources);
         for type_url in TYPES_IN_ORDER {
             let Some(state) = self.types.get_mut(type_url) else {
                 continue;
             };
             // Unchanged resources and nothing newly asked for: nothing to
-            // send (the common case of an ACK), so skip comparing.
-            if same_set && !state.first && !state.force_all && state.force.is_empty() {
+            // send (the common case of an ACK), so skip comparing; lingering
+            // clusters are looked at again on every answer.
+            let recheck = type_url == CLUSTER && self.lingering;
+            if same_set && !state.first && !state.force_all && state.force.is_empty() && !recheck {
                 continue;
             }
             let covered: Vec<_> = if state.wildcard {
@@ -206,13 +240,23 @@ impl DeltaState {
                     state.force_all || state.force.contains(&r.name) || state.held.get(&r.name) != Some(&r.version)
                 })
                 .collect();
-            let removed: BTreeSet<String> = state
+            let mut removed: BTreeSet<String> = state
                 .held
                 .keys()
                 .chain(state.force.iter())
                 .filter(|n| resources.get(type_url, n).is_none() || !state.covers(n))
                 .cloned()
                 .collect();
+            if type_url == CLUSTER {
+                // A cluster the proxy still subscribes to but that left the
+                // set stays until its listeners and routes no longer use it:
+                // removing it first would fail requests in between.
+                let before = removed.len();
+                if !routes_current {
+                    removed.retain(|n| !(state.covers(n) && state.held.contains_key(n)));
+                }
+                self.lingering = removed.len() < before;
+            }
             let due = state.first || !sent.is_empty() || !removed.is_empty();
             state.first = false;
             state.force_all = false;
@@ -289,7 +333,7 @@ mod tests {
 
     use super::*;
     use crate::ads::test_support::{nack_status, set};
-    use crate::resources::{ResourceSet, CLUSTER, ENDPOINT, LISTENER, ROUTE};
+    use crate::resources::{ResourceSet, ENDPOINT};
 
     fn req(type_url: &str, subscribe: &[&str], unsubscribe: &[&str], nonce: &str) -> DeltaDiscoveryRequest {
         DeltaDiscoveryRequest {
@@ -316,6 +360,55 @@ mod tests {
 
     fn version(s: &ResourceSet, type_url: &str, name: &str) -> String {
         s.get(type_url, name).map(|r| r.version.clone()).unwrap()
+    }
+
+    #[test]
+    fn a_replaced_cluster_stays_until_the_routes_that_used_it_are_answered() {
+        let mut st = DeltaState::new(100);
+        st.on_request(req(CLUSTER, &[], &[], "")).unwrap();
+        st.on_request(req(LISTENER, &[], &[], "")).unwrap();
+        st.on_request(req(ROUTE, &["r"], &[], "")).unwrap();
+        let s1 = set(&[
+            (CLUSTER, "a", "1"),
+            (CLUSTER, "v1", "1"),
+            (LISTENER, "l", "1"),
+            (ROUTE, "r", "1"),
+        ]);
+        for r in st.responses(&s1) {
+            st.on_request(ack(&r.type_url, &r.nonce)).unwrap();
+        }
+        assert!(st.responses(&s1).is_empty());
+
+        // The route moves from v1 to v2: v2 is added, v1 not yet removed.
+        let s2 = set(&[
+            (CLUSTER, "a", "1"),
+            (CLUSTER, "v2", "1"),
+            (LISTENER, "l", "1"),
+            (ROUTE, "r", "2"),
+        ]);
+        let rs = st.responses(&s2);
+        let types: Vec<&str> = rs.iter().map(|r| r.type_url.as_str()).collect();
+        assert_eq!(types, [CLUSTER, ROUTE]);
+        assert_eq!(sent(&rs[0]), ["v2"]);
+        assert!(
+            rs[0].removed_resources.is_empty(),
+            "v1 stays while the route is unanswered"
+        );
+        st.on_request(ack(CLUSTER, &rs[0].nonce)).unwrap();
+        assert!(st.responses(&s2).is_empty());
+        // The route is ACKed: now v1 goes.
+        st.on_request(ack(ROUTE, &rs[1].nonce)).unwrap();
+        let r = one(st.responses(&s2));
+        assert_eq!(r.type_url, CLUSTER);
+        assert!(r.resources.is_empty());
+        assert_eq!(r.removed_resources, ["v1"]);
+        st.on_request(ack(CLUSTER, &r.nonce)).unwrap();
+        assert!(st.responses(&s2).is_empty());
+
+        // A removal that no listener or route change comes with goes at once,
+        // and so does a cluster the proxy unsubscribes from.
+        let s3 = set(&[(CLUSTER, "v2", "1"), (LISTENER, "l", "1"), (ROUTE, "r", "2")]);
+        assert_eq!(one(st.responses(&s3)).removed_resources, ["a"]);
     }
 
     #[test]
