@@ -48,10 +48,17 @@ enum Cmd {
         #[arg(short = 'm', long, default_value = "default")]
         mesh: String,
     },
-    /// Overviews with live state: `inspect zones`, `inspect dataplanes -m default`.
+    /// Overviews with live state: `inspect zones`, `inspect dataplanes -m default`;
+    /// one dataplane's generated xDS or matched policies (zone API):
+    /// `inspect dataplane NAME --type xds|policies -m default`.
     Inspect {
-        #[arg(value_parser = ["zones", "dataplanes"])]
+        #[arg(value_parser = ["zones", "dataplanes", "dataplane"])]
         what: String,
+        /// The dataplane, for `inspect dataplane`.
+        name: Option<String>,
+        /// What to show of one dataplane: its xDS resources or its policies.
+        #[arg(long = "type", value_parser = ["xds", "policies"], default_value = "xds")]
+        view: String,
         #[arg(short = 'm', long, default_value = "default")]
         mesh: String,
         #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
@@ -128,7 +135,17 @@ fn main() -> ExitCode {
             output,
         } => get(&client, &kind, name.as_deref(), &mesh, output),
         Cmd::Delete { kind, name, mesh } => delete(&client, &kind, &name, &mesh),
-        Cmd::Inspect { what, mesh, output } => inspect(&client, &what, &mesh, output),
+        Cmd::Inspect {
+            what,
+            name,
+            view,
+            mesh,
+            output,
+        } => match (what.as_str(), name) {
+            ("dataplane", Some(name)) => inspect_dataplane(&client, &mesh, &name, &view, output),
+            ("dataplane", None) => Err(anyhow!("inspect dataplane needs a NAME")),
+            _ => inspect(&client, &what, &mesh, output),
+        },
         Cmd::Generate(Generate::ZoneToken { zone, valid_for }) => {
             issue_zone_token(&client, &zone, &valid_for).map(|token| println!("{token}"))
         }
@@ -470,6 +487,17 @@ fn inspect(client: &Client, what: &str, mesh: &str, output: Output) -> anyhow::R
         }
         other => bail!("cannot inspect {other:?}"),
     }
+}
+
+/// One dataplane's generated configuration or matched policies, from the
+/// zone that serves it (YAML unless JSON is asked for: neither is a table).
+fn inspect_dataplane(client: &Client, mesh: &str, name: &str, view: &str, output: Output) -> anyhow::Result<()> {
+    let (_, body) = client.expect_ok("GET", &format!("/meshes/{mesh}/dataplanes/{name}/{view}"), None)?;
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&body)?),
+        Output::Yaml | Output::Table => print!("{}", serde_yaml_ng::to_string(&body)?),
+    }
+    Ok(())
 }
 
 // ---- zone tokens and joining ------------------------------------------------

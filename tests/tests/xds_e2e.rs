@@ -342,6 +342,64 @@ fn retries(d: &Deployment) {
         let r = calls(d, kind, "flaky", 20, &[]);
         through(&r, kind, "with numRetries 2 on Unavailable");
     }
+    inspect_sidecar(d);
+}
+
+/// `meridianctl inspect dataplane` on zone 1 shows what a sidecar calling
+/// `flaky` gets: the matched MeshRetry, and a cluster and listener for it.
+fn inspect_sidecar(d: &Deployment) {
+    let body = json!({"type": "Dataplane", "name": "inspect-web", "mesh": MESH,
+        "networking": {"address": "127.0.0.1",
+            "inbound": [{"port": 1, "tags": {"kuma.io/service": "inspect-web"}}],
+            "outbound": [{"port": 20001, "tags": {"kuma.io/service": "flaky"}}]}});
+    let (status, reply) = d
+        .zone1
+        .proc
+        .put_json(&format!("/meshes/{MESH}/dataplanes/inspect-web"), &body);
+    assert!(status == 200 || status == 201, "PUT inspect-web: {status} {reply}");
+    let inspect = |view: &str| -> Value {
+        let out = d.zone1.proc.ctl(
+            &[
+                "inspect",
+                "dataplane",
+                "inspect-web",
+                "--type",
+                view,
+                "-m",
+                MESH,
+                "-o",
+                "json",
+            ],
+            None,
+        );
+        assert!(
+            out.status.success(),
+            "meridianctl inspect dataplane --type {view}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let policies = inspect("policies");
+    let flaky = policies["outbounds"]
+        .as_array()
+        .and_then(|o| o.iter().find(|o| o["service"] == "flaky"))
+        .unwrap_or_else(|| panic!("no outbound to flaky in {policies}"));
+    assert_eq!(flaky["policies"]["retry"]["grpc"]["numRetries"], 2, "{policies}");
+    let xds = inspect("xds");
+    let has = |kind: &str, name: &str| {
+        xds["resources"].as_array().is_some_and(|rs| {
+            rs.iter()
+                .any(|r| r["type"].as_str().is_some_and(|t| t.ends_with(kind)) && r["name"] == name)
+        })
+    };
+    assert!(has("Cluster", "flaky"), "no cluster flaky in {xds}");
+    assert!(has("ClusterLoadAssignment", "flaky"), "no endpoints of flaky in {xds}");
+    let _ = http(
+        "DELETE",
+        &format!("{}/meshes/{MESH}/dataplanes/inspect-web", d.zone1.proc.api),
+        None,
+        None,
+    );
 }
 
 /// 4: a MeshTimeout of 4s: a backend that answers after 8s fails with
