@@ -20,6 +20,7 @@ use crate::snapshot::{MeshSnapshot, ProxyContext};
 
 pub mod clusters;
 pub mod endpoints;
+pub mod ingress;
 pub mod invariants;
 pub mod proxyless;
 pub mod routes;

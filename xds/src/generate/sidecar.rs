@@ -53,7 +53,7 @@ pub fn service_protocol(index: &ServiceIndex<'_>, service: &str) -> Option<Proto
     http
 }
 
-fn socket(address: &str, port: u32) -> Address {
+pub(crate) fn socket(address: &str, port: u32) -> Address {
     Address {
         address: Some(address::Address::SocketAddress(SocketAddress {
             address: address.to_string(),
@@ -63,7 +63,7 @@ fn socket(address: &str, port: u32) -> Address {
     }
 }
 
-fn network_filter<M: prost::Message + prost::Name>(name: &str, config: &M) -> Filter {
+pub(crate) fn network_filter<M: prost::Message + prost::Name>(name: &str, config: &M) -> Filter {
     Filter {
         name: name.to_string(),
         config_type: Some(filter::ConfigType::TypedConfig(any(config))),
@@ -78,7 +78,7 @@ fn router() -> HttpFilter {
     }
 }
 
-fn tcp_proxy(stat_prefix: &str, cluster: &str, idle: Option<std::time::Duration>) -> TcpProxy {
+pub(crate) fn tcp_proxy(stat_prefix: &str, cluster: &str, idle: Option<std::time::Duration>) -> TcpProxy {
     TcpProxy {
         stat_prefix: stat_prefix.to_string(),
         cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(cluster.to_string())),
