@@ -106,6 +106,11 @@ pub trait DataplaneInspector: Send + Sync + 'static {
     fn xds(&self, mesh: &str, name: &str) -> Option<Value>;
     /// The policies matched for a dataplane, per inbound and destination.
     fn policies(&self, mesh: &str, name: &str) -> Option<Value>;
+    /// The generated xDS resources of the proxy of this zone's ingress
+    /// `name`, or `None` when there is no such ingress.
+    fn ingress_xds(&self, _name: &str) -> Option<Value> {
+        None
+    }
 }
 
 /// Builds the router over `state`.
@@ -122,6 +127,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/meshes/{mesh}/dataplanes+insights/{name}", get(get_dataplane_overview))
         .route("/meshes/{mesh}/dataplanes/{name}/xds", get(dataplane_xds))
         .route("/meshes/{mesh}/dataplanes/{name}/policies", get(dataplane_policies))
+        .route("/zoneingresses/{name}/xds", get(zone_ingress_xds))
         .route("/meshes/{mesh}/{plural}", get(list_in_mesh))
         .route(
             "/meshes/{mesh}/{plural}/{name}",
@@ -494,6 +500,13 @@ async fn dataplane_xds(State(s): St, Path((mesh, name)): Path<(String, String)>)
     i.xds(&mesh, &name)
         .map(|v| Json(v).into_response())
         .ok_or_else(|| ApiError::not_found(format!("dataplane {mesh}/{name} not found")))
+}
+
+async fn zone_ingress_xds(State(s): St, Path(name): Path<String>) -> ApiResult {
+    let i = inspector(&s)?;
+    i.ingress_xds(&name)
+        .map(|v| Json(v).into_response())
+        .ok_or_else(|| ApiError::not_found(format!("zone ingress {name} of this zone not found")))
 }
 
 async fn dataplane_policies(State(s): St, Path((mesh, name)): Path<(String, String)>) -> ApiResult {

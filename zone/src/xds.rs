@@ -4,6 +4,15 @@
 //!
 //! The ADS protocol itself is `meridian_xds::ads`; generation is
 //! `meridian_xds::generate`. This module connects them to the zone's store.
+//!
+//! Node ids: a dataplane is `<mesh>.<name>`. A ZoneIngress proxy is the bare
+//! ingress name (`ingress`; no dot, since mesh names cannot be empty), or
+//! any node id with node metadata `proxyType: "ingress"` (for ingress names
+//! that contain dots); it must name a ZoneIngress of this zone. An ingress
+//! session's [`ProxyId`] has an empty mesh. Its configuration comes from
+//! `generate::ingress` over the snapshots of every mesh it advertises, and is
+//! regenerated when the ingress or any of those meshes changes. Ingresses have
+//! no insight record.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -83,8 +92,8 @@ pub type ResolverFactory = Arc<dyn Fn(&MeshSnapshot) -> Box<dyn PolicyResolver> 
 pub fn generate(snapshot: &MeshSnapshot, proxy: &ProxyContext, resolver: &dyn PolicyResolver) -> ResourceSet {
     match proxy.kind {
         ProxyKind::Sidecar => sidecar::generate(snapshot, proxy, resolver),
-        // Ingress proxies are not generated yet; they are never admitted
-        // (admission only knows dataplanes), so this arm is for completeness.
+        // Ingress proxies span meshes: `ingress_config` generates theirs and
+        // they never reach this function.
         ProxyKind::Proxyless | ProxyKind::Ingress => proxyless::generate(snapshot, proxy, resolver),
     }
 }
@@ -243,6 +252,9 @@ impl AckReporter for Reporter {
 #[async_trait]
 impl ConfigSource for ZoneXds {
     async fn connect(&self, node: &Node) -> Result<ProxySession, Status> {
+        if let Some(name) = ingress_node(node) {
+            return self.connect_ingress(name);
+        }
         let s = &self.shared;
         let id = ProxyId::parse(&node.id).map_err(Status::invalid_argument)?;
         let mesh_key = ResourceKey::global(ResourceType::Mesh, &id.mesh);
@@ -383,8 +395,10 @@ async fn regenerate_loop(s: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
                 },
             }
         }
+        regenerate_ingresses(&s, &dirty, all);
         let targets: Vec<(ProxyId, ProxyKind)> = lock(&s.proxies)
             .iter()
+            .filter(|(_, c)| c.kind != ProxyKind::Ingress)
             .filter(|(id, _)| all || dirty.contains(&id.mesh))
             .map(|(id, c)| (id.clone(), c.kind))
             .collect();
@@ -539,6 +553,16 @@ impl meridian_server::api::DataplaneInspector for ZoneXds {
         }))
     }
 
+    fn ingress_xds(&self, name: &str) -> Option<Value> {
+        let set = self.ingress_resources(name).ok()?;
+        let connected = lock(&self.shared.proxies).contains_key(&ingress_proxy_id(name));
+        let resources: Vec<Value> = meridian_xds::resources::TYPES_IN_ORDER
+            .iter()
+            .flat_map(|t| set.of_type(t).map(render).collect::<Vec<_>>())
+            .collect();
+        Some(json!({"name": name, "proxyKind": "Ingress", "connected": connected, "resources": resources}))
+    }
+
     fn policies(&self, mesh: &str, name: &str) -> Option<Value> {
         let (snap, proxy, _) = self.context(mesh, name)?;
         let resolver = (self.shared.resolver)(&snap);
@@ -568,5 +592,157 @@ impl meridian_server::api::DataplaneInspector for ZoneXds {
             .map(|d| json!({"service": d, "policies": resolver.outbound(&snap, &proxy, d)}))
             .collect();
         Some(json!({"mesh": mesh, "name": name, "inbounds": inbounds, "outbounds": outbounds}))
+    }
+}
+
+// ---- zone ingress proxies ---------------------------------------------------
+
+/// The id under which the proxy of ingress `name` is connected: the ingress
+/// name with an empty mesh (no dataplane's id looks like this).
+pub fn ingress_proxy_id(name: &str) -> ProxyId {
+    ProxyId {
+        mesh: String::new(),
+        name: name.to_string(),
+    }
+}
+
+/// The ingress a node connects as, if it is an ingress proxy: a node id
+/// without a dot, or node metadata `proxyType: "ingress"`.
+fn ingress_node(node: &Node) -> Option<&str> {
+    let flagged = node
+        .metadata
+        .as_ref()
+        .and_then(|m| m.fields.get("proxyType"))
+        .is_some_and(|v| matches!(&v.kind, Some(Kind::StringValue(t)) if t == "ingress"));
+    let named = !node.id.is_empty() && (flagged || !node.id.contains('.'));
+    named.then_some(node.id.as_str())
+}
+
+/// This zone's ingress `name`; the error says why a proxy cannot be it.
+fn own_ingress(manager: &Manager, zone: &str, name: &str) -> Result<ZoneIngress, Status> {
+    let r = manager
+        .get(&ResourceKey::global(ResourceType::ZoneIngress, name))
+        .ok_or_else(|| {
+            Status::not_found(format!(
+                "zone ingress {name:?} is not registered in zone {zone:?}: create it through the zone API (PUT /zoneingresses/{name}); a dataplane's node id is <mesh>.<name>"
+            ))
+        })?;
+    if let Some(other) = r.labels.get(labels::ZONE).filter(|z| z.as_str() != zone) {
+        return Err(Status::permission_denied(format!(
+            "zone ingress {name:?} belongs to zone {other:?}, not to this zone ({zone:?})"
+        )));
+    }
+    serde_json::from_value(r.spec)
+        .map_err(|e| Status::internal(format!("stored zone ingress {name:?} does not decode: {e}")))
+}
+
+/// The meshes whose services an ingress advertises.
+fn advertised_meshes(ingress: &ZoneIngress) -> BTreeSet<String> {
+    ingress.available_services.iter().map(|a| a.mesh.clone()).collect()
+}
+
+/// An ingress proxy's configuration, over the snapshots of the meshes it
+/// advertises (a mesh that no longer exists contributes nothing).
+fn ingress_config(manager: &Manager, zone: &str, ingress: &ZoneIngress) -> ResourceSet {
+    let snapshots: Vec<MeshSnapshot> = advertised_meshes(ingress)
+        .iter()
+        .filter_map(|mesh| snapshot(manager, zone, mesh))
+        .collect();
+    meridian_xds::generate::ingress::generate(ingress, &snapshots)
+}
+
+/// Regenerates the connected ingress proxies that advertise a mesh in
+/// `dirty` (every one when `all`).
+fn regenerate_ingresses(s: &Shared, dirty: &BTreeSet<String>, all: bool) {
+    let ids: Vec<ProxyId> = lock(&s.proxies)
+        .iter()
+        .filter(|(_, c)| c.kind == ProxyKind::Ingress)
+        .map(|(id, _)| id.clone())
+        .collect();
+    for id in ids {
+        let next = match own_ingress(&s.manager, &s.zone, &id.name) {
+            Ok(ingress) if all || !advertised_meshes(&ingress).is_disjoint(dirty) => {
+                ingress_config(&s.manager, &s.zone, &ingress)
+            }
+            Ok(_) => continue,
+            // The ingress is gone (or no longer this zone's): the proxy gets nothing.
+            Err(_) => ResourceSet::new(),
+        };
+        if let Some(c) = lock(&s.proxies).get(&id) {
+            c.tx.send_if_modified(|cur| {
+                if **cur == next {
+                    false
+                } else {
+                    *cur = Arc::new(next);
+                    true
+                }
+            });
+        }
+    }
+}
+
+/// Logs what an ingress proxy rejects (ingresses have no insight record).
+struct IngressReporter(ProxyId);
+
+impl AckReporter for IngressReporter {
+    fn acked(&self, type_url: &str, version: &str) {
+        tracing::debug!(ingress = %self.0.name, type_url, version, "ingress proxy acknowledged");
+    }
+
+    fn nacked(&self, type_url: &str, version: &str, message: &str) {
+        tracing::warn!(ingress = %self.0.name, type_url, version, message, "ingress proxy rejected its configuration");
+    }
+}
+
+/// Forgets an ingress proxy when its stream ends.
+struct IngressDisconnect {
+    shared: Arc<Shared>,
+    id: ProxyId,
+}
+
+impl Drop for IngressDisconnect {
+    fn drop(&mut self) {
+        lock(&self.shared.proxies).remove(&self.id);
+        tracing::info!(ingress = %self.id.name, "ingress proxy disconnected");
+    }
+}
+
+impl ZoneXds {
+    /// Admits the proxy of this zone's ingress `name`, once.
+    fn connect_ingress(&self, name: &str) -> Result<ProxySession, Status> {
+        let s = &self.shared;
+        let ingress = own_ingress(&s.manager, &s.zone, name)?;
+        let id = ingress_proxy_id(name);
+        let (tx, rx) = watch::channel(Arc::new(ingress_config(&s.manager, &s.zone, &ingress)));
+        {
+            let mut proxies = lock(&s.proxies);
+            if proxies.contains_key(&id) {
+                return Err(Status::already_exists(format!(
+                    "zone ingress {name:?} is already connected"
+                )));
+            }
+            proxies.insert(
+                id.clone(),
+                Connected {
+                    kind: ProxyKind::Ingress,
+                    tx,
+                    insight: InsightRecord::default(),
+                },
+            );
+        }
+        tracing::info!(ingress = name, "ingress proxy connected");
+        Ok(ProxySession {
+            id: id.clone(),
+            resources: rx,
+            reporter: Arc::new(IngressReporter(id.clone())),
+            guard: Box::new(IngressDisconnect { shared: s.clone(), id }),
+        })
+    }
+
+    /// What the proxy of this zone's ingress `name` is (or would be) sent.
+    pub fn ingress_resources(&self, name: &str) -> Result<ResourceSet, Status> {
+        let s = &self.shared;
+        let ingress = own_ingress(&s.manager, &s.zone, name)?;
+        Ok(ingress_config(&s.manager, &s.zone, &ingress))
     }
 }
