@@ -26,7 +26,7 @@ use meridian_core::defaults::initial_policies;
 use meridian_core::mesh::Mesh;
 use meridian_core::ResourceType;
 use meridian_e2e::xds_clients::validate_envoy;
-use meridian_xds::generate::{invariants, proxyless, sidecar};
+use meridian_xds::generate::{ingress, invariants, proxyless, sidecar};
 use meridian_xds::resources::{ResourceSet, CLUSTER, ENDPOINT, LISTENER, ROUTE};
 use meridian_xds::snapshot::{DataplaneEntry, MeshSnapshot, ProxyContext, ProxyKind, RemoteIngress};
 use meridian_zone::policies::MeshPolicies;
@@ -320,6 +320,172 @@ spec:
               zones: [zone-4]
 "#;
 
+/// zone-1's ingress advertises backend (two tag sets) and db of `default`,
+/// and backend of `payments`; web is local but not advertised, and zone-2's
+/// ingress advertises backend v1 too (never routed from an ingress).
+const INGRESS_MESHES: &str = r#"
+type: ZoneIngress
+name: ingress
+labels: {kuma.io/zone: zone-1}
+networking:
+  address: 10.1.0.100
+  port: 10001
+  advertisedAddress: 192.0.2.1
+  advertisedPort: 30001
+availableServices:
+- mesh: default
+  instances: 2
+  tags: {kuma.io/service: backend, kuma.io/protocol: http, version: v1}
+- mesh: default
+  instances: 1
+  tags: {kuma.io/service: backend, kuma.io/protocol: http, version: v2}
+- mesh: default
+  instances: 1
+  tags: {kuma.io/service: db, kuma.io/protocol: tcp}
+- mesh: payments
+  instances: 1
+  tags: {kuma.io/service: backend, kuma.io/protocol: grpc}
+---
+type: ZoneIngress
+name: zone-2.ingress
+labels: {kuma.io/zone: zone-2}
+networking:
+  address: 10.2.0.100
+  port: 10001
+  advertisedAddress: 192.0.2.2
+  advertisedPort: 30001
+availableServices:
+- mesh: default
+  instances: 3
+  tags: {kuma.io/service: backend, kuma.io/protocol: http, version: v1}
+---
+type: Dataplane
+mesh: default
+name: backend-1
+networking:
+  address: 10.1.0.1
+  inbound:
+  - port: 15001
+    servicePort: 8080
+    tags: {kuma.io/service: backend, kuma.io/protocol: http, version: v1}
+---
+type: Dataplane
+mesh: default
+name: backend-2
+networking:
+  address: 10.1.0.2
+  inbound:
+  - port: 15001
+    servicePort: 8080
+    tags: {kuma.io/service: backend, kuma.io/protocol: http, version: v1}
+---
+type: Dataplane
+mesh: default
+name: backend-3
+networking:
+  address: 10.1.0.3
+  inbound:
+  - port: 15001
+    servicePort: 8080
+    tags: {kuma.io/service: backend, kuma.io/protocol: http, version: v2}
+---
+type: Dataplane
+mesh: default
+name: db-1
+networking:
+  address: 10.1.0.4
+  inbound:
+  - port: 5432
+    tags: {kuma.io/service: db, kuma.io/protocol: tcp}
+---
+type: Dataplane
+mesh: default
+name: web-1
+networking:
+  address: 10.1.0.5
+  inbound:
+  - port: 15001
+    servicePort: 8080
+    tags: {kuma.io/service: web, kuma.io/protocol: http}
+---
+type: Dataplane
+mesh: payments
+name: backend-1
+networking:
+  address: 10.1.1.1
+  inbound:
+  - port: 15001
+    servicePort: 9090
+    tags: {kuma.io/service: backend, kuma.io/protocol: grpc}
+"#;
+
+/// The zone ingress's case: `proxy` names the ingress; its meshes are every
+/// mesh the documents put dataplanes in.
+const INGRESS_CASE: Case = Case {
+    name: "ingress",
+    description: "zone-1's ingress: an SNI filter chain per advertised service and tag set of two meshes, TCP proxies to mesh-qualified clusters of zone-1's endpoints only",
+    zone: "zone-1",
+    yaml: INGRESS_MESHES,
+    proxy: "ingress",
+    kind: ProxyKind::Ingress,
+};
+
+/// Every golden case.
+fn all_cases() -> impl Iterator<Item = &'static Case> {
+    CASES.iter().chain(std::iter::once(&INGRESS_CASE))
+}
+
+/// The proxy kinds a case is generated and validated as.
+fn kinds_of(case: &Case) -> Vec<ProxyKind> {
+    match case.kind {
+        ProxyKind::Ingress => vec![ProxyKind::Ingress],
+        _ => vec![ProxyKind::Sidecar, ProxyKind::Proxyless],
+    }
+}
+
+/// The ingress case's configuration: the snapshots of its meshes as zone
+/// `case.zone` would build them (other zones' ingresses included).
+fn generate_ingress(case: &Case) -> ResourceSet {
+    let docs = decode_all(case.yaml, Format::Yaml).unwrap_or_else(|e| panic!("invalid test meshes: {e}"));
+    let mut own = None;
+    let mut remote = Vec::new();
+    let mut meshes: std::collections::BTreeMap<String, MeshSnapshot> = Default::default();
+    for doc in docs {
+        match doc.key.kind {
+            ResourceType::ZoneIngress => {
+                let spec: ZoneIngress = serde_json::from_value(doc.spec).unwrap();
+                match doc.labels.get(ZONE_LABEL).cloned() {
+                    Some(z) if z != case.zone => remote.push(RemoteIngress { zone: z, spec }),
+                    _ if doc.key.name == case.proxy => own = Some(spec),
+                    _ => {}
+                }
+            }
+            ResourceType::Dataplane => {
+                let mesh = doc.key.mesh.clone().unwrap();
+                let snap = meshes.entry(mesh.clone()).or_insert_with(|| MeshSnapshot {
+                    zone: case.zone.to_string(),
+                    mesh,
+                    ..Default::default()
+                });
+                snap.dataplanes.push(DataplaneEntry {
+                    name: doc.key.name,
+                    spec: serde_json::from_value::<Dataplane>(doc.spec).unwrap(),
+                });
+            }
+            other => panic!("unexpected {other} in the ingress case"),
+        }
+    }
+    let snapshots: Vec<MeshSnapshot> = meshes
+        .into_values()
+        .map(|mut s| {
+            s.remote_ingresses = remote.clone();
+            s
+        })
+        .collect();
+    let own = own.unwrap_or_else(|| panic!("{}: no ZoneIngress {}", case.name, case.proxy));
+    ingress::generate(&own, &snapshots)
+}
+
 /// One golden file: a mesh, the zone generating, and the proxy it generates for.
 struct Case {
     name: &'static str,
@@ -415,6 +581,9 @@ fn snapshot(zone: &str, yaml: &str) -> MeshSnapshot {
 }
 
 fn generate(case: &Case, kind: ProxyKind) -> ResourceSet {
+    if kind == ProxyKind::Ingress {
+        return generate_ingress(case);
+    }
     let snap = snapshot(case.zone, case.yaml);
     let dataplane = snap
         .dataplanes
@@ -443,6 +612,14 @@ fn golden_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("golden").join("xds")
 }
 
+/// The node id of a case's proxy.
+fn proxy_name(case: &Case) -> String {
+    match case.kind {
+        ProxyKind::Ingress => case.proxy.to_string(),
+        _ => format!("{MESH}.{}", case.proxy),
+    }
+}
+
 fn render_case(case: &Case, set: &ResourceSet) -> String {
     let mut resources = Vec::new();
     for type_url in READING_ORDER {
@@ -459,7 +636,7 @@ fn render_case(case: &Case, set: &ResourceSet) -> String {
         "case": case.name,
         "description": case.description,
         "zone": case.zone,
-        "proxy": {"name": format!("{MESH}.{}", case.proxy), "kind": format!("{:?}", case.kind)},
+        "proxy": {"name": proxy_name(case), "kind": format!("{:?}", case.kind)},
         "resources": resources,
     });
     let mut text = serde_json::to_string_pretty(&doc).unwrap();
@@ -499,7 +676,7 @@ fn generated_xds_matches_golden_files() {
         std::fs::create_dir_all(&dir).unwrap();
     }
     let mut failures = Vec::new();
-    for case in &CASES {
+    for case in all_cases() {
         let set = generate(case, case.kind);
         assert_eq!(
             invariants::check(&set),
@@ -526,7 +703,7 @@ fn generated_xds_matches_golden_files() {
         }
     }
     // A golden file without a case is stale.
-    let known: Vec<String> = CASES.iter().map(|c| format!("{}.json", c.name)).collect();
+    let known: Vec<String> = all_cases().map(|c| format!("{}.json", c.name)).collect();
     for entry in std::fs::read_dir(&dir).unwrap() {
         let name = entry.unwrap().file_name().to_string_lossy().into_owned();
         if name.ends_with(".json") && !known.contains(&name) {
@@ -605,8 +782,8 @@ fn renderer_shows_what_matters() {
 fn generated_xds_passes_envoy_validation() {
     let mut failures = Vec::new();
     let mut seen = Vec::new();
-    for case in &CASES {
-        for kind in [ProxyKind::Sidecar, ProxyKind::Proxyless] {
+    for case in all_cases() {
+        for kind in kinds_of(case) {
             if seen.contains(&(case.yaml, case.proxy, kind)) {
                 continue;
             }
@@ -748,6 +925,7 @@ mod render {
             Router,
             HttpFault,
             TcpProxy,
+            envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector,
             envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions,
         );
         None
@@ -772,6 +950,9 @@ mod render {
                 Listener,
                 FilterChain,
                 Filter,
+                envoy_types::pb::envoy::config::listener::v3::FilterChainMatch,
+                envoy_types::pb::envoy::config::listener::v3::ListenerFilter,
+                envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector,
                 ApiListener,
                 HttpConnectionManager,
                 HttpFilter,
