@@ -57,14 +57,15 @@ pub struct ProxyContext {
     pub dataplane: Dataplane,
 }
 
-/// One endpoint of a service, local or through another zone's ingress.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct ServiceEndpoint {
-    pub address: String,
+/// One endpoint of a service, local or through another zone's ingress;
+/// borrowed from the snapshot, so indexing a mesh copies no strings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ServiceEndpoint<'a> {
+    pub address: &'a str,
     pub port: u32,
     /// The zone the endpoint is in (this zone for local ones).
-    pub zone: String,
-    pub tags: BTreeMap<String, String>,
+    pub zone: &'a str,
+    pub tags: &'a BTreeMap<String, String>,
     /// Load-balancing weight (instances behind a remote ingress).
     pub weight: u32,
 }
@@ -98,11 +99,11 @@ impl MeshSnapshot {
 
     /// Endpoints of `service` whose tags include `subset`: local inbounds
     /// (zone = this zone) and other zones' ingresses that advertise it.
-    pub fn endpoints(&self, service: &str, subset: &BTreeMap<String, String>) -> Vec<ServiceEndpoint> {
+    pub fn endpoints(&self, service: &str, subset: &BTreeMap<String, String>) -> Vec<ServiceEndpoint<'_>> {
         ServiceIndex::new(self)
             .endpoints(service, subset)
             .into_iter()
-            .cloned()
+            .copied()
             .collect()
     }
 }
@@ -110,7 +111,7 @@ impl MeshSnapshot {
 /// Per-service lookups over a snapshot, built once per generation so that
 /// a proxy with many destinations does not rescan every dataplane for each.
 pub struct ServiceIndex<'a> {
-    endpoints: HashMap<&'a str, Vec<ServiceEndpoint>>,
+    endpoints: HashMap<&'a str, Vec<ServiceEndpoint<'a>>>,
     ports: HashMap<&'a str, BTreeSet<u32>>,
     protocols: HashMap<&'a str, Vec<&'a str>>,
 }
@@ -120,7 +121,7 @@ pub const PROTOCOL_TAG: &str = "kuma.io/protocol";
 
 impl<'a> ServiceIndex<'a> {
     pub fn new(snapshot: &'a MeshSnapshot) -> Self {
-        let mut endpoints: HashMap<&'a str, Vec<ServiceEndpoint>> = HashMap::new();
+        let mut endpoints: HashMap<&'a str, Vec<ServiceEndpoint<'a>>> = HashMap::new();
         let mut ports: HashMap<&'a str, BTreeSet<u32>> = HashMap::new();
         let mut protocols: HashMap<&'a str, Vec<&'a str>> = HashMap::new();
         for dp in &snapshot.dataplanes {
@@ -131,14 +132,14 @@ impl<'a> ServiceIndex<'a> {
                 };
                 let address = inbound
                     .address
-                    .clone()
-                    .or_else(|| n.advertised_address.clone())
-                    .unwrap_or_else(|| n.address.clone());
+                    .as_deref()
+                    .or(n.advertised_address.as_deref())
+                    .unwrap_or(&n.address);
                 endpoints.entry(service).or_default().push(ServiceEndpoint {
                     address,
                     port: inbound.port,
-                    zone: snapshot.zone.clone(),
-                    tags: inbound.tags.clone(),
+                    zone: &snapshot.zone,
+                    tags: &inbound.tags,
                     weight: 1,
                 });
                 ports
@@ -163,10 +164,10 @@ impl<'a> ServiceIndex<'a> {
                     continue;
                 }
                 endpoints.entry(service).or_default().push(ServiceEndpoint {
-                    address: address.clone(),
+                    address,
                     port,
-                    zone: ingress.zone.clone(),
-                    tags: svc.tags.clone(),
+                    zone: &ingress.zone,
+                    tags: &svc.tags,
                     weight: svc.instances,
                 });
                 if let Some(p) = svc.tags.get(PROTOCOL_TAG) {
@@ -185,7 +186,7 @@ impl<'a> ServiceIndex<'a> {
     }
 
     /// Endpoints of `service` whose tags include `subset`.
-    pub fn endpoints(&self, service: &str, subset: &BTreeMap<String, String>) -> Vec<&ServiceEndpoint> {
+    pub fn endpoints(&self, service: &str, subset: &BTreeMap<String, String>) -> Vec<&ServiceEndpoint<'a>> {
         self.endpoints
             .get(service)
             .into_iter()

@@ -90,19 +90,19 @@ fn lb_endpoint(address: &str, port: u32, weight: u32) -> LbEndpoint {
 pub fn load_assignment(
     cluster_name: &str,
     snapshot: &MeshSnapshot,
-    endpoints: &[&ServiceEndpoint],
+    endpoints: &[&ServiceEndpoint<'_>],
     lb: Option<&LbConf>,
 ) -> ClusterLoadAssignment {
-    let zones: BTreeSet<String> = endpoints.iter().map(|e| e.zone.clone()).collect();
+    let zones: BTreeSet<String> = endpoints.iter().map(|e| e.zone.to_string()).collect();
     let priorities = zone_priorities(&snapshot.zone, &zones, lb);
     // zone -> (address, port) -> weight; one remote ingress may advertise
     // several tag sets of a service at the same address.
     let mut by_zone: BTreeMap<&str, BTreeMap<(&str, u32), u32>> = BTreeMap::new();
     for e in endpoints {
         *by_zone
-            .entry(e.zone.as_str())
+            .entry(e.zone)
             .or_default()
-            .entry((e.address.as_str(), e.port))
+            .entry((e.address, e.port))
             .or_default() += e.weight;
     }
     let localities = by_zone
@@ -187,11 +187,12 @@ mod tests {
             zone: "z1".into(),
             ..Default::default()
         };
-        let ep = |zone: &str, addr: &str, w: u32| ServiceEndpoint {
-            address: addr.into(),
+        let no_tags = BTreeMap::new();
+        let ep = |zone: &'static str, addr: &'static str, w: u32| ServiceEndpoint {
+            address: addr,
             port: 10001,
-            zone: zone.into(),
-            tags: Default::default(),
+            zone,
+            tags: &no_tags,
             weight: w,
         };
         // No local endpoint: the remote zone becomes priority 0.
