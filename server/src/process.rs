@@ -1,8 +1,13 @@
 //! Process plumbing shared by the binaries: logging, signals, identity.
 
-/// Logs through `tracing`, filtered by `RUST_LOG` (default `info`).
+/// Logs through `tracing`, filtered by `RUST_LOG` (default `info`); colours
+/// only on a terminal, and never with `NO_COLOR` set, so log files and
+/// collectors get plain text.
 pub fn init_tracing() {
+    use std::io::IsTerminal;
+    let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     tracing_subscriber::fmt()
+        .with_ansi(colour)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
