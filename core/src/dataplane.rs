@@ -67,6 +67,22 @@ pub struct TransparentProxying {
     pub redirect_port_outbound: Option<u32>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub direct_access_services: Vec<String>,
+    /// The only services this proxy gets outbounds for, when listed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reachable_services: Vec<String>,
+    /// The IP families whose traffic is redirected (IPv4 when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_family_mode: Option<IpFamilyMode>,
+}
+
+/// Which IP families a transparent proxy redirects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IpFamilyMode {
+    DualStack,
+    #[serde(rename = "IPv4")]
+    Ipv4,
+    #[serde(rename = "IPv6")]
+    Ipv6,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -184,6 +200,17 @@ impl Spec for Dataplane {
             }
             if let Some(port) = tp.redirect_port_outbound {
                 check_port(port, &tpp.field("redirectPortOutbound"), causes);
+                if tp.redirect_port_inbound == Some(port) {
+                    causes.add(
+                        &tpp.field("redirectPortOutbound"),
+                        "must differ from redirectPortInbound",
+                    );
+                }
+            }
+            for (i, s) in tp.reachable_services.iter().enumerate() {
+                if s.is_empty() {
+                    causes.add(&tpp.field("reachableServices").index(i), "must not be empty");
+                }
             }
         }
         if let Some(admin) = &n.admin {
@@ -292,6 +319,41 @@ mod tests {
         let fields: Vec<_> = err.causes.iter().map(|c| c.field.as_str()).collect();
         assert!(fields.contains(&"networking.inbound[0].port"), "{fields:?}");
         assert!(fields.contains(&"networking.inbound[0].tags"), "{fields:?}");
+    }
+
+    #[test]
+    fn transparent_proxying_fields_and_checks() {
+        let dp: Dataplane = serde_json::from_value(json!({"networking": {"address": "10.0.0.1",
+            "inbound": [{"port": 8080, "tags": {"kuma.io/service": "web"}}],
+            "transparentProxying": {"redirectPortInbound": 15006, "redirectPortOutbound": 15001,
+                                    "reachableServices": ["backend"], "ipFamilyMode": "DualStack"}}}))
+        .unwrap();
+        let tp = dp.networking.transparent_proxying.unwrap();
+        assert_eq!(tp.ip_family_mode, Some(IpFamilyMode::DualStack));
+        assert_eq!(tp.reachable_services, ["backend"]);
+        let err = check::<Dataplane>(
+            json!({"networking": {"address": "10.0.0.1",
+                "inbound": [{"port": 8080, "tags": {"kuma.io/service": "web"}}],
+                "transparentProxying": {"redirectPortInbound": 15001, "redirectPortOutbound": 15001,
+                                        "reachableServices": ["backend", ""], "ipFamilyMode": "IPv6"}}}),
+            &FieldPath::root(),
+        )
+        .unwrap_err();
+        let fields: Vec<_> = err.causes.iter().map(|c| c.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "networking.transparentProxying.redirectPortOutbound",
+                "networking.transparentProxying.reachableServices[1]"
+            ]
+        );
+        assert!(check::<Dataplane>(
+            json!({"networking": {"address": "10.0.0.1",
+                "inbound": [{"port": 8080, "tags": {"kuma.io/service": "web"}}],
+                "transparentProxying": {"ipFamilyMode": "ipv6"}}}),
+            &FieldPath::root(),
+        )
+        .is_err());
     }
 
     #[test]
