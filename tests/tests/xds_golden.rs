@@ -486,6 +486,169 @@ fn generate_ingress(case: &Case) -> ResourceSet {
     ingress::generate(&own, &snapshots)
 }
 
+/// backend (http, with an admin port over tcp) under MeshRateLimit and
+/// MeshTimeout `from` rules on top of the defaults: a Mesh-wide limit, a
+/// stricter one for backend with its own answer, every inbound timeout.
+const INBOUND_POLICIES: &str = r#"
+type: Dataplane
+mesh: default
+name: backend-1
+networking:
+  address: 10.0.0.2
+  inbound:
+  - port: 15001
+    servicePort: 8080
+    tags: {kuma.io/service: backend, kuma.io/protocol: http}
+  - port: 15002
+    servicePort: 9901
+    tags: {kuma.io/service: backend-admin, kuma.io/protocol: tcp}
+---
+type: MeshRateLimit
+mesh: default
+name: mesh-rate-limit
+spec:
+  targetRef:
+    kind: Mesh
+  from:
+  - targetRef:
+      kind: Mesh
+    default:
+      local:
+        http:
+          requestRate: {num: 100, interval: 1s}
+        tcp:
+          connectionRate: {num: 50, interval: 1s}
+---
+type: MeshRateLimit
+mesh: default
+name: backend-rate-limit
+spec:
+  targetRef:
+    kind: MeshService
+    name: backend
+  from:
+  - targetRef:
+      kind: Mesh
+    default:
+      local:
+        http:
+          requestRate: {num: 5, interval: 10s}
+          onRateLimit:
+            status: 423
+            headers:
+              set:
+              - {name: x-rate-limit, value: "5"}
+              add:
+              - {name: x-limited, value: "true"}
+---
+type: MeshTimeout
+mesh: default
+name: backend-inbound-timeout
+spec:
+  targetRef:
+    kind: MeshService
+    name: backend
+  from:
+  - targetRef:
+      kind: Mesh
+    default:
+      connectionTimeout: 3s
+      http:
+        requestTimeout: 20s
+        maxStreamDuration: 30s
+        maxConnectionDuration: 30m
+        requestHeadersTimeout: 500ms
+"#;
+
+/// web behind transparent proxying, both IP families: backend and db are
+/// reachable at the outbounds it declares (a virtual address for backend,
+/// loopback for db), `reachableServices` leaves out the declared `other`.
+const TRANSPARENT: &str = r#"
+type: Dataplane
+mesh: default
+name: web-1
+networking:
+  address: 10.0.0.1
+  inbound:
+  - port: 8080
+    tags: {kuma.io/service: web, kuma.io/protocol: http}
+  outbound:
+  - port: 80
+    address: 240.0.0.2
+    tags: {kuma.io/service: backend}
+  - port: 10002
+    tags: {kuma.io/service: db}
+  - port: 80
+    address: 240.0.0.4
+    tags: {kuma.io/service: other}
+  transparentProxying:
+    redirectPortInbound: 15006
+    redirectPortOutbound: 15001
+    ipFamilyMode: DualStack
+    reachableServices: [backend, db]
+---
+type: Dataplane
+mesh: default
+name: backend-1
+networking:
+  address: 10.0.0.2
+  inbound:
+  - port: 8080
+    tags: {kuma.io/service: backend, kuma.io/protocol: http}
+---
+type: Dataplane
+mesh: default
+name: db-1
+networking:
+  address: 10.0.0.3
+  inbound:
+  - port: 5432
+    tags: {kuma.io/service: db, kuma.io/protocol: tcp}
+---
+type: Dataplane
+mesh: default
+name: other-1
+networking:
+  address: 10.0.0.4
+  inbound:
+  - port: 80
+    tags: {kuma.io/service: other}
+"#;
+
+/// A transparent web (IPv4) in a mesh without passthrough.
+const TRANSPARENT_NO_PASSTHROUGH: &str = r#"
+type: Mesh
+name: default
+networking:
+  outbound:
+    passthrough: false
+---
+type: Dataplane
+mesh: default
+name: web-1
+networking:
+  address: 10.0.0.1
+  inbound:
+  - port: 8080
+    tags: {kuma.io/service: web}
+  outbound:
+  - port: 80
+    address: 240.0.0.3
+    tags: {kuma.io/service: db}
+  transparentProxying:
+    redirectPortInbound: 15006
+    redirectPortOutbound: 15001
+---
+type: Dataplane
+mesh: default
+name: db-1
+networking:
+  address: 10.0.0.3
+  inbound:
+  - port: 5432
+    tags: {kuma.io/service: db}
+"#;
+
 /// One golden file: a mesh, the zone generating, and the proxy it generates for.
 struct Case {
     name: &'static str,
@@ -496,7 +659,7 @@ struct Case {
     kind: ProxyKind,
 }
 
-const CASES: [Case; 5] = [
+const CASES: [Case; 8] = [
     Case {
         name: "sidecar-defaults",
         description: "Envoy sidecar of web: http inbound, grpc outbound to backend (2 instances), tcp outbound to db; the 4 default policies",
@@ -537,6 +700,30 @@ const CASES: [Case; 5] = [
         proxy: "web-1",
         kind: ProxyKind::Proxyless,
     },
+    Case {
+        name: "sidecar-inbound-policies",
+        description: "Envoy sidecar of backend: MeshRateLimit (Mesh-wide http + tcp, stricter for backend with status and headers) and every MeshTimeout inbound field, over the defaults",
+        zone: "zone-1",
+        yaml: INBOUND_POLICIES,
+        proxy: "backend-1",
+        kind: ProxyKind::Sidecar,
+    },
+    Case {
+        name: "sidecar-transparent-proxy",
+        description: "Envoy sidecar of web with transparent proxying (dual stack): virtual listeners, passthrough clusters, outbounds by original destination, reachableServices",
+        zone: "zone-1",
+        yaml: TRANSPARENT,
+        proxy: "web-1",
+        kind: ProxyKind::Sidecar,
+    },
+    Case {
+        name: "sidecar-transparent-proxy-no-passthrough",
+        description: "Envoy sidecar of web with transparent proxying in a mesh with networking.outbound.passthrough false: the outbound virtual listener blackholes",
+        zone: "zone-1",
+        yaml: TRANSPARENT_NO_PASSTHROUGH,
+        proxy: "web-1",
+        kind: ProxyKind::Sidecar,
+    },
 ];
 
 // ---------------------------------------------------------------------------
@@ -555,6 +742,7 @@ fn snapshot(zone: &str, yaml: &str) -> MeshSnapshot {
     for doc in docs {
         let kind = doc.key.kind;
         match kind {
+            ResourceType::Mesh => snap.spec = serde_json::from_value::<Mesh>(doc.spec).unwrap(),
             ResourceType::Dataplane => snap.dataplanes.push(DataplaneEntry {
                 name: doc.key.name,
                 spec: serde_json::from_value::<Dataplane>(doc.spec).unwrap(),
@@ -927,6 +1115,8 @@ mod render {
             TcpProxy,
             envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector,
             envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions,
+            envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit,
+            envoy_types::pb::envoy::extensions::filters::network::local_ratelimit::v3::LocalRateLimit,
         );
         None
     }
@@ -989,6 +1179,19 @@ mod render {
                 FaultDelay,
                 FractionalPercent,
                 Router,
+                // Both are named `LocalRateLimit` and the HTTP one, registered
+                // last, wins: the network one's defaults are all zero anyway.
+                envoy_types::pb::envoy::extensions::filters::network::local_ratelimit::v3::LocalRateLimit,
+                envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit,
+                envoy_types::pb::envoy::r#type::v3::TokenBucket,
+                envoy_types::pb::envoy::r#type::v3::HttpStatus,
+                envoy_types::pb::envoy::config::core::v3::RuntimeFractionalPercent,
+                envoy_types::pb::envoy::config::core::v3::HeaderValueOption,
+                envoy_types::pb::envoy::config::core::v3::HeaderValue,
+                // Shares its name with the upstream `HttpProtocolOptions`
+                // above, whose defaults are all zero.
+                envoy_types::pb::envoy::config::core::v3::HttpProtocolOptions,
+                envoy_types::pb::envoy::config::core::v3::BindConfig,
             );
             out
         })

@@ -14,6 +14,7 @@ use meridian_core::policy::meshcircuitbreaker::MeshCircuitBreaker;
 use meridian_core::policy::meshfaultinjection::MeshFaultInjection;
 use meridian_core::policy::meshhttproute::{MeshHttpRoute, Rule};
 use meridian_core::policy::meshloadbalancingstrategy::MeshLoadBalancingStrategy;
+use meridian_core::policy::meshratelimit::MeshRateLimit;
 use meridian_core::policy::meshretry::MeshRetry;
 use meridian_core::policy::meshtimeout::MeshTimeout;
 use meridian_core::ResourceType;
@@ -42,6 +43,7 @@ pub struct MeshPolicies {
     load_balancing: Vec<(String, MeshLoadBalancingStrategy)>,
     http_routes: Vec<(String, MeshHttpRoute)>,
     faults: Vec<(String, MeshFaultInjection)>,
+    rate_limits: Vec<(String, MeshRateLimit)>,
 }
 
 fn decode<P: DeserializeOwned>(snapshot: &MeshSnapshot, kind: ResourceType) -> Vec<(String, P)> {
@@ -77,6 +79,7 @@ impl MeshPolicies {
             load_balancing: decode(snapshot, ResourceType::MeshLoadBalancingStrategy),
             http_routes: decode(snapshot, ResourceType::MeshHTTPRoute),
             faults: decode(snapshot, ResourceType::MeshFaultInjection),
+            rate_limits: decode(snapshot, ResourceType::MeshRateLimit),
         }
     }
 }
@@ -201,6 +204,7 @@ impl MeshPolicies {
             faults: ok_or_log("MeshFaultInjection", from_conf(&self.faults, &view, index, &anyone))
                 .and_then(|c| c.http)
                 .unwrap_or_default(),
+            rate_limit: ok_or_log("MeshRateLimit", from_conf(&self.rate_limits, &view, index, &anyone)),
         }
     }
 }
@@ -208,4 +212,141 @@ impl MeshPolicies {
 /// The resolver every generation uses.
 pub fn resolver_factory() -> ResolverFactory {
     Arc::new(|snapshot: &MeshSnapshot| -> Box<dyn PolicyResolver> { Box::new(MeshPolicies::new(snapshot)) })
+}
+
+#[cfg(test)]
+mod rate_limit_tests {
+    use super::*;
+    use meridian_core::error::FieldPath;
+    use meridian_core::policy::meshratelimit::Conf;
+    use meridian_core::spec::check;
+    use meridian_xds::snapshot::{DataplaneEntry, ProxyKind};
+    use serde_json::Value;
+
+    fn http_limit(num: u32, interval: &str) -> Value {
+        json!({"local": {"http": {"requestRate": {"num": num, "interval": interval}}}})
+    }
+
+    fn policy(top: Value, default: Value) -> Value {
+        let spec = json!({"targetRef": top, "from": [{"targetRef": {"kind": "Mesh"}, "default": default}]});
+        check::<MeshRateLimit>(spec.clone(), &FieldPath::root()).unwrap();
+        spec
+    }
+
+    fn dataplane(name: &str, inbounds: Value) -> DataplaneEntry {
+        DataplaneEntry {
+            name: name.into(),
+            spec: serde_json::from_value(json!({"networking": {"address": "10.0.0.1", "inbound": inbounds}})).unwrap(),
+        }
+    }
+
+    fn snapshot() -> MeshSnapshot {
+        let policies = vec![
+            (
+                "mesh-wide".to_string(),
+                policy(
+                    json!({"kind": "Mesh"}),
+                    json!({"local": {
+                        "http": {"requestRate": {"num": 100, "interval": "1s"},
+                                 "onRateLimit": {"status": 429, "headers": {"set": [{"name": "x-limited", "value": "yes"}]}}},
+                        "tcp": {"connectionRate": {"num": 50, "interval": "1s"}}}}),
+                ),
+            ),
+            (
+                "backend-limit".to_string(),
+                policy(json!({"kind": "MeshService", "name": "backend"}), http_limit(5, "10s")),
+            ),
+            (
+                "backend-v2-off".to_string(),
+                policy(
+                    json!({"kind": "MeshServiceSubset", "name": "backend", "tags": {"version": "v2"}}),
+                    json!({"local": {"http": {"disabled": true}}}),
+                ),
+            ),
+            (
+                "gateways".to_string(),
+                policy(json!({"kind": "Mesh", "proxyTypes": ["Gateway"]}), http_limit(1, "1m")),
+            ),
+        ];
+        MeshSnapshot {
+            zone: "z".into(),
+            mesh: "default".into(),
+            dataplanes: vec![
+                dataplane(
+                    "backend-1",
+                    json!([{"port": 8080, "tags": {"kuma.io/service": "backend", "version": "v1"}},
+                           {"port": 9000, "tags": {"kuma.io/service": "backend-admin"}}]),
+                ),
+                dataplane(
+                    "backend-2",
+                    json!([{"port": 8080, "tags": {"kuma.io/service": "backend", "version": "v2"}}]),
+                ),
+                dataplane("web-1", json!([{"port": 8080, "tags": {"kuma.io/service": "web"}}])),
+            ],
+            policies: BTreeMap::from([("MeshRateLimit".to_string(), policies)]),
+            ..Default::default()
+        }
+    }
+
+    fn inbound(snap: &MeshSnapshot, name: &str, index: usize) -> Option<Conf> {
+        let dp = snap.dataplanes.iter().find(|d| d.name == name).unwrap();
+        let proxy = ProxyContext {
+            mesh: "default".into(),
+            name: name.into(),
+            kind: ProxyKind::Sidecar,
+            dataplane: dp.spec.clone(),
+        };
+        MeshPolicies::new(snap).inbound(snap, &proxy, index).rate_limit
+    }
+
+    fn as_json(c: Option<Conf>) -> Value {
+        serde_json::to_value(c).unwrap()
+    }
+
+    #[test]
+    fn from_rules_merge_from_least_to_most_specific() {
+        let snap = snapshot();
+        // Only the Mesh-wide policy selects web (the gateway one does not).
+        assert_eq!(
+            as_json(inbound(&snap, "web-1", 0)),
+            json!({"local": {
+                "http": {"requestRate": {"num": 100, "interval": "1s"},
+                         "onRateLimit": {"status": 429, "headers": {"set": [{"name": "x-limited", "value": "yes"}]}}},
+                "tcp": {"connectionRate": {"num": 50, "interval": "1s"}}}})
+        );
+        // MeshService backend overrides the rate and keeps the rest.
+        let v1 = inbound(&snap, "backend-1", 0);
+        assert_eq!(
+            as_json(v1.clone())["local"]["http"]["requestRate"],
+            json!({"num": 5, "interval": "10s"})
+        );
+        assert_eq!(as_json(v1.clone())["local"]["http"]["onRateLimit"]["status"], 429);
+        assert_eq!(as_json(v1)["local"]["tcp"]["connectionRate"]["num"], 50);
+        // The other inbound of the same proxy is not `backend`.
+        assert_eq!(
+            as_json(inbound(&snap, "backend-1", 1))["local"]["http"]["requestRate"]["num"],
+            100
+        );
+        // The subset policy, the most specific, turns the HTTP limit off.
+        let v2 = as_json(inbound(&snap, "backend-2", 0));
+        assert_eq!(v2["local"]["http"]["disabled"], true);
+        assert_eq!(v2["local"]["http"]["requestRate"]["num"], 5);
+    }
+
+    #[test]
+    fn equally_specific_policies_let_the_first_name_win_and_none_means_none() {
+        let mut snap = snapshot();
+        if let Some(list) = snap.policies.get_mut("MeshRateLimit") {
+            list.push((
+                "aaa-mesh".to_string(),
+                policy(json!({"kind": "Mesh"}), http_limit(7, "2s")),
+            ));
+        }
+        assert_eq!(
+            as_json(inbound(&snap, "web-1", 0))["local"]["http"]["requestRate"],
+            json!({"num": 7, "interval": "2s"})
+        );
+        snap.policies.clear();
+        assert_eq!(inbound(&snap, "web-1", 0), None);
+    }
 }

@@ -47,6 +47,9 @@ pub struct OutboundPolicies {
 pub struct InboundPolicies {
     pub timeout: Option<meshtimeout::Conf>,
     pub faults: Vec<meshfaultinjection::FaultConf>,
+    /// MeshRateLimit `local` limits every client of this inbound shares.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<meridian_core::policy::meshratelimit::Conf>,
 }
 
 /// Gives generation the effective policies of a proxy.

@@ -7,8 +7,56 @@
 //! ADS; everything else a TCP proxy. Names: `inbound:<address>:<port>`,
 //! `outbound:<address>:<port>`, local application clusters
 //! `localhost:<port>`, service clusters by service (and subset).
+//!
+//! # Inbound policies (`from` rules, every client alike)
+//!
+//! - MeshTimeout: `connectionTimeout` is the connect timeout to the
+//!   application (10s without one); `idleTimeout` the HCM's
+//!   `common_http_protocol_options.idle_timeout` or the TCP proxy's
+//!   `idle_timeout`; `http.requestTimeout` the inbound route's timeout;
+//!   `http.streamIdleTimeout`, `http.requestHeadersTimeout` the HCM's;
+//!   `http.maxStreamDuration`, `http.maxConnectionDuration` the HCM's common
+//!   HTTP protocol options. A mesh's default MeshTimeout sets several.
+//! - MeshRateLimit `local`: an HTTP inbound gets
+//!   `envoy.filters.http.local_ratelimit` first in its HCM (a token bucket of
+//!   `requestRate.num` tokens refilled every `interval`, enabled and enforced
+//!   for all requests, `onRateLimit` status and `set`/`add` headers; a status
+//!   Envoy does not name means its default 429, headers beyond Envoy's 10 are
+//!   dropped); a TCP inbound gets `envoy.filters.network.local_ratelimit`
+//!   before its TCP proxy (`connectionRate`). `disabled: true` removes it.
+//!   The `tcp` part does not apply to HTTP inbounds.
+//! - MeshFaultInjection: the fault filter, after the rate limit.
+//!
+//! # Transparent proxying (`networking.transparentProxying`)
+//!
+//! Supported: per redirected IP family (`ipFamilyMode`: IPv4 when absent,
+//! IPv6, or DualStack for both), a virtual listener on
+//! `redirectPortOutbound` (`outbound:passthrough:ipv4`, on `0.0.0.0`, or
+//! `…:ipv6` on `::`) with `use_original_dst`, whose own filter chain sends
+//! what matches no outbound listener to an ORIGINAL_DST cluster of the same
+//! name — or to [`BLACKHOLE`] when the Mesh sets
+//! `networking.outbound.passthrough: false`; and likewise
+//! `inbound:passthrough:<family>` on `redirectPortInbound`, whose
+//! ORIGINAL_DST cluster connects from 127.0.0.6 (`::6`) so the redirection
+//! rules let it through. Each virtual listener exists only when its port is
+//! set. With outbound redirection, outbound listeners do not bind
+//! (`bind_to_port: false`) and take connections by original destination;
+//! one on a loopback address (the default 127.0.0.1) still binds, since
+//! redirection leaves loopback alone. With inbound redirection the inbound
+//! listeners do not bind either (the application may hold the port).
+//! `reachableServices`, when it lists any, limits the outbounds generated.
+//!
+//! Not supported: virtual IPs. A service is reachable transparently at the
+//! address and port of an `outbound` the Dataplane declares (its stable
+//! virtual address, e.g. one the host's DNS gives); nothing allocates
+//! addresses or adds outbounds for undeclared services, and
+//! `directAccessServices` are not generated. `Mesh.routing.zoneEgress` has no
+//! effect: it concerns external services, which Meridian does not model,
+//! and passthrough traffic never goes through an egress. Installing the
+//! redirection itself (iptables) is the host's business.
 
 use std::collections::BTreeSet;
+use std::net::IpAddr;
 
 use envoy_types::pb::envoy::config::cluster::v3::{
     cluster::{ClusterDiscoveryType, DiscoveryType},
@@ -31,13 +79,40 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{tcp_proxy, TcpProxy};
 use meridian_core::dataplane::SERVICE_TAG;
 
+use envoy_types::pb::envoy::config::cluster::v3::cluster::LbPolicy;
+use envoy_types::pb::envoy::config::core::v3::{
+    header_value_option::HeaderAppendAction, BindConfig, HeaderValue, HeaderValueOption, HttpProtocolOptions,
+    RuntimeFractionalPercent,
+};
+use envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier;
+use envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit as HttpLocalRateLimit;
+use envoy_types::pb::envoy::extensions::filters::network::local_ratelimit::v3::LocalRateLimit as NetworkLocalRateLimit;
+use envoy_types::pb::envoy::r#type::v3::{
+    fractional_percent::DenominatorType, FractionalPercent, HttpStatus, StatusCode, TokenBucket,
+};
+use envoy_types::pb::google::protobuf::BoolValue;
+use meridian_core::dataplane::{DataplaneNetworking, IpFamilyMode, TransparentProxying};
+use meridian_core::policy::{meshratelimit, meshtimeout};
+
 use super::clusters::eds_cluster;
 use super::endpoints::load_assignment;
 use super::proxyless::fault_filter;
 use super::routes::{route_configuration, ClusterRef, Protocol};
-use super::{ads_source, any, duration, PolicyResolver};
+use super::{ads_source, any, duration, u32_value, PolicyResolver};
 use crate::resources::{ResourceSet, CLUSTER, ENDPOINT, LISTENER, ROUTE};
 use crate::snapshot::{MeshSnapshot, ProxyContext, ServiceIndex, PROTOCOL_TAG};
+
+/// The HTTP filter of MeshRateLimit on inbounds.
+pub const HTTP_LOCAL_RATE_LIMIT: &str = "envoy.filters.http.local_ratelimit";
+/// The network filter of MeshRateLimit on TCP inbounds.
+pub const NETWORK_LOCAL_RATE_LIMIT: &str = "envoy.filters.network.local_ratelimit";
+/// The cluster outbound traffic to no known destination goes to when the
+/// mesh forbids passthrough: it has no endpoints.
+pub const BLACKHOLE: &str = "outbound:blackhole";
+/// Envoy's limit on `response_headers_to_add` of the HTTP local rate limit.
+const MAX_RATE_LIMIT_HEADERS: usize = 10;
+/// The connect timeout to the application when no MeshTimeout sets one.
+const DEFAULT_INBOUND_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The protocol a service speaks, from its endpoints' `kuma.io/protocol`
 /// tags: gRPC wins, then HTTP; `None` means TCP.
@@ -111,103 +186,402 @@ fn local_cluster(name: &str, address: &str, port: u32, connect: std::time::Durat
     }
 }
 
+/// The fraction of requests the HTTP local rate limit covers and enforces:
+/// all of them (Envoy's default is none).
+fn all_requests(runtime_key: &str) -> RuntimeFractionalPercent {
+    RuntimeFractionalPercent {
+        default_value: Some(FractionalPercent {
+            numerator: 100,
+            denominator: DenominatorType::Hundred as i32,
+        }),
+        runtime_key: runtime_key.to_string(),
+    }
+}
+
+fn token_bucket(rate: &meshratelimit::Rate) -> Option<TokenBucket> {
+    if rate.num == 0 || rate.interval.is_zero() {
+        return None;
+    }
+    Some(TokenBucket {
+        max_tokens: rate.num,
+        tokens_per_fill: Some(u32_value(rate.num)),
+        fill_interval: Some(duration(rate.interval.as_std())),
+    })
+}
+
+/// The HTTP local rate limit filter of an inbound, when MeshRateLimit sets
+/// a request rate that is not disabled.
+fn http_rate_limit(stat_prefix: &str, conf: Option<&meshratelimit::Conf>) -> Option<HttpFilter> {
+    let http = conf?.local.as_ref()?.http.as_ref()?;
+    if http.disabled == Some(true) {
+        return None;
+    }
+    let bucket = token_bucket(http.request_rate.as_ref()?)?;
+    let on = http.on_rate_limit.as_ref();
+    let status = on.and_then(|o| o.status).and_then(|s| match StatusCode::try_from(s) {
+        Ok(code) if code != StatusCode::Empty => Some(HttpStatus { code: code as i32 }),
+        _ => {
+            // Envoy only takes the status codes it names; it answers 429 otherwise.
+            tracing::warn!(status = s, "MeshRateLimit status unknown to Envoy, answering 429");
+            None
+        }
+    });
+    let headers = on.and_then(|o| o.headers.as_ref());
+    let set = headers
+        .and_then(|h| h.set.as_ref())
+        .into_iter()
+        .flatten()
+        .map(|h| (h, HeaderAppendAction::OverwriteIfExistsOrAdd));
+    let add = headers
+        .and_then(|h| h.add.as_ref())
+        .into_iter()
+        .flatten()
+        .map(|h| (h, HeaderAppendAction::AppendIfExistsOrAdd));
+    let mut response_headers: Vec<HeaderValueOption> = set
+        .chain(add)
+        .map(|(h, action)| HeaderValueOption {
+            header: Some(HeaderValue {
+                key: h.name.clone(),
+                value: h.value.clone(),
+                ..Default::default()
+            }),
+            append_action: action as i32,
+            ..Default::default()
+        })
+        .collect();
+    if response_headers.len() > MAX_RATE_LIMIT_HEADERS {
+        tracing::warn!(
+            headers = response_headers.len(),
+            "MeshRateLimit onRateLimit headers beyond Envoy's {MAX_RATE_LIMIT_HEADERS} are dropped"
+        );
+        response_headers.truncate(MAX_RATE_LIMIT_HEADERS);
+    }
+    let filter = HttpLocalRateLimit {
+        stat_prefix: stat_prefix.to_string(),
+        status,
+        token_bucket: Some(bucket),
+        filter_enabled: Some(all_requests("local_rate_limit_enabled")),
+        filter_enforced: Some(all_requests("local_rate_limit_enforced")),
+        response_headers_to_add: response_headers,
+        ..Default::default()
+    };
+    Some(HttpFilter {
+        name: HTTP_LOCAL_RATE_LIMIT.into(),
+        config_type: Some(ConfigType::TypedConfig(any(&filter))),
+        ..Default::default()
+    })
+}
+
+/// The network local rate limit filter of a TCP inbound, when MeshRateLimit
+/// sets a connection rate that is not disabled.
+fn tcp_rate_limit(stat_prefix: &str, conf: Option<&meshratelimit::Conf>) -> Option<Filter> {
+    let tcp = conf?.local.as_ref()?.tcp.as_ref()?;
+    if tcp.disabled == Some(true) {
+        return None;
+    }
+    let filter = NetworkLocalRateLimit {
+        stat_prefix: stat_prefix.to_string(),
+        token_bucket: Some(token_bucket(tcp.connection_rate.as_ref()?)?),
+        ..Default::default()
+    };
+    Some(network_filter(NETWORK_LOCAL_RATE_LIMIT, &filter))
+}
+
+/// Connection-level HTTP timeouts of an inbound's HttpConnectionManager.
+fn inbound_http_options(t: &meshtimeout::Conf) -> Option<HttpProtocolOptions> {
+    let http = t.http.as_ref();
+    let options = HttpProtocolOptions {
+        idle_timeout: t.idle_timeout.as_ref().map(|d| duration(d.as_std())),
+        max_stream_duration: http
+            .and_then(|h| h.max_stream_duration.as_ref())
+            .map(|d| duration(d.as_std())),
+        max_connection_duration: http
+            .and_then(|h| h.max_connection_duration.as_ref())
+            .map(|d| duration(d.as_std())),
+        ..Default::default()
+    };
+    (options != HttpProtocolOptions::default()).then_some(options)
+}
+
+/// The listener of inbound `index` and the static cluster of the
+/// application behind it, with the inbound's policies (`from` rules):
+/// MeshTimeout, MeshFaultInjection, MeshRateLimit.
+fn inbound_resources(
+    set: &mut ResourceSet,
+    snapshot: &MeshSnapshot,
+    proxy: &ProxyContext,
+    policies: &dyn PolicyResolver,
+    index: usize,
+) {
+    let net = &proxy.dataplane.networking;
+    let Some(inbound) = net.inbound.get(index) else {
+        return;
+    };
+    let address = inbound.address.clone().unwrap_or_else(|| net.address.clone());
+    let name = format!("inbound:{address}:{}", inbound.port);
+    let app_port = inbound.service_port.unwrap_or(inbound.port);
+    let app_address = inbound
+        .service_address
+        .clone()
+        .unwrap_or_else(|| "127.0.0.1".to_string());
+    let cluster = format!("localhost:{app_port}");
+    let p = policies.inbound(snapshot, proxy, index);
+    let t = p.timeout.as_ref();
+    let connect = t
+        .and_then(|t| t.connection_timeout.as_ref())
+        .map(|d| d.as_std())
+        .unwrap_or(DEFAULT_INBOUND_CONNECT_TIMEOUT);
+    set.insert(
+        CLUSTER,
+        &cluster,
+        &local_cluster(&cluster, &app_address, app_port, connect),
+    );
+    let http_timeouts = t.and_then(|t| t.http.as_ref());
+    let http = matches!(
+        inbound.tags.get(PROTOCOL_TAG).map(String::as_str),
+        Some("http" | "http2" | "grpc")
+    );
+    let mut filters = Vec::new();
+    if http {
+        let request_timeout = http_timeouts
+            .and_then(|h| h.request_timeout.as_ref())
+            .map(|d| duration(d.as_std()));
+        let routes = RouteConfiguration {
+            name: name.clone(),
+            virtual_hosts: vec![VirtualHost {
+                name: name.clone(),
+                domains: vec!["*".into()],
+                routes: vec![Route {
+                    r#match: Some(RouteMatch {
+                        path_specifier: Some(PathSpecifier::Prefix("/".into())),
+                        ..Default::default()
+                    }),
+                    action: Some(Action::Route(RouteAction {
+                        cluster_specifier: Some(ClusterSpecifier::Cluster(cluster.clone())),
+                        timeout: request_timeout,
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        // A limited request is refused before faults delay or abort it.
+        let mut http_filters: Vec<HttpFilter> = http_rate_limit(&name, p.rate_limit.as_ref()).into_iter().collect();
+        if let Some(f) = fault_filter(&p.faults) {
+            http_filters.push(HttpFilter {
+                name: "envoy.filters.http.fault".into(),
+                config_type: Some(ConfigType::TypedConfig(any(&f))),
+                ..Default::default()
+            });
+        }
+        http_filters.push(router());
+        let hcm = HttpConnectionManager {
+            stat_prefix: name.clone(),
+            codec_type: CodecType::Auto as i32,
+            route_specifier: Some(RouteSpecifier::RouteConfig(routes)),
+            http_filters,
+            common_http_protocol_options: t.and_then(inbound_http_options),
+            stream_idle_timeout: http_timeouts
+                .and_then(|h| h.stream_idle_timeout.as_ref())
+                .map(|d| duration(d.as_std())),
+            request_headers_timeout: http_timeouts
+                .and_then(|h| h.request_headers_timeout.as_ref())
+                .map(|d| duration(d.as_std())),
+            ..Default::default()
+        };
+        filters.push(network_filter("envoy.filters.network.http_connection_manager", &hcm));
+    } else {
+        filters.extend(tcp_rate_limit(&name, p.rate_limit.as_ref()));
+        let idle = t.and_then(|t| t.idle_timeout.as_ref()).map(|d| d.as_std());
+        filters.push(network_filter(
+            "envoy.filters.network.tcp_proxy",
+            &tcp_proxy(&name, &cluster, idle),
+        ));
+    }
+    // Redirected inbound traffic reaches the listener through the inbound
+    // virtual listener; the application may hold the port itself.
+    let redirected = net
+        .transparent_proxying
+        .as_ref()
+        .is_some_and(|tp| tp.redirect_port_inbound.is_some());
+    let listener = Listener {
+        name: name.clone(),
+        address: Some(socket(&address, inbound.port)),
+        stat_prefix: name.clone(),
+        filter_chains: vec![FilterChain {
+            filters,
+            ..Default::default()
+        }],
+        bind_to_port: redirected.then_some(BoolValue { value: false }),
+        ..Default::default()
+    };
+    set.insert(LISTENER, &name, &listener);
+}
+
+/// An IP family a transparent proxy redirects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    fn name(self) -> &'static str {
+        match self {
+            Family::V4 => "ipv4",
+            Family::V6 => "ipv6",
+        }
+    }
+
+    /// The wildcard address a virtual listener binds.
+    fn any_address(self) -> &'static str {
+        match self {
+            Family::V4 => "0.0.0.0",
+            Family::V6 => "::",
+        }
+    }
+
+    /// The source address of inbound passthrough connections, which the
+    /// redirection rules leave alone so that they do not loop back.
+    fn inbound_passthrough_source(self) -> &'static str {
+        match self {
+            Family::V4 => "127.0.0.6",
+            Family::V6 => "::6",
+        }
+    }
+}
+
+fn families(tp: &TransparentProxying) -> &'static [Family] {
+    match tp.ip_family_mode {
+        None | Some(IpFamilyMode::Ipv4) => &[Family::V4],
+        Some(IpFamilyMode::Ipv6) => &[Family::V6],
+        Some(IpFamilyMode::DualStack) => &[Family::V4, Family::V6],
+    }
+}
+
+/// Whether the dataplane gets an outbound to `service`: `reachableServices`,
+/// when it lists any, names every service the proxy may reach.
+pub fn reachable(net: &DataplaneNetworking, service: &str) -> bool {
+    match &net.transparent_proxying {
+        Some(tp) if !tp.reachable_services.is_empty() => tp.reachable_services.iter().any(|s| s == service),
+        _ => true,
+    }
+}
+
+/// `bind_to_port` of an outbound listener at `address`: with outbound
+/// traffic redirected, the listener does not bind and takes the connections
+/// whose original destination it is; a loopback address still binds, since
+/// the redirection leaves loopback traffic alone.
+pub fn outbound_bind_to_port(net: &DataplaneNetworking, address: &str) -> Option<BoolValue> {
+    let redirected = net
+        .transparent_proxying
+        .as_ref()
+        .is_some_and(|tp| tp.redirect_port_outbound.is_some());
+    let loopback = address == "localhost" || address.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    (redirected && !loopback).then_some(BoolValue { value: false })
+}
+
+/// A cluster that connects to each connection's original destination.
+fn original_dst_cluster(name: &str, source: Option<&str>) -> Cluster {
+    Cluster {
+        name: name.to_string(),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::OriginalDst as i32)),
+        lb_policy: LbPolicy::ClusterProvided as i32,
+        upstream_bind_config: source.map(|s| BindConfig {
+            source_address: Some(SocketAddress {
+                address: s.to_string(),
+                port_specifier: Some(socket_address::PortSpecifier::PortValue(0)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A static cluster without endpoints: connections sent to it are closed.
+fn blackhole_cluster() -> Cluster {
+    Cluster {
+        name: BLACKHOLE.to_string(),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32)),
+        load_assignment: Some(ClusterLoadAssignment {
+            cluster_name: BLACKHOLE.to_string(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A listener on the redirect port that hands each connection to the
+/// listener of its original destination, and sends what no listener takes
+/// to `cluster`.
+fn virtual_listener(name: &str, family: Family, port: u32, cluster: &str) -> Listener {
+    Listener {
+        name: name.to_string(),
+        address: Some(socket(family.any_address(), port)),
+        stat_prefix: name.to_string(),
+        use_original_dst: Some(BoolValue { value: true }),
+        filter_chains: vec![FilterChain {
+            filters: vec![network_filter(
+                "envoy.filters.network.tcp_proxy",
+                &tcp_proxy(name, cluster, None),
+            )],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// The virtual listeners of a transparent proxy and the clusters behind
+/// them, per redirected IP family: `outbound:passthrough:<family>` on
+/// `redirectPortOutbound` (to the original destination when the mesh allows
+/// passthrough, else to [`BLACKHOLE`]) and `inbound:passthrough:<family>` on
+/// `redirectPortInbound` (to the original destination, from a source
+/// address the redirection ignores).
+fn transparent_proxy(set: &mut ResourceSet, snapshot: &MeshSnapshot, net: &DataplaneNetworking) {
+    let Some(tp) = &net.transparent_proxying else {
+        return;
+    };
+    let passthrough = snapshot
+        .spec
+        .networking
+        .as_ref()
+        .and_then(|n| n.outbound.as_ref())
+        .and_then(|o| o.passthrough)
+        .unwrap_or(true);
+    for &family in families(tp) {
+        if let Some(port) = tp.redirect_port_outbound {
+            let name = format!("outbound:passthrough:{}", family.name());
+            let cluster = if passthrough {
+                set.insert(CLUSTER, &name, &original_dst_cluster(&name, None));
+                name.clone()
+            } else {
+                set.insert(CLUSTER, BLACKHOLE, &blackhole_cluster());
+                BLACKHOLE.to_string()
+            };
+            set.insert(LISTENER, &name, &virtual_listener(&name, family, port, &cluster));
+        }
+        if let Some(port) = tp.redirect_port_inbound {
+            let name = format!("inbound:passthrough:{}", family.name());
+            let source = family.inbound_passthrough_source();
+            set.insert(CLUSTER, &name, &original_dst_cluster(&name, Some(source)));
+            set.insert(LISTENER, &name, &virtual_listener(&name, family, port, &name));
+        }
+    }
+}
+
 /// The configuration of an Envoy sidecar.
 pub fn generate(snapshot: &MeshSnapshot, proxy: &ProxyContext, policies: &dyn PolicyResolver) -> ResourceSet {
     let mut set = ResourceSet::new();
     let net = &proxy.dataplane.networking;
     let index = ServiceIndex::new(snapshot);
 
-    for (index, inbound) in net.inbound.iter().enumerate() {
-        let address = inbound.address.clone().unwrap_or_else(|| net.address.clone());
-        let name = format!("inbound:{address}:{}", inbound.port);
-        let app_port = inbound.service_port.unwrap_or(inbound.port);
-        let app_address = inbound
-            .service_address
-            .clone()
-            .unwrap_or_else(|| "127.0.0.1".to_string());
-        let cluster = format!("localhost:{app_port}");
-        let p = policies.inbound(snapshot, proxy, index);
-        let t = p.timeout.as_ref();
-        let connect = t
-            .and_then(|t| t.connection_timeout.as_ref())
-            .map(|d| d.as_std())
-            .unwrap_or(std::time::Duration::from_secs(10));
-        set.insert(
-            CLUSTER,
-            &cluster,
-            &local_cluster(&cluster, &app_address, app_port, connect),
-        );
-        let idle = t.and_then(|t| t.idle_timeout.as_ref()).map(|d| d.as_std());
-        let http = matches!(
-            inbound.tags.get(PROTOCOL_TAG).map(String::as_str),
-            Some("http" | "http2" | "grpc")
-        );
-        let filter = if http {
-            let request_timeout = t
-                .and_then(|t| t.http.as_ref())
-                .and_then(|h| h.request_timeout.as_ref())
-                .map(|d| duration(d.as_std()));
-            let routes = RouteConfiguration {
-                name: name.clone(),
-                virtual_hosts: vec![VirtualHost {
-                    name: name.clone(),
-                    domains: vec!["*".into()],
-                    routes: vec![Route {
-                        r#match: Some(RouteMatch {
-                            path_specifier: Some(
-                                envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier::Prefix(
-                                    "/".into(),
-                                ),
-                            ),
-                            ..Default::default()
-                        }),
-                        action: Some(Action::Route(RouteAction {
-                            cluster_specifier: Some(ClusterSpecifier::Cluster(cluster.clone())),
-                            timeout: request_timeout,
-                            ..Default::default()
-                        })),
-                        ..Default::default()
-                    }],
-                    ..Default::default()
-                }],
-                ..Default::default()
-            };
-            let mut filters = Vec::new();
-            if let Some(f) = fault_filter(&p.faults) {
-                filters.push(HttpFilter {
-                    name: "envoy.filters.http.fault".into(),
-                    config_type: Some(ConfigType::TypedConfig(any(&f))),
-                    ..Default::default()
-                });
-            }
-            filters.push(router());
-            let hcm = HttpConnectionManager {
-                stat_prefix: name.clone(),
-                codec_type: CodecType::Auto as i32,
-                route_specifier: Some(RouteSpecifier::RouteConfig(routes)),
-                http_filters: filters,
-                stream_idle_timeout: t
-                    .and_then(|t| t.http.as_ref())
-                    .and_then(|h| h.stream_idle_timeout.as_ref())
-                    .map(|d| duration(d.as_std())),
-                ..Default::default()
-            };
-            network_filter("envoy.filters.network.http_connection_manager", &hcm)
-        } else {
-            network_filter("envoy.filters.network.tcp_proxy", &tcp_proxy(&name, &cluster, idle))
-        };
-        let listener = Listener {
-            name: name.clone(),
-            address: Some(socket(&address, inbound.port)),
-            stat_prefix: name.clone(),
-            filter_chains: vec![FilterChain {
-                filters: vec![filter],
-                ..Default::default()
-            }],
-            ..Default::default()
-        };
-        set.insert(LISTENER, &name, &listener);
+    for index in 0..net.inbound.len() {
+        inbound_resources(&mut set, snapshot, proxy, policies, index);
     }
+    transparent_proxy(&mut set, snapshot, net);
 
     let mut clusters: BTreeSet<ClusterRef> = BTreeSet::new();
     let mut resolved: std::collections::HashMap<String, super::OutboundPolicies> = std::collections::HashMap::new();
@@ -215,6 +589,9 @@ pub fn generate(snapshot: &MeshSnapshot, proxy: &ProxyContext, policies: &dyn Po
         let Some(service) = outbound.tags.get(SERVICE_TAG) else {
             continue;
         };
+        if !reachable(net, service) {
+            continue;
+        }
         let address = outbound.address.clone().unwrap_or_else(|| "127.0.0.1".to_string());
         let name = format!("outbound:{address}:{}", outbound.port);
         if !resolved.contains_key(service) {
@@ -269,6 +646,7 @@ pub fn generate(snapshot: &MeshSnapshot, proxy: &ProxyContext, policies: &dyn Po
                 filters: vec![filter],
                 ..Default::default()
             }],
+            bind_to_port: outbound_bind_to_port(net, &address),
             ..Default::default()
         };
         set.insert(LISTENER, &name, &listener);
@@ -352,5 +730,406 @@ mod tests {
         assert_eq!(clusters, ["backend", "db", "localhost:8080"]);
         assert!(set.get(ROUTE, "backend").is_some(), "grpc service gets routes");
         assert!(set.get(ROUTE, "db").is_none(), "tcp service gets a tcp proxy");
+    }
+}
+
+#[cfg(test)]
+mod inbound_and_transparent_proxy_tests {
+    use super::*;
+    use crate::generate::{invariants, InboundPolicies, NoPolicies, OutboundPolicies};
+    use crate::snapshot::{DataplaneEntry, ProxyKind};
+    use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType as NetworkConfigType;
+    use meridian_core::dataplane::Dataplane;
+    use meridian_core::mesh::Mesh;
+    use prost::{Message, Name};
+    use serde_json::{json, Value};
+
+    /// Gives every inbound the same policies, and outbounds none.
+    struct Fixed(InboundPolicies);
+
+    impl PolicyResolver for Fixed {
+        fn outbound(&self, _: &MeshSnapshot, _: &ProxyContext, _: &str) -> OutboundPolicies {
+            OutboundPolicies::default()
+        }
+
+        fn inbound(&self, _: &MeshSnapshot, _: &ProxyContext, _: usize) -> InboundPolicies {
+            self.0.clone()
+        }
+    }
+
+    fn policies(v: Value) -> InboundPolicies {
+        InboundPolicies {
+            timeout: v.get("timeout").map(|t| serde_json::from_value(t.clone()).unwrap()),
+            faults: v
+                .get("faults")
+                .map(|t| serde_json::from_value(t.clone()).unwrap())
+                .unwrap_or_default(),
+            rate_limit: v.get("rateLimit").map(|t| serde_json::from_value(t.clone()).unwrap()),
+        }
+    }
+
+    /// A sidecar of `dataplane` in a mesh with `mesh` and one backend (http)
+    /// and one db (tcp) instance.
+    fn generate_for(dataplane: Value, mesh: Value, resolver: &dyn PolicyResolver) -> ResourceSet {
+        let me: Dataplane = serde_json::from_value(dataplane).unwrap();
+        let backend: Dataplane = serde_json::from_value(json!({"networking": {"address": "10.0.0.2",
+            "inbound": [{"port": 8080, "tags": {"kuma.io/service": "backend", "kuma.io/protocol": "http"}}]}}))
+        .unwrap();
+        let db: Dataplane = serde_json::from_value(json!({"networking": {"address": "10.0.0.3",
+            "inbound": [{"port": 5432, "tags": {"kuma.io/service": "db"}}]}}))
+        .unwrap();
+        let snap = MeshSnapshot {
+            zone: "z".into(),
+            mesh: "default".into(),
+            spec: serde_json::from_value::<Mesh>(mesh).unwrap(),
+            dataplanes: vec![
+                DataplaneEntry {
+                    name: "me".into(),
+                    spec: me.clone(),
+                },
+                DataplaneEntry {
+                    name: "backend".into(),
+                    spec: backend,
+                },
+                DataplaneEntry {
+                    name: "db".into(),
+                    spec: db,
+                },
+            ],
+            ..Default::default()
+        };
+        let proxy = ProxyContext {
+            mesh: "default".into(),
+            name: "me".into(),
+            kind: ProxyKind::Sidecar,
+            dataplane: me,
+        };
+        let set = generate(&snap, &proxy, resolver);
+        assert_eq!(invariants::check(&set), Vec::<String>::new());
+        set
+    }
+
+    /// web (http on 15001) and a tcp inbound (on 6379).
+    fn two_inbounds() -> Value {
+        json!({"networking": {"address": "10.0.0.1", "inbound": [
+            {"port": 15001, "servicePort": 8080, "tags": {"kuma.io/service": "web", "kuma.io/protocol": "http"}},
+            {"port": 6379, "tags": {"kuma.io/service": "cache"}}]}})
+    }
+
+    fn listener(set: &ResourceSet, name: &str) -> Listener {
+        let r = set.get(LISTENER, name).unwrap_or_else(|| panic!("no listener {name}"));
+        Listener::decode(r.body.value.as_slice()).unwrap()
+    }
+
+    fn cluster(set: &ResourceSet, name: &str) -> Cluster {
+        let r = set.get(CLUSTER, name).unwrap_or_else(|| panic!("no cluster {name}"));
+        Cluster::decode(r.body.value.as_slice()).unwrap()
+    }
+
+    fn network_filters(l: &Listener) -> Vec<(String, envoy_types::pb::google::protobuf::Any)> {
+        l.filter_chains[0]
+            .filters
+            .iter()
+            .map(|f| match &f.config_type {
+                Some(NetworkConfigType::TypedConfig(any)) => (f.name.clone(), any.clone()),
+                other => panic!("filter {} without typed config: {other:?}", f.name),
+            })
+            .collect()
+    }
+
+    fn hcm(l: &Listener) -> HttpConnectionManager {
+        let filters = network_filters(l);
+        HttpConnectionManager::decode(filters[0].1.value.as_slice()).unwrap()
+    }
+
+    fn http_filter_names(h: &HttpConnectionManager) -> Vec<&str> {
+        h.http_filters.iter().map(|f| f.name.as_str()).collect()
+    }
+
+    fn http_rate_limit_of(h: &HttpConnectionManager) -> HttpLocalRateLimit {
+        let f = h.http_filters.iter().find(|f| f.name == HTTP_LOCAL_RATE_LIMIT).unwrap();
+        let Some(ConfigType::TypedConfig(any)) = &f.config_type else {
+            panic!("no typed config")
+        };
+        assert_eq!(any.type_url, HttpLocalRateLimit::type_url());
+        HttpLocalRateLimit::decode(any.value.as_slice()).unwrap()
+    }
+
+    fn secs(s: i64) -> Option<envoy_types::pb::google::protobuf::Duration> {
+        Some(envoy_types::pb::google::protobuf::Duration { seconds: s, nanos: 0 })
+    }
+
+    #[test]
+    fn http_rate_limit_goes_first_and_carries_the_policy() {
+        let resolver = Fixed(policies(json!({
+            "rateLimit": {"local": {
+                "http": {"requestRate": {"num": 5, "interval": "10s"},
+                         "onRateLimit": {"status": 423, "headers": {
+                             "add": [{"name": "x-limited", "value": "true"}],
+                             "set": [{"name": "x-rate", "value": "5"}]}}},
+                "tcp": {"connectionRate": {"num": 2, "interval": "1s"}}}},
+            "faults": [{"abort": {"httpStatus": 503, "percentage": 10}}]})));
+        let set = generate_for(two_inbounds(), json!({}), &resolver);
+        let web = listener(&set, "inbound:10.0.0.1:15001");
+        assert_eq!(network_filters(&web).len(), 1, "the tcp limit is not for HTTP inbounds");
+        let h = hcm(&web);
+        assert_eq!(
+            http_filter_names(&h),
+            [
+                HTTP_LOCAL_RATE_LIMIT,
+                "envoy.filters.http.fault",
+                "envoy.filters.http.router"
+            ]
+        );
+        let rl = http_rate_limit_of(&h);
+        assert_eq!(rl.stat_prefix, "inbound:10.0.0.1:15001");
+        assert_eq!(
+            rl.token_bucket,
+            Some(TokenBucket {
+                max_tokens: 5,
+                tokens_per_fill: Some(u32_value(5)),
+                fill_interval: secs(10),
+            })
+        );
+        assert_eq!(rl.status.map(|s| s.code), Some(423));
+        for enabled in [&rl.filter_enabled, &rl.filter_enforced] {
+            let pct = enabled.as_ref().and_then(|e| e.default_value.as_ref()).unwrap();
+            assert_eq!((pct.numerator, pct.denominator), (100, DenominatorType::Hundred as i32));
+        }
+        let headers: Vec<(&str, &str, i32)> = rl
+            .response_headers_to_add
+            .iter()
+            .map(|h| {
+                let v = h.header.as_ref().unwrap();
+                (v.key.as_str(), v.value.as_str(), h.append_action)
+            })
+            .collect();
+        assert_eq!(
+            headers,
+            [
+                ("x-rate", "5", HeaderAppendAction::OverwriteIfExistsOrAdd as i32),
+                ("x-limited", "true", HeaderAppendAction::AppendIfExistsOrAdd as i32),
+            ]
+        );
+
+        // The TCP inbound limits connections, before its TCP proxy.
+        let cache = listener(&set, "inbound:10.0.0.1:6379");
+        let filters = network_filters(&cache);
+        let names: Vec<&str> = filters.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, [NETWORK_LOCAL_RATE_LIMIT, "envoy.filters.network.tcp_proxy"]);
+        let tcp = NetworkLocalRateLimit::decode(filters[0].1.value.as_slice()).unwrap();
+        assert_eq!(filters[0].1.type_url, NetworkLocalRateLimit::type_url());
+        assert_eq!(
+            tcp.token_bucket,
+            Some(TokenBucket {
+                max_tokens: 2,
+                tokens_per_fill: Some(u32_value(2)),
+                fill_interval: secs(1),
+            })
+        );
+    }
+
+    #[test]
+    fn disabled_or_rateless_limits_generate_nothing() {
+        for conf in [
+            json!({"local": {"http": {"disabled": true, "requestRate": {"num": 5, "interval": "10s"}},
+                             "tcp": {"disabled": true, "connectionRate": {"num": 2, "interval": "1s"}}}}),
+            json!({"local": {"http": {"onRateLimit": {"status": 429}}}}),
+        ] {
+            let set = generate_for(two_inbounds(), json!({}), &Fixed(policies(json!({"rateLimit": conf}))));
+            let web = hcm(&listener(&set, "inbound:10.0.0.1:15001"));
+            assert_eq!(http_filter_names(&web), ["envoy.filters.http.router"], "{conf}");
+            let cache = listener(&set, "inbound:10.0.0.1:6379");
+            assert_eq!(network_filters(&cache).len(), 1, "{conf}");
+        }
+    }
+
+    #[test]
+    fn rate_limit_answers_within_what_envoy_accepts() {
+        let many: Vec<Value> = (0..12)
+            .map(|i| json!({"name": format!("x-{i}"), "value": "v"}))
+            .collect();
+        let resolver = Fixed(policies(json!({"rateLimit": {"local": {"http": {
+            "requestRate": {"num": 1, "interval": "1s"},
+            "onRateLimit": {"status": 499, "headers": {"add": many}}}}}})));
+        let set = generate_for(two_inbounds(), json!({}), &resolver);
+        let rl = http_rate_limit_of(&hcm(&listener(&set, "inbound:10.0.0.1:15001")));
+        assert_eq!(rl.status, None, "499 is no Envoy StatusCode: Envoy's 429");
+        assert_eq!(rl.response_headers_to_add.len(), MAX_RATE_LIMIT_HEADERS);
+    }
+
+    #[test]
+    fn every_inbound_timeout_is_generated() {
+        let resolver = Fixed(policies(json!({"timeout": {
+            "connectionTimeout": "3s", "idleTimeout": "2h",
+            "http": {"requestTimeout": "15s", "streamIdleTimeout": "1h", "maxStreamDuration": "20s",
+                     "maxConnectionDuration": "30m", "requestHeadersTimeout": "500ms"}}})));
+        let set = generate_for(two_inbounds(), json!({}), &resolver);
+        assert_eq!(cluster(&set, "localhost:8080").connect_timeout, secs(3));
+        assert_eq!(cluster(&set, "localhost:6379").connect_timeout, secs(3));
+        let h = hcm(&listener(&set, "inbound:10.0.0.1:15001"));
+        let common = h.common_http_protocol_options.unwrap();
+        assert_eq!(common.idle_timeout, secs(7200));
+        assert_eq!(common.max_stream_duration, secs(20));
+        assert_eq!(common.max_connection_duration, secs(1800));
+        assert_eq!(h.stream_idle_timeout, secs(3600));
+        assert_eq!(
+            h.request_headers_timeout,
+            Some(envoy_types::pb::google::protobuf::Duration {
+                seconds: 0,
+                nanos: 500_000_000
+            })
+        );
+        let Some(RouteSpecifier::RouteConfig(routes)) = &h.route_specifier else {
+            panic!("inline routes expected")
+        };
+        let Some(Action::Route(action)) = &routes.virtual_hosts[0].routes[0].action else {
+            panic!("a route action expected")
+        };
+        assert_eq!(action.timeout, secs(15));
+        let cache = network_filters(&listener(&set, "inbound:10.0.0.1:6379"));
+        let tcp = TcpProxy::decode(cache[0].1.value.as_slice()).unwrap();
+        assert_eq!(tcp.idle_timeout, secs(7200));
+
+        // Without a MeshTimeout: the default connect timeout, nothing else.
+        let set = generate_for(two_inbounds(), json!({}), &Fixed(InboundPolicies::default()));
+        assert_eq!(cluster(&set, "localhost:8080").connect_timeout, secs(10));
+        let h = hcm(&listener(&set, "inbound:10.0.0.1:15001"));
+        assert_eq!(h.common_http_protocol_options, None);
+        assert_eq!(h.request_headers_timeout, None);
+    }
+
+    fn transparent(tp: Value) -> Value {
+        json!({"networking": {"address": "10.0.0.1",
+            "inbound": [{"port": 8080, "tags": {"kuma.io/service": "web", "kuma.io/protocol": "http"}}],
+            "outbound": [{"port": 80, "address": "240.0.0.2", "tags": {"kuma.io/service": "backend"}},
+                         {"port": 10002, "tags": {"kuma.io/service": "db"}}],
+            "transparentProxying": tp}})
+    }
+
+    fn tcp_cluster_of(l: &Listener) -> String {
+        let filters = network_filters(l);
+        let (name, any) = filters.last().unwrap();
+        assert_eq!(name, "envoy.filters.network.tcp_proxy");
+        match TcpProxy::decode(any.value.as_slice()).unwrap().cluster_specifier {
+            Some(tcp_proxy::ClusterSpecifier::Cluster(c)) => c,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn bound_at(l: &Listener) -> (String, u32) {
+        match l.address.as_ref().and_then(|a| a.address.as_ref()) {
+            Some(address::Address::SocketAddress(s)) => match s.port_specifier {
+                Some(socket_address::PortSpecifier::PortValue(p)) => (s.address.clone(), p),
+                _ => panic!("no port"),
+            },
+            _ => panic!("no socket address"),
+        }
+    }
+
+    #[test]
+    fn transparent_proxy_gets_virtual_listeners_and_passthrough() {
+        let set = generate_for(
+            transparent(json!({"redirectPortInbound": 15006, "redirectPortOutbound": 15001})),
+            json!({}),
+            &NoPolicies,
+        );
+        let out = listener(&set, "outbound:passthrough:ipv4");
+        assert_eq!(bound_at(&out), ("0.0.0.0".to_string(), 15001));
+        assert_eq!(out.use_original_dst, Some(BoolValue { value: true }));
+        assert_eq!(out.bind_to_port, None);
+        assert_eq!(tcp_cluster_of(&out), "outbound:passthrough:ipv4");
+        let c = cluster(&set, "outbound:passthrough:ipv4");
+        assert_eq!(
+            c.cluster_discovery_type,
+            Some(ClusterDiscoveryType::Type(DiscoveryType::OriginalDst as i32))
+        );
+        assert_eq!(c.lb_policy, LbPolicy::ClusterProvided as i32);
+        assert_eq!(c.upstream_bind_config, None);
+
+        let inb = listener(&set, "inbound:passthrough:ipv4");
+        assert_eq!(bound_at(&inb), ("0.0.0.0".to_string(), 15006));
+        assert_eq!(inb.use_original_dst, Some(BoolValue { value: true }));
+        assert_eq!(tcp_cluster_of(&inb), "inbound:passthrough:ipv4");
+        let c = cluster(&set, "inbound:passthrough:ipv4");
+        let source = c.upstream_bind_config.and_then(|b| b.source_address).unwrap();
+        assert_eq!(source.address, "127.0.0.6");
+
+        // Service listeners: reached by original destination, except loopback.
+        let backend = listener(&set, "outbound:240.0.0.2:80");
+        assert_eq!(backend.bind_to_port, Some(BoolValue { value: false }));
+        assert_eq!(listener(&set, "outbound:127.0.0.1:10002").bind_to_port, None);
+        let web = listener(&set, "inbound:10.0.0.1:8080");
+        assert_eq!(web.bind_to_port, Some(BoolValue { value: false }));
+        assert_eq!(set.len(LISTENER), 5);
+        assert!(set.get(CLUSTER, BLACKHOLE).is_none());
+    }
+
+    #[test]
+    fn dual_stack_without_passthrough_blackholes_unknown_destinations() {
+        let set = generate_for(
+            transparent(json!({"redirectPortInbound": 15006, "redirectPortOutbound": 15001,
+                               "ipFamilyMode": "DualStack"})),
+            json!({"networking": {"outbound": {"passthrough": false}}}),
+            &NoPolicies,
+        );
+        for family in ["ipv4", "ipv6"] {
+            let out = listener(&set, &format!("outbound:passthrough:{family}"));
+            assert_eq!(tcp_cluster_of(&out), BLACKHOLE);
+            assert!(set.get(CLUSTER, &format!("outbound:passthrough:{family}")).is_none());
+            let inb = listener(&set, &format!("inbound:passthrough:{family}"));
+            assert_eq!(tcp_cluster_of(&inb), format!("inbound:passthrough:{family}"));
+        }
+        assert_eq!(bound_at(&listener(&set, "outbound:passthrough:ipv6")).0, "::");
+        let source = cluster(&set, "inbound:passthrough:ipv6")
+            .upstream_bind_config
+            .and_then(|b| b.source_address)
+            .unwrap();
+        assert_eq!(source.address, "::6");
+        let hole = cluster(&set, BLACKHOLE);
+        assert_eq!(
+            hole.load_assignment.map(|l| l.endpoints.len()),
+            Some(0),
+            "a blackhole has no endpoints"
+        );
+    }
+
+    #[test]
+    fn only_the_redirected_directions_change() {
+        // Inbound redirection only: outbound listeners bind as without it.
+        let set = generate_for(
+            transparent(json!({"redirectPortInbound": 15006, "ipFamilyMode": "IPv6"})),
+            json!({}),
+            &NoPolicies,
+        );
+        assert!(set.get(LISTENER, "outbound:passthrough:ipv6").is_none());
+        assert!(set.get(LISTENER, "inbound:passthrough:ipv4").is_none());
+        assert_eq!(bound_at(&listener(&set, "inbound:passthrough:ipv6")).0, "::");
+        assert_eq!(listener(&set, "outbound:240.0.0.2:80").bind_to_port, None);
+        // No transparent proxying at all: nothing virtual, everything binds.
+        let mut plain = transparent(json!({}));
+        plain["networking"]
+            .as_object_mut()
+            .unwrap()
+            .remove("transparentProxying");
+        let set = generate_for(plain, json!({}), &NoPolicies);
+        assert_eq!(set.len(LISTENER), 3);
+        assert!(set.of_type(LISTENER).all(|r| {
+            let l = Listener::decode(r.body.value.as_slice()).unwrap();
+            l.bind_to_port.is_none() && l.use_original_dst.is_none()
+        }));
+    }
+
+    #[test]
+    fn reachable_services_limit_the_outbounds() {
+        let set = generate_for(
+            transparent(json!({"redirectPortOutbound": 15001, "reachableServices": ["db"]})),
+            json!({}),
+            &NoPolicies,
+        );
+        assert!(set.get(LISTENER, "outbound:240.0.0.2:80").is_none());
+        assert!(set.get(CLUSTER, "backend").is_none());
+        assert!(set.get(LISTENER, "outbound:127.0.0.1:10002").is_some());
+        assert!(set.get(CLUSTER, "db").is_some());
     }
 }
