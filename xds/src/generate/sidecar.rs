@@ -757,15 +757,19 @@ mod inbound_and_transparent_proxy_tests {
         }
     }
 
+    /// Inbound policies from their JSON (`timeout`, `faults`, `rateLimit`).
     fn policies(v: Value) -> InboundPolicies {
-        InboundPolicies {
-            timeout: v.get("timeout").map(|t| serde_json::from_value(t.clone()).unwrap()),
-            faults: v
-                .get("faults")
-                .map(|t| serde_json::from_value(t.clone()).unwrap())
-                .unwrap_or_default(),
-            rate_limit: v.get("rateLimit").map(|t| serde_json::from_value(t.clone()).unwrap()),
+        let mut p = InboundPolicies::default();
+        if let Some(t) = v.get("timeout") {
+            p.timeout = serde_json::from_value(t.clone()).unwrap();
         }
+        if let Some(f) = v.get("faults") {
+            p.faults = serde_json::from_value(f.clone()).unwrap();
+        }
+        if let Some(r) = v.get("rateLimit") {
+            p.rate_limit = serde_json::from_value(r.clone()).unwrap();
+        }
+        p
     }
 
     /// A sidecar of `dataplane` in a mesh with `mesh` and one backend (http)
