@@ -66,11 +66,11 @@ const KEEPALIVE: Duration = Duration::from_secs(10);
 
 // ---- output -------------------------------------------------------------------
 
-fn ms(d: Duration) -> String {
+pub(crate) fn ms(d: Duration) -> String {
     format!("{:.2}", d.as_secs_f64() * 1000.0)
 }
 
-fn header(first: &str) {
+pub(crate) fn header(first: &str) {
     println!("| {first:<52} |     n |      p50 |      p90 |      p99 |      max |");
     println!(
         "|{}|-------|----------|----------|----------|----------|",
@@ -78,7 +78,7 @@ fn header(first: &str) {
     );
 }
 
-fn row(name: &str, s: &Summary) {
+pub(crate) fn row(name: &str, s: &Summary) {
     println!(
         "| {name:<52} | {:>5} | {:>8} | {:>8} | {:>8} | {:>8} |",
         s.n,
@@ -97,7 +97,7 @@ fn kib(bytes: u64) -> String {
     }
 }
 
-fn mib(kib: u64) -> String {
+pub(crate) fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
 }
 
@@ -107,7 +107,7 @@ fn cpu_time() -> Duration {
 }
 
 /// CPU time process `pid` has used (all threads): utime + stime.
-fn cpu_time_of(pid: &str) -> Duration {
+pub(crate) fn cpu_time_of(pid: &str) -> Duration {
     let ticks = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|s| {
@@ -127,7 +127,7 @@ fn own_rss_kib() -> u64 {
 
 // ---- HTTP -----------------------------------------------------------------------
 
-fn agent() -> ureq::Agent {
+pub(crate) fn agent() -> ureq::Agent {
     ureq::Agent::new_with_config(
         ureq::Agent::config_builder()
             .http_status_as_error(false)
@@ -137,7 +137,7 @@ fn agent() -> ureq::Agent {
 }
 
 /// One blocking HTTP request on a blocking thread: status and body.
-async fn http(
+pub(crate) async fn http(
     agent: &ureq::Agent,
     method: &'static str,
     url: String,
@@ -150,7 +150,7 @@ async fn http(
 
 /// Like [`http`], stamping the moment the request starts (on the thread that
 /// sends it) and how long the response took.
-async fn timed_http(
+pub(crate) async fn timed_http(
     agent: &ureq::Agent,
     method: &'static str,
     url: String,
@@ -173,7 +173,7 @@ async fn timed_http(
     .await?
 }
 
-async fn put_ok(agent: &ureq::Agent, url: String, body: Value) -> anyhow::Result<()> {
+pub(crate) async fn put_ok(agent: &ureq::Agent, url: String, body: Value) -> anyhow::Result<()> {
     let (status, text) = http(agent, "PUT", url.clone(), Some(body)).await?;
     if !(200..300).contains(&status) {
         bail!("PUT {url} answered {status}: {text}");
@@ -181,7 +181,7 @@ async fn put_ok(agent: &ureq::Agent, url: String, body: Value) -> anyhow::Result
     Ok(())
 }
 
-async fn wait_ready(agent: &ureq::Agent, base: &str, timeout: Duration) -> anyhow::Result<()> {
+pub(crate) async fn wait_ready(agent: &ureq::Agent, base: &str, timeout: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Ok((200, _)) = http(agent, "GET", format!("{base}/ready"), None).await {
@@ -194,7 +194,7 @@ async fn wait_ready(agent: &ureq::Agent, base: &str, timeout: Duration) -> anyho
     }
 }
 
-fn mesh_doc(name: &str) -> Value {
+pub(crate) fn mesh_doc(name: &str) -> Value {
     json!({"type": "Mesh", "name": name, "skipCreatingInitialPolicies": ["*"]})
 }
 
@@ -207,7 +207,7 @@ fn dataplane(mesh: &str, name: &str, i: usize) -> Value {
 }
 
 /// Applies a document through a manager, as the API would after decoding.
-async fn apply(manager: &Manager, doc: Value) -> anyhow::Result<()> {
+pub(crate) async fn apply(manager: &Manager, doc: Value) -> anyhow::Result<()> {
     let doc = decode_value(doc).map_err(|e| anyhow!("invalid benchmark document: {e}"))?;
     manager.apply(doc).await?;
     Ok(())
@@ -217,21 +217,21 @@ async fn apply(manager: &Manager, doc: Value) -> anyhow::Result<()> {
 
 /// Where zones reach the global's KDS server.
 #[derive(Clone)]
-struct Join {
-    address: String,
-    ca_pem: String,
+pub(crate) struct Join {
+    pub(crate) address: String,
+    pub(crate) ca_pem: String,
 }
 
 /// A global replica in this process.
-struct Global {
-    running: RunningGlobal,
-    api: String,
-    join: Join,
+pub(crate) struct Global {
+    pub(crate) running: RunningGlobal,
+    pub(crate) api: String,
+    pub(crate) join: Join,
     _dir: tempfile::TempDir,
 }
 
 impl Global {
-    async fn start(store: &str, etcd: Option<&EtcdServer>) -> anyhow::Result<Global> {
+    pub(crate) async fn start(store: &str, etcd: Option<&EtcdServer>) -> anyhow::Result<Global> {
         let dir = tempfile::tempdir()?;
         let mut config = GlobalConfig {
             api_addr: "127.0.0.1:0".parse()?,
@@ -272,12 +272,12 @@ impl Global {
         })
     }
 
-    async fn token(&self, zone: &str) -> anyhow::Result<String> {
+    pub(crate) async fn token(&self, zone: &str) -> anyhow::Result<String> {
         Ok(self.running.services.tokens.issue(zone, TOKEN_VALIDITY).await?)
     }
 }
 
-fn unique() -> u128 {
+pub(crate) fn unique() -> u128 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
@@ -285,10 +285,10 @@ fn unique() -> u128 {
 }
 
 /// A `meridian-global` process (the release binary next to this one).
-struct GlobalProcess {
+pub(crate) struct GlobalProcess {
     child: std::process::Child,
     args: Vec<String>,
-    api: String,
+    pub(crate) api: String,
 }
 
 impl GlobalProcess {
@@ -304,7 +304,11 @@ impl GlobalProcess {
 
     /// Starts one on the embedded store in `data_dir` (or on `etcd`), with
     /// fixed ports so that a restarted process is found at the same address.
-    fn start(data_dir: &Path, store: &str, etcd: Option<&EtcdServer>) -> anyhow::Result<(GlobalProcess, u16)> {
+    pub(crate) fn start(
+        data_dir: &Path,
+        store: &str,
+        etcd: Option<&EtcdServer>,
+    ) -> anyhow::Result<(GlobalProcess, u16)> {
         let api_port = free_port()?;
         let kds_port = free_port()?;
         let mut args: Vec<String> = vec![
@@ -339,11 +343,11 @@ impl GlobalProcess {
         Ok((p, kds_port))
     }
 
-    fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
-    async fn join(&self, agent: &ureq::Agent) -> anyhow::Result<Join> {
+    pub(crate) async fn join(&self, agent: &ureq::Agent) -> anyhow::Result<Join> {
         let (status, text) = http(agent, "GET", format!("{}/kds-info", self.api), None).await?;
         if status != 200 {
             bail!("GET /kds-info answered {status}: {text}");
@@ -361,7 +365,7 @@ impl GlobalProcess {
         })
     }
 
-    async fn token(&self, agent: &ureq::Agent, zone: &str) -> anyhow::Result<String> {
+    pub(crate) async fn token(&self, agent: &ureq::Agent, zone: &str) -> anyhow::Result<String> {
         let (status, text) = http(
             agent,
             "POST",
@@ -376,7 +380,7 @@ impl GlobalProcess {
     }
 
     /// SIGTERM, then waits (SIGKILL after 10 s); returns how long it took.
-    async fn stop(&mut self) -> anyhow::Result<Duration> {
+    pub(crate) async fn stop(&mut self) -> anyhow::Result<Duration> {
         let start = Instant::now();
         std::process::Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
@@ -489,7 +493,7 @@ impl AnyGlobal {
     }
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
@@ -1450,7 +1454,7 @@ pub async fn restart(zones: usize, policies: usize, store: &str) -> anyhow::Resu
 // ---- kds-memory ---------------------------------------------------------------------
 
 /// Waits until `GET {base}/{name}` answers 200 for every name.
-async fn wait_present(agent: &ureq::Agent, base: &str, mut missing: Vec<String>) -> anyhow::Result<()> {
+pub(crate) async fn wait_present(agent: &ureq::Agent, base: &str, mut missing: Vec<String>) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(300);
     while !missing.is_empty() {
         let (agent, url) = (agent.clone(), base.to_string());

@@ -9,8 +9,16 @@
 //!   process and reports the time taken and the process's peak RSS.
 //! - `kds-policy`, `kds-dataplane`, `kds-reconnect`, `kds-restart`,
 //!   `kds-memory`: sync between the global and zones, see [`kds`].
+//! - `xds-scale`: thousands of ADS clients on one real zone process: RSS,
+//!   connect time, policy change → ACKed by every client; see [`xds_scale`].
+//! - `xds-route-latency`, `xds-eds-latency`: a change at the global (a
+//!   policy) or in another zone (a dataplane) → the new route or endpoints
+//!   ACKed by a zone's clients, every hop stamped; see [`xds_latency`].
 
+mod ads_client;
 mod kds;
+mod xds_latency;
+mod xds_scale;
 
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc};
@@ -121,6 +129,51 @@ enum Cmd {
         #[arg(long = "zone-kind", value_enum, default_value = "light")]
         zone_kind: kds::ZoneKind,
     },
+    /// xDS: N dataplanes connected to a real zone process; RSS, connect time, policy change → ACK by all.
+    XdsScale {
+        #[arg(long, default_value_t = 10_000)]
+        dataplanes: usize,
+        #[arg(long, default_value_t = 100)]
+        services: usize,
+        /// Which clients, one run each with fresh processes: sidecar, proxyless
+        #[arg(long, value_enum, value_delimiter = ',', default_value = "sidecar,proxyless")]
+        kinds: Vec<xds_scale::Kind>,
+        /// Policy changes written at the global, each timed to the last ACK
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Clients connecting (not yet configured) at the same time
+        #[arg(long = "connect-concurrency", default_value_t = 100)]
+        connect_concurrency: usize,
+        /// The zone's store: embedded or memory
+        #[arg(long = "zone-store", default_value = "embedded")]
+        zone_store: String,
+    },
+    /// xDS: MeshTimeout PUT at the global → in the zone's cache → ACKed by proxyless clients.
+    XdsRouteLatency {
+        #[arg(long, default_value_t = 200)]
+        writes: usize,
+        #[arg(long, default_value_t = 20)]
+        warmup: usize,
+        #[arg(long, default_value_t = 1000)]
+        dataplanes: usize,
+        #[arg(long, default_value_t = 100)]
+        services: usize,
+        #[arg(long, default_value_t = 100)]
+        clients: usize,
+        /// The zone's store: embedded or memory
+        #[arg(long = "zone-store", default_value = "embedded")]
+        zone_store: String,
+    },
+    /// xDS: Dataplane PUT in zone 2 → zone 2's ingress → global → zone 1 → zone 1 client's EDS.
+    XdsEdsLatency {
+        #[arg(long, default_value_t = 200)]
+        writes: usize,
+        #[arg(long, default_value_t = 20)]
+        warmup: usize,
+        /// The zones' store: embedded or memory
+        #[arg(long = "zone-store", default_value = "embedded")]
+        zone_store: String,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -170,6 +223,45 @@ fn main() -> anyhow::Result<()> {
             store,
             zone_kind,
         } => rt.block_on(kds::memory(zones, dataplanes, steps, &store, zone_kind)),
+        Cmd::XdsScale {
+            dataplanes,
+            services,
+            kinds,
+            rounds,
+            connect_concurrency,
+            zone_store,
+        } => rt.block_on(xds_scale::scale(xds_scale::ScaleOptions {
+            dataplanes,
+            services,
+            kinds,
+            rounds,
+            connect_concurrency,
+            zone_store,
+        })),
+        Cmd::XdsRouteLatency {
+            writes,
+            warmup,
+            dataplanes,
+            services,
+            clients,
+            zone_store,
+        } => rt.block_on(xds_latency::route_latency(xds_latency::RouteOptions {
+            writes,
+            warmup,
+            dataplanes,
+            services,
+            clients,
+            zone_store,
+        })),
+        Cmd::XdsEdsLatency {
+            writes,
+            warmup,
+            zone_store,
+        } => rt.block_on(xds_latency::eds_latency(xds_latency::EdsOptions {
+            writes,
+            warmup,
+            zone_store,
+        })),
     }
 }
 
