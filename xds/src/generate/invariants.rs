@@ -1,7 +1,9 @@
 //! Structural checks every generated configuration must pass: resources
 //! decode as their type, names are unique and match, every route
 //! configuration a listener names exists, every cluster a route sends to
-//! exists, every EDS cluster has its load assignment, ports are valid.
+//! exists (from routes and TCP proxies alike), every EDS cluster has its
+//! load assignment, ports are valid, no two bound listeners share an
+//! address and port, and no two filter chains of a listener share a match.
 
 use std::collections::BTreeSet;
 
@@ -18,6 +20,49 @@ use crate::resources::{ResourceSet, CLUSTER, ENDPOINT, LISTENER, ROUTE};
 
 const HCM: &str =
     "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+const TCP_PROXY: &str = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
+
+/// The clusters the TCP proxies of a listener send to.
+fn tcp_proxy_targets(listener: &Listener) -> Vec<String> {
+    use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType;
+    use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{tcp_proxy::ClusterSpecifier, TcpProxy};
+    let mut out = Vec::new();
+    for chain in listener
+        .filter_chains
+        .iter()
+        .chain(listener.default_filter_chain.iter())
+    {
+        for f in &chain.filters {
+            let Some(ConfigType::TypedConfig(any)) = &f.config_type else {
+                continue;
+            };
+            if any.type_url != TCP_PROXY {
+                continue;
+            }
+            match TcpProxy::decode(any.value.as_slice()).map(|t| t.cluster_specifier) {
+                Ok(Some(ClusterSpecifier::Cluster(c))) => out.push(c),
+                Ok(Some(ClusterSpecifier::WeightedClusters(w))) => out.extend(w.clusters.into_iter().map(|c| c.name)),
+                Ok(None) | Err(_) => out.push(String::new()),
+            }
+        }
+    }
+    out
+}
+
+/// Where a listener binds, if it binds a socket.
+fn bound_socket(listener: &Listener) -> Option<(String, u32)> {
+    use envoy_types::pb::envoy::config::core::v3::{address::Address, socket_address::PortSpecifier};
+    if listener.bind_to_port.as_ref().is_some_and(|b| !b.value) {
+        return None;
+    }
+    match listener.address.as_ref()?.address.as_ref()? {
+        Address::SocketAddress(s) => match s.port_specifier {
+            Some(PortSpecifier::PortValue(p)) => Some((s.address.clone(), p)),
+            _ => None,
+        },
+        _ => None,
+    }
+}
 
 fn decode<M: Message + Default>(set: &ResourceSet, type_url: &str, errors: &mut Vec<String>) -> Vec<(String, M)> {
     set.of_type(type_url)
@@ -68,9 +113,37 @@ pub fn check(set: &ResourceSet) -> Vec<String> {
     let route_names: BTreeSet<&str> = routes.iter().map(|(n, _)| n.as_str()).collect();
     let cluster_names: BTreeSet<&str> = clusters.iter().map(|(n, _)| n.as_str()).collect();
     let cla_names: BTreeSet<&str> = assignments.iter().map(|(n, _)| n.as_str()).collect();
+    let mut sockets: std::collections::BTreeMap<(String, u32), &str> = std::collections::BTreeMap::new();
     for (name, l) in &listeners {
         if &l.name != name {
             errors.push(format!("listener {name} carries the name {}", l.name));
+        }
+        if let Some(socket) = bound_socket(l) {
+            if !(1..=65535).contains(&socket.1) {
+                errors.push(format!("listener {name} binds invalid port {}", socket.1));
+            }
+            if let Some(other) = sockets.insert(socket.clone(), name) {
+                errors.push(format!(
+                    "listeners {other} and {name} both bind {}:{}",
+                    socket.0, socket.1
+                ));
+            }
+        }
+        let mut matches = BTreeSet::new();
+        for chain in &l.filter_chains {
+            let key = chain
+                .filter_chain_match
+                .as_ref()
+                .map(Message::encode_to_vec)
+                .unwrap_or_default();
+            if !matches.insert(key) {
+                errors.push(format!("listener {name} has two filter chains with the same match"));
+            }
+        }
+        for target in tcp_proxy_targets(l) {
+            if !cluster_names.contains(target.as_str()) {
+                errors.push(format!("listener {name} proxies TCP to missing cluster {target:?}"));
+            }
         }
         for hcm in hcm_of(l) {
             match &hcm.route_specifier {
@@ -155,4 +228,73 @@ pub fn check(set: &ResourceSet) -> Vec<String> {
         }
     }
     errors
+}
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::pb::envoy::config::core::v3::{address, socket_address::PortSpecifier, Address, SocketAddress};
+    use envoy_types::pb::envoy::config::listener::v3::{filter::ConfigType, Filter, FilterChain, FilterChainMatch};
+    use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{tcp_proxy, TcpProxy};
+
+    use super::*;
+    use crate::generate::any;
+
+    fn tcp_listener(name: &str, port: u32, clusters: &[&str]) -> Listener {
+        Listener {
+            name: name.into(),
+            address: Some(Address {
+                address: Some(address::Address::SocketAddress(SocketAddress {
+                    address: "127.0.0.1".into(),
+                    port_specifier: Some(PortSpecifier::PortValue(port)),
+                    ..Default::default()
+                })),
+            }),
+            filter_chains: clusters
+                .iter()
+                .map(|c| FilterChain {
+                    filter_chain_match: Some(FilterChainMatch {
+                        server_names: vec![format!("{c}.example")],
+                        ..Default::default()
+                    }),
+                    filters: vec![Filter {
+                        name: "envoy.filters.network.tcp_proxy".into(),
+                        config_type: Some(ConfigType::TypedConfig(any(&TcpProxy {
+                            stat_prefix: c.to_string(),
+                            cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(c.to_string())),
+                            ..Default::default()
+                        }))),
+                    }],
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn tcp_proxy_targets_sockets_and_chain_matches_are_checked() {
+        let mut set = ResourceSet::new();
+        set.insert(
+            CLUSTER,
+            "a",
+            &Cluster {
+                name: "a".into(),
+                ..Default::default()
+            },
+        );
+        set.insert(LISTENER, "one", &tcp_listener("one", 10001, &["a"]));
+        assert_eq!(check(&set), Vec::<String>::new());
+
+        set.insert(LISTENER, "two", &tcp_listener("two", 10001, &["a", "missing", "a"]));
+        let errors = check(&set);
+        assert!(
+            errors.iter().any(|e| e.contains("both bind 127.0.0.1:10001")),
+            "{errors:?}"
+        );
+        assert!(
+            errors.iter().any(|e| e.contains("missing cluster \"missing\"")),
+            "{errors:?}"
+        );
+        assert!(errors.iter().any(|e| e.contains("same match")), "{errors:?}");
+    }
 }
