@@ -320,6 +320,263 @@ spec:
               zones: [zone-4]
 "#;
 
+/// web calls backend (http: v1, v2 and a shadow), db (tcp: v1, v2) and api
+/// (grpc) under MeshHealthCheck (Mesh-wide TCP, HTTP towards backend with
+/// every option, TCP payloads towards db, gRPC towards api), MeshTCPRoute
+/// (db split 90/10; one on backend that its MeshHTTPRoute overrides; one on
+/// api, which makes that gRPC outbound a TCP proxy) and a MeshHTTPRoute on
+/// backend using every match and filter kind.
+const OUTBOUND_POLICIES: &str = r#"
+type: Dataplane
+mesh: default
+name: web-1
+networking:
+  address: 10.0.0.1
+  inbound:
+  - port: 15001
+    servicePort: 8080
+    tags: {kuma.io/service: web, kuma.io/protocol: http}
+  outbound:
+  - port: 10001
+    tags: {kuma.io/service: backend}
+  - port: 10002
+    tags: {kuma.io/service: db}
+  - port: 10003
+    tags: {kuma.io/service: api}
+---
+type: Dataplane
+mesh: default
+name: backend-v1
+networking:
+  address: 10.0.0.2
+  inbound:
+  - port: 8080
+    tags: {kuma.io/service: backend, kuma.io/protocol: http, version: v1}
+---
+type: Dataplane
+mesh: default
+name: backend-v2
+networking:
+  address: 10.0.0.3
+  inbound:
+  - port: 8080
+    tags: {kuma.io/service: backend, kuma.io/protocol: http, version: v2}
+---
+type: Dataplane
+mesh: default
+name: backend-shadow
+networking:
+  address: 10.0.0.4
+  inbound:
+  - port: 8080
+    tags: {kuma.io/service: backend, kuma.io/protocol: http, version: shadow}
+---
+type: Dataplane
+mesh: default
+name: db-v1
+networking:
+  address: 10.0.0.5
+  inbound:
+  - port: 5432
+    tags: {kuma.io/service: db, kuma.io/protocol: tcp, version: v1}
+---
+type: Dataplane
+mesh: default
+name: db-v2
+networking:
+  address: 10.0.0.6
+  inbound:
+  - port: 5432
+    tags: {kuma.io/service: db, kuma.io/protocol: tcp, version: v2}
+---
+type: Dataplane
+mesh: default
+name: api-1
+networking:
+  address: 10.0.0.7
+  inbound:
+  - port: 50051
+    tags: {kuma.io/service: api, kuma.io/protocol: grpc}
+---
+type: MeshHealthCheck
+mesh: default
+name: mesh-health
+spec:
+  targetRef:
+    kind: Mesh
+  to:
+  - targetRef:
+      kind: Mesh
+    default:
+      interval: 10s
+      timeout: 2s
+      unhealthyThreshold: 3
+      healthyThreshold: 1
+      tcp: {}
+---
+type: MeshHealthCheck
+mesh: default
+name: web-to-backend
+spec:
+  targetRef:
+    kind: MeshService
+    name: web
+  to:
+  - targetRef:
+      kind: MeshService
+      name: backend
+    default:
+      initialJitter: 5s
+      intervalJitter: 1s
+      intervalJitterPercent: 10
+      healthyPanicThreshold: "62.5"
+      failTrafficOnPanic: true
+      noTrafficInterval: 30s
+      eventLogPath: /tmp/health-check.log
+      alwaysLogHealthCheckFailures: true
+      reuseConnection: false
+      http:
+        path: /health
+        expectedStatuses: [200, 204]
+        requestHeadersToAdd:
+          set:
+          - {name: x-health, value: meridian}
+          add:
+          - {name: x-probe, value: active}
+  - targetRef:
+      kind: MeshService
+      name: db
+    default:
+      tcp:
+        send: cGluZw==
+        receive: [cG9uZw==]
+  - targetRef:
+      kind: MeshService
+      name: api
+    default:
+      grpc:
+        serviceName: meridian.test.Api
+        authority: api.mesh
+---
+type: MeshTCPRoute
+mesh: default
+name: db-split
+spec:
+  targetRef:
+    kind: Mesh
+  to:
+  - targetRef:
+      kind: MeshService
+      name: db
+    rules:
+    - default:
+        backendRefs:
+        - kind: MeshServiceSubset
+          name: db
+          tags: {version: v1}
+          weight: 90
+        - kind: MeshServiceSubset
+          name: db
+          tags: {version: v2}
+          weight: 10
+---
+type: MeshTCPRoute
+mesh: default
+name: backend-tcp
+spec:
+  targetRef:
+    kind: Mesh
+  to:
+  - targetRef:
+      kind: MeshService
+      name: backend
+    rules:
+    - default:
+        backendRefs:
+        - kind: MeshServiceSubset
+          name: backend
+          tags: {version: v1}
+---
+type: MeshTCPRoute
+mesh: default
+name: api-tcp
+spec:
+  targetRef:
+    kind: Mesh
+  to:
+  - targetRef:
+      kind: MeshService
+      name: api
+---
+type: MeshHTTPRoute
+mesh: default
+name: backend-routes
+spec:
+  targetRef:
+    kind: Mesh
+  to:
+  - targetRef:
+      kind: MeshService
+      name: backend
+    rules:
+    - matches:
+      - path: {type: PathPrefix, value: /api}
+        method: GET
+        queryParams:
+        - {type: Exact, name: view, value: full}
+      default:
+        filters:
+        - type: RequestHeaderModifier
+          requestHeaderModifier:
+            set:
+            - {name: x-route, value: api}
+            remove: [x-debug]
+        - type: ResponseHeaderModifier
+          responseHeaderModifier:
+            add:
+            - {name: x-served-by, value: meridian}
+        - type: URLRewrite
+          urlRewrite:
+            hostname: backend.internal
+            path: {type: ReplacePrefixMatch, replacePrefixMatch: /v2}
+        - type: RequestMirror
+          requestMirror:
+            backendRef:
+              kind: MeshServiceSubset
+              name: backend
+              tags: {version: shadow}
+            percentage: 25
+        backendRefs:
+        - kind: MeshServiceSubset
+          name: backend
+          tags: {version: v1}
+          weight: 80
+        - kind: MeshServiceSubset
+          name: backend
+          tags: {version: v2}
+          weight: 20
+    - matches:
+      - path: {type: Exact, value: /old}
+      default:
+        filters:
+        - type: RequestRedirect
+          requestRedirect:
+            scheme: https
+            hostname: new.example.com
+            statusCode: 301
+            path: {type: ReplaceFullPath, replaceFullPath: /new}
+    - matches:
+      - path: {type: RegularExpression, value: "^/items/[0-9]+$"}
+      - path: {type: PathPrefix, value: /}
+        headers:
+        - {type: Exact, name: x-canary, value: "true"}
+      default:
+        backendRefs:
+        - kind: MeshServiceSubset
+          name: backend
+          tags: {version: v2}
+"#;
+
 /// zone-1's ingress advertises backend (two tag sets) and db of `default`,
 /// and backend of `payments`; web is local but not advertised, and zone-2's
 /// ingress advertises backend v1 too (never routed from an ingress).
@@ -659,7 +916,7 @@ struct Case {
     kind: ProxyKind,
 }
 
-const CASES: [Case; 8] = [
+const CASES: [Case; 10] = [
     Case {
         name: "sidecar-defaults",
         description: "Envoy sidecar of web: http inbound, grpc outbound to backend (2 instances), tcp outbound to db; the 4 default policies",
@@ -723,6 +980,22 @@ const CASES: [Case; 8] = [
         yaml: TRANSPARENT_NO_PASSTHROUGH,
         proxy: "web-1",
         kind: ProxyKind::Sidecar,
+    },
+    Case {
+        name: "sidecar-outbound-policies",
+        description: "Envoy sidecar of web: MeshHealthCheck (tcp everywhere, http to backend with every option, tcp payloads to db, grpc to api), MeshTCPRoute (db 90/10; backend's yields to its MeshHTTPRoute; api's makes it a TCP proxy), MeshHTTPRoute with every match and filter kind",
+        zone: "zone-1",
+        yaml: OUTBOUND_POLICIES,
+        proxy: "web-1",
+        kind: ProxyKind::Sidecar,
+    },
+    Case {
+        name: "proxyless-outbound-policies",
+        description: "the sidecar-outbound-policies mesh seen by a proxyless client: no health checks, no TCP routes, routes limited to what gRPC takes",
+        zone: "zone-1",
+        yaml: OUTBOUND_POLICIES,
+        proxy: "web-1",
+        kind: ProxyKind::Proxyless,
     },
 ];
 
@@ -1117,6 +1390,7 @@ mod render {
             envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions,
             envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit,
             envoy_types::pb::envoy::extensions::filters::network::local_ratelimit::v3::LocalRateLimit,
+            envoy_types::pb::envoy::extensions::health_check::event_sinks::file::v3::HealthCheckEventFileSink,
         );
         None
     }

@@ -42,6 +42,8 @@ pub struct MeshPolicies {
     circuit_breakers: Vec<(String, MeshCircuitBreaker)>,
     load_balancing: Vec<(String, MeshLoadBalancingStrategy)>,
     http_routes: Vec<(String, MeshHttpRoute)>,
+    tcp_routes: Vec<(String, meridian_core::policy::meshtcproute::MeshTcpRoute)>,
+    health_checks: Vec<(String, meridian_core::policy::meshhealthcheck::MeshHealthCheck)>,
     faults: Vec<(String, MeshFaultInjection)>,
     rate_limits: Vec<(String, MeshRateLimit)>,
 }
@@ -78,6 +80,8 @@ impl MeshPolicies {
             circuit_breakers: decode(snapshot, ResourceType::MeshCircuitBreaker),
             load_balancing: decode(snapshot, ResourceType::MeshLoadBalancingStrategy),
             http_routes: decode(snapshot, ResourceType::MeshHTTPRoute),
+            tcp_routes: decode(snapshot, ResourceType::MeshTCPRoute),
+            health_checks: decode(snapshot, ResourceType::MeshHealthCheck),
             faults: decode(snapshot, ResourceType::MeshFaultInjection),
             rate_limits: decode(snapshot, ResourceType::MeshRateLimit),
         }
@@ -193,6 +197,11 @@ impl MeshPolicies {
             load_balancing: ok_or_log("MeshLoadBalancingStrategy", to_conf(&self.load_balancing, &view, dest)),
             http_rules,
             faults,
+            health_check: ok_or_log("MeshHealthCheck", to_conf(&self.health_checks, &view, dest)),
+            tcp_route: ok_or_log(
+                "MeshTCPRoute",
+                meridian_core::policy::matching::tcp_route_conf(&self.tcp_routes, &view, dest),
+            ),
         }
     }
 
@@ -348,5 +357,133 @@ mod rate_limit_tests {
         );
         snap.policies.clear();
         assert_eq!(inbound(&snap, "web-1", 0), None);
+    }
+}
+
+#[cfg(test)]
+mod outbound_policy_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use meridian_core::decode::{decode_all, Format};
+    use meridian_xds::snapshot::{DataplaneEntry, ProxyKind};
+    use serde_json::Value;
+
+    /// web and worker call backend (http) and db (tcp), with `yaml`'s policies.
+    fn snapshot(yaml: &str) -> MeshSnapshot {
+        let mut snap = MeshSnapshot {
+            zone: "z".into(),
+            mesh: "default".into(),
+            ..Default::default()
+        };
+        for (name, service) in [("web-1", "web"), ("worker-1", "worker")] {
+            snap.dataplanes.push(DataplaneEntry {
+                name: name.into(),
+                spec: serde_json::from_value(json!({"networking": {"address": "10.0.0.1",
+                    "inbound": [{"port": 1, "tags": {SERVICE_TAG: service}}]}}))
+                .unwrap(),
+            });
+        }
+        for doc in decode_all(yaml, Format::Yaml).unwrap() {
+            snap.policies
+                .entry(doc.key.kind.name().to_string())
+                .or_default()
+                .push((doc.key.name, doc.spec));
+        }
+        snap
+    }
+
+    fn outbound(snap: &MeshSnapshot, proxy: &str, service: &str) -> Value {
+        let dp = snap.dataplanes.iter().find(|d| d.name == proxy).unwrap();
+        let ctx = ProxyContext {
+            mesh: "default".into(),
+            name: proxy.into(),
+            kind: ProxyKind::Sidecar,
+            dataplane: dp.spec.clone(),
+        };
+        // As the policies endpoint shows it.
+        serde_json::to_value(MeshPolicies::new(snap).outbound(snap, &ctx, service)).unwrap()
+    }
+
+    const HEALTH_CHECKS: &str = r#"
+type: MeshHealthCheck
+mesh: default
+name: all-tcp
+spec:
+  targetRef: {kind: Mesh}
+  to:
+  - targetRef: {kind: Mesh}
+    default: {interval: 20s, tcp: {}}
+---
+type: MeshHealthCheck
+mesh: default
+name: web-to-backend
+spec:
+  targetRef: {kind: MeshService, name: web}
+  to:
+  - targetRef: {kind: MeshService, name: backend}
+    default:
+      tcp: {disabled: true}
+      http: {path: /health}
+"#;
+
+    #[test]
+    fn health_checks_merge_by_target_ref() {
+        let snap = snapshot(HEALTH_CHECKS);
+        let web = outbound(&snap, "web-1", "backend");
+        assert_eq!(
+            web["healthCheck"],
+            json!({"interval": "20s", "tcp": {"disabled": true}, "http": {"path": "/health"}})
+        );
+        // Another client, or another destination: the Mesh-wide check only.
+        let mesh_wide = json!({"interval": "20s", "tcp": {}});
+        assert_eq!(outbound(&snap, "worker-1", "backend")["healthCheck"], mesh_wide);
+        assert_eq!(outbound(&snap, "web-1", "db")["healthCheck"], mesh_wide);
+        assert_eq!(outbound(&snap, "web-1", "unnamed")["healthCheck"], mesh_wide);
+        assert_eq!(outbound(&snapshot(""), "web-1", "db").get("healthCheck"), None);
+    }
+
+    const TCP_ROUTES: &str = r#"
+type: MeshTCPRoute
+mesh: default
+name: db-split
+spec:
+  targetRef: {kind: Mesh}
+  to:
+  - targetRef: {kind: MeshService, name: db}
+    rules:
+    - default:
+        backendRefs:
+        - {kind: MeshServiceSubset, name: db, tags: {version: v1}, weight: 90}
+        - {kind: MeshServiceSubset, name: db, tags: {version: v2}, weight: 10}
+---
+type: MeshTCPRoute
+mesh: default
+name: worker-db
+spec:
+  targetRef: {kind: MeshService, name: worker}
+  to:
+  - targetRef: {kind: MeshService, name: db}
+    rules:
+    - default:
+        backendRefs:
+        - {kind: MeshService, name: db-replica}
+"#;
+
+    #[test]
+    fn tcp_routes_select_by_target_ref_and_the_most_specific_wins() {
+        let snap = snapshot(TCP_ROUTES);
+        let web = outbound(&snap, "web-1", "db");
+        let weights: Vec<(Value, Value)> = web["tcpRoute"]["backendRefs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| (b["tags"]["version"].clone(), b["weight"].clone()))
+            .collect();
+        assert_eq!(weights, [(json!("v1"), json!(90)), (json!("v2"), json!(10))]);
+        assert_eq!(
+            outbound(&snap, "worker-1", "db")["tcpRoute"],
+            json!({"backendRefs": [{"kind": "MeshService", "name": "db-replica"}]})
+        );
+        assert_eq!(outbound(&snap, "web-1", "backend").get("tcpRoute"), None);
     }
 }

@@ -38,6 +38,13 @@ pub struct OutboundPolicies {
     pub http_rules: Vec<meshhttproute::Rule>,
     /// Faults the destination's side injects for this client.
     pub faults: Vec<meshfaultinjection::FaultConf>,
+    /// MeshHealthCheck: active checks of the destination's endpoints
+    /// (Envoy sidecars only; gRPC clients do not health-check).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<meridian_core::policy::meshhealthcheck::Conf>,
+    /// MeshTCPRoute: where TCP traffic to this destination goes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcp_route: Option<meridian_core::policy::meshtcproute::RuleConf>,
 }
 
 /// The effective configuration of a proxy's inbound: what applies to the

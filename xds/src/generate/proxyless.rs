@@ -4,6 +4,18 @@
 //! takes its routes over ADS (RDS), with the fault filter when the
 //! destination injects faults and the router last — plus the
 //! RouteConfiguration, EDS Clusters and ClusterLoadAssignments behind it.
+//!
+//! What a gRPC client does not support is left out rather than sent to be
+//! ignored (or NACKed):
+//! - MeshHealthCheck: gRPC clients do not run active health checks (they
+//!   ignore a cluster's `health_checks` and have no panic threshold), so
+//!   their clusters carry neither (see `clusters::with_health_check`, which
+//!   only sidecars call).
+//! - MeshTCPRoute: gRPC is HTTP/2 only; a client's traffic always takes the
+//!   HTTP routes.
+//! - MeshHTTPRoute: routes take the subset of Envoy's route API that gRFC A28
+//!   allows (`routes` module docs): prefix matches as an exact path plus a
+//!   `/`-terminated prefix, no query matches, no filters, no redirects.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -20,7 +32,7 @@ use meridian_core::policy::meshfaultinjection::FaultConf;
 
 use super::clusters::eds_cluster;
 use super::endpoints::load_assignment;
-use super::routes::{route_configuration, ClusterRef, Protocol};
+use super::routes::{route_configuration, Client, ClusterRef, Protocol};
 use super::{ads_source, any, duration, OutboundPolicies, PolicyResolver};
 use crate::resources::{ResourceSet, CLUSTER, ENDPOINT, LISTENER, ROUTE};
 use crate::snapshot::{MeshSnapshot, ProxyContext, ServiceIndex};
@@ -93,7 +105,7 @@ pub fn generate(snapshot: &MeshSnapshot, proxy: &ProxyContext, policies: &dyn Po
     }
     for service in services {
         let Some(p) = resolved.get(&service) else { continue };
-        let (routes, used) = route_configuration(&service, &service, p, Protocol::Grpc);
+        let (routes, used) = route_configuration(&service, &service, p, Protocol::Grpc, Client::Proxyless);
         set.insert(ROUTE, &service, &routes);
         let hcm = http_connection_manager(&service, fault_filter(&p.faults));
         let mut names = vec![service.clone()];
@@ -261,5 +273,40 @@ mod tests {
         )
         .unwrap();
         assert_eq!(v2.endpoints.len(), 1, "v2 exists only locally");
+    }
+
+    /// Health checks and TCP routes for every service.
+    struct Checked;
+
+    impl PolicyResolver for Checked {
+        fn outbound(&self, _: &MeshSnapshot, _: &ProxyContext, service: &str) -> OutboundPolicies {
+            OutboundPolicies {
+                health_check: Some(
+                    serde_json::from_value(json!({"healthyPanicThreshold": 20, "failTrafficOnPanic": true,
+                        "grpc": {}, "http": {}, "tcp": {}}))
+                    .unwrap(),
+                ),
+                tcp_route: Some(
+                    serde_json::from_value(json!({"backendRefs": [
+                        {"kind": "MeshServiceSubset", "name": service, "tags": {"version": "v2"}}]}))
+                    .unwrap(),
+                ),
+                ..Default::default()
+            }
+        }
+    }
+
+    #[test]
+    fn no_health_checks_or_tcp_routes_for_grpc_clients() {
+        let set = generate(&snapshot(), &client(), &Checked);
+        assert_eq!(invariants::check(&set), Vec::<String>::new());
+        let mut clusters = 0;
+        for r in set.of_type(CLUSTER) {
+            let c = envoy_types::pb::envoy::config::cluster::v3::Cluster::decode(r.body.value.as_slice()).unwrap();
+            assert!(c.health_checks.is_empty(), "{}: {:?}", r.name, c.health_checks);
+            assert_eq!(c.common_lb_config, None, "{}", r.name);
+            clusters += 1;
+        }
+        assert_eq!(clusters, 2, "backend and db, no TCP route subsets");
     }
 }

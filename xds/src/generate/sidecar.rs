@@ -4,7 +4,10 @@
 //!
 //! HTTP-family services (`kuma.io/protocol` http, http2 or grpc on the
 //! destination's inbounds) get an HttpConnectionManager with routes over
-//! ADS; everything else a TCP proxy. Names: `inbound:<address>:<port>`,
+//! ADS; everything else a TCP proxy — as is an HTTP service that a
+//! MeshTCPRoute covers and no MeshHTTPRoute rule does (the HTTP route wins
+//! where both apply; a TCP route splits by weight over its backends, see
+//! [`super::routes::tcp_route_proxy`]). Names: `inbound:<address>:<port>`,
 //! `outbound:<address>:<port>`, local application clusters
 //! `localhost:<port>`, service clusters by service (and subset).
 //!
@@ -94,10 +97,10 @@ use envoy_types::pb::google::protobuf::BoolValue;
 use meridian_core::dataplane::{DataplaneNetworking, IpFamilyMode, TransparentProxying};
 use meridian_core::policy::{meshratelimit, meshtimeout};
 
-use super::clusters::eds_cluster;
+use super::clusters::{eds_cluster, with_health_check, Upstream};
 use super::endpoints::load_assignment;
 use super::proxyless::fault_filter;
-use super::routes::{route_configuration, ClusterRef, Protocol};
+use super::routes::{backends, route_configuration, tcp_route_proxy, Client, ClusterRef, Protocol};
 use super::{ads_source, any, duration, u32_value, PolicyResolver};
 use crate::resources::{ResourceSet, CLUSTER, ENDPOINT, LISTENER, ROUTE};
 use crate::snapshot::{MeshSnapshot, ProxyContext, ServiceIndex, PROTOCOL_TAG};
@@ -598,9 +601,13 @@ pub fn generate(snapshot: &MeshSnapshot, proxy: &ProxyContext, policies: &dyn Po
             resolved.insert(service.clone(), policies.outbound(snapshot, proxy, service));
         }
         let Some(p) = resolved.get(service) else { continue };
-        let filter = match service_protocol(&index, service) {
+        // MeshTCPRoute: a TCP outbound, or an HTTP one that no MeshHTTPRoute
+        // rule covers (the HTTP route wins where both apply), is a TCP proxy
+        // over the route's backends.
+        let l7 = service_protocol(&index, service).filter(|_| p.tcp_route.is_none() || !p.http_rules.is_empty());
+        let filter = match l7 {
             Some(protocol) => {
-                let (routes, used) = route_configuration(service, service, p, protocol);
+                let (routes, used) = route_configuration(service, service, p, protocol, Client::Sidecar);
                 set.insert(ROUTE, service, &routes);
                 clusters.extend(used);
                 let mut filters = Vec::new();
@@ -625,17 +632,21 @@ pub fn generate(snapshot: &MeshSnapshot, proxy: &ProxyContext, policies: &dyn Po
                 network_filter("envoy.filters.network.http_connection_manager", &hcm)
             }
             None => {
-                let whole = ClusterRef {
-                    service: service.clone(),
-                    subset: Default::default(),
-                };
-                clusters.insert(whole);
+                let targets = p
+                    .tcp_route
+                    .as_ref()
+                    .and_then(|r| backends(Some(&r.backend_refs), service))
+                    .unwrap_or_else(|| vec![(ClusterRef::service(service), 1)]);
+                clusters.extend(targets.iter().map(|(c, _)| c.clone()));
                 let idle = p
                     .timeout
                     .as_ref()
                     .and_then(|t| t.idle_timeout.as_ref())
                     .map(|d| d.as_std());
-                network_filter("envoy.filters.network.tcp_proxy", &tcp_proxy(&name, service, idle))
+                network_filter(
+                    "envoy.filters.network.tcp_proxy",
+                    &tcp_route_proxy(&name, &targets, idle),
+                )
             }
         };
         let listener = Listener {
@@ -656,9 +667,14 @@ pub fn generate(snapshot: &MeshSnapshot, proxy: &ProxyContext, policies: &dyn Po
         let p = resolved
             .entry(c.service.clone())
             .or_insert_with(|| policies.outbound(snapshot, proxy, &c.service));
-        let http2 = matches!(service_protocol(&index, &c.service), Some(Protocol::Grpc))
-            || index.protocols(&c.service).contains(&"http2");
-        set.insert(CLUSTER, &name, &eds_cluster(&name, p, http2));
+        let protocol = service_protocol(&index, &c.service);
+        let http2 = matches!(protocol, Some(Protocol::Grpc)) || index.protocols(&c.service).contains(&"http2");
+        let cluster = with_health_check(
+            eds_cluster(&name, p, http2),
+            p.health_check.as_ref(),
+            Upstream::of(protocol, http2),
+        );
+        set.insert(CLUSTER, &name, &cluster);
         let endpoints = index.endpoints(&c.service, &c.subset);
         set.insert(
             ENDPOINT,
@@ -1135,5 +1151,170 @@ mod inbound_and_transparent_proxy_tests {
         assert!(set.get(CLUSTER, "backend").is_none());
         assert!(set.get(LISTENER, "outbound:127.0.0.1:10002").is_some());
         assert!(set.get(CLUSTER, "db").is_some());
+    }
+}
+
+#[cfg(test)]
+mod outbound_policy_tests {
+    use super::*;
+    use crate::generate::{invariants, OutboundPolicies};
+    use crate::snapshot::{DataplaneEntry, ProxyKind};
+    use envoy_types::pb::envoy::config::core::v3::health_check::HealthChecker;
+    use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType as NetworkConfigType;
+    use meridian_core::dataplane::Dataplane;
+    use prost::Message;
+    use serde_json::{json, Value};
+
+    /// Gives every outbound the policies in a JSON object keyed by service.
+    struct ByService(Value);
+
+    impl PolicyResolver for ByService {
+        fn outbound(&self, _: &MeshSnapshot, _: &ProxyContext, service: &str) -> OutboundPolicies {
+            let p = &self.0[service];
+            OutboundPolicies {
+                http_rules: p
+                    .get("httpRules")
+                    .map(|r| serde_json::from_value(r.clone()).unwrap())
+                    .unwrap_or_default(),
+                tcp_route: p.get("tcpRoute").map(|r| serde_json::from_value(r.clone()).unwrap()),
+                health_check: p.get("healthCheck").map(|r| serde_json::from_value(r.clone()).unwrap()),
+                ..Default::default()
+            }
+        }
+    }
+
+    fn instance(address: &str, port: u32, tags: Value) -> Dataplane {
+        serde_json::from_value(json!({"networking": {"address": address, "inbound": [{"port": port, "tags": tags}]}}))
+            .unwrap()
+    }
+
+    /// A sidecar calling backend (http: v1, v2) and db (tcp: v1, v2).
+    fn generate_with(policies: Value) -> ResourceSet {
+        let me: Dataplane = serde_json::from_value(json!({"networking": {"address": "10.0.0.1",
+            "inbound": [{"port": 1, "tags": {"kuma.io/service": "web"}}],
+            "outbound": [{"port": 10001, "tags": {"kuma.io/service": "backend"}},
+                         {"port": 10002, "tags": {"kuma.io/service": "db"}}]}}))
+        .unwrap();
+        let mut dataplanes = vec![DataplaneEntry {
+            name: "web".into(),
+            spec: me.clone(),
+        }];
+        for (i, (service, protocol, version)) in [
+            ("backend", "http", "v1"),
+            ("backend", "http", "v2"),
+            ("db", "tcp", "v1"),
+            ("db", "tcp", "v2"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            dataplanes.push(DataplaneEntry {
+                name: format!("{service}-{version}"),
+                spec: instance(
+                    &format!("10.0.1.{i}"),
+                    8080,
+                    json!({"kuma.io/service": service, "kuma.io/protocol": protocol, "version": version}),
+                ),
+            });
+        }
+        let snap = MeshSnapshot {
+            zone: "z".into(),
+            mesh: "default".into(),
+            dataplanes,
+            ..Default::default()
+        };
+        let proxy = ProxyContext {
+            mesh: "default".into(),
+            name: "web".into(),
+            kind: ProxyKind::Sidecar,
+            dataplane: me,
+        };
+        let set = generate(&snap, &proxy, &ByService(policies));
+        assert_eq!(invariants::check(&set), Vec::<String>::new());
+        set
+    }
+
+    /// The TCP proxy of an outbound listener, if it has one.
+    fn tcp_proxy_of(set: &ResourceSet, listener: &str) -> Option<TcpProxy> {
+        let r = set
+            .get(LISTENER, listener)
+            .unwrap_or_else(|| panic!("no listener {listener}"));
+        let l = Listener::decode(r.body.value.as_slice()).unwrap();
+        match &l.filter_chains[0].filters[0].config_type {
+            Some(NetworkConfigType::TypedConfig(any)) if any.type_url.ends_with("TcpProxy") => {
+                Some(TcpProxy::decode(any.value.as_slice()).unwrap())
+            }
+            _ => None,
+        }
+    }
+
+    fn split(p: &TcpProxy) -> Vec<(String, u32)> {
+        match &p.cluster_specifier {
+            Some(tcp_proxy::ClusterSpecifier::WeightedClusters(w)) => {
+                w.clusters.iter().map(|c| (c.name.clone(), c.weight)).collect()
+            }
+            Some(tcp_proxy::ClusterSpecifier::Cluster(c)) => vec![(c.clone(), 1)],
+            None => vec![],
+        }
+    }
+
+    fn tcp_route(v1: u32, v2: u32, service: &str) -> Value {
+        json!({"backendRefs": [
+            {"kind": "MeshServiceSubset", "name": service, "tags": {"version": "v1"}, "weight": v1},
+            {"kind": "MeshServiceSubset", "name": service, "tags": {"version": "v2"}, "weight": v2}]})
+    }
+
+    #[test]
+    fn tcp_route_splits_a_tcp_outbound_over_subset_clusters() {
+        let set = generate_with(json!({"db": {"tcpRoute": tcp_route(90, 10, "db")}}));
+        let p = tcp_proxy_of(&set, "outbound:127.0.0.1:10002").unwrap();
+        assert_eq!(split(&p), [("db|version=v1".into(), 90), ("db|version=v2".into(), 10)]);
+        let v2 = envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment::decode(
+            set.get(ENDPOINT, "db|version=v2").unwrap().body.value.as_slice(),
+        )
+        .unwrap();
+        assert_eq!(v2.endpoints[0].lb_endpoints.len(), 1, "the v2 instance only");
+        assert!(set.get(CLUSTER, "db").is_none(), "nothing sends to the whole of db");
+    }
+
+    #[test]
+    fn on_an_http_outbound_the_http_route_wins_and_a_lone_tcp_route_applies() {
+        let http_rule = json!([{"matches": [{"path": {"type": "PathPrefix", "value": "/api"}}],
+            "default": {"backendRefs": [{"kind": "MeshServiceSubset", "name": "backend", "tags": {"version": "v2"}}]}}]);
+        let both =
+            generate_with(json!({"backend": {"httpRules": http_rule, "tcpRoute": tcp_route(50, 50, "backend")}}));
+        assert!(
+            tcp_proxy_of(&both, "outbound:127.0.0.1:10001").is_none(),
+            "HTTP routing"
+        );
+        assert!(both.get(ROUTE, "backend").is_some());
+        assert!(
+            both.get(CLUSTER, "backend|version=v1").is_none(),
+            "the TCP route is ignored"
+        );
+
+        let tcp_only = generate_with(json!({"backend": {"tcpRoute": tcp_route(50, 50, "backend")}}));
+        let p = tcp_proxy_of(&tcp_only, "outbound:127.0.0.1:10001").expect("a TCP proxy");
+        assert_eq!(
+            split(&p),
+            [("backend|version=v1".into(), 50), ("backend|version=v2".into(), 50)]
+        );
+        assert!(tcp_only.get(ROUTE, "backend").is_none());
+    }
+
+    #[test]
+    fn health_checks_go_on_outbound_clusters() {
+        let hc = json!({"interval": "5s", "http": {"path": "/ready"}, "tcp": {}});
+        let set = generate_with(json!({"backend": {"healthCheck": hc}, "db": {"healthCheck": hc}}));
+        let checker = |name: &str| {
+            let c = Cluster::decode(set.get(CLUSTER, name).unwrap().body.value.as_slice()).unwrap();
+            c.health_checks.first().and_then(|h| h.health_checker.clone())
+        };
+        let Some(HealthChecker::HttpHealthCheck(h)) = checker("backend") else {
+            panic!("backend has no HTTP check")
+        };
+        assert_eq!(h.path, "/ready");
+        assert!(matches!(checker("db"), Some(HealthChecker::TcpHealthCheck(_))));
+        assert_eq!(checker("localhost:1"), None, "inbound clusters are not checked");
     }
 }
