@@ -3,9 +3,9 @@
 //! with `meridianctl generate zone-join`, grpcio test servers registered as
 //! Dataplanes, policies applied at the global with meridianctl, and real
 //! proxyless gRPC clients (Python grpcio, Node @grpc/grpc-js-xds) showing
-//! each policy's effect: reachability, weighted routes, retries, timeouts,
-//! fault injection, a live policy change on a running client, cross-zone
-//! failover through zone 2's ingress, and refused nodes.
+//! each policy's effect: reachability, weighted routes, path-prefix routes,
+//! retries, timeouts, fault injection, a live policy change on a running
+//! client, cross-zone failover through zone 2's ingress, and refused nodes.
 //!
 //! One global and two zones serve every scenario; each scenario has its own
 //! services (and so its own policies' targets), and the scenarios run side by
@@ -274,6 +274,43 @@ fn reach_and_weighted_route(d: &Deployment) {
         );
         assert_eq!(r.ok_from(v1) + r.ok_from(v2), 1000, "{kind:?}: {why}");
     }
+    prefix_matches_whole_path_elements(d, v1, v2);
+}
+
+/// 2b: a PathPrefix matches whole path elements. Over the 80/20 split, a
+/// route sending `/meridian.test.Echo` to v1 takes every call of the
+/// clients (`/meridian.test.Echo/Call`); changed to `/meridian.test.Ech`,
+/// it takes none of them, and the split applies again.
+fn prefix_matches_whole_path_elements(d: &Deployment, v1: &str, v2: &str) {
+    let to_v1 = |prefix: &str| {
+        json!({"type": "MeshHTTPRoute", "name": "backend-prefix", "mesh": MESH, "spec": {
+            "targetRef": {"kind": "Mesh"},
+            "to": [{"targetRef": {"kind": "MeshService", "name": "backend"}, "rules": [{
+                "matches": [{"path": {"type": "PathPrefix", "value": prefix}}],
+                "default": {"backendRefs": [
+                    {"kind": "MeshServiceSubset", "name": "backend", "tags": {"version": "v1"}}]}}]}]}})
+    };
+    d.apply(to_v1("/meridian.test.Echo"));
+    for kind in ClientKind::ALL {
+        let r = calls(d, kind, "backend", 50, &[]);
+        assert_eq!(
+            r.ok_from(v1),
+            50,
+            "{kind:?}: /meridian.test.Echo takes every call: {}",
+            seen(&r, &d.zone1)
+        );
+    }
+    d.apply(to_v1("/meridian.test.Ech"));
+    for kind in ClientKind::ALL {
+        let r = calls(d, kind, "backend", 50, &[]);
+        let why = seen(&r, &d.zone1);
+        assert_eq!(r.ok_total(), 50, "{kind:?}: {why}");
+        assert!(
+            r.ok_from(v2) > 0,
+            "{kind:?}: /meridian.test.Ech took /meridian.test.Echo/Call: {why}"
+        );
+    }
+    d.delete("meshhttproutes", "backend-prefix");
 }
 
 fn retry(name: &str, service: &str, num_retries: u32) -> Value {
