@@ -676,6 +676,70 @@ networking:
     tags: {kuma.io/service: backend, kuma.io/protocol: grpc}
 "#;
 
+/// A proxyless gRPC server, backend, and its callers: web (v1 on IPv4, v2 on
+/// IPv6) and batch; a mesh-wide allow, and backend's own rules over it.
+const SERVER_PERMISSIONS: &str = r#"
+type: Dataplane
+mesh: default
+name: backend-1
+networking:
+  address: 127.0.0.1
+  inbound:
+  - port: 50051
+    tags: {kuma.io/service: backend, kuma.io/protocol: grpc}
+---
+type: Dataplane
+mesh: default
+name: web-1
+networking:
+  address: 127.0.0.2
+  inbound:
+  - port: 8080
+    tags: {kuma.io/service: web, version: v1}
+---
+type: Dataplane
+mesh: default
+name: web-2
+networking:
+  address: fd00::2
+  inbound:
+  - port: 8080
+    tags: {kuma.io/service: web, version: v2}
+---
+type: Dataplane
+mesh: default
+name: batch-1
+networking:
+  address: 127.0.0.4
+  inbound:
+  - port: 9000
+    tags: {kuma.io/service: batch}
+---
+type: MeshTrafficPermission
+mesh: default
+name: allow-all
+spec:
+  targetRef: {kind: Mesh}
+  from:
+  - targetRef: {kind: Mesh}
+    default: {action: Allow}
+---
+type: MeshTrafficPermission
+mesh: default
+name: backend-callers
+spec:
+  targetRef: {kind: MeshService, name: backend}
+  from:
+  - targetRef: {kind: Mesh}
+    default: {action: Deny}
+  - targetRef: {kind: MeshService, name: web}
+    default: {action: Allow}
+  - targetRef: {kind: MeshServiceSubset, name: web, tags: {version: v2}}
+    default: {action: Deny}
+  - targetRef: {kind: MeshSubset, tags: {kuma.io/service: batch}}
+    default: {action: AllowWithShadowDeny}
+"#;
+
 /// The zone ingress's case: `proxy` names the ingress; its meshes are every
 /// mesh the documents put dataplanes in.
 const INGRESS_CASE: Case = Case {
@@ -916,7 +980,7 @@ struct Case {
     kind: ProxyKind,
 }
 
-const CASES: [Case; 10] = [
+const CASES: [Case; 11] = [
     Case {
         name: "sidecar-defaults",
         description: "Envoy sidecar of web: http inbound, grpc outbound to backend (2 instances), tcp outbound to db; the 4 default policies",
@@ -995,6 +1059,14 @@ const CASES: [Case; 10] = [
         zone: "zone-1",
         yaml: OUTBOUND_POLICIES,
         proxy: "web-1",
+        kind: ProxyKind::Proxyless,
+    },
+    Case {
+        name: "proxyless-server-permissions",
+        description: "an xDS-enabled gRPC server (backend-1): its server Listeners with the RBAC filter of its MeshTrafficPermissions (callers by address: batch shadow-denied, web v2 denied, web allowed, the rest denied)",
+        zone: "zone-1",
+        yaml: SERVER_PERMISSIONS,
+        proxy: "backend-1",
         kind: ProxyKind::Proxyless,
     },
 ];
@@ -1386,6 +1458,7 @@ mod render {
             Router,
             HttpFault,
             TcpProxy,
+            envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac,
             envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector,
             envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions,
             envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit,

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use meridian_core::dataplane::{Dataplane, SERVICE_TAG};
 use meridian_core::policy::matching::{
-    from_conf, http_route_rules, ordered_http_routes, to_conf, Destination, ProxyView, Tags,
+    from_conf, http_route_rules, ordered_http_routes, to_conf, traffic_permissions, Destination, ProxyView, Tags,
 };
 use meridian_core::policy::meshcircuitbreaker::MeshCircuitBreaker;
 use meridian_core::policy::meshfaultinjection::MeshFaultInjection;
@@ -17,8 +17,9 @@ use meridian_core::policy::meshloadbalancingstrategy::MeshLoadBalancingStrategy;
 use meridian_core::policy::meshratelimit::MeshRateLimit;
 use meridian_core::policy::meshretry::MeshRetry;
 use meridian_core::policy::meshtimeout::MeshTimeout;
+use meridian_core::policy::meshtrafficpermission::MeshTrafficPermission;
 use meridian_core::ResourceType;
-use meridian_xds::generate::{InboundPolicies, OutboundPolicies, PolicyResolver};
+use meridian_xds::generate::{server, InboundPolicies, OutboundPolicies, PolicyResolver};
 use meridian_xds::snapshot::{MeshSnapshot, ProxyContext};
 use serde::de::DeserializeOwned;
 use serde_json::json;
@@ -46,6 +47,7 @@ pub struct MeshPolicies {
     health_checks: Vec<(String, meridian_core::policy::meshhealthcheck::MeshHealthCheck)>,
     faults: Vec<(String, MeshFaultInjection)>,
     rate_limits: Vec<(String, MeshRateLimit)>,
+    traffic_permissions: Vec<(String, MeshTrafficPermission)>,
 }
 
 fn decode<P: DeserializeOwned>(snapshot: &MeshSnapshot, kind: ResourceType) -> Vec<(String, P)> {
@@ -84,6 +86,7 @@ impl MeshPolicies {
             health_checks: decode(snapshot, ResourceType::MeshHealthCheck),
             faults: decode(snapshot, ResourceType::MeshFaultInjection),
             rate_limits: decode(snapshot, ResourceType::MeshRateLimit),
+            traffic_permissions: decode(snapshot, ResourceType::MeshTrafficPermission),
         }
     }
 }
@@ -205,7 +208,7 @@ impl MeshPolicies {
         }
     }
 
-    fn resolve_inbound(&self, _snapshot: &MeshSnapshot, proxy: &ProxyContext, index: usize) -> InboundPolicies {
+    fn resolve_inbound(&self, snapshot: &MeshSnapshot, proxy: &ProxyContext, index: usize) -> InboundPolicies {
         let view = ProxyView::new(&proxy.mesh, &proxy.dataplane);
         let anyone = BTreeMap::new();
         InboundPolicies {
@@ -214,6 +217,11 @@ impl MeshPolicies {
                 .and_then(|c| c.http)
                 .unwrap_or_default(),
             rate_limit: ok_or_log("MeshRateLimit", from_conf(&self.rate_limits, &view, index, &anyone)),
+            // Callers are known by their dataplanes' addresses (docs/decisions/0004).
+            traffic_permissions: server::resolve_permissions(
+                snapshot,
+                &traffic_permissions(&self.traffic_permissions, &view, index),
+            ),
         }
     }
 }

@@ -24,6 +24,7 @@ pub mod ingress;
 pub mod invariants;
 pub mod proxyless;
 pub mod routes;
+pub mod server;
 pub mod sidecar;
 
 /// The effective configuration of a proxy towards one destination service.
@@ -57,6 +58,10 @@ pub struct InboundPolicies {
     /// MeshRateLimit `local` limits every client of this inbound shares.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<meridian_core::policy::meshratelimit::Conf>,
+    /// MeshTrafficPermission rules, highest precedence first; `None` when no
+    /// MeshTrafficPermission selects the inbound (every caller is allowed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub traffic_permissions: Option<Vec<server::PermissionRule>>,
 }
 
 /// Gives generation the effective policies of a proxy.

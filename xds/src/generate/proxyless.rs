@@ -146,6 +146,8 @@ pub fn generate(snapshot: &MeshSnapshot, proxy: &ProxyContext, policies: &dyn Po
             &load_assignment(&name, snapshot, &endpoints, p.load_balancing.as_ref()),
         );
     }
+    // A proxyless dataplane's inbounds are xDS-enabled gRPC servers.
+    super::server::add_listeners(&mut set, snapshot, proxy, policies);
     set
 }
 
@@ -204,7 +206,19 @@ mod tests {
     fn every_service_gets_listener_route_cluster_and_endpoints() {
         let set = generate(&snapshot(), &client(), &NoPolicies);
         let names: Vec<_> = set.of_type(LISTENER).map(|r| r.name.as_str()).collect();
-        assert_eq!(names, ["backend", "backend:50051", "db"]);
+        // The client's own inbound (port 1) is a server: see `server`.
+        let server = |a: &str| format!("grpc/server?xds.resource.listening_address={a}");
+        assert_eq!(
+            names,
+            [
+                "backend",
+                "backend:50051",
+                "db",
+                &server("0.0.0.0:1"),
+                &server("127.0.0.9:1"),
+                &server("[::]:1")
+            ]
+        );
         assert!(
             set.get(CLUSTER, "other-mesh").is_none(),
             "another mesh's service never appears"
