@@ -95,10 +95,30 @@ impl TestServer {
     /// Without `--port` in `flags` the kernel picks a free port (no race).
     /// Flags: `--fail-first N`, `--fail-code CODE`, `--delay-ms D`, `--port P`.
     pub fn start(name: &str, flags: &[&str]) -> TestServer {
+        Self::spawn(name, flags, None)
+    }
+
+    /// Starts `server.py --xds` as an xDS-enabled server on 127.0.0.1:`port`
+    /// with `bootstrap` (see [`server_bootstrap_json`]) and waits for its
+    /// `READY`. It serves only once the zone has sent its Listener: wait for
+    /// a client's calls to succeed. xDS servers need a fixed port.
+    pub fn start_xds(name: &str, port: u16, bootstrap: &str, flags: &[&str]) -> TestServer {
+        let port = port.to_string();
+        let mut all = vec!["--xds", "--port", port.as_str()];
+        all.extend_from_slice(flags);
+        Self::spawn(name, &all, Some(bootstrap))
+    }
+
+    fn spawn(name: &str, flags: &[&str], bootstrap: Option<&str>) -> TestServer {
         let mut cmd = Command::new(python());
         cmd.arg(clients_dir().join("server.py")).args(["--name", name]);
         if !flags.contains(&"--port") {
             cmd.args(["--port", "0"]);
+        }
+        cmd.env_remove("GRPC_XDS_BOOTSTRAP")
+            .env_remove("GRPC_XDS_BOOTSTRAP_CONFIG");
+        if let Some(b) = bootstrap {
+            cmd.env("GRPC_XDS_BOOTSTRAP_CONFIG", b);
         }
         cmd.args(flags)
             .env("PYTHONUNBUFFERED", "1")
@@ -209,6 +229,18 @@ pub fn bootstrap_json(node_id: &str, xds_port: u16) -> String {
         },
     })
     .to_string()
+}
+
+/// The Listener name template of Meridian's xDS-enabled gRPC servers
+/// (`meridian_xds::generate::server`): `%s` is the server's `IP:port`.
+pub const SERVER_LISTENER_TEMPLATE: &str = "grpc/server?xds.resource.listening_address=%s";
+
+/// [`bootstrap_json`] for an xDS-enabled gRPC server: the same plus
+/// `server_listener_resource_name_template`.
+pub fn server_bootstrap_json(node_id: &str, xds_port: u16) -> String {
+    let mut b: Value = serde_json::from_str(&bootstrap_json(node_id, xds_port)).unwrap_or_default();
+    b["server_listener_resource_name_template"] = Value::from(SERVER_LISTENER_TEMPLATE);
+    b.to_string()
 }
 
 /// Which real client library to run.

@@ -19,13 +19,27 @@ Failure injection, for retry and timeout tests:
                    calls to this server fail.
   --delay-ms D     sleep D ms before replying (deadline / timeout tests).
 
-Prints `READY <port>` on stdout once serving (with `--port 0` the port is the
-one the kernel chose), then runs until killed.
+xDS-enabled server (gRFC A36):
+
+  --xds            take the server's configuration from xDS: the bootstrap comes
+                   from GRPC_XDS_BOOTSTRAP_CONFIG (JSON text) or GRPC_XDS_BOOTSTRAP
+                   (a file) and must carry `server_listener_resource_name_template`.
+                   The server asks for the Listener named after `--host:--port`
+                   and serves only once it has it (until then connections are
+                   refused); RBAC filters in it (MeshTrafficPermission) refuse
+                   RPCs with PERMISSION_DENIED. Credentials: xDS server
+                   credentials with plaintext fallback. Needs a fixed `--port`
+                   (gRPC's xDS servers do not take port 0).
+
+Prints `READY <port>` on stdout once started (with `--port 0` the port is the
+one the kernel chose; with `--xds` serving still waits for the Listener), then
+runs until killed.
 """
 
 import argparse
 import collections
 import json
+import os
 import signal
 import sys
 import threading
@@ -112,20 +126,38 @@ def main():
     ap.add_argument("--fail-code", type=status_code, default=grpc.StatusCode.UNAVAILABLE, help="status of injected failures")
     ap.add_argument("--delay-ms", type=int, default=0, help="sleep before replying")
     ap.add_argument("--workers", type=int, default=64, help="handler threads")
+    ap.add_argument("--xds", action="store_true", help="an xDS-enabled server (configuration from the bootstrap's server)")
     args = ap.parse_args()
 
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=args.workers))
+    if args.xds:
+        if args.port == 0:
+            sys.stderr.write("server.py: --xds needs a fixed --port (xDS servers do not take port 0)\n")
+            return 2
+        if not (os.environ.get("GRPC_XDS_BOOTSTRAP_CONFIG") or os.environ.get("GRPC_XDS_BOOTSTRAP")):
+            sys.stderr.write("server.py: --xds needs GRPC_XDS_BOOTSTRAP_CONFIG or GRPC_XDS_BOOTSTRAP\n")
+            return 2
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=args.workers), xds=args.xds)
     server.add_generic_rpc_handlers((Echo(args.name, args.fail_first, args.fail_code, args.delay_ms),))
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for service in ("", SERVICE):
         health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
 
+    address = f"{args.host}:{args.port}"
     try:
-        port = server.add_insecure_port(f"{args.host}:{args.port}")
+        if args.xds:
+            creds = grpc.xds_server_credentials(grpc.insecure_server_credentials())
+            port = server.add_secure_port(address, creds)
+        else:
+            port = server.add_insecure_port(address)
     except RuntimeError as e:
         sys.stderr.write(f"server.py: cannot listen on {args.host}:{args.port}: {e}\n")
         return 2
+    if args.xds:
+        # An xDS server binds only once its Listener has come: the call above
+        # reports no port (-1) until then; the port is the fixed one asked for.
+        port = args.port
     if port == 0:
         sys.stderr.write(f"server.py: cannot listen on {args.host}:{args.port}\n")
         return 2
