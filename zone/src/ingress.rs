@@ -18,6 +18,14 @@ use tokio::sync::{broadcast, watch};
 /// The name of the ingress a zone creates from `--ingress-address`.
 pub const INGRESS_NAME: &str = "ingress";
 
+/// A refresh reads every dataplane of the zone. The next one starts no
+/// sooner than this many times as long as the last one took after it began:
+/// a burst of registrations is coalesced and keeps the task busy a fifth of
+/// the time at most, while a change after a quiet moment is advertised at once.
+const REFRESH_SPACING: u32 = 5;
+/// However long a refresh took, changes wait no longer than this.
+const MAX_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Computes the services the zone's dataplanes offer.
 pub fn available_services(dataplanes: &[Resource]) -> Vec<AvailableService> {
     let mut counts: BTreeMap<(String, BTreeMap<String, String>), u32> = BTreeMap::new();
@@ -56,12 +64,19 @@ pub async fn run(
     }
     let mut events = manager.cache().subscribe();
     loop {
-        refresh(&manager, &zone).await;
-        // Wait for a relevant change, then let a burst settle.
+        let started = tokio::time::Instant::now();
+        let services = refresh(&manager, &zone).await;
+        let spacing = started
+            .elapsed()
+            .saturating_mul(REFRESH_SPACING)
+            .min(MAX_REFRESH_INTERVAL);
+        // Wait for a relevant change (the ingress writes of the refresh
+        // itself and other zones' ingresses are none).
         loop {
             tokio::select! {
                 ev = events.recv() => match ev {
-                    Ok(Event::Put(r)) if matches!(r.key.kind, ResourceType::Dataplane | ResourceType::ZoneIngress) => break,
+                    Ok(Event::Put(r)) if r.key.kind == ResourceType::Dataplane => break,
+                    Ok(Event::Put(r)) if r.key.kind == ResourceType::ZoneIngress && !up_to_date(&r, &zone, &services) => break,
                     Ok(Event::Delete { key, .. }) if matches!(key.kind, ResourceType::Dataplane | ResourceType::ZoneIngress | ResourceType::Mesh) => break,
                     Ok(_) => {}
                     Err(broadcast::error::RecvError::Lagged(_)) => break,
@@ -70,11 +85,21 @@ pub async fn run(
                 _ = shutdown.wait_for(|s| *s) => return,
             }
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep_until(started + spacing).await;
     }
 }
 
-async fn refresh(manager: &Manager, zone: &str) {
+/// Whether a stored ingress needs no refresh: another zone's, or one of this
+/// zone's that already advertises `services`.
+fn up_to_date(r: &Resource, zone: &str, services: &[AvailableService]) -> bool {
+    if r.labels.get(labels::ZONE).is_some_and(|z| z != zone) {
+        return true;
+    }
+    serde_json::from_value::<ZoneIngress>(r.spec.clone()).is_ok_and(|spec| spec.available_services == services)
+}
+
+/// Brings this zone's ingresses up to date; returns what they advertise.
+async fn refresh(manager: &Manager, zone: &str) -> Vec<AvailableService> {
     let services = available_services(&manager.list(&Filter::kind(ResourceType::Dataplane)));
     for ingress in manager.list(&Filter::kind(ResourceType::ZoneIngress)) {
         if ingress.labels.get(labels::ZONE).is_some_and(|z| z != zone) {
@@ -97,6 +122,7 @@ async fn refresh(manager: &Manager, zone: &str) {
             tracing::warn!(ingress = %ingress.key.name, error = %e, "updating available services failed");
         }
     }
+    services
 }
 
 #[cfg(test)]
@@ -111,6 +137,23 @@ mod tests {
                 {"port": 8080, "tags": {"kuma.io/service": service, "version": version}}]}}),
             chrono::Utc::now(),
         )
+    }
+
+    #[test]
+    fn only_an_own_ingress_advertising_something_else_needs_a_refresh() {
+        let services = available_services(&[dp("default", "a", "backend", "v1")]);
+        let ingress = |labels: &[(&str, &str)], advertised: &[AvailableService]| {
+            Resource::new(
+                ResourceKey::global(ResourceType::ZoneIngress, "ingress"),
+                labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+                json!({"networking": {"address": "10.0.0.1", "port": 10001}, "availableServices": advertised}),
+                chrono::Utc::now(),
+            )
+        };
+        assert!(up_to_date(&ingress(&[], &services), "zone-1", &services));
+        assert!(!up_to_date(&ingress(&[], &[]), "zone-1", &services));
+        assert!(!up_to_date(&ingress(&[(labels::ZONE, "zone-1")], &[]), "zone-1", &services));
+        assert!(up_to_date(&ingress(&[(labels::ZONE, "zone-2")], &[]), "zone-1", &services));
     }
 
     #[test]
