@@ -152,8 +152,16 @@ mod tests {
         };
         assert!(up_to_date(&ingress(&[], &services), "zone-1", &services));
         assert!(!up_to_date(&ingress(&[], &[]), "zone-1", &services));
-        assert!(!up_to_date(&ingress(&[(labels::ZONE, "zone-1")], &[]), "zone-1", &services));
-        assert!(up_to_date(&ingress(&[(labels::ZONE, "zone-2")], &[]), "zone-1", &services));
+        assert!(!up_to_date(
+            &ingress(&[(labels::ZONE, "zone-1")], &[]),
+            "zone-1",
+            &services
+        ));
+        assert!(up_to_date(
+            &ingress(&[(labels::ZONE, "zone-2")], &[]),
+            "zone-1",
+            &services
+        ));
     }
 
     #[test]
