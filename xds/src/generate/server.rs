@@ -202,12 +202,22 @@ fn callers(sources: &Option<Vec<IpAddr>>) -> Option<Principal> {
     )
 }
 
-/// The RBAC filter enforcing `rules` (highest precedence first): one ALLOW
+/// The RBAC filter enforcing `rules` (highest precedence first), with the
+/// rules of [`rbac_rules`].
+pub fn rbac(rules: &[PermissionRule]) -> Rbac {
+    Rbac {
+        rules: Some(rbac_rules(rules)),
+        ..Default::default()
+    }
+}
+
+/// The RBAC rules enforcing `rules` (highest precedence first): one ALLOW
 /// policy whose principals are, for each allowing rule, its callers minus
 /// those of the denying rules before it. A caller no rule is about is
 /// refused (an ALLOW RBAC without a matching policy denies);
-/// `AllowWithShadowDeny` allows (see the module docs).
-pub fn rbac(rules: &[PermissionRule]) -> Rbac {
+/// `AllowWithShadowDeny` allows (see the module docs). Sidecars use the same
+/// rules in their RBAC filters.
+pub(crate) fn rbac_rules(rules: &[PermissionRule]) -> RbacRules {
     let mut denied: Vec<Principal> = Vec::new();
     let mut allowed: Vec<Principal> = Vec::new();
     for rule in rules {
@@ -253,12 +263,9 @@ pub fn rbac(rules: &[PermissionRule]) -> Rbac {
         .into_iter()
         .collect()
     };
-    Rbac {
-        rules: Some(RbacRules {
-            action: RbacAction::Allow as i32,
-            policies,
-            ..Default::default()
-        }),
+    RbacRules {
+        action: RbacAction::Allow as i32,
+        policies,
         ..Default::default()
     }
 }

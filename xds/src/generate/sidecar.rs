@@ -29,6 +29,23 @@
 //!   before its TCP proxy (`connectionRate`). `disabled: true` removes it.
 //!   The `tcp` part does not apply to HTTP inbounds.
 //! - MeshFaultInjection: the fault filter, after the rate limit.
+//! - MeshTrafficPermission (docs/decisions/0004): when some MTP selects the
+//!   inbound, an HTTP inbound gets `envoy.filters.http.rbac` first in its HCM
+//!   (a refused request is answered 403 and takes no rate-limit token), a
+//!   TCP inbound `envoy.filters.network.rbac` first among its network filters
+//!   (stat prefix: the listener's name; a refused connection is closed). The
+//!   rules are those of xDS-enabled gRPC servers
+//!   ([`super::server::rbac_rules`]): callers known by source address
+//!   (`direct_remote_ip`, /32 or /128), a caller no rule is about refused.
+//!   Without any MTP there is no filter and every caller is served.
+//!   `AllowWithShadowDeny` allows; the filter's `shadow_rules` are the same
+//!   rules with those entries denying, so Envoy's `shadow_denied` statistic
+//!   and `shadow_engine_result` metadata show whom a Deny would refuse (no
+//!   shadow rules when that changes nothing). The network filter decides on
+//!   the first bytes the caller sends (Envoy's default enforcement): by then
+//!   the TCP rate limit has counted the connection and the TCP proxy has
+//!   connected to the application, which matters only to applications that
+//!   speak first.
 //!
 //! # Transparent proxying (`networking.transparentProxying`)
 //!
@@ -96,6 +113,12 @@ use envoy_types::pb::envoy::r#type::v3::{
 use envoy_types::pb::google::protobuf::BoolValue;
 use meridian_core::dataplane::{DataplaneNetworking, IpFamilyMode, TransparentProxying};
 use meridian_core::policy::{meshratelimit, meshtimeout};
+// MeshTrafficPermission on inbounds.
+use super::server::{rbac_rules, PermissionRule};
+use envoy_types::pb::envoy::config::rbac::v3::Rbac as RbacRules;
+use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac as HttpRbac;
+use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac as NetworkRbac;
+use meridian_core::policy::meshtrafficpermission::Action as PermissionAction;
 
 use super::clusters::{eds_cluster, with_health_check, Upstream};
 use super::endpoints::load_assignment;
@@ -105,6 +128,10 @@ use super::{ads_source, any, duration, u32_value, PolicyResolver};
 use crate::resources::{ResourceSet, CLUSTER, ENDPOINT, LISTENER, ROUTE};
 use crate::snapshot::{MeshSnapshot, ProxyContext, ServiceIndex, PROTOCOL_TAG};
 
+/// The HTTP filter of MeshTrafficPermission on HTTP inbounds.
+pub const HTTP_RBAC: &str = "envoy.filters.http.rbac";
+/// The network filter of MeshTrafficPermission on TCP inbounds.
+pub const NETWORK_RBAC: &str = "envoy.filters.network.rbac";
 /// The HTTP filter of MeshRateLimit on inbounds.
 pub const HTTP_LOCAL_RATE_LIMIT: &str = "envoy.filters.http.local_ratelimit";
 /// The network filter of MeshRateLimit on TCP inbounds.
@@ -290,6 +317,58 @@ fn tcp_rate_limit(stat_prefix: &str, conf: Option<&meshratelimit::Conf>) -> Opti
     Some(network_filter(NETWORK_LOCAL_RATE_LIMIT, &filter))
 }
 
+/// The enforced RBAC rules of an inbound's MeshTrafficPermission `rules`
+/// and, when an `AllowWithShadowDeny` rule makes a difference, the shadow
+/// rules: the same compilation with those rules denying.
+fn permission_rules(rules: &[PermissionRule]) -> (RbacRules, Option<RbacRules>) {
+    let enforced = rbac_rules(rules);
+    if !rules.iter().any(|r| r.action == PermissionAction::AllowWithShadowDeny) {
+        return (enforced, None);
+    }
+    let denying: Vec<PermissionRule> = rules
+        .iter()
+        .cloned()
+        .map(|mut r| {
+            if r.action == PermissionAction::AllowWithShadowDeny {
+                r.action = PermissionAction::Deny;
+            }
+            r
+        })
+        .collect();
+    let shadow = rbac_rules(&denying);
+    let shadow = (shadow != enforced).then_some(shadow);
+    (enforced, shadow)
+}
+
+/// The RBAC HTTP filter of an HTTP inbound, when a MeshTrafficPermission
+/// selects it.
+fn http_rbac(rules: Option<&[PermissionRule]>) -> Option<HttpFilter> {
+    let (rules, shadow_rules) = permission_rules(rules?);
+    let filter = HttpRbac {
+        rules: Some(rules),
+        shadow_rules,
+        ..Default::default()
+    };
+    Some(HttpFilter {
+        name: HTTP_RBAC.into(),
+        config_type: Some(ConfigType::TypedConfig(any(&filter))),
+        ..Default::default()
+    })
+}
+
+/// The RBAC network filter of a TCP inbound, when a MeshTrafficPermission
+/// selects it.
+fn network_rbac(stat_prefix: &str, rules: Option<&[PermissionRule]>) -> Option<Filter> {
+    let (rules, shadow_rules) = permission_rules(rules?);
+    let filter = NetworkRbac {
+        rules: Some(rules),
+        shadow_rules,
+        stat_prefix: stat_prefix.to_string(),
+        ..Default::default()
+    };
+    Some(network_filter(NETWORK_RBAC, &filter))
+}
+
 /// Connection-level HTTP timeouts of an inbound's HttpConnectionManager.
 fn inbound_http_options(t: &meshtimeout::Conf) -> Option<HttpProtocolOptions> {
     let http = t.http.as_ref();
@@ -308,7 +387,7 @@ fn inbound_http_options(t: &meshtimeout::Conf) -> Option<HttpProtocolOptions> {
 
 /// The listener of inbound `index` and the static cluster of the
 /// application behind it, with the inbound's policies (`from` rules):
-/// MeshTimeout, MeshFaultInjection, MeshRateLimit.
+/// MeshTrafficPermission, MeshTimeout, MeshFaultInjection, MeshRateLimit.
 fn inbound_resources(
     set: &mut ResourceSet,
     snapshot: &MeshSnapshot,
@@ -370,8 +449,10 @@ fn inbound_resources(
             }],
             ..Default::default()
         };
-        // A limited request is refused before faults delay or abort it.
-        let mut http_filters: Vec<HttpFilter> = http_rate_limit(&name, p.rate_limit.as_ref()).into_iter().collect();
+        // A caller MeshTrafficPermission refuses takes no rate-limit token;
+        // a limited request is refused before faults delay or abort it.
+        let mut http_filters: Vec<HttpFilter> = http_rbac(p.traffic_permissions.as_deref()).into_iter().collect();
+        http_filters.extend(http_rate_limit(&name, p.rate_limit.as_ref()));
         if let Some(f) = fault_filter(&p.faults) {
             http_filters.push(HttpFilter {
                 name: "envoy.filters.http.fault".into(),
@@ -396,6 +477,7 @@ fn inbound_resources(
         };
         filters.push(network_filter("envoy.filters.network.http_connection_manager", &hcm));
     } else {
+        filters.extend(network_rbac(&name, p.traffic_permissions.as_deref()));
         filters.extend(tcp_rate_limit(&name, p.rate_limit.as_ref()));
         let idle = t.and_then(|t| t.idle_timeout.as_ref()).map(|d| d.as_std());
         filters.push(network_filter(
@@ -1151,6 +1233,388 @@ mod inbound_and_transparent_proxy_tests {
         assert!(set.get(CLUSTER, "backend").is_none());
         assert!(set.get(LISTENER, "outbound:127.0.0.1:10002").is_some());
         assert!(set.get(CLUSTER, "db").is_some());
+    }
+}
+
+#[cfg(test)]
+mod traffic_permission_tests {
+    use super::*;
+    use crate::generate::server::resolve_permissions;
+    use crate::generate::{invariants, InboundPolicies, OutboundPolicies};
+    use crate::snapshot::{DataplaneEntry, ProxyKind};
+    use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType as NetworkConfigType;
+    use envoy_types::pb::envoy::config::rbac::v3::{principal, rbac::Action as RbacAction, Principal};
+    use meridian_core::dataplane::Dataplane;
+    use meridian_core::policy::matching::{traffic_permissions, ProxyView};
+    use meridian_core::policy::meshtrafficpermission::MeshTrafficPermission;
+    use prost::{Message, Name};
+    use serde_json::{json, Value};
+
+    /// Resolves MeshTrafficPermission as the zone does (matching, then the
+    /// callers' addresses) and adds `extra` to every inbound.
+    struct Permissions(InboundPolicies);
+
+    impl PolicyResolver for Permissions {
+        fn outbound(&self, _: &MeshSnapshot, _: &ProxyContext, _: &str) -> OutboundPolicies {
+            OutboundPolicies::default()
+        }
+
+        fn inbound(&self, snapshot: &MeshSnapshot, proxy: &ProxyContext, index: usize) -> InboundPolicies {
+            let mtps: Vec<(String, MeshTrafficPermission)> = snapshot
+                .policies
+                .get("MeshTrafficPermission")
+                .into_iter()
+                .flatten()
+                .map(|(n, v)| (n.clone(), serde_json::from_value(v.clone()).unwrap()))
+                .collect();
+            let view = ProxyView::new(&proxy.mesh, &proxy.dataplane);
+            InboundPolicies {
+                traffic_permissions: resolve_permissions(snapshot, &traffic_permissions(&mtps, &view, index)),
+                ..self.0.clone()
+            }
+        }
+    }
+
+    fn dataplane(address: &str, inbounds: Value) -> Dataplane {
+        serde_json::from_value(json!({"networking": {"address": address, "inbound": inbounds}})).unwrap()
+    }
+
+    /// backend: an http inbound (15001) and a tcp one (6379, backend-cache).
+    fn backend() -> Dataplane {
+        dataplane(
+            "10.0.0.1",
+            json!([{"port": 15001, "servicePort": 8080,
+                    "tags": {"kuma.io/service": "backend", "kuma.io/protocol": "http"}},
+                   {"port": 6379, "tags": {"kuma.io/service": "backend-cache", "kuma.io/protocol": "tcp"}}]),
+        )
+    }
+
+    const HTTP: &str = "inbound:10.0.0.1:15001";
+    const TCP: &str = "inbound:10.0.0.1:6379";
+
+    /// Checks an MTP spec as the API would, and names it `mtp-<i>`.
+    fn with_mtps(mtps: Value) -> Vec<(String, Value)> {
+        mtps.as_array()
+            .unwrap()
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| {
+                meridian_core::spec::check::<MeshTrafficPermission>(
+                    spec.clone(),
+                    &meridian_core::error::FieldPath::root(),
+                )
+                .unwrap();
+                (format!("mtp-{i}"), spec.clone())
+            })
+            .collect()
+    }
+
+    /// backend's mesh, with web (v1 on IPv4, v2 on IPv6) and batch, and its proxy.
+    fn mesh_with(mtps: Value) -> (MeshSnapshot, ProxyContext) {
+        let entry = |name: &str, spec: Dataplane| DataplaneEntry {
+            name: name.into(),
+            spec,
+        };
+        let tags = |service: &str, version: &str| json!([{"port": 8080, "tags": {"kuma.io/service": service, "version": version}}]);
+        let mut snap = MeshSnapshot {
+            zone: "z".into(),
+            mesh: "default".into(),
+            dataplanes: vec![
+                entry("backend-1", backend()),
+                entry("web-1", dataplane("10.0.0.2", tags("web", "v1"))),
+                entry("web-2", dataplane("fd00::2", tags("web", "v2"))),
+                entry("batch-1", dataplane("10.0.0.4", tags("batch", "v1"))),
+            ],
+            ..Default::default()
+        };
+        snap.policies.insert("MeshTrafficPermission".into(), with_mtps(mtps));
+        let proxy = ProxyContext {
+            mesh: "default".into(),
+            name: "backend-1".into(),
+            kind: ProxyKind::Sidecar,
+            dataplane: backend(),
+        };
+        (snap, proxy)
+    }
+
+    /// The sidecar of backend.
+    fn generate_with(mtps: Value, extra: InboundPolicies) -> ResourceSet {
+        let (snap, proxy) = mesh_with(mtps);
+        let set = generate(&snap, &proxy, &Permissions(extra));
+        assert_eq!(invariants::check(&set), Vec::<String>::new());
+        set
+    }
+
+    fn mtp(top: Value, from: Value) -> Value {
+        json!({"targetRef": top, "from": from})
+    }
+
+    fn from(target: Value, action: &str) -> Value {
+        json!({"targetRef": target, "default": {"action": action}})
+    }
+
+    fn backend_mtp(from: Value) -> Value {
+        mtp(json!({"kind": "MeshService", "name": "backend"}), from)
+    }
+
+    fn listener(set: &ResourceSet, name: &str) -> Listener {
+        let r = set.get(LISTENER, name).unwrap_or_else(|| panic!("no listener {name}"));
+        Listener::decode(r.body.value.as_slice()).unwrap()
+    }
+
+    fn network_filters(set: &ResourceSet, name: &str) -> Vec<(String, envoy_types::pb::google::protobuf::Any)> {
+        listener(set, name).filter_chains[0]
+            .filters
+            .iter()
+            .map(|f| match &f.config_type {
+                Some(NetworkConfigType::TypedConfig(any)) => (f.name.clone(), any.clone()),
+                other => panic!("filter {} without typed config: {other:?}", f.name),
+            })
+            .collect()
+    }
+
+    fn hcm(set: &ResourceSet) -> HttpConnectionManager {
+        let filters = network_filters(set, HTTP);
+        assert_eq!(filters.len(), 1);
+        HttpConnectionManager::decode(filters[0].1.value.as_slice()).unwrap()
+    }
+
+    /// The HTTP inbound's RBAC filter, if it has one.
+    fn http_rbac_of(set: &ResourceSet) -> Option<HttpRbac> {
+        let h = hcm(set);
+        let f = h.http_filters.iter().find(|f| f.name == HTTP_RBAC)?;
+        let Some(ConfigType::TypedConfig(any)) = &f.config_type else {
+            panic!("no typed config")
+        };
+        assert_eq!(
+            any.type_url,
+            "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
+        );
+        Some(HttpRbac::decode(any.value.as_slice()).unwrap())
+    }
+
+    /// The TCP inbound's RBAC filter, if it has one.
+    fn network_rbac_of(set: &ResourceSet) -> Option<NetworkRbac> {
+        let filters = network_filters(set, TCP);
+        let (_, any) = filters.iter().find(|(n, _)| n == NETWORK_RBAC)?;
+        assert_eq!(
+            any.type_url,
+            "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC"
+        );
+        Some(NetworkRbac::decode(any.value.as_slice()).unwrap())
+    }
+
+    /// Whether ALLOW `rules` let a caller at `peer` through, as Envoy decides
+    /// on `direct_remote_ip`.
+    fn allows(rules: &RbacRules, peer: &str) -> bool {
+        assert_eq!(rules.action, RbacAction::Allow as i32);
+        let peer: IpAddr = peer.parse().unwrap();
+        rules
+            .policies
+            .values()
+            .any(|p| p.principals.iter().any(|pr| matches(pr, peer)))
+    }
+
+    fn matches(p: &Principal, peer: IpAddr) -> bool {
+        match p.identifier.as_ref().unwrap() {
+            principal::Identifier::Any(true) => true,
+            principal::Identifier::DirectRemoteIp(c) => {
+                let ip: IpAddr = c.address_prefix.parse().unwrap();
+                let full = if ip.is_ipv4() { 32 } else { 128 };
+                assert_eq!(c.prefix_len.unwrap().value, full, "one address");
+                ip == peer
+            }
+            principal::Identifier::OrIds(s) => s.ids.iter().any(|i| matches(i, peer)),
+            principal::Identifier::AndIds(s) => s.ids.iter().all(|i| matches(i, peer)),
+            principal::Identifier::NotId(i) => !matches(i, peer),
+            other => panic!("unexpected principal {other:?}"),
+        }
+    }
+
+    /// For every inbound: web allowed except its v2, batch shadow-denied,
+    /// everyone else denied.
+    fn callers_policy() -> Value {
+        json!([mtp(
+            json!({"kind": "Mesh"}),
+            json!([
+                from(json!({"kind": "Mesh"}), "Deny"),
+                from(json!({"kind": "MeshService", "name": "web"}), "Allow"),
+                from(
+                    json!({"kind": "MeshServiceSubset", "name": "web", "tags": {"version": "v2"}}),
+                    "Deny"
+                ),
+                from(
+                    json!({"kind": "MeshSubset", "tags": {"kuma.io/service": "batch"}}),
+                    "AllowWithShadowDeny"
+                )
+            ])
+        )])
+    }
+
+    fn with_limits_and_faults() -> InboundPolicies {
+        InboundPolicies {
+            rate_limit: Some(
+                serde_json::from_value(json!({"local": {
+                    "http": {"requestRate": {"num": 5, "interval": "10s"}},
+                    "tcp": {"connectionRate": {"num": 2, "interval": "1s"}}}}))
+                .unwrap(),
+            ),
+            faults: serde_json::from_value(json!([{"abort": {"httpStatus": 503, "percentage": 10}}])).unwrap(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn rbac_comes_first_on_http_and_tcp_inbounds() {
+        let set = generate_with(callers_policy(), with_limits_and_faults());
+        let names: Vec<String> = hcm(&set).http_filters.iter().map(|f| f.name.clone()).collect();
+        assert_eq!(
+            names,
+            [
+                HTTP_RBAC,
+                HTTP_LOCAL_RATE_LIMIT,
+                "envoy.filters.http.fault",
+                "envoy.filters.http.router"
+            ]
+        );
+        let names: Vec<String> = network_filters(&set, TCP).into_iter().map(|(n, _)| n).collect();
+        assert_eq!(
+            names,
+            [
+                NETWORK_RBAC,
+                NETWORK_LOCAL_RATE_LIMIT,
+                "envoy.filters.network.tcp_proxy"
+            ]
+        );
+        let tcp = network_rbac_of(&set).unwrap();
+        assert_eq!(tcp.stat_prefix, TCP, "the network filter's required stat prefix");
+        assert_eq!(
+            NetworkRbac::type_url(),
+            "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC"
+        );
+    }
+
+    #[test]
+    fn callers_are_allowed_and_denied_by_address_on_both_kinds_of_inbound() {
+        let set = generate_with(callers_policy(), InboundPolicies::default());
+        let http = http_rbac_of(&set).unwrap().rules.unwrap();
+        let tcp = network_rbac_of(&set).unwrap().rules.unwrap();
+        for rules in [&http, &tcp] {
+            assert!(allows(rules, "10.0.0.2"), "web v1");
+            assert!(!allows(rules, "fd00::2"), "web v2 is denied");
+            assert!(allows(rules, "10.0.0.4"), "batch: a shadow deny allows");
+            assert!(!allows(rules, "10.0.0.9"), "a caller no rule is about");
+        }
+        // Exactly the rules an xDS-enabled gRPC server gets for the inbound.
+        let (snap, proxy) = mesh_with(callers_policy());
+        for (index, rules) in [(0, &http), (1, &tcp)] {
+            let resolved = Permissions(InboundPolicies::default())
+                .inbound(&snap, &proxy, index)
+                .traffic_permissions
+                .unwrap();
+            assert_eq!(super::super::server::rbac(&resolved).rules.as_ref(), Some(rules));
+        }
+    }
+
+    #[test]
+    fn a_permission_applies_to_the_inbounds_it_selects_only() {
+        // backend's MTP: the http inbound (backend) is guarded, the tcp one
+        // (backend-cache) serves everyone.
+        let set = generate_with(
+            json!([backend_mtp(json!([from(
+                json!({"kind": "MeshService", "name": "web"}),
+                "Allow"
+            )]))]),
+            InboundPolicies::default(),
+        );
+        let http = http_rbac_of(&set).unwrap().rules.unwrap();
+        assert!(allows(&http, "10.0.0.2") && !allows(&http, "10.0.0.4"));
+        assert_eq!(network_rbac_of(&set), None);
+        let names: Vec<String> = network_filters(&set, TCP).into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["envoy.filters.network.tcp_proxy"]);
+    }
+
+    #[test]
+    fn no_matching_permission_no_filter() {
+        for mtps in [
+            json!([]),
+            json!([mtp(
+                json!({"kind": "MeshService", "name": "web"}),
+                json!([from(json!({"kind": "Mesh"}), "Deny")])
+            )]),
+        ] {
+            let set = generate_with(mtps.clone(), with_limits_and_faults());
+            assert_eq!(http_rbac_of(&set), None, "{mtps}");
+            assert_eq!(network_rbac_of(&set), None, "{mtps}");
+            let names: Vec<String> = hcm(&set).http_filters.iter().map(|f| f.name.clone()).collect();
+            assert_eq!(names[0], HTTP_LOCAL_RATE_LIMIT);
+        }
+    }
+
+    #[test]
+    fn mesh_wide_deny_refuses_everyone_and_mesh_wide_allow_admits_everyone() {
+        let deny = generate_with(
+            json!([mtp(
+                json!({"kind": "Mesh"}),
+                json!([from(json!({"kind": "Mesh"}), "Deny")])
+            )]),
+            InboundPolicies::default(),
+        );
+        for rules in [
+            http_rbac_of(&deny).unwrap().rules.unwrap(),
+            network_rbac_of(&deny).unwrap().rules.unwrap(),
+        ] {
+            assert!(
+                rules.policies.is_empty(),
+                "an ALLOW without policies refuses all: {rules:?}"
+            );
+            assert!(!allows(&rules, "10.0.0.2"));
+        }
+        let allow = generate_with(
+            json!([mtp(
+                json!({"kind": "Mesh"}),
+                json!([from(json!({"kind": "Mesh"}), "Allow")])
+            )]),
+            InboundPolicies::default(),
+        );
+        let rules = network_rbac_of(&allow).unwrap().rules.unwrap();
+        for peer in ["10.0.0.2", "192.0.2.1", "fd00::9"] {
+            assert!(allows(&rules, peer), "{peer}");
+        }
+    }
+
+    #[test]
+    fn allow_with_shadow_deny_allows_and_shadow_rules_deny() {
+        let set = generate_with(callers_policy(), InboundPolicies::default());
+        for (rules, shadow) in [
+            http_rbac_of(&set)
+                .map(|r| (r.rules.unwrap(), r.shadow_rules.unwrap()))
+                .unwrap(),
+            network_rbac_of(&set)
+                .map(|r| (r.rules.unwrap(), r.shadow_rules.unwrap()))
+                .unwrap(),
+        ] {
+            assert!(allows(&rules, "10.0.0.4"), "enforced: batch allowed");
+            assert!(!allows(&shadow, "10.0.0.4"), "shadow: batch denied");
+            assert!(allows(&shadow, "10.0.0.2"), "shadow: web still allowed");
+            assert!(!allows(&shadow, "fd00::2"));
+        }
+        // Without AllowWithShadowDeny, or when it is about nobody: no shadow rules.
+        for from_list in [
+            json!([from(json!({"kind": "MeshService", "name": "web"}), "Allow")]),
+            json!([
+                from(json!({"kind": "MeshService", "name": "web"}), "Allow"),
+                from(json!({"kind": "MeshService", "name": "nowhere"}), "AllowWithShadowDeny")
+            ]),
+        ] {
+            let set = generate_with(
+                json!([mtp(json!({"kind": "Mesh"}), from_list.clone())]),
+                InboundPolicies::default(),
+            );
+            let http = http_rbac_of(&set).unwrap();
+            assert!(http.rules.is_some() && http.shadow_rules.is_none(), "{from_list}");
+            assert_eq!(network_rbac_of(&set).unwrap().shadow_rules, None, "{from_list}");
+        }
     }
 }
 
