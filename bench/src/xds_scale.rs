@@ -278,6 +278,12 @@ impl Fleet {
                 Ok(Some(Event::Ready { at })) => {
                     ready += 1;
                     last_ready = last_ready.max(at);
+                    if total >= 1000 && ready % (total / 10) == 0 {
+                        eprintln!(
+                            "{ready} of {total} clients configured after {:.1} s",
+                            start.elapsed().as_secs_f64()
+                        );
+                    }
                 }
                 Ok(Some(Event::Failed { client, error })) => bail!("client {client} failed: {error}"),
                 Ok(Some(Event::Matched { .. })) => {}
@@ -385,7 +391,7 @@ async fn run_one(opts: &ScaleOptions, kind: Kind, nofile: u64) -> anyhow::Result
     let zone_cpu0 = cpu_time_of(&zpid.to_string());
     let specs = (0..n).map(|i| client_spec(MESH, i, opts.services, kind)).collect();
     let (mut fleet, connected_in) =
-        Fleet::connect(zone.xds, specs, opts.connect_concurrency, Duration::from_secs(1800)).await?;
+        Fleet::connect(zone.xds, specs, opts.connect_concurrency, Duration::from_secs(3600)).await?;
     let connect_cpu = cpu_time_of(&zpid.to_string()).saturating_sub(zone_cpu0);
     let (zone_connected, global_connected) = (rss(zpid), rss(gpid));
     let own_clients = rss(std::process::id()).saturating_sub(own_before);
@@ -402,7 +408,7 @@ async fn run_one(opts: &ScaleOptions, kind: Kind, nofile: u64) -> anyhow::Result
             bail!("PUT {PROBE_POLICY} answered {status}: {text}");
         }
         let times = fleet
-            .wait_round(r, n, start, Duration::from_secs(600))
+            .wait_round(r, n, start, Duration::from_secs(3600))
             .await
             .with_context(|| format!("round {r}"))?;
         let all = times.iter().map(|(_, d)| *d).max().unwrap_or_default();
