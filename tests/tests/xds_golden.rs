@@ -740,6 +740,101 @@ spec:
     default: {action: AllowWithShadowDeny}
 "#;
 
+/// An Envoy sidecar of backend: a grpc inbound and a tcp one (backend-cache),
+/// callers web (v1 on IPv4, v2 on IPv6) and batch; a mesh-wide allow,
+/// backend's own rules over it (batch shadow-denied), web only for the
+/// cache, and a rate limit that RBAC comes before.
+const SIDECAR_PERMISSIONS: &str = r#"
+type: Dataplane
+mesh: default
+name: backend-1
+networking:
+  address: 10.0.0.1
+  inbound:
+  - port: 15001
+    servicePort: 50051
+    tags: {kuma.io/service: backend, kuma.io/protocol: grpc}
+  - port: 16379
+    servicePort: 6379
+    tags: {kuma.io/service: backend-cache, kuma.io/protocol: tcp}
+---
+type: Dataplane
+mesh: default
+name: web-1
+networking:
+  address: 10.0.0.2
+  inbound:
+  - port: 8080
+    tags: {kuma.io/service: web, version: v1}
+---
+type: Dataplane
+mesh: default
+name: web-2
+networking:
+  address: fd00::2
+  inbound:
+  - port: 8080
+    tags: {kuma.io/service: web, version: v2}
+---
+type: Dataplane
+mesh: default
+name: batch-1
+networking:
+  address: 10.0.0.4
+  inbound:
+  - port: 9000
+    tags: {kuma.io/service: batch}
+---
+type: MeshTrafficPermission
+mesh: default
+name: allow-all
+spec:
+  targetRef: {kind: Mesh}
+  from:
+  - targetRef: {kind: Mesh}
+    default: {action: Allow}
+---
+type: MeshTrafficPermission
+mesh: default
+name: backend-callers
+spec:
+  targetRef: {kind: MeshService, name: backend}
+  from:
+  - targetRef: {kind: Mesh}
+    default: {action: Deny}
+  - targetRef: {kind: MeshService, name: web}
+    default: {action: Allow}
+  - targetRef: {kind: MeshServiceSubset, name: web, tags: {version: v2}}
+    default: {action: Deny}
+  - targetRef: {kind: MeshSubset, tags: {kuma.io/service: batch}}
+    default: {action: AllowWithShadowDeny}
+---
+type: MeshTrafficPermission
+mesh: default
+name: cache-callers
+spec:
+  targetRef: {kind: MeshService, name: backend-cache}
+  from:
+  - targetRef: {kind: Mesh}
+    default: {action: Deny}
+  - targetRef: {kind: MeshService, name: web}
+    default: {action: Allow}
+---
+type: MeshRateLimit
+mesh: default
+name: rate-limit
+spec:
+  targetRef: {kind: Mesh}
+  from:
+  - targetRef: {kind: Mesh}
+    default:
+      local:
+        http:
+          requestRate: {num: 100, interval: 1s}
+        tcp:
+          connectionRate: {num: 50, interval: 1s}
+"#;
+
 /// The zone ingress's case: `proxy` names the ingress; its meshes are every
 /// mesh the documents put dataplanes in.
 const INGRESS_CASE: Case = Case {
@@ -980,7 +1075,7 @@ struct Case {
     kind: ProxyKind,
 }
 
-const CASES: [Case; 11] = [
+const CASES: [Case; 12] = [
     Case {
         name: "sidecar-defaults",
         description: "Envoy sidecar of web: http inbound, grpc outbound to backend (2 instances), tcp outbound to db; the 4 default policies",
@@ -1068,6 +1163,14 @@ const CASES: [Case; 11] = [
         yaml: SERVER_PERMISSIONS,
         proxy: "backend-1",
         kind: ProxyKind::Proxyless,
+    },
+    Case {
+        name: "sidecar-traffic-permissions",
+        description: "Envoy sidecar of backend: MeshTrafficPermission as the RBAC HTTP filter first on its grpc inbound (batch allowed with shadow rules denying it, web v2 denied, web allowed, the rest denied) and the network RBAC filter first on its tcp inbound (web only), before the rate limits",
+        zone: "zone-1",
+        yaml: SIDECAR_PERMISSIONS,
+        proxy: "backend-1",
+        kind: ProxyKind::Sidecar,
     },
 ];
 
@@ -1459,6 +1562,7 @@ mod render {
             HttpFault,
             TcpProxy,
             envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac,
+            envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac,
             envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector,
             envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions,
             envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit,
