@@ -40,10 +40,12 @@ impl XdsResource {
     }
 }
 
-/// Everything one proxy should have.
+/// Everything one proxy should have. Resources are reference-counted: the
+/// proxies of a mesh that get the same cluster or endpoints share one
+/// encoded copy (see `generate::cache`).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ResourceSet {
-    by_type: BTreeMap<String, BTreeMap<String, XdsResource>>,
+    by_type: BTreeMap<String, BTreeMap<String, Arc<XdsResource>>>,
 }
 
 impl ResourceSet {
@@ -53,19 +55,28 @@ impl ResourceSet {
 
     /// Adds (or replaces) a resource.
     pub fn insert<M: Message>(&mut self, type_url: &str, name: &str, msg: &M) {
-        self.by_type
-            .entry(type_url.to_string())
-            .or_default()
-            .insert(name.to_string(), XdsResource::new(type_url, name, msg));
+        self.insert_shared(type_url, Arc::new(XdsResource::new(type_url, name, msg)));
+    }
+
+    /// Adds (or replaces) an encoded resource, shared with other sets.
+    pub fn insert_shared(&mut self, type_url: &str, resource: Arc<XdsResource>) {
+        let of_type = match self.by_type.get_mut(type_url) {
+            Some(m) => m,
+            None => self.by_type.entry(type_url.to_string()).or_default(),
+        };
+        of_type.insert(resource.name.clone(), resource);
     }
 
     pub fn get(&self, type_url: &str, name: &str) -> Option<&XdsResource> {
-        self.by_type.get(type_url)?.get(name)
+        self.by_type.get(type_url)?.get(name).map(Arc::as_ref)
     }
 
     /// The resources of one type, by name.
     pub fn of_type(&self, type_url: &str) -> impl Iterator<Item = &XdsResource> {
-        self.by_type.get(type_url).into_iter().flat_map(|m| m.values())
+        self.by_type
+            .get(type_url)
+            .into_iter()
+            .flat_map(|m| m.values().map(Arc::as_ref))
     }
 
     pub fn len(&self, type_url: &str) -> usize {

@@ -175,9 +175,6 @@ impl<'a> ServiceIndex<'a> {
                 }
             }
         }
-        for list in endpoints.values_mut() {
-            list.sort();
-        }
         ServiceIndex {
             endpoints,
             ports,
@@ -185,7 +182,8 @@ impl<'a> ServiceIndex<'a> {
         }
     }
 
-    /// Endpoints of `service` whose tags include `subset`.
+    /// Endpoints of `service` whose tags include `subset`, in snapshot order
+    /// (load assignments order them themselves).
     pub fn endpoints(&self, service: &str, subset: &BTreeMap<String, String>) -> Vec<&ServiceEndpoint<'a>> {
         self.endpoints
             .get(service)

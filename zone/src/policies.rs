@@ -19,6 +19,7 @@ use meridian_core::policy::meshretry::MeshRetry;
 use meridian_core::policy::meshtimeout::MeshTimeout;
 use meridian_core::policy::meshtrafficpermission::MeshTrafficPermission;
 use meridian_core::ResourceType;
+use meridian_xds::generate::cache::SharedCache;
 use meridian_xds::generate::{server, InboundPolicies, OutboundPolicies, PolicyResolver};
 use meridian_xds::snapshot::{MeshSnapshot, ProxyContext};
 use serde::de::DeserializeOwned;
@@ -37,7 +38,12 @@ pub struct MeshPolicies {
     /// Services named by some policy (MeshService targets, subset tags).
     specific: HashSet<String>,
     /// The configuration of a proxy towards any destination no policy names.
-    generic: Mutex<HashMap<String, OutboundPolicies>>,
+    generic: Mutex<HashMap<String, Arc<OutboundPolicies>>>,
+    /// One `Arc` per distinct configuration (by a hash of its JSON form), so
+    /// that proxies with equal policies share what is generated from them.
+    interned: Mutex<HashMap<u64, Vec<Arc<OutboundPolicies>>>>,
+    /// Resources shared by the proxies generated from this snapshot.
+    cache: SharedCache,
     timeouts: Vec<(String, MeshTimeout)>,
     retries: Vec<(String, MeshRetry)>,
     circuit_breakers: Vec<(String, MeshCircuitBreaker)>,
@@ -77,6 +83,8 @@ impl MeshPolicies {
         MeshPolicies {
             specific,
             generic: Mutex::new(HashMap::new()),
+            interned: Mutex::new(HashMap::new()),
+            cache: SharedCache::default(),
             timeouts: decode(snapshot, ResourceType::MeshTimeout),
             retries: decode(snapshot, ResourceType::MeshRetry),
             circuit_breakers: decode(snapshot, ResourceType::MeshCircuitBreaker),
@@ -89,6 +97,13 @@ impl MeshPolicies {
             traffic_permissions: decode(snapshot, ResourceType::MeshTrafficPermission),
         }
     }
+}
+
+/// 64-bit FNV-1a.
+fn hash64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 /// Logs a merge failure (two policies that cannot be combined) and carries on
@@ -152,14 +167,26 @@ fn named_services(v: &serde_json::Value, out: &mut HashSet<String>) {
 
 impl PolicyResolver for MeshPolicies {
     fn outbound(&self, snapshot: &MeshSnapshot, proxy: &ProxyContext, service: &str) -> OutboundPolicies {
+        OutboundPolicies::clone(&self.outbound_shared(snapshot, proxy, service))
+    }
+
+    fn outbound_shared(&self, snapshot: &MeshSnapshot, proxy: &ProxyContext, service: &str) -> Arc<OutboundPolicies> {
         if self.specific.contains(service) {
-            return self.resolve_outbound(snapshot, proxy, service);
+            return self.intern(self.resolve_outbound(snapshot, proxy, service));
         }
-        let mut generic = self.generic.lock().unwrap_or_else(|p| p.into_inner());
-        generic
-            .entry(proxy.name.clone())
-            .or_insert_with(|| self.resolve_outbound(snapshot, proxy, service))
-            .clone()
+        if let Some(p) = self.generic.lock().unwrap_or_else(|p| p.into_inner()).get(&proxy.name) {
+            return p.clone();
+        }
+        let p = self.intern(self.resolve_outbound(snapshot, proxy, service));
+        self.generic
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(proxy.name.clone(), p.clone());
+        p
+    }
+
+    fn cache(&self) -> Option<&SharedCache> {
+        Some(&self.cache)
     }
 
     fn inbound(&self, snapshot: &MeshSnapshot, proxy: &ProxyContext, index: usize) -> InboundPolicies {
@@ -168,6 +195,19 @@ impl PolicyResolver for MeshPolicies {
 }
 
 impl MeshPolicies {
+    /// The shared `Arc` of a configuration equal to `p`.
+    fn intern(&self, p: OutboundPolicies) -> Arc<OutboundPolicies> {
+        let hash = serde_json::to_vec(&p).map(|b| hash64(&b)).unwrap_or_default();
+        let mut interned = self.interned.lock().unwrap_or_else(|p| p.into_inner());
+        let bucket = interned.entry(hash).or_default();
+        if let Some(found) = bucket.iter().find(|i| ***i == p) {
+            return found.clone();
+        }
+        let p = Arc::new(p);
+        bucket.push(p.clone());
+        p
+    }
+
     fn resolve_outbound(&self, _snapshot: &MeshSnapshot, proxy: &ProxyContext, service: &str) -> OutboundPolicies {
         let view = ProxyView::new(&proxy.mesh, &proxy.dataplane);
         let dest = Destination::Service(service);

@@ -14,10 +14,15 @@ use meridian_zone::policies::MeshPolicies;
 use serde_json::json;
 
 fn dataplane(address: &str, service: &str, outbounds: &[String]) -> anyhow::Result<Dataplane> {
+    dataplane_from(address, service, outbounds, 10000)
+}
+
+/// A dataplane whose outbounds listen from `first_port` on.
+fn dataplane_from(address: &str, service: &str, outbounds: &[String], first_port: usize) -> anyhow::Result<Dataplane> {
     let outbound: Vec<_> = outbounds
         .iter()
         .enumerate()
-        .map(|(i, s)| json!({"port": 10000 + i, "tags": {"kuma.io/service": s}}))
+        .map(|(i, s)| json!({"port": first_port + i, "tags": {"kuma.io/service": s}}))
         .collect();
     Ok(serde_json::from_value(json!({"networking": {"address": address,
         "inbound": [{"port": 8080, "tags": {"kuma.io/service": service, "kuma.io/protocol": "grpc", "version": "v1"}}],
@@ -80,7 +85,7 @@ fn measure(name: &str, iterations: usize, mut f: impl FnMut() -> ResourceSet) ->
         .flat_map(|t| last.of_type(t).map(|r| r.body.value.len()))
         .sum();
     println!(
-        "| {name:<48} | {:>5} | {:>5} | {:>5} | {:>6} | {:>7.0} KiB | {:>8.3} | {:>8.3} |",
+        "| {name:<54} | {:>5} | {:>5} | {:>5} | {:>6} | {:>7.0} KiB | {:>8.3} | {:>8.3} |",
         last.len(LISTENER),
         last.len(ROUTE),
         last.len(CLUSTER),
@@ -114,26 +119,77 @@ fn main() -> anyhow::Result<()> {
         dataplane: dataplane("10.200.0.2", "client", &[])?,
     };
     println!("generation: {services} services x {per_service} dataplanes ({} endpoints), default policies; {iterations} runs each; times in ms\n", services * per_service);
-    println!("| proxy                                            |   LDS |   RDS |   CDS |    EDS |        bytes |      p50 |      p99 |");
-    println!("|--------------------------------------------------|-------|-------|-------|--------|--------------|----------|----------|");
+    println!("| proxy                                                  |   LDS |   RDS |   CDS |    EDS |        bytes |      p50 |      p99 |");
+    println!("|--------------------------------------------------------|-------|-------|-------|--------|--------------|----------|----------|");
     let start = Instant::now();
     let resolver = MeshPolicies::new(&snap);
     let resolver_time = start.elapsed();
-    measure("sidecar, 1,000 outbounds (resolver reused)", iterations, || {
-        sidecar::generate(&snap, &sidecar_proxy, &resolver)
-    })?;
-    measure("sidecar, 1,000 outbounds (resolver per run)", iterations, || {
+    // The zone regenerates every proxy of a mesh against one snapshot and
+    // one resolver, whose cache the proxies share: the first proxy after a
+    // change builds everything ("cold"), the others reuse the clusters,
+    // endpoints, routes (and listeners, where their outbounds are alike).
+    measure("sidecar, 1,000 outbounds: first after a change", iterations, || {
         let r: Box<dyn PolicyResolver> = Box::new(MeshPolicies::new(&snap));
         sidecar::generate(&snap, &sidecar_proxy, r.as_ref())
     })?;
-    measure("proxyless client, all 1,000 services", iterations, || {
-        proxyless::generate(&snap, &client, &resolver)
+    let _ = sidecar::generate(&snap, &sidecar_proxy, &resolver);
+    let alike: Vec<ProxyContext> = (0..iterations)
+        .map(|i| ProxyContext {
+            name: format!("web-{i}"),
+            ..sidecar_proxy.clone()
+        })
+        .collect();
+    let mut next = alike.iter();
+    measure("sidecar, next proxy, same outbounds", iterations, || {
+        next.next()
+            .map(|p| sidecar::generate(&snap, p, &resolver))
+            .unwrap_or_default()
+    })?;
+    let own_ports: Vec<ProxyContext> = (0..iterations)
+        .map(|i| -> anyhow::Result<ProxyContext> {
+            Ok(ProxyContext {
+                name: format!("api-{i}"),
+                dataplane: dataplane_from("10.200.0.3", "api", &all, 20000 + i)?,
+                ..sidecar_proxy.clone()
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let mut next = own_ports.iter();
+    measure("sidecar, next proxy, its own outbound ports", iterations, || {
+        next.next()
+            .map(|p| sidecar::generate(&snap, p, &resolver))
+            .unwrap_or_default()
+    })?;
+    measure(
+        "proxyless client, 1,000 services: first after a change",
+        iterations,
+        || {
+            let r: Box<dyn PolicyResolver> = Box::new(MeshPolicies::new(&snap));
+            proxyless::generate(&snap, &client, r.as_ref())
+        },
+    )?;
+    let _ = proxyless::generate(&snap, &client, &resolver);
+    let clients: Vec<ProxyContext> = (0..iterations)
+        .map(|i| ProxyContext {
+            name: format!("client-{i}"),
+            ..client.clone()
+        })
+        .collect();
+    let mut next = clients.iter();
+    measure("proxyless client, 1,000 services: next client", iterations, || {
+        next.next()
+            .map(|p| proxyless::generate(&snap, p, &resolver))
+            .unwrap_or_default()
     })?;
     let small = snapshot(10, 3)?;
-    let small_resolver = MeshPolicies::new(&small);
-    measure("proxyless client, 10 services", iterations * 10, || {
-        proxyless::generate(&small, &client, &small_resolver)
-    })?;
+    measure(
+        "proxyless client, 10 services: first after a change",
+        iterations * 10,
+        || {
+            let r = MeshPolicies::new(&small);
+            proxyless::generate(&small, &client, &r)
+        },
+    )?;
     println!(
         "\nresolver construction (decoding the mesh's policies): {:.3} ms",
         resolver_time.as_secs_f64() * 1000.0

@@ -6,6 +6,7 @@
 //! destination service, the effective configuration in [`OutboundPolicies`].
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3::{
     config_source::ConfigSourceSpecifier, AggregatedConfigSource, ApiVersion, ConfigSource,
@@ -18,6 +19,7 @@ use prost::{Message, Name};
 
 use crate::snapshot::{MeshSnapshot, ProxyContext};
 
+pub mod cache;
 pub mod clusters;
 pub mod endpoints;
 pub mod ingress;
@@ -69,9 +71,22 @@ pub trait PolicyResolver {
     /// The effective configuration of `proxy` towards `service`.
     fn outbound(&self, snapshot: &MeshSnapshot, proxy: &ProxyContext, service: &str) -> OutboundPolicies;
 
+    /// [`PolicyResolver::outbound`], shared: a resolver with a
+    /// [`PolicyResolver::cache`] answers equal configurations with the same
+    /// `Arc`, which is what lets proxies share what is built from it.
+    fn outbound_shared(&self, snapshot: &MeshSnapshot, proxy: &ProxyContext, service: &str) -> Arc<OutboundPolicies> {
+        Arc::new(self.outbound(snapshot, proxy, service))
+    }
+
     /// The effective configuration of the proxy's inbound number `index`.
     fn inbound(&self, _snapshot: &MeshSnapshot, _proxy: &ProxyContext, _index: usize) -> InboundPolicies {
         InboundPolicies::default()
+    }
+
+    /// Resources shared by the proxies generated with this resolver (one
+    /// snapshot); `None` builds everything per proxy.
+    fn cache(&self) -> Option<&cache::SharedCache> {
+        None
     }
 }
 

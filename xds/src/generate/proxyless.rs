@@ -18,6 +18,7 @@
 //!   `/`-terminated prefix, no query matches, no filters, no redirects.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::listener::v3::{ApiListener, Listener};
 use envoy_types::pb::envoy::extensions::filters::common::fault::v3::{fault_delay, FaultDelay};
@@ -33,8 +34,9 @@ use meridian_core::policy::meshfaultinjection::FaultConf;
 use super::clusters::eds_cluster;
 use super::endpoints::load_assignment;
 use super::routes::{route_configuration, Client, ClusterRef, Protocol};
+use super::cache::{shared_or_built, Variant};
 use super::{ads_source, any, duration, OutboundPolicies, PolicyResolver};
-use crate::resources::{ResourceSet, CLUSTER, ENDPOINT, LISTENER, ROUTE};
+use crate::resources::{ResourceSet, XdsResource, CLUSTER, ENDPOINT, LISTENER, ROUTE};
 use crate::snapshot::{MeshSnapshot, ProxyContext, ServiceIndex};
 
 /// A percentage (`50`, `"12.5"`) as a fraction of a million.
@@ -97,17 +99,17 @@ fn http_connection_manager(route_name: &str, fault: Option<HttpFault>) -> HttpCo
 pub fn generate(snapshot: &MeshSnapshot, proxy: &ProxyContext, policies: &dyn PolicyResolver) -> ResourceSet {
     let mut set = ResourceSet::new();
     let index = ServiceIndex::new(snapshot);
-    let mut resolved: HashMap<String, OutboundPolicies> = HashMap::new();
+    let cache = policies.cache();
+    let mut resolved: HashMap<String, Arc<OutboundPolicies>> = HashMap::new();
     let mut clusters: BTreeSet<ClusterRef> = BTreeSet::new();
-    let services = snapshot.services();
-    for service in &services {
-        resolved.insert(service.clone(), policies.outbound(snapshot, proxy, service));
-    }
-    for service in services {
-        let Some(p) = resolved.get(&service) else { continue };
-        let (routes, used) = route_configuration(&service, &service, p, Protocol::Grpc, Client::Proxyless);
-        set.insert(ROUTE, &service, &routes);
-        let hcm = http_connection_manager(&service, fault_filter(&p.faults));
+    for service in snapshot.services() {
+        let p = policies.outbound_shared(snapshot, proxy, &service);
+        let (routes, used) = shared_or_built(cache, ROUTE, &service, &p, Variant::Proxyless, || {
+            let (routes, used) = route_configuration(&service, &service, &p, Protocol::Grpc, Client::Proxyless);
+            (XdsResource::new(ROUTE, &service, &routes), used.into_iter().collect())
+        });
+        set.insert_shared(ROUTE, routes);
+        clusters.extend(used.iter().cloned());
         let mut names = vec![service.clone()];
         names.extend(
             index
@@ -116,35 +118,39 @@ pub fn generate(snapshot: &MeshSnapshot, proxy: &ProxyContext, policies: &dyn Po
                 .map(|port| format!("{service}:{port}")),
         );
         for name in names {
-            let listener = Listener {
-                name: name.clone(),
-                api_listener: Some(ApiListener {
-                    api_listener: Some(any(&hcm)),
-                }),
-                ..Default::default()
-            };
-            set.insert(LISTENER, &name, &listener);
+            let (listener, _) = shared_or_built(cache, LISTENER, &name, &p, Variant::Proxyless, || {
+                let hcm = http_connection_manager(&service, fault_filter(&p.faults));
+                let listener = Listener {
+                    name: name.clone(),
+                    api_listener: Some(ApiListener {
+                        api_listener: Some(any(&hcm)),
+                    }),
+                    ..Default::default()
+                };
+                (XdsResource::new(LISTENER, &name, &listener), Vec::new())
+            });
+            set.insert_shared(LISTENER, listener);
         }
-        clusters.extend(used);
+        resolved.insert(service, p);
     }
     for cluster in clusters {
         let name = cluster.name();
         // A cluster carries the policies of the service it belongs to.
-        if !resolved.contains_key(&cluster.service) {
-            let p = policies.outbound(snapshot, proxy, &cluster.service);
-            resolved.insert(cluster.service.clone(), p);
-        }
-        let Some(p) = resolved.get(&cluster.service) else {
-            continue;
-        };
+        let p = resolved
+            .entry(cluster.service.clone())
+            .or_insert_with(|| policies.outbound_shared(snapshot, proxy, &cluster.service))
+            .clone();
         // gRPC clients speak HTTP/2 themselves; the option is for Envoy.
-        set.insert(CLUSTER, &name, &eds_cluster(&name, p, false));
-        let endpoints = index.endpoints(&cluster.service, &cluster.subset);
-        set.insert(
-            ENDPOINT,
-            &name,
-            &load_assignment(&name, snapshot, &endpoints, p.load_balancing.as_ref()),
-        );
+        let (c, _) = shared_or_built(cache, CLUSTER, &name, &p, Variant::Proxyless, || {
+            (XdsResource::new(CLUSTER, &name, &eds_cluster(&name, &p, false)), Vec::new())
+        });
+        set.insert_shared(CLUSTER, c);
+        let (cla, _) = shared_or_built(cache, ENDPOINT, &name, &p, Variant::Any, || {
+            let endpoints = index.endpoints(&cluster.service, &cluster.subset);
+            let cla = load_assignment(&name, snapshot, &endpoints, p.load_balancing.as_ref());
+            (XdsResource::new(ENDPOINT, &name, &cla), Vec::new())
+        });
+        set.insert_shared(ENDPOINT, cla);
     }
     // A proxyless dataplane's inbounds are xDS-enabled gRPC servers.
     super::server::add_listeners(&mut set, snapshot, proxy, policies);

@@ -120,13 +120,16 @@ use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac as HttpRba
 use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac as NetworkRbac;
 use meridian_core::policy::meshtrafficpermission::Action as PermissionAction;
 
+use super::cache::{shared_or_built, Variant};
 use super::clusters::{eds_cluster, with_health_check, Upstream};
 use super::endpoints::load_assignment;
 use super::proxyless::fault_filter;
 use super::routes::{backends, route_configuration, tcp_route_proxy, Client, ClusterRef, Protocol};
-use super::{ads_source, any, duration, u32_value, PolicyResolver};
-use crate::resources::{ResourceSet, CLUSTER, ENDPOINT, LISTENER, ROUTE};
+use super::{ads_source, any, duration, u32_value, OutboundPolicies, PolicyResolver};
+use crate::resources::{ResourceSet, XdsResource, CLUSTER, ENDPOINT, LISTENER, ROUTE};
 use crate::snapshot::{MeshSnapshot, ProxyContext, ServiceIndex, PROTOCOL_TAG};
+use std::collections::HashMap;
+use std::sync::Arc;
 
 /// The HTTP filter of MeshTrafficPermission on HTTP inbounds.
 pub const HTTP_RBAC: &str = "envoy.filters.http.rbac";
@@ -657,6 +660,53 @@ fn transparent_proxy(set: &mut ResourceSet, snapshot: &MeshSnapshot, net: &Datap
     }
 }
 
+/// The network filter of an outbound listener: an HTTP connection manager
+/// on the service's routes when it speaks `l7`, a TCP proxy (over a
+/// MeshTCPRoute's backends, if any) otherwise; and the clusters it sends to
+/// directly.
+fn outbound_filter(name: &str, service: &str, p: &OutboundPolicies, l7: Option<Protocol>) -> (Filter, Vec<ClusterRef>) {
+    if l7.is_some() {
+        let mut filters = Vec::new();
+        if let Some(f) = fault_filter(&p.faults) {
+            filters.push(HttpFilter {
+                name: "envoy.filters.http.fault".into(),
+                config_type: Some(ConfigType::TypedConfig(any(&f))),
+                ..Default::default()
+            });
+        }
+        filters.push(router());
+        let hcm = HttpConnectionManager {
+            stat_prefix: name.to_string(),
+            codec_type: CodecType::Auto as i32,
+            route_specifier: Some(RouteSpecifier::Rds(Rds {
+                config_source: Some(ads_source()),
+                route_config_name: service.to_string(),
+            })),
+            http_filters: filters,
+            ..Default::default()
+        };
+        return (
+            network_filter("envoy.filters.network.http_connection_manager", &hcm),
+            Vec::new(),
+        );
+    }
+    let targets = p
+        .tcp_route
+        .as_ref()
+        .and_then(|r| backends(Some(&r.backend_refs), service))
+        .unwrap_or_else(|| vec![(ClusterRef::service(service), 1)]);
+    let idle = p
+        .timeout
+        .as_ref()
+        .and_then(|t| t.idle_timeout.as_ref())
+        .map(|d| d.as_std());
+    let filter = network_filter(
+        "envoy.filters.network.tcp_proxy",
+        &tcp_route_proxy(name, &targets, idle),
+    );
+    (filter, targets.into_iter().map(|(c, _)| c).collect())
+}
+
 /// The configuration of an Envoy sidecar.
 pub fn generate(snapshot: &MeshSnapshot, proxy: &ProxyContext, policies: &dyn PolicyResolver) -> ResourceSet {
     let mut set = ResourceSet::new();
@@ -668,8 +718,9 @@ pub fn generate(snapshot: &MeshSnapshot, proxy: &ProxyContext, policies: &dyn Po
     }
     transparent_proxy(&mut set, snapshot, net);
 
+    let cache = policies.cache();
     let mut clusters: BTreeSet<ClusterRef> = BTreeSet::new();
-    let mut resolved: std::collections::HashMap<String, super::OutboundPolicies> = std::collections::HashMap::new();
+    let mut resolved: HashMap<String, Arc<OutboundPolicies>> = HashMap::new();
     for outbound in &net.outbound {
         let Some(service) = outbound.tags.get(SERVICE_TAG) else {
             continue;
@@ -677,92 +728,68 @@ pub fn generate(snapshot: &MeshSnapshot, proxy: &ProxyContext, policies: &dyn Po
         if !reachable(net, service) {
             continue;
         }
-        let address = outbound.address.clone().unwrap_or_else(|| "127.0.0.1".to_string());
+        let address = outbound.address.as_deref().unwrap_or("127.0.0.1");
         let name = format!("outbound:{address}:{}", outbound.port);
-        if !resolved.contains_key(service) {
-            resolved.insert(service.clone(), policies.outbound(snapshot, proxy, service));
-        }
-        let Some(p) = resolved.get(service) else { continue };
+        let p = resolved
+            .entry(service.clone())
+            .or_insert_with(|| policies.outbound_shared(snapshot, proxy, service))
+            .clone();
         // MeshTCPRoute: a TCP outbound, or an HTTP one that no MeshHTTPRoute
         // rule covers (the HTTP route wins where both apply), is a TCP proxy
         // over the route's backends.
         let l7 = service_protocol(&index, service).filter(|_| p.tcp_route.is_none() || !p.http_rules.is_empty());
-        let filter = match l7 {
-            Some(protocol) => {
-                let (routes, used) = route_configuration(service, service, p, protocol, Client::Sidecar);
-                set.insert(ROUTE, service, &routes);
-                clusters.extend(used);
-                let mut filters = Vec::new();
-                if let Some(f) = fault_filter(&p.faults) {
-                    filters.push(HttpFilter {
-                        name: "envoy.filters.http.fault".into(),
-                        config_type: Some(ConfigType::TypedConfig(any(&f))),
-                        ..Default::default()
-                    });
-                }
-                filters.push(router());
-                let hcm = HttpConnectionManager {
-                    stat_prefix: name.clone(),
-                    codec_type: CodecType::Auto as i32,
-                    route_specifier: Some(RouteSpecifier::Rds(Rds {
-                        config_source: Some(ads_source()),
-                        route_config_name: service.clone(),
-                    })),
-                    http_filters: filters,
+        if let Some(protocol) = l7 {
+            let (routes, used) = shared_or_built(cache, ROUTE, service, &p, Variant::Sidecar, || {
+                let (routes, used) = route_configuration(service, service, &p, protocol, Client::Sidecar);
+                (XdsResource::new(ROUTE, service, &routes), used.into_iter().collect())
+            });
+            set.insert_shared(ROUTE, routes);
+            clusters.extend(used.iter().cloned());
+        }
+        let bind_to_port = outbound_bind_to_port(net, address);
+        // The listener depends on its socket and on the service behind it.
+        let key = format!("{name}\n{service}\n{bind_to_port:?}");
+        let (listener, used) = shared_or_built(cache, LISTENER, &key, &p, Variant::Sidecar, || {
+            let (filter, used) = outbound_filter(&name, service, &p, l7);
+            let listener = Listener {
+                name: name.clone(),
+                address: Some(socket(address, outbound.port)),
+                stat_prefix: name.clone(),
+                filter_chains: vec![FilterChain {
+                    filters: vec![filter],
                     ..Default::default()
-                };
-                network_filter("envoy.filters.network.http_connection_manager", &hcm)
-            }
-            None => {
-                let targets = p
-                    .tcp_route
-                    .as_ref()
-                    .and_then(|r| backends(Some(&r.backend_refs), service))
-                    .unwrap_or_else(|| vec![(ClusterRef::service(service), 1)]);
-                clusters.extend(targets.iter().map(|(c, _)| c.clone()));
-                let idle = p
-                    .timeout
-                    .as_ref()
-                    .and_then(|t| t.idle_timeout.as_ref())
-                    .map(|d| d.as_std());
-                network_filter(
-                    "envoy.filters.network.tcp_proxy",
-                    &tcp_route_proxy(&name, &targets, idle),
-                )
-            }
-        };
-        let listener = Listener {
-            name: name.clone(),
-            address: Some(socket(&address, outbound.port)),
-            stat_prefix: name.clone(),
-            filter_chains: vec![FilterChain {
-                filters: vec![filter],
+                }],
+                bind_to_port,
                 ..Default::default()
-            }],
-            bind_to_port: outbound_bind_to_port(net, &address),
-            ..Default::default()
-        };
-        set.insert(LISTENER, &name, &listener);
+            };
+            (XdsResource::new(LISTENER, &name, &listener), used)
+        });
+        set.insert_shared(LISTENER, listener);
+        clusters.extend(used.iter().cloned());
     }
     for c in clusters {
         let name = c.name();
         let p = resolved
             .entry(c.service.clone())
-            .or_insert_with(|| policies.outbound(snapshot, proxy, &c.service));
-        let protocol = service_protocol(&index, &c.service);
-        let http2 = matches!(protocol, Some(Protocol::Grpc)) || index.protocols(&c.service).contains(&"http2");
-        let cluster = with_health_check(
-            eds_cluster(&name, p, http2),
-            p.health_check.as_ref(),
-            Upstream::of(protocol, http2),
-        );
-        set.insert(CLUSTER, &name, &cluster);
-        let endpoints = index.endpoints(&c.service, &c.subset);
-        set.insert(
-            ENDPOINT,
-            &name,
-            &load_assignment(&name, snapshot, &endpoints, p.load_balancing.as_ref()),
-        );
+            .or_insert_with(|| policies.outbound_shared(snapshot, proxy, &c.service))
+            .clone();
+        let (cluster, _) = shared_or_built(cache, CLUSTER, &name, &p, Variant::Sidecar, || {
+            let protocol = service_protocol(&index, &c.service);
+            let http2 = matches!(protocol, Some(Protocol::Grpc)) || index.protocols(&c.service).contains(&"http2");
+            let cluster = with_health_check(
+                eds_cluster(&name, &p, http2),
+                p.health_check.as_ref(),
+                Upstream::of(protocol, http2),
+            );
+            (XdsResource::new(CLUSTER, &name, &cluster), Vec::new())
+        });
+        set.insert_shared(CLUSTER, cluster);
+        let (endpoints, _) = shared_or_built(cache, ENDPOINT, &name, &p, Variant::Any, || {
+            let endpoints = index.endpoints(&c.service, &c.subset);
+            let cla = load_assignment(&name, snapshot, &endpoints, p.load_balancing.as_ref());
+            (XdsResource::new(ENDPOINT, &name, &cla), Vec::new())
+        });
+        set.insert_shared(ENDPOINT, endpoints);
     }
     set
 }
