@@ -14,12 +14,72 @@
 //! value, and the cache keeps that `Arc` alive so its address is not reused)
 //! and a variant saying who it was built for.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, OnceLock};
 
-use super::routes::ClusterRef;
+use super::routes::{ClusterRef, Protocol};
 use super::OutboundPolicies;
 use crate::resources::XdsResource;
+use crate::snapshot::{MeshSnapshot, ServiceIndex};
+
+/// What generation asks about a service besides its endpoints. Its
+/// protocol comes from its endpoints' `kuma.io/protocol` tags: gRPC wins,
+/// then HTTP; `None` means TCP.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Facts {
+    /// The L7 protocol its endpoints declare (`kuma.io/protocol`), if any.
+    pub protocol: Option<Protocol>,
+    /// Whether its upstream connections should be HTTP/2 (gRPC or http2).
+    pub http2: bool,
+    /// The ports it listens on in this zone.
+    pub ports: BTreeSet<u32>,
+}
+
+/// [`Facts`] of every service of a snapshot, by name, in name order.
+#[derive(Debug, Default)]
+pub struct ServiceFacts {
+    services: BTreeMap<String, Facts>,
+}
+
+impl ServiceFacts {
+    pub fn new(snapshot: &MeshSnapshot, index: &ServiceIndex<'_>) -> Self {
+        let services = snapshot
+            .services()
+            .into_iter()
+            .map(|service| {
+                let declared = index.protocols(&service);
+                let protocol = if declared.contains(&"grpc") {
+                    Some(Protocol::Grpc)
+                } else if declared.iter().any(|p| *p == "http" || *p == "http2") {
+                    Some(Protocol::Http)
+                } else {
+                    None
+                };
+                let facts = Facts {
+                    protocol,
+                    http2: protocol == Some(Protocol::Grpc) || declared.contains(&"http2"),
+                    ports: index.ports(&service),
+                };
+                (service, facts)
+            })
+            .collect();
+        ServiceFacts { services }
+    }
+
+    /// The facts of `service` (defaults for one the snapshot does not know).
+    pub fn get(&self, service: &str) -> Facts {
+        self.services.get(service).cloned().unwrap_or_default()
+    }
+
+    pub fn protocol(&self, service: &str) -> Option<Protocol> {
+        self.services.get(service).and_then(|f| f.protocol)
+    }
+
+    /// Every service of the snapshot, in name order.
+    pub fn services(&self) -> impl Iterator<Item = (&str, &Facts)> {
+        self.services.iter().map(|(s, f)| (s.as_str(), f))
+    }
+}
 
 /// Who a shared resource was built for, when that changes its content.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
@@ -50,9 +110,15 @@ struct Entry {
 #[derive(Default)]
 pub struct SharedCache {
     entries: Mutex<HashMap<Key, Entry>>,
+    facts: OnceLock<Arc<ServiceFacts>>,
 }
 
 impl SharedCache {
+    /// The snapshot's [`ServiceFacts`], built by `build` the first time.
+    pub fn facts(&self, build: impl FnOnce() -> ServiceFacts) -> Arc<ServiceFacts> {
+        self.facts.get_or_init(|| Arc::new(build())).clone()
+    }
+
     /// The resource `type_url`/`name` built from `policies` for `variant`:
     /// from the cache, or built by `build` (which also returns the clusters
     /// the resource sends to, for route configurations) and kept.
@@ -94,6 +160,19 @@ impl SharedCache {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// The snapshot's service facts: built once per cache, or for this proxy
+/// alone without one. `index` gives the snapshot's service index.
+pub fn facts_of<'a>(
+    cache: Option<&SharedCache>,
+    snapshot: &'a MeshSnapshot,
+    index: impl Fn() -> &'a ServiceIndex<'a>,
+) -> Arc<ServiceFacts> {
+    match cache {
+        Some(c) => c.facts(|| ServiceFacts::new(snapshot, index())),
+        None => Arc::new(ServiceFacts::new(snapshot, index())),
     }
 }
 

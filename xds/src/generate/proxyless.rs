@@ -31,13 +31,14 @@ use envoy_types::pb::envoy::r#type::v3::{fractional_percent::DenominatorType, Fr
 use meridian_core::policy::common::IntOrString;
 use meridian_core::policy::meshfaultinjection::FaultConf;
 
+use super::cache::{facts_of, shared_or_built, Variant};
 use super::clusters::eds_cluster;
 use super::endpoints::load_assignment;
 use super::routes::{route_configuration, Client, ClusterRef, Protocol};
-use super::cache::{shared_or_built, Variant};
 use super::{ads_source, any, duration, OutboundPolicies, PolicyResolver};
 use crate::resources::{ResourceSet, XdsResource, CLUSTER, ENDPOINT, LISTENER, ROUTE};
 use crate::snapshot::{MeshSnapshot, ProxyContext, ServiceIndex};
+use std::cell::OnceCell;
 
 /// A percentage (`50`, `"12.5"`) as a fraction of a million.
 pub fn fraction(p: &IntOrString) -> FractionalPercent {
@@ -98,11 +99,15 @@ fn http_connection_manager(route_name: &str, fault: Option<HttpFault>) -> HttpCo
 /// Everything a proxyless gRPC client of the mesh may ask for.
 pub fn generate(snapshot: &MeshSnapshot, proxy: &ProxyContext, policies: &dyn PolicyResolver) -> ResourceSet {
     let mut set = ResourceSet::new();
-    let index = ServiceIndex::new(snapshot);
+    // The index is built only if something is not in the cache.
+    let lazy_index = OnceCell::new();
+    let index = || lazy_index.get_or_init(|| ServiceIndex::new(snapshot));
     let cache = policies.cache();
+    let facts = facts_of(cache, snapshot, index);
     let mut resolved: HashMap<String, Arc<OutboundPolicies>> = HashMap::new();
     let mut clusters: BTreeSet<ClusterRef> = BTreeSet::new();
-    for service in snapshot.services() {
+    for (service, service_facts) in facts.services() {
+        let service = service.to_string();
         let p = policies.outbound_shared(snapshot, proxy, &service);
         let (routes, used) = shared_or_built(cache, ROUTE, &service, &p, Variant::Proxyless, || {
             let (routes, used) = route_configuration(&service, &service, &p, Protocol::Grpc, Client::Proxyless);
@@ -111,12 +116,7 @@ pub fn generate(snapshot: &MeshSnapshot, proxy: &ProxyContext, policies: &dyn Po
         set.insert_shared(ROUTE, routes);
         clusters.extend(used.iter().cloned());
         let mut names = vec![service.clone()];
-        names.extend(
-            index
-                .ports(&service)
-                .into_iter()
-                .map(|port| format!("{service}:{port}")),
-        );
+        names.extend(service_facts.ports.iter().map(|port| format!("{service}:{port}")));
         for name in names {
             let (listener, _) = shared_or_built(cache, LISTENER, &name, &p, Variant::Proxyless, || {
                 let hcm = http_connection_manager(&service, fault_filter(&p.faults));
@@ -142,11 +142,14 @@ pub fn generate(snapshot: &MeshSnapshot, proxy: &ProxyContext, policies: &dyn Po
             .clone();
         // gRPC clients speak HTTP/2 themselves; the option is for Envoy.
         let (c, _) = shared_or_built(cache, CLUSTER, &name, &p, Variant::Proxyless, || {
-            (XdsResource::new(CLUSTER, &name, &eds_cluster(&name, &p, false)), Vec::new())
+            (
+                XdsResource::new(CLUSTER, &name, &eds_cluster(&name, &p, false)),
+                Vec::new(),
+            )
         });
         set.insert_shared(CLUSTER, c);
         let (cla, _) = shared_or_built(cache, ENDPOINT, &name, &p, Variant::Any, || {
-            let endpoints = index.endpoints(&cluster.service, &cluster.subset);
+            let endpoints = index().endpoints(&cluster.service, &cluster.subset);
             let cla = load_assignment(&name, snapshot, &endpoints, p.load_balancing.as_ref());
             (XdsResource::new(ENDPOINT, &name, &cla), Vec::new())
         });

@@ -120,7 +120,7 @@ use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac as HttpRba
 use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac as NetworkRbac;
 use meridian_core::policy::meshtrafficpermission::Action as PermissionAction;
 
-use super::cache::{shared_or_built, Variant};
+use super::cache::{facts_of, shared_or_built, Facts, Variant};
 use super::clusters::{eds_cluster, with_health_check, Upstream};
 use super::endpoints::load_assignment;
 use super::proxyless::fault_filter;
@@ -128,6 +128,7 @@ use super::routes::{backends, route_configuration, tcp_route_proxy, Client, Clus
 use super::{ads_source, any, duration, u32_value, OutboundPolicies, PolicyResolver};
 use crate::resources::{ResourceSet, XdsResource, CLUSTER, ENDPOINT, LISTENER, ROUTE};
 use crate::snapshot::{MeshSnapshot, ProxyContext, ServiceIndex, PROTOCOL_TAG};
+use std::cell::OnceCell;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -146,20 +147,6 @@ pub const BLACKHOLE: &str = "outbound:blackhole";
 const MAX_RATE_LIMIT_HEADERS: usize = 10;
 /// The connect timeout to the application when no MeshTimeout sets one.
 const DEFAULT_INBOUND_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// The protocol a service speaks, from its endpoints' `kuma.io/protocol`
-/// tags: gRPC wins, then HTTP; `None` means TCP.
-pub fn service_protocol(index: &ServiceIndex<'_>, service: &str) -> Option<Protocol> {
-    let mut http = None;
-    for t in index.protocols(service) {
-        match *t {
-            "grpc" => return Some(Protocol::Grpc),
-            "http" | "http2" => http = Some(Protocol::Http),
-            _ => {}
-        }
-    }
-    http
-}
 
 pub(crate) fn socket(address: &str, port: u32) -> Address {
     Address {
@@ -711,14 +698,17 @@ fn outbound_filter(name: &str, service: &str, p: &OutboundPolicies, l7: Option<P
 pub fn generate(snapshot: &MeshSnapshot, proxy: &ProxyContext, policies: &dyn PolicyResolver) -> ResourceSet {
     let mut set = ResourceSet::new();
     let net = &proxy.dataplane.networking;
-    let index = ServiceIndex::new(snapshot);
+    // The index is built only if something is not in the cache.
+    let lazy_index = OnceCell::new();
+    let index = || lazy_index.get_or_init(|| ServiceIndex::new(snapshot));
+    let cache = policies.cache();
+    let facts = facts_of(cache, snapshot, index);
 
     for index in 0..net.inbound.len() {
         inbound_resources(&mut set, snapshot, proxy, policies, index);
     }
     transparent_proxy(&mut set, snapshot, net);
 
-    let cache = policies.cache();
     let mut clusters: BTreeSet<ClusterRef> = BTreeSet::new();
     let mut resolved: HashMap<String, Arc<OutboundPolicies>> = HashMap::new();
     for outbound in &net.outbound {
@@ -737,7 +727,9 @@ pub fn generate(snapshot: &MeshSnapshot, proxy: &ProxyContext, policies: &dyn Po
         // MeshTCPRoute: a TCP outbound, or an HTTP one that no MeshHTTPRoute
         // rule covers (the HTTP route wins where both apply), is a TCP proxy
         // over the route's backends.
-        let l7 = service_protocol(&index, service).filter(|_| p.tcp_route.is_none() || !p.http_rules.is_empty());
+        let l7 = facts
+            .protocol(service)
+            .filter(|_| p.tcp_route.is_none() || !p.http_rules.is_empty());
         if let Some(protocol) = l7 {
             let (routes, used) = shared_or_built(cache, ROUTE, service, &p, Variant::Sidecar, || {
                 let (routes, used) = route_configuration(service, service, &p, protocol, Client::Sidecar);
@@ -774,8 +766,7 @@ pub fn generate(snapshot: &MeshSnapshot, proxy: &ProxyContext, policies: &dyn Po
             .or_insert_with(|| policies.outbound_shared(snapshot, proxy, &c.service))
             .clone();
         let (cluster, _) = shared_or_built(cache, CLUSTER, &name, &p, Variant::Sidecar, || {
-            let protocol = service_protocol(&index, &c.service);
-            let http2 = matches!(protocol, Some(Protocol::Grpc)) || index.protocols(&c.service).contains(&"http2");
+            let Facts { protocol, http2, .. } = facts.get(&c.service);
             let cluster = with_health_check(
                 eds_cluster(&name, &p, http2),
                 p.health_check.as_ref(),
@@ -785,7 +776,7 @@ pub fn generate(snapshot: &MeshSnapshot, proxy: &ProxyContext, policies: &dyn Po
         });
         set.insert_shared(CLUSTER, cluster);
         let (endpoints, _) = shared_or_built(cache, ENDPOINT, &name, &p, Variant::Any, || {
-            let endpoints = index.endpoints(&c.service, &c.subset);
+            let endpoints = index().endpoints(&c.service, &c.subset);
             let cla = load_assignment(&name, snapshot, &endpoints, p.load_balancing.as_ref());
             (XdsResource::new(ENDPOINT, &name, &cla), Vec::new())
         });
