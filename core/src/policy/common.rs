@@ -384,6 +384,29 @@ impl HeaderMatch {
         if matches!(ty, HeaderMatchType::Present | HeaderMatchType::Absent) && has_value {
             causes.add(&path.field("value"), format!("must not be set when type is {ty:?}"));
         }
+        if ty == HeaderMatchType::RegularExpression {
+            check_regex(self.value.as_deref().unwrap_or_default(), &path.field("value"), causes);
+        }
+    }
+}
+
+/// The longest regular expression a match may carry.
+pub const MAX_REGEX_LEN: usize = 1024;
+
+/// A regular expression proxies will accept: RE2 syntax (what Envoy and
+/// gRPC use; no look-around or back-references), bounded in length. A
+/// pattern they reject would make them refuse the whole route configuration.
+pub fn check_regex(value: &str, path: &FieldPath, causes: &mut Causes) {
+    if value.is_empty() {
+        causes.add(path, "must not be empty");
+    } else if value.len() > MAX_REGEX_LEN {
+        causes.add(path, format!("must be at most {MAX_REGEX_LEN} characters"));
+    } else if let Err(e) = regex_syntax::Parser::new().parse(value) {
+        // The parser's message spans lines with a caret diagram; its last
+        // line says what is wrong.
+        let text = e.to_string();
+        let why = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("invalid");
+        causes.add(path, format!("invalid regular expression {value:?}: {}", why.trim()));
     }
 }
 

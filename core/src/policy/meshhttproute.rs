@@ -8,8 +8,8 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 use super::common::{
-    check_header_values, check_max_items, check_not_empty, check_percentage, check_port, check_tagged_union,
-    BackendRef, HeaderMatch, HeaderValue, IntOrString, BACKEND_KINDS,
+    check_header_values, check_max_items, check_not_empty, check_percentage, check_port, check_regex,
+    check_tagged_union, BackendRef, HeaderMatch, HeaderValue, IntOrString, BACKEND_KINDS,
 };
 use super::{RefPosition, TargetRef, TargetRefKind as K};
 use crate::error::{Causes, FieldPath};
@@ -312,7 +312,7 @@ impl Match {
             let vp = path.field("path").field("value");
             check_not_empty(&pm.value, &vp, causes);
             match pm.match_type {
-                PathMatchType::RegularExpression => {}
+                PathMatchType::RegularExpression => check_regex(&pm.value, &vp, causes),
                 PathMatchType::Exact | PathMatchType::PathPrefix if !pm.value.starts_with('/') => {
                     causes.add(&vp, "must be an absolute path (start with /)");
                 }
@@ -331,6 +331,9 @@ impl Match {
             check_not_empty(&q.name, &np, causes);
             if !names.insert(q.name.as_str()) {
                 causes.add(&np, format!("multiple entries for name {:?}", q.name));
+            }
+            if q.match_type == QueryParamsMatchType::RegularExpression {
+                check_regex(&q.value, &path.field("queryParams").index(i).field("value"), causes);
             }
         }
         for (i, h) in self.headers.iter().flatten().enumerate() {
@@ -668,6 +671,34 @@ mod tests {
             "spec.to[0].rules[0].matches[0].method",
             "unknown variant `FETCH`",
         );
+    }
+
+    #[test]
+    fn rejects_regular_expressions_proxies_would_refuse() {
+        let mut bad = full();
+        bad["to"][0]["rules"][0]["matches"] = json!([
+            {"path": {"type": "RegularExpression", "value": "/a(b"}},
+            {"path": {"type": "RegularExpression", "value": "/(?=look)ahead"}},
+            {"queryParams": [{"type": "RegularExpression", "name": "v", "value": "[z-a]"}]},
+            {"headers": [{"type": "RegularExpression", "name": "x-v", "value": "(a)\\1"}]},
+            {"path": {"type": "RegularExpression", "value": "/api/v[0-9]+/.*"}}
+        ]);
+        let got = causes::<MeshHttpRoute>(bad);
+        let pre = "spec.to[0].rules[0].";
+        let fields: Vec<_> = got.iter().map(|c| c.field.trim_start_matches(pre)).collect();
+        assert_eq!(
+            fields[..4],
+            [
+                "matches[0].path.value",
+                "matches[1].path.value",
+                "matches[2].queryParams[0].value",
+                "matches[3].headers[0].value",
+            ]
+        );
+        for c in &got[..4] {
+            assert!(c.message.starts_with("invalid regular expression"), "{c:?}");
+        }
+        assert!(!fields.contains(&"matches[4].path.value"), "a valid expression passes: {got:?}");
     }
 
     #[test]
