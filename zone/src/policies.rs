@@ -268,7 +268,9 @@ impl MeshPolicies {
 
 /// The resolver every generation uses.
 pub fn resolver_factory() -> ResolverFactory {
-    Arc::new(|snapshot: &MeshSnapshot| -> Box<dyn PolicyResolver> { Box::new(MeshPolicies::new(snapshot)) })
+    Arc::new(|snapshot: &MeshSnapshot| -> Box<dyn PolicyResolver + Send + Sync> {
+        Box::new(MeshPolicies::new(snapshot))
+    })
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@
 //! no insight record.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -86,7 +87,15 @@ pub fn snapshot(manager: &Manager, zone: &str, mesh: &str) -> Option<MeshSnapsho
 }
 
 /// Makes the policy resolver for a snapshot.
-pub type ResolverFactory = Arc<dyn Fn(&MeshSnapshot) -> Box<dyn PolicyResolver> + Send + Sync>;
+pub type ResolverFactory = Arc<dyn Fn(&MeshSnapshot) -> Box<dyn PolicyResolver + Send + Sync> + Send + Sync>;
+
+/// A mesh's snapshot and resolver as of an epoch: proxies that connect
+/// between two changes of the mesh share them (and so the resolver's cache
+/// of generated resources) instead of re-reading the mesh each.
+struct MeshContext {
+    snapshot: MeshSnapshot,
+    resolver: Box<dyn PolicyResolver + Send + Sync>,
+}
 
 /// The configuration of one proxy.
 pub fn generate(snapshot: &MeshSnapshot, proxy: &ProxyContext, resolver: &dyn PolicyResolver) -> ResourceSet {
@@ -120,6 +129,10 @@ struct Shared {
     instance_id: String,
     resolver: ResolverFactory,
     proxies: Mutex<HashMap<ProxyId, Connected>>,
+    /// Current contexts of meshes, valid while `epoch` has not moved.
+    contexts: Mutex<HashMap<String, Arc<MeshContext>>>,
+    /// Bumped by the regeneration loop before it reads a batch of changes.
+    epoch: AtomicU64,
     /// Proxies that disconnected and whose insight still has to be written.
     gone: Mutex<Vec<(ProxyId, InsightRecord)>>,
     wake_insights: Notify,
@@ -150,6 +163,8 @@ impl ZoneXds {
             zone,
             resolver,
             proxies: Mutex::new(HashMap::new()),
+            contexts: Mutex::new(HashMap::new()),
+            epoch: AtomicU64::new(0),
             gone: Mutex::new(Vec::new()),
             wake_insights: Notify::new(),
         });
@@ -282,10 +297,10 @@ impl ConfigSource for ZoneXds {
             kind,
             dataplane,
         };
-        let snap = snapshot(&s.manager, &s.zone, &id.mesh)
+        let epoch = s.epoch.load(Ordering::SeqCst);
+        let ctx = mesh_context(s, &id.mesh, epoch)
             .ok_or_else(|| Status::not_found(format!("mesh {:?} does not exist", id.mesh)))?;
-        let resolver = (s.resolver)(&snap);
-        let resources = Arc::new(generate(&snap, &proxy, resolver.as_ref()));
+        let resources = Arc::new(generate(&ctx.snapshot, &proxy, ctx.resolver.as_ref()));
         let (tx, rx) = watch::channel(resources);
         {
             let mut proxies = lock(&s.proxies);
@@ -305,6 +320,23 @@ impl ConfigSource for ZoneXds {
                     },
                 },
             );
+        }
+        // A batch of changes the regeneration loop took up while this proxy
+        // was not yet listed did not include it: catch up.
+        let now = s.epoch.load(Ordering::SeqCst);
+        if now != epoch {
+            if let Some(ctx) = mesh_context(s, &id.mesh, now) {
+                let next = generate(&ctx.snapshot, &proxy, ctx.resolver.as_ref());
+                if let Some(c) = lock(&s.proxies).get(&id) {
+                    c.tx.send_if_modified(|cur| {
+                        let changed = **cur != next;
+                        if changed {
+                            *cur = Arc::new(next);
+                        }
+                        changed
+                    });
+                }
+            }
         }
         s.wake_insights.notify_one();
         tracing::info!(proxy = %id, ?kind, "proxy connected");
@@ -359,6 +391,23 @@ fn affected_mesh(ev: &Event) -> Option<Option<String>> {
     }
 }
 
+/// The context of `mesh` as of `epoch`: the stored one, or one built from
+/// the cache now (and stored, unless the epoch moved meanwhile); `None` when
+/// the mesh does not exist.
+fn mesh_context(s: &Shared, mesh: &str, epoch: u64) -> Option<Arc<MeshContext>> {
+    if let Some(ctx) = lock(&s.contexts).get(mesh) {
+        return Some(ctx.clone());
+    }
+    let snapshot = snapshot(&s.manager, &s.zone, mesh)?;
+    let resolver = (s.resolver)(&snapshot);
+    let ctx = Arc::new(MeshContext { snapshot, resolver });
+    let mut contexts = lock(&s.contexts);
+    if s.epoch.load(Ordering::SeqCst) == epoch {
+        contexts.insert(mesh.to_string(), ctx.clone());
+    }
+    Some(ctx)
+}
+
 async fn regenerate_loop(s: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     let mut events = s.manager.cache().subscribe();
     loop {
@@ -395,6 +444,17 @@ async fn regenerate_loop(s: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
                 },
             }
         }
+        // Contexts of the changed meshes are stale from here on; a proxy
+        // connecting meanwhile sees the new epoch and catches up itself.
+        let epoch = s.epoch.fetch_add(1, Ordering::SeqCst) + 1;
+        {
+            let mut contexts = lock(&s.contexts);
+            if all {
+                contexts.clear();
+            } else {
+                contexts.retain(|mesh, _| !dirty.contains(mesh));
+            }
+        }
         regenerate_ingresses(&s, &dirty, all);
         let targets: Vec<(ProxyId, ProxyKind)> = lock(&s.proxies)
             .iter()
@@ -404,12 +464,11 @@ async fn regenerate_loop(s: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
             .collect();
         let meshes: BTreeSet<String> = targets.iter().map(|(id, _)| id.mesh.clone()).collect();
         for mesh in meshes {
-            let snap = snapshot(&s.manager, &s.zone, &mesh);
-            let resolver = snap.as_ref().map(|sn| (s.resolver)(sn));
+            let ctx = mesh_context(&s, &mesh, epoch);
             for (id, kind) in targets.iter().filter(|(id, _)| id.mesh == mesh) {
                 let key = ResourceKey::in_mesh(ResourceType::Dataplane, &id.mesh, &id.name);
-                let next = match (&snap, &resolver, s.manager.get(&key)) {
-                    (Some(snap), Some(resolver), Some(dp)) => {
+                let next = match (&ctx, s.manager.get(&key)) {
+                    (Some(ctx), Some(dp)) => {
                         let Ok(dataplane) = serde_json::from_value::<Dataplane>(dp.spec) else {
                             continue;
                         };
@@ -419,7 +478,7 @@ async fn regenerate_loop(s: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
                             kind: *kind,
                             dataplane,
                         };
-                        generate(snap, &proxy, resolver.as_ref())
+                        generate(&ctx.snapshot, &proxy, ctx.resolver.as_ref())
                     }
                     // The mesh or the dataplane is gone: the proxy gets nothing.
                     _ => ResourceSet::new(),
