@@ -698,7 +698,10 @@ mod tests {
         for c in &got[..4] {
             assert!(c.message.starts_with("invalid regular expression"), "{c:?}");
         }
-        assert!(!fields.contains(&"matches[4].path.value"), "a valid expression passes: {got:?}");
+        assert!(
+            !fields.contains(&"matches[4].path.value"),
+            "a valid expression passes: {got:?}"
+        );
     }
 
     #[test]
