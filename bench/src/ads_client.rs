@@ -434,7 +434,7 @@ mod tests {
             }],
             ..Default::default()
         };
-        assert_eq!(zone_weight(&[cla.clone()], "remote", "zone-2"), Some(5));
+        assert_eq!(zone_weight(std::slice::from_ref(&cla), "remote", "zone-2"), Some(5));
         assert_eq!(zone_weight(&[cla], "remote", "zone-1"), None);
     }
 }

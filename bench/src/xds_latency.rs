@@ -438,3 +438,90 @@ pub async fn eds_latency(o: EdsOptions) -> anyhow::Result<()> {
     global.running.stop().await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::xds_scale::{client_spec, Kind};
+
+    /// Both kinds of clients against a real zone: configured, then a policy
+    /// written at the global reaches every one of them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sidecar_and_proxyless_clients_see_a_policy_change() {
+        let global = Global::start("memory", None).await.unwrap();
+        let agent = agent();
+        put_ok(
+            &agent,
+            format!("{}/meshes/{MESH}", global.api),
+            json!({"type": "Mesh", "name": MESH}),
+        )
+        .await
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let zone = start_zone(&global, "zone-1", StoreKind::Memory, dir.path(), None)
+            .await
+            .unwrap();
+        let mesh_key = ResourceKey::global(ResourceType::Mesh, MESH);
+        wait_for(
+            zone.manager.cache(),
+            "mesh",
+            Duration::from_secs(30),
+            |r| r.key == mesh_key,
+            ResourceType::Mesh,
+        )
+        .await
+        .unwrap();
+        let (n, services) = (50, 5);
+        for i in 0..n {
+            apply(&zone.manager, dataplane(MESH, i, services)).await.unwrap();
+        }
+        let specs = (0..n)
+            .map(|i| {
+                client_spec(
+                    MESH,
+                    i,
+                    services,
+                    if i % 2 == 0 { Kind::Sidecar } else { Kind::Proxyless },
+                )
+            })
+            .collect();
+        let (mut fleet, _) = Fleet::connect(zone.xds_addr, specs, 10, Duration::from_secs(60))
+            .await
+            .unwrap();
+        let timeout = round_timeout(1);
+        fleet.target.send(Target::RouteTimeout { round: 1, timeout }).unwrap();
+        let url = format!("{}/meshes/{MESH}/meshtimeouts/{PROBE_POLICY}", global.api);
+        let (start, _, status, text) = timed_http(&agent, "PUT", url, Some(probe_policy(MESH, timeout)))
+            .await
+            .unwrap();
+        assert_eq!(status, 201, "{text}");
+        let got = fleet.wait_round(1, n, start, Duration::from_secs(60)).await.unwrap();
+        let mut clients: Vec<usize> = got.iter().map(|(c, _)| *c).collect();
+        clients.sort();
+        assert_eq!(clients, (0..n).collect::<Vec<_>>(), "every client, once");
+        fleet.stop();
+        zone.stop().await.unwrap();
+        global.running.stop().await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn propagation_benchmarks_run_in_a_smoke_size() {
+        route_latency(RouteOptions {
+            writes: 3,
+            warmup: 1,
+            dataplanes: 20,
+            services: 5,
+            clients: 5,
+            zone_store: "memory".into(),
+        })
+        .await
+        .unwrap();
+        eds_latency(EdsOptions {
+            writes: 3,
+            warmup: 1,
+            zone_store: "memory".into(),
+        })
+        .await
+        .unwrap();
+    }
+}

@@ -278,7 +278,7 @@ impl Fleet {
                 Ok(Some(Event::Ready { at })) => {
                     ready += 1;
                     last_ready = last_ready.max(at);
-                    if total >= 1000 && ready % (total / 10) == 0 {
+                    if total >= 1000 && ready.is_multiple_of(total / 10) {
                         eprintln!(
                             "{ready} of {total} clients configured after {:.1} s",
                             start.elapsed().as_secs_f64()
