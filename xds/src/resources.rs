@@ -1,7 +1,7 @@
 //! Generated xDS resources: what a proxy should have, by type and name, each
 //! with a content version so the ADS server can send only what changed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use envoy_types::pb::google::protobuf::Any;
@@ -40,12 +40,61 @@ impl XdsResource {
     }
 }
 
+/// A resource in a set, ordered and looked up by its name: the set needs
+/// no copy of the name, only a reference to the shared resource.
+#[derive(Clone, Debug)]
+struct Named(Arc<XdsResource>);
+
+impl PartialEq for Named {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.name == other.0.name
+    }
+}
+
+impl Eq for Named {}
+
+impl PartialOrd for Named {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Named {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.name.cmp(&other.0.name)
+    }
+}
+
+impl std::borrow::Borrow<str> for Named {
+    fn borrow(&self) -> &str {
+        &self.0.name
+    }
+}
+
 /// Everything one proxy should have. Resources are reference-counted: the
 /// proxies of a mesh that get the same cluster or endpoints share one
 /// encoded copy (see `generate::cache`).
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default)]
 pub struct ResourceSet {
-    by_type: BTreeMap<String, BTreeMap<String, Arc<XdsResource>>>,
+    by_type: BTreeMap<String, BTreeSet<Named>>,
+}
+
+/// Two sets are equal when they hold the same names at the same content
+/// versions (a version is a hash of the encoded resource): comparing
+/// versions, or the same `Arc`, spares comparing every encoded body when
+/// the zone checks whether a regenerated set changed.
+impl PartialEq for ResourceSet {
+    fn eq(&self, other: &Self) -> bool {
+        self.by_type.len() == other.by_type.len()
+            && self.by_type.iter().zip(&other.by_type).all(|((ta, a), (tb, b))| {
+                ta == tb
+                    && a.len() == b.len()
+                    && a.iter().zip(b).all(|(Named(ra), Named(rb))| {
+                        Arc::ptr_eq(ra, rb)
+                            || (ra.name == rb.name && ra.version == rb.version && ra.body.type_url == rb.body.type_url)
+                    })
+            })
+    }
 }
 
 impl ResourceSet {
@@ -64,11 +113,11 @@ impl ResourceSet {
             Some(m) => m,
             None => self.by_type.entry(type_url.to_string()).or_default(),
         };
-        of_type.insert(resource.name.clone(), resource);
+        of_type.replace(Named(resource));
     }
 
     pub fn get(&self, type_url: &str, name: &str) -> Option<&XdsResource> {
-        self.by_type.get(type_url)?.get(name).map(Arc::as_ref)
+        self.by_type.get(type_url)?.get(name).map(|n| n.0.as_ref())
     }
 
     /// The resources of one type, by name.
@@ -76,15 +125,15 @@ impl ResourceSet {
         self.by_type
             .get(type_url)
             .into_iter()
-            .flat_map(|m| m.values().map(Arc::as_ref))
+            .flat_map(|m| m.iter().map(|n| n.0.as_ref()))
     }
 
     pub fn len(&self, type_url: &str) -> usize {
-        self.by_type.get(type_url).map_or(0, BTreeMap::len)
+        self.by_type.get(type_url).map_or(0, BTreeSet::len)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.by_type.values().all(BTreeMap::is_empty)
+        self.by_type.values().all(BTreeSet::is_empty)
     }
 
     /// A version of all resources of a type together (for state-of-the-world).

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use super::routes::{ClusterRef, Protocol};
 use super::OutboundPolicies;
-use crate::resources::XdsResource;
+use crate::resources::{ResourceSet, XdsResource};
 use crate::snapshot::{MeshSnapshot, ServiceIndex};
 
 /// What generation asks about a service besides its endpoints. Its
@@ -107,10 +107,25 @@ struct Entry {
 }
 
 /// Encoded resources shared by the proxies generated from one snapshot.
+/// The part of a proxyless client's set that covers every service of the
+/// mesh, for one combination of effective policies.
+struct MeshPart {
+    /// Keeps the policies of the key alive.
+    _policies: Vec<Arc<OutboundPolicies>>,
+    /// Services outside the key whose policies the part was built with.
+    extras: Vec<(String, Arc<OutboundPolicies>)>,
+    set: Arc<ResourceSet>,
+}
+
+/// What [`SharedCache::mesh_part`] builds: the set, and the services outside
+/// the key it resolved policies for.
+pub type BuiltPart = (ResourceSet, Vec<(String, Arc<OutboundPolicies>)>);
+
 #[derive(Default)]
 pub struct SharedCache {
     entries: Mutex<HashMap<Key, Entry>>,
     facts: OnceLock<Arc<ServiceFacts>>,
+    parts: Mutex<HashMap<Vec<usize>, MeshPart>>,
 }
 
 impl SharedCache {
@@ -151,6 +166,39 @@ impl SharedCache {
         let out = (entry.resource.clone(), entry.clusters.clone());
         entries.insert(key, entry);
         out
+    }
+
+    /// A set built from `policies` (one per service, in a fixed order), the
+    /// same for every proxy resolving to those same policies: from the cache
+    /// if `still_same` confirms the policies of the services outside the
+    /// key it was built with, else built by `build` (and kept if there is
+    /// none yet).
+    pub fn mesh_part(
+        &self,
+        policies: &[Arc<OutboundPolicies>],
+        still_same: impl Fn(&str, &Arc<OutboundPolicies>) -> bool,
+        build: impl FnOnce() -> BuiltPart,
+    ) -> ResourceSet {
+        let key: Vec<usize> = policies.iter().map(|p| Arc::as_ptr(p) as usize).collect();
+        let mut parts = self.parts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(part) = parts.get(&key) {
+            if part.extras.iter().all(|(s, p)| still_same(s, p)) {
+                return ResourceSet::clone(&part.set);
+            }
+            drop(parts);
+            return build().0;
+        }
+        let (set, extras) = build();
+        let set = Arc::new(set);
+        parts.insert(
+            key,
+            MeshPart {
+                _policies: policies.to_vec(),
+                extras,
+                set: set.clone(),
+            },
+        );
+        ResourceSet::clone(&set)
     }
 
     /// How many resources are kept.
@@ -223,5 +271,37 @@ mod tests {
         let (d, _) = cache.get_or_build(CLUSTER, "a", &p, Variant::Proxyless, || cluster("a"));
         assert!(!Arc::ptr_eq(&a, &d), "another variant builds its own");
         assert_eq!(cache.len(), 3);
+    }
+
+    #[test]
+    fn a_mesh_part_is_shared_only_while_the_policies_outside_its_key_agree() {
+        let cache = SharedCache::default();
+        let (p, extra) = (
+            Arc::new(OutboundPolicies::default()),
+            Arc::new(OutboundPolicies::default()),
+        );
+        let mut one = ResourceSet::new();
+        one.insert_shared(CLUSTER, Arc::new(cluster("a").0));
+        let built = one.clone();
+        let first = cache.mesh_part(
+            std::slice::from_ref(&p),
+            |_, _| true,
+            || (built, vec![("other".into(), extra.clone())]),
+        );
+        assert_eq!(first, one);
+        // Same key, the extra service resolves to the same policies: shared.
+        let again = cache.mesh_part(
+            std::slice::from_ref(&p),
+            |s, q| s == "other" && Arc::ptr_eq(q, &extra),
+            || panic!("built twice"),
+        );
+        assert_eq!(again, one);
+        // Same key, other policies for the extra service: built anew.
+        let fresh = cache.mesh_part(
+            std::slice::from_ref(&p),
+            |_, _| false,
+            || (ResourceSet::new(), Vec::new()),
+        );
+        assert!(fresh.is_empty());
     }
 }

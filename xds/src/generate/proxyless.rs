@@ -31,7 +31,7 @@ use envoy_types::pb::envoy::r#type::v3::{fractional_percent::DenominatorType, Fr
 use meridian_core::policy::common::IntOrString;
 use meridian_core::policy::meshfaultinjection::FaultConf;
 
-use super::cache::{facts_of, shared_or_built, Variant};
+use super::cache::{facts_of, shared_or_built, BuiltPart, Variant};
 use super::clusters::eds_cluster;
 use super::endpoints::load_assignment;
 use super::routes::{route_configuration, Client, ClusterRef, Protocol};
@@ -98,63 +98,89 @@ fn http_connection_manager(route_name: &str, fault: Option<HttpFault>) -> HttpCo
 
 /// Everything a proxyless gRPC client of the mesh may ask for.
 pub fn generate(snapshot: &MeshSnapshot, proxy: &ProxyContext, policies: &dyn PolicyResolver) -> ResourceSet {
-    let mut set = ResourceSet::new();
     // The index is built only if something is not in the cache.
     let lazy_index = OnceCell::new();
     let index = || lazy_index.get_or_init(|| ServiceIndex::new(snapshot));
     let cache = policies.cache();
     let facts = facts_of(cache, snapshot, index);
-    let mut resolved: HashMap<String, Arc<OutboundPolicies>> = HashMap::new();
-    let mut clusters: BTreeSet<ClusterRef> = BTreeSet::new();
-    for (service, service_facts) in facts.services() {
-        let service = service.to_string();
-        let p = policies.outbound_shared(snapshot, proxy, &service);
-        let (routes, used) = shared_or_built(cache, ROUTE, &service, &p, Variant::Proxyless, || {
-            let (routes, used) = route_configuration(&service, &service, &p, Protocol::Grpc, Client::Proxyless);
-            (XdsResource::new(ROUTE, &service, &routes), used.into_iter().collect())
-        });
-        set.insert_shared(ROUTE, routes);
-        clusters.extend(used.iter().cloned());
-        let mut names = vec![service.clone()];
-        names.extend(service_facts.ports.iter().map(|port| format!("{service}:{port}")));
-        for name in names {
-            let (listener, _) = shared_or_built(cache, LISTENER, &name, &p, Variant::Proxyless, || {
-                let hcm = http_connection_manager(&service, fault_filter(&p.faults));
-                let listener = Listener {
-                    name: name.clone(),
-                    api_listener: Some(ApiListener {
-                        api_listener: Some(any(&hcm)),
-                    }),
-                    ..Default::default()
-                };
-                (XdsResource::new(LISTENER, &name, &listener), Vec::new())
+    let services: Vec<(&str, Arc<OutboundPolicies>)> = facts
+        .services()
+        .map(|(service, _)| (service, policies.outbound_shared(snapshot, proxy, service)))
+        .collect();
+    // Every client of the mesh with the same policies towards every service
+    // gets the same resources for them: built once, cloned (as shared
+    // references) for the others.
+    let build = || -> BuiltPart {
+        let mut set = ResourceSet::new();
+        let mut resolved: HashMap<&str, Arc<OutboundPolicies>> =
+            services.iter().map(|(s, p)| (*s, p.clone())).collect();
+        let mut extras = Vec::new();
+        let mut clusters: BTreeSet<ClusterRef> = BTreeSet::new();
+        for (service, p) in &services {
+            let service = *service;
+            let (routes, used) = shared_or_built(cache, ROUTE, service, p, Variant::Proxyless, || {
+                let (routes, used) = route_configuration(service, service, p, Protocol::Grpc, Client::Proxyless);
+                (XdsResource::new(ROUTE, service, &routes), used.into_iter().collect())
             });
-            set.insert_shared(LISTENER, listener);
+            set.insert_shared(ROUTE, routes);
+            clusters.extend(used.iter().cloned());
+            let mut names = vec![service.to_string()];
+            names.extend(facts.get(service).ports.iter().map(|port| format!("{service}:{port}")));
+            for name in names {
+                let (listener, _) = shared_or_built(cache, LISTENER, &name, p, Variant::Proxyless, || {
+                    let hcm = http_connection_manager(service, fault_filter(&p.faults));
+                    let listener = Listener {
+                        name: name.clone(),
+                        api_listener: Some(ApiListener {
+                            api_listener: Some(any(&hcm)),
+                        }),
+                        ..Default::default()
+                    };
+                    (XdsResource::new(LISTENER, &name, &listener), Vec::new())
+                });
+                set.insert_shared(LISTENER, listener);
+            }
         }
-        resolved.insert(service, p);
-    }
-    for cluster in clusters {
-        let name = cluster.name();
-        // A cluster carries the policies of the service it belongs to.
-        let p = resolved
-            .entry(cluster.service.clone())
-            .or_insert_with(|| policies.outbound_shared(snapshot, proxy, &cluster.service))
-            .clone();
-        // gRPC clients speak HTTP/2 themselves; the option is for Envoy.
-        let (c, _) = shared_or_built(cache, CLUSTER, &name, &p, Variant::Proxyless, || {
-            (
-                XdsResource::new(CLUSTER, &name, &eds_cluster(&name, &p, false)),
-                Vec::new(),
+        for cluster in &clusters {
+            let name = cluster.name();
+            // A cluster carries the policies of the service it belongs to.
+            let p = match resolved.get(cluster.service.as_str()) {
+                Some(p) => p.clone(),
+                None => {
+                    let p = policies.outbound_shared(snapshot, proxy, &cluster.service);
+                    extras.push((cluster.service.clone(), p.clone()));
+                    resolved.insert(&cluster.service, p.clone());
+                    p
+                }
+            };
+            // gRPC clients speak HTTP/2 themselves; the option is for Envoy.
+            let (c, _) = shared_or_built(cache, CLUSTER, &name, &p, Variant::Proxyless, || {
+                (
+                    XdsResource::new(CLUSTER, &name, &eds_cluster(&name, &p, false)),
+                    Vec::new(),
+                )
+            });
+            set.insert_shared(CLUSTER, c);
+            let (cla, _) = shared_or_built(cache, ENDPOINT, &name, &p, Variant::Any, || {
+                let endpoints = index().endpoints(&cluster.service, &cluster.subset);
+                let cla = load_assignment(&name, snapshot, &endpoints, p.load_balancing.as_ref());
+                (XdsResource::new(ENDPOINT, &name, &cla), Vec::new())
+            });
+            set.insert_shared(ENDPOINT, cla);
+        }
+        (set, extras)
+    };
+    let mut set = match cache {
+        Some(c) => {
+            let key: Vec<Arc<OutboundPolicies>> = services.iter().map(|(_, p)| p.clone()).collect();
+            c.mesh_part(
+                &key,
+                |service, p| Arc::ptr_eq(&policies.outbound_shared(snapshot, proxy, service), p),
+                build,
             )
-        });
-        set.insert_shared(CLUSTER, c);
-        let (cla, _) = shared_or_built(cache, ENDPOINT, &name, &p, Variant::Any, || {
-            let endpoints = index().endpoints(&cluster.service, &cluster.subset);
-            let cla = load_assignment(&name, snapshot, &endpoints, p.load_balancing.as_ref());
-            (XdsResource::new(ENDPOINT, &name, &cla), Vec::new())
-        });
-        set.insert_shared(ENDPOINT, cla);
-    }
+        }
+        None => build().0,
+    };
     // A proxyless dataplane's inbounds are xDS-enabled gRPC servers.
     super::server::add_listeners(&mut set, snapshot, proxy, policies);
     set
