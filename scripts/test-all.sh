@@ -58,3 +58,25 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo build --workspace --bins
 cargo test --workspace -- --test-threads=2
+
+# The README's run command: a global and two zones joined on loopback, both
+# online at the global within 60 s, then stopped with SIGTERM (as Ctrl-C).
+smoke_data=$(mktemp -d)
+MERIDIAN_LOCAL_DATA="$smoke_data" deploy/local/run.sh >"$smoke_data/run.out" 2>&1 &
+smoke_pid=$!
+smoke_ok=""
+for _ in $(seq 1 300); do
+  online=$({ target/debug/meridianctl inspect zones 2>/dev/null || true; } | awk '$2 == "true"' | wc -l)
+  if [ "$online" -eq 2 ]; then smoke_ok=1; break; fi
+  kill -0 "$smoke_pid" 2>/dev/null || break
+  sleep 0.2
+done
+kill -TERM "$smoke_pid" 2>/dev/null || true
+wait "$smoke_pid" 2>/dev/null || true
+if [ -z "$smoke_ok" ]; then
+  echo "deploy/local/run.sh: the two zones did not come online"
+  tail -n 30 "$smoke_data"/*.log "$smoke_data/run.out"
+  exit 1
+fi
+echo "deploy/local/run.sh: global and two zones online"
+rm -rf "$smoke_data"

@@ -44,6 +44,7 @@ pids+=($!)
 wait_ready global "$GLOBAL_API" "${pids[-1]}"
 
 port=5682
+xds=5678
 for zone in zone-1 zone-2; do
   # The join command a new operator would paste, plus where this zone keeps
   # its data and serves its API on this machine.
@@ -51,20 +52,21 @@ for zone in zone-1 zone-2; do
     --output-dir "$DATA" 2>/dev/null)
   api=127.0.0.1:$port
   # shellcheck disable=SC2086
-  "$BIN/"$join --api-addr "$api" --data-dir "$DATA/$zone" \
+  "$BIN/"$join --api-addr "$api" --xds-addr "127.0.0.1:$xds" --data-dir "$DATA/$zone" \
     --ingress-address "127.0.0.1:$((port + 10000))" >"$DATA/$zone.log" 2>&1 &
   pids+=($!)
   wait_ready "$zone" "$api" "${pids[-1]}"
   echo "$zone joined with: $join"
   port=$((port + 1))
+  xds=$((xds + 1))
 done
 
 cat <<MSG
 
 Meridian is running on loopback (logs in $DATA/*.log).
   global API:  http://$GLOBAL_API     KDS: grpcs://$KDS
-  zone-1 API:  http://127.0.0.1:5682
-  zone-2 API:  http://127.0.0.1:5683
+  zone-1 API:  http://127.0.0.1:5682     xDS (ADS): 127.0.0.1:5678
+  zone-2 API:  http://127.0.0.1:5683     xDS (ADS): 127.0.0.1:5679
   try:         $BIN/meridianctl --api http://$GLOBAL_API inspect zones
                $BIN/meridianctl --api http://$GLOBAL_API get meshtimeouts -m default
                $BIN/meridianctl --api http://127.0.0.1:5682 get meshtimeouts -m default
