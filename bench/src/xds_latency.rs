@@ -471,7 +471,9 @@ mod tests {
         )
         .await
         .unwrap();
-        let (n, services) = (50, 5);
+        // More proxies than the zone regenerates on one thread (64): the
+        // change reaches them through the parallel regeneration.
+        let (n, services) = (150, 5);
         for i in 0..n {
             apply(&zone.manager, dataplane(MESH, i, services)).await.unwrap();
         }

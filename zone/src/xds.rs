@@ -462,39 +462,84 @@ async fn regenerate_loop(s: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
             .filter(|(id, _)| all || dirty.contains(&id.mesh))
             .map(|(id, c)| (id.clone(), c.kind))
             .collect();
-        let meshes: BTreeSet<String> = targets.iter().map(|(id, _)| id.mesh.clone()).collect();
-        for mesh in meshes {
-            let ctx = mesh_context(&s, &mesh, epoch);
-            for (id, kind) in targets.iter().filter(|(id, _)| id.mesh == mesh) {
-                let key = ResourceKey::in_mesh(ResourceType::Dataplane, &id.mesh, &id.name);
-                let next = match (&ctx, s.manager.get(&key)) {
-                    (Some(ctx), Some(dp)) => {
-                        let Ok(dataplane) = serde_json::from_value::<Dataplane>(dp.spec) else {
-                            continue;
-                        };
-                        let proxy = ProxyContext {
-                            mesh: id.mesh.clone(),
-                            name: id.name.clone(),
-                            kind: *kind,
-                            dataplane,
-                        };
-                        generate(&ctx.snapshot, &proxy, ctx.resolver.as_ref())
+        // Generation is CPU work: off the async workers, over every core.
+        let shared = s.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || regenerate_proxies(&shared, &targets, epoch)).await {
+            tracing::error!(error = %e, "regenerating proxies failed");
+        }
+    }
+}
+
+/// Below this many proxies of a mesh, one thread regenerates them all.
+const PARALLEL_FROM: usize = 64;
+
+/// Regenerates `targets` against their meshes' contexts as of `epoch` and
+/// hands each proxy its new set if it changed; the proxies of a mesh are
+/// split over the machine's cores.
+fn regenerate_proxies(s: &Shared, targets: &[(ProxyId, ProxyKind)], epoch: u64) {
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
+    let meshes: BTreeSet<&str> = targets.iter().map(|(id, _)| id.mesh.as_str()).collect();
+    for mesh in meshes {
+        let ctx = mesh_context(s, mesh, epoch);
+        let ctx = ctx.as_deref();
+        let proxies: Vec<&(ProxyId, ProxyKind)> = targets.iter().filter(|(id, _)| id.mesh == mesh).collect();
+        if workers < 2 || proxies.len() < PARALLEL_FROM {
+            for (id, kind) in proxies {
+                regenerate_one(s, ctx, id, *kind);
+            }
+            continue;
+        }
+        std::thread::scope(|scope| {
+            for part in proxies.chunks(proxies.len().div_ceil(workers)) {
+                let work = move || {
+                    for (id, kind) in part {
+                        regenerate_one(s, ctx, id, *kind);
                     }
-                    // The mesh or the dataplane is gone: the proxy gets nothing.
-                    _ => ResourceSet::new(),
                 };
-                if let Some(c) = lock(&s.proxies).get(id) {
-                    c.tx.send_if_modified(|cur| {
-                        if **cur == next {
-                            false
-                        } else {
-                            *cur = Arc::new(next);
-                            true
-                        }
-                    });
+                // Without a thread (resources exhausted) the work is done
+                // here instead.
+                if let Err(e) = std::thread::Builder::new()
+                    .name("xds-regenerate".into())
+                    .spawn_scoped(scope, work)
+                {
+                    tracing::warn!(error = %e, "no thread for regeneration; regenerating inline");
+                    for (id, kind) in part {
+                        regenerate_one(s, ctx, id, *kind);
+                    }
                 }
             }
+        });
+    }
+}
+
+/// Regenerates one proxy; `ctx` is `None` when its mesh is gone.
+fn regenerate_one(s: &Shared, ctx: Option<&MeshContext>, id: &ProxyId, kind: ProxyKind) {
+    let key = ResourceKey::in_mesh(ResourceType::Dataplane, &id.mesh, &id.name);
+    let next = match (ctx, s.manager.get(&key)) {
+        (Some(ctx), Some(dp)) => {
+            let Ok(dataplane) = serde_json::from_value::<Dataplane>(dp.spec) else {
+                return;
+            };
+            let proxy = ProxyContext {
+                mesh: id.mesh.clone(),
+                name: id.name.clone(),
+                kind,
+                dataplane,
+            };
+            generate(&ctx.snapshot, &proxy, ctx.resolver.as_ref())
         }
+        // The mesh or the dataplane is gone: the proxy gets nothing.
+        _ => ResourceSet::new(),
+    };
+    if let Some(c) = lock(&s.proxies).get(id) {
+        c.tx.send_if_modified(|cur| {
+            if **cur == next {
+                false
+            } else {
+                *cur = Arc::new(next);
+                true
+            }
+        });
     }
 }
 
