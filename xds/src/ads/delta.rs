@@ -89,19 +89,7 @@ impl DeltaState {
     fn routes_current(&self, resources: &SharedResources) -> bool {
         [LISTENER, ROUTE].into_iter().all(|t| {
             self.types.get(t).is_none_or(|state| {
-                let covered: BTreeMap<&str, &str> = if state.wildcard {
-                    resources
-                        .of_type(t)
-                        .map(|r| (r.name.as_str(), r.version.as_str()))
-                        .collect()
-                } else {
-                    state
-                        .names
-                        .iter()
-                        .filter_map(|n| resources.get(t, n))
-                        .map(|r| (r.name.as_str(), r.version.as_str()))
-                        .collect()
-                };
+                let covered = super::covered(state.wildcard, &state.names, resources, t);
                 state.pending.is_empty() && state.held.iter().map(|(n, v)| (n.as_str(), v.as_str())).eq(covered)
             })
         })

@@ -28,7 +28,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
-use crate::resources::{hash_hex, SharedResources, TYPES_IN_ORDER};
+use crate::resources::{hash_hex, ResourceSet, SharedResources, TYPES_IN_ORDER};
 use crate::source::ConfigSource;
 
 pub use delta::DeltaState;
@@ -317,6 +317,29 @@ impl UnknownTypes {
         } else {
             tracing::debug!(%type_url, "request for a type Meridian does not serve: ignored");
         }
+    }
+}
+
+/// Name → version of what of `type_url` a subscription covers in
+/// `resources`: everything under a wildcard, else the named resources that
+/// exist.
+pub(crate) fn covered<'a>(
+    wildcard: bool,
+    names: &std::collections::BTreeSet<String>,
+    resources: &'a ResourceSet,
+    type_url: &str,
+) -> std::collections::BTreeMap<&'a str, &'a str> {
+    if wildcard {
+        resources
+            .of_type(type_url)
+            .map(|r| (r.name.as_str(), r.version.as_str()))
+            .collect()
+    } else {
+        names
+            .iter()
+            .filter_map(|n| resources.get(type_url, n))
+            .map(|r| (r.name.as_str(), r.version.as_str()))
+            .collect()
     }
 }
 

@@ -91,18 +91,7 @@ pub struct SotwState {
 
 /// What of `type_url` a subscription gets from `resources`: name → version.
 fn view<'a>(sub: &Subscription, resources: &'a ResourceSet, type_url: &str) -> BTreeMap<&'a str, &'a str> {
-    if sub.wildcard {
-        resources
-            .of_type(type_url)
-            .map(|r| (r.name.as_str(), r.version.as_str()))
-            .collect()
-    } else {
-        sub.names
-            .iter()
-            .filter_map(|n| resources.get(type_url, n))
-            .map(|r| (r.name.as_str(), r.version.as_str()))
-            .collect()
-    }
+    super::covered(sub.wildcard, &sub.names, resources, type_url)
 }
 
 impl SotwState {
