@@ -377,8 +377,46 @@ pub fn add_listeners(
     }
 }
 
+/// Test support shared by the RBAC tests of servers and sidecars.
+#[cfg(test)]
+pub(crate) mod rbac_eval {
+    use std::net::IpAddr;
+
+    use envoy_types::pb::envoy::config::rbac::v3::{
+        principal, rbac::Action as RbacAction, Principal, Rbac as RbacRules,
+    };
+
+    /// Whether ALLOW `rules` let a caller at `peer` through, as Envoy and
+    /// gRPC decide on `direct_remote_ip`.
+    pub(crate) fn allows(rules: &RbacRules, peer: &str) -> bool {
+        assert_eq!(rules.action, RbacAction::Allow as i32);
+        let peer: IpAddr = peer.parse().unwrap();
+        rules
+            .policies
+            .values()
+            .any(|p| p.principals.iter().any(|pr| principal_matches(pr, peer)))
+    }
+
+    fn principal_matches(p: &Principal, peer: IpAddr) -> bool {
+        match p.identifier.as_ref().unwrap() {
+            principal::Identifier::Any(true) => true,
+            principal::Identifier::DirectRemoteIp(c) => {
+                let ip: IpAddr = c.address_prefix.parse().unwrap();
+                let full = if ip.is_ipv4() { 32 } else { 128 };
+                assert_eq!(c.prefix_len.unwrap().value, full, "one address");
+                ip == peer
+            }
+            principal::Identifier::OrIds(s) => s.ids.iter().any(|i| principal_matches(i, peer)),
+            principal::Identifier::AndIds(s) => s.ids.iter().all(|i| principal_matches(i, peer)),
+            principal::Identifier::NotId(i) => !principal_matches(i, peer),
+            other => panic!("unexpected principal {other:?}"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::rbac_eval::allows;
     use super::*;
     use crate::generate::{invariants, InboundPolicies, NoPolicies, OutboundPolicies};
     use crate::snapshot::{DataplaneEntry, ProxyKind};
@@ -494,32 +532,6 @@ mod tests {
             "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
         );
         Some(Rbac::decode(a.value.as_slice()).unwrap().rules.unwrap())
-    }
-
-    /// Evaluates ALLOW rules for a peer address, as a server would.
-    fn allows(rules: &RbacRules, peer: &str) -> bool {
-        assert_eq!(rules.action, RbacAction::Allow as i32);
-        let peer: IpAddr = peer.parse().unwrap();
-        rules
-            .policies
-            .values()
-            .any(|p| p.principals.iter().any(|pr| principal_matches(pr, peer)))
-    }
-
-    fn principal_matches(p: &Principal, peer: IpAddr) -> bool {
-        match p.identifier.as_ref().unwrap() {
-            principal::Identifier::Any(true) => true,
-            principal::Identifier::DirectRemoteIp(c) => {
-                let ip: IpAddr = c.address_prefix.parse().unwrap();
-                let full = if ip.is_ipv4() { 32 } else { 128 };
-                assert_eq!(c.prefix_len.unwrap().value, full, "one address");
-                ip == peer
-            }
-            principal::Identifier::OrIds(s) => s.ids.iter().any(|i| principal_matches(i, peer)),
-            principal::Identifier::AndIds(s) => s.ids.iter().all(|i| principal_matches(i, peer)),
-            principal::Identifier::NotId(i) => !principal_matches(i, peer),
-            other => panic!("unexpected principal {other:?}"),
-        }
     }
 
     #[test]

@@ -1257,11 +1257,11 @@ mod inbound_and_transparent_proxy_tests {
 #[cfg(test)]
 mod traffic_permission_tests {
     use super::*;
+    use crate::generate::server::rbac_eval::allows;
     use crate::generate::server::resolve_permissions;
     use crate::generate::{invariants, InboundPolicies, OutboundPolicies};
     use crate::snapshot::{DataplaneEntry, ProxyKind};
     use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType as NetworkConfigType;
-    use envoy_types::pb::envoy::config::rbac::v3::{principal, rbac::Action as RbacAction, Principal};
     use meridian_core::dataplane::Dataplane;
     use meridian_core::policy::matching::{traffic_permissions, ProxyView};
     use meridian_core::policy::meshtrafficpermission::MeshTrafficPermission;
@@ -1420,33 +1420,6 @@ mod traffic_permission_tests {
             "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC"
         );
         Some(NetworkRbac::decode(any.value.as_slice()).unwrap())
-    }
-
-    /// Whether ALLOW `rules` let a caller at `peer` through, as Envoy decides
-    /// on `direct_remote_ip`.
-    fn allows(rules: &RbacRules, peer: &str) -> bool {
-        assert_eq!(rules.action, RbacAction::Allow as i32);
-        let peer: IpAddr = peer.parse().unwrap();
-        rules
-            .policies
-            .values()
-            .any(|p| p.principals.iter().any(|pr| matches(pr, peer)))
-    }
-
-    fn matches(p: &Principal, peer: IpAddr) -> bool {
-        match p.identifier.as_ref().unwrap() {
-            principal::Identifier::Any(true) => true,
-            principal::Identifier::DirectRemoteIp(c) => {
-                let ip: IpAddr = c.address_prefix.parse().unwrap();
-                let full = if ip.is_ipv4() { 32 } else { 128 };
-                assert_eq!(c.prefix_len.unwrap().value, full, "one address");
-                ip == peer
-            }
-            principal::Identifier::OrIds(s) => s.ids.iter().any(|i| matches(i, peer)),
-            principal::Identifier::AndIds(s) => s.ids.iter().all(|i| matches(i, peer)),
-            principal::Identifier::NotId(i) => !matches(i, peer),
-            other => panic!("unexpected principal {other:?}"),
-        }
     }
 
     /// For every inbound: web allowed except its v2, batch shadow-denied,
