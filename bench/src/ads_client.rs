@@ -94,9 +94,10 @@ pub enum Event {
     Failed { client: usize, error: String },
 }
 
-/// Opens one HTTP/2 connection to the zone's ADS server.
-pub async fn connect(xds_addr: std::net::SocketAddr) -> anyhow::Result<Channel> {
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{xds_addr}"))?
+/// Opens one HTTP/2 connection (TLS, verified with `ca_pem`) to the zone's
+/// ADS server.
+pub async fn connect(xds_addr: std::net::SocketAddr, ca_pem: &str) -> anyhow::Result<Channel> {
+    let endpoint = meridian_xds::client::endpoint(&xds_addr.to_string(), ca_pem)?
         .tcp_nodelay(true)
         .connect_timeout(Duration::from_secs(30));
     endpoint.connect().await.context("connecting to the zone's ADS server")
@@ -265,12 +266,13 @@ fn zone_weight(assignments: &[ClusterLoadAssignment], cluster: &str, zone: &str)
 /// [`Event::Failed`] as well as returned.
 pub async fn run(
     channel: Channel,
+    token: Option<std::sync::Arc<str>>,
     spec: ClientSpec,
     target: watch::Receiver<Target>,
     events: mpsc::UnboundedSender<Event>,
 ) -> anyhow::Result<()> {
     let index = spec.index;
-    let result = serve(channel, spec, target, &events).await;
+    let result = serve(channel, token, spec, target, &events).await;
     if let Err(e) = &result {
         let _ = events.send(Event::Failed {
             client: index,
@@ -282,6 +284,7 @@ pub async fn run(
 
 async fn serve(
     channel: Channel,
+    token: Option<std::sync::Arc<str>>,
     spec: ClientSpec,
     target: watch::Receiver<Target>,
     events: &mpsc::UnboundedSender<Event>,
@@ -313,12 +316,22 @@ async fn serve(
             client.request(LISTENER)?;
         }
     }
-    let mut ads = AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
-    let mut responses = ads
-        .stream_aggregated_resources(UnboundedReceiverStream::new(rx))
-        .await
-        .context("opening the ADS stream")?
-        .into_inner();
+    let requests = UnboundedReceiverStream::new(rx);
+    let opened = match token {
+        Some(t) => {
+            let bearer = meridian_xds::client::Bearer::new(&t)?;
+            meridian_xds::client::ads_client(channel, bearer)
+                .stream_aggregated_resources(requests)
+                .await
+        }
+        None => {
+            AggregatedDiscoveryServiceClient::new(channel)
+                .max_decoding_message_size(64 * 1024 * 1024)
+                .stream_aggregated_resources(requests)
+                .await
+        }
+    };
+    let mut responses = opened.context("opening the ADS stream")?.into_inner();
     let mut ready = false;
     let mut matched: Option<u64> = None;
     loop {

@@ -377,6 +377,7 @@ async fn through_api(store: Arc<dyn Store>, count: usize) -> anyhow::Result<(Vec
             mode: Mode::Global,
             create_default_mesh: false,
             global: None,
+            zone: None,
         },
         store,
         watch::channel(true).1,

@@ -36,7 +36,7 @@ use tokio::sync::{broadcast, mpsc};
 use crate::ads_client::{ClientKind, ClientSpec, Target};
 use crate::kds::{agent, apply, header, put_ok, row, timed_http, Global};
 use crate::summarize;
-use crate::xds_scale::{dataplane, probe_policy, round_timeout, Fleet, MESH, PROBE_POLICY};
+use crate::xds_scale::{dataplane, probe_policy, round_timeout, Fleet, XdsAccess, MESH, PROBE_POLICY};
 
 fn zone_store(name: &str) -> anyhow::Result<StoreKind> {
     match name {
@@ -59,6 +59,9 @@ async fn start_zone(
         zone: name.to_string(),
         api_addr: "127.0.0.1:0".parse()?,
         xds_addr: "127.0.0.1:0".parse()?,
+        xds_tls: Default::default(),
+        dp_auth: meridian_zone::auth::DpAuth::Token,
+        dataplane_cleanup_age: std::time::Duration::from_secs(60),
         store,
         data_dir: dir.join(format!("{name}-data")),
         federation: Some(ClientSettings {
@@ -78,6 +81,29 @@ async fn start_zone(
         .await
         .map_err(|e| anyhow!("zone cache: {e}"))?;
     Ok(zone)
+}
+
+/// What clients of `zone` present: its xDS CA and a token of [`MESH`].
+async fn access(global: &Global, zone: &RunningZone) -> anyhow::Result<XdsAccess> {
+    let req = meridian_server::identity::dataplane::IssueRequest {
+        mesh: MESH.to_string(),
+        valid_for: Duration::from_secs(24 * 3600),
+        ..Default::default()
+    };
+    let token = global.running.dataplane_tokens.issue(&req).await?;
+    // The zone verifies the token with the mesh's key, which KDS brings.
+    wait_for(
+        zone.manager.cache(),
+        "the mesh's dataplane token key",
+        Duration::from_secs(30),
+        |r| r.key.mesh.as_deref() == Some(MESH),
+        ResourceType::DataplaneTokenKey,
+    )
+    .await?;
+    Ok(XdsAccess {
+        ca_pem: zone.xds_ca_pem.as_str().into(),
+        token: Some(token.into()),
+    })
 }
 
 /// Resolves when `cache` holds a resource satisfying `pred`; follows the
@@ -206,7 +232,8 @@ pub async fn route_latency(o: RouteOptions) -> anyhow::Result<()> {
     if o.clients > o.dataplanes {
         bail!("--clients must not exceed --dataplanes (each client is one registered dataplane)");
     }
-    let (mut fleet, connected_in) = Fleet::connect(zone.xds_addr, specs, 100, Duration::from_secs(600)).await?;
+    let access = access(&global, &zone).await?;
+    let (mut fleet, connected_in) = Fleet::connect(zone.xds_addr, access, specs, 100, Duration::from_secs(600)).await?;
 
     let (tx, mut in_zone) = mpsc::unbounded_channel();
     let stamper = stamp(zone.manager.cache(), tx, probe_round);
@@ -363,7 +390,8 @@ pub async fn eds_latency(o: EdsOptions) -> anyhow::Result<()> {
         node_id: format!("{MESH}.client"),
         kind: ClientKind::Proxyless(vec![REMOTE_SERVICE.to_string()]),
     };
-    let (mut fleet, _) = Fleet::connect(zone1.xds_addr, vec![spec], 1, Duration::from_secs(60)).await?;
+    let access = access(&global, &zone1).await?;
+    let (mut fleet, _) = Fleet::connect(zone1.xds_addr, access, vec![spec], 1, Duration::from_secs(60)).await?;
 
     let mut stamps: HashMap<&str, mpsc::UnboundedReceiver<(u64, Instant)>> = HashMap::new();
     let mut stampers = Vec::new();
@@ -487,7 +515,8 @@ mod tests {
                 )
             })
             .collect();
-        let (mut fleet, _) = Fleet::connect(zone.xds_addr, specs, 10, Duration::from_secs(60))
+        let access = access(&global, &zone).await.unwrap();
+        let (mut fleet, _) = Fleet::connect(zone.xds_addr, access, specs, 10, Duration::from_secs(60))
             .await
             .unwrap();
         let timeout = round_timeout(1);

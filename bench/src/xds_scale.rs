@@ -179,6 +179,42 @@ impl ZoneProcess {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// The zone's xDS CA and a dataplane token of [`MESH`] from the global
+    /// at `global_api`.
+    pub async fn access(&self, agent: &ureq::Agent, global_api: &str) -> anyhow::Result<XdsAccess> {
+        let (status, ca) = crate::kds::http(agent, "GET", format!("{}/xds-ca", self.api), None).await?;
+        if status != 200 {
+            bail!("GET /xds-ca answered {status}: {ca}");
+        }
+        let (status, token) = crate::kds::http(
+            agent,
+            "POST",
+            format!("{global_api}/tokens/dataplane"),
+            Some(serde_json::json!({"mesh": MESH, "validFor": "24h"})),
+        )
+        .await?;
+        if status != 200 {
+            bail!("POST /tokens/dataplane answered {status}: {token}");
+        }
+        // The zone verifies the token with the mesh's key, which KDS brings.
+        let keys = format!("{}/meshes/{MESH}/dataplane-token-keys", self.api);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (status, body) = crate::kds::http(agent, "GET", keys.clone(), None).await?;
+            if status == 200 && body.contains("\"key-") {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("the zone has no dataplane token key of {MESH} after 30 s: {status} {body}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(XdsAccess {
+            ca_pem: ca.into(),
+            token: Some(token.trim().into()),
+        })
+    }
 }
 
 impl Drop for ZoneProcess {
@@ -228,6 +264,15 @@ pub async fn put_all(urls_and_docs: Vec<(String, Value)>, threads: usize) -> any
     .await?
 }
 
+/// What the benchmark's clients present to the zone: the CA its xDS server
+/// is verified with, and a dataplane token (`None` against a zone run with
+/// `--dp-auth none`).
+#[derive(Clone)]
+pub struct XdsAccess {
+    pub ca_pem: std::sync::Arc<str>,
+    pub token: Option<std::sync::Arc<str>>,
+}
+
 /// The ADS clients of a run and the events they report.
 pub struct Fleet {
     pub events: mpsc::UnboundedReceiver<Event>,
@@ -240,6 +285,7 @@ impl Fleet {
     /// `concurrency` configuring at once; returns when all are ready.
     pub async fn connect(
         xds: std::net::SocketAddr,
+        access: XdsAccess,
         specs: Vec<ClientSpec>,
         concurrency: usize,
         timeout: Duration,
@@ -257,9 +303,10 @@ impl Fleet {
             while tasks.len() < total && tasks.len() - ready < concurrency.max(1) {
                 let Some(spec) = pending.next() else { break };
                 let (events_tx, target_rx) = (events_tx.clone(), target_rx.clone());
+                let access = access.clone();
                 tasks.push(tokio::spawn(async move {
                     let index = spec.index;
-                    let channel = match ads_client::connect(xds).await {
+                    let channel = match ads_client::connect(xds, &access.ca_pem).await {
                         Ok(c) => c,
                         Err(e) => {
                             let _ = events_tx.send(Event::Failed {
@@ -269,7 +316,7 @@ impl Fleet {
                             return Err(e);
                         }
                     };
-                    ads_client::run(channel, spec, target_rx, events_tx).await
+                    ads_client::run(channel, access.token.clone(), spec, target_rx, events_tx).await
                 }));
             }
             match tokio::time::timeout_at(deadline, events.recv()).await {
@@ -390,8 +437,15 @@ async fn run_one(opts: &ScaleOptions, kind: Kind, nofile: u64) -> anyhow::Result
     let own_before = rss(std::process::id());
     let zone_cpu0 = cpu_time_of(&zpid.to_string());
     let specs = (0..n).map(|i| client_spec(MESH, i, opts.services, kind)).collect();
-    let (mut fleet, connected_in) =
-        Fleet::connect(zone.xds, specs, opts.connect_concurrency, Duration::from_secs(3600)).await?;
+    let access = zone.access(&agent, &global.api).await?;
+    let (mut fleet, connected_in) = Fleet::connect(
+        zone.xds,
+        access,
+        specs,
+        opts.connect_concurrency,
+        Duration::from_secs(3600),
+    )
+    .await?;
     let connect_cpu = cpu_time_of(&zpid.to_string()).saturating_sub(zone_cpu0);
     let (zone_connected, global_connected) = (rss(zpid), rss(gpid));
     let own_clients = rss(std::process::id()).saturating_sub(own_before);

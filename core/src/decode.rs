@@ -8,6 +8,7 @@ use serde_json::{Map, Value};
 
 use crate::dataplane::{Dataplane, Zone, ZoneIngress};
 use crate::error::{FieldPath, ValidationError};
+use crate::identity::{DataplaneTokenKey, DataplaneTokenRevocation};
 use crate::mesh::Mesh;
 use crate::names;
 use crate::policy;
@@ -314,6 +315,8 @@ pub fn validate_spec(kind: ResourceType, spec: Value, inline_root: &FieldPath) -
         ResourceType::Dataplane => check::<Dataplane>(spec, inline_root),
         ResourceType::ZoneIngress => check::<ZoneIngress>(spec, inline_root),
         ResourceType::Zone => check::<Zone>(spec, inline_root),
+        ResourceType::DataplaneTokenKey => check::<DataplaneTokenKey>(spec, inline_root),
+        ResourceType::DataplaneTokenRevocation => check::<DataplaneTokenRevocation>(spec, inline_root),
         // Insights are written by Meridian itself, never by users.
         ResourceType::DataplaneInsight | ResourceType::ZoneInsight => Ok(spec),
         _ => Ok(spec),

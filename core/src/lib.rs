@@ -10,6 +10,7 @@ pub mod decode;
 pub mod defaults;
 pub mod duration;
 pub mod error;
+pub mod identity;
 pub mod mesh;
 pub mod names;
 pub mod policy;

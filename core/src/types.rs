@@ -27,6 +27,8 @@ pub enum ResourceType {
     ZoneIngress,
     Zone,
     ZoneInsight,
+    DataplaneTokenKey,
+    DataplaneTokenRevocation,
 }
 
 /// Which side of a multi-zone deployment owns (writes) a type.
@@ -174,11 +176,31 @@ const TABLE: &[Info] = &[
     info(T::ZoneIngress, "ZoneIngress", "zoneingresses", false, false, Z, false),
     info(T::Zone, "Zone", "zones", false, false, S, false),
     info(T::ZoneInsight, "ZoneInsight", "zone-insights", false, false, S, true),
+    // Written by the token issuer of the global (or a standalone zone), never
+    // through PUT; synced to zones, which verify dataplane tokens with them.
+    info(
+        T::DataplaneTokenKey,
+        "DataplaneTokenKey",
+        "dataplane-token-keys",
+        true,
+        false,
+        G,
+        true,
+    ),
+    info(
+        T::DataplaneTokenRevocation,
+        "DataplaneTokenRevocation",
+        "dataplane-token-revocations",
+        true,
+        false,
+        G,
+        true,
+    ),
 ];
 
 impl ResourceType {
     /// All types, in a stable order.
-    pub const ALL: [ResourceType; 20] = [
+    pub const ALL: [ResourceType; 22] = [
         T::Mesh,
         T::MeshTimeout,
         T::MeshRetry,
@@ -199,6 +221,8 @@ impl ResourceType {
         T::ZoneIngress,
         T::Zone,
         T::ZoneInsight,
+        T::DataplaneTokenKey,
+        T::DataplaneTokenRevocation,
     ];
 
     fn info(self) -> &'static Info {
@@ -234,6 +258,12 @@ impl ResourceType {
     /// Whether the HTTP API refuses writes of this type everywhere.
     pub fn is_read_only(self) -> bool {
         self.info().read_only
+    }
+
+    /// Whether the global (or a standalone zone) writes this type and zones
+    /// receive it over KDS.
+    pub fn is_synced_to_zones(self) -> bool {
+        self.owner() == Owner::Global
     }
 
     /// All policy types.

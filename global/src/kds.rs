@@ -298,7 +298,7 @@ impl Outbound for ToZone {
 
     fn export(&self, r: &Resource) -> Option<WireResource> {
         let kind = r.key.kind;
-        if kind == ResourceType::Mesh || kind.is_policy() {
+        if kind.is_synced_to_zones() {
             let mut w = WireResource::from_resource(r);
             w.labels.insert(labels::ORIGIN.into(), "global".into());
             Some(w)

@@ -27,6 +27,8 @@ pub struct RunningGlobal {
     pub manager: Arc<Manager>,
     /// Tokens, the advertised KDS address and the CA zones verify it with.
     pub services: Arc<GlobalServices>,
+    /// Issues dataplane tokens (what `POST /tokens/dataplane` calls).
+    pub dataplane_tokens: Arc<meridian_server::identity::dataplane::DataplaneTokenIssuer>,
     stop: watch::Sender<bool>,
     api: JoinHandle<anyhow::Result<()>>,
     leader: LeaderHandle,
@@ -56,6 +58,7 @@ pub async fn start(config: GlobalConfig, instance_id: String) -> anyhow::Result<
     // data dir may not be meant for files (the API and zone-join serve the CA).
     let ca_copy_dir = (config.store == StoreKind::Embedded).then_some(config.data_dir.as_path());
     let tls = tls::load_or_generate(
+        &tls::KDS,
         &backend.store,
         ca_copy_dir,
         config.kds_tls_cert.as_deref(),
@@ -77,6 +80,7 @@ pub async fn start(config: GlobalConfig, instance_id: String) -> anyhow::Result<
             mode: Mode::Global,
             create_default_mesh: !config.defaults_skip_mesh_creation,
             global: Some(services.clone()),
+            zone: None,
         },
         backend.store,
         backend.leader.subscribe(),
@@ -104,11 +108,16 @@ pub async fn start(config: GlobalConfig, instance_id: String) -> anyhow::Result<
         stop_rx,
     )
     .await?;
+    let dataplane_tokens = server
+        .dataplane_tokens
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("the global's API has no dataplane token issuer"))?;
     Ok(RunningGlobal {
         api_addr: server.api_addr,
         kds_addr,
         manager: server.manager,
         services,
+        dataplane_tokens,
         stop: stop_tx,
         api: server.task,
         leader: backend.leader,

@@ -28,6 +28,7 @@ use tokio::sync::watch;
 
 use crate::error::ApiError;
 use crate::global_services::GlobalServices;
+use crate::identity_api;
 use crate::manager::{Manager, Outcome};
 use crate::metrics::{ApiMetrics, KindLabel, RequestLabels};
 use crate::tokens;
@@ -94,6 +95,10 @@ pub struct ApiState {
     pub leader: watch::Receiver<bool>,
     /// Zone tokens and KDS join information: the global only.
     pub global: Option<Arc<GlobalServices>>,
+    /// Issues dataplane tokens: the global and standalone zones.
+    pub dataplane_tokens: Option<Arc<crate::identity::dataplane::DataplaneTokenIssuer>>,
+    /// Ingress tokens and the xDS CA: zones only.
+    pub zone: Option<Arc<crate::identity_api::ZoneServices>>,
     /// What the zone generates for its proxies, set once the zone's xDS side
     /// exists; the global has none.
     pub inspector: Arc<OnceLock<Arc<dyn DataplaneInspector>>>,
@@ -133,6 +138,12 @@ pub fn router(state: Arc<ApiState>) -> Router {
             "/meshes/{mesh}/{plural}/{name}",
             get(get_in_mesh).put(put_in_mesh).delete(delete_in_mesh),
         )
+        .route("/tokens/dataplane", post(identity_api::issue_dataplane_token))
+        .route("/tokens/dataplane/revoke", post(identity_api::revoke_dataplane_token))
+        .route("/tokens/dataplane/rotate", post(identity_api::rotate_dataplane_key))
+        .route("/tokens/zone-ingress", post(identity_api::issue_ingress_token))
+        .route("/tokens/zone-ingress/revoke", post(identity_api::revoke_ingress_token))
+        .route("/xds-ca", get(identity_api::xds_ca))
         .route("/tokens/zone", post(issue_zone_token))
         .route("/tokens/zone/revoke", post(revoke_zone_token))
         .route("/kds-info", get(kds_info))
@@ -360,6 +371,10 @@ async fn delete_mesh(State(s): St, Path(name): Path<String>) -> ApiResult {
 
 async fn delete_in_mesh(State(s): St, Path((mesh, plural, name)): Path<(String, String, String)>) -> ApiResult {
     let kind = mesh_scoped_type(&plural)?;
+    if kind == ResourceType::DataplaneTokenKey {
+        // Retiring a key removes its private half too; the issuer does both.
+        return identity_api::retire_dataplane_key(&s, &mesh, &name).await;
+    }
     delete_one(&s, ResourceKey::in_mesh(kind, &mesh, &name)).await
 }
 
@@ -670,7 +685,10 @@ fn global_services(s: &ApiState) -> Result<&GlobalServices, ApiError> {
 }
 
 /// Parses a small JSON object body, naming the field that is wrong.
-fn json_object(body: Result<Bytes, BytesRejection>, fields: &[&str]) -> Result<Map<String, Value>, ApiError> {
+pub(crate) fn json_object(
+    body: Result<Bytes, BytesRejection>,
+    fields: &[&str],
+) -> Result<Map<String, Value>, ApiError> {
     let bytes = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let value: Value = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "Could not parse the body", e.to_string()))?;
@@ -690,7 +708,7 @@ fn json_object(body: Result<Bytes, BytesRejection>, fields: &[&str]) -> Result<M
     Ok(obj)
 }
 
-fn string_field<'a>(obj: &'a Map<String, Value>, field: &str) -> Result<Option<&'a str>, ApiError> {
+pub(crate) fn string_field<'a>(obj: &'a Map<String, Value>, field: &str) -> Result<Option<&'a str>, ApiError> {
     match obj.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),

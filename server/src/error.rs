@@ -9,6 +9,8 @@ use meridian_core::{Cause, ValidationError};
 use meridian_store::StoreError;
 use serde_json::json;
 
+use crate::identity::dataplane::DataplaneTokenError;
+use crate::identity::ingress::IngressTokenError;
 use crate::manager::WriteError;
 use crate::tokens::TokenError;
 
@@ -110,6 +112,41 @@ impl From<TokenError> for ApiError {
             | TokenError::BadSignature
             | TokenError::Expired { .. }
             | TokenError::Revoked { .. } => ApiError::bad_request(e.to_string()),
+        }
+    }
+}
+
+impl From<DataplaneTokenError> for ApiError {
+    fn from(e: DataplaneTokenError) -> Self {
+        match e {
+            DataplaneTokenError::Invalid { field, .. } => ApiError::field(field, e.to_string()),
+            DataplaneTokenError::UnknownMesh(_) => ApiError::field("mesh", e.to_string()),
+            DataplaneTokenError::NotFound(_) => ApiError::not_found(e.to_string()),
+            DataplaneTokenError::ActiveKey(_) => ApiError::new(StatusCode::CONFLICT, "Conflict", e.to_string()),
+            DataplaneTokenError::Store(s) => s.into(),
+            DataplaneTokenError::Write(w) => w.into(),
+            DataplaneTokenError::Jwt(_)
+            | DataplaneTokenError::Claims(_)
+            | DataplaneTokenError::UnknownKey { .. }
+            | DataplaneTokenError::Revoked { .. } => ApiError::bad_request(e.to_string()),
+            DataplaneTokenError::Corrupt(_) | DataplaneTokenError::Internal(_) => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal error", e.to_string())
+            }
+        }
+    }
+}
+
+impl From<IngressTokenError> for ApiError {
+    fn from(e: IngressTokenError) -> Self {
+        match e {
+            IngressTokenError::Invalid { field, .. } => ApiError::field(field, e.to_string()),
+            IngressTokenError::Store(s) => s.into(),
+            IngressTokenError::Jwt(_) | IngressTokenError::Claims(_) | IngressTokenError::Revoked(_) => {
+                ApiError::bad_request(e.to_string())
+            }
+            IngressTokenError::Key(_) => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal error", e.to_string())
+            }
         }
     }
 }

@@ -52,6 +52,7 @@ mod tests {
                 mode,
                 create_default_mesh: false,
                 global,
+                zone: None,
             },
             store,
             watch::channel(true).1,

@@ -22,6 +22,8 @@ pub mod backend;
 pub mod defaults;
 pub mod error;
 pub mod global_services;
+pub mod identity;
+pub mod identity_api;
 pub mod kds;
 pub mod manager;
 pub mod metrics;
@@ -40,12 +42,16 @@ pub struct ServerConfig {
     pub create_default_mesh: bool,
     /// Zone tokens and KDS join information; the global only.
     pub global: Option<Arc<global_services::GlobalServices>>,
+    /// Ingress tokens and the xDS CA; zones only.
+    pub zone: Option<Arc<identity_api::ZoneServices>>,
 }
 
 /// A running API server.
 pub struct Running {
     /// The address the API listens on (useful with port 0).
     pub api_addr: SocketAddr,
+    /// Issues dataplane tokens (the global and standalone zones).
+    pub dataplane_tokens: Option<Arc<identity::dataplane::DataplaneTokenIssuer>>,
     /// Set once by a zone to serve `/meshes/{mesh}/dataplanes/{name}/xds` and `/policies`.
     pub inspector: Arc<std::sync::OnceLock<Arc<dyn api::DataplaneInspector>>>,
     pub manager: Arc<manager::Manager>,
@@ -84,6 +90,8 @@ pub async fn start(
     let mut registry = Registry::default();
     let metrics = metrics::ApiMetrics::register(&mut registry);
     let inspector = Arc::new(std::sync::OnceLock::new());
+    let dataplane_tokens = matches!(config.mode, Mode::Global | Mode::Standalone { .. })
+        .then(|| Arc::new(identity::dataplane::DataplaneTokenIssuer::new(manager.clone())));
     let state = Arc::new(api::ApiState {
         manager: manager.clone(),
         mode: config.mode.clone(),
@@ -92,6 +100,8 @@ pub async fn start(
         ready,
         leader: leader_view,
         global: config.global.clone(),
+        dataplane_tokens: dataplane_tokens.clone(),
+        zone: config.zone.clone(),
         inspector: inspector.clone(),
     });
     let listener = TcpListener::bind(config.api_addr)
@@ -108,6 +118,7 @@ pub async fn start(
     });
     Ok(Running {
         api_addr,
+        dataplane_tokens,
         inspector,
         manager,
         task,

@@ -92,6 +92,9 @@ fn zone_config(join: ClientSettings, store: StoreKind, data_dir: &Path) -> ZoneC
         zone: join.zone.clone(),
         api_addr: loopback(),
         xds_addr: loopback(),
+        xds_tls: Default::default(),
+        dp_auth: meridian_zone::auth::DpAuth::Token,
+        dataplane_cleanup_age: std::time::Duration::from_secs(60),
         store,
         data_dir: data_dir.to_path_buf(),
         federation: Some(join),
@@ -162,7 +165,7 @@ impl Cluster {
 type View = BTreeMap<String, Value>;
 
 fn is_global_owned(kind: ResourceType) -> bool {
-    kind == ResourceType::Mesh || kind.is_policy()
+    kind.is_synced_to_zones()
 }
 
 /// The meshes and policies of a store. With `as_sent`, the labels carry

@@ -23,6 +23,7 @@ use meridian_core::decode::decode_value;
 use meridian_core::{Resource, ResourceKey, ResourceType};
 use meridian_server::backend::StoreKind;
 use meridian_server::manager::Manager;
+use meridian_xds::client;
 use meridian_xds::generate::ingress::sni;
 use meridian_xds::resources::{CLUSTER, ENDPOINT, LISTENER};
 use meridian_zone::xds::ingress_proxy_id;
@@ -48,6 +49,9 @@ async fn start_zone(dir: &std::path::Path) -> RunningZone {
         zone: ZONE.into(),
         api_addr: loopback(),
         xds_addr: loopback(),
+        xds_tls: Default::default(),
+        dp_auth: meridian_zone::auth::DpAuth::Token,
+        dataplane_cleanup_age: std::time::Duration::from_secs(60),
         store: StoreKind::Memory,
         data_dir: dir.to_path_buf(),
         federation: None,
@@ -106,9 +110,20 @@ struct Ads {
 
 impl Ads {
     /// Opens a stream as `node` subscribed (wildcard) to clusters, endpoints
-    /// and listeners.
-    async fn connect(addr: SocketAddr, node: Node) -> Ads {
-        let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{addr}"))
+    /// and listeners, presenting `token`.
+    async fn connect(zone: &RunningZone, token: &str, node: Node) -> Ads {
+        match Self::try_connect(zone, Some(token), node).await {
+            Ok(ads) => ads,
+            Err(status) => panic!("the stream was refused at once: {status:?}"),
+        }
+    }
+
+    /// [`Ads::connect`], or the status the zone refuses the stream with
+    /// before any request (missing or invalid credentials).
+    async fn try_connect(zone: &RunningZone, token: Option<&str>, node: Node) -> Result<Ads, Status> {
+        let channel = client::endpoint(&zone.xds_addr.to_string(), &zone.xds_ca_pem)
+            .unwrap()
+            .connect()
             .await
             .unwrap();
         let (tx, rx) = mpsc::channel(16);
@@ -121,24 +136,35 @@ impl Ads {
             .await
             .unwrap();
         }
-        let rx = client
-            .stream_aggregated_resources(ReceiverStream::new(rx))
-            .await
-            .unwrap()
-            .into_inner();
-        Ads {
+        let stream = ReceiverStream::new(rx);
+        let rx = match token {
+            Some(t) => client::ads_client(channel, client::Bearer::new(t).unwrap())
+                .stream_aggregated_resources(stream)
+                .await?
+                .into_inner(),
+            None => AggregatedDiscoveryServiceClient::new(channel)
+                .stream_aggregated_resources(stream)
+                .await?
+                .into_inner(),
+        };
+        Ok(Ads {
             tx,
             rx,
             state: BTreeMap::new(),
-        }
+        })
     }
 
-    /// The status the zone ends the stream with.
+    /// The status the zone ends the stream with (responses before it, such
+    /// as those of a stream that was served until it was closed, are skipped).
     async fn refusal(&mut self) -> Status {
-        match timeout(DEADLINE, self.rx.message()).await {
-            Err(_) => panic!("no status before the deadline"),
-            Ok(Err(status)) => status,
-            Ok(other) => panic!("expected a refusal, got {other:?}"),
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            match tokio::time::timeout_at(deadline, self.rx.message()).await {
+                Err(_) => panic!("no status before the deadline"),
+                Ok(Err(status)) => return status,
+                Ok(Ok(Some(_))) => {}
+                Ok(Ok(None)) => panic!("the stream ended without a status"),
+            }
         }
     }
 
@@ -290,7 +316,33 @@ async fn ingress_proxy_is_admitted_and_gets_sni_routes_to_local_endpoints() {
     )
     .await;
 
-    let mut ads = Ads::connect(zone.xds_addr, node(INGRESS, false)).await;
+    // Without a token, with a dataplane token, with another ingress's token:
+    // refused.
+    let status = Ads::try_connect(&zone, None, node(INGRESS, false)).await.err().unwrap();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    let status = Ads::try_connect(&zone, Some("a.b.c"), node(INGRESS, false))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    let dp_token = issue(&zone, "/tokens/dataplane", json!({"mesh": "default"})).await;
+    let mut as_dataplane = Ads::connect(&zone, &dp_token, node(INGRESS, false)).await;
+    let status = as_dataplane.refusal().await;
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("a dataplane token cannot connect zone ingress"),
+        "{status:?}"
+    );
+    let other = issue(&zone, "/tokens/zone-ingress", json!({"name": "other-ingress"})).await;
+    let mut wrong_name = Ads::connect(&zone, &other, node(INGRESS, false)).await;
+    let status = wrong_name.refusal().await;
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("\"other-ingress\""), "{status:?}");
+
+    let token = issue(&zone, "/tokens/zone-ingress", json!({"validFor": "1h"})).await;
+    let mut ads = Ads::connect(&zone, &token, node(INGRESS, false)).await;
     let want_clusters = names(&[
         "default:backend",
         "default:backend|version=v1",
@@ -378,17 +430,17 @@ async fn ingress_proxy_is_admitted_and_gets_sni_routes_to_local_endpoints() {
 
     // Refused: a second proxy of the same ingress, an unknown ingress, and
     // another zone's ingress (dotted name, so flagged in the metadata).
-    let mut again = Ads::connect(zone.xds_addr, node(INGRESS, false)).await;
+    let mut again = Ads::connect(&zone, &token, node(INGRESS, false)).await;
     let status = again.refusal().await;
     assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
-    let mut unknown = Ads::connect(zone.xds_addr, node("nosuch", false)).await;
+    let mut unknown = Ads::connect(&zone, &token, node("nosuch", false)).await;
     let status = unknown.refusal().await;
     assert_eq!(status.code(), Code::NotFound, "{status:?}");
     assert!(
         status.message().contains("zone ingress \"nosuch\" is not registered"),
         "{status:?}"
     );
-    let mut foreign = Ads::connect(zone.xds_addr, node("zone-2.ingress", true)).await;
+    let mut foreign = Ads::connect(&zone, &token, node("zone-2.ingress", true)).await;
     let status = foreign.refusal().await;
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
     assert!(status.message().contains("zone-2"), "{status:?}");
@@ -403,12 +455,48 @@ async fn ingress_proxy_is_admitted_and_gets_sni_routes_to_local_endpoints() {
     })
     .await;
 
-    drop(ads);
+    // Revoking the token closes the live stream with the reason.
+    let jti = meridian_server::identity::jwt::parse(&token)
+        .unwrap()
+        .claims::<Value>()
+        .unwrap()["jti"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    issue(&zone, "/tokens/zone-ingress/revoke", json!({"id": jti})).await;
+    let status = ads.refusal().await;
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert!(status.message().contains("revoked"), "{status:?}");
     let id = ingress_proxy_id(INGRESS);
     let t = Instant::now();
     while zone.xds.resources_of(&id).is_some() {
         assert!(t.elapsed() < DEADLINE, "the ingress proxy never disconnected");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // The revoked token opens no stream any more.
+    let status = Ads::try_connect(&zone, Some(&token), node(INGRESS, false))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
     zone.stop().await.unwrap();
+}
+
+/// POSTs `body` to the zone's API at `path`; the reply text (a token, or JSON).
+async fn issue(zone: &RunningZone, path: &str, body: Value) -> String {
+    let url = format!("http://{}{path}", zone.api_addr);
+    tokio::task::spawn_blocking(move || {
+        let mut resp = ureq::post(&url)
+            .config()
+            .http_status_as_error(false)
+            .build()
+            .send_json(&body)
+            .unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.body_mut().read_to_string().unwrap();
+        assert_eq!(status, 200, "POST {url}: {text}");
+        text
+    })
+    .await
+    .unwrap()
 }

@@ -9,6 +9,7 @@
 //!   nothing about generation.
 
 pub mod ads;
+pub mod client;
 pub mod generate;
 pub mod resources;
 pub mod snapshot;

@@ -22,7 +22,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 use envoy_types::pb::google::rpc;
 use meridian_xds::ads::{serve_stream, AdsConfig, AdsServer, SotwState};
 use meridian_xds::resources::{ResourceSet, SharedResources, CLUSTER, ENDPOINT, LISTENER, ROUTE};
-use meridian_xds::source::{AckReporter, ConfigSource, ProxyId, ProxySession};
+use meridian_xds::source::{bearer_token, AckReporter, ConfigSource, ProxyId, ProxySession};
 use tokio::sync::{mpsc, watch};
 use tokio::time::timeout;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream, UnboundedReceiverStream};
@@ -74,28 +74,67 @@ impl Drop for Guard {
     }
 }
 
+/// The only token [`FakeSource`] accepts.
+const TOKEN: &str = "good-token";
+
 struct FakeSource {
     resources: watch::Receiver<SharedResources>,
     refusal: Option<Status>,
     reporter: Arc<Reporter>,
     live: watch::Sender<usize>,
+    /// Set to end every session with that status.
+    end: watch::Receiver<Option<Status>>,
 }
 
 #[async_trait]
 impl ConfigSource for FakeSource {
-    async fn connect(&self, node: &Node) -> Result<ProxySession, Status> {
+    type Peer = String;
+
+    async fn authenticate(&self, metadata: &tonic::metadata::MetadataMap) -> Result<String, Status> {
+        match bearer_token(metadata) {
+            Ok(Some(TOKEN)) => Ok(TOKEN.to_string()),
+            Ok(Some(_)) => Err(Status::unauthenticated("bad token")),
+            Ok(None) => Err(Status::unauthenticated("no token")),
+            Err(e) => Err(Status::unauthenticated(e)),
+        }
+    }
+
+    async fn connect(&self, node: &Node, peer: &String) -> Result<ProxySession, Status> {
+        assert_eq!(peer, TOKEN, "connect sees what authenticate proved");
         if let Some(status) = &self.refusal {
             return Err(status.clone());
         }
         let id = ProxyId::parse(&node.id).map_err(Status::invalid_argument)?;
         self.live.send_modify(|n| *n += 1);
+        let mut end = self.end.clone();
         Ok(ProxySession {
             id,
             resources: self.resources.clone(),
             reporter: self.reporter.clone(),
             guard: Box::new(Guard(self.live.clone())),
+            ended: Box::pin(async move {
+                let status = end.wait_for(Option::is_some).await.ok().and_then(|s| s.clone());
+                match status {
+                    Some(s) => s,
+                    None => std::future::pending().await,
+                }
+            }),
         })
     }
+}
+
+/// An ADS client whose calls carry `authorization: Bearer <token>`.
+type Client = AggregatedDiscoveryServiceClient<
+    tonic::service::interceptor::InterceptedService<
+        Channel,
+        fn(tonic::Request<()>) -> Result<tonic::Request<()>, Status>,
+    >,
+>;
+
+fn with_token(mut req: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+    Ok(req)
 }
 
 /// What a test holds: the resources it changes, the reports it reads, the
@@ -104,7 +143,10 @@ struct Harness {
     resources: watch::Sender<SharedResources>,
     reports: mpsc::UnboundedReceiver<Report>,
     live: watch::Receiver<usize>,
-    client: AggregatedDiscoveryServiceClient<Channel>,
+    client: Client,
+    /// A client that presents no credentials.
+    anonymous: AggregatedDiscoveryServiceClient<Channel>,
+    end: watch::Sender<Option<Status>>,
 }
 
 impl Harness {
@@ -116,11 +158,13 @@ impl Harness {
         let (resources, rx) = watch::channel(Arc::new(initial));
         let (report_tx, reports) = mpsc::unbounded_channel();
         let (live_tx, live) = watch::channel(0);
+        let (end, end_rx) = watch::channel(None);
         let source = FakeSource {
             resources: rx,
             refusal,
             reporter: Arc::new(Reporter(report_tx)),
             live: live_tx,
+            end: end_rx,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
@@ -130,14 +174,19 @@ impl Harness {
                 .add_service(service)
                 .serve_with_incoming(TcpListenerStream::new(listener)),
         );
-        let client = AggregatedDiscoveryServiceClient::connect(format!("http://{addr}"))
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
             .await
             .unwrap();
+        let client = AggregatedDiscoveryServiceClient::with_interceptor(channel.clone(), with_token as fn(_) -> _);
         Harness {
             resources,
             reports,
             live,
             client,
+            anonymous: AggregatedDiscoveryServiceClient::new(channel),
+            end,
         }
     }
 
@@ -319,6 +368,77 @@ fn delta_req(type_url: &str, subscribe: &[&str], nonce: &str) -> DeltaDiscoveryR
 
 fn delta_names(r: &DeltaDiscoveryResponse) -> Vec<&str> {
     r.resources.iter().map(|r| r.name.as_str()).collect()
+}
+
+// ---------------------------------------------------------------- credentials
+
+#[tokio::test]
+async fn streams_without_valid_credentials_end_before_any_request() {
+    let mut h = Harness::start(clusters(&[("a", "1")])).await;
+    let (_tx, rx) = mpsc::channel::<DiscoveryRequest>(1);
+    let status = h
+        .anonymous
+        .stream_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert_eq!(status.message(), "no token");
+    let (_tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(1);
+    let mut req = tonic::Request::new(ReceiverStream::new(rx));
+    req.metadata_mut().insert("authorization", "Basic abc".parse().unwrap());
+    let status = h.anonymous.delta_aggregated_resources(req).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert!(status.message().contains("Bearer"), "{status:?}");
+    assert_eq!(*h.live.borrow(), 0, "no session was made");
+    // With the token the same server serves.
+    let mut s = h.sotw().await;
+    s.send(sotw_first(CLUSTER, &[])).await;
+    assert_eq!(cluster_names(&s.recv().await), ["a"]);
+}
+
+#[tokio::test]
+async fn the_node_id_cannot_change_within_a_stream() {
+    let mut h = Harness::start(clusters(&[("a", "1")])).await;
+    let mut s = h.sotw().await;
+    s.send(sotw_first(CLUSTER, &[])).await;
+    let r = s.recv().await;
+    // Repeating the node is fine.
+    s.send(DiscoveryRequest {
+        node: Some(node()),
+        ..ack_of(&r, &[])
+    })
+    .await;
+    s.send(DiscoveryRequest {
+        node: Some(Node {
+            id: "default.other".into(),
+            ..Default::default()
+        }),
+        ..sotw_req(LISTENER, &[], "")
+    })
+    .await;
+    let status = s.status().await;
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("default.other"), "{status:?}");
+    h.wait_live(0).await;
+}
+
+#[tokio::test]
+async fn an_ended_session_closes_its_stream_with_the_reason() {
+    let mut h = Harness::start(clusters(&[("a", "1")])).await;
+    let mut s = h.delta().await;
+    s.send(DeltaDiscoveryRequest {
+        node: Some(node()),
+        ..delta_req(CLUSTER, &["*"], "")
+    })
+    .await;
+    s.recv().await;
+    h.wait_live(1).await;
+    h.end
+        .send_replace(Some(Status::unauthenticated("the token was revoked")));
+    let status = s.status().await;
+    assert_eq!(status.code(), Code::Unauthenticated);
+    assert_eq!(status.message(), "the token was revoked");
+    h.wait_live(0).await;
 }
 
 // ---------------------------------------------------------------- SotW
@@ -598,11 +718,13 @@ async fn a_proxy_that_does_not_read_gets_the_latest_not_every_change() {
     let (resources, rx) = watch::channel(Arc::new(clusters(&[("a", "0")])));
     let (report_tx, _reports) = mpsc::unbounded_channel();
     let (live, _live_rx) = watch::channel(0);
+    let (_end, end) = watch::channel(None);
     let source = Arc::new(FakeSource {
         resources: rx,
         refusal: None,
         reporter: Arc::new(Reporter(report_tx)),
         live,
+        end,
     });
     let (req_tx, req_rx) = mpsc::unbounded_channel();
     let (tx, mut out) = mpsc::channel(1);
@@ -612,6 +734,7 @@ async fn a_proxy_that_does_not_read_gets_the_latest_not_every_change() {
     };
     let task = tokio::spawn(serve_stream::<SotwState, _, _>(
         source,
+        TOKEN.to_string(),
         config,
         UnboundedReceiverStream::new(req_rx).map(Ok),
         tx,

@@ -78,7 +78,7 @@ impl FromGlobal {
     fn is_from_global(&self, r: &Resource) -> bool {
         match r.key.kind {
             ResourceType::ZoneIngress => r.labels.get(labels::ZONE).is_some_and(|z| z != &self.zone),
-            k => k == ResourceType::Mesh || k.is_policy(),
+            k => k.is_synced_to_zones(),
         }
     }
 }
@@ -110,7 +110,7 @@ impl Inbound for FromGlobal {
                 Some(_) => return Err("the global sent this zone's own ingress back".into()),
                 None => return Err(format!("label {} is missing", labels::ZONE)),
             },
-            k if k == ResourceType::Mesh || k.is_policy() => {
+            k if k.is_synced_to_zones() => {
                 if w.labels.get(labels::ORIGIN).map(String::as_str) != Some("global") {
                     return Err(format!("label {} must be \"global\"", labels::ORIGIN));
                 }

@@ -11,13 +11,21 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use meridian_server::backend::{self, StoreKind, StoreSettings};
+use meridian_server::identity::dataplane::DataplaneTokenVerifier;
+use meridian_server::identity::ingress::IngressTokens;
+use meridian_server::identity_api::ZoneServices;
 use meridian_server::manager::Manager;
-use meridian_server::{Mode, ServerConfig};
+use meridian_server::{tls, Mode, ServerConfig};
 use meridian_store::leader::LeaderHandle;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+pub mod auth;
+pub mod config;
+pub mod dp_service;
 pub mod ingress;
 pub mod kds;
 pub mod policies;
@@ -30,6 +38,12 @@ pub struct ZoneConfig {
     pub api_addr: SocketAddr,
     /// Where the ADS server for the zone's proxies listens.
     pub xds_addr: SocketAddr,
+    /// The xDS server's certificate.
+    pub xds_tls: XdsTls,
+    /// How proxies authenticate.
+    pub dp_auth: auth::DpAuth,
+    /// How long a proxy-registered dataplane outlives its proxy.
+    pub dataplane_cleanup_age: Duration,
     pub store: StoreKind,
     pub data_dir: PathBuf,
     /// How to reach the global; `None` runs standalone.
@@ -40,10 +54,21 @@ pub struct ZoneConfig {
     pub create_default_mesh: bool,
 }
 
+/// The xDS server's certificate: given files, or generated from the zone's
+/// own CA for `names` (plus localhost, 127.0.0.1 and the bound IP).
+#[derive(Clone, Debug, Default)]
+pub struct XdsTls {
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub names: Vec<String>,
+}
+
 /// A running zone.
 pub struct RunningZone {
     pub api_addr: SocketAddr,
     pub xds_addr: SocketAddr,
+    /// The CA (PEM) proxies verify the xDS server with (`GET /xds-ca`).
+    pub xds_ca_pem: String,
     /// The proxies' side of the zone.
     pub xds: xds::ZoneXds,
     pub manager: Arc<Manager>,
@@ -78,6 +103,21 @@ pub async fn start(config: ZoneConfig) -> anyhow::Result<RunningZone> {
         instance_id: &instance_id,
     })
     .await?;
+    let mut names = config.xds_tls.names.clone();
+    if !config.xds_addr.ip().is_unspecified() {
+        names.push(config.xds_addr.ip().to_string());
+    }
+    let ca_copy_dir = (config.store == StoreKind::Embedded).then_some(config.data_dir.as_path());
+    let xds_tls = tls::load_or_generate(
+        &tls::XDS,
+        &backend.store,
+        ca_copy_dir,
+        config.xds_tls.cert.as_deref(),
+        config.xds_tls.key.as_deref(),
+        &names,
+    )
+    .await?;
+    let ingress_tokens = Arc::new(IngressTokens::new(backend.store.clone(), &config.zone));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut api_stop = stop_rx.clone();
     let server = meridian_server::start(
@@ -86,6 +126,10 @@ pub async fn start(config: ZoneConfig) -> anyhow::Result<RunningZone> {
             mode,
             create_default_mesh: config.create_default_mesh,
             global: None,
+            zone: Some(Arc::new(ZoneServices {
+                ingress_tokens: ingress_tokens.clone(),
+                xds_ca_pem: xds_tls.ca_pem.clone(),
+            })),
         },
         backend.store,
         backend.leader.subscribe(),
@@ -106,18 +150,32 @@ pub async fn start(config: ZoneConfig) -> anyhow::Result<RunningZone> {
         config.ingress_address,
         stop_rx.clone(),
     )));
+    if config.dp_auth == auth::DpAuth::None {
+        tracing::warn!(
+            "--dp-auth none: proxies are NOT authenticated; any process that reaches {} gets the configuration of any dataplane it names. Development only.",
+            config.xds_addr
+        );
+    }
+    let auth = auth::ZoneAuth::new(
+        config.dp_auth,
+        DataplaneTokenVerifier::new(server.manager.clone()),
+        ingress_tokens,
+    );
     let zone_xds = xds::ZoneXds::start(
         server.manager.clone(),
         config.zone.clone(),
         policies::resolver_factory(),
+        auth,
+        config.dataplane_cleanup_age,
         stop_rx.clone(),
     );
     let inspector: Arc<dyn meridian_server::api::DataplaneInspector> = Arc::new(zone_xds.clone());
     let _ = server.inspector.set(inspector);
-    let xds_addr = serve_xds(config.xds_addr, zone_xds.clone(), stop_rx.clone()).await?;
+    let xds_addr = serve_xds(config.xds_addr, &xds_tls, zone_xds.clone(), stop_rx.clone()).await?;
     Ok(RunningZone {
         api_addr: server.api_addr,
         xds_addr,
+        xds_ca_pem: xds_tls.ca_pem,
         xds: zone_xds,
         manager: server.manager,
         connected,
@@ -128,9 +186,11 @@ pub async fn start(config: ZoneConfig) -> anyhow::Result<RunningZone> {
     })
 }
 
-/// Serves ADS for the zone's proxies until `shutdown` turns true.
+/// Serves ADS and the dataplane service for the zone's proxies, over TLS,
+/// until `shutdown` turns true.
 async fn serve_xds(
     addr: SocketAddr,
+    tls: &tls::TlsMaterial,
     source: xds::ZoneXds,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<SocketAddr> {
@@ -139,23 +199,28 @@ async fn serve_xds(
         .await
         .with_context(|| format!("binding xDS to {addr}"))?;
     let bound = listener.local_addr()?;
+    let identity = tonic::transport::Identity::from_pem(&tls.cert_pem, &tls.key_pem);
+    let tls_config = tonic::transport::ServerTlsConfig::new().identity(identity);
+    let dataplanes = dp_service::DataplaneService::new(source.clone());
     let service = meridian_xds::ads::AdsServer::new(Arc::new(source)).into_service();
+    let router = tonic::transport::Server::builder()
+        .tls_config(tls_config)
+        .context("the xDS server's TLS configuration")?
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .add_service(service)
+        .add_service(dataplanes);
     // Small protocol messages must not wait for Nagle's algorithm.
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     tokio::spawn(async move {
         let stop = async move {
             let _ = shutdown.wait_for(|s| *s).await;
         };
-        let result = tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
-            .add_service(service)
-            .serve_with_incoming_shutdown(incoming, stop)
-            .await;
+        let result = router.serve_with_incoming_shutdown(incoming, stop).await;
         if let Err(e) = result {
             tracing::error!(error = %e, "xDS server failed");
         }
     });
-    tracing::info!(%bound, "xDS (ADS) listening");
+    tracing::info!(%bound, "xDS (ADS, TLS) listening");
     Ok(bound)
 }
 

@@ -39,6 +39,15 @@ use serde_json::{json, Map, Value};
 use tokio::sync::{broadcast, watch, Notify};
 use tonic::Status;
 
+use crate::auth::{Credential, ZoneAuth};
+
+/// The label of a dataplane its proxy registered (inline in its node
+/// metadata, or through the dataplane service of `meridian-dp`); such a
+/// dataplane is removed when its proxy has been gone for the cleanup age.
+pub const REGISTERED_BY_LABEL: &str = "meridian.io/registered-by";
+/// The value of [`REGISTERED_BY_LABEL`].
+pub const REGISTERED_BY_PROXY: &str = "proxy";
+
 /// Builds the snapshot of `mesh` as zone `zone` sees it; `None` when the
 /// mesh does not exist.
 pub fn snapshot(manager: &Manager, zone: &str, mesh: &str) -> Option<MeshSnapshot> {
@@ -111,6 +120,10 @@ struct Connected {
     kind: ProxyKind,
     tx: watch::Sender<SharedResources>,
     insight: InsightRecord,
+    /// What the proxy's stream proved; rechecked on revocations.
+    credential: Credential,
+    /// Set to end the stream with that status.
+    end: watch::Sender<Option<Status>>,
 }
 
 #[derive(Clone, Default)]
@@ -128,11 +141,17 @@ struct Shared {
     zone: String,
     instance_id: String,
     resolver: ResolverFactory,
+    auth: ZoneAuth,
+    /// How long a proxy-registered dataplane outlives its proxy.
+    cleanup_age: Duration,
     proxies: Mutex<HashMap<ProxyId, Connected>>,
     /// Current contexts of meshes, valid while `epoch` has not moved.
     contexts: Mutex<HashMap<String, Arc<MeshContext>>>,
     /// Bumped by the regeneration loop before it reads a batch of changes.
     epoch: AtomicU64,
+    /// Registrations held open by agents (the dataplane service), by id.
+    holds: Mutex<HashMap<u64, Hold>>,
+    next_hold: AtomicU64,
     /// Proxies that disconnected and whose insight still has to be written.
     gone: Mutex<Vec<(ProxyId, InsightRecord)>>,
     wake_insights: Notify,
@@ -150,11 +169,14 @@ pub struct ZoneXds {
 }
 
 impl ZoneXds {
-    /// Starts the regeneration and insight tasks; they end with `shutdown`.
+    /// Starts the regeneration, insight, revocation and cleanup tasks; they
+    /// end with `shutdown`.
     pub fn start(
         manager: Arc<Manager>,
         zone: String,
         resolver: ResolverFactory,
+        auth: ZoneAuth,
+        cleanup_age: Duration,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         let shared = Arc::new(Shared {
@@ -162,15 +184,26 @@ impl ZoneXds {
             instance_id: format!("zone-{zone}-{}", std::process::id()),
             zone,
             resolver,
+            auth,
+            cleanup_age,
             proxies: Mutex::new(HashMap::new()),
             contexts: Mutex::new(HashMap::new()),
             epoch: AtomicU64::new(0),
+            holds: Mutex::new(HashMap::new()),
+            next_hold: AtomicU64::new(0),
             gone: Mutex::new(Vec::new()),
             wake_insights: Notify::new(),
         });
         tokio::spawn(regenerate_loop(shared.clone(), shutdown.clone()));
-        tokio::spawn(insight_loop(shared.clone(), shutdown));
+        tokio::spawn(insight_loop(shared.clone(), shutdown.clone()));
+        tokio::spawn(revocation_loop(shared.clone(), shutdown.clone()));
+        tokio::spawn(cleanup_loop(shared.clone(), shutdown));
         ZoneXds { shared }
+    }
+
+    /// How proxies authenticate to this zone.
+    pub fn auth(&self) -> &ZoneAuth {
+        &self.shared.auth
     }
 
     /// How many proxies are connected.
@@ -266,30 +299,43 @@ impl AckReporter for Reporter {
 
 #[async_trait]
 impl ConfigSource for ZoneXds {
-    async fn connect(&self, node: &Node) -> Result<ProxySession, Status> {
+    type Peer = Credential;
+
+    async fn authenticate(&self, metadata: &tonic::metadata::MetadataMap) -> Result<Credential, Status> {
+        self.shared.auth.authenticate(metadata).await
+    }
+
+    async fn connect(&self, node: &Node, credential: &Credential) -> Result<ProxySession, Status> {
         if let Some(name) = ingress_node(node) {
-            return self.connect_ingress(name);
+            self.shared.auth.authorize_ingress(credential, name)?;
+            return self.connect_ingress(name, credential);
         }
         let s = &self.shared;
         let id = ProxyId::parse(&node.id).map_err(Status::invalid_argument)?;
-        let mesh_key = ResourceKey::global(ResourceType::Mesh, &id.mesh);
-        let mesh = s
-            .manager
-            .get(&mesh_key)
-            .ok_or_else(|| Status::not_found(format!("mesh {:?} does not exist", id.mesh)))?;
-        let mesh_spec: Mesh = serde_json::from_value(mesh.spec).unwrap_or_default();
-        let key = ResourceKey::in_mesh(ResourceType::Dataplane, &id.mesh, &id.name);
-        let dataplane = match s.manager.get(&key) {
-            Some(r) => serde_json::from_value::<Dataplane>(r.spec)
-                .map_err(|e| Status::internal(format!("stored dataplane {id} does not decode: {e}")))?,
-            None => self.register_inline(node, &id, &key).await?,
+        s.auth.authorize_name(credential, &id)?;
+        let inline = node
+            .metadata
+            .as_ref()
+            .and_then(|m| m.fields.get("dataplane"))
+            .map(pb_to_json);
+        let dataplane = match inline {
+            Some(inline) => {
+                self.register_from_proxy(credential, &id, inline, &FieldPath::new("metadata.dataplane"))
+                    .await?
+                    .0
+            }
+            None => {
+                let mesh = self.mesh_spec(&id.mesh)?;
+                let dataplane = self.registered(&id)?.ok_or_else(|| {
+                    Status::not_found(format!(
+                        "dataplane {id} is not registered: register it through the zone API, with meridian-dp run --dataplane-file, or put its definition in the node metadata field \"dataplane\""
+                    ))
+                })?;
+                s.auth.authorize_dataplane(credential, &id, &dataplane)?;
+                check_constraints(&mesh, &id, &dataplane)?;
+                dataplane
+            }
         };
-        if !mesh_spec.admits(&dataplane.all_tags()) {
-            return Err(Status::permission_denied(format!(
-                "dataplane {id} does not satisfy the constraints of mesh {:?} (constraints.dataplaneProxy)",
-                id.mesh
-            )));
-        }
         let kind = kind_of(node);
         let proxy = ProxyContext {
             mesh: id.mesh.clone(),
@@ -302,6 +348,7 @@ impl ConfigSource for ZoneXds {
             .ok_or_else(|| Status::not_found(format!("mesh {:?} does not exist", id.mesh)))?;
         let resources = Arc::new(generate(&ctx.snapshot, &proxy, ctx.resolver.as_ref()));
         let (tx, rx) = watch::channel(resources);
+        let (end, ended) = session_end(credential);
         {
             let mut proxies = lock(&s.proxies);
             if proxies.contains_key(&id) {
@@ -318,9 +365,18 @@ impl ConfigSource for ZoneXds {
                         dirty: true,
                         ..Default::default()
                     },
+                    credential: credential.clone(),
+                    end,
                 },
             );
         }
+        let guard = Disconnect {
+            shared: s.clone(),
+            id: id.clone(),
+        };
+        // A revocation that landed between the verification and the listing
+        // above was not seen by the revocation loop: check once more.
+        s.auth.recheck(credential)?;
         // A batch of changes the regeneration loop took up while this proxy
         // was not yet listed did not include it: catch up.
         let now = s.epoch.load(Ordering::SeqCst);
@@ -343,41 +399,235 @@ impl ConfigSource for ZoneXds {
         Ok(ProxySession {
             id: id.clone(),
             resources: rx,
-            reporter: Arc::new(Reporter {
-                shared: s.clone(),
-                id: id.clone(),
-            }),
-            guard: Box::new(Disconnect { shared: s.clone(), id }),
+            reporter: Arc::new(Reporter { shared: s.clone(), id }),
+            guard: Box::new(guard),
+            ended,
         })
     }
 }
 
+/// A session's end: the credential's expiry, or a status set on the sender
+/// (a revocation).
+fn session_end(
+    credential: &Credential,
+) -> (
+    watch::Sender<Option<Status>>,
+    futures::future::BoxFuture<'static, Status>,
+) {
+    let (tx, mut rx) = watch::channel(None::<Status>);
+    let until = credential.valid_until();
+    let ended = Box::pin(async move {
+        let expiry = async {
+            match until {
+                Some(t) => {
+                    let left = t.saturating_sub(Utc::now().timestamp()).max(0) as u64;
+                    tokio::time::sleep(Duration::from_secs(left)).await;
+                    Status::unauthenticated(format!(
+                        "the token expired at {}",
+                        meridian_server::identity::jwt::format_unix(
+                            t - meridian_server::identity::jwt::CLOCK_SKEW_SECS
+                        )
+                    ))
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let revoked = async {
+            let status = rx.wait_for(Option::is_some).await.ok().and_then(|s| s.clone());
+            match status {
+                Some(status) => status,
+                // The zone dropped the sender: the session is over anyway.
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            s = expiry => s,
+            s = revoked => s,
+        }
+    });
+    (tx, ended)
+}
+
+fn check_constraints(mesh: &Mesh, id: &ProxyId, dataplane: &Dataplane) -> Result<(), Status> {
+    if mesh.admits(&dataplane.all_tags()) {
+        Ok(())
+    } else {
+        Err(Status::permission_denied(format!(
+            "dataplane {id} does not satisfy the constraints of mesh {:?} (constraints.dataplaneProxy)",
+            id.mesh
+        )))
+    }
+}
+
+/// An agent's open registration call.
+struct Hold {
+    id: ProxyId,
+    credential: Credential,
+    end: watch::Sender<Option<Status>>,
+}
+
+/// Ends a hold when dropped.
+pub struct HoldGuard {
+    shared: Arc<Shared>,
+    key: u64,
+}
+
+impl Drop for HoldGuard {
+    fn drop(&mut self) {
+        if let Some(h) = lock(&self.shared.holds).remove(&self.key) {
+            tracing::debug!(proxy = %h.id, "registration released");
+        }
+    }
+}
+
+/// What [`ZoneXds::register_from_proxy`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Registration {
+    Created,
+    Updated,
+    Unchanged,
+    /// Registered through the zone's API: kept as it is.
+    Kept,
+}
+
+impl Registration {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Registration::Created => "created",
+            Registration::Updated => "updated",
+            Registration::Unchanged => "unchanged",
+            Registration::Kept => "kept",
+        }
+    }
+}
+
 impl ZoneXds {
-    /// Registers a dataplane that brought its definition in its node
-    /// metadata (`dataplane`, the universal form's fields).
-    async fn register_inline(&self, node: &Node, id: &ProxyId, key: &ResourceKey) -> Result<Dataplane, Status> {
-        let inline = node
-            .metadata
-            .as_ref()
-            .and_then(|m| m.fields.get("dataplane"))
-            .map(pb_to_json)
-            .ok_or_else(|| {
-                Status::not_found(format!(
-                    "dataplane {id} is not registered: register it through the zone API or put its definition in the node metadata field \"dataplane\""
-                ))
-            })?;
-        let spec = validate_spec(ResourceType::Dataplane, inline, &FieldPath::new("metadata.dataplane"))
-            .map_err(|e| Status::invalid_argument(format!("inline dataplane {id}: {e}")))?;
-        let dataplane: Dataplane =
-            serde_json::from_value(spec.clone()).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let r = Resource::new(key.clone(), Default::default(), spec, Utc::now());
+    fn mesh_spec(&self, mesh: &str) -> Result<Mesh, Status> {
+        let r = self
+            .shared
+            .manager
+            .get(&ResourceKey::global(ResourceType::Mesh, mesh))
+            .ok_or_else(|| Status::not_found(format!("mesh {mesh:?} does not exist")))?;
+        serde_json::from_value(r.spec)
+            .map_err(|e| Status::internal(format!("stored mesh {mesh:?} does not decode: {e}")))
+    }
+
+    /// The registered dataplane `id`, if any.
+    fn registered(&self, id: &ProxyId) -> Result<Option<Dataplane>, Status> {
+        let key = ResourceKey::in_mesh(ResourceType::Dataplane, &id.mesh, &id.name);
         self.shared
             .manager
-            .upsert_synced(r)
-            .await
-            .map_err(|e| Status::unavailable(format!("registering dataplane {id}: {e}")))?;
-        Ok(dataplane)
+            .get(&key)
+            .map(|r| {
+                serde_json::from_value::<Dataplane>(r.spec)
+                    .map_err(|e| Status::internal(format!("stored dataplane {id} does not decode: {e}")))
+            })
+            .transpose()
     }
+
+    /// Registers dataplane `id` as its proxy defines it (`fields`: the
+    /// universal form's fields, found at `at` in the request), if
+    /// `credential` allows it and the mesh admits it. A dataplane registered
+    /// through the API is kept as it is (and checked instead). Returns what
+    /// the proxy is served as.
+    pub async fn register_from_proxy(
+        &self,
+        credential: &Credential,
+        id: &ProxyId,
+        fields: Value,
+        at: &FieldPath,
+    ) -> Result<(Dataplane, Registration), Status> {
+        let s = &self.shared;
+        s.auth.authorize_name(credential, id)?;
+        meridian_core::names::check_subdomain(&id.name)
+            .map_err(|e| Status::invalid_argument(format!("dataplane name {:?}: {e}", id.name)))?;
+        let mesh = self.mesh_spec(&id.mesh)?;
+        let spec = validate_spec(ResourceType::Dataplane, fields, at)
+            .map_err(|e| Status::invalid_argument(format!("dataplane {id}: {e}")))?;
+        let dataplane: Dataplane =
+            serde_json::from_value(spec.clone()).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let key = ResourceKey::in_mesh(ResourceType::Dataplane, &id.mesh, &id.name);
+        let existing = s.manager.get(&key);
+        if let Some(r) = existing.as_ref().filter(|r| !is_proxy_registered(r)) {
+            let kept: Dataplane = serde_json::from_value(r.spec.clone())
+                .map_err(|e| Status::internal(format!("stored dataplane {id} does not decode: {e}")))?;
+            s.auth.authorize_dataplane(credential, id, &kept)?;
+            check_constraints(&mesh, id, &kept)?;
+            return Ok((kept, Registration::Kept));
+        }
+        s.auth.authorize_dataplane(credential, id, &dataplane)?;
+        check_constraints(&mesh, id, &dataplane)?;
+        let outcome = match &existing {
+            None => Registration::Created,
+            Some(r) if r.spec == spec => Registration::Unchanged,
+            Some(_) => Registration::Updated,
+        };
+        if outcome != Registration::Unchanged {
+            let labels = [(REGISTERED_BY_LABEL.to_string(), REGISTERED_BY_PROXY.to_string())].into();
+            let r = Resource::new(key, labels, spec, Utc::now());
+            s.manager
+                .upsert_synced(r)
+                .await
+                .map_err(|e| Status::unavailable(format!("registering dataplane {id}: {e}")))?;
+            tracing::info!(proxy = %id, outcome = outcome.as_str(), "dataplane registered by its proxy");
+        }
+        Ok((dataplane, outcome))
+    }
+
+    /// Counts dataplane `id` as present until the guard drops; the future
+    /// completes, with the reason, when `credential` is no longer valid.
+    pub fn hold(
+        &self,
+        id: ProxyId,
+        credential: &Credential,
+    ) -> (HoldGuard, futures::future::BoxFuture<'static, Status>) {
+        let s = &self.shared;
+        let key = s.next_hold.fetch_add(1, Ordering::Relaxed);
+        let (end, ended) = session_end(credential);
+        lock(&s.holds).insert(
+            key,
+            Hold {
+                id,
+                credential: credential.clone(),
+                end,
+            },
+        );
+        (HoldGuard { shared: s.clone(), key }, ended)
+    }
+
+    /// Removes dataplane `id` (and its insight) if its proxy registered it
+    /// and `credential` may act for it; `Ok(false)` when there was none to
+    /// remove (absent, or registered through the API).
+    pub async fn deregister(&self, credential: &Credential, id: &ProxyId) -> Result<bool, Status> {
+        self.shared.auth.authorize_name(credential, id)?;
+        let key = ResourceKey::in_mesh(ResourceType::Dataplane, &id.mesh, &id.name);
+        match self.shared.manager.get(&key) {
+            Some(r) if is_proxy_registered(&r) => {
+                let dataplane: Dataplane = serde_json::from_value(r.spec)
+                    .map_err(|e| Status::internal(format!("stored dataplane {id} does not decode: {e}")))?;
+                self.shared.auth.authorize_dataplane(credential, id, &dataplane)?;
+                remove_dataplane(&self.shared, id)
+                    .await
+                    .map_err(|e| Status::unavailable(format!("removing dataplane {id}: {e}")))?;
+                tracing::info!(proxy = %id, "dataplane deregistered by its proxy");
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+}
+
+fn is_proxy_registered(r: &Resource) -> bool {
+    r.labels.get(REGISTERED_BY_LABEL).map(String::as_str) == Some(REGISTERED_BY_PROXY)
+}
+
+async fn remove_dataplane(s: &Shared, id: &ProxyId) -> Result<(), meridian_store::StoreError> {
+    for kind in [ResourceType::Dataplane, ResourceType::DataplaneInsight] {
+        s.manager
+            .remove_synced(&ResourceKey::in_mesh(kind, &id.mesh, &id.name))
+            .await?;
+    }
+    Ok(())
 }
 
 /// Which meshes a change touches (`None`: every mesh).
@@ -386,7 +636,11 @@ fn affected_mesh(ev: &Event) -> Option<Option<String>> {
     match key.kind {
         ResourceType::Mesh => Some(Some(key.name.clone())),
         ResourceType::ZoneIngress => Some(None),
-        ResourceType::DataplaneInsight | ResourceType::ZoneInsight | ResourceType::Zone => None,
+        ResourceType::DataplaneInsight
+        | ResourceType::ZoneInsight
+        | ResourceType::Zone
+        | ResourceType::DataplaneTokenKey
+        | ResourceType::DataplaneTokenRevocation => None,
         _ => key.mesh.clone().map(Some),
     }
 }
@@ -540,6 +794,145 @@ fn regenerate_one(s: &Shared, ctx: Option<&MeshContext>, id: &ProxyId, kind: Pro
                 true
             }
         });
+    }
+}
+
+/// Closes the streams whose credential `affected` picks and that no longer
+/// verify, each with the reason.
+fn close_invalid(s: &Shared, affected: impl Fn(&Credential) -> bool) {
+    let close = |id: &ProxyId, credential: &Credential, end: &watch::Sender<Option<Status>>| {
+        if !affected(credential) {
+            return;
+        }
+        if let Err(status) = s.auth.recheck(credential) {
+            tracing::info!(proxy = %id, reason = status.message(), "closing the stream of a proxy whose token is no longer valid");
+            end.send_replace(Some(status));
+        }
+    };
+    for (id, c) in lock(&s.proxies).iter() {
+        close(id, &c.credential, &c.end);
+    }
+    for h in lock(&s.holds).values() {
+        close(&h.id, &h.credential, &h.end);
+    }
+}
+
+/// Ends the live streams of revoked tokens, retired keys and deleted meshes
+/// as soon as the zone's replica has the change (DESIGN §10: within 10 s;
+/// expiry is each stream's own timer).
+async fn revocation_loop(s: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let mut events = s.manager.cache().subscribe();
+    let mut ingress = s.auth.ingress_tokens().subscribe();
+    loop {
+        let mut ingress_lagged = false;
+        tokio::select! {
+            ev = events.recv() => match ev {
+                Ok(Event::Put(r)) if r.key.kind == ResourceType::DataplaneTokenRevocation => {
+                    let (mesh, jti) = (r.key.mesh.unwrap_or_default(), r.key.name);
+                    close_invalid(&s, |c| matches!(c, Credential::Dataplane(v) if v.claims.mesh == mesh && v.claims.jti == jti));
+                }
+                Ok(Event::Delete { key, .. }) if key.kind == ResourceType::DataplaneTokenKey => {
+                    let mesh = key.mesh.unwrap_or_default();
+                    close_invalid(&s, |c| matches!(c, Credential::Dataplane(v) if v.claims.mesh == mesh && v.kid == key.name));
+                }
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(_)) => close_invalid(&s, |_| true),
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+            id = ingress.recv() => match id {
+                Ok(id) => {
+                    for c in lock(&s.proxies).values() {
+                        if matches!(&c.credential, Credential::Ingress(claims) if claims.jti == id) {
+                            c.end.send_replace(Some(Status::unauthenticated(format!("zone ingress token {id} has been revoked"))));
+                        }
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => ingress_lagged = true,
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+            _ = shutdown.wait_for(|v| *v) => return,
+        }
+        if ingress_lagged {
+            recheck_ingresses(&s).await;
+        }
+    }
+}
+
+/// Rechecks every ingress stream's token against the revocation records.
+async fn recheck_ingresses(s: &Shared) {
+    let ids: Vec<(ProxyId, String)> = lock(&s.proxies)
+        .iter()
+        .filter_map(|(id, c)| match &c.credential {
+            Credential::Ingress(claims) => Some((id.clone(), claims.jti.clone())),
+            _ => None,
+        })
+        .collect();
+    for (id, jti) in ids {
+        if let Ok(true) = s.auth.ingress_tokens().is_revoked(&jti).await {
+            if let Some(c) = lock(&s.proxies).get(&id) {
+                c.end.send_replace(Some(Status::unauthenticated(format!(
+                    "zone ingress token {jti} has been revoked"
+                ))));
+            }
+        }
+    }
+}
+
+/// Removes the dataplanes their proxies registered once nothing of them has
+/// been connected to this zone (no xDS stream, no agent holding the
+/// registration) for the cleanup age. A zone that restarts counts from its
+/// start.
+async fn cleanup_loop(s: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let period = (s.cleanup_age / 4).clamp(Duration::from_millis(100), Duration::from_secs(10));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut gone: HashMap<ProxyId, tokio::time::Instant> = HashMap::new();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.wait_for(|v| *v) => return,
+        }
+        let now = tokio::time::Instant::now();
+        let registered: BTreeSet<ProxyId> = s
+            .manager
+            .list(&Filter::kind(ResourceType::Dataplane))
+            .into_iter()
+            .filter(|r| is_proxy_registered(r) && r.labels.get(labels::ZONE).is_none_or(|z| z == &s.zone))
+            .filter_map(|r| {
+                Some(ProxyId {
+                    mesh: r.key.mesh?,
+                    name: r.key.name,
+                })
+            })
+            .collect();
+        gone.retain(|id, _| registered.contains(id));
+        let connected: BTreeSet<ProxyId> = {
+            let proxies = lock(&s.proxies);
+            let holds = lock(&s.holds);
+            let held: BTreeSet<&ProxyId> = holds.values().map(|h| &h.id).collect();
+            registered
+                .iter()
+                .filter(|id| proxies.contains_key(*id) || held.contains(id))
+                .cloned()
+                .collect()
+        };
+        for id in registered {
+            if connected.contains(&id) {
+                gone.remove(&id);
+                continue;
+            }
+            let since = *gone.entry(id.clone()).or_insert(now);
+            if now.duration_since(since) < s.cleanup_age {
+                continue;
+            }
+            match remove_dataplane(&s, &id).await {
+                Ok(()) => {
+                    gone.remove(&id);
+                    tracing::info!(proxy = %id, after = ?s.cleanup_age, "removed a dataplane whose proxy is gone");
+                }
+                Err(e) => tracing::warn!(proxy = %id, error = %e, "removing a dataplane whose proxy is gone failed"),
+            }
+        }
     }
 }
 
@@ -813,11 +1206,12 @@ impl Drop for IngressDisconnect {
 
 impl ZoneXds {
     /// Admits the proxy of this zone's ingress `name`, once.
-    fn connect_ingress(&self, name: &str) -> Result<ProxySession, Status> {
+    fn connect_ingress(&self, name: &str, credential: &Credential) -> Result<ProxySession, Status> {
         let s = &self.shared;
         let ingress = own_ingress(&s.manager, &s.zone, name)?;
         let id = ingress_proxy_id(name);
         let (tx, rx) = watch::channel(Arc::new(ingress_config(&s.manager, &s.zone, &ingress)));
+        let (end, ended) = session_end(credential);
         {
             let mut proxies = lock(&s.proxies);
             if proxies.contains_key(&id) {
@@ -831,6 +1225,8 @@ impl ZoneXds {
                     kind: ProxyKind::Ingress,
                     tx,
                     insight: InsightRecord::default(),
+                    credential: credential.clone(),
+                    end,
                 },
             );
         }
@@ -840,6 +1236,7 @@ impl ZoneXds {
             resources: rx,
             reporter: Arc::new(IngressReporter(id.clone())),
             guard: Box::new(IngressDisconnect { shared: s.clone(), id }),
+            ended,
         })
     }
 

@@ -27,8 +27,10 @@ pub use wire::WireResource;
 
 /// Types the global sends to zones.
 pub fn global_to_zone_types() -> Vec<ResourceType> {
-    let mut v = vec![ResourceType::Mesh];
-    v.extend(ResourceType::policies());
+    let mut v: Vec<ResourceType> = ResourceType::ALL
+        .into_iter()
+        .filter(|t| t.is_synced_to_zones())
+        .collect();
     v.push(ResourceType::ZoneIngress);
     v
 }

@@ -2,9 +2,12 @@
 //! ([`sotw::SotwState`]) and incremental ([`delta::DeltaState`]) over one
 //! stream loop.
 //!
-//! A stream admits its proxy through [`ConfigSource::connect`] on the first
-//! request (which must carry `node`), then serves from the watch the source
-//! returns. The loop knows nothing of the protocol: it hands requests to the
+//! A stream's credentials are checked by [`ConfigSource::authenticate`] when
+//! it opens; a refusal ends it before any request is read. The proxy is
+//! admitted through [`ConfigSource::connect`] on the first request (which
+//! must carry `node`; later requests may repeat it but not change it), then
+//! served from the watch the source returns until the stream ends or the
+//! session does (a revoked or expired credential). The loop knows nothing of the protocol: it hands requests to the
 //! per-stream state, reports ACKs and NACKs, and sends what the state says is
 //! due against the latest resource set. It holds only that latest set (the
 //! watch coalesces changes) and sends through a bounded channel, so a proxy
@@ -75,12 +78,19 @@ pub enum AdsError {
     /// The config source stopped serving this proxy.
     #[error("the configuration of this proxy is no longer served")]
     SourceClosed,
+    /// A later request names another node than the first.
+    #[error("the node id cannot change within a stream: it was {first:?}, a request named {now:?}")]
+    NodeChanged { first: String, now: String },
+    /// The session ended (its credential expired or was revoked).
+    #[error("{}", .0.message())]
+    Ended(Status),
 }
 
 impl From<AdsError> for Status {
     fn from(e: AdsError) -> Status {
         match e {
-            AdsError::Refused(status) | AdsError::Receive(status) => status,
+            AdsError::Refused(status) | AdsError::Receive(status) | AdsError::Ended(status) => status,
+            AdsError::NodeChanged { .. } => Status::permission_denied(e.to_string()),
             AdsError::MissingNode | AdsError::TooManyNames { .. } => Status::invalid_argument(e.to_string()),
             AdsError::SourceClosed => Status::unavailable(e.to_string()),
         }
@@ -171,20 +181,31 @@ impl<S: ConfigSource> AdsServer<S> {
         AggregatedDiscoveryServiceServer::new(self)
     }
 
-    fn start<P, I>(
+    /// Authenticates the stream, then serves it in a task of its own.
+    async fn start<P, I>(
         &self,
-        peer: Option<std::net::SocketAddr>,
+        addr: Option<std::net::SocketAddr>,
+        metadata: &tonic::metadata::MetadataMap,
         incoming: I,
-    ) -> ReceiverStream<Result<P::Response, Status>>
+    ) -> Result<ReceiverStream<Result<P::Response, Status>>, Status>
     where
         P: Protocol,
         I: Stream<Item = Result<P::Request, Status>> + Unpin + Send + 'static,
     {
+        let addr = addr.map(|a| a.to_string()).unwrap_or_default();
+        let peer = match self.source.authenticate(metadata).await {
+            Ok(peer) => peer,
+            Err(status) => {
+                tracing::info!(protocol = P::KIND, peer = %addr, reason = status.message(), "stream refused");
+                return Err(status);
+            }
+        };
         let (tx, rx) = mpsc::channel(self.config.channel_capacity.max(1));
-        let peer = peer.map(|a| a.to_string()).unwrap_or_default();
-        let span = tracing::info_span!("ads", protocol = P::KIND, %peer, node = tracing::field::Empty);
-        tokio::spawn(serve_stream::<P, S, I>(self.source.clone(), self.config.clone(), incoming, tx).instrument(span));
-        ReceiverStream::new(rx)
+        let span = tracing::info_span!("ads", protocol = P::KIND, peer = %addr, node = tracing::field::Empty);
+        tokio::spawn(
+            serve_stream::<P, S, I>(self.source.clone(), peer, self.config.clone(), incoming, tx).instrument(span),
+        );
+        Ok(ReceiverStream::new(rx))
     }
 }
 
@@ -197,16 +218,24 @@ impl<S: ConfigSource> AggregatedDiscoveryService for AdsServer<S> {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        let peer = request.remote_addr();
-        Ok(Response::new(self.start::<SotwState, _>(peer, request.into_inner())))
+        let addr = request.remote_addr();
+        let metadata = request.metadata().clone();
+        Ok(Response::new(
+            self.start::<SotwState, _>(addr, &metadata, request.into_inner())
+                .await?,
+        ))
     }
 
     async fn delta_aggregated_resources(
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        let peer = request.remote_addr();
-        Ok(Response::new(self.start::<DeltaState, _>(peer, request.into_inner())))
+        let addr = request.remote_addr();
+        let metadata = request.metadata().clone();
+        Ok(Response::new(
+            self.start::<DeltaState, _>(addr, &metadata, request.into_inner())
+                .await?,
+        ))
     }
 }
 
@@ -214,6 +243,7 @@ impl<S: ConfigSource> AggregatedDiscoveryService for AdsServer<S> {
 /// status.
 pub async fn serve_stream<P, S, I>(
     source: Arc<S>,
+    peer: S::Peer,
     config: AdsConfig,
     incoming: I,
     tx: mpsc::Sender<Result<P::Response, Status>>,
@@ -222,7 +252,7 @@ pub async fn serve_stream<P, S, I>(
     S: ConfigSource,
     I: Stream<Item = Result<P::Request, Status>> + Unpin + Send,
 {
-    match run::<P, S, I>(&*source, &config, incoming, &tx).await {
+    match run::<P, S, I>(&*source, &peer, &config, incoming, &tx).await {
         Ok(()) => tracing::debug!("stream ended"),
         Err(e) => {
             tracing::info!(error = %e, "stream ended with an error");
@@ -234,6 +264,7 @@ pub async fn serve_stream<P, S, I>(
 
 async fn run<P, S, I>(
     source: &S,
+    peer: &S::Peer,
     config: &AdsConfig,
     mut incoming: I,
     tx: &mpsc::Sender<Result<P::Response, Status>>,
@@ -250,7 +281,8 @@ where
     };
     let node = P::node(&first).ok_or(AdsError::MissingNode)?;
     tracing::Span::current().record("node", node.id.as_str());
-    let session = source.connect(node).await.map_err(AdsError::Refused)?;
+    let node_id = node.id.clone();
+    let mut session = source.connect(node, peer).await.map_err(AdsError::Refused)?;
     tracing::info!(proxy = %session.id, "proxy connected");
     let reporter = session.reporter.clone();
     let mut watch = session.resources.clone();
@@ -261,6 +293,12 @@ where
 
     loop {
         if let Some(req) = next.take() {
+            if let Some(now) = P::node(&req).filter(|n| !n.id.is_empty() && n.id != node_id) {
+                return Err(AdsError::NodeChanged {
+                    first: node_id,
+                    now: now.id.clone(),
+                });
+            }
             match state.on_request(req)? {
                 Outcome::Request { type_url } => tracing::debug!(%type_url, "request"),
                 Outcome::Acked { type_url, version } => {
@@ -299,6 +337,7 @@ where
                 current = watch.borrow_and_update().clone();
             }
             () = tx.closed() => return Ok(()),
+            status = &mut session.ended => return Err(AdsError::Ended(status)),
         }
     }
 }
