@@ -64,12 +64,30 @@ enum Cmd {
         #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
-    /// Issue credentials on the global: `generate zone-token`, `generate zone-join`.
+    /// Issue credentials: `generate zone-token`, `zone-join` and
+    /// `dataplane-token` on the global (dataplane tokens also on a standalone
+    /// zone), `zone-ingress-token` on a zone.
     #[command(subcommand)]
     Generate(Generate),
-    /// Revoke credentials on the global: `revoke zone-token --id ID`.
+    /// Revoke credentials: `revoke zone-token`, `revoke dataplane-token`,
+    /// `revoke zone-ingress-token`.
     #[command(subcommand)]
     Revoke(Revoke),
+    /// Rotate signing keys: `rotate dataplane-token-key --mesh M`.
+    #[command(subcommand)]
+    Rotate(Rotate),
+}
+
+#[derive(Subcommand)]
+enum Rotate {
+    /// Add a mesh's next dataplane token signing key: tokens issued from now
+    /// on are signed with it; the older keys keep verifying their tokens
+    /// until `meridianctl delete dataplane-token-key key-N -m MESH` retires
+    /// them.
+    DataplaneTokenKey {
+        #[arg(long, short = 'm')]
+        mesh: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -81,6 +99,31 @@ enum Generate {
         zone: String,
         /// How long the token is accepted (Go duration: 720h, 30m…).
         #[arg(long, default_value = "720h")]
+        valid_for: String,
+    },
+    /// Print a dataplane token: what `meridian-dp --dataplane-token-file`
+    /// presents to its zone.
+    DataplaneToken {
+        /// The mesh the proxy belongs to.
+        #[arg(long, short = 'm')]
+        mesh: String,
+        /// The only dataplane name the token allows (any when not given).
+        #[arg(long)]
+        name: Option<String>,
+        /// A tag every inbound of the dataplane must carry, KEY=VALUE; repeat
+        /// for several values (`--tag kuma.io/service=web`).
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+        /// How long the token is accepted (24h, 30m, 1y…).
+        #[arg(long, default_value = "24h")]
+        valid_for: String,
+    },
+    /// Print a zone ingress token (ask the zone: `--api` names its API).
+    ZoneIngressToken {
+        /// The only ingress the token allows (any of the zone's when not given).
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long, default_value = "8760h")]
         valid_for: String,
     },
     /// Issue a token, fetch the global's KDS address and CA, write
@@ -101,6 +144,27 @@ enum Generate {
 
 #[derive(Subcommand)]
 enum Revoke {
+    /// Make every zone refuse a dataplane token (and close the streams that
+    /// present it). Name it by its id or give the token itself.
+    DataplaneToken {
+        #[arg(long, short = 'm')]
+        mesh: Option<String>,
+        #[arg(long, required_unless_present_any = ["token", "token_file"], conflicts_with_all = ["token", "token_file"])]
+        id: Option<String>,
+        #[arg(long, conflicts_with = "token_file")]
+        token: Option<String>,
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+    },
+    /// Make the zone refuse a zone ingress token (ask the zone: `--api`).
+    ZoneIngressToken {
+        #[arg(long, required_unless_present_any = ["token", "token_file"], conflicts_with_all = ["token", "token_file"])]
+        id: Option<String>,
+        #[arg(long, conflicts_with = "token_file")]
+        token: Option<String>,
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+    },
     /// Make the global refuse a zone token from now on. Name it by its id
     /// (the `jti` claim, printed by `generate`) or give the token itself.
     ZoneToken {
@@ -157,6 +221,34 @@ fn main() -> ExitCode {
         Cmd::Revoke(Revoke::ZoneToken { id, token, token_file }) => {
             revoke_zone_token(&client, id, token, token_file.as_deref())
         }
+        Cmd::Generate(Generate::DataplaneToken {
+            mesh,
+            name,
+            tags,
+            valid_for,
+        }) => issue_dataplane_token(&client, &mesh, name.as_deref(), &tags, &valid_for).map(|t| println!("{t}")),
+        Cmd::Generate(Generate::ZoneIngressToken { name, valid_for }) => {
+            issue_ingress_token(&client, name.as_deref(), &valid_for).map(|t| println!("{t}"))
+        }
+        Cmd::Revoke(Revoke::DataplaneToken {
+            mesh,
+            id,
+            token,
+            token_file,
+        }) => revoke_dataplane_token(&client, mesh, id, token, token_file.as_deref()),
+        Cmd::Revoke(Revoke::ZoneIngressToken { id, token, token_file }) => {
+            named_token(id, token, token_file.as_deref()).and_then(|(id, _)| {
+                client
+                    .expect_ok("POST", "/tokens/zone-ingress/revoke", Some(&serde_json::json!({"id": id})))
+                    .map(|_| println!("revoked zone ingress token {id}"))
+            })
+        }
+        Cmd::Rotate(Rotate::DataplaneTokenKey { mesh }) => client
+            .expect_ok("POST", "/tokens/dataplane/rotate", Some(&serde_json::json!({"mesh": mesh})))
+            .map(|(_, v)| {
+                let key = v.get("key").and_then(Value::as_str).unwrap_or("?");
+                println!("mesh {mesh:?} signs new dataplane tokens with {key}; retire an older key with: meridianctl delete dataplane-token-key KEY -m {mesh}");
+            }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -233,7 +325,9 @@ fn resolve_kind(name: &str) -> anyhow::Result<ResourceType> {
     let lower = name.to_ascii_lowercase();
     ResourceType::ALL
         .into_iter()
-        .find(|t| t.plural() == lower || t.name().to_ascii_lowercase() == lower)
+        .find(|t| {
+            t.plural() == lower || t.plural().strip_suffix('s') == Some(&lower) || t.name().to_ascii_lowercase() == lower
+        })
         .ok_or_else(|| anyhow!("unknown resource type {name:?}"))
 }
 
@@ -581,6 +675,115 @@ fn shell_quote(s: &str) -> String {
     } else {
         format!("'{}'", s.replace('\'', r"'\''"))
     }
+}
+
+/// A token's claims, read without checking the signature.
+fn token_claims(token: &str) -> Option<Value> {
+    use base64::Engine;
+    let claims = token.trim().split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(claims).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// The id (and claims, when the token is given) of a token named by
+/// `--id`, `--token` or `--token-file`.
+fn named_token(
+    id: Option<String>,
+    token: Option<String>,
+    token_file: Option<&Path>,
+) -> anyhow::Result<(String, Option<Value>)> {
+    let token = match (id, token, token_file) {
+        (Some(id), _, _) => return Ok((id, None)),
+        (None, Some(token), _) => token,
+        (None, None, Some(file)) => std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?,
+        (None, None, None) => bail!("name the token: --id, --token or --token-file"),
+    };
+    let claims = token_claims(&token).ok_or_else(|| anyhow!("not a token: its claims do not decode"))?;
+    let id = claims
+        .get("jti")
+        .and_then(Value::as_str)
+        .ok_or_else(|| anyhow!("the token has no id (jti)"))?
+        .to_string();
+    Ok((id, Some(claims)))
+}
+
+/// `POST /tokens/dataplane`.
+fn issue_dataplane_token(
+    client: &Client,
+    mesh: &str,
+    name: Option<&str>,
+    tags: &[String],
+    valid_for: &str,
+) -> anyhow::Result<String> {
+    let mut tag_map = serde_json::Map::new();
+    for t in tags {
+        let (k, v) = t
+            .split_once('=')
+            .filter(|(k, v)| !k.is_empty() && !v.is_empty())
+            .ok_or_else(|| anyhow!("--tag {t:?}: expected KEY=VALUE"))?;
+        let values = tag_map
+            .entry(k.to_string())
+            .or_insert_with(|| Value::Array(Vec::new()));
+        if let Value::Array(a) = values {
+            a.push(Value::String(v.to_string()));
+        }
+    }
+    let mut body = serde_json::json!({"mesh": mesh, "validFor": valid_for, "tags": tag_map});
+    if let (Some(n), Value::Object(m)) = (name, &mut body) {
+        m.insert("name".into(), Value::String(n.to_string()));
+    }
+    let (_, answer) = client.expect_ok("POST", "/tokens/dataplane", Some(&body))?;
+    let token = answer
+        .as_str()
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| anyhow!("the control plane answered without a token: {answer}"))?
+        .to_string();
+    if let Some(id) = token_id(&token) {
+        eprintln!(
+            "issued dataplane token {id} for mesh {mesh:?}, valid for {valid_for} (revoke: meridianctl revoke dataplane-token --mesh {mesh} --id {id})"
+        );
+    }
+    Ok(token)
+}
+
+/// `POST /tokens/zone-ingress`, on a zone.
+fn issue_ingress_token(client: &Client, name: Option<&str>, valid_for: &str) -> anyhow::Result<String> {
+    let mut body = serde_json::json!({"validFor": valid_for});
+    if let (Some(n), Value::Object(m)) = (name, &mut body) {
+        m.insert("name".into(), Value::String(n.to_string()));
+    }
+    let (_, answer) = client.expect_ok("POST", "/tokens/zone-ingress", Some(&body))?;
+    let token = answer
+        .as_str()
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| anyhow!("the zone answered without a token: {answer}"))?
+        .to_string();
+    if let Some(id) = token_id(&token) {
+        eprintln!("issued zone ingress token {id} (revoke: meridianctl revoke zone-ingress-token --id {id})");
+    }
+    Ok(token)
+}
+
+fn revoke_dataplane_token(
+    client: &Client,
+    mesh: Option<String>,
+    id: Option<String>,
+    token: Option<String>,
+    token_file: Option<&Path>,
+) -> anyhow::Result<()> {
+    let (id, claims) = named_token(id, token, token_file)?;
+    let mesh = mesh
+        .or_else(|| claims.as_ref()?.get("mesh")?.as_str().map(str::to_string))
+        .ok_or_else(|| anyhow!("--mesh is required with --id"))?;
+    client.expect_ok(
+        "POST",
+        "/tokens/dataplane/revoke",
+        Some(&serde_json::json!({"mesh": mesh, "id": id})),
+    )?;
+    println!("revoked dataplane token {id} of mesh {mesh:?}; zones close its streams");
+    Ok(())
 }
 
 fn revoke_zone_token(
