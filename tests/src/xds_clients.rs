@@ -6,8 +6,8 @@
 //! `target/xds-venv`, `target/pgv-venv` and `tests/xds-clients/node/node_modules`.
 //!
 //! Start with [`TestServer::start`] (a backend naming itself in every reply),
-//! [`bootstrap_json`] (what a proxyless client needs to find a zone's ADS
-//! server), [`run_client`] (N calls, counted per answering server and per
+//! [`crate::dp::Agent`] (the `meridian-dp` whose bootstrap a client runs
+//! with), [`run_client`] (N calls, counted per answering server and per
 //! status) or [`WatchClient`] (per-second counts while a test changes things),
 //! and [`validate_envoy`] for sidecar resources.
 
@@ -99,7 +99,8 @@ impl TestServer {
     }
 
     /// Starts `server.py --xds` as an xDS-enabled server on 127.0.0.1:`port`
-    /// with `bootstrap` (see [`server_bootstrap_json`]) and waits for its
+    /// with `bootstrap` (its `meridian-dp`'s, which names the server Listener
+    /// template) and waits for its
     /// `READY`. It serves only once the zone has sent its Listener: wait for
     /// a client's calls to succeed. xDS servers need a fixed port.
     pub fn start_xds(name: &str, port: u16, bootstrap: &str, flags: &[&str]) -> TestServer {
@@ -212,10 +213,12 @@ fn text(buf: &Arc<Mutex<String>>) -> String {
     buf.lock().map(|b| b.clone()).unwrap_or_default()
 }
 
-/// A gRPC xDS bootstrap for a proxyless client of Meridian: node id
-/// `<mesh>.<dataplane name>` (e.g. `default.client-1`), ADS server
-/// `127.0.0.1:<xds_port>` over plaintext, xDS v3. `node.locality` is present
-/// (empty) because @grpc/grpc-js-xds refuses a bootstrap without it.
+/// A gRPC xDS bootstrap naming a plaintext ADS server at
+/// `127.0.0.1:<xds_port>` directly, for the harness's own tests (a client
+/// without an ADS server). A zone's xDS port takes TLS and a token only:
+/// clients of a zone run with the bootstrap of their `meridian-dp`
+/// ([`crate::dp::Agent`]). `node.locality` is present (empty) because
+/// @grpc/grpc-js-xds refuses a bootstrap without it.
 pub fn bootstrap_json(node_id: &str, xds_port: u16) -> String {
     json!({
         "xds_servers": [{
@@ -229,18 +232,6 @@ pub fn bootstrap_json(node_id: &str, xds_port: u16) -> String {
         },
     })
     .to_string()
-}
-
-/// The Listener name template of Meridian's xDS-enabled gRPC servers
-/// (`meridian_xds::generate::server`): `%s` is the server's `IP:port`.
-pub const SERVER_LISTENER_TEMPLATE: &str = "grpc/server?xds.resource.listening_address=%s";
-
-/// [`bootstrap_json`] for an xDS-enabled gRPC server: the same plus
-/// `server_listener_resource_name_template`.
-pub fn server_bootstrap_json(node_id: &str, xds_port: u16) -> String {
-    let mut b: Value = serde_json::from_str(&bootstrap_json(node_id, xds_port)).unwrap_or_default();
-    b["server_listener_resource_name_template"] = Value::from(SERVER_LISTENER_TEMPLATE);
-    b.to_string()
 }
 
 /// Which real client library to run.

@@ -19,9 +19,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use meridian_e2e::xds_clients::{
-    bootstrap_json, run_client, try_run_client, ClientKind, ClientReport, TestServer, WatchClient,
-};
+use meridian_e2e::dp::{dataplane_token, xds_ca, Agent, AgentSpec};
+use meridian_e2e::xds_clients::{run_client, try_run_client, ClientKind, ClientReport, TestServer, WatchClient};
 use meridian_e2e::*;
 use serde_json::{json, Value};
 
@@ -32,17 +31,19 @@ const POLL: Duration = Duration::from_millis(100);
 /// How long a running client may take to follow a change.
 const SWITCH: Duration = Duration::from_secs(20);
 
-/// One zone: its process and its ADS port.
+/// One zone: its process, its ADS port and its xDS CA file.
 struct Zone {
     name: &'static str,
     proc: Proc,
     xds: u16,
+    ca: std::path::PathBuf,
 }
 
 /// The shared deployment: a global and two zones; zone 2 advertises an
 /// ingress at `127.0.0.1:<ingress port>`, where nothing listens until the
 /// failover scenario puts a forwarder on `ingress`.
 struct Deployment {
+    dir: std::path::PathBuf,
     global: Proc,
     zone1: Zone,
     zone2: Zone,
@@ -81,7 +82,8 @@ impl Zone {
         let mut args = vec!["--store", "memory"];
         args.extend_from_slice(extra);
         let proc = start_zone_xds(dir, &join, None, xds, &args);
-        Zone { name, proc, xds }
+        let ca = xds_ca(&proc, dir);
+        Zone { name, proc, xds, ca }
     }
 
     fn log(&self) -> String {
@@ -152,6 +154,7 @@ impl Deployment {
             );
         }
         Deployment {
+            dir: dir.to_path_buf(),
             global,
             zone1,
             zone2,
@@ -160,14 +163,39 @@ impl Deployment {
         }
     }
 
-    /// Registers a new client Dataplane in `zone` and returns its bootstrap
-    /// (node id `default.client-N-<hint>`) and node id.
-    fn client(&self, zone: &Zone, hint: &str) -> (String, String) {
+    /// Starts `meridian-dp` for a new client dataplane of `zone` (node id
+    /// `default.client-N-<hint>`), with a token for that name only, which
+    /// registers the dataplane; returns the agent (its bootstrap is what the
+    /// client runs with) and the node id.
+    fn client(&self, zone: &Zone, hint: &str) -> (Agent, String) {
         let n = self.clients.fetch_add(1, Ordering::SeqCst);
         let name = format!("client-{n}-{hint}");
-        zone.register(&name, 1, json!({"kuma.io/service": "client", "role": hint}));
-        let node = format!("{MESH}.{name}");
-        (bootstrap_json(&node, zone.xds), node)
+        let token = dataplane_token(&self.global.api, &json!({"mesh": MESH, "name": name}));
+        let dataplane = json!({"type": "Dataplane", "mesh": MESH, "name": name,
+            "networking": {"address": "127.0.0.1",
+                           "inbound": [{"port": 1, "tags": {"kuma.io/service": "client", "role": hint}}]}});
+        let agent = self.agent(zone, &token, &name, Some(&dataplane));
+        (agent, format!("{MESH}.{name}"))
+    }
+
+    /// `meridian-dp --proxy grpc` for dataplane `name` of `zone`.
+    fn agent(&self, zone: &Zone, token: &str, name: &str, dataplane: Option<&Value>) -> Agent {
+        self.agent_in(zone, token, MESH, name, dataplane)
+    }
+
+    fn agent_in(&self, zone: &Zone, token: &str, mesh: &str, name: &str, dataplane: Option<&Value>) -> Agent {
+        Agent::grpc(
+            &self.dir,
+            &AgentSpec {
+                xds_port: zone.xds,
+                ca_file: &zone.ca,
+                token,
+                mesh,
+                name,
+                dataplane,
+                extra: &[],
+            },
+        )
     }
 
     /// Applies `doc` at the global with meridianctl, then waits until zone 1
@@ -232,8 +260,8 @@ fn seen(r: &ClientReport, zone: &Zone) -> String {
 
 /// `n` calls from a new client of zone 1.
 fn calls(d: &Deployment, kind: ClientKind, service: &str, n: usize, args: &[&str]) -> ClientReport {
-    let (bootstrap, _) = d.client(&d.zone1, &format!("{kind:?}").to_lowercase());
-    run_client(kind, &format!("xds:///{service}"), n, args, Some(&bootstrap))
+    let (agent, _) = d.client(&d.zone1, &format!("{kind:?}").to_lowercase());
+    run_client(kind, &format!("xds:///{service}"), n, args, Some(agent.bootstrap()))
 }
 
 fn route(name: &str, service: &str, v1: u32, v2: u32) -> Value {
@@ -569,17 +597,21 @@ fn live_route_change(d: &Deployment) {
     let _v2 = backend(&d.zone1, "canary-v2", "canary", json!({"version": "v2"}), &[]);
     let (v1, v2) = ("zone-1/canary-v1", "zone-1/canary-v2");
     d.apply(route("canary-shift", "canary", 100, 0));
+    let agents: Vec<(Agent, String)> = ClientKind::ALL
+        .iter()
+        .map(|kind| d.client(&d.zone1, &format!("watch-{kind:?}").to_lowercase()))
+        .collect();
     let mut watchers: Vec<(ClientKind, String, WatchClient)> = ClientKind::ALL
         .into_iter()
-        .map(|kind| {
-            let (bootstrap, node) = d.client(&d.zone1, &format!("watch-{kind:?}").to_lowercase());
+        .zip(&agents)
+        .map(|(kind, (agent, node))| {
             // Calls close together, so that one lands in any gap a change
             // might leave.
             let args = ["--interval-ms", "5", "--concurrency", "2", "--deadline-ms", "2000"];
             (
                 kind,
-                node,
-                WatchClient::start(kind, "xds:///canary", 60, &args, Some(&bootstrap)),
+                node.clone(),
+                WatchClient::start(kind, "xds:///canary", 60, &args, Some(agent.bootstrap())),
             )
         })
         .collect();
@@ -688,14 +720,18 @@ fn cross_zone_failover(d: &Deployment) {
             .ok_or_else(|| format!("{ingress:?}\n{}", d.zone2.log_tail()))
     });
     let (z1, z2) = ("zone-1/failover-1", "zone-2/failover-2");
+    let agents: Vec<(Agent, String)> = ClientKind::ALL
+        .iter()
+        .map(|kind| d.client(&d.zone1, &format!("failover-{kind:?}").to_lowercase()))
+        .collect();
     let mut watchers: Vec<(ClientKind, WatchClient)> = ClientKind::ALL
         .into_iter()
-        .map(|kind| {
-            let (bootstrap, _) = d.client(&d.zone1, &format!("failover-{kind:?}").to_lowercase());
+        .zip(&agents)
+        .map(|(kind, (agent, _))| {
             let args = ["--interval-ms", "20", "--deadline-ms", "1000"];
             (
                 kind,
-                WatchClient::start(kind, "xds:///failover", 90, &args, Some(&bootstrap)),
+                WatchClient::start(kind, "xds:///failover", 90, &args, Some(agent.bootstrap())),
             )
         })
         .collect();
@@ -746,31 +782,43 @@ fn cross_zone_failover(d: &Deployment) {
     }
 }
 
-/// 8: nodes that name an unregistered dataplane, or a mesh that does not
-/// exist, get no configuration: the client fails to set up and the zone's
-/// log says why.
+/// 8: proxies the zone does not serve get no configuration: the client
+/// fails to set up and the zone's log says why. A dataplane that is not
+/// registered (its token is valid), a token for another dataplane name, a
+/// token of mesh default for a node of another mesh.
 fn refusals(d: &Deployment) {
-    // The node id, and what the zone's log must say about it.
+    let any = dataplane_token(&d.global.api, &json!({"mesh": MESH}));
+    let other = dataplane_token(&d.global.api, &json!({"mesh": MESH, "name": "other"}));
+    // (token, mesh, name, what the zone's log must say about the node)
     let cases = [
+        (&any, MESH, "ghost", format!("dataplane {MESH}.ghost is not registered")),
         (
-            format!("{MESH}.ghost"),
-            [format!("dataplane {MESH}.ghost is not registered"), String::new()],
+            &other,
+            MESH,
+            "stranger",
+            "the token is for dataplane \"other\", not \"stranger\"".to_string(),
         ),
-        ("nomesh.client".to_string(), ["mesh".to_string(), "nomesh".to_string()]),
+        (
+            &any,
+            "nomesh",
+            "client",
+            "the dataplane token is for mesh \"default\", not mesh \"nomesh\"".to_string(),
+        ),
     ];
     std::thread::scope(|s| {
         let runs: Vec<_> = cases
             .iter()
             .flat_map(|case| ClientKind::ALL.map(|kind| (case, kind)))
-            .map(|((node, reason), kind)| {
+            .map(|((token, mesh, name, reason), kind)| {
                 s.spawn(move || {
-                    let bootstrap = bootstrap_json(node, d.zone1.xds);
+                    let agent = d.agent_in(&d.zone1, token, mesh, name, None);
+                    let node = format!("{mesh}.{name}");
                     let failure = try_run_client(
                         kind,
                         "xds:///backend",
                         1,
                         &["--ready-timeout-ms", "3000", "--deadline-ms", "1000"],
-                        Some(&bootstrap),
+                        Some(agent.bootstrap()),
                         Duration::from_secs(60),
                     )
                     .map(|r| r.raw)
@@ -788,11 +836,16 @@ fn refusals(d: &Deployment) {
                         d.zone1
                             .log()
                             .lines()
-                            .find(|l| l.contains(node.as_str()) && reason.iter().all(|r| l.contains(r.as_str())))
-                            .filter(|l| l.contains("not registered") || l.contains("does not exist"))
+                            .find(|l| l.contains(node.as_str()) && l.contains(reason.as_str()))
                             .map(|l| eprintln!("zone-1 on {node}: {l}"))
                             .ok_or_else(|| d.zone1.log_tail())
                     });
+                    // The agent says it too, in one line per cause.
+                    let log = agent.log_text();
+                    assert!(
+                        log.contains(reason.as_str()),
+                        "meridian-dp's log lacks {reason:?}:\n{log}"
+                    );
                 })
             })
             .collect();

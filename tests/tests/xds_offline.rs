@@ -3,14 +3,17 @@
 //! unreachable, and across its own restart: a real global and a zone on its
 //! embedded store, a route applied at the global, then the global killed
 //! (-9) and the zone restarted while it stays down. Real Python grpcio and
-//! Node @grpc/grpc-js-xds clients must still follow the route.
+//! Node @grpc/grpc-js-xds clients must still follow the route, through one
+//! `meridian-dp` that lives through it all: its relay reconnects to the
+//! restarted zone and its registration is held again.
 //!
 //! Build the binaries first: `cargo build --workspace --bins`; the clients
 //! come from `scripts/test-all.sh`.
 
 use std::time::Duration;
 
-use meridian_e2e::xds_clients::{bootstrap_json, run_client, ClientKind, TestServer};
+use meridian_e2e::dp::{dataplane_token, xds_ca, Agent, AgentSpec};
+use meridian_e2e::xds_clients::{run_client, ClientKind, TestServer};
 use meridian_e2e::*;
 use serde_json::{json, Value};
 
@@ -26,16 +29,15 @@ fn register(zone: &Proc, name: &str, port: u16, tags: Value) {
 }
 
 /// Every call of each client kind lands on `zone-1/v2`.
-fn all_calls_reach_v2(xds_port: u16, what: &str) {
-    let bootstrap = bootstrap_json(&format!("{MESH}.client"), xds_port);
+fn all_calls_reach_v2(agent: &Agent, what: &str) {
     for kind in ClientKind::ALL {
-        let r = run_client(kind, "xds:///backend", 20, &[], Some(&bootstrap));
+        let r = run_client(kind, "xds:///backend", 20, &[], Some(agent.bootstrap()));
         assert_eq!(
             r.ok_from("zone-1/v2"),
             20,
             "{kind:?} {what}: {}\nstderr (tail): {}",
             r.raw,
-            r.stderr.lines().rev().take(10).collect::<Vec<_>>().join("\n")
+            r.stderr.lines().rev().take(10).collect::<Vec<_>>().join("\n"),
         );
     }
 }
@@ -71,7 +73,23 @@ fn a_zone_serves_its_last_known_config_without_the_global_and_across_a_restart()
         v2.port,
         json!({"kuma.io/service": "backend", "version": "v2"}),
     );
-    register(&zone, "client", 1, json!({"kuma.io/service": "client"}));
+    // The client's agent registers its dataplane and keeps it registered.
+    let token = dataplane_token(&global.api, &json!({"mesh": MESH, "name": "client"}));
+    let ca = xds_ca(&zone, d);
+    let client_dp = json!({"type": "Dataplane", "name": "client", "mesh": MESH,
+        "networking": {"address": "127.0.0.1", "inbound": [{"port": 1, "tags": {"kuma.io/service": "client"}}]}});
+    let agent = Agent::grpc(
+        d,
+        &AgentSpec {
+            xds_port: xds,
+            ca_file: &ca,
+            token: &token,
+            mesh: MESH,
+            name: "client",
+            dataplane: Some(&client_dp),
+            extra: &[],
+        },
+    );
 
     let route = json!({"type": "MeshHTTPRoute", "name": "backend-v2", "mesh": MESH, "spec": {
         "targetRef": {"kind": "Mesh"},
@@ -87,10 +105,10 @@ fn a_zone_serves_its_last_known_config_without_the_global_and_across_a_restart()
             (s, v) => Err(format!("{s} {v}")),
         }
     });
-    all_calls_reach_v2(xds, "with the global up");
+    all_calls_reach_v2(&agent, "with the global up");
 
     global.kill9();
-    all_calls_reach_v2(xds, "with the global killed");
+    all_calls_reach_v2(&agent, "with the global killed");
 
     // The zone restarts while the global stays down: it starts from its own
     // store, without waiting for the global.
@@ -98,7 +116,13 @@ fn a_zone_serves_its_last_known_config_without_the_global_and_across_a_restart()
     let zone = start_zone_xds(d, &join, Some(api), xds, &store);
     let (status, body) = zone.get(&format!("/meshes/{MESH}/meshhttproutes/backend-v2"));
     assert_eq!(status, 200, "the restarted zone lost the route: {body}");
-    all_calls_reach_v2(xds, "after a zone restart with the global down");
+    all_calls_reach_v2(&agent, "after a zone restart with the global down");
+    // The agent held its registration again on the restarted zone.
+    wait_until("the agent's registration held again", CONVERGE, POLL, || {
+        let log = agent.log_text();
+        let held = log.matches("dataplane registered").count();
+        (held >= 2).then_some(()).ok_or(log)
+    });
     let log = zone.log_text();
     assert!(
         !log.contains("connected to the global"),

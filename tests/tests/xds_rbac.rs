@@ -14,9 +14,8 @@
 
 use std::time::Duration;
 
-use meridian_e2e::xds_clients::{
-    bootstrap_json, run_client, server_bootstrap_json, try_run_client, ClientKind, ClientReport, TestServer,
-};
+use meridian_e2e::dp::{dataplane_token, xds_ca, Agent, AgentSpec};
+use meridian_e2e::xds_clients::{run_client, try_run_client, ClientKind, ClientReport, TestServer};
 use meridian_e2e::*;
 use serde_json::{json, Value};
 
@@ -80,8 +79,8 @@ fn tail(text: &str) -> String {
 /// Waits until the Python client's calls show `want` (the server may not be
 /// serving yet, or still have the previous Listener), then holds both client
 /// kinds to it.
-fn expect(xds_port: u16, want: Outcome, step: &str) {
-    let bootstrap = bootstrap_json(&format!("{MESH}.web"), xds_port);
+fn expect(web: &Agent, want: Outcome, step: &str) {
+    let bootstrap = web.bootstrap();
     let args = ["--deadline-ms", "3000", "--ready-timeout-ms", "3000"];
     wait_until(&format!("{step}: {want:?}"), CONVERGE, POLL, || {
         match try_run_client(
@@ -89,7 +88,7 @@ fn expect(xds_port: u16, want: Outcome, step: &str) {
             "xds:///backend",
             3,
             &args,
-            Some(&bootstrap),
+            Some(bootstrap),
             CONVERGE,
         ) {
             Ok(r) if outcome_of(&r) == Some(want) => Ok(()),
@@ -98,7 +97,7 @@ fn expect(xds_port: u16, want: Outcome, step: &str) {
         }
     });
     for kind in ClientKind::ALL {
-        let r = run_client(kind, "xds:///backend", CALLS, &args, Some(&bootstrap));
+        let r = run_client(kind, "xds:///backend", CALLS, &args, Some(bootstrap));
         assert_eq!(
             outcome_of(&r),
             Some(want),
@@ -131,21 +130,35 @@ fn mesh_traffic_permission_is_enforced_by_an_xds_enabled_grpc_server() {
     // A service whose only dataplane is elsewhere.
     register(&zone, "far-1", "127.0.0.9", 1, "far");
 
-    let server = TestServer::start_xds(
-        SERVER,
-        port,
-        &server_bootstrap_json(&format!("{MESH}.{SERVER}"), xds),
-        &[],
-    );
+    // Each runs beside its meridian-dp, with a token for its name only.
+    let ca = xds_ca(&zone, d);
+    let agent = |name: &str| {
+        let token = dataplane_token(&global.api, &json!({"mesh": MESH, "name": name}));
+        Agent::grpc(
+            d,
+            &AgentSpec {
+                xds_port: xds,
+                ca_file: &ca,
+                token: &token,
+                mesh: MESH,
+                name,
+                dataplane: None,
+                extra: &[],
+            },
+        )
+    };
+    let server_agent = agent(SERVER);
+    let web = agent("web");
+    let server = TestServer::start_xds(SERVER, port, server_agent.bootstrap(), &[]);
 
     // (a) No MeshTrafficPermission selects backend (a mesh's initial
     // policies have none): every caller is served, once the server has its
     // Listener.
-    expect(xds, Outcome::Served, "(a) no MeshTrafficPermission");
+    expect(&web, Outcome::Served, "(a) no MeshTrafficPermission");
 
     // (b) Everyone denied.
     permit(&global, json!([rule(json!({"kind": "Mesh"}), "Deny")]));
-    expect(xds, Outcome::Denied, "(b) from Mesh: Deny");
+    expect(&web, Outcome::Denied, "(b) from Mesh: Deny");
 
     // (c) web allowed over the mesh-wide deny (the later entry wins): the
     // clients call from web's address.
@@ -156,7 +169,7 @@ fn mesh_traffic_permission_is_enforced_by_an_xds_enabled_grpc_server() {
             rule(json!({"kind": "MeshService", "name": "web"}), "Allow")
         ]),
     );
-    expect(xds, Outcome::Served, "(c) from MeshService web: Allow");
+    expect(&web, Outcome::Served, "(c) from MeshService web: Allow");
 
     // (d) Only far allowed, and far's dataplanes are at 127.0.0.9 only.
     permit(
@@ -166,12 +179,12 @@ fn mesh_traffic_permission_is_enforced_by_an_xds_enabled_grpc_server() {
             rule(json!({"kind": "MeshService", "name": "far"}), "Allow")
         ]),
     );
-    expect(xds, Outcome::Denied, "(d) from MeshService far (127.0.0.9): Allow");
+    expect(&web, Outcome::Denied, "(d) from MeshService far (127.0.0.9): Allow");
 
     // (e) Without the policy, the server serves everyone again.
     let out = global.ctl(&["delete", "meshtrafficpermission", POLICY, "-m", MESH], None);
     assert!(out.status.success(), "delete: {}", String::from_utf8_lossy(&out.stderr));
-    expect(xds, Outcome::Served, "(e) policy deleted");
+    expect(&web, Outcome::Served, "(e) policy deleted");
 
     let log = server.output();
     assert!(!log.contains("Traceback"), "the server failed:\n{log}");
