@@ -76,6 +76,8 @@ pub struct AgentSpec<'a> {
     pub dataplane: Option<&'a Value>,
     /// More flags.
     pub extra: &'a [&'a str],
+    /// More environment (`RUST_LOG`, …).
+    pub env: &'a [(&'a str, &'a str)],
 }
 
 impl Agent {
@@ -122,6 +124,7 @@ impl Agent {
                 cmd.env_remove(k);
             }
         }
+        cmd.envs(spec.env.iter().copied());
         let mut child = cmd
             .args(&args)
             .env("NO_COLOR", "1")

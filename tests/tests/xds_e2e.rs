@@ -194,6 +194,7 @@ impl Deployment {
                 name,
                 dataplane,
                 extra: &[],
+                env: &[],
             },
         )
     }

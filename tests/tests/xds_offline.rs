@@ -88,6 +88,7 @@ fn a_zone_serves_its_last_known_config_without_the_global_and_across_a_restart()
             name: "client",
             dataplane: Some(&client_dp),
             extra: &[],
+            env: &[],
         },
     );
 

@@ -144,6 +144,7 @@ fn mesh_traffic_permission_is_enforced_by_an_xds_enabled_grpc_server() {
                 name,
                 dataplane: None,
                 extra: &[],
+                env: &[],
             },
         )
     };

@@ -207,6 +207,10 @@ async fn serve_xds(
         .tls_config(tls_config)
         .context("the xDS server's TLS configuration")?
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        // Headers up to 64 KiB reach the token check, which refuses tokens
+        // over 16 KiB with a status that says so; larger header blocks are
+        // refused by HTTP/2 itself (431).
+        .http2_max_header_list_size(Some(64 * 1024))
         .add_service(service)
         .add_service(dataplanes);
     // Small protocol messages must not wait for Nagle's algorithm.
