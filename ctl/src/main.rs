@@ -326,7 +326,9 @@ fn resolve_kind(name: &str) -> anyhow::Result<ResourceType> {
     ResourceType::ALL
         .into_iter()
         .find(|t| {
-            t.plural() == lower || t.plural().strip_suffix('s') == Some(&lower) || t.name().to_ascii_lowercase() == lower
+            t.plural() == lower
+                || t.plural().strip_suffix('s') == Some(&lower)
+                || t.name().to_ascii_lowercase() == lower
         })
         .ok_or_else(|| anyhow!("unknown resource type {name:?}"))
 }
@@ -695,7 +697,9 @@ fn named_token(
     let token = match (id, token, token_file) {
         (Some(id), _, _) => return Ok((id, None)),
         (None, Some(token), _) => token,
-        (None, None, Some(file)) => std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?,
+        (None, None, Some(file)) => {
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?
+        }
         (None, None, None) => bail!("name the token: --id, --token or --token-file"),
     };
     let claims = token_claims(&token).ok_or_else(|| anyhow!("not a token: its claims do not decode"))?;
@@ -721,9 +725,7 @@ fn issue_dataplane_token(
             .split_once('=')
             .filter(|(k, v)| !k.is_empty() && !v.is_empty())
             .ok_or_else(|| anyhow!("--tag {t:?}: expected KEY=VALUE"))?;
-        let values = tag_map
-            .entry(k.to_string())
-            .or_insert_with(|| Value::Array(Vec::new()));
+        let values = tag_map.entry(k.to_string()).or_insert_with(|| Value::Array(Vec::new()));
         if let Value::Array(a) = values {
             a.push(Value::String(v.to_string()));
         }
