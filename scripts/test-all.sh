@@ -16,40 +16,10 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
-# --- real gRPC xDS clients (tests/xds-clients): begin ---------------------
-# The proxyless gRPC clients (Python grpcio, Node @grpc/grpc-js-xds), the gRPC
-# test server and the Envoy validator, where tests/src/xds_clients.rs looks for
-# them: target/xds-venv, target/pgv-venv (apart: xds-protos<1.60 needs
-# protobuf<5) and tests/xds-clients/node/node_modules. Each is installed only
-# when missing or when its requirements / lock file changed since.
-xds_apt() {
-  local sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null
-}
-xds_venv() { # DIR REQUIREMENTS
-  local dir=$1 req=$2
-  if [ -x "$dir/bin/python" ] && cmp -s "$req" "$dir/.requirements"; then return 0; fi
-  echo "installing $dir from $req"
-  rm -rf "$dir"
-  if ! python3 -m venv "$dir" >/dev/null 2>&1; then
-    rm -rf "$dir"
-    xds_apt python3-venv
-    python3 -m venv "$dir"
-  fi
-  "$dir/bin/python" -m pip install --quiet --disable-pip-version-check -r "$req"
-  cp "$req" "$dir/.requirements"
-}
-xds_venv target/xds-venv tests/xds-clients/requirements.txt
-xds_venv target/pgv-venv tests/xds-clients/requirements-pgv.txt
-command -v npm >/dev/null 2>&1 || xds_apt nodejs npm
-xds_node=tests/xds-clients/node
-if ! cmp -s "$xds_node/package-lock.json" "$xds_node/node_modules/.meridian-installed"; then
-  echo "installing $xds_node/node_modules"
-  (cd "$xds_node" && npm ci --no-audit --no-fund --loglevel=error)
-  cp "$xds_node/package-lock.json" "$xds_node/node_modules/.meridian-installed"
-fi
-# --- real gRPC xDS clients: end --------------------------------------------
+# The real gRPC xDS clients, the test server and the Envoy validator.
+# shellcheck source=scripts/xds-clients.sh
+. scripts/xds-clients.sh
+xds_all
 
 # etcd-server on Debian starts a system etcd on 2379; the tests never use it
 # (they start their own on free ports), so its state does not matter.
@@ -60,23 +30,30 @@ cargo build --workspace --bins
 cargo test --workspace -- --test-threads=2
 
 # The README's run command: a global and two zones joined on loopback, both
-# online at the global within 60 s, then stopped with SIGTERM (as Ctrl-C).
+# online at the global, and the proxyless client it starts through
+# meridian-dp answered by the backend, within 120 s; then stopped with
+# SIGTERM (as Ctrl-C), which must leave no process behind.
 smoke_data=$(mktemp -d)
 MERIDIAN_LOCAL_DATA="$smoke_data" deploy/local/run.sh >"$smoke_data/run.out" 2>&1 &
 smoke_pid=$!
 smoke_ok=""
-for _ in $(seq 1 300); do
+for _ in $(seq 1 600); do
   online=$({ target/debug/meridianctl inspect zones 2>/dev/null || true; } | awk '$2 == "true"' | wc -l)
-  if [ "$online" -eq 2 ]; then smoke_ok=1; break; fi
+  if [ "$online" -eq 2 ] && grep -q '"zone-1/backend": [1-9]' "$smoke_data/client.log" 2>/dev/null; then
+    smoke_ok=1; break
+  fi
   kill -0 "$smoke_pid" 2>/dev/null || break
   sleep 0.2
 done
 kill -TERM "$smoke_pid" 2>/dev/null || true
 wait "$smoke_pid" 2>/dev/null || true
 if [ -z "$smoke_ok" ]; then
-  echo "deploy/local/run.sh: the two zones did not come online"
+  echo "deploy/local/run.sh: the zones did not come online, or the client got no answer"
   tail -n 30 "$smoke_data"/*.log "$smoke_data/run.out"
   exit 1
 fi
-echo "deploy/local/run.sh: global and two zones online"
+if pgrep -f "$smoke_data" >/dev/null; then
+  echo "deploy/local/run.sh: processes left after Ctrl-C:"; pgrep -af "$smoke_data"; exit 1
+fi
+echo "deploy/local/run.sh: global and two zones online, the proxyless client answered through meridian-dp"
 rm -rf "$smoke_data"

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Runs Meridian locally on loopback: a global control plane on the embedded
-# store and two zones joined to it with the command `meridianctl generate
-# zone-join` prints. Data lives in ./meridian-data (override with
-# MERIDIAN_LOCAL_DATA). Ctrl-C stops everything cleanly.
+# store, two zones joined to it with the command `meridianctl generate
+# zone-join` prints, and a first workload in zone-1 — a gRPC backend and a
+# proxyless gRPC client (Python grpcio, `xds:///backend`), each started
+# through meridian-dp with a dataplane token, as an operator would. Data and
+# logs live in ./meridian-data (override with MERIDIAN_LOCAL_DATA). Ctrl-C
+# stops everything cleanly.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -14,17 +17,28 @@ if ! command -v protoc >/dev/null 2>&1; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq protobuf-compiler >/dev/null
 fi
+# The workload's gRPC programs (tests/xds-clients) and their Python packages.
+# shellcheck source=scripts/xds-clients.sh
+. scripts/xds-clients.sh
+xds_python
 cargo build --bins -q
 BIN=$PWD/target/debug
+PY=$PWD/target/xds-venv/bin/python
+APPS=$PWD/tests/xds-clients
 DATA=$(mkdir -p "${MERIDIAN_LOCAL_DATA:-./meridian-data}" && cd "${MERIDIAN_LOCAL_DATA:-./meridian-data}" && pwd)
 GLOBAL_API=127.0.0.1:5681
 KDS=127.0.0.1:5685
+BACKEND_PORT=${MERIDIAN_LOCAL_BACKEND_PORT:-18080}
+ctl() { "$BIN/meridianctl" --api "http://$GLOBAL_API" "$@"; }
 
 pids=()
 cleanup() {
   trap - EXIT INT TERM
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+  # Workloads first (their agents deregister), then zones, then the global.
+  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+    kill -TERM "${pids[i]}" 2>/dev/null || true
+    wait "${pids[i]}" 2>/dev/null || true
+  done
   echo "stopped"
 }
 trap cleanup EXIT INT TERM
@@ -38,6 +52,15 @@ wait_ready() { # name api pid
   echo "$1 did not become ready; see $DATA/$1.log"; exit 1
 }
 
+wait_file() { # what file pid
+  for _ in $(seq 1 300); do
+    if [ -s "$2" ]; then return 0; fi
+    if ! kill -0 "$3" 2>/dev/null; then echo "$1 exited; see $DATA/$1.log"; exit 1; fi
+    sleep 0.1
+  done
+  echo "$1 did not start; see $DATA/$1.log"; exit 1
+}
+
 "$BIN/meridian-global" run --store embedded --data-dir "$DATA/global" \
   --api-addr "$GLOBAL_API" --kds-addr "$KDS" >"$DATA/global.log" 2>&1 &
 pids+=($!)
@@ -47,9 +70,8 @@ port=5682
 xds=5678
 for zone in zone-1 zone-2; do
   # The join command a new operator would paste, plus where this zone keeps
-  # its data and serves its API on this machine.
-  join=$("$BIN/meridianctl" --api "http://$GLOBAL_API" generate zone-join --zone "$zone" \
-    --output-dir "$DATA" 2>/dev/null)
+  # its data and serves its API and xDS on this machine.
+  join=$(ctl generate zone-join --zone "$zone" --output-dir "$DATA" 2>/dev/null)
   api=127.0.0.1:$port
   # shellcheck disable=SC2086
   "$BIN/"$join --api-addr "$api" --xds-addr "127.0.0.1:$xds" --data-dir "$DATA/$zone" \
@@ -61,15 +83,69 @@ for zone in zone-1 zone-2; do
   xds=$((xds + 1))
 done
 
+# The first workload, in zone-1. Its proxies verify the zone's xDS server
+# with the zone's CA, and present a dataplane token the global issued: the
+# backend's may register only the service backend, the client's only the
+# dataplane client-1.
+curl -fsS "http://127.0.0.1:5682/xds-ca" >"$DATA/zone-1-xds-ca.pem"
+(umask 077
+ ctl generate dataplane-token --mesh default --tag kuma.io/service=backend --valid-for 720h \
+   >"$DATA/backend.token" 2>/dev/null
+ ctl generate dataplane-token --mesh default --name client-1 --valid-for 720h \
+   >"$DATA/client-1.token" 2>/dev/null)
+cat >"$DATA/backend.yaml" <<EOF
+type: Dataplane
+mesh: default
+name: backend-1
+networking:
+  address: 127.0.0.1
+  inbound:
+    - port: {{ port }}
+      tags:
+        kuma.io/service: backend
+        kuma.io/protocol: grpc
+EOF
+cat >"$DATA/client-1.yaml" <<EOF
+type: Dataplane
+mesh: default
+name: client-1
+networking:
+  address: 127.0.0.1
+  inbound:
+    - port: 1
+      tags:
+        kuma.io/service: client
+EOF
+dp() { # name extra-args…
+  local name=$1; shift
+  "$BIN/meridian-dp" run --cp-address https://127.0.0.1:5678 --ca-cert-file "$DATA/zone-1-xds-ca.pem" \
+    --dataplane-token-file "$DATA/$name.token" --proxy grpc \
+    --grpc-bootstrap-file "$DATA/$name-bootstrap.json" "$@" >"$DATA/dp-$name.log" 2>&1 &
+  pids+=($!)
+  wait_file "dp-$name" "$DATA/$name-bootstrap.json" "${pids[-1]}"
+}
+"$PY" "$APPS/server.py" --name zone-1/backend --port "$BACKEND_PORT" >"$DATA/backend.log" 2>&1 &
+pids+=($!)
+rm -f "$DATA/backend-bootstrap.json" "$DATA/client-1-bootstrap.json"
+dp backend --dataplane-file "$DATA/backend.yaml" --dataplane-var "port=$BACKEND_PORT"
+dp client-1 --dataplane-file "$DATA/client-1.yaml"
+GRPC_XDS_BOOTSTRAP="$DATA/client-1-bootstrap.json" "$PY" "$APPS/client.py" --target xds:///backend \
+  --watch 86400 --interval-ms 500 >"$DATA/client.log" 2>&1 &
+pids+=($!)
+
 cat <<MSG
 
 Meridian is running on loopback (logs in $DATA/*.log).
   global API:  http://$GLOBAL_API     KDS: grpcs://$KDS
-  zone-1 API:  http://127.0.0.1:5682     xDS (ADS): 127.0.0.1:5678
-  zone-2 API:  http://127.0.0.1:5683     xDS (ADS): 127.0.0.1:5679
-  try:         $BIN/meridianctl --api http://$GLOBAL_API inspect zones
-               $BIN/meridianctl --api http://$GLOBAL_API get meshtimeouts -m default
-               $BIN/meridianctl --api http://127.0.0.1:5682 get meshtimeouts -m default
+  zone-1 API:  http://127.0.0.1:5682     xDS (ADS, TLS): 127.0.0.1:5678
+  zone-2 API:  http://127.0.0.1:5683     xDS (ADS, TLS): 127.0.0.1:5679
+  workload:    backend-1 (gRPC on 127.0.0.1:$BACKEND_PORT) and client-1, a
+               proxyless client calling xds:///backend once every 500 ms,
+               each beside its meridian-dp (dp-*.log)
+  see:         tail -f $DATA/client.log                       (one JSON line a second)
+               $BIN/meridianctl --api http://127.0.0.1:5682 inspect dataplanes
+               $BIN/meridianctl --api http://127.0.0.1:5682 inspect dataplane client-1 --type policies
+               $BIN/meridianctl --api http://$GLOBAL_API inspect zones
   stop:        Ctrl-C
 
 MSG
