@@ -56,6 +56,8 @@ pub struct ClientSpec {
     /// `<mesh>.<dataplane name>`.
     pub node_id: String,
     pub kind: ClientKind,
+    /// This client's own token, instead of the fleet's.
+    pub token: Option<std::sync::Arc<str>>,
 }
 
 /// What the benchmark waits for the clients to receive.

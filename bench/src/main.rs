@@ -11,12 +11,16 @@
 //!   `kds-memory`: sync between the global and zones, see [`kds`].
 //! - `xds-scale`: thousands of ADS clients on one real zone process: RSS,
 //!   connect time, policy change → ACKed by every client; see [`xds_scale`].
+//! - `xds-auth`: N clients connecting to one zone with dataplane tokens
+//!   against the same with `--dp-auth none` (time, zone CPU), and
+//!   revocation → stream closed; see [`xds_auth`].
 //! - `xds-route-latency`, `xds-eds-latency`: a change at the global (a
 //!   policy) or in another zone (a dataplane) → the new route or endpoints
 //!   ACKed by a zone's clients, every hop stamped; see [`xds_latency`].
 
 mod ads_client;
 mod kds;
+mod xds_auth;
 mod xds_latency;
 mod xds_scale;
 
@@ -148,6 +152,22 @@ enum Cmd {
         #[arg(long = "zone-store", default_value = "embedded")]
         zone_store: String,
     },
+    /// xDS: N clients connecting with dataplane tokens vs --dp-auth none; revocation → stream closed.
+    XdsAuth {
+        #[arg(long, default_value_t = 10_000)]
+        dataplanes: usize,
+        #[arg(long, default_value_t = 100)]
+        services: usize,
+        #[arg(long, value_enum, default_value = "sidecar")]
+        kind: xds_scale::Kind,
+        /// Rounds of (none, token) runs
+        #[arg(long, default_value_t = 2)]
+        rounds: usize,
+        #[arg(long, default_value_t = 100)]
+        revocations: usize,
+        #[arg(long = "connect-concurrency", default_value_t = 100)]
+        connect_concurrency: usize,
+    },
     /// xDS: MeshTimeout PUT at the global → in the zone's cache → ACKed by proxyless clients.
     XdsRouteLatency {
         #[arg(long, default_value_t = 200)]
@@ -237,6 +257,21 @@ fn main() -> anyhow::Result<()> {
             rounds,
             connect_concurrency,
             zone_store,
+        })),
+        Cmd::XdsAuth {
+            dataplanes,
+            services,
+            kind,
+            rounds,
+            revocations,
+            connect_concurrency,
+        } => rt.block_on(xds_auth::auth(xds_auth::AuthOptions {
+            dataplanes,
+            services,
+            kind,
+            rounds,
+            revocations,
+            connect_concurrency,
         })),
         Cmd::XdsRouteLatency {
             writes,
@@ -460,10 +495,15 @@ async fn through_api(store: Arc<dyn Store>, count: usize) -> anyhow::Result<(Vec
 
 fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    let p = exe
+    let dir = exe
         .parent()
-        .map(|d| d.join(name))
         .ok_or_else(|| anyhow!("no directory for {}", exe.display()))?;
+    let p = dir.join(name);
+    // A test executable lives in deps/, beside the directory of the binaries.
+    let p = match dir.parent().map(|up| up.join(name)) {
+        Some(up) if !p.exists() && dir.ends_with("deps") && up.exists() => up,
+        _ => p,
+    };
     if !p.exists() {
         bail!(
             "{} not found: build it with `cargo build --release --bins`",

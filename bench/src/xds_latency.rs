@@ -227,6 +227,7 @@ pub async fn route_latency(o: RouteOptions) -> anyhow::Result<()> {
                 format!("svc-{}", (i + 1) % o.services.max(1)),
                 format!("svc-{}", (i + 2) % o.services.max(1)),
             ]),
+            token: None,
         })
         .collect();
     if o.clients > o.dataplanes {
@@ -389,6 +390,7 @@ pub async fn eds_latency(o: EdsOptions) -> anyhow::Result<()> {
         index: 0,
         node_id: format!("{MESH}.client"),
         kind: ClientKind::Proxyless(vec![REMOTE_SERVICE.to_string()]),
+        token: None,
     };
     let access = access(&global, &zone1).await?;
     let (mut fleet, _) = Fleet::connect(zone1.xds_addr, access, vec![spec], 1, Duration::from_secs(60)).await?;

@@ -92,6 +92,7 @@ pub fn client_spec(mesh: &str, i: usize, services: usize, kind: Kind) -> ClientS
                 format!("svc-{}", (i + 2) % services.max(1)),
             ]),
         },
+        token: None,
     }
 }
 
@@ -134,6 +135,7 @@ impl ZoneProcess {
         token: &str,
         store: &str,
         ingress: Option<&str>,
+        extra: &[&str],
     ) -> anyhow::Result<ZoneProcess> {
         let token_file = dir.join(format!("{zone}.token"));
         let ca_file = dir.join(format!("{zone}-ca.pem"));
@@ -163,6 +165,7 @@ impl ZoneProcess {
         if let Some(a) = ingress {
             args.extend(["--ingress-address".into(), a.into()]);
         }
+        args.extend(extra.iter().map(|a| a.to_string()));
         let child = std::process::Command::new(sibling_binary("meridian-zone")?)
             .args(&args)
             .env("RUST_LOG", "warn")
@@ -316,7 +319,8 @@ impl Fleet {
                             return Err(e);
                         }
                     };
-                    ads_client::run(channel, access.token.clone(), spec, target_rx, events_tx).await
+                    let token = spec.token.clone().or(access.token.clone());
+                    ads_client::run(channel, token, spec, target_rx, events_tx).await
                 }));
             }
             match tokio::time::timeout_at(deadline, events.recv()).await {
@@ -405,7 +409,7 @@ async fn run_one(opts: &ScaleOptions, kind: Kind, nofile: u64) -> anyhow::Result
     )
     .await?;
     let token = global.token(&agent, "zone-1").await?;
-    let zone = ZoneProcess::start(dir.path(), "zone-1", &join, &token, &opts.zone_store, None)?;
+    let zone = ZoneProcess::start(dir.path(), "zone-1", &join, &token, &opts.zone_store, None, &[])?;
     wait_ready(&agent, &zone.api, Duration::from_secs(60)).await?;
     wait_present(&agent, &format!("{}/meshes", zone.api), vec![MESH.to_string()]).await?;
     let (gpid, zpid) = (global.pid(), zone.pid());

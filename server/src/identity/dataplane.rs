@@ -259,8 +259,12 @@ impl DataplaneTokenIssuer {
             labels: Default::default(),
             spec: serde_json::to_value(public).map_err(|e| DataplaneTokenError::Internal(e.to_string()))?,
         };
-        self.manager.apply(doc).await?;
-        tracing::info!(mesh, key = %key_name(serial), "dataplane token signing key created");
+        // Concurrent first issues (and replicas) all try to create the same
+        // resource from the same private key: one creates it, the others
+        // find it.
+        if self.manager.create_if_absent(doc).await? {
+            tracing::info!(mesh, key = %key_name(serial), "dataplane token signing key created");
+        }
         Ok(())
     }
 
@@ -661,6 +665,22 @@ mod tests {
             verifier.verify(&token),
             Err(DataplaneTokenError::Jwt(JwtError::BadSignature))
         ));
+    }
+
+    #[tokio::test]
+    async fn concurrent_first_issues_agree_on_one_key() {
+        let (_, issuer, verifier) = setup(&["default"]).await;
+        let issuer = Arc::new(issuer);
+        let tasks: Vec<_> = (0..16)
+            .map(|_| {
+                let issuer = issuer.clone();
+                tokio::spawn(async move { issuer.issue(&req("default")).await })
+            })
+            .collect();
+        for t in tasks {
+            let token = t.await.unwrap().unwrap();
+            assert_eq!(verifier.verify(&token).unwrap().kid, "key-1");
+        }
     }
 
     #[tokio::test]
