@@ -308,7 +308,7 @@ impl ConfigSource for ZoneXds {
     async fn connect(&self, node: &Node, credential: &Credential) -> Result<ProxySession, Status> {
         if let Some(name) = ingress_node(node) {
             self.shared.auth.authorize_ingress(credential, name)?;
-            return self.connect_ingress(name, credential);
+            return self.connect_ingress(name, credential).await;
         }
         let s = &self.shared;
         let id = ProxyId::parse(&node.id).map_err(Status::invalid_argument)?;
@@ -1206,7 +1206,7 @@ impl Drop for IngressDisconnect {
 
 impl ZoneXds {
     /// Admits the proxy of this zone's ingress `name`, once.
-    fn connect_ingress(&self, name: &str, credential: &Credential) -> Result<ProxySession, Status> {
+    async fn connect_ingress(&self, name: &str, credential: &Credential) -> Result<ProxySession, Status> {
         let s = &self.shared;
         let ingress = own_ingress(&s.manager, &s.zone, name)?;
         let id = ingress_proxy_id(name);
@@ -1230,12 +1230,26 @@ impl ZoneXds {
                 },
             );
         }
+        let guard = IngressDisconnect {
+            shared: s.clone(),
+            id: id.clone(),
+        };
+        // A revocation published between the verification and the listing
+        // above reached no stream: check once more.
+        if let Credential::Ingress(claims) = credential {
+            if s.auth.ingress_tokens().is_revoked(&claims.jti).await.unwrap_or(true) {
+                return Err(Status::unauthenticated(format!(
+                    "zone ingress token {} has been revoked",
+                    claims.jti
+                )));
+            }
+        }
         tracing::info!(ingress = name, "ingress proxy connected");
         Ok(ProxySession {
             id: id.clone(),
             resources: rx,
-            reporter: Arc::new(IngressReporter(id.clone())),
-            guard: Box::new(IngressDisconnect { shared: s.clone(), id }),
+            reporter: Arc::new(IngressReporter(id)),
+            guard: Box::new(guard),
             ended,
         })
     }
