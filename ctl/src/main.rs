@@ -142,6 +142,8 @@ enum Generate {
     },
 }
 
+// The variants are the subcommands' words (`revoke zone-token`, …).
+#[allow(clippy::enum_variant_names)]
 #[derive(Subcommand)]
 enum Revoke {
     /// Make every zone refuse a dataplane token (and close the streams that

@@ -72,6 +72,23 @@ pub fn envoy(node: &NodeInfo, up: &EnvoyUpstream, admin: std::net::SocketAddr) -
         // Envoy's Locality has no empty form to keep; it is set by the zone.
         m.remove("locality");
     }
+    let mut tls = json!({
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+        "common_tls_context": {
+            "validation_context": {
+                "trusted_ca": {"filename": up.ca_file},
+                "match_typed_subject_alt_names": [{
+                    "san_type": san_type,
+                    "matcher": {"exact": up.host},
+                }],
+            },
+        },
+    });
+    // SNI names hosts, never IP addresses (RFC 6066); an IP is verified by
+    // the SAN matcher alone.
+    if let (false, Value::Object(m)) = (is_ip, &mut tls) {
+        m.insert("sni".into(), Value::String(up.host.clone()));
+    }
     json!({
         "node": node,
         "admin": {
@@ -108,19 +125,7 @@ pub fn envoy(node: &NodeInfo, up: &EnvoyUpstream, admin: std::net::SocketAddr) -
                 },
                 "transport_socket": {
                     "name": "envoy.transport_sockets.tls",
-                    "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-                        "sni": up.host,
-                        "common_tls_context": {
-                            "validation_context": {
-                                "trusted_ca": {"filename": up.ca_file},
-                                "match_typed_subject_alt_names": [{
-                                    "san_type": san_type,
-                                    "matcher": {"exact": up.host},
-                                }],
-                            },
-                        },
-                    },
+                    "typed_config": tls,
                 },
             }],
         },

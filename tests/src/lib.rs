@@ -13,6 +13,7 @@ use serde_json::Value;
 pub use meridian_store::testing::{unique_prefix, EtcdServer};
 
 pub mod dp;
+pub mod envoy_bootstrap;
 pub mod xds_clients;
 
 /// The directory holding the workspace's binaries (`target/debug`).

@@ -558,7 +558,7 @@ impl Drop for WatchClient {
 
 /// Runs `cmd` to completion with `stdin`, killing it and panicking (with its
 /// output) after `timeout`. Returns the status, stdout and stderr.
-fn run_with_deadline(
+pub(crate) fn run_with_deadline(
     cmd: &mut Command,
     stdin: Option<Vec<u8>>,
     timeout: Duration,

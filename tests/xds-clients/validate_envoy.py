@@ -28,6 +28,22 @@ Exit status: 0 valid, 1 violations, 2 bad input or setup error.
 `--self-test` checks that this program catches what it must (exit 0 if so).
 Fields unknown to these protos (an Envoy newer than xds-protos) are reported
 as warnings, not violations: Envoy ignores unknown fields by default.
+
+`--bootstrap` takes a whole Envoy bootstrap instead (the JSON of
+`envoy.config.bootstrap.v3.Bootstrap`, as `envoy -c FILE` reads it) and
+checks, as resource 0 of the same report:
+- that it parses with protobuf's json_format, strictly: an unknown field, a
+  value of the wrong type or out of range (a negative port), an `@type` no
+  Envoy proto defines are violations (Envoy rejects unknown fields in its
+  static configuration by default);
+- the `(validate.rules)` of the Bootstrap and of every message inside it,
+  and of every `Any` inside it (`typed_config`s, the values of
+  `typed_extension_protocol_options`, ...), unpacked as above;
+- that every `envoy_grpc` service (the ADS stream) names a cluster of
+  `static_resources` and that the cluster speaks HTTP/2, without which no
+  gRPC stream can start.
+A bootstrap that is not JSON is a violation too; exit 2 is left for an
+unreadable file or a setup error.
 """
 
 import argparse
@@ -36,10 +52,11 @@ import collections
 import importlib
 import json
 import os
+import re
 import sys
 
 try:
-    from google.protobuf import any_pb2, descriptor_pool, message_factory
+    from google.protobuf import any_pb2, descriptor_pool, json_format, message_factory
     from google.protobuf.message import DecodeError
     from protoc_gen_validate.validator import _validate_all
 except ImportError as e:  # pragma: no cover - setup error
@@ -267,6 +284,131 @@ def check_resources(resources):
     return report
 
 
+# --- bootstrap ---------------------------------------------------------------
+
+BOOTSTRAP = "envoy.config.bootstrap.v3.Bootstrap"
+GRPC_SERVICE = "envoy.config.core.v3.GrpcService"
+HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+
+def type_urls(doc):
+    """Every `@type` in a JSON document, at any depth."""
+    if isinstance(doc, dict):
+        t = doc.get("@type")
+        if isinstance(t, str):
+            yield t
+        for v in doc.values():
+            yield from type_urls(v)
+    elif isinstance(doc, list):
+        for v in doc:
+            yield from type_urls(v)
+
+
+def parse_error_path(err):
+    """json_format's "Failed to parse a field: Failed to parse b field: what"
+    -> ("a.b", "what"), without the list of available fields it appends; the
+    path it gives with `at "Bootstrap.a[0].b"` when it gives one (the chain
+    leaves out indices and some oneofs)."""
+    text = str(err).split("\n Available Fields", 1)[0].rstrip(".") + "."
+    fields = []
+    while True:
+        m = re.match(r"Failed to parse (\w+) field: ", text)
+        if not m:
+            break
+        fields.append(m.group(1))
+        text = text[m.end():]
+    text = text.rstrip(".")
+    at = re.search(r' at "?Bootstrap\.([^"\s]+)"?$', text)
+    if at:
+        return at.group(1), text[: at.start()]
+    return ".".join(fields), text
+
+
+def grpc_services(msg, path=""):
+    """(path, GrpcService) for every GrpcService in `msg` outside Anys."""
+    for rel, child in children(msg):
+        p = join(path, rel)
+        if child.DESCRIPTOR.full_name == GRPC_SERVICE:
+            yield p, child
+        elif child.DESCRIPTOR.full_name != ANY:
+            yield from grpc_services(child, p)
+
+
+def speaks_http2(cluster):
+    """Whether a Cluster sends HTTP/2 (or may, by ALPN), as a gRPC stream needs."""
+    if cluster.HasField("http2_protocol_options"):  # the deprecated field
+        return True
+    packed = cluster.typed_extension_protocol_options.get(HTTP_PROTOCOL_OPTIONS)
+    cls = message_class(HTTP_PROTOCOL_OPTIONS)
+    if packed is None or cls is None:
+        return False
+    opts = cls()
+    if not packed.Unpack(opts):
+        return False
+    return opts.HasField("auto_config") or opts.explicit_http_config.HasField("http2_protocol_options")
+
+
+def check_bootstrap_references(checker, resource, bootstrap):
+    clusters = {c.name: (i, c) for i, c in enumerate(bootstrap.static_resources.clusters)}
+    for path, service in grpc_services(bootstrap):
+        if service.WhichOneof("target_specifier") != "envoy_grpc":
+            continue
+        name = service.envoy_grpc.cluster_name
+        p = join(path, "envoy_grpc.cluster_name")
+        if not name:
+            continue  # PGV's violation already
+        if name not in clusters:
+            checker.violate(resource, p, f"{name!r} is not a cluster of static_resources")
+            continue
+        i, cluster = clusters[name]
+        if not speaks_http2(cluster):
+            checker.violate(
+                resource,
+                f"static_resources.clusters[{i}]",
+                f"the gRPC cluster {name!r} does not speak HTTP/2 "
+                f"({HTTP_PROTOCOL_OPTIONS} explicit_http_config.http2_protocol_options)",
+            )
+
+
+def check_bootstrap(text):
+    """text: an Envoy bootstrap as JSON; returns the report."""
+    cls = message_class(BOOTSTRAP)
+    if cls is None:
+        raise BadInput(f"{BOOTSTRAP} is not in these protos: is xds-protos installed?")
+    checker = Checker()
+    resource = {"resource": 0, "type": BOOTSTRAP, "name": None}
+    bootstrap = None
+    try:
+        doc = json.loads(text)
+    except ValueError as e:
+        checker.violate(resource, "", f"not JSON: {e}")
+        doc = None
+    if doc is not None and not isinstance(doc, dict):
+        checker.violate(resource, "", "a bootstrap is a JSON object")
+    elif doc is not None:
+        if isinstance(doc.get("node"), dict) and isinstance(doc["node"].get("id"), str):
+            resource["name"] = doc["node"]["id"]
+        # json_format resolves an Any's @type in the pool: load the packages first.
+        for url in sorted(set(type_urls(doc))):
+            message_class(url.rsplit("/", 1)[-1])
+        bootstrap = cls()
+        try:
+            json_format.Parse(text, bootstrap, ignore_unknown_fields=False)
+        except json_format.ParseError as e:
+            path, error = parse_error_path(e)
+            checker.violate(resource, path, error)
+            bootstrap = None
+    if bootstrap is not None:
+        checker.check_message(resource, bootstrap, "")
+        check_bootstrap_references(checker, resource, bootstrap)
+    report = {"ok": not checker.violations, "checked": 1, "messages": checker.messages}
+    if checker.violations:
+        report["violations"] = checker.violations
+    if checker.warnings:
+        report["warnings"] = checker.warnings
+    return report
+
+
 # --- self-test ---------------------------------------------------------------
 
 
@@ -318,6 +460,121 @@ def _valid_set():
     f = inbound.filter_chains.add().filters.add(name="envoy.filters.network.tcp_proxy")
     f.typed_config.Pack(tcp_proxy_pb2.TcpProxy(stat_prefix="inbound", cluster="localhost:8080"))
     return [api, route, cluster, cla, inbound], hcm
+
+
+def _valid_bootstrap():
+    """A bootstrap in the shape meridian-dp writes: ADS over TLS to a static
+    cluster of the zone, the token as initial metadata."""
+    tls = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+    return {
+        "node": {"id": "default.web-1", "cluster": "web", "metadata": {"dataplane": {"networking": {}}}},
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 9901}}},
+        "dynamic_resources": {
+            "ads_config": {
+                "api_type": "GRPC",
+                "transport_api_version": "V3",
+                "set_node_on_first_message_only": True,
+                "grpc_services": [{
+                    "envoy_grpc": {"cluster_name": "xds"},
+                    "initial_metadata": [{"key": "authorization", "value": "Bearer TOKEN"}],
+                }],
+            },
+            "cds_config": {"ads": {}, "resource_api_version": "V3"},
+            "lds_config": {"ads": {}, "resource_api_version": "V3"},
+        },
+        "static_resources": {"clusters": [{
+            "name": "xds",
+            "type": "STATIC",
+            "connect_timeout": "5s",
+            "typed_extension_protocol_options": {HTTP_PROTOCOL_OPTIONS: {
+                "@type": TYPE_PREFIX + HTTP_PROTOCOL_OPTIONS,
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }},
+            "load_assignment": {"cluster_name": "xds", "endpoints": [{"lb_endpoints": [{"endpoint": {
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": 5678}}}}]}]},
+            "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": {
+                "@type": tls,
+                "sni": "zone-1.example",
+                "common_tls_context": {"validation_context": {
+                    "trusted_ca": {"filename": "/etc/ca.pem"},
+                    "match_typed_subject_alt_names": [{"san_type": "DNS", "matcher": {"exact": "zone-1.example"}}],
+                }},
+            }},
+        }]},
+    }
+
+
+def _bootstrap_self_test(expect):
+    valid = _valid_bootstrap()
+    expect("valid bootstrap", check_bootstrap(json.dumps(valid)), True)
+    cluster = "static_resources.clusters[0]"
+    tls = f"{cluster}.transport_socket.typed_config<envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext>"
+    opts = f"{cluster}.typed_extension_protocol_options[{HTTP_PROTOCOL_OPTIONS!r}]<{HTTP_PROTOCOL_OPTIONS}>"
+    socket = "load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address"
+
+    def mutated(f):
+        doc = json.loads(json.dumps(valid))
+        f(doc)
+        return check_bootstrap(json.dumps(doc))
+
+    def c(doc):
+        return doc["static_resources"]["clusters"][0]
+
+    def tls_of(doc):
+        return c(doc)["transport_socket"]["typed_config"]
+
+    # Parsing is strict: unknown fields, values out of range, unknown @types.
+    expect("unknown field", mutated(lambda d: c(d).update(bogus=1)), False, [(0, cluster)])
+    expect(
+        "unknown field in an Any",
+        mutated(lambda d: tls_of(d).update(bogus=1)),
+        False,
+        [(0, f"{cluster}.transport_socket.typed_config")],
+    )
+    expect(
+        "negative port",
+        mutated(lambda d: d["admin"]["address"]["socket_address"].update(port_value=-1)),
+        False,
+    )
+    expect("unknown @type", mutated(lambda d: tls_of(d).update({"@type": TYPE_PREFIX + "meridian.NoSuchType"})), False)
+    expect("not JSON", check_bootstrap("{\"node\": "), False, [(0, "(resource)")])
+    # PGV rules, in the Bootstrap and inside its Anys.
+    expect(
+        "port above 65535",
+        mutated(lambda d: c(d)["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+                ["socket_address"].update(port_value=70000)),
+        False,
+        [(0, f"{cluster}.{socket}.port_value")],
+    )
+    expect(
+        "unspecified SAN type inside the transport socket's Any",
+        mutated(lambda d: tls_of(d)["common_tls_context"]["validation_context"]
+                ["match_typed_subject_alt_names"][0].update(san_type="SAN_TYPE_UNSPECIFIED")),
+        False,
+        [(0, f"{tls}.common_tls_context.validation_context.match_typed_subject_alt_names[0].san_type")],
+    )
+    expect(
+        "max_headers_count 0 inside a protocol options Any",
+        mutated(lambda d: c(d)["typed_extension_protocol_options"][HTTP_PROTOCOL_OPTIONS].update(
+            common_http_protocol_options={"max_headers_count": 0})),
+        False,
+        [(0, f"{opts}.common_http_protocol_options.max_headers_count.value")],
+    )
+    # References: the ADS cluster exists and speaks HTTP/2.
+    ads = "dynamic_resources.ads_config.grpc_services[0].envoy_grpc.cluster_name"
+    expect(
+        "ADS names no static cluster",
+        mutated(lambda d: d["dynamic_resources"]["ads_config"]["grpc_services"][0]["envoy_grpc"]
+                .update(cluster_name="elsewhere")),
+        False,
+        [(0, ads)],
+    )
+    expect(
+        "ADS cluster without HTTP/2",
+        mutated(lambda d: c(d).pop("typed_extension_protocol_options")),
+        False,
+        [(0, cluster)],
+    )
 
 
 def self_test():
@@ -398,6 +655,8 @@ def self_test():
         [(0, "api_listener.api_listener<meridian.NoSuchType>"), (1, "(resource)")],
     )
 
+    _bootstrap_self_test(expect)
+
     if failures:
         print(json.dumps({"ok": False, "self_test": "failed", "failures": failures}))
         return 1
@@ -407,7 +666,8 @@ def self_test():
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("file", nargs="?", help="JSON list of resources, or - for stdin")
+    ap.add_argument("file", nargs="?", help="JSON list of resources (a bootstrap with --bootstrap), or - for stdin")
+    ap.add_argument("--bootstrap", action="store_true", help="the input is a whole Envoy bootstrap (JSON)")
     ap.add_argument("--self-test", action="store_true", help="check that violations are caught")
     args = ap.parse_args()
     if args.self_test:
@@ -420,7 +680,7 @@ def main():
         else:
             with open(args.file, encoding="utf-8") as f:
                 text = f.read()
-        report = check_resources(json.loads(text))
+        report = check_bootstrap(text) if args.bootstrap else check_resources(json.loads(text))
     except (OSError, ValueError, BadInput) as e:
         print(json.dumps({"ok": False, "input_error": str(e)}))
         sys.stderr.write(f"validate_envoy.py: {e}\n")

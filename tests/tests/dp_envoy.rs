@@ -1,0 +1,462 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! `meridian-dp --proxy envoy` end to end (DESIGN §10), with real processes:
+//! a global and a zone, a token for the service `web`, and the agent writing
+//! an Envoy bootstrap that is held against Envoy's own protos
+//! (`validate_envoy.py --bootstrap`: strict JSON parsing into
+//! `envoy.config.bootstrap.v3.Bootstrap`, protoc-gen-validate on it and on
+//! every `Any` inside it). No Envoy binary can be installed here: where the
+//! agent would run Envoy, a stand-in shell script shows what the agent does
+//! with the process — it proves the supervision, not Envoy's behaviour.
+//!
+//! Build the binaries first: `cargo build --workspace --bins`; the validator's
+//! venv comes from `scripts/test-all.sh`.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use meridian_e2e::dp::{dataplane_token, xds_ca};
+use meridian_e2e::envoy_bootstrap::validate_envoy_bootstrap;
+use meridian_e2e::*;
+use serde_json::{json, Value};
+
+const MESH: &str = "default";
+const ZONE: &str = "zone-1";
+const CONVERGE: Duration = Duration::from_secs(30);
+const POLL: Duration = Duration::from_millis(50);
+/// Well below the zone's default cleanup age (60 s): a dataplane gone
+/// within this after SIGTERM was deregistered by its agent, not cleaned up.
+const DEREGISTERED_WITHIN: Duration = Duration::from_secs(20);
+
+/// A global (its embedded store in the test's directory) and a zone on a
+/// memory store.
+struct Deployment {
+    global: Proc,
+    zone: Proc,
+    xds: u16,
+    ca_file: PathBuf,
+}
+
+impl Deployment {
+    fn start(dir: &Path) -> Deployment {
+        let global = start_global_on(dir, &dir.join("global"), free_port(), free_port(), &[]);
+        let join = zone_join(&global, ZONE, &dir.join("join"));
+        let xds = free_port();
+        let zone = start_zone_xds(dir, &join, None, xds, &["--store", "memory"]);
+        let ca_file = xds_ca(&zone, dir);
+        let d = Deployment {
+            global,
+            zone,
+            xds,
+            ca_file,
+        };
+        d.wait_zone_has(&format!("/meshes/{MESH}"));
+        d
+    }
+
+    fn wait_zone_has(&self, path: &str) -> Value {
+        wait_until(&format!("the zone to have {path}"), CONVERGE, POLL, || {
+            match self.zone.get(path) {
+                (200, v) => Ok(v),
+                (s, v) => Err(format!("{s} {v}")),
+            }
+        })
+    }
+
+    /// A token for the service `web` only; waits until the zone has the
+    /// mesh's signing key, so the zone can verify it.
+    fn web_token(&self) -> String {
+        let token = dataplane_token(
+            &self.global.api,
+            &json!({"mesh": MESH, "tags": {"kuma.io/service": ["web"]}}),
+        );
+        self.wait_zone_has(&format!("/meshes/{MESH}/dataplane-token-keys/{}", kid(&token)));
+        token
+    }
+
+    /// `(at the zone, at the global)`: the dataplane `name`, if each has it.
+    fn dataplane(&self, name: &str) -> (Option<Value>, Option<Value>) {
+        let found = |(status, v): (u16, Value)| (status == 200).then_some(v);
+        (
+            found(self.zone.get(&format!("/meshes/{MESH}/dataplanes/{name}"))),
+            found(self.global.get(&format!("/meshes/{MESH}/dataplanes/{ZONE}.{name}"))),
+        )
+    }
+}
+
+fn kid(token: &str) -> String {
+    use base64::Engine;
+    let header = token.split('.').next().unwrap();
+    let header = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(header).unwrap();
+    let header: Value = serde_json::from_slice(&header).unwrap();
+    header["kid"].as_str().unwrap().to_string()
+}
+
+/// A `meridian-dp run --proxy envoy`, killed on drop.
+struct EnvoyAgent {
+    child: Child,
+    log: PathBuf,
+    bootstrap_file: PathBuf,
+    admin_port: u16,
+}
+
+impl EnvoyAgent {
+    /// Starts the agent for the dataplane `name` (an inbound of `web`) in
+    /// `own`, with `path` as its whole PATH (where it looks for `envoy`).
+    fn start(d: &Deployment, own: &Path, token: &str, name: &str, path: &Path) -> EnvoyAgent {
+        std::fs::create_dir_all(own).unwrap();
+        let token_file = own.join("token");
+        std::fs::write(&token_file, token).unwrap();
+        let dataplane_file = own.join("dataplane.json");
+        let dataplane = json!({"type": "Dataplane", "mesh": MESH, "name": name,
+            "networking": {"address": "127.0.0.1", "inbound": [{"port": free_port(),
+                "tags": {"kuma.io/service": "web", "kuma.io/protocol": "http"}}]}});
+        std::fs::write(&dataplane_file, dataplane.to_string()).unwrap();
+        let bootstrap_file = own.join("envoy-bootstrap.json");
+        let admin_port = free_port();
+        let log = own.join("meridian-dp.log");
+        let out = std::fs::File::create(&log).unwrap();
+        let err = out.try_clone().unwrap();
+        let mut cmd = Command::new(bin("meridian-dp"));
+        for (k, _) in std::env::vars() {
+            if k.starts_with("MERIDIAN_") {
+                cmd.env_remove(k);
+            }
+        }
+        let child = cmd
+            .args(["run", "--proxy", "envoy", "--reconnect-max-delay", "1s"])
+            .arg("--cp-address")
+            .arg(format!("https://127.0.0.1:{}", d.xds))
+            .arg("--ca-cert-file")
+            .arg(&d.ca_file)
+            .arg("--dataplane-token-file")
+            .arg(&token_file)
+            .arg("--dataplane-file")
+            .arg(&dataplane_file)
+            .arg("--envoy-bootstrap-file")
+            .arg(&bootstrap_file)
+            .arg("--envoy-admin-address")
+            .arg(format!("127.0.0.1:{admin_port}"))
+            .env("PATH", path)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .spawn()
+            .expect("spawn meridian-dp");
+        EnvoyAgent {
+            child,
+            log,
+            bootstrap_file,
+            admin_port,
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Fails with the log if the agent has exited.
+    fn assert_running(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!("meridian-dp exited with {status}; log:\n{}", self.log_text());
+        }
+    }
+
+    /// The bootstrap, once the agent has written it.
+    fn wait_bootstrap(&mut self) -> String {
+        let file = self.bootstrap_file.clone();
+        wait_until("the Envoy bootstrap", CONVERGE, POLL, || {
+            self.assert_running();
+            std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))
+        })
+    }
+
+    /// SIGTERM, and the exit status (within a deadline).
+    fn terminate(&mut self) -> ExitStatus {
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -TERM {}: {status}", self.child.id());
+        let log = self.log.clone();
+        wait_until("meridian-dp to exit after SIGTERM", CONVERGE, POLL, || {
+            match self.child.try_wait() {
+                Ok(Some(status)) => Ok(status),
+                Ok(None) => Err(std::fs::read_to_string(&log).unwrap_or_default()),
+                Err(e) => Err(e.to_string()),
+            }
+        })
+    }
+}
+
+impl Drop for EnvoyAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A change to a valid bootstrap that Envoy would refuse.
+struct Mutation {
+    what: &'static str,
+    /// Where the validator must report it (a prefix of the violation's path).
+    path: &'static str,
+    apply: fn(&mut Value),
+}
+
+const MUTATIONS: [Mutation; 4] = [
+    Mutation {
+        what: "a negative port",
+        path: "admin.address",
+        apply: |b| b["admin"]["address"]["socket_address"]["port_value"] = json!(-1),
+    },
+    Mutation {
+        what: "an unknown field",
+        path: "static_resources.clusters[0]",
+        apply: |b| b["static_resources"]["clusters"][0]["meridian_extra"] = json!(true),
+    },
+    Mutation {
+        what: "an unspecified SAN type inside the TLS context's Any",
+        path: concat!(
+            "static_resources.clusters[0].transport_socket.typed_config",
+            "<envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext>",
+            ".common_tls_context.validation_context.match_typed_subject_alt_names[0].san_type",
+        ),
+        apply: |b| {
+            b["static_resources"]["clusters"][0]["transport_socket"]["typed_config"]["common_tls_context"]
+                ["validation_context"]["match_typed_subject_alt_names"][0]["san_type"] = json!("SAN_TYPE_UNSPECIFIED")
+        },
+    },
+    Mutation {
+        what: "ADS naming no static cluster",
+        path: "dynamic_resources.ads_config.grpc_services[0].envoy_grpc.cluster_name",
+        apply: |b| {
+            b["dynamic_resources"]["ads_config"]["grpc_services"][0]["envoy_grpc"]["cluster_name"] = json!("elsewhere")
+        },
+    },
+];
+
+#[test]
+fn the_agent_writes_a_valid_private_envoy_bootstrap_and_deregisters_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let d = Deployment::start(dir);
+    let token = d.web_token();
+    // An empty PATH: no `envoy` to find, so the agent only writes the bootstrap.
+    let empty = dir.join("empty-path");
+    std::fs::create_dir_all(&empty).unwrap();
+    let mut agent = EnvoyAgent::start(&d, &dir.join("dp-web-1"), &token, "web-1", &empty);
+    let text = agent.wait_bootstrap();
+
+    // It holds the token: readable by its owner only.
+    let mode = std::fs::metadata(&agent.bootstrap_file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "bootstrap mode {mode:o}");
+
+    // Envoy's own protos accept it, as they are.
+    if let Err(report) = validate_envoy_bootstrap(&text) {
+        panic!("the agent's Envoy bootstrap is invalid:\n{report}\nbootstrap:\n{text}");
+    }
+
+    // Who it is and how it reaches the zone.
+    let b: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(b["node"]["id"], format!("{MESH}.web-1"), "{b:#}");
+    assert_eq!(b["node"]["cluster"], "web", "{b:#}");
+    assert_eq!(
+        b["admin"]["address"]["socket_address"]["port_value"], agent.admin_port,
+        "{b:#}"
+    );
+    let ads = &b["dynamic_resources"]["ads_config"];
+    assert_eq!(ads["api_type"], "GRPC", "{ads:#}");
+    let service = &ads["grpc_services"][0];
+    assert_eq!(
+        service["initial_metadata"],
+        json!([{"key": "authorization", "value": format!("Bearer {token}")}]),
+        "{ads:#}"
+    );
+    let clusters = b["static_resources"]["clusters"].as_array().unwrap();
+    let xds = clusters
+        .iter()
+        .find(|c| c["name"] == service["envoy_grpc"]["cluster_name"])
+        .unwrap_or_else(|| panic!("no static cluster for ADS: {b:#}"));
+    let endpoint = &xds["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"];
+    assert_eq!(endpoint["address"], "127.0.0.1", "{xds:#}");
+    assert_eq!(endpoint["port_value"], d.xds, "{xds:#}");
+    let tls = &xds["transport_socket"]["typed_config"];
+    assert_eq!(
+        tls["@type"], "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+        "{tls:#}"
+    );
+    // An IP address is verified by the SAN matcher; SNI names hosts only.
+    assert_eq!(tls.get("sni"), None, "{tls:#}");
+    let validation = &tls["common_tls_context"]["validation_context"];
+    assert_eq!(
+        validation["trusted_ca"]["filename"],
+        d.ca_file.display().to_string(),
+        "{tls:#}"
+    );
+    assert_eq!(
+        validation["match_typed_subject_alt_names"],
+        json!([{"san_type": "IP_ADDRESS", "matcher": {"exact": "127.0.0.1"}}]),
+        "{tls:#}"
+    );
+
+    // The validator can fail: mutations of this very bootstrap are refused,
+    // each with a violation at the field it broke.
+    for m in MUTATIONS {
+        let mut bad = b.clone();
+        (m.apply)(&mut bad);
+        let report = validate_envoy_bootstrap(&bad.to_string())
+            .expect_err(&format!("a bootstrap with {} passed the validator", m.what));
+        let report: Value = serde_json::from_str(&report).unwrap();
+        let paths: Vec<&str> = report["violations"]
+            .as_array()
+            .map(|v| v.iter().filter_map(|v| v["path"].as_str()).collect())
+            .unwrap_or_default();
+        assert!(
+            paths.iter().any(|p| p.starts_with(m.path)),
+            "{}: no violation at {}; {report:#}",
+            m.what,
+            m.path
+        );
+    }
+
+    // Registered by its agent at the zone, and so at the global as <zone>.<name>.
+    let at_zone = d.wait_zone_has(&format!("/meshes/{MESH}/dataplanes/web-1"));
+    assert_eq!(at_zone["labels"]["meridian.io/registered-by"], "proxy", "{at_zone:#}");
+    wait_until("web-1 at the global", CONVERGE, POLL, || {
+        d.dataplane("web-1").1.ok_or_else(|| "not yet".to_string())
+    });
+    agent.assert_running();
+    assert!(
+        agent.log_text().contains("no Envoy binary"),
+        "the agent should say it runs no Envoy:\n{}",
+        agent.log_text()
+    );
+
+    // SIGTERM: a clean exit, and the dataplane removed by its agent.
+    let status = agent.terminate();
+    assert!(
+        status.success(),
+        "meridian-dp exited with {status}:\n{}",
+        agent.log_text()
+    );
+    wait_until(
+        "web-1 gone from the zone and the global",
+        DEREGISTERED_WITHIN,
+        POLL,
+        || match d.dataplane("web-1") {
+            (None, None) => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    assert!(
+        agent.log_text().contains("dataplane deregistered"),
+        "{}",
+        agent.log_text()
+    );
+}
+
+/// A stand-in for Envoy, for the agent's process supervision only (it proves
+/// nothing about Envoy itself): `envoy` in a directory of its own records its
+/// arguments, waits for SIGTERM, records that it got it, and exits 0.
+struct StandInEnvoy {
+    bin_dir: PathBuf,
+    args_file: PathBuf,
+    signals_file: PathBuf,
+    pid_file: PathBuf,
+}
+
+impl StandInEnvoy {
+    fn write(dir: &Path) -> StandInEnvoy {
+        let s = StandInEnvoy {
+            bin_dir: dir.join("stand-in-bin"),
+            args_file: dir.join("envoy.args"),
+            signals_file: dir.join("envoy.signals"),
+            pid_file: dir.join("envoy.pid"),
+        };
+        std::fs::create_dir_all(&s.bin_dir).unwrap();
+        // The pid file lives while the script does (for the test's clean-up);
+        // the arguments appear whole, once the trap is set.
+        let script = format!(
+            r#"#!/bin/sh
+PATH=/usr/bin:/bin
+trap 'echo TERM >> "{signals}"; kill "$sleeper" 2>/dev/null; rm -f "{pid}"; exit 0' TERM
+echo $$ > "{pid}"
+sleep 3600 &
+sleeper=$!
+printf '%s\n' "$@" > "{args}.tmp" && mv "{args}.tmp" "{args}"
+wait "$sleeper"
+"#,
+            signals = s.signals_file.display(),
+            args = s.args_file.display(),
+            pid = s.pid_file.display(),
+        );
+        let path = s.bin_dir.join("envoy");
+        std::fs::write(&path, script).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        s
+    }
+}
+
+impl Drop for StandInEnvoy {
+    /// A failed test kills its agent with SIGKILL, which leaves the stand-in
+    /// running: end it.
+    fn drop(&mut self) {
+        if let Ok(pid) = std::fs::read_to_string(&self.pid_file) {
+            let _ = Command::new("kill").arg("-TERM").arg(pid.trim()).status();
+        }
+    }
+}
+
+#[test]
+fn the_agent_runs_envoy_with_its_bootstrap_and_stops_it_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let d = Deployment::start(dir);
+    let token = d.web_token();
+    let envoy = StandInEnvoy::write(dir);
+    let (args_file, signals_file) = (&envoy.args_file, &envoy.signals_file);
+    let mut agent = EnvoyAgent::start(&d, &dir.join("dp-web-2"), &token, "web-2", &envoy.bin_dir);
+
+    // Started as `envoy -c <bootstrap> …`, once the bootstrap is written.
+    let args = wait_until("the stand-in Envoy to start", CONVERGE, POLL, || {
+        agent.assert_running();
+        std::fs::read_to_string(args_file).map_err(|e| e.to_string())
+    });
+    let args: Vec<&str> = args.lines().collect();
+    let bootstrap = agent.bootstrap_file.display().to_string();
+    assert_eq!(args.get(..2), Some(&["-c", bootstrap.as_str()][..]), "{args:?}");
+    let text = std::fs::read_to_string(&agent.bootstrap_file).unwrap();
+    validate_envoy_bootstrap(&text).unwrap_or_else(|r| panic!("{r}"));
+    d.wait_zone_has(&format!("/meshes/{MESH}/dataplanes/web-2"));
+    assert!(
+        !signals_file.exists(),
+        "the stand-in was signalled before the agent was"
+    );
+
+    // SIGTERM to the agent: it passes SIGTERM on (the stand-in records it and
+    // exits), waits for it to end, deregisters, and exits 0.
+    let status = agent.terminate();
+    assert!(
+        status.success(),
+        "meridian-dp exited with {status}:\n{}",
+        agent.log_text()
+    );
+    let signals = std::fs::read_to_string(signals_file).unwrap_or_default();
+    assert_eq!(
+        signals.lines().collect::<Vec<_>>(),
+        ["TERM"],
+        "the stand-in Envoy should get one SIGTERM; log:\n{}",
+        agent.log_text()
+    );
+    assert!(agent.log_text().contains("Envoy stopped"), "{}", agent.log_text());
+    wait_until("web-2 gone from the zone", DEREGISTERED_WITHIN, POLL, || {
+        match d.dataplane("web-2").0 {
+            None => Ok(()),
+            Some(v) => Err(v.to_string()),
+        }
+    });
+}
