@@ -181,7 +181,11 @@ pub async fn auth(opts: AuthOptions) -> anyhow::Result<()> {
 
     let mut runs: Vec<(&str, Duration, Duration)> = Vec::new();
     for round in 0..opts.rounds {
-        let order = if round % 2 == 0 { ["none", "token"] } else { ["token", "none"] };
+        let order = if round % 2 == 0 {
+            ["none", "token"]
+        } else {
+            ["token", "none"]
+        };
         for mode in order {
             let zone = z.start(&agent, mode).await?;
             let with_token = mode == "token";
@@ -314,11 +318,7 @@ pub async fn auth(opts: AuthOptions) -> anyhow::Result<()> {
     }
     println!("\nEach run (mode, all configured, zone CPU):");
     for (mode, t, c) in &runs {
-        println!(
-            "- {mode}: {:.2} s, {:.2} s",
-            t.as_secs_f64(),
-            c.as_secs_f64()
-        );
+        println!("- {mode}: {:.2} s, {:.2} s", t.as_secs_f64(), c.as_secs_f64());
     }
     println!();
     header(&format!("revocation POST at the global → stream closed (ms), {r}"));
