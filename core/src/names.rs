@@ -55,6 +55,20 @@ fn check_label_chars(part: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// Splits `HOST:PORT` (IPv6 in brackets) into the host, brackets removed,
+/// and the port; the error says which part is wrong.
+pub fn split_host_port(address: &str) -> Result<(&str, u16), &'static str> {
+    let (host, port) = address.rsplit_once(':').ok_or("no port")?;
+    let port = port
+        .parse::<u16>()
+        .map_err(|_| "the port is not a number from 0 to 65535")?;
+    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    if host.is_empty() || host.contains(['/', '@', '?', '#', ' ']) {
+        return Err("the host is not a DNS name or an IP address");
+    }
+    Ok((host, port))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -600,16 +600,21 @@ fn inspect_dataplane(client: &Client, mesh: &str, name: &str, view: &str, output
 
 // ---- zone tokens and joining ------------------------------------------------
 
-/// `POST /tokens/zone`; the answer is the token as text.
-fn issue_zone_token(client: &Client, zone: &str, valid_for: &str) -> anyhow::Result<String> {
-    let body = serde_json::json!({"zone": zone, "validFor": valid_for});
-    let (_, answer) = client.expect_ok("POST", "/tokens/zone", Some(&body))?;
+/// POSTs `body` to a token endpoint; the answer is the token as text.
+fn post_for_token(client: &Client, path: &str, body: &Value) -> anyhow::Result<String> {
+    let (_, answer) = client.expect_ok("POST", path, Some(body))?;
     let token = answer
         .as_str()
         .map(str::trim)
         .filter(|t| !t.is_empty())
-        .ok_or_else(|| anyhow!("the global answered without a token: {answer}"))?
-        .to_string();
+        .ok_or_else(|| anyhow!("{path} answered without a token: {answer}"))?;
+    Ok(token.to_string())
+}
+
+/// `POST /tokens/zone`.
+fn issue_zone_token(client: &Client, zone: &str, valid_for: &str) -> anyhow::Result<String> {
+    let body = serde_json::json!({"zone": zone, "validFor": valid_for});
+    let token = post_for_token(client, "/tokens/zone", &body)?;
     if let Some(id) = token_id(&token) {
         eprintln!("issued zone token {id} for zone {zone:?}, valid for {valid_for} (revoke: meridianctl revoke zone-token --id {id})");
     }
@@ -618,11 +623,7 @@ fn issue_zone_token(client: &Client, zone: &str, valid_for: &str) -> anyhow::Res
 
 /// The id (`jti` claim) of a token, read without checking the signature.
 fn token_id(token: &str) -> Option<String> {
-    use base64::Engine;
-    let claims = token.trim().split('.').nth(1)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(claims).ok()?;
-    let claims: Value = serde_json::from_slice(&bytes).ok()?;
-    claims.get("jti")?.as_str().map(str::to_string)
+    token_claims(token)?.get("jti")?.as_str().map(str::to_string)
 }
 
 fn zone_join(client: &Client, zone: &str, valid_for: &str, output_dir: &Path) -> anyhow::Result<()> {
@@ -736,13 +737,7 @@ fn issue_dataplane_token(
     if let (Some(n), Value::Object(m)) = (name, &mut body) {
         m.insert("name".into(), Value::String(n.to_string()));
     }
-    let (_, answer) = client.expect_ok("POST", "/tokens/dataplane", Some(&body))?;
-    let token = answer
-        .as_str()
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| anyhow!("the control plane answered without a token: {answer}"))?
-        .to_string();
+    let token = post_for_token(client, "/tokens/dataplane", &body)?;
     if let Some(id) = token_id(&token) {
         eprintln!(
             "issued dataplane token {id} for mesh {mesh:?}, valid for {valid_for} (revoke: meridianctl revoke dataplane-token --mesh {mesh} --id {id})"
@@ -757,13 +752,7 @@ fn issue_ingress_token(client: &Client, name: Option<&str>, valid_for: &str) -> 
     if let (Some(n), Value::Object(m)) = (name, &mut body) {
         m.insert("name".into(), Value::String(n.to_string()));
     }
-    let (_, answer) = client.expect_ok("POST", "/tokens/zone-ingress", Some(&body))?;
-    let token = answer
-        .as_str()
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| anyhow!("the zone answered without a token: {answer}"))?
-        .to_string();
+    let token = post_for_token(client, "/tokens/zone-ingress", &body)?;
     if let Some(id) = token_id(&token) {
         eprintln!("issued zone ingress token {id} (revoke: meridianctl revoke zone-ingress-token --id {id})");
     }

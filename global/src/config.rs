@@ -173,13 +173,7 @@ pub fn check_advertised_address(address: &str) -> anyhow::Result<String> {
     let rest = address
         .strip_prefix("grpcs://")
         .ok_or_else(|| bad("KDS runs over TLS, so the scheme must be grpcs"))?;
-    let (host, port) = rest.rsplit_once(':').ok_or_else(|| bad("no port"))?;
-    port.parse::<u16>()
-        .map_err(|_| bad("the port is not a number from 0 to 65535"))?;
-    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
-    if host.is_empty() || host.contains(['/', '@', '?', '#', ' ']) {
-        return Err(bad("the host is not a DNS name or an IP address"));
-    }
+    let (host, _) = meridian_core::names::split_host_port(rest).map_err(bad)?;
     Ok(host.to_string())
 }
 
