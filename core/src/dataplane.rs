@@ -143,10 +143,32 @@ fn check_service_tags(tags: &BTreeMap<String, String>, path: &FieldPath, causes:
     for (k, v) in tags {
         if k.is_empty() {
             causes.add(path, "tag name must not be empty");
-        } else if v.is_empty() {
+        } else if !k.bytes().all(is_tag_name_byte) {
+            causes.add(
+                &path.key(k),
+                "tag name must consist of alphanumeric characters, dots, dashes, colons, slashes and underscores",
+            );
+        }
+        if v.is_empty() {
             causes.add(&path.key(k), "tag value must not be empty");
+        } else if !v.bytes().all(is_tag_value_byte) {
+            causes.add(
+                &path.key(k),
+                "tag value must consist of alphanumeric characters, dots, dashes, colons and underscores",
+            );
         }
     }
+}
+
+/// The characters of a tag name (Kuma's `tagNameCharacterSet`).
+fn is_tag_name_byte(b: u8) -> bool {
+    is_tag_value_byte(b) || b == b'/'
+}
+
+/// The characters of a tag value (Kuma's `tagValueCharacterSet`): they also
+/// make `kuma://<name>/<value>` certificate SANs valid URIs without escaping.
+fn is_tag_value_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':')
 }
 
 impl Spec for Dataplane {
@@ -304,6 +326,35 @@ mod tests {
             json!({"networking": {"address": "127.0.0.1", "inbound": [
                 {"port": 8080, "tags": {"kuma.io/service": "backend", "version": "v1"}}
             ], "outbound": [{"port": 10001, "tags": {"kuma.io/service": "db"}}]}}),
+            &FieldPath::root(),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn tags_keep_to_kuma_character_sets() {
+        let err = check::<Dataplane>(
+            json!({"networking": {"address": "127.0.0.1", "inbound": [{"port": 8080, "tags": {
+                "kuma.io/service": "web app", "team name": "a", "version": "v1/2", "zone": "\u{85}"
+            }}]}}),
+            &FieldPath::root(),
+        )
+        .unwrap_err();
+        let fields: Vec<_> = err.causes.iter().map(|c| c.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "networking.inbound[0].tags[\"kuma.io/service\"]",
+                "networking.inbound[0].tags[\"team name\"]",
+                "networking.inbound[0].tags[\"version\"]",
+                "networking.inbound[0].tags[\"zone\"]",
+            ]
+        );
+        // What Kuma allows stays allowed.
+        check::<Dataplane>(
+            json!({"networking": {"address": "127.0.0.1", "inbound": [{"port": 8080, "tags": {
+                "kuma.io/service": "web_v1.api-2:8080", "k8s.io/app": "A-z.0_9:x"
+            }}]}}),
             &FieldPath::root(),
         )
         .unwrap();
