@@ -160,9 +160,12 @@ enum Cmd {
         services: usize,
         #[arg(long, value_enum, default_value = "sidecar")]
         kind: xds_scale::Kind,
-        /// Rounds of (none, token) runs
-        #[arg(long, default_value_t = 2)]
+        /// Rounds of (none, token) runs, counted
+        #[arg(long, default_value_t = 3)]
         rounds: usize,
+        /// Rounds before them, not counted
+        #[arg(long, default_value_t = 1)]
+        warmup: usize,
         #[arg(long, default_value_t = 100)]
         revocations: usize,
         #[arg(long = "connect-concurrency", default_value_t = 100)]
@@ -263,10 +266,12 @@ fn main() -> anyhow::Result<()> {
             services,
             kind,
             rounds,
+            warmup,
             revocations,
             connect_concurrency,
         } => rt.block_on(xds_auth::auth(xds_auth::AuthOptions {
             dataplanes,
+            warmup,
             services,
             kind,
             rounds,

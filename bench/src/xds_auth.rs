@@ -7,9 +7,12 @@
 //! `--dp-auth none` and `--dp-auth token` alternately (none first in even
 //! rounds, token first in odd ones), and N ADS clients connect each time:
 //! with `token`, each presents its own dataplane token (issued at the
-//! global for its dataplane name). Reported per mode: the time until every
-//! client is configured and the zone's CPU time meanwhile, each the median
-//! of the rounds, and the difference.
+//! global for its dataplane name). Before each run the benchmark waits until
+//! the zone (and the global) are idle; the first round is a warm-up and not
+//! counted. Reported per mode: the time until every client is configured and
+//! the zone's CPU time meanwhile, each the median of the rounds, and the
+//! difference; and, as a floor for what authentication can cost, the time
+//! of one token verification as the zone does it, measured in this process.
 //!
 //! Then revocation: R clients connected with their own tokens; one at a
 //! time, `POST /tokens/dataplane/revoke` at the global, timed from the start
@@ -31,6 +34,8 @@ use crate::xds_scale::{client_spec, dataplane, put_all, raise_nofile, Fleet, Kin
 
 pub struct AuthOptions {
     pub dataplanes: usize,
+    /// Rounds not counted, before `rounds`.
+    pub warmup: usize,
     pub services: usize,
     pub kind: Kind,
     pub rounds: usize,
@@ -130,6 +135,63 @@ impl Zone<'_> {
     }
 }
 
+/// Waits until the processes `pids` have used less than 5 % of one core for
+/// two consecutive half seconds (at most a minute).
+async fn settle(pids: &[u32]) {
+    let cpu = || -> Duration { pids.iter().map(|p| cpu_time_of(&p.to_string())).sum() };
+    let step = Duration::from_millis(500);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut quiet = 0;
+    let mut last = cpu();
+    while quiet < 2 && Instant::now() < deadline {
+        tokio::time::sleep(step).await;
+        let now = cpu();
+        quiet = if now.saturating_sub(last) < step / 20 {
+            quiet + 1
+        } else {
+            0
+        };
+        last = now;
+    }
+}
+
+/// One verification as the zone does it (`DataplaneTokenVerifier` over a
+/// replica holding the mesh's key), over `n` distinct tokens: p50 and p99
+/// per token.
+async fn verification_cost(n: usize) -> anyhow::Result<(Duration, Duration)> {
+    use meridian_server::identity::dataplane::{DataplaneTokenIssuer, DataplaneTokenVerifier, IssueRequest};
+    use meridian_store::Store;
+    let store: Arc<dyn Store> = Arc::new(meridian_store::memory::MemoryStore::new());
+    let cache = meridian_store::cache::Cache::start(store.clone());
+    cache
+        .wait_ready(Duration::from_secs(10))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let manager = Arc::new(meridian_server::manager::Manager::new(store, cache));
+    let mesh = meridian_core::decode::decode_value(json!({"type": "Mesh", "name": MESH}))?;
+    manager.apply(mesh).await?;
+    let issuer = DataplaneTokenIssuer::new(manager.clone());
+    let verifier = DataplaneTokenVerifier::new(manager);
+    let mut tokens = Vec::with_capacity(n);
+    for i in 0..n {
+        let req = IssueRequest {
+            mesh: MESH.into(),
+            name: Some(format!("dp-{i}")),
+            valid_for: Duration::from_secs(3600),
+            ..Default::default()
+        };
+        tokens.push(issuer.issue(&req).await?);
+    }
+    let mut each = Vec::with_capacity(n);
+    for t in &tokens {
+        let start = Instant::now();
+        verifier.verify(t)?;
+        each.push(start.elapsed());
+    }
+    let s = summarize(each);
+    Ok((s.p50, s.p99))
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -144,7 +206,7 @@ fn pct(a: Duration, b: Duration) -> String {
 
 pub async fn auth(opts: AuthOptions) -> anyhow::Result<()> {
     let n = opts.dataplanes;
-    let nofile = raise_nofile(n as u64 * 2 + 4096)?;
+    let nofile = raise_nofile(n as u64 + 2048)?;
     let dir = tempfile::tempdir()?;
     let agent = agent();
     let (mut global, _) = GlobalProcess::start(&dir.path().join("global-data"), "embedded", None)?;
@@ -174,13 +236,20 @@ pub async fn auth(opts: AuthOptions) -> anyhow::Result<()> {
         })
         .collect();
     let registered_in = put_all(docs, 8).await?;
+    wait_present(
+        &agent,
+        &format!("{}/meshes/{MESH}/dataplanes", global.api),
+        (0..n).map(|i| format!("zone-1.dp-{i}")).collect(),
+    )
+    .await?;
     let t = Instant::now();
     let tokens = issue_tokens(&global.api, (0..n).map(|i| format!("dp-{i}")).collect(), 8).await?;
     let issued_in = t.elapsed();
     drop(zone);
 
     let mut runs: Vec<(&str, Duration, Duration)> = Vec::new();
-    for round in 0..opts.rounds {
+    for round in 0..opts.warmup + opts.rounds {
+        let counted = round >= opts.warmup;
         let order = if round % 2 == 0 {
             ["none", "token"]
         } else {
@@ -199,6 +268,7 @@ pub async fn auth(opts: AuthOptions) -> anyhow::Result<()> {
                     ..client_spec(MESH, i, opts.services, opts.kind)
                 })
                 .collect();
+            settle(&[zone.pid(), global.pid()]).await;
             let zpid = zone.pid().to_string();
             let cpu0 = cpu_time_of(&zpid);
             let (fleet, connected_in) = Fleet::connect(
@@ -212,11 +282,14 @@ pub async fn auth(opts: AuthOptions) -> anyhow::Result<()> {
             .with_context(|| format!("round {round}, --dp-auth {mode}"))?;
             let cpu = cpu_time_of(&zpid).saturating_sub(cpu0);
             eprintln!(
-                "round {round}, --dp-auth {mode}: {n} clients configured in {:.2} s, zone CPU {:.2} s",
+                "round {round}{}, --dp-auth {mode}: {n} clients configured in {:.2} s, zone CPU {:.2} s",
+                if counted { "" } else { " (warm-up)" },
                 connected_in.as_secs_f64(),
                 cpu.as_secs_f64()
             );
-            runs.push((mode, connected_in, cpu));
+            if counted {
+                runs.push((mode, connected_in, cpu));
+            }
             fleet.stop();
             drop(zone);
         }
@@ -270,13 +343,14 @@ pub async fn auth(opts: AuthOptions) -> anyhow::Result<()> {
     fleet.stop();
     drop(zone);
     global.stop().await?;
+    let (verify_p50, verify_p99) = verification_cost(n.min(10_000)).await?;
 
     println!(
         "xds-auth, {:?}: the real meridian-global (embedded) and meridian-zone (embedded) processes (the binaries beside this program); \
          {n} dataplanes of {} services; {n} ADS clients in this process, one HTTP/2 connection (TLS) each, at most {} \
          configuring at once; the zone restarted on its data for each run, --dp-auth none and token alternately, \
-         {} rounds; RLIMIT_NOFILE {nofile}\n",
-        opts.kind, opts.services, opts.connect_concurrency, opts.rounds
+         {} rounds after {} of warm-up, each run started once both processes were idle; RLIMIT_NOFILE {nofile}\n",
+        opts.kind, opts.services, opts.connect_concurrency, opts.rounds, opts.warmup
     );
     println!("| {:<52} | {:>16} |", "measure", "value");
     println!("|{}|{}|", "-".repeat(54), "-".repeat(18));
@@ -312,6 +386,19 @@ pub async fn auth(opts: AuthOptions) -> anyhow::Result<()> {
             format!("{:.2} s", token_c.as_secs_f64()),
         ),
         ("  difference".into(), pct(token_c, none_c)),
+        (
+            "one token verification (zone's verifier), p50".into(),
+            format!("{:.1} µs", verify_p50.as_secs_f64() * 1e6),
+        ),
+        ("  p99".into(), format!("{:.1} µs", verify_p99.as_secs_f64() * 1e6)),
+        (
+            format!("  × {n} tokens (p50), over the none run's zone CPU"),
+            format!(
+                "{:.2} s, {:.1} %",
+                verify_p50.as_secs_f64() * n as f64,
+                verify_p50.as_secs_f64() * n as f64 / none_c.as_secs_f64().max(1e-9) * 100.0
+            ),
+        ),
     ];
     for (k, v) in rows {
         println!("| {k:<52} | {v:>16} |");
@@ -343,6 +430,7 @@ mod tests {
     async fn auth_benchmark_runs_in_a_smoke_size() {
         auth(AuthOptions {
             dataplanes: 20,
+            warmup: 0,
             services: 4,
             kind: Kind::Sidecar,
             rounds: 1,
