@@ -10,6 +10,7 @@ use crate::dataplane::{Dataplane, Zone, ZoneIngress};
 use crate::error::{FieldPath, ValidationError};
 use crate::identity::{DataplaneTokenKey, DataplaneTokenRevocation};
 use crate::mesh::Mesh;
+use crate::mtls;
 use crate::names;
 use crate::policy;
 use crate::resource::ResourceKey;
@@ -317,6 +318,10 @@ pub fn validate_spec(kind: ResourceType, spec: Value, inline_root: &FieldPath) -
         ResourceType::Zone => check::<Zone>(spec, inline_root),
         ResourceType::DataplaneTokenKey => check::<DataplaneTokenKey>(spec, inline_root),
         ResourceType::DataplaneTokenRevocation => check::<DataplaneTokenRevocation>(spec, inline_root),
+        ResourceType::Secret => check::<mtls::Secret>(spec, inline_root),
+        ResourceType::CertificateAuthority => check::<mtls::CertificateAuthority>(spec, inline_root),
+        ResourceType::ZoneCertificateRequest => check::<mtls::ZoneCertificateRequest>(spec, inline_root),
+        ResourceType::ZoneCertificate => check::<mtls::ZoneCertificate>(spec, inline_root),
         // Insights are written by Meridian itself, never by users.
         ResourceType::DataplaneInsight | ResourceType::ZoneInsight => Ok(spec),
         _ => Ok(spec),

@@ -67,6 +67,67 @@ impl<'de> Deserialize<'de> for Duration {
     }
 }
 
+/// A duration of the mesh's mTLS settings (certificate lifetimes): the Go
+/// form of [`Duration`], or Kuma's whole days, weeks and years (`1d`, `2w`,
+/// `10y`; a year is 365 days). Keeps its spelling like [`Duration`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LongDuration(Duration);
+
+impl LongDuration {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let value = parse_days(text)
+            .or_else(|| parse_go_duration(text))
+            .ok_or_else(|| format!("invalid duration {text:?} (e.g. 24h, 30d, 10y)"))?;
+        Ok(LongDuration(Duration {
+            text: text.to_string(),
+            value,
+        }))
+    }
+
+    pub fn as_std(&self) -> StdDuration {
+        self.0.value
+    }
+
+    pub fn is_zero(&self) -> bool {
+        self.0.is_zero()
+    }
+}
+
+impl fmt::Display for LongDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl Serialize for LongDuration {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for LongDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        LongDuration::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// `<digits>d`, `<digits>w` or `<digits>y`.
+fn parse_days(s: &str) -> Option<StdDuration> {
+    let unit_days: u64 = match s.as_bytes().last()? {
+        b'd' => 1,
+        b'w' => 7,
+        b'y' => 365,
+        _ => return None,
+    };
+    let digits = &s[..s.len() - 1];
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(StdDuration::from_secs(n.checked_mul(unit_days)?.checked_mul(86_400)?))
+}
+
 fn parse_go_duration(s: &str) -> Option<StdDuration> {
     if s == "0" {
         return Some(StdDuration::ZERO);
@@ -161,6 +222,24 @@ mod tests {
             "99999999999999999999h",
         ] {
             assert!(Duration::parse(text).is_err(), "{text} should be rejected");
+        }
+    }
+
+    #[test]
+    fn long_durations_take_kuma_days_weeks_and_years() {
+        for (text, secs) in [
+            ("1d", 86_400),
+            ("2w", 1_209_600),
+            ("10y", 315_360_000),
+            ("24h", 86_400),
+            ("90m", 5_400),
+        ] {
+            let d = LongDuration::parse(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(d.as_std().as_secs(), secs, "{text}");
+            assert_eq!(d.to_string(), text);
+        }
+        for text in ["d", "1.5d", "-1d", "1dd", "99999999999999999999y", "", "1 d"] {
+            assert!(LongDuration::parse(text).is_err(), "{text} should be rejected");
         }
     }
 

@@ -106,6 +106,16 @@ impl Causes {
         self.0.extend(other.0);
     }
 
+    /// Records every cause of `error`.
+    pub fn extend_from(&mut self, error: ValidationError) {
+        self.0.extend(error.causes);
+    }
+
+    /// How many violations were recorded.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
     /// `Ok(())` when nothing was recorded, otherwise the error with all causes.
     pub fn into_result(self) -> Result<(), ValidationError> {
         if self.0.is_empty() {

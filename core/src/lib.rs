@@ -12,6 +12,7 @@ pub mod duration;
 pub mod error;
 pub mod identity;
 pub mod mesh;
+pub mod mtls;
 pub mod names;
 pub mod policy;
 pub mod resource;

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashSet};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::duration::Duration;
+use crate::duration::LongDuration;
 use crate::error::{Causes, FieldPath};
 use crate::spec::Spec;
 use crate::types::ResourceType;
@@ -75,7 +75,7 @@ pub struct DpCert {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Rotation {
-    pub expiration: Duration,
+    pub expiration: LongDuration,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -169,13 +169,20 @@ impl Spec for Mesh {
                     causes.add(&bp.field("name"), format!("duplicate backend name {:?}", b.name));
                 }
                 if let Some(rot) = b.dp_cert.as_ref().and_then(|d| d.rotation.as_ref()) {
-                    if rot.expiration.is_zero() {
-                        causes.add(&bp.field("dpCert.rotation.expiration"), "must be greater than zero");
+                    if rot.expiration.as_std() < crate::mtls::MIN_DP_CERT_VALIDITY {
+                        causes.add(
+                            &bp.field("dpCert").field("rotation").field("expiration"),
+                            format!(
+                                "must be at least {}s: certificates are renewed at 4/5 of their lifetime",
+                                crate::mtls::MIN_DP_CERT_VALIDITY.as_secs()
+                            ),
+                        );
                     }
                 }
-                if let Some(conf) = &b.conf {
-                    if !conf.is_object() {
-                        causes.add(&bp.field("conf"), "must be an object");
+                match &b.conf {
+                    Some(conf) if !conf.is_object() => causes.add(&bp.field("conf"), "must be an object"),
+                    _ => {
+                        crate::mtls::backend_conf(b, &bp, causes);
                     }
                 }
             }

@@ -29,6 +29,10 @@ pub enum ResourceType {
     ZoneInsight,
     DataplaneTokenKey,
     DataplaneTokenRevocation,
+    Secret,
+    CertificateAuthority,
+    ZoneCertificateRequest,
+    ZoneCertificate,
 }
 
 /// Which side of a multi-zone deployment owns (writes) a type.
@@ -50,6 +54,8 @@ struct Info {
     policy: bool,
     owner: Owner,
     read_only: bool,
+    /// For [`Owner::Global`] types: whether zones receive them.
+    synced: bool,
 }
 
 const fn info(
@@ -69,7 +75,14 @@ const fn info(
         policy,
         owner,
         read_only,
+        synced: true,
     }
+}
+
+/// A type of the global that stays there: zones never receive it.
+const fn kept_at_global(mut i: Info) -> Info {
+    i.synced = false;
+    i
 }
 
 use Owner::{Global as G, System as S, Zone as Z};
@@ -196,11 +209,44 @@ const TABLE: &[Info] = &[
         G,
         true,
     ),
+    // A provided CA's certificate and key live here; never synced, so the
+    // key never leaves the global.
+    kept_at_global(info(T::Secret, "Secret", "secrets", true, false, G, false)),
+    // Written by the global's certificate authority (or a standalone
+    // zone's): a backend's root certificate, and the intermediates it signs
+    // for zones; zones ask for those with requests of their own.
+    info(
+        T::CertificateAuthority,
+        "CertificateAuthority",
+        "certificate-authorities",
+        true,
+        false,
+        G,
+        true,
+    ),
+    info(
+        T::ZoneCertificateRequest,
+        "ZoneCertificateRequest",
+        "zone-certificate-requests",
+        true,
+        false,
+        Z,
+        true,
+    ),
+    info(
+        T::ZoneCertificate,
+        "ZoneCertificate",
+        "zone-certificates",
+        true,
+        false,
+        G,
+        true,
+    ),
 ];
 
 impl ResourceType {
     /// All types, in a stable order.
-    pub const ALL: [ResourceType; 22] = [
+    pub const ALL: [ResourceType; 26] = [
         T::Mesh,
         T::MeshTimeout,
         T::MeshRetry,
@@ -223,6 +269,10 @@ impl ResourceType {
         T::ZoneInsight,
         T::DataplaneTokenKey,
         T::DataplaneTokenRevocation,
+        T::Secret,
+        T::CertificateAuthority,
+        T::ZoneCertificateRequest,
+        T::ZoneCertificate,
     ];
 
     fn info(self) -> &'static Info {
@@ -263,7 +313,7 @@ impl ResourceType {
     /// Whether the global (or a standalone zone) writes this type and zones
     /// receive it over KDS.
     pub fn is_synced_to_zones(self) -> bool {
-        self.owner() == Owner::Global
+        self.owner() == Owner::Global && self.info().synced
     }
 
     /// All policy types.

@@ -361,6 +361,7 @@ fn check_not_synced(s: &ApiState, key: &ResourceKey) -> Result<(), ApiError> {
 async fn delete_one(s: &ApiState, key: ResourceKey) -> ApiResult {
     s.mode.check_writable(key.kind)?;
     check_not_synced(s, &key)?;
+    crate::mtls::checks::check_delete(&s.manager, &key)?;
     s.manager.delete(&key).await?;
     Ok(Json(json!({})).into_response())
 }
@@ -481,6 +482,7 @@ async fn put_one(
             ),
         ));
     }
+    crate::mtls::checks::check_write(&s.manager, &doc)?;
     let (stored, outcome) = s.manager.apply(doc).await?;
     let status = match outcome {
         Outcome::Created => StatusCode::CREATED,

@@ -27,6 +27,7 @@ pub mod identity_api;
 pub mod kds;
 pub mod manager;
 pub mod metrics;
+pub mod mtls;
 pub mod process;
 pub mod tls;
 pub mod tokens;
@@ -84,6 +85,22 @@ pub async fn start(
         });
     } else {
         let _ = defaults_done_tx.send(true);
+    }
+
+    // So do the mesh CAs: their roots, and the intermediates zones ask for.
+    let local_zone = match &config.mode {
+        Mode::Global => None,
+        Mode::Zone { .. } => None,
+        Mode::Standalone { zone } => Some(zone.clone()),
+    };
+    if matches!(config.mode, Mode::Global | Mode::Standalone { .. }) {
+        let authority = mtls::authority::Authority::new(manager.clone(), local_zone);
+        let leader = leader_view.clone();
+        let m = manager.clone();
+        tokio::spawn(async move {
+            let _ = m.cache().ready().wait_for(|ready| *ready).await;
+            authority.run(leader).await
+        });
     }
 
     let ready = readiness(cache.clone(), defaults_done);
