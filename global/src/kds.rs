@@ -298,6 +298,13 @@ impl Outbound for ToZone {
 
     fn export(&self, r: &Resource) -> Option<WireResource> {
         let kind = r.key.kind;
+        if kind == ResourceType::ZoneCertificate {
+            // An intermediate is of use only to the zone it was signed for.
+            let for_zone = r.spec.get("zone").and_then(|z| z.as_str());
+            if for_zone != Some(self.zone.as_str()) {
+                return None;
+            }
+        }
         if kind.is_synced_to_zones() {
             let mut w = WireResource::from_resource(r);
             w.labels.insert(labels::ORIGIN.into(), "global".into());

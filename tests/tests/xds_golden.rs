@@ -26,11 +26,15 @@ use meridian_core::defaults::initial_policies;
 use meridian_core::mesh::Mesh;
 use meridian_core::ResourceType;
 use meridian_e2e::xds_clients::validate_envoy;
+use meridian_xds::generate::tls::DEFAULT_CERTIFICATE_PROVIDER;
 use meridian_xds::generate::{ingress, invariants, proxyless, sidecar};
-use meridian_xds::resources::{ResourceSet, CLUSTER, ENDPOINT, LISTENER, ROUTE};
-use meridian_xds::snapshot::{DataplaneEntry, MeshSnapshot, ProxyContext, ProxyKind, RemoteIngress};
+use meridian_xds::resources::{ResourceSet, CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET};
+use meridian_xds::snapshot::{
+    DataplaneEntry, MeshSnapshot, MeshTls, ProxyContext, ProxyIdentity, ProxyKind, ProxyTls, RemoteIngress,
+};
 use meridian_zone::policies::MeshPolicies;
 use serde_json::json;
+use std::sync::Arc;
 
 const MESH: &str = "default";
 /// The label that says which zone a synced resource comes from.
@@ -38,7 +42,7 @@ const ZONE_LABEL: &str = "kuma.io/zone";
 
 /// Resource types in the order a reader follows them: listener → routes →
 /// clusters → endpoints.
-const READING_ORDER: [&str; 4] = [LISTENER, ROUTE, CLUSTER, ENDPOINT];
+const READING_ORDER: [&str; 5] = [LISTENER, ROUTE, CLUSTER, ENDPOINT, SECRET];
 
 // ---------------------------------------------------------------------------
 // The meshes.
@@ -1075,7 +1079,18 @@ struct Case {
     kind: ProxyKind,
 }
 
-const CASES: [Case; 12] = [
+/// Mesh mTLS (STRICT, two backends) with MeshTrafficPermission by identity.
+const MTLS: &str = include_str!("../golden/xds/inputs/mtls.yaml");
+/// The same mesh in PERMISSIVE mode.
+const MTLS_PERMISSIVE: &str = include_str!("../golden/xds/inputs/mtls-permissive.yaml");
+
+/// Stand-ins for the PEM the zone puts in SDS secrets: generation copies
+/// them as they are, and golden files stay stable.
+const GOLDEN_TRUST_BUNDLE: &str = "-----BEGIN CERTIFICATE-----\n(root of ca-1)\n-----END CERTIFICATE-----\n-----BEGIN CERTIFICATE-----\n(root of ca-2)\n-----END CERTIFICATE-----\n";
+const GOLDEN_CHAIN: &str = "-----BEGIN CERTIFICATE-----\n(workload certificate)\n-----END CERTIFICATE-----\n-----BEGIN CERTIFICATE-----\n(zone-1 intermediate)\n-----END CERTIFICATE-----\n";
+const GOLDEN_KEY: &str = "-----BEGIN PRIVATE KEY-----\n(workload key)\n-----END PRIVATE KEY-----\n";
+
+const CASES: [Case; 17] = [
     Case {
         name: "sidecar-defaults",
         description: "Envoy sidecar of web: http inbound, grpc outbound to backend (2 instances), tcp outbound to db; the 4 default policies",
@@ -1165,6 +1180,46 @@ const CASES: [Case; 12] = [
         kind: ProxyKind::Proxyless,
     },
     Case {
+        name: "sidecar-mtls-client",
+        description: "Envoy sidecar of web in a STRICT mTLS mesh: its SDS secrets (identity, trust bundle of both backends), outbound clusters verifying backend's and db's SPIFFE IDs with the ingress server names, the inbound requiring a client certificate of the mesh",
+        zone: "zone-1",
+        yaml: MTLS,
+        proxy: "web-1",
+        kind: ProxyKind::Sidecar,
+    },
+    Case {
+        name: "sidecar-mtls-server",
+        description: "Envoy sidecar of backend in a STRICT mTLS mesh: TLS-only inbounds, MeshTrafficPermission by caller identity (authenticated principal names: web v2 denied, web allowed, batch shadow-denied, the rest denied)",
+        zone: "zone-1",
+        yaml: MTLS,
+        proxy: "backend-1",
+        kind: ProxyKind::Sidecar,
+    },
+    Case {
+        name: "sidecar-mtls-permissive",
+        description: "the sidecar-mtls-server mesh in PERMISSIVE mode: a TLS inspector and, per inbound, a TLS chain and a plaintext chain with the same filters",
+        zone: "zone-1",
+        yaml: MTLS_PERMISSIVE,
+        proxy: "backend-1",
+        kind: ProxyKind::Sidecar,
+    },
+    Case {
+        name: "proxyless-mtls-client",
+        description: "proxyless gRPC client (web) in a STRICT mTLS mesh: clusters with A29 TLS contexts naming the meridian-mesh certificate provider, verifying each destination's SPIFFE ID, with the ingress server names",
+        zone: "zone-1",
+        yaml: MTLS,
+        proxy: "web-1",
+        kind: ProxyKind::Proxyless,
+    },
+    Case {
+        name: "proxyless-mtls-server",
+        description: "xDS-enabled gRPC server (backend) in a STRICT mTLS mesh: server Listeners requiring a client certificate from the provider's roots, RBAC by caller identity",
+        zone: "zone-1",
+        yaml: MTLS,
+        proxy: "backend-1",
+        kind: ProxyKind::Proxyless,
+    },
+    Case {
         name: "sidecar-traffic-permissions",
         description: "Envoy sidecar of backend: MeshTrafficPermission as the RBAC HTTP filter first on its grpc inbound (batch allowed with shadow rules denying it, web v2 denied, web allowed, the rest denied) and the network RBAC filter first on its tcp inbound (web only), before the rate limits",
         zone: "zone-1",
@@ -1213,6 +1268,10 @@ fn snapshot(zone: &str, yaml: &str) -> MeshSnapshot {
             other => panic!("unexpected {other} in a test mesh"),
         }
     }
+    snap.mtls = snap.spec.mtls_enabled().map(|m| MeshTls {
+        mode: m.mode,
+        trust_bundle_pem: GOLDEN_TRUST_BUNDLE.to_string(),
+    });
     snap
 }
 
@@ -1233,6 +1292,15 @@ fn generate(case: &Case, kind: ProxyKind) -> ResourceSet {
         name: case.proxy.to_string(),
         kind,
         dataplane,
+        tls: ProxyTls {
+            identity: (snap.mtls.is_some() && kind == ProxyKind::Sidecar).then(|| {
+                Arc::new(ProxyIdentity {
+                    chain_pem: GOLDEN_CHAIN.into(),
+                    key_pem: GOLDEN_KEY.into(),
+                })
+            }),
+            certificate_provider: (kind == ProxyKind::Proxyless).then(|| DEFAULT_CERTIFICATE_PROVIDER.to_string()),
+        },
     };
     let resolver = MeshPolicies::new(&snap);
     match kind {
@@ -1511,6 +1579,7 @@ mod render {
         HttpConnectionManager, HttpFilter, Rds,
     };
     use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
     use envoy_types::pb::envoy::r#type::matcher::v3::{RegexMatcher, StringMatcher};
     use envoy_types::pb::envoy::r#type::v3::FractionalPercent;
     use prost::{Message, Name};
@@ -1568,6 +1637,9 @@ mod render {
             envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit,
             envoy_types::pb::envoy::extensions::filters::network::local_ratelimit::v3::LocalRateLimit,
             envoy_types::pb::envoy::extensions::health_check::event_sinks::file::v3::HealthCheckEventFileSink,
+            tls::Secret,
+            tls::UpstreamTlsContext,
+            tls::DownstreamTlsContext,
         );
         None
     }
@@ -1643,6 +1715,20 @@ mod render {
                 // above, whose defaults are all zero.
                 envoy_types::pb::envoy::config::core::v3::HttpProtocolOptions,
                 envoy_types::pb::envoy::config::core::v3::BindConfig,
+                envoy_types::pb::envoy::config::core::v3::TransportSocket,
+                envoy_types::pb::envoy::config::core::v3::DataSource,
+                tls::Secret,
+                tls::TlsCertificate,
+                tls::UpstreamTlsContext,
+                tls::DownstreamTlsContext,
+                tls::CommonTlsContext,
+                tls::CertificateValidationContext,
+                tls::common_tls_context::CombinedCertificateValidationContext,
+                tls::SdsSecretConfig,
+                tls::SubjectAltNameMatcher,
+                tls::CertificateProviderPluginInstance,
+                envoy_types::pb::envoy::config::rbac::v3::Principal,
+                envoy_types::pb::envoy::config::rbac::v3::principal::Authenticated,
             );
             out
         })
@@ -1977,4 +2063,58 @@ mod render {
             self.fail("unterminated string")
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// Cross-zone over mTLS.
+
+/// Zone 1 of a two-zone mTLS mesh whose route splits backend by version.
+const MTLS_CROSS_ZONE_1: &str = include_str!("../golden/xds/inputs/mtls-cross-zone-1.yaml");
+/// Zone 2 of it: the backends behind the ingress.
+const MTLS_CROSS_ZONE_2: &str = include_str!("../golden/xds/inputs/mtls-cross-zone-2.yaml");
+
+/// Every cluster of zone 1's web (sidecar or proxyless) that has an
+/// endpoint at zone 2's ingress sends a server name that one of the
+/// ingress's filter chains matches — subsets of a route included — and the
+/// ingress's chains lead to zone 2's endpoints of that subset only.
+#[test]
+fn every_cross_zone_cluster_reaches_a_chain_of_the_ingress() {
+    let case = Case {
+        name: "mtls-cross-zone",
+        description: "",
+        zone: "zone-1",
+        yaml: MTLS_CROSS_ZONE_1,
+        proxy: "web-1",
+        kind: ProxyKind::Sidecar,
+    };
+    let zone1 = snapshot("zone-1", MTLS_CROSS_ZONE_1);
+    let ingress_spec = zone1.remote_ingresses[0].spec.clone();
+    let zone2 = snapshot("zone-2", MTLS_CROSS_ZONE_2);
+    let ingress_set = ingress::generate(&ingress_spec, std::slice::from_ref(&zone2));
+    assert_eq!(invariants::check(&ingress_set), Vec::<String>::new());
+    for kind in [ProxyKind::Sidecar, ProxyKind::Proxyless] {
+        let client = generate(&case, kind);
+        assert_eq!(invariants::check(&client), Vec::<String>::new(), "{kind:?}");
+        let clusters: Vec<&str> = client.of_type(CLUSTER).map(|r| r.name.as_str()).collect();
+        assert!(clusters.contains(&"backend|version=v1"), "{kind:?}: {clusters:?}");
+        assert_eq!(
+            invariants::check_cross_zone(&client, &ingress_set, "192.0.2.2", 30001),
+            Vec::<String>::new(),
+            "{kind:?}"
+        );
+    }
+    // The subset's chain reaches the subset only.
+    use prost::Message;
+    let v1 = ingress::cluster_name(MESH, "backend", &[("version".to_string(), "v1".to_string())].into());
+    let cla = envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment::decode(
+        ingress_set
+            .get(ENDPOINT, &v1)
+            .unwrap_or_else(|| panic!("no {v1} at the ingress"))
+            .body
+            .value
+            .as_slice(),
+    )
+    .unwrap();
+    let endpoints: usize = cla.endpoints.iter().map(|l| l.lb_endpoints.len()).sum();
+    assert_eq!(endpoints, 1);
 }

@@ -12,10 +12,12 @@ pub const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfigur
 pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 pub const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
 
+pub const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
+
 /// The types Meridian serves, in make-before-break order: a proxy gets the
-/// clusters and endpoints a listener or route refers to before the listener
-/// or route itself.
-pub const TYPES_IN_ORDER: [&str; 4] = [CLUSTER, ENDPOINT, LISTENER, ROUTE];
+/// secrets, clusters and endpoints a listener or route refers to before the
+/// listener or route itself.
+pub const TYPES_IN_ORDER: [&str; 5] = [SECRET, CLUSTER, ENDPOINT, LISTENER, ROUTE];
 
 /// One resource: its name, a content version and the encoded message.
 #[derive(Clone, Debug, PartialEq)]

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use meridian_core::dataplane::{Dataplane, ZoneIngress, SERVICE_TAG};
-use meridian_core::mesh::Mesh;
+use meridian_core::mesh::{Mesh, MtlsMode};
 
 /// The well-known tag carrying a dataplane's zone.
 pub const ZONE_TAG: &str = "kuma.io/zone";
@@ -35,6 +35,45 @@ pub struct MeshSnapshot {
     pub remote_ingresses: Vec<RemoteIngress>,
     /// The mesh's policies: type name → (policy name, validated spec).
     pub policies: BTreeMap<String, Vec<(String, serde_json::Value)>>,
+    /// Mesh mTLS, when the mesh enables a backend.
+    pub mtls: Option<MeshTls>,
+}
+
+/// Mesh mTLS as generation sees it (DESIGN §11).
+#[derive(Clone, Debug, PartialEq)]
+pub struct MeshTls {
+    pub mode: MtlsMode,
+    /// The CA certificates every proxy of the mesh trusts (PEM): the roots
+    /// of every backend the mesh lists, so that a switch of the enabled
+    /// backend keeps the proxies that still hold the old one's certificates
+    /// trusted. Empty until the zone has received them.
+    pub trust_bundle_pem: String,
+}
+
+/// What a proxy's own TLS depends on: its certificate (sidecars get it over
+/// SDS) and, for a proxyless gRPC application, the certificate provider
+/// instance its bootstrap defines (gRFC A29; its files are written by
+/// `meridian-dp`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ProxyTls {
+    pub identity: Option<std::sync::Arc<ProxyIdentity>>,
+    pub certificate_provider: Option<String>,
+}
+
+/// A proxy's workload certificate.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ProxyIdentity {
+    /// The certificate and the chain above it, up to the root (excluded).
+    pub chain_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for ProxyIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxyIdentity")
+            .field("chain_pem", &self.chain_pem)
+            .finish_non_exhaustive()
+    }
 }
 
 /// How a proxy consumes its configuration.
@@ -55,6 +94,7 @@ pub struct ProxyContext {
     pub name: String,
     pub kind: ProxyKind,
     pub dataplane: Dataplane,
+    pub tls: ProxyTls,
 }
 
 /// One endpoint of a service, local or through another zone's ingress;

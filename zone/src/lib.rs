@@ -28,6 +28,7 @@ pub mod config;
 pub mod dp_service;
 pub mod ingress;
 pub mod kds;
+pub mod mtls;
 pub mod policies;
 pub mod xds;
 
@@ -161,11 +162,13 @@ pub async fn start(config: ZoneConfig) -> anyhow::Result<RunningZone> {
         DataplaneTokenVerifier::new(server.manager.clone()),
         ingress_tokens,
     );
+    let zone_mtls = mtls::ZoneMtls::start(server.manager.clone(), config.zone.clone(), stop_rx.clone());
     let zone_xds = xds::ZoneXds::start(
         server.manager.clone(),
         config.zone.clone(),
         policies::resolver_factory(),
         auth,
+        zone_mtls,
         config.dataplane_cleanup_age,
         stop_rx.clone(),
     );

@@ -354,6 +354,7 @@ mod rate_limit_tests {
             name: name.into(),
             kind: ProxyKind::Sidecar,
             dataplane: dp.spec.clone(),
+            tls: Default::default(),
         };
         MeshPolicies::new(snap).inbound(snap, &proxy, index).rate_limit
     }
@@ -449,6 +450,7 @@ mod outbound_policy_tests {
             name: proxy.into(),
             kind: ProxyKind::Sidecar,
             dataplane: dp.spec.clone(),
+            tls: Default::default(),
         };
         // As the policies endpoint shows it.
         serde_json::to_value(MeshPolicies::new(snap).outbound(snap, &ctx, service)).unwrap()

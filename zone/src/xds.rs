@@ -33,13 +33,14 @@ use meridian_server::manager::Manager;
 use meridian_store::{Event, Filter};
 use meridian_xds::generate::{proxyless, sidecar, PolicyResolver};
 use meridian_xds::resources::{ResourceSet, SharedResources};
-use meridian_xds::snapshot::{DataplaneEntry, MeshSnapshot, ProxyContext, ProxyKind, RemoteIngress};
+use meridian_xds::snapshot::{DataplaneEntry, MeshSnapshot, ProxyContext, ProxyKind, ProxyTls, RemoteIngress};
 use meridian_xds::source::{AckReporter, ConfigSource, ProxyId, ProxySession};
 use serde_json::{json, Map, Value};
 use tokio::sync::{broadcast, watch, Notify};
 use tonic::Status;
 
 use crate::auth::{Credential, ZoneAuth};
+use crate::mtls::{self as zone_mtls, ZoneMtls};
 
 /// The label of a dataplane its proxy registered (inline in its node
 /// metadata, or through the dataplane service of `meridian-dp`); such a
@@ -52,7 +53,16 @@ pub const REGISTERED_BY_PROXY: &str = "proxy";
 /// mesh does not exist.
 pub fn snapshot(manager: &Manager, zone: &str, mesh: &str) -> Option<MeshSnapshot> {
     let mesh_res = manager.get(&ResourceKey::global(ResourceType::Mesh, mesh))?;
-    let spec: Mesh = serde_json::from_value(mesh_res.spec).unwrap_or_default();
+    // A mesh that does not decode is served as absent, never as a mesh
+    // without its settings (its mTLS among them): fail closed.
+    let spec: Mesh = match serde_json::from_value(mesh_res.spec) {
+        Ok(spec) => spec,
+        Err(e) => {
+            tracing::error!(mesh, error = %e, "stored mesh does not decode; its proxies get nothing");
+            return None;
+        }
+    };
+    let mtls = zone_mtls::mesh_tls(manager, mesh, &spec);
     let dataplanes = manager
         .list(&Filter::in_mesh(ResourceType::Dataplane, mesh))
         .into_iter()
@@ -92,6 +102,7 @@ pub fn snapshot(manager: &Manager, zone: &str, mesh: &str) -> Option<MeshSnapsho
         dataplanes,
         remote_ingresses,
         policies,
+        mtls,
     })
 }
 
@@ -118,6 +129,8 @@ pub fn generate(snapshot: &MeshSnapshot, proxy: &ProxyContext, resolver: &dyn Po
 
 struct Connected {
     kind: ProxyKind,
+    /// The certificate provider instance of a proxyless node's bootstrap.
+    certificate_provider: Option<String>,
     tx: watch::Sender<SharedResources>,
     insight: InsightRecord,
     /// What the proxy's stream proved; rechecked on revocations.
@@ -142,6 +155,7 @@ struct Shared {
     instance_id: String,
     resolver: ResolverFactory,
     auth: ZoneAuth,
+    mtls: ZoneMtls,
     /// How long a proxy-registered dataplane outlives its proxy.
     cleanup_age: Duration,
     proxies: Mutex<HashMap<ProxyId, Connected>>,
@@ -176,6 +190,7 @@ impl ZoneXds {
         zone: String,
         resolver: ResolverFactory,
         auth: ZoneAuth,
+        mtls: ZoneMtls,
         cleanup_age: Duration,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
@@ -185,6 +200,7 @@ impl ZoneXds {
             zone,
             resolver,
             auth,
+            mtls,
             cleanup_age,
             proxies: Mutex::new(HashMap::new()),
             contexts: Mutex::new(HashMap::new()),
@@ -204,6 +220,11 @@ impl ZoneXds {
     /// How proxies authenticate to this zone.
     pub fn auth(&self) -> &ZoneAuth {
         &self.shared.auth
+    }
+
+    /// Mesh mTLS of this zone: intermediates and workload certificates.
+    pub fn mtls(&self) -> &ZoneMtls {
+        &self.shared.mtls
     }
 
     /// How many proxies are connected.
@@ -250,6 +271,47 @@ fn kind_of(node: &Node) -> ProxyKind {
         ProxyKind::Sidecar
     } else {
         ProxyKind::Proxyless
+    }
+}
+
+/// The certificate provider instance a proxyless node's bootstrap defines
+/// for mesh mTLS (node metadata [`CERTIFICATE_PROVIDER_METADATA`], written
+/// by `meridian-dp`); without one the zone sends it no TLS settings, which
+/// it could not use (gRFC A29: an unknown instance is a NACK).
+fn certificate_provider_of(node: &Node) -> Option<String> {
+    let v = node.metadata.as_ref()?.fields.get(CERTIFICATE_PROVIDER_METADATA)?;
+    match &v.kind {
+        Some(Kind::StringValue(s)) if !s.is_empty() && s.len() <= 128 => Some(s.clone()),
+        _ => None,
+    }
+}
+
+pub use meridian_xds::generate::tls::CERTIFICATE_PROVIDER_METADATA;
+
+/// What a proxy's TLS needs: a sidecar's workload certificate (none while
+/// the zone's intermediate is not signed yet: its listeners then wait for
+/// the SDS secret), a proxyless node's provider instance.
+fn proxy_tls(
+    s: &Shared,
+    id: &ProxyId,
+    kind: ProxyKind,
+    provider: Option<&String>,
+    mesh: &Mesh,
+    dataplane: &Dataplane,
+) -> ProxyTls {
+    let identity = match (kind, mesh.mtls_enabled()) {
+        (ProxyKind::Sidecar, Some(_)) => match s.mtls.identity(id, mesh, dataplane) {
+            Ok(identity) => Some(identity),
+            Err(e) => {
+                tracing::debug!(proxy = %id, reason = %e, "no workload certificate yet");
+                None
+            }
+        },
+        _ => None,
+    };
+    ProxyTls {
+        identity,
+        certificate_provider: provider.cloned(),
     }
 }
 
@@ -337,15 +399,18 @@ impl ConfigSource for ZoneXds {
             }
         };
         let kind = kind_of(node);
+        let provider = certificate_provider_of(node);
+        let epoch = s.epoch.load(Ordering::SeqCst);
+        let ctx = mesh_context(s, &id.mesh, epoch)
+            .ok_or_else(|| Status::not_found(format!("mesh {:?} does not exist", id.mesh)))?;
+        let tls = proxy_tls(s, &id, kind, provider.as_ref(), &ctx.snapshot.spec, &dataplane);
         let proxy = ProxyContext {
             mesh: id.mesh.clone(),
             name: id.name.clone(),
             kind,
             dataplane,
+            tls,
         };
-        let epoch = s.epoch.load(Ordering::SeqCst);
-        let ctx = mesh_context(s, &id.mesh, epoch)
-            .ok_or_else(|| Status::not_found(format!("mesh {:?} does not exist", id.mesh)))?;
         let resources = Arc::new(generate(&ctx.snapshot, &proxy, ctx.resolver.as_ref()));
         let (tx, rx) = watch::channel(resources);
         let (end, ended) = session_end(credential);
@@ -358,6 +423,7 @@ impl ConfigSource for ZoneXds {
                 id.clone(),
                 Connected {
                     kind,
+                    certificate_provider: provider,
                     tx,
                     insight: InsightRecord {
                         id: format!("{}-{}", s.instance_id, Utc::now().timestamp_micros()),
@@ -662,22 +728,59 @@ fn mesh_context(s: &Shared, mesh: &str, epoch: u64) -> Option<Arc<MeshContext>> 
     Some(ctx)
 }
 
+/// A proxy to regenerate.
+struct Target {
+    id: ProxyId,
+    kind: ProxyKind,
+    certificate_provider: Option<String>,
+}
+
+/// What a burst of changes asks to regenerate.
+#[derive(Default)]
+struct Dirty {
+    all: bool,
+    meshes: BTreeSet<String>,
+    /// Proxies whose workload certificates are due.
+    proxies: BTreeSet<ProxyId>,
+}
+
+impl Dirty {
+    fn is_empty(&self) -> bool {
+        !self.all && self.meshes.is_empty() && self.proxies.is_empty()
+    }
+
+    fn event(&mut self, ev: &Event) {
+        match affected_mesh(ev) {
+            Some(Some(m)) => {
+                self.meshes.insert(m);
+            }
+            Some(None) => self.all = true,
+            None => {}
+        }
+    }
+
+    fn mtls(&mut self, c: &zone_mtls::Changes) {
+        self.meshes.extend(c.meshes.iter().cloned());
+        self.proxies.extend(c.proxies.iter().cloned());
+    }
+}
+
 async fn regenerate_loop(s: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     let mut events = s.manager.cache().subscribe();
+    let mut mtls = s.mtls.changes();
     loop {
-        let mut dirty: BTreeSet<String> = BTreeSet::new();
-        let mut all = false;
+        let mut dirty = Dirty::default();
         // Wait for the first relevant change, then gather the burst.
-        loop {
+        while dirty.is_empty() {
             tokio::select! {
                 ev = events.recv() => match ev {
-                    Ok(ev) => match affected_mesh(&ev) {
-                        Some(Some(m)) => { dirty.insert(m); break; }
-                        Some(None) => { all = true; break; }
-                        None => {}
-                    },
-                    Err(broadcast::error::RecvError::Lagged(_)) => { all = true; break; }
+                    Ok(ev) => dirty.event(&ev),
+                    Err(broadcast::error::RecvError::Lagged(_)) => dirty.all = true,
                     Err(broadcast::error::RecvError::Closed) => return,
+                },
+                changed = mtls.changed() => match changed {
+                    Ok(()) => dirty.mtls(&mtls.borrow_and_update()),
+                    Err(_) => return,
                 },
                 _ = shutdown.wait_for(|v| *v) => return,
             }
@@ -688,13 +791,13 @@ async fn regenerate_loop(s: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
             tokio::select! {
                 _ = &mut settle => break,
                 ev = events.recv() => match ev {
-                    Ok(ev) => match affected_mesh(&ev) {
-                        Some(Some(m)) => { dirty.insert(m); }
-                        Some(None) => all = true,
-                        None => {}
-                    },
-                    Err(broadcast::error::RecvError::Lagged(_)) => all = true,
+                    Ok(ev) => dirty.event(&ev),
+                    Err(broadcast::error::RecvError::Lagged(_)) => dirty.all = true,
                     Err(broadcast::error::RecvError::Closed) => return,
+                },
+                changed = mtls.changed() => match changed {
+                    Ok(()) => dirty.mtls(&mtls.borrow_and_update()),
+                    Err(_) => return,
                 },
             }
         }
@@ -703,18 +806,22 @@ async fn regenerate_loop(s: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
         let epoch = s.epoch.fetch_add(1, Ordering::SeqCst) + 1;
         {
             let mut contexts = lock(&s.contexts);
-            if all {
+            if dirty.all {
                 contexts.clear();
             } else {
-                contexts.retain(|mesh, _| !dirty.contains(mesh));
+                contexts.retain(|mesh, _| !dirty.meshes.contains(mesh));
             }
         }
-        regenerate_ingresses(&s, &dirty, all);
-        let targets: Vec<(ProxyId, ProxyKind)> = lock(&s.proxies)
+        regenerate_ingresses(&s, &dirty.meshes, dirty.all);
+        let targets: Vec<Target> = lock(&s.proxies)
             .iter()
             .filter(|(_, c)| c.kind != ProxyKind::Ingress)
-            .filter(|(id, _)| all || dirty.contains(&id.mesh))
-            .map(|(id, c)| (id.clone(), c.kind))
+            .filter(|(id, _)| dirty.all || dirty.meshes.contains(&id.mesh) || dirty.proxies.contains(*id))
+            .map(|(id, c)| Target {
+                id: id.clone(),
+                kind: c.kind,
+                certificate_provider: c.certificate_provider.clone(),
+            })
             .collect();
         // Generation is CPU work: off the async workers, over every core.
         let shared = s.clone();
@@ -730,24 +837,24 @@ const PARALLEL_FROM: usize = 64;
 /// Regenerates `targets` against their meshes' contexts as of `epoch` and
 /// hands each proxy its new set if it changed; the proxies of a mesh are
 /// split over the machine's cores.
-fn regenerate_proxies(s: &Shared, targets: &[(ProxyId, ProxyKind)], epoch: u64) {
+fn regenerate_proxies(s: &Shared, targets: &[Target], epoch: u64) {
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
-    let meshes: BTreeSet<&str> = targets.iter().map(|(id, _)| id.mesh.as_str()).collect();
+    let meshes: BTreeSet<&str> = targets.iter().map(|t| t.id.mesh.as_str()).collect();
     for mesh in meshes {
         let ctx = mesh_context(s, mesh, epoch);
         let ctx = ctx.as_deref();
-        let proxies: Vec<&(ProxyId, ProxyKind)> = targets.iter().filter(|(id, _)| id.mesh == mesh).collect();
+        let proxies: Vec<&Target> = targets.iter().filter(|t| t.id.mesh == mesh).collect();
         if workers < 2 || proxies.len() < PARALLEL_FROM {
-            for (id, kind) in proxies {
-                regenerate_one(s, ctx, id, *kind);
+            for t in proxies {
+                regenerate_one(s, ctx, t);
             }
             continue;
         }
         std::thread::scope(|scope| {
             for part in proxies.chunks(proxies.len().div_ceil(workers)) {
                 let work = move || {
-                    for (id, kind) in part {
-                        regenerate_one(s, ctx, id, *kind);
+                    for t in part {
+                        regenerate_one(s, ctx, t);
                     }
                 };
                 // Without a thread (resources exhausted) the work is done
@@ -757,8 +864,8 @@ fn regenerate_proxies(s: &Shared, targets: &[(ProxyId, ProxyKind)], epoch: u64) 
                     .spawn_scoped(scope, work)
                 {
                     tracing::warn!(error = %e, "no thread for regeneration; regenerating inline");
-                    for (id, kind) in part {
-                        regenerate_one(s, ctx, id, *kind);
+                    for t in part {
+                        regenerate_one(s, ctx, t);
                     }
                 }
             }
@@ -767,18 +874,28 @@ fn regenerate_proxies(s: &Shared, targets: &[(ProxyId, ProxyKind)], epoch: u64) 
 }
 
 /// Regenerates one proxy; `ctx` is `None` when its mesh is gone.
-fn regenerate_one(s: &Shared, ctx: Option<&MeshContext>, id: &ProxyId, kind: ProxyKind) {
+fn regenerate_one(s: &Shared, ctx: Option<&MeshContext>, t: &Target) {
+    let id = &t.id;
     let key = ResourceKey::in_mesh(ResourceType::Dataplane, &id.mesh, &id.name);
     let next = match (ctx, s.manager.get(&key)) {
         (Some(ctx), Some(dp)) => {
             let Ok(dataplane) = serde_json::from_value::<Dataplane>(dp.spec) else {
                 return;
             };
+            let tls = proxy_tls(
+                s,
+                id,
+                t.kind,
+                t.certificate_provider.as_ref(),
+                &ctx.snapshot.spec,
+                &dataplane,
+            );
             let proxy = ProxyContext {
                 mesh: id.mesh.clone(),
                 name: id.name.clone(),
-                kind,
+                kind: t.kind,
                 dataplane,
+                tls,
             };
             generate(&ctx.snapshot, &proxy, ctx.resolver.as_ref())
         }
@@ -1019,14 +1136,18 @@ impl ZoneXds {
             mesh: mesh.to_string(),
             name: name.to_string(),
         };
-        let connected = lock(&s.proxies).get(&id).map(|c| c.kind);
-        let kind = connected.unwrap_or(ProxyKind::Sidecar);
+        let connected = lock(&s.proxies)
+            .get(&id)
+            .map(|c| (c.kind, c.certificate_provider.clone()));
+        let (kind, provider) = connected.clone().unwrap_or((ProxyKind::Sidecar, None));
         let snap = snapshot(&s.manager, &s.zone, mesh)?;
+        let tls = proxy_tls(s, &id, kind, provider.as_ref(), &snap.spec, &dataplane);
         let proxy = ProxyContext {
             mesh: mesh.to_string(),
             name: name.to_string(),
             kind,
             dataplane,
+            tls,
         };
         Some((snap, proxy, connected.is_some()))
     }
@@ -1222,6 +1343,7 @@ impl ZoneXds {
             proxies.insert(
                 id.clone(),
                 Connected {
+                    certificate_provider: None,
                     kind: ProxyKind::Ingress,
                     tx,
                     insight: InsightRecord::default(),

@@ -57,6 +57,7 @@ fn snapshot(services: usize, per_service: usize) -> anyhow::Result<MeshSnapshot>
         dataplanes,
         remote_ingresses: Vec::new(),
         policies,
+        mtls: None,
     })
 }
 
@@ -111,12 +112,14 @@ fn main() -> anyhow::Result<()> {
         name: "web".into(),
         kind: ProxyKind::Sidecar,
         dataplane: dataplane("10.200.0.1", "web", &all)?,
+        tls: Default::default(),
     };
     let client = ProxyContext {
         mesh: "default".into(),
         name: "client".into(),
         kind: ProxyKind::Proxyless,
         dataplane: dataplane("10.200.0.2", "client", &[])?,
+        tls: Default::default(),
     };
     println!("generation: {services} services x {per_service} dataplanes ({} endpoints), default policies; {iterations} runs each; times in ms\n", services * per_service);
     println!("| proxy                                                  |   LDS |   RDS |   CDS |    EDS |        bytes |      p50 |      p99 |");

@@ -80,7 +80,7 @@ use crate::dataplane::{Dataplane, SERVICE_TAG};
 pub type Tags = BTreeMap<String, String>;
 
 /// A tag value in a selector that matches any value of a present tag.
-const MATCH_ALL: &str = "*";
+pub const MATCH_ALL: &str = "*";
 
 /// Why effective configuration could not be computed.
 #[derive(Debug, thiserror::Error)]

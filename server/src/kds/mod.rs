@@ -36,10 +36,11 @@ pub fn global_to_zone_types() -> Vec<ResourceType> {
 }
 
 /// Types zones send to the global.
-pub const ZONE_TO_GLOBAL_TYPES: [ResourceType; 3] = [
+pub const ZONE_TO_GLOBAL_TYPES: [ResourceType; 4] = [
     ResourceType::Dataplane,
     ResourceType::DataplaneInsight,
     ResourceType::ZoneIngress,
+    ResourceType::ZoneCertificateRequest,
 ];
 
 /// Labels Meridian sets on synced resources (DESIGN §3).

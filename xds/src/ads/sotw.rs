@@ -661,7 +661,7 @@ mod tests {
     fn unknown_types_are_ignored_and_names_are_bounded() {
         let s = set(&[(CLUSTER, "a", "1")]);
         let mut st = SotwState::new(2);
-        let secret = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
+        let secret = "type.googleapis.com/envoy.service.runtime.v3.Runtime";
         assert_eq!(
             st.on_request(req(secret, &["x"], "")).unwrap(),
             Outcome::UnknownType {

@@ -86,6 +86,9 @@ impl ServiceFacts {
 pub enum Variant {
     Sidecar,
     Proxyless,
+    /// A proxyless client with mesh mTLS through the default certificate
+    /// provider instance.
+    ProxylessTls,
     /// The same for every kind of proxy (endpoints).
     Any,
 }
@@ -125,7 +128,7 @@ pub type BuiltPart = (ResourceSet, Vec<(String, Arc<OutboundPolicies>)>);
 pub struct SharedCache {
     entries: Mutex<HashMap<Key, Entry>>,
     facts: OnceLock<Arc<ServiceFacts>>,
-    parts: Mutex<HashMap<Vec<usize>, MeshPart>>,
+    parts: Mutex<HashMap<(Variant, Vec<usize>), MeshPart>>,
 }
 
 impl SharedCache {
@@ -175,11 +178,12 @@ impl SharedCache {
     /// none yet).
     pub fn mesh_part(
         &self,
+        variant: Variant,
         policies: &[Arc<OutboundPolicies>],
         still_same: impl Fn(&str, &Arc<OutboundPolicies>) -> bool,
         build: impl FnOnce() -> BuiltPart,
     ) -> ResourceSet {
-        let key: Vec<usize> = policies.iter().map(|p| Arc::as_ptr(p) as usize).collect();
+        let key = (variant, policies.iter().map(|p| Arc::as_ptr(p) as usize).collect());
         let mut parts = self.parts.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(part) = parts.get(&key) {
             if part.extras.iter().all(|(s, p)| still_same(s, p)) {
@@ -284,6 +288,7 @@ mod tests {
         one.insert_shared(CLUSTER, Arc::new(cluster("a").0));
         let built = one.clone();
         let first = cache.mesh_part(
+            Variant::Proxyless,
             std::slice::from_ref(&p),
             |_, _| true,
             || (built, vec![("other".into(), extra.clone())]),
@@ -291,6 +296,7 @@ mod tests {
         assert_eq!(first, one);
         // Same key, the extra service resolves to the same policies: shared.
         let again = cache.mesh_part(
+            Variant::Proxyless,
             std::slice::from_ref(&p),
             |s, q| s == "other" && Arc::ptr_eq(q, &extra),
             || panic!("built twice"),
@@ -298,6 +304,7 @@ mod tests {
         assert_eq!(again, one);
         // Same key, other policies for the extra service: built anew.
         let fresh = cache.mesh_part(
+            Variant::Proxyless,
             std::slice::from_ref(&p),
             |_, _| false,
             || (ResourceSet::new(), Vec::new()),

@@ -11,10 +11,12 @@
 //!
 //! - one Listener `ingress:<address>:<port>` on `networking.address:port`
 //!   with the `tls_inspector` listener filter;
-//! - per advertised service, one filter chain for the whole service and one
+//! - per advertised service, one filter chain for the whole service, one
 //!   per advertised tag set (`availableServices[].tags` without
-//!   `kuma.io/service`), each matched by [`sni`] in
-//!   `filter_chain_match.server_names` and holding a TCP proxy;
+//!   `kuma.io/service`) and one per subset of it that the mesh's
+//!   MeshHTTPRoutes and MeshTCPRoutes send to (`MeshServiceSubset`
+//!   backends: other zones' clients ask for those), each matched by [`sni`]
+//!   in `filter_chain_match.server_names` and holding a TCP proxy;
 //! - behind each chain an EDS cluster and its ClusterLoadAssignment named by
 //!   [`cluster_name`] (`<mesh>:<service>` or `<mesh>:<service>|k=v,…`, so two
 //!   meshes never share a cluster), with the endpoints of **this zone only**.
@@ -147,8 +149,46 @@ struct Target<'a> {
     subset: BTreeMap<String, String>,
 }
 
+/// The subsets of services the routes of `snapshot` send to
+/// (`MeshServiceSubset` backend references of MeshHTTPRoutes and
+/// MeshTCPRoutes): other zones' clients ask the ingress for them by name.
+fn routed_subsets(snapshot: &MeshSnapshot) -> BTreeSet<(String, BTreeMap<String, String>)> {
+    fn walk(v: &serde_json::Value, out: &mut BTreeSet<(String, BTreeMap<String, String>)>) {
+        match v {
+            serde_json::Value::Object(o) => {
+                let subset = o.get("kind").and_then(|k| k.as_str()) == Some("MeshServiceSubset");
+                if let (true, Some(name), Some(tags)) = (
+                    subset,
+                    o.get("name").and_then(|n| n.as_str()),
+                    o.get("tags").and_then(|t| t.as_object()),
+                ) {
+                    let tags: BTreeMap<String, String> = tags
+                        .iter()
+                        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                        .filter(|(k, _)| k != SERVICE_TAG)
+                        .collect();
+                    if !tags.is_empty() {
+                        out.insert((name.to_string(), tags));
+                    }
+                }
+                o.values().for_each(|v| walk(v, out));
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|v| walk(v, out)),
+            _ => {}
+        }
+    }
+    let mut out = BTreeSet::new();
+    for kind in ["MeshHTTPRoute", "MeshTCPRoute"] {
+        for (_, spec) in snapshot.policies.get(kind).into_iter().flatten() {
+            walk(spec, &mut out);
+        }
+    }
+    out
+}
+
 /// What `ingress` advertises, restricted to the meshes it has snapshots of:
-/// per service the whole service and every advertised tag set.
+/// per service the whole service, every advertised tag set, and every
+/// subset of it the mesh's routes send to.
 fn targets<'a>(ingress: &'a ZoneIngress, meshes: &BTreeMap<&str, &MeshSnapshot>) -> BTreeSet<Target<'a>> {
     let mut out = BTreeSet::new();
     for available in &ingress.available_services {
@@ -167,6 +207,17 @@ fn targets<'a>(ingress: &'a ZoneIngress, meshes: &BTreeMap<&str, &MeshSnapshot>)
         let subset = subset_of(&available.tags);
         if !subset.is_empty() {
             out.insert(Target { mesh, service, subset });
+        }
+    }
+    for (mesh, snap) in meshes {
+        let advertised: BTreeSet<&'a str> = out.iter().filter(|t| t.mesh == *mesh).map(|t| t.service).collect();
+        for (service, subset) in routed_subsets(snap) {
+            if let Some(service) = advertised.iter().find(|s| **s == service) {
+                let mesh = out.iter().find(|t| t.mesh == *mesh).map(|t| t.mesh);
+                if let Some(mesh) = mesh {
+                    out.insert(Target { mesh, service, subset });
+                }
+            }
         }
     }
     out

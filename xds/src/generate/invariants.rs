@@ -3,7 +3,10 @@
 //! configuration a listener names exists, every cluster a route sends to
 //! exists (from routes and TCP proxies alike), every EDS cluster has its
 //! load assignment, ports are valid, no two bound listeners share an
-//! address and port, and no two filter chains of a listener share a match.
+//! address and port, no two filter chains of a listener share a match, and
+//! every SDS secret a TLS context names is in the set. [`check_cross_zone`]
+//! holds a client's clusters against another zone's ingress: whatever goes
+//! through the ingress carries a server name one of its chains matches.
 
 use std::collections::BTreeSet;
 
@@ -16,7 +19,72 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 };
 use prost::Message;
 
-use crate::resources::{ResourceSet, CLUSTER, ENDPOINT, LISTENER, ROUTE};
+use envoy_types::pb::envoy::config::core::v3::{transport_socket, TransportSocket};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    common_tls_context::ValidationContextType, CommonTlsContext, DownstreamTlsContext, UpstreamTlsContext,
+};
+
+use crate::resources::{ResourceSet, CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET};
+
+const UPSTREAM_TLS: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext";
+const DOWNSTREAM_TLS: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext";
+
+/// The SDS secrets a TLS context names.
+fn sds_names(common: &CommonTlsContext) -> Vec<String> {
+    let mut out: Vec<String> = common
+        .tls_certificate_sds_secret_configs
+        .iter()
+        .map(|c| c.name.clone())
+        .collect();
+    match &common.validation_context_type {
+        Some(ValidationContextType::ValidationContextSdsSecretConfig(c)) => out.push(c.name.clone()),
+        Some(ValidationContextType::CombinedValidationContext(c)) => {
+            out.extend(c.validation_context_sds_secret_config.iter().map(|c| c.name.clone()))
+        }
+        _ => {}
+    }
+    out
+}
+
+/// The upstream TLS context of a cluster's transport socket, if any.
+fn upstream_tls(socket: Option<&TransportSocket>, errors: &mut Vec<String>, what: &str) -> Option<UpstreamTlsContext> {
+    let Some(transport_socket::ConfigType::TypedConfig(any)) = socket?.config_type.as_ref() else {
+        return None;
+    };
+    if any.type_url != UPSTREAM_TLS {
+        errors.push(format!("{what}: transport socket of type {}", any.type_url));
+        return None;
+    }
+    match UpstreamTlsContext::decode(any.value.as_slice()) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            errors.push(format!("{what}: upstream TLS context does not decode: {e}"));
+            None
+        }
+    }
+}
+
+/// The downstream TLS context of a filter chain's transport socket, if any.
+fn downstream_tls(
+    socket: Option<&TransportSocket>,
+    errors: &mut Vec<String>,
+    what: &str,
+) -> Option<DownstreamTlsContext> {
+    let Some(transport_socket::ConfigType::TypedConfig(any)) = socket?.config_type.as_ref() else {
+        return None;
+    };
+    if any.type_url != DOWNSTREAM_TLS {
+        errors.push(format!("{what}: transport socket of type {}", any.type_url));
+        return None;
+    }
+    match DownstreamTlsContext::decode(any.value.as_slice()) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            errors.push(format!("{what}: downstream TLS context does not decode: {e}"));
+            None
+        }
+    }
+}
 
 const HCM: &str =
     "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
@@ -113,6 +181,23 @@ pub fn check(set: &ResourceSet) -> Vec<String> {
     let route_names: BTreeSet<&str> = routes.iter().map(|(n, _)| n.as_str()).collect();
     let cluster_names: BTreeSet<&str> = clusters.iter().map(|(n, _)| n.as_str()).collect();
     let cla_names: BTreeSet<&str> = assignments.iter().map(|(n, _)| n.as_str()).collect();
+    let secrets: Vec<(
+        String,
+        envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret,
+    )> = decode(set, SECRET, &mut errors);
+    let secret_names: BTreeSet<&str> = secrets.iter().map(|(n, _)| n.as_str()).collect();
+    for (name, s) in &secrets {
+        if &s.name != name {
+            errors.push(format!("secret {name} carries the name {}", s.name));
+        }
+    }
+    let check_sds = |what: &str, common: Option<&CommonTlsContext>, errors: &mut Vec<String>| {
+        for sds in common.map(sds_names).unwrap_or_default() {
+            if !secret_names.contains(sds.as_str()) {
+                errors.push(format!("{what} names missing SDS secret {sds}"));
+            }
+        }
+    };
     let mut sockets: std::collections::BTreeMap<(String, u32), &str> = std::collections::BTreeMap::new();
     for (name, l) in &listeners {
         if &l.name != name {
@@ -131,6 +216,10 @@ pub fn check(set: &ResourceSet) -> Vec<String> {
         }
         let mut matches = BTreeSet::new();
         for chain in &l.filter_chains {
+            let what = format!("listener {name}");
+            if let Some(tls) = downstream_tls(chain.transport_socket.as_ref(), &mut errors, &what) {
+                check_sds(&what, tls.common_tls_context.as_ref(), &mut errors);
+            }
             let key = chain
                 .filter_chain_match
                 .as_ref()
@@ -185,6 +274,10 @@ pub fn check(set: &ResourceSet) -> Vec<String> {
         if &c.name != name {
             errors.push(format!("cluster {name} carries the name {}", c.name));
         }
+        let what = format!("cluster {name}");
+        if let Some(tls) = upstream_tls(c.transport_socket.as_ref(), &mut errors, &what) {
+            check_sds(&what, tls.common_tls_context.as_ref(), &mut errors);
+        }
         if let Some(eds) = &c.eds_cluster_config {
             let service = if eds.service_name.is_empty() {
                 name.as_str()
@@ -225,6 +318,62 @@ pub fn check(set: &ResourceSet) -> Vec<String> {
                     }
                 }
             }
+        }
+    }
+    errors
+}
+
+/// Holds `client` (a proxy's set in one zone) against `ingress` (another
+/// zone's ingress proxy, reached at `ingress_address`:`ingress_port`): every
+/// cluster with an endpoint there originates TLS whose server name one of
+/// the ingress's filter chains matches. Anything else could not cross.
+pub fn check_cross_zone(
+    client: &ResourceSet,
+    ingress: &ResourceSet,
+    ingress_address: &str,
+    ingress_port: u32,
+) -> Vec<String> {
+    use envoy_types::pb::envoy::config::core::v3::{address::Address, socket_address::PortSpecifier};
+    let mut errors = Vec::new();
+    let server_names: BTreeSet<String> = decode::<Listener>(ingress, LISTENER, &mut errors)
+        .into_iter()
+        .flat_map(|(_, l)| l.filter_chains)
+        .filter_map(|c| c.filter_chain_match)
+        .flat_map(|m| m.server_names)
+        .collect();
+    let clusters: std::collections::BTreeMap<String, Cluster> =
+        decode::<Cluster>(client, CLUSTER, &mut errors).into_iter().collect();
+    for (name, cla) in decode::<ClusterLoadAssignment>(client, ENDPOINT, &mut errors) {
+        let through_ingress = cla.endpoints.iter().flat_map(|l| &l.lb_endpoints).any(|e| {
+            let Some(HostIdentifier::Endpoint(ep)) = &e.host_identifier else {
+                return false;
+            };
+            matches!(
+                ep.address.as_ref().and_then(|a| a.address.as_ref()),
+                Some(Address::SocketAddress(s)) if s.address == ingress_address
+                    && s.port_specifier == Some(PortSpecifier::PortValue(ingress_port))
+            )
+        });
+        if !through_ingress {
+            continue;
+        }
+        let Some(cluster) = clusters.get(&name) else {
+            errors.push(format!("load assignment {name} has no cluster"));
+            continue;
+        };
+        match upstream_tls(
+            cluster.transport_socket.as_ref(),
+            &mut errors,
+            &format!("cluster {name}"),
+        ) {
+            None => errors.push(format!(
+                "cluster {name} reaches the ingress without TLS: the ingress cannot route it"
+            )),
+            Some(tls) if !server_names.contains(&tls.sni) => errors.push(format!(
+                "cluster {name} sends server name {:?}, which no filter chain of the ingress matches",
+                tls.sni
+            )),
+            Some(_) => {}
         }
     }
     errors

@@ -28,6 +28,7 @@ pub mod proxyless;
 pub mod routes;
 pub mod server;
 pub mod sidecar;
+pub mod tls;
 
 /// The effective configuration of a proxy towards one destination service.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]

@@ -101,8 +101,16 @@ pub fn generate(snapshot: &MeshSnapshot, proxy: &ProxyContext, policies: &dyn Po
     // The index is built only if something is not in the cache.
     let lazy_index = OnceCell::new();
     let index = || lazy_index.get_or_init(|| ServiceIndex::new(snapshot));
-    let cache = policies.cache();
-    let facts = facts_of(cache, snapshot, index);
+    let facts = facts_of(policies.cache(), snapshot, index);
+    // Mesh mTLS, when the node's bootstrap has a certificate provider to
+    // name; clients of the default instance share their part, others get
+    // theirs built alone.
+    let provider = snapshot.mtls.as_ref().and(proxy.tls.certificate_provider.as_deref());
+    let (variant, cache) = match provider {
+        None => (Variant::Proxyless, policies.cache()),
+        Some(super::tls::DEFAULT_CERTIFICATE_PROVIDER) => (Variant::ProxylessTls, policies.cache()),
+        Some(_) => (Variant::ProxylessTls, None),
+    };
     let services: Vec<(&str, Arc<OutboundPolicies>)> = facts
         .services()
         .map(|(service, _)| (service, policies.outbound_shared(snapshot, proxy, service)))
@@ -154,11 +162,14 @@ pub fn generate(snapshot: &MeshSnapshot, proxy: &ProxyContext, policies: &dyn Po
                 }
             };
             // gRPC clients speak HTTP/2 themselves; the option is for Envoy.
-            let (c, _) = shared_or_built(cache, CLUSTER, &name, &p, Variant::Proxyless, || {
-                (
-                    XdsResource::new(CLUSTER, &name, &eds_cluster(&name, &p, false)),
-                    Vec::new(),
-                )
+            let (c, _) = shared_or_built(cache, CLUSTER, &name, &p, variant, || {
+                let mut c = eds_cluster(&name, &p, false);
+                if let Some(provider) = provider {
+                    let ctx =
+                        super::tls::proxyless_upstream(&snapshot.mesh, &cluster.service, &cluster.subset, provider);
+                    c.transport_socket = Some(super::tls::transport_socket(&ctx));
+                }
+                (XdsResource::new(CLUSTER, &name, &c), Vec::new())
             });
             set.insert_shared(CLUSTER, c);
             let (cla, _) = shared_or_built(cache, ENDPOINT, &name, &p, Variant::Any, || {
@@ -174,6 +185,7 @@ pub fn generate(snapshot: &MeshSnapshot, proxy: &ProxyContext, policies: &dyn Po
         Some(c) => {
             let key: Vec<Arc<OutboundPolicies>> = services.iter().map(|(_, p)| p.clone()).collect();
             c.mesh_part(
+                variant,
                 &key,
                 |service, p| Arc::ptr_eq(&policies.outbound_shared(snapshot, proxy, service), p),
                 build,
@@ -234,6 +246,7 @@ mod tests {
             name: "client".into(),
             kind: ProxyKind::Proxyless,
             dataplane: dp("127.0.0.9", 1, "client", "v1"),
+            tls: Default::default(),
         }
     }
 

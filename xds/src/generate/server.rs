@@ -74,10 +74,14 @@ use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     http_connection_manager::RouteSpecifier, http_filter::ConfigType, HttpConnectionManager, HttpFilter,
 };
+use envoy_types::pb::envoy::r#type::matcher::v3::{string_matcher::MatchPattern, StringMatcher};
 use meridian_core::dataplane::Dataplane;
+use meridian_core::dataplane::SERVICE_TAG;
+use meridian_core::mtls::{spiffe_id, spiffe_prefix, tag_uri};
+use meridian_core::policy::matching::MATCH_ALL;
 use meridian_core::policy::matching::{Permission as MtpRule, Tags};
 use meridian_core::policy::meshtrafficpermission::Action;
-use meridian_core::policy::TargetRef;
+use meridian_core::policy::{TargetRef, TargetRefKind};
 
 use super::{any, PolicyResolver};
 use crate::resources::{ResourceSet, LISTENER};
@@ -115,9 +119,75 @@ pub struct PermissionRule {
     pub action: Action,
     /// The callers the rule is about: `None` for every caller (a reference
     /// that selects any tags, such as `Mesh`), else the source addresses of
-    /// the dataplanes of this zone it selects (possibly none).
+    /// the dataplanes of this zone it selects (possibly none). Used only
+    /// without mesh mTLS.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sources: Option<Vec<IpAddr>>,
+    /// With mesh mTLS: the URI SANs a caller's certificate must all carry
+    /// for the rule to be about it (`None`: every caller).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identities: Option<Vec<SanMatch>>,
+}
+
+/// A URI SAN a caller's certificate must carry.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum SanMatch {
+    Exact(String),
+    Prefix(String),
+}
+
+impl PermissionRule {
+    /// Whether the rule is about every caller.
+    fn is_everyone(&self) -> bool {
+        self.sources.is_none() && self.identities.is_none()
+    }
+}
+
+/// The SANs a caller must carry for `from` in `mesh`, as Kuma's identities
+/// put them in certificates: `spiffe://<mesh>/<service>` for the service,
+/// `kuma://<tag>/<value>` for other tags (`*`: any value); `None` for a
+/// reference about every caller (and for one that selects nothing, an
+/// empty list: it is about nobody).
+fn identities_of(mesh: &str, from: &TargetRef) -> Option<Vec<SanMatch>> {
+    let (service, tags) = match from.kind {
+        TargetRefKind::Mesh => return None,
+        TargetRefKind::MeshSubset => (None, from.tags.as_ref()),
+        TargetRefKind::MeshService => match from.name.as_deref() {
+            Some(n) => (Some(n), None),
+            None => return Some(Vec::new()),
+        },
+        TargetRefKind::MeshServiceSubset => match from.name.as_deref() {
+            Some(n) => (Some(n), from.tags.as_ref()),
+            None => return Some(Vec::new()),
+        },
+        TargetRefKind::MeshGateway | TargetRefKind::MeshHttpRoute => return Some(Vec::new()),
+    };
+    let mut out = Vec::new();
+    let service_match = |v: &str| {
+        if v == MATCH_ALL {
+            SanMatch::Prefix(spiffe_prefix(mesh))
+        } else {
+            SanMatch::Exact(spiffe_id(mesh, v))
+        }
+    };
+    if let Some(s) = service {
+        out.push(service_match(s));
+    }
+    for (k, v) in tags.into_iter().flatten() {
+        out.push(if k == SERVICE_TAG {
+            service_match(v)
+        } else if v == MATCH_ALL {
+            SanMatch::Prefix(tag_uri(k, ""))
+        } else {
+            SanMatch::Exact(tag_uri(k, v))
+        });
+    }
+    if out.is_empty() {
+        // A subset without tags selects any tags: every caller.
+        return None;
+    }
+    Some(out)
 }
 
 /// The rules of `permissions` (from `matching::traffic_permissions`, highest
@@ -129,15 +199,22 @@ pub fn resolve_permissions(snapshot: &MeshSnapshot, permissions: &[MtpRule<'_>])
     }
     let rules = permissions
         .iter()
-        .map(|p| PermissionRule {
-            policy: p.policy.to_string(),
-            from: p.clients.clone(),
-            action: p.action,
-            sources: if p.applies_to(&Tags::new()) {
-                None
+        .map(|p| {
+            // With mesh mTLS callers are who their certificates say.
+            let (sources, identities) = if snapshot.mtls.is_some() {
+                (None, identities_of(&snapshot.mesh, p.clients))
+            } else if p.applies_to(&Tags::new()) {
+                (None, None)
             } else {
-                Some(source_addresses(snapshot, |tags| p.applies_to(tags)))
-            },
+                (Some(source_addresses(snapshot, |tags| p.applies_to(tags))), None)
+            };
+            PermissionRule {
+                policy: p.policy.to_string(),
+                from: p.clients.clone(),
+                action: p.action,
+                sources,
+                identities,
+            }
         })
         .collect();
     Some(rules)
@@ -183,9 +260,31 @@ fn any_of(mut list: Vec<Principal>) -> Option<Principal> {
     }
 }
 
+/// A caller whose certificate carries a URI SAN matching `m`.
+fn authenticated(m: &SanMatch) -> Principal {
+    let pattern = match m {
+        SanMatch::Exact(s) => MatchPattern::Exact(s.clone()),
+        SanMatch::Prefix(s) => MatchPattern::Prefix(s.clone()),
+    };
+    principal(principal::Identifier::Authenticated(principal::Authenticated {
+        principal_name: Some(StringMatcher {
+            match_pattern: Some(pattern),
+            ..Default::default()
+        }),
+    }))
+}
+
 /// The callers of a rule as a principal; `None` when it is about nobody.
-fn callers(sources: &Option<Vec<IpAddr>>) -> Option<Principal> {
-    let Some(addresses) = sources else {
+fn callers(rule: &PermissionRule) -> Option<Principal> {
+    if let Some(ids) = &rule.identities {
+        let mut all: Vec<Principal> = ids.iter().map(authenticated).collect();
+        return match all.len() {
+            0 => None,
+            1 => all.pop(),
+            _ => Some(principal(principal::Identifier::AndIds(principal::Set { ids: all }))),
+        };
+    }
+    let Some(addresses) = &rule.sources else {
         return Some(principal(principal::Identifier::Any(true)));
     };
     any_of(
@@ -221,10 +320,10 @@ pub(crate) fn rbac_rules(rules: &[PermissionRule]) -> RbacRules {
     let mut denied: Vec<Principal> = Vec::new();
     let mut allowed: Vec<Principal> = Vec::new();
     for rule in rules {
-        let Some(who) = callers(&rule.sources) else {
+        let Some(who) = callers(rule) else {
             continue;
         };
-        let everyone = rule.sources.is_none();
+        let everyone = rule.is_everyone();
         match rule.action {
             Action::Deny => {
                 if everyone {
@@ -370,8 +469,18 @@ pub fn add_listeners(
         let inbound = policies.inbound(snapshot, proxy, index);
         let rbac = inbound.traffic_permissions.as_deref().map(rbac);
         let hcm = http_connection_manager(&format!("inbound_{port}"), rbac);
+        let tls = match (&snapshot.mtls, &proxy.tls.certificate_provider) {
+            (Some(mtls), Some(provider)) => Some(super::tls::transport_socket(&super::tls::proxyless_downstream(
+                mtls.mode, provider,
+            ))),
+            _ => None,
+        };
         for (name, ip, port) in addresses {
-            set.insert(LISTENER, &name, &listener(&name, ip, port, &hcm));
+            let mut l = listener(&name, ip, port, &hcm);
+            for chain in &mut l.filter_chains {
+                chain.transport_socket = tls.clone();
+            }
+            set.insert(LISTENER, &name, &l);
             taken.insert(name);
         }
     }
@@ -386,29 +495,60 @@ pub(crate) mod rbac_eval {
         principal, rbac::Action as RbacAction, Principal, Rbac as RbacRules,
     };
 
+    /// A caller: its address, and the URI SANs of its certificate when it
+    /// called over mTLS.
+    struct Caller<'a> {
+        ip: IpAddr,
+        sans: Option<&'a [&'a str]>,
+    }
+
     /// Whether ALLOW `rules` let a caller at `peer` through, as Envoy and
     /// gRPC decide on `direct_remote_ip`.
     pub(crate) fn allows(rules: &RbacRules, peer: &str) -> bool {
-        assert_eq!(rules.action, RbacAction::Allow as i32);
         let peer: IpAddr = peer.parse().unwrap();
+        allows_caller(rules, &Caller { ip: peer, sans: None })
+    }
+
+    /// Whether ALLOW `rules` let a caller through whose certificate carries
+    /// `sans` (`None`: a plaintext caller), as Envoy and gRPC decide on
+    /// `authenticated.principal_name` (a URI SAN first).
+    pub(crate) fn allows_identity(rules: &RbacRules, sans: Option<&[&str]>) -> bool {
+        let ip: IpAddr = "192.0.2.99".parse().unwrap();
+        allows_caller(rules, &Caller { ip, sans })
+    }
+
+    fn allows_caller(rules: &RbacRules, caller: &Caller<'_>) -> bool {
+        assert_eq!(rules.action, RbacAction::Allow as i32);
         rules
             .policies
             .values()
-            .any(|p| p.principals.iter().any(|pr| principal_matches(pr, peer)))
+            .any(|p| p.principals.iter().any(|pr| principal_matches(pr, caller)))
     }
 
-    fn principal_matches(p: &Principal, peer: IpAddr) -> bool {
+    fn principal_matches(p: &Principal, caller: &Caller<'_>) -> bool {
+        use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
         match p.identifier.as_ref().unwrap() {
             principal::Identifier::Any(true) => true,
             principal::Identifier::DirectRemoteIp(c) => {
                 let ip: IpAddr = c.address_prefix.parse().unwrap();
                 let full = if ip.is_ipv4() { 32 } else { 128 };
                 assert_eq!(c.prefix_len.unwrap().value, full, "one address");
-                ip == peer
+                ip == caller.ip
             }
-            principal::Identifier::OrIds(s) => s.ids.iter().any(|i| principal_matches(i, peer)),
-            principal::Identifier::AndIds(s) => s.ids.iter().all(|i| principal_matches(i, peer)),
-            principal::Identifier::NotId(i) => !principal_matches(i, peer),
+            principal::Identifier::Authenticated(a) => {
+                let Some(sans) = caller.sans else {
+                    return false;
+                };
+                let pattern = a.principal_name.as_ref().unwrap().match_pattern.as_ref().unwrap();
+                sans.iter().any(|san| match pattern {
+                    MatchPattern::Exact(e) => san == e,
+                    MatchPattern::Prefix(p) => san.starts_with(p.as_str()),
+                    other => panic!("unexpected matcher {other:?}"),
+                })
+            }
+            principal::Identifier::OrIds(s) => s.ids.iter().any(|i| principal_matches(i, caller)),
+            principal::Identifier::AndIds(s) => s.ids.iter().all(|i| principal_matches(i, caller)),
+            principal::Identifier::NotId(i) => !principal_matches(i, caller),
             other => panic!("unexpected principal {other:?}"),
         }
     }
@@ -490,6 +630,7 @@ mod tests {
                 "10.0.0.1",
                 json!([{"port": 8080, "tags": {"kuma.io/service": "backend", "version": "v1"}}]),
             ),
+            tls: Default::default(),
         }
     }
 
@@ -635,6 +776,59 @@ mod tests {
         let all: Vec<Option<RbacRules>> = names.iter().map(|n| rbac_of(&decode_listener(&set, n))).collect();
         assert!(all.windows(2).all(|w| w[0] == w[1]), "every name carries the same RBAC");
         all.into_iter().next().flatten().expect("an RBAC filter")
+    }
+
+    #[test]
+    fn with_mtls_callers_are_their_certificates_identities() {
+        use super::rbac_eval::allows_identity;
+        let mut snap = snapshot(json!([mtp(
+            json!({"kind": "MeshService", "name": "backend"}),
+            json!([
+                from(json!({"kind": "MeshService", "name": "web"}), "Allow"),
+                from(
+                    json!({"kind": "MeshSubset", "tags": {"kuma.io/service": "web", "version": "v2"}}),
+                    "Deny"
+                ),
+                from(json!({"kind": "MeshSubset", "tags": {"team": "*"}}), "Allow")
+            ])
+        )]));
+        snap.mtls = Some(crate::snapshot::MeshTls {
+            mode: meridian_core::mesh::MtlsMode::Strict,
+            trust_bundle_pem: "x".into(),
+        });
+        let mut set = ResourceSet::new();
+        let mut server = backend();
+        server.tls.certificate_provider = Some("p".into());
+        add_listeners(&mut set, &snap, &server, &Resolver);
+        let name = set.of_type(LISTENER).next().unwrap().name.clone();
+        let listener = decode_listener(&set, &name);
+        let rules = rbac_of(&listener).unwrap();
+        let web_v1 = [
+            "spiffe://default/web",
+            "kuma://kuma.io/service/web",
+            "kuma://version/v1",
+        ];
+        let web_v2 = [
+            "spiffe://default/web",
+            "kuma://kuma.io/service/web",
+            "kuma://version/v2",
+        ];
+        let team = ["spiffe://default/batch", "kuma://team/payments"];
+        let other_mesh = ["spiffe://other/web", "kuma://version/v1"];
+        assert!(allows_identity(&rules, Some(&web_v1)));
+        assert!(!allows_identity(&rules, Some(&web_v2)), "web v2 is denied");
+        assert!(allows_identity(&rules, Some(&team)), "any value of team");
+        assert!(!allows_identity(&rules, Some(&other_mesh)), "another mesh's web");
+        assert!(!allows_identity(&rules, None), "plaintext: no identity");
+        // Addresses do not matter any more: web's own address without a
+        // certificate is nobody.
+        assert!(!allows(&rules, "10.0.0.2"));
+        // The server terminates TLS with the node's certificate provider.
+        let tls = listener.filter_chains[0]
+            .transport_socket
+            .as_ref()
+            .expect("a TLS transport socket");
+        assert_eq!(tls.name, "envoy.transport_sockets.tls");
     }
 
     #[test]

@@ -86,11 +86,14 @@ use envoy_types::pb::envoy::config::core::v3::{address, socket_address, Address,
 use envoy_types::pb::envoy::config::endpoint::v3::{
     lb_endpoint::HostIdentifier, ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
 };
-use envoy_types::pb::envoy::config::listener::v3::{filter, Filter, FilterChain, Listener};
+use envoy_types::pb::envoy::config::listener::v3::{
+    filter, listener_filter, Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter,
+};
 use envoy_types::pb::envoy::config::route::v3::{
     route::Action, route_action::ClusterSpecifier, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
 };
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     http_connection_manager::{CodecType, RouteSpecifier},
     http_filter::ConfigType,
@@ -98,6 +101,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 };
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{tcp_proxy, TcpProxy};
 use meridian_core::dataplane::SERVICE_TAG;
+use meridian_core::mesh::MtlsMode;
 
 use envoy_types::pb::envoy::config::cluster::v3::cluster::LbPolicy;
 use envoy_types::pb::envoy::config::core::v3::{
@@ -481,18 +485,74 @@ fn inbound_resources(
         .transparent_proxying
         .as_ref()
         .is_some_and(|tp| tp.redirect_port_inbound.is_some());
+    let (filter_chains, listener_filters) = inbound_chains(snapshot, filters);
     let listener = Listener {
         name: name.clone(),
         address: Some(socket(&address, inbound.port)),
         stat_prefix: name.clone(),
-        filter_chains: vec![FilterChain {
-            filters,
-            ..Default::default()
-        }],
+        filter_chains,
+        listener_filters,
         bind_to_port: redirected.then_some(BoolValue { value: false }),
         ..Default::default()
     };
     set.insert(LISTENER, &name, &listener);
+}
+
+/// The filter chains of an inbound listener running `filters`, and its
+/// listener filters: without mesh mTLS one plaintext chain; STRICT one TLS
+/// chain; PERMISSIVE a TLS inspector choosing between a TLS chain and a
+/// plaintext one (see [`super::tls`]).
+fn inbound_chains(snapshot: &MeshSnapshot, filters: Vec<Filter>) -> (Vec<FilterChain>, Vec<ListenerFilter>) {
+    let Some(mtls) = &snapshot.mtls else {
+        return (
+            vec![FilterChain {
+                filters,
+                ..Default::default()
+            }],
+            Vec::new(),
+        );
+    };
+    let tls = Some(super::tls::transport_socket(&super::tls::sidecar_downstream(
+        &snapshot.mesh,
+    )));
+    match mtls.mode {
+        MtlsMode::Strict => (
+            vec![FilterChain {
+                filters,
+                transport_socket: tls,
+                ..Default::default()
+            }],
+            Vec::new(),
+        ),
+        MtlsMode::Permissive => {
+            let matching = |protocol: &str| {
+                Some(FilterChainMatch {
+                    transport_protocol: protocol.to_string(),
+                    ..Default::default()
+                })
+            };
+            (
+                vec![
+                    FilterChain {
+                        filter_chain_match: matching("tls"),
+                        filters: filters.clone(),
+                        transport_socket: tls,
+                        ..Default::default()
+                    },
+                    FilterChain {
+                        filter_chain_match: matching("raw_buffer"),
+                        filters,
+                        ..Default::default()
+                    },
+                ],
+                vec![ListenerFilter {
+                    name: "envoy.filters.listener.tls_inspector".into(),
+                    config_type: Some(listener_filter::ConfigType::TypedConfig(any(&TlsInspector::default()))),
+                    ..Default::default()
+                }],
+            )
+        }
+    }
 }
 
 /// An IP family a transparent proxy redirects.
@@ -704,6 +764,7 @@ pub fn generate(snapshot: &MeshSnapshot, proxy: &ProxyContext, policies: &dyn Po
     let cache = policies.cache();
     let facts = facts_of(cache, snapshot, index);
 
+    super::tls::add_sidecar_secrets(&mut set, snapshot, proxy);
     for index in 0..net.inbound.len() {
         inbound_resources(&mut set, snapshot, proxy, policies, index);
     }
@@ -767,11 +828,15 @@ pub fn generate(snapshot: &MeshSnapshot, proxy: &ProxyContext, policies: &dyn Po
             .clone();
         let (cluster, _) = shared_or_built(cache, CLUSTER, &name, &p, Variant::Sidecar, || {
             let Facts { protocol, http2, .. } = facts.get(&c.service);
-            let cluster = with_health_check(
+            let mut cluster = with_health_check(
                 eds_cluster(&name, &p, http2),
                 p.health_check.as_ref(),
                 Upstream::of(protocol, http2),
             );
+            if snapshot.mtls.is_some() {
+                let ctx = super::tls::sidecar_upstream(&snapshot.mesh, &c.service, &c.subset);
+                cluster.transport_socket = Some(super::tls::transport_socket(&ctx));
+            }
             (XdsResource::new(CLUSTER, &name, &cluster), Vec::new())
         });
         set.insert_shared(CLUSTER, cluster);
@@ -830,6 +895,7 @@ mod tests {
             name: "web".into(),
             kind: ProxyKind::Sidecar,
             dataplane: web,
+            tls: Default::default(),
         };
         let set = generate(&snap, &proxy, &NoPolicies);
         assert_eq!(invariants::check(&set), Vec::<String>::new());
@@ -923,6 +989,7 @@ mod inbound_and_transparent_proxy_tests {
             name: "me".into(),
             kind: ProxyKind::Sidecar,
             dataplane: me,
+            tls: Default::default(),
         };
         let set = generate(&snap, &proxy, resolver);
         assert_eq!(invariants::check(&set), Vec::<String>::new());
@@ -1351,6 +1418,7 @@ mod traffic_permission_tests {
             name: "backend-1".into(),
             kind: ProxyKind::Sidecar,
             dataplane: backend(),
+            tls: Default::default(),
         };
         (snap, proxy)
     }
@@ -1683,6 +1751,7 @@ mod outbound_policy_tests {
             name: "web".into(),
             kind: ProxyKind::Sidecar,
             dataplane: me,
+            tls: Default::default(),
         };
         let set = generate(&snap, &proxy, &ByService(policies));
         assert_eq!(invariants::check(&set), Vec::<String>::new());
