@@ -41,7 +41,7 @@ pub const DEFAULT_RSA_BITS: u32 = 2048;
 pub const RSA_BITS: [u32; 3] = [2048, 3072, 4096];
 /// The shortest workload certificate lifetime: renewal happens at 4/5 of it,
 /// and a shorter one would renew faster than a change reaches a proxy.
-pub const MIN_DP_CERT_VALIDITY: StdDuration = StdDuration::from_secs(60);
+pub const MIN_DP_CERT_VALIDITY: StdDuration = StdDuration::from_secs(10);
 /// The largest `Secret` a mesh accepts (its data, decoded).
 pub const MAX_SECRET_BYTES: usize = 64 * 1024;
 
@@ -411,7 +411,7 @@ mod tests {
             {"name": "b", "type": "builtin", "conf": {"caCert": {"expiration": "1 year"}}},
             {"name": "c", "type": "provided", "conf": {"cert": {"inlineString": "x"}}},
             {"name": "d", "type": "builtin", "conf": {"keyType": "ec"}},
-            {"name": "e", "type": "builtin", "dpCert": {"rotation": {"expiration": "30s"}}}
+            {"name": "e", "type": "builtin", "dpCert": {"rotation": {"expiration": "5s"}}}
         ]}}));
         let fields: Vec<&str> = errs.iter().map(|(f, _)| f.as_str()).collect();
         assert_eq!(

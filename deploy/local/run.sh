@@ -120,7 +120,7 @@ dp() { # name extra-args…
   local name=$1; shift
   "$BIN/meridian-dp" run --cp-address https://127.0.0.1:5678 --ca-cert-file "$DATA/zone-1-xds-ca.pem" \
     --dataplane-token-file "$DATA/$name.token" --proxy grpc \
-    --grpc-bootstrap-file "$DATA/$name-bootstrap.json" "$@" >"$DATA/dp-$name.log" 2>&1 &
+    --grpc-bootstrap-file "$DATA/$name-bootstrap.json" --certificates-dir "$DATA/$name-certs" "$@" >"$DATA/dp-$name.log" 2>&1 &
   pids+=($!)
   wait_file "dp-$name" "$DATA/$name-bootstrap.json" "${pids[-1]}"
 }

@@ -35,10 +35,11 @@ impl NodeInfo {
 }
 
 /// gRPC's xDS bootstrap: the relay at `relay`, plaintext (it is local and
-/// speaks TLS to the zone), and the server listener template that makes an
-/// xDS-enabled server ask for its inbound's Listener.
-pub fn grpc(node: &NodeInfo, relay: std::net::SocketAddr) -> Value {
-    json!({
+/// speaks TLS to the zone), the server listener template that makes an
+/// xDS-enabled server ask for its inbound's Listener, and, when given, the
+/// certificate providers of mesh mTLS (gRFC A29).
+pub fn grpc(node: &NodeInfo, relay: std::net::SocketAddr, certificate_providers: Option<Value>) -> Value {
+    let mut b = json!({
         "xds_servers": [{
             "server_uri": relay.to_string(),
             "channel_creds": [{"type": "insecure"}],
@@ -46,7 +47,11 @@ pub fn grpc(node: &NodeInfo, relay: std::net::SocketAddr) -> Value {
         }],
         "node": node.json(),
         "server_listener_resource_name_template": "grpc/server?xds.resource.listening_address=%s",
-    })
+    });
+    if let (Some(p), Value::Object(m)) = (certificate_providers, &mut b) {
+        m.insert("certificate_providers".into(), p);
+    }
+    b
 }
 
 /// Where Envoy reaches the zone.
@@ -174,7 +179,7 @@ mod tests {
 
     #[test]
     fn grpc_bootstrap_names_the_relay() {
-        let b = grpc(&node(), "127.0.0.1:41000".parse().unwrap());
+        let b = grpc(&node(), "127.0.0.1:41000".parse().unwrap(), None);
         assert_eq!(b["xds_servers"][0]["server_uri"], "127.0.0.1:41000");
         assert_eq!(b["xds_servers"][0]["channel_creds"][0]["type"], "insecure");
         assert_eq!(b["node"]["id"], "default.web-1");

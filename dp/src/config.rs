@@ -77,6 +77,11 @@ pub struct RunArgs {
     /// GRPC_XDS_BOOTSTRAP) [default: ./meridian-dp-grpc-bootstrap.json]
     #[arg(long, env = "MERIDIAN_GRPC_BOOTSTRAP_FILE")]
     pub grpc_bootstrap_file: Option<PathBuf>,
+    /// Where the agent writes a gRPC application's mesh mTLS files
+    /// (cert.pem, key.pem, ca.pem), which its bootstrap's certificate
+    /// provider reads [default: ./meridian-dp-certs]
+    #[arg(long, env = "MERIDIAN_CERTIFICATES_DIR")]
+    pub certificates_dir: Option<PathBuf>,
     /// The loopback address the agent's xDS relay listens on for the
     /// application; port 0 lets the kernel pick [default: 127.0.0.1:0]
     #[arg(long, env = "MERIDIAN_XDS_RELAY_ADDRESS")]
@@ -121,6 +126,7 @@ pub struct FileConfig {
     pub proxy: Option<ProxyKind>,
     pub proxy_type: Option<ProxyType>,
     pub grpc_bootstrap_file: Option<PathBuf>,
+    pub certificates_dir: Option<PathBuf>,
     pub xds_relay_address: Option<SocketAddr>,
     pub xds_relay_allowed_uid: Option<Vec<u32>>,
     pub envoy_binary: Option<PathBuf>,
@@ -143,6 +149,7 @@ pub struct Settings {
     pub proxy: ProxyKind,
     pub proxy_type: ProxyType,
     pub grpc_bootstrap_file: PathBuf,
+    pub certificates_dir: PathBuf,
     pub xds_relay_address: SocketAddr,
     /// Empty: the agent's own uid.
     pub xds_relay_allowed_uids: Vec<u32>,
@@ -169,6 +176,7 @@ impl Default for Settings {
             proxy: ProxyKind::Grpc,
             proxy_type: ProxyType::Dataplane,
             grpc_bootstrap_file: PathBuf::from("./meridian-dp-grpc-bootstrap.json"),
+            certificates_dir: PathBuf::from("./meridian-dp-certs"),
             xds_relay_address: SocketAddr::from(([127, 0, 0, 1], 0)),
             xds_relay_allowed_uids: Vec::new(),
             envoy_binary: None,
@@ -219,6 +227,10 @@ impl Settings {
                 .grpc_bootstrap_file
                 .or(file.grpc_bootstrap_file)
                 .unwrap_or(d.grpc_bootstrap_file),
+            certificates_dir: args
+                .certificates_dir
+                .or(file.certificates_dir)
+                .unwrap_or(d.certificates_dir),
             xds_relay_address: args
                 .xds_relay_address
                 .or(file.xds_relay_address)

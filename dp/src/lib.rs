@@ -27,6 +27,7 @@ use envoy_types::pb::google::protobuf::{value::Kind, ListValue, Struct, Value as
 use serde_json::Value;
 
 pub mod bootstrap;
+pub mod certificates;
 pub mod config;
 pub mod dataplane;
 pub mod peer;
@@ -39,6 +40,8 @@ use zone::{FailureLog, Zone};
 
 /// How long Envoy may take to exit after SIGTERM before it is killed.
 const ENVOY_STOP: Duration = Duration::from_secs(10);
+/// How long the gRPC bootstrap waits for the first word on mesh certificates.
+const FIRST_CERTIFICATES: Duration = Duration::from_secs(10);
 /// How long deregistering may take when the agent stops.
 const DEREGISTER_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -144,6 +147,14 @@ fn identity(s: &Settings, token: &str) -> anyhow::Result<Identity> {
                 .ok_or_else(|| anyhow::anyhow!("--name is required (the dataplane file and the token name none)"))?;
             if let Some(d) = &def {
                 metadata.insert("dataplane".into(), d.fields.clone());
+            }
+            if s.proxy == ProxyKind::Grpc {
+                // The bootstrap defines the certificate provider the zone
+                // names in mesh mTLS contexts; its files are this agent's.
+                metadata.insert(
+                    certificates::PROVIDER_METADATA.into(),
+                    Value::String(certificates::PROVIDER_INSTANCE.into()),
+                );
             }
             Ok(Identity {
                 node: bootstrap::NodeInfo {
@@ -259,7 +270,36 @@ async fn run_grpc(
         let _ = done_rx.await;
     })
     .await?;
-    let b = bootstrap::grpc(&who.node, bound);
+    // A dataplane's mesh mTLS files: followed for as long as the agent runs.
+    // The bootstrap waits (a little) for the first answer, so that an
+    // application started on it finds its certificate in place.
+    let files = certificates::Files {
+        dir: s.certificates_dir.clone(),
+    };
+    let mut providers = None;
+    let mut following = None;
+    if let Some(mesh) = &who.mesh {
+        let (first_tx, first_rx) = tokio::sync::oneshot::channel();
+        following = Some(tokio::spawn(certificates::follow(
+            zone.clone(),
+            mesh.clone(),
+            who.name.clone(),
+            files.clone(),
+            s.reconnect_max_delay,
+            first_tx,
+        )));
+        if tokio::time::timeout(FIRST_CERTIFICATES, first_rx).await.is_err() {
+            tracing::warn!(
+                "no answer about mesh certificates within {FIRST_CERTIFICATES:?}; writing the bootstrap anyway (the files follow)"
+            );
+        }
+        providers = Some(
+            files
+                .providers()
+                .with_context(|| format!("--certificates-dir {}", files.dir.display()))?,
+        );
+    }
+    let b = bootstrap::grpc(&who.node, bound, providers);
     bootstrap::write(&s.grpc_bootstrap_file, &b)
         .with_context(|| format!("writing the gRPC bootstrap {}", s.grpc_bootstrap_file.display()))?;
     tracing::info!(
@@ -268,6 +308,9 @@ async fn run_grpc(
         s.grpc_bootstrap_file.display()
     );
     stopped.await;
+    if let Some(f) = following {
+        f.abort();
+    }
     let _ = done_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
     Ok(())

@@ -13,7 +13,9 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use meridian_proto::dp::dataplanes_client::DataplanesClient;
-use meridian_proto::dp::{DeregisterRequest, RegisterRequest, RegisterResponse};
+use meridian_proto::dp::{
+    CertificateBundle, CertificatesRequest, DeregisterRequest, RegisterRequest, RegisterResponse,
+};
 use meridian_xds::client::{self, Bearer};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -254,6 +256,20 @@ impl Zone {
             Ok(None) => Err(self.failure(&Status::unavailable("the zone ended the registration at once"))),
             Err(s) => Err(self.failure(&s)),
         }
+    }
+
+    /// Follows the mesh mTLS material of dataplane `mesh`.`name`.
+    pub async fn certificates(&self, mesh: &str, name: &str) -> Result<Streaming<CertificateBundle>, Failure> {
+        self.refresh_token()?;
+        let req = CertificatesRequest {
+            mesh: mesh.to_string(),
+            name: name.to_string(),
+        };
+        self.dataplanes()
+            .certificates(req)
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|s| self.failure(&s))
     }
 
     /// Removes the dataplane `mesh`.`name` this agent registered.

@@ -107,6 +107,8 @@ impl Agent {
             "grpc".into(),
             "--grpc-bootstrap-file".into(),
             bootstrap_file.display().to_string(),
+            "--certificates-dir".into(),
+            own.join("certs").display().to_string(),
             "--reconnect-max-delay".into(),
             "1s".into(),
         ];

@@ -910,7 +910,7 @@ mod raw {
                 .unwrap()
                 .into_inner();
             let mut subs = Vec::new();
-            for _ in 0..3 {
+            for _ in 0..meridian_server::kds::ZONE_TO_GLOBAL_TYPES.len() {
                 subs.push(next(&mut acks).await);
             }
             (Pusher { tx, acks, nonce: 0 }, subs)
@@ -1006,6 +1006,7 @@ async fn a_zone_can_push_only_its_own_resources_and_each_bad_one_is_rejected_alo
         [
             "meridian.kds/Dataplane",
             "meridian.kds/DataplaneInsight",
+            "meridian.kds/ZoneCertificateRequest",
             "meridian.kds/ZoneIngress"
         ]
     );

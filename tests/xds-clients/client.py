@@ -19,6 +19,9 @@ Watch mode (`--watch SECONDS`) keeps calling for that long and prints one such
 line per second for the calls of that second (with `"t": <second>`), then a last
 line with `"summary": true` covering the whole run.
 
+An xDS target gets xDS channel credentials (gRFC A29): mesh mTLS where the
+zone's clusters ask for it, plaintext elsewhere. A plain target is plaintext.
+
 Every call carries the metadata `meridian-request-id: <prefix><index>` (the
 prefix is random unless `--request-id-prefix` is given) and a deadline.
 
@@ -39,6 +42,7 @@ from concurrent import futures
 
 try:
     import grpc
+    import grpc.experimental  # insecure_channel_credentials, the xDS fallback
 except ImportError as e:  # pragma: no cover - setup error
     sys.stderr.write(f"client.py: {e}; run scripts/test-all.sh to install the Python venv (target/xds-venv)\n")
     sys.exit(2)
@@ -202,7 +206,13 @@ def main():
             fail(2, f"--service-config is not JSON: {e}")
         options.append(("grpc.service_config", args.service_config))
     try:
-        channel = grpc.insecure_channel(args.target, options=options)
+        if args.target.startswith("xds:"):
+            # xDS credentials: the mesh's mTLS when the cluster carries it
+            # (gRFC A29), plaintext when it does not.
+            creds = grpc.xds_channel_credentials(grpc.experimental.insecure_channel_credentials())
+            channel = grpc.secure_channel(args.target, creds, options=options)
+        else:
+            channel = grpc.insecure_channel(args.target, options=options)
     except Exception as e:  # grpcio raises plain exceptions for bad targets
         fail(2, f"cannot create a channel to {args.target}: {e}")
     call = channel.unary_unary(METHOD)  # no (de)serializers: raw bytes

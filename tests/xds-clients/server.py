@@ -31,6 +31,10 @@ xDS-enabled server (gRFC A36):
                    credentials with plaintext fallback. Needs a fixed `--port`
                    (gRPC's xDS servers do not take port 0).
 
+Every reply also names the caller as TLS proved it (`"peer": {"transport",
+"identities"}`: the client certificate's subject alternative names under
+mesh mTLS), and the first call of each identity prints `PEER <SANs>`.
+
 Prints `READY <port>` on stdout once started (with `--port 0` the port is the
 one the kernel chose; with `--xds` serving still waits for the Listener), then
 runs until killed.
@@ -70,6 +74,7 @@ class Echo(grpc.GenericRpcHandler):
         self.lock = threading.Lock()
         self.attempts = collections.Counter()  # request id -> attempts seen
         self.anonymous = 0  # calls without a request id
+        self.peers = set()  # client identities seen (printed once each)
         self.handler = grpc.unary_unary_rpc_method_handler(self.call)
 
     def service(self, handler_call_details):
@@ -97,14 +102,32 @@ class Echo(grpc.GenericRpcHandler):
             )
         if self.delay_ms > 0:
             time.sleep(self.delay_ms / 1000.0)
+        peer = peer_of(context)
+        with self.lock:
+            if peer["identities"] and tuple(peer["identities"]) not in self.peers:
+                self.peers.add(tuple(peer["identities"]))
+                print("PEER " + " ".join(peer["identities"]), flush=True)
         reply = {
             "server": self.name,
             "attempt": attempt,
             "request_id": request_id,
             "request": request.decode("utf-8", errors="replace"),
             "headers": headers,
+            "peer": peer,
         }
         return json.dumps(reply).encode("utf-8")
+
+
+def peer_of(context):
+    """The caller as TLS proved it: the transport's security type and the
+    subject alternative names of the client certificate (mesh mTLS: its
+    spiffe:// and kuma:// URIs); plaintext callers have none."""
+    auth = context.auth_context() or {}
+    decode = lambda vs: [v.decode("utf-8", errors="replace") for v in vs]
+    return {
+        "transport": "".join(decode(auth.get("transport_security_type", []))) or "insecure",
+        "identities": sorted(decode(auth.get("x509_subject_alternative_name", []))),
+    }
 
 
 def status_code(name):

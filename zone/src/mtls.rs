@@ -23,9 +23,21 @@
 //! proxy's configuration (a new SDS secret, new files): no reconnection.
 //! When the dataplane goes, so does its certificate; nothing renews it.
 //!
-//! [`ZoneMtls::changes`] tells the xDS side and the agents' certificate
-//! streams when to look again: a mesh whose CA material changed, or
-//! proxies whose certificates are due.
+//! **A new root is trusted before it is used.** The trust bundle holds the
+//! roots of every backend the mesh lists, from the moment the zone has
+//! them; certificates of a backend whose root arrived while the zone runs
+//! are issued, when proxies of the mesh hold certificates of another
+//! backend, only [`TRUST_SETTLE`] later, so that every proxy trusts the
+//! new root (sidecars over SDS at once, gRPC applications within their file
+//! refresh) before any peer presents a certificate that chains to it. Until
+//! then, and whenever issuing fails, a proxy keeps its current certificate
+//! while it is valid. With the API keeping the previously enabled backend
+//! listed during a switch, switching `enabledBackend` drops no request.
+//!
+//! [`ZoneMtls::changed`] wakes the xDS side and the agents' certificate
+//! streams when to look again, and [`ZoneMtls::take_changes`] says what: a
+//! mesh whose CA material changed, proxies whose certificates are due or
+//! were first issued.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -44,6 +56,12 @@ use meridian_xds::snapshot::{MeshTls, ProxyIdentity};
 use meridian_xds::source::ProxyId;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, watch};
+
+/// How long a root that arrived while the zone runs is in every trust bundle
+/// before certificates chaining to it are issued: longer than a gRPC
+/// application takes to read its files again (one second) and than a
+/// bundle takes to reach every proxy.
+pub const TRUST_SETTLE: Duration = Duration::from_secs(5);
 
 /// The prefix of the mesh system records holding the zone's intermediate keys.
 pub const KEY_RECORD_PREFIX: &str = "mtls-intermediate/";
@@ -93,14 +111,13 @@ struct IdentityInputs {
     validity: Duration,
 }
 
-/// What changed for the proxies of the zone.
+/// What changed for the proxies of the zone since it was last taken.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Changes {
-    /// Bumped on every change.
-    pub version: u64,
-    /// Meshes whose CA material changed since the last version.
+    /// Meshes whose CA material changed.
     pub meshes: BTreeSet<String>,
-    /// Proxies whose certificates are due for renewal.
+    /// Proxies whose certificates are due for renewal, or were issued their
+    /// first one.
     pub proxies: BTreeSet<ProxyId>,
 }
 
@@ -111,8 +128,16 @@ struct Inner {
     keys: Mutex<HashMap<(String, String), LocalKey>>,
     /// Issuing CAs, by mesh.
     cas: Mutex<HashMap<String, Arc<MeshCa>>>,
+    /// When this zone first saw each root (mesh, backend, certificate);
+    /// roots present at start count as seen long ago.
+    roots_seen: Mutex<HashMap<(String, String, String), std::time::Instant>>,
     issued: Mutex<HashMap<ProxyId, Issued>>,
-    changes: watch::Sender<Changes>,
+    /// Changes not taken yet (by the xDS side, [`ZoneMtls::take_changes`]).
+    pending: Mutex<Changes>,
+    /// Every change as it happens: wakes whoever follows certificates.
+    events: broadcast::Sender<Arc<Changes>>,
+    /// Backends that issued the certificates held, per mesh.
+    in_use: Mutex<HashMap<String, BTreeSet<String>>>,
     /// Wakes the renewal timer when an earlier deadline appears.
     reschedule: tokio::sync::Notify,
 }
@@ -139,15 +164,18 @@ pub enum IdentityError {
 impl ZoneMtls {
     /// Starts the loop that keeps the intermediates; it ends with `shutdown`.
     pub fn start(manager: Arc<Manager>, zone: String, shutdown: watch::Receiver<bool>) -> Self {
-        let (changes, _) = watch::channel(Changes::default());
+        let (events, _) = broadcast::channel(1024);
         let z = ZoneMtls {
             inner: Arc::new(Inner {
                 manager,
                 zone,
                 keys: Mutex::new(HashMap::new()),
                 cas: Mutex::new(HashMap::new()),
+                roots_seen: Mutex::new(HashMap::new()),
                 issued: Mutex::new(HashMap::new()),
-                changes,
+                pending: Mutex::new(Changes::default()),
+                events,
+                in_use: Mutex::new(HashMap::new()),
                 reschedule: tokio::sync::Notify::new(),
             }),
         };
@@ -156,25 +184,42 @@ impl ZoneMtls {
         z
     }
 
-    /// Subscribes to what changes for proxies.
-    pub fn changes(&self) -> watch::Receiver<Changes> {
-        self.inner.changes.subscribe()
+    /// Every change (renewals due, a mesh's CA material) as it happens; a
+    /// subscriber that lags must look at everything again.
+    pub fn changed(&self) -> broadcast::Receiver<Arc<Changes>> {
+        self.inner.events.subscribe()
+    }
+
+    /// The changes since the last call (the xDS side regenerates them).
+    pub fn take_changes(&self) -> Changes {
+        std::mem::take(&mut *lock(&self.inner.pending))
     }
 
     fn announce(&self, meshes: BTreeSet<String>, proxies: BTreeSet<ProxyId>) {
         if meshes.is_empty() && proxies.is_empty() {
             return;
         }
-        self.inner.changes.send_modify(|c| {
-            c.version += 1;
-            c.meshes = meshes;
-            c.proxies = proxies;
-        });
+        {
+            let mut p = lock(&self.inner.pending);
+            p.meshes.extend(meshes.iter().cloned());
+            p.proxies.extend(proxies.iter().cloned());
+        }
+        // Nobody listening is fine: the pending set keeps it.
+        let _ = self.inner.events.send(Arc::new(Changes { meshes, proxies }));
     }
 
     /// The issuing CA of `mesh` for `backend`, built from the replica's
     /// `ZoneCertificate` and this zone's key when both are there.
     fn mesh_ca(&self, mesh: &str, backend: &str) -> Option<Arc<MeshCa>> {
+        // A root settles only when proxies hold certificates of another
+        // backend: otherwise no peer could present a certificate that an
+        // up-to-date bundle does not trust.
+        let rotating = lock(&self.inner.in_use)
+            .get(mesh)
+            .is_some_and(|b| b.iter().any(|b| b != backend));
+        if rotating && !self.root_settled(mesh, backend) {
+            return None;
+        }
         let key = lock(&self.inner.keys)
             .get(&(mesh.to_string(), backend.to_string()))
             .cloned()?;
@@ -206,6 +251,39 @@ impl ZoneMtls {
         Some(ca)
     }
 
+    /// Whether the root of `backend` has been trusted long enough to issue
+    /// certificates chaining to it (see [`TRUST_SETTLE`]).
+    fn root_settled(&self, mesh: &str, backend: &str) -> bool {
+        let Some(root) = root_of(&self.inner.manager, mesh, backend) else {
+            return false;
+        };
+        lock(&self.inner.roots_seen)
+            .get(&(mesh.to_string(), backend.to_string(), root))
+            .is_some_and(|seen| seen.elapsed() >= TRUST_SETTLE)
+    }
+
+    /// Records the roots of `mesh` this zone has now; returns when the
+    /// youngest becomes settled, if one is not yet.
+    fn note_roots(&self, mesh: &str, spec: &Mesh, at_start: bool) -> Option<std::time::Instant> {
+        let now = std::time::Instant::now();
+        let long_ago = now.checked_sub(TRUST_SETTLE).unwrap_or(now);
+        let mut seen = lock(&self.inner.roots_seen);
+        let mut pending: Option<std::time::Instant> = None;
+        for b in spec.ca_backends() {
+            let Some(root) = root_of(&self.inner.manager, mesh, &b.name) else {
+                continue;
+            };
+            let at = *seen
+                .entry((mesh.to_string(), b.name.clone(), root))
+                .or_insert(if at_start { long_ago } else { now });
+            let settled = at + TRUST_SETTLE;
+            if settled > now {
+                pending = Some(pending.map_or(settled, |p| p.min(settled)));
+            }
+        }
+        pending
+    }
+
     /// The workload certificate of proxy `id` defined as `dataplane` in a
     /// mesh of spec `mesh`: the current one, or a new one when there is
     /// none, it is due, or what it says changed.
@@ -229,12 +307,19 @@ impl ZoneMtls {
             return Err(IdentityError::Disabled(id.mesh.clone()));
         };
         let backend = mtls.enabled.name.clone();
-        let ca = self
-            .mesh_ca(&id.mesh, &backend)
-            .ok_or_else(|| IdentityError::NotReady {
+        let Some(ca) = self.mesh_ca(&id.mesh, &backend) else {
+            // Not issuable yet (a new backend settling, an intermediate on
+            // its way): the current certificate serves while it is valid.
+            if let Some(i) = lock(&self.inner.issued).get(id) {
+                if now < i.certificate.not_after {
+                    return Ok(i.shared.clone());
+                }
+            }
+            return Err(IdentityError::NotReady {
                 mesh: id.mesh.clone(),
-                backend: backend.clone(),
-            })?;
+                backend,
+            });
+        };
         let (services, tags) = identity_of(dataplane);
         let inputs = IdentityInputs {
             backend,
@@ -256,16 +341,26 @@ impl ZoneMtls {
             chain_pem: certificate.chain_pem.clone(),
             key_pem: certificate.key_pem.clone(),
         });
-        lock(&self.inner.issued).insert(
-            id.clone(),
-            Issued {
-                identity_of: inputs,
-                certificate,
-                renew_at,
-                shared: shared.clone(),
-            },
-        );
+        lock(&self.inner.in_use)
+            .entry(id.mesh.clone())
+            .or_default()
+            .insert(inputs.backend.clone());
+        let first = lock(&self.inner.issued)
+            .insert(
+                id.clone(),
+                Issued {
+                    identity_of: inputs,
+                    certificate,
+                    renew_at,
+                    shared: shared.clone(),
+                },
+            )
+            .is_none();
         self.inner.reschedule.notify_one();
+        if first {
+            // A proxyless node's TLS settings wait for its first certificate.
+            self.announce(BTreeSet::new(), BTreeSet::from([id.clone()]));
+        }
         tracing::debug!(proxy = %id, %renew_at, "issued a workload certificate");
         Ok(shared)
     }
@@ -282,7 +377,16 @@ impl ZoneMtls {
 
     /// Forgets the certificates of the proxies `keep` does not keep.
     pub fn retain(&self, keep: impl Fn(&ProxyId) -> bool) {
-        lock(&self.inner.issued).retain(|id, _| keep(id));
+        let mut issued = lock(&self.inner.issued);
+        issued.retain(|id, _| keep(id));
+        let mut in_use: HashMap<String, BTreeSet<String>> = HashMap::new();
+        for (id, i) in issued.iter() {
+            in_use
+                .entry(id.mesh.clone())
+                .or_default()
+                .insert(i.identity_of.backend.clone());
+        }
+        *lock(&self.inner.in_use) = in_use;
     }
 
     /// How many certificates are held.
@@ -333,10 +437,31 @@ impl ZoneMtls {
                 .collect()
         };
         let mut dirty = all(&manager);
+        let mut at_start = true;
+        // Meshes waiting for a root to settle, and when.
+        let mut settling: BTreeMap<String, std::time::Instant> = BTreeMap::new();
         loop {
             let mut retry = false;
             let mut changed = BTreeSet::new();
+            let now = std::time::Instant::now();
+            settling.retain(|mesh, at| {
+                let due = *at <= now;
+                if due {
+                    dirty.insert(mesh.clone());
+                    // Certificates of the settled root can be issued now.
+                    changed.insert(mesh.clone());
+                }
+                !due
+            });
             for mesh in std::mem::take(&mut dirty) {
+                if let Some(spec) = manager
+                    .get(&ResourceKey::global(ResourceType::Mesh, &mesh))
+                    .and_then(|r| serde_json::from_value::<Mesh>(r.spec).ok())
+                {
+                    if let Some(at) = self.note_roots(&mesh, &spec, at_start) {
+                        settling.insert(mesh.clone(), at);
+                    }
+                }
                 match self.reconcile(&mesh).await {
                     Ok(true) => {
                         changed.insert(mesh);
@@ -349,12 +474,17 @@ impl ZoneMtls {
                     }
                 }
             }
+            at_start = false;
             self.announce(changed, BTreeSet::new());
-            let backoff = tokio::time::sleep(if retry {
+            let mut wait = if retry {
                 Duration::from_secs(1)
             } else {
                 Duration::from_secs(86_400)
-            });
+            };
+            if let Some(at) = settling.values().min() {
+                wait = wait.min(at.saturating_duration_since(std::time::Instant::now()));
+            }
+            let backoff = tokio::time::sleep(wait);
             tokio::select! {
                 ev = events.recv() => match ev {
                     Ok(ev) => if let Some(m) = mesh_of_interest(&ev) { dirty.insert(m); },
@@ -475,6 +605,14 @@ pub fn mesh_tls(manager: &Manager, mesh: &str, spec: &Mesh) -> Option<MeshTls> {
         mode: mtls.mode,
         trust_bundle_pem: bundle,
     })
+}
+
+/// The root certificate the replica holds for `backend` of `mesh`.
+fn root_of(manager: &Manager, mesh: &str, backend: &str) -> Option<String> {
+    manager
+        .get(&ResourceKey::in_mesh(ResourceType::CertificateAuthority, mesh, backend))
+        .and_then(|r| serde_json::from_value::<CertificateAuthority>(r.spec).ok())
+        .map(|ca| ca.certificate)
 }
 
 /// A fraction in [0, 1) from the system's randomness (0 without it).

@@ -309,9 +309,15 @@ fn proxy_tls(
         },
         _ => None,
     };
+    // A proxyless node's TLS settings name files its agent writes: only
+    // once the zone has issued the certificate those files hold.
+    let provider = match kind {
+        ProxyKind::Proxyless => provider.filter(|_| s.mtls.issued(id).is_some()).cloned(),
+        _ => provider.cloned(),
+    };
     ProxyTls {
         identity,
-        certificate_provider: provider.cloned(),
+        certificate_provider: provider,
     }
 }
 
@@ -661,6 +667,51 @@ impl ZoneXds {
         (HoldGuard { shared: s.clone(), key }, ended)
     }
 
+    /// Checks that `credential` may act as the registered dataplane `id`.
+    pub fn authorize_registered(&self, credential: &Credential, id: &ProxyId) -> Result<(), Status> {
+        self.shared.auth.authorize_name(credential, id)?;
+        let dataplane = self
+            .registered(id)?
+            .ok_or_else(|| Status::not_found(format!("dataplane {id} is not registered")))?;
+        self.shared.auth.authorize_dataplane(credential, id, &dataplane)
+    }
+
+    /// The mesh mTLS material of dataplane `id` as its agent gets it
+    /// (`dp.proto` `Certificates`): issued (or renewed) now if due.
+    pub fn certificate_bundle(&self, id: &ProxyId) -> Result<meridian_proto::dp::CertificateBundle, Status> {
+        let mesh = self.mesh_spec(&id.mesh)?;
+        let dataplane = self
+            .registered(id)?
+            .ok_or_else(|| Status::not_found(format!("dataplane {id} is not registered")))?;
+        let off = |reason: String| meridian_proto::dp::CertificateBundle {
+            enabled: false,
+            reason,
+            ..Default::default()
+        };
+        let Some(tls) = zone_mtls::mesh_tls(&self.shared.manager, &id.mesh, &mesh) else {
+            return Ok(off(format!("mesh {:?} has no mTLS enabled", id.mesh)));
+        };
+        match self.shared.mtls.identity(id, &mesh, &dataplane) {
+            Ok(identity) => Ok(meridian_proto::dp::CertificateBundle {
+                enabled: true,
+                certificate_chain_pem: identity.chain_pem.clone(),
+                private_key_pem: identity.key_pem.clone(),
+                trust_bundle_pem: tls.trust_bundle_pem,
+                not_after: self.shared.mtls.issued(id).map_or(0, |c| c.not_after.timestamp()),
+                reason: String::new(),
+            }),
+            Err(crate::mtls::IdentityError::Pki(e)) => {
+                Err(Status::internal(format!("issuing the certificate of {id}: {e}")))
+            }
+            Err(e) => Ok(off(e.to_string())),
+        }
+    }
+
+    /// The zone's store, for what watches it.
+    pub fn manager(&self) -> &Arc<Manager> {
+        &self.shared.manager
+    }
+
     /// Removes dataplane `id` (and its insight) if its proxy registered it
     /// and `credential` may act for it; `Ok(false)` when there was none to
     /// remove (absent, or registered through the API).
@@ -759,15 +810,15 @@ impl Dirty {
         }
     }
 
-    fn mtls(&mut self, c: &zone_mtls::Changes) {
-        self.meshes.extend(c.meshes.iter().cloned());
-        self.proxies.extend(c.proxies.iter().cloned());
+    fn mtls(&mut self, c: zone_mtls::Changes) {
+        self.meshes.extend(c.meshes);
+        self.proxies.extend(c.proxies);
     }
 }
 
 async fn regenerate_loop(s: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     let mut events = s.manager.cache().subscribe();
-    let mut mtls = s.mtls.changes();
+    let mut mtls = s.mtls.changed();
     loop {
         let mut dirty = Dirty::default();
         // Wait for the first relevant change, then gather the burst.
@@ -778,9 +829,9 @@ async fn regenerate_loop(s: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
                     Err(broadcast::error::RecvError::Lagged(_)) => dirty.all = true,
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
-                changed = mtls.changed() => match changed {
-                    Ok(()) => dirty.mtls(&mtls.borrow_and_update()),
-                    Err(_) => return,
+                changed = mtls.recv() => match changed {
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => dirty.mtls(s.mtls.take_changes()),
+                    Err(broadcast::error::RecvError::Closed) => return,
                 },
                 _ = shutdown.wait_for(|v| *v) => return,
             }
@@ -795,9 +846,9 @@ async fn regenerate_loop(s: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
                     Err(broadcast::error::RecvError::Lagged(_)) => dirty.all = true,
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
-                changed = mtls.changed() => match changed {
-                    Ok(()) => dirty.mtls(&mtls.borrow_and_update()),
-                    Err(_) => return,
+                changed = mtls.recv() => match changed {
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => dirty.mtls(s.mtls.take_changes()),
+                    Err(broadcast::error::RecvError::Closed) => return,
                 },
             }
         }
@@ -1023,6 +1074,19 @@ async fn cleanup_loop(s: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
             })
             .collect();
         gone.retain(|id, _| registered.contains(id));
+        // Certificates of dataplanes that are gone are never renewed.
+        let present: BTreeSet<ProxyId> = s
+            .manager
+            .list(&Filter::kind(ResourceType::Dataplane))
+            .into_iter()
+            .filter_map(|r| {
+                Some(ProxyId {
+                    mesh: r.key.mesh?,
+                    name: r.key.name,
+                })
+            })
+            .collect();
+        s.mtls.retain(|id| present.contains(id));
         let connected: BTreeSet<ProxyId> = {
             let proxies = lock(&s.proxies);
             let holds = lock(&s.holds);

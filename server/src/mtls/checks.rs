@@ -54,10 +54,15 @@ fn check_mesh(manager: &Manager, name: &str, spec: &serde_json::Value) -> Result
     let Ok(mesh) = serde_json::from_value::<Mesh>(spec.clone()) else {
         return Ok(());
     };
-    if skips_validation(&mesh) {
-        return Ok(());
-    }
     let mut causes = Vec::new();
+    check_switch(manager, name, &mesh, &mut causes);
+    if skips_validation(&mesh) {
+        return if causes.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::invalid(ValidationError { causes }))
+        };
+    }
     for (i, _, cert, key) in provided_backends(&mesh) {
         if let Err(e) = provided_root_with(manager, name, &cert, &key, None, Utc::now()) {
             let which = if e.is_key() { "key" } else { "cert" };
@@ -71,6 +76,30 @@ fn check_mesh(manager: &Manager, name: &str, spec: &serde_json::Value) -> Result
         Ok(())
     } else {
         Err(ApiError::invalid(ValidationError { causes }))
+    }
+}
+
+/// A switch of the enabled backend must keep the backend it switches away
+/// from listed: its root stays in every proxy's trust bundle until the
+/// operator removes it, once every proxy has a certificate of the new one.
+/// Removing both at once would cut the proxies that still hold the old
+/// certificates off from the others.
+fn check_switch(manager: &Manager, name: &str, mesh: &Mesh, causes: &mut Vec<Cause>) {
+    let Some(before) = mesh_of(manager, name) else {
+        return;
+    };
+    let (Some(old), Some(new)) = (before.mtls_enabled(), mesh.mtls_enabled()) else {
+        return;
+    };
+    let old = &old.enabled.name;
+    if old != &new.enabled.name && !mesh.ca_backends().iter().any(|b| &b.name == old) {
+        causes.push(Cause {
+            field: "mtls.backends".into(),
+            message: format!(
+                "backend {old:?} is enabled now: keep it listed while switching to {:?}, and remove it once every proxy has a certificate of {:?} (until then its root must stay trusted)",
+                new.enabled.name, new.enabled.name
+            ),
+        });
     }
 }
 

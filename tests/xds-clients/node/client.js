@@ -260,7 +260,12 @@ async function main() {
   if (args.serviceConfig !== null) options['grpc.service_config'] = args.serviceConfig;
   let client;
   try {
-    client = new grpc.Client(args.target, grpc.credentials.createInsecure(), options);
+    // xDS credentials: the mesh's mTLS where the zone's clusters ask for it
+    // (gRFC A29), plaintext where they do not.
+    const creds = args.target.startsWith('xds:')
+      ? new (require('@grpc/grpc-js-xds').XdsChannelCredentials)(grpc.credentials.createInsecure())
+      : grpc.credentials.createInsecure();
+    client = new grpc.Client(args.target, creds, options);
   } catch (e) {
     fail(2, `cannot create a channel to ${args.target}: ${e.message}`);
   }
