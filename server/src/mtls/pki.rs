@@ -169,6 +169,27 @@ fn parse<'a>(der: &'a CertificateDer<'_>) -> Result<X509Certificate<'a>, PkiErro
         .map_err(|e| PkiError::Pem(format!("not an X.509 certificate: {e}")))
 }
 
+/// Checks that the subject of a CA certificate can be written again as the
+/// issuer of the certificates it signs: every attribute type an encodable
+/// object identifier (first arc 0–2, second below 40 under 0 and 1). A
+/// certificate that breaks this parses, but its name cannot be re-encoded.
+fn check_subject(cert: &X509Certificate<'_>) -> Result<(), PkiError> {
+    for attr in cert.subject().iter_attributes() {
+        let arcs: Option<Vec<u64>> = attr.attr_type().iter().map(|i| i.collect());
+        let ok = match arcs.as_deref() {
+            Some([first, second, ..]) => *first <= 2 && (*first == 2 || *second < 40),
+            _ => false,
+        };
+        if !ok {
+            return Err(PkiError::Pem(format!(
+                "the certificate's subject holds an attribute of type {}, which is not an encodable object identifier",
+                attr.attr_type()
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn not_after_of(cert: &X509Certificate<'_>) -> Result<DateTime<Utc>, PkiError> {
     DateTime::from_timestamp(cert.validity().not_after.timestamp(), 0)
         .ok_or_else(|| PkiError::Pem("the certificate's notAfter is out of range".into()))
@@ -238,6 +259,7 @@ pub fn load_provided(cert_pem: &str, key_pem: &str, now: DateTime<Utc>) -> Resul
     }
     let key = KeyPair::from_pem(key_pem).map_err(|e| PkiError::Pem(format!("not a PEM private key: {e}")))?;
     let first = parse(&ders[0])?;
+    check_subject(&first)?;
     if first.public_key().raw != key.subject_public_key_info().as_slice() {
         return Err(PkiError::KeyMismatch);
     }
@@ -253,6 +275,7 @@ pub fn load_provided(cert_pem: &str, key_pem: &str, now: DateTime<Utc>) -> Resul
 pub fn load_root(cert_pem: &str, key_pem: &str) -> Result<SigningCa, PkiError> {
     let ders = certificates(cert_pem)?;
     let cert = parse(&ders[0])?;
+    check_subject(&cert)?;
     let not_after = not_after_of(&cert)?;
     let key = KeyPair::from_pem(key_pem).map_err(|e| PkiError::Pem(format!("not a PEM private key: {e}")))?;
     let issuer = Issuer::from_ca_cert_der(&ders[0], key).map_err(crypto)?;
@@ -332,6 +355,7 @@ impl Intermediate {
         let key = KeyPair::from_pem(key_pem).map_err(|e| PkiError::Pem(format!("not a PEM private key: {e}")))?;
         let ders = certificates(chain_pem)?;
         let first = parse(&ders[0])?;
+        check_subject(&first)?;
         if first.public_key().raw != key.subject_public_key_info().as_slice() {
             return Err(PkiError::KeyMismatch);
         }
@@ -583,6 +607,28 @@ mod tests {
         assert!(load_provided(&garbage, &key_pem, now()).is_err());
         assert!(load_provided("no pem at all", &key_pem, now()).is_err());
         assert!(load_provided(&root.cert_pem, "not a key", now()).is_err());
+    }
+
+    /// Found by the mtls_pem fuzz target: a subject attribute whose type
+    /// decodes to an object identifier with a first arc above 2 made rcgen
+    /// panic when the CA signed (it writes the subject back as the issuer).
+    #[test]
+    fn a_subject_that_cannot_be_written_back_is_refused_not_a_panic() {
+        use base64::Engine;
+        let (root, key_pem) = generate_root("default", 2048, Duration::from_secs(86400), now()).unwrap();
+        let mut der = ders(&root.cert_pem)[0].to_vec();
+        // The organizationName attribute type 2.5.4.10 (55 04 0a) becomes
+        // 3.7.4.10: 0x7f decodes as 40 * 3 + 7.
+        // The subject comes after the issuer: the last occurrence.
+        let at = der.windows(3).rposition(|w| w == [0x55, 0x04, 0x0a]).unwrap();
+        der[at] = 0x7f;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&der);
+        let pem = format!("-----BEGIN CERTIFICATE-----\n{b64}\n-----END CERTIFICATE-----\n");
+        match load_provided(&pem, &key_pem, now()) {
+            Err(PkiError::Pem(m)) => assert!(m.contains("subject"), "{m}"),
+            other => panic!("expected a refusal naming the subject, got {other:?}"),
+        }
+        assert!(load_root(&pem, &key_pem).is_err());
     }
 
     #[test]
