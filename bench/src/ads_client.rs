@@ -9,6 +9,10 @@
 //!   calls by name (`xds:///SERVICE`), then to the routes they name, the
 //!   clusters the routes send to and those clusters' load assignments.
 //!
+//! A sidecar also subscribes to the SDS secrets its listeners' and clusters'
+//! TLS contexts name (mesh mTLS), as Envoy does, and reports every secret
+//! response ([`Event::Secret`]: a certificate issued or renewed).
+//!
 //! Every response is decoded (that is how the client learns the names it
 //! needs next) and ACKed at once with the subscription of its type. The
 //! client watches for a [`Target`] set by the benchmark — a route timeout or
@@ -24,6 +28,7 @@ use envoy_types::pb::envoy::config::cluster::v3::{
     Cluster,
 };
 use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::config::core::v3::TransportSocket;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::{filter, Listener};
 use envoy_types::pb::envoy::config::route::v3::{route::Action, route_action::ClusterSpecifier, RouteConfiguration};
@@ -33,7 +38,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use envoy_types::pb::google::protobuf::Any;
-use meridian_xds::resources::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
+use meridian_xds::resources::{CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET};
 use prost::Message;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::UnboundedReceiverStream;
@@ -94,6 +99,8 @@ pub enum Event {
     Matched { client: usize, round: u64, at: Instant },
     /// The stream failed or ended.
     Failed { client: usize, error: String },
+    /// A response of SDS secrets (mesh mTLS) was ACKed.
+    Secret { client: usize, at: Instant },
 }
 
 /// Opens one HTTP/2 connection (TLS, verified with `ca_pem`) to the zone's
@@ -120,6 +127,9 @@ struct TypeState {
 struct Client {
     spec: ClientSpec,
     types: BTreeMap<&'static str, TypeState>,
+    /// SDS secrets named by the listeners and by the clusters held.
+    sds_listeners: BTreeSet<String>,
+    sds_clusters: BTreeSet<String>,
     requests: mpsc::UnboundedSender<DiscoveryRequest>,
     node: Option<Node>,
 }
@@ -155,8 +165,38 @@ impl Client {
     }
 }
 
+/// The SDS secret names of a TLS transport socket.
+fn sds_of(socket: Option<&TransportSocket>) -> Vec<String> {
+    use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType;
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+        common_tls_context::ValidationContextType, CommonTlsContext, DownstreamTlsContext, UpstreamTlsContext,
+    };
+    let Some(ConfigType::TypedConfig(any)) = socket.and_then(|s| s.config_type.as_ref()) else {
+        return Vec::new();
+    };
+    let common: Option<CommonTlsContext> = if any.type_url.ends_with("UpstreamTlsContext") {
+        UpstreamTlsContext::decode(any.value.as_slice())
+            .ok()
+            .and_then(|c| c.common_tls_context)
+    } else {
+        DownstreamTlsContext::decode(any.value.as_slice())
+            .ok()
+            .and_then(|c| c.common_tls_context)
+    };
+    let Some(common) = common else { return Vec::new() };
+    let mut out: Vec<String> = common
+        .tls_certificate_sds_secret_configs
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    if let Some(ValidationContextType::CombinedValidationContext(v)) = common.validation_context_type {
+        out.extend(v.validation_context_sds_secret_config.map(|c| c.name));
+    }
+    out
+}
+
 fn type_key(type_url: &str) -> Option<&'static str> {
-    [LISTENER, ROUTE, CLUSTER, ENDPOINT]
+    [LISTENER, ROUTE, CLUSTER, ENDPOINT, SECRET]
         .into_iter()
         .find(|t| *t == type_url)
 }
@@ -304,6 +344,8 @@ async fn serve(
         }),
         spec,
         types: BTreeMap::new(),
+        sds_listeners: BTreeSet::new(),
+        sds_clusters: BTreeSet::new(),
         requests: tx,
     };
     match client.spec.kind.clone() {
@@ -349,8 +391,18 @@ async fn serve(
         let goal = target.borrow().clone();
         let mut hit = false;
         let mut follow: Option<(&'static str, BTreeSet<String>)> = None;
+        let mut secrets: Option<BTreeSet<String>> = None;
         match type_url {
-            LISTENER => follow = Some((ROUTE, routes_of(&decode_all::<Listener>(&resp.resources)?))),
+            LISTENER => {
+                let listeners = decode_all::<Listener>(&resp.resources)?;
+                client.sds_listeners = listeners
+                    .iter()
+                    .flat_map(|l| &l.filter_chains)
+                    .flat_map(|c| sds_of(c.transport_socket.as_ref()))
+                    .collect();
+                secrets = Some(&client.sds_listeners | &client.sds_clusters);
+                follow = Some((ROUTE, routes_of(&listeners)));
+            }
             ROUTE => {
                 let routes = decode_all::<RouteConfiguration>(&resp.resources)?;
                 if let Target::RouteTimeout { timeout, .. } = &goal {
@@ -360,7 +412,21 @@ async fn serve(
                     follow = Some((CLUSTER, clusters_of(&routes)));
                 }
             }
-            CLUSTER => follow = Some((ENDPOINT, assignments_of(&decode_all::<Cluster>(&resp.resources)?))),
+            CLUSTER => {
+                let clusters = decode_all::<Cluster>(&resp.resources)?;
+                client.sds_clusters = clusters
+                    .iter()
+                    .flat_map(|c| sds_of(c.transport_socket.as_ref()))
+                    .collect();
+                secrets = Some(&client.sds_listeners | &client.sds_clusters);
+                follow = Some((ENDPOINT, assignments_of(&clusters)));
+            }
+            SECRET => {
+                let _ = events.send(Event::Secret {
+                    client: client.spec.index,
+                    at: Instant::now(),
+                });
+            }
             ENDPOINT => {
                 if let Target::ZoneWeight {
                     cluster, zone, weight, ..
@@ -391,7 +457,15 @@ async fn serve(
         if let Some((next, names)) = follow {
             client.follow(next, names)?;
         }
+        if let Some(names) = secrets {
+            client.follow(SECRET, names)?;
+        }
+        let secrets_answered = client
+            .types
+            .get(SECRET)
+            .is_none_or(|s| s.names.is_empty() || s.answered);
         if !ready
+            && secrets_answered
             && [LISTENER, ROUTE, CLUSTER, ENDPOINT]
                 .iter()
                 .all(|t| client.types.get(t).is_some_and(|s| s.answered))

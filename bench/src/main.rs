@@ -20,6 +20,7 @@
 
 mod ads_client;
 mod kds;
+mod mtls;
 mod xds_auth;
 mod xds_latency;
 mod xds_scale;
@@ -171,6 +172,28 @@ enum Cmd {
         #[arg(long = "connect-concurrency", default_value_t = 100)]
         connect_concurrency: usize,
     },
+    /// Mesh mTLS: certificate issuance; 10,000 sidecars with and without mTLS; renewal of every certificate.
+    Mtls {
+        /// Sidecars at the zone (0: issuance only)
+        #[arg(long, default_value_t = 10_000)]
+        dataplanes: usize,
+        #[arg(long, default_value_t = 100)]
+        services: usize,
+        /// Certificates issued in this process
+        #[arg(long, default_value_t = 10_000)]
+        issue: usize,
+        /// RSA 2048 keys generated as the baseline
+        #[arg(long = "rsa-samples", default_value_t = 20)]
+        rsa_samples: usize,
+        /// Workload certificate lifetime (seconds)
+        #[arg(long = "lifetime-s", default_value_t = 60)]
+        lifetime_s: u64,
+        /// MeshTimeout changes per mode
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        #[arg(long = "connect-concurrency", default_value_t = 100)]
+        connect_concurrency: usize,
+    },
     /// xDS: MeshTimeout PUT at the global → in the zone's cache → ACKed by proxyless clients.
     XdsRouteLatency {
         #[arg(long, default_value_t = 200)]
@@ -276,6 +299,23 @@ fn main() -> anyhow::Result<()> {
             kind,
             rounds,
             revocations,
+            connect_concurrency,
+        })),
+        Cmd::Mtls {
+            dataplanes,
+            services,
+            issue,
+            rsa_samples,
+            lifetime_s,
+            rounds,
+            connect_concurrency,
+        } => rt.block_on(mtls::mtls(mtls::MtlsOptions {
+            dataplanes,
+            services,
+            issue,
+            rsa_samples,
+            lifetime: std::time::Duration::from_secs(lifetime_s),
+            rounds,
             connect_concurrency,
         })),
         Cmd::XdsRouteLatency {

@@ -280,6 +280,8 @@ pub struct XdsAccess {
 pub struct Fleet {
     pub events: mpsc::UnboundedReceiver<Event>,
     pub target: watch::Sender<Target>,
+    /// The clients that received SDS secrets while connecting.
+    pub with_secrets: std::collections::BTreeSet<usize>,
     tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
@@ -299,6 +301,7 @@ impl Fleet {
         let mut pending = specs.into_iter();
         let mut tasks = Vec::with_capacity(total);
         let mut ready = 0usize;
+        let mut with_secrets = std::collections::BTreeSet::new();
         let start = Instant::now();
         let mut last_ready = start;
         let deadline = tokio::time::Instant::now() + timeout;
@@ -337,11 +340,19 @@ impl Fleet {
                     }
                 }
                 Ok(Some(Event::Failed { client, error })) => bail!("client {client} failed: {error}"),
+                Ok(Some(Event::Secret { client, .. })) => {
+                    with_secrets.insert(client);
+                }
                 Ok(Some(Event::Matched { .. })) => {}
             }
         }
         Ok((
-            Fleet { events, target, tasks },
+            Fleet {
+                events,
+                target,
+                with_secrets,
+                tasks,
+            },
             last_ready.saturating_duration_since(start),
         ))
     }
