@@ -579,6 +579,8 @@ fn inspect(client: &Client, what: &str, mesh: &str, output: Output) -> anyhow::R
                     ("NAME", "name"),
                     ("ONLINE", "online"),
                     ("ADDRESS", "dataplane.networking.address"),
+                    ("CERT BACKEND", "dataplaneInsight.mTLS.issuedBackend"),
+                    ("CERT EXPIRES", "dataplaneInsight.mTLS.certificateExpirationTime"),
                     ("AGE", "creationTime"),
                 ]),
             )

@@ -227,6 +227,14 @@ fn strict_mtls_carries_identities_refuses_plaintext_and_permissions_match_identi
         "{server_xds}"
     );
     assert!(!server_xds.contains("PRIVATE KEY"), "inspection shows no key");
+    // The server's insight says which backend signed its certificate.
+    wait_until("the server's insight shows its certificate", CONVERGE, POLL, || {
+        let (_, o) = dep.z.zone.get(&format!("/meshes/{MESH}/dataplanes+insights/{SERVER}"));
+        let m = &o["dataplaneInsight"]["mTLS"];
+        (m["issuedBackend"] == "ca-1" && m["certificateExpirationTime"].is_string())
+            .then_some(())
+            .ok_or_else(|| o.to_string())
+    });
 
     // A plaintext client (no xDS, no certificate) is refused by the STRICT server.
     let plain = run_client(

@@ -94,6 +94,8 @@ struct MeshCa {
 
 /// A certificate issued to a proxy.
 struct Issued {
+    /// Certificates issued to this proxy before this one.
+    regenerations: u64,
     /// What it was issued for; another identity or CA means a new one.
     identity_of: IdentityInputs,
     certificate: WorkloadCertificate,
@@ -345,10 +347,13 @@ impl ZoneMtls {
             .entry(id.mesh.clone())
             .or_default()
             .insert(inputs.backend.clone());
-        let first = lock(&self.inner.issued)
+        let mut issued = lock(&self.inner.issued);
+        let regenerations = issued.get(id).map_or(0, |i| i.regenerations + 1);
+        let first = issued
             .insert(
                 id.clone(),
                 Issued {
+                    regenerations,
                     identity_of: inputs,
                     certificate,
                     renew_at,
@@ -356,6 +361,7 @@ impl ZoneMtls {
                 },
             )
             .is_none();
+        drop(issued);
         self.inner.reschedule.notify_one();
         if first {
             // A proxyless node's TLS settings wait for its first certificate.
@@ -363,6 +369,24 @@ impl ZoneMtls {
         }
         tracing::debug!(proxy = %id, %renew_at, "issued a workload certificate");
         Ok(shared)
+    }
+
+    /// What the DataplaneInsight of `id` says of its certificate (Kuma's
+    /// `mTLS` field: backend, expiry, last regeneration, regenerations).
+    pub fn status(&self, id: &ProxyId) -> Option<serde_json::Value> {
+        let issued = lock(&self.inner.issued);
+        let i = issued.get(id)?;
+        Some(serde_json::json!({
+            "issuedBackend": i.identity_of.backend,
+            "certificateExpirationTime": meridian_core::resource::format_time(&i.certificate.not_after),
+            "lastCertificateRegeneration": meridian_core::resource::format_time(&i.certificate.not_before),
+            "certificateRegenerations": i.regenerations,
+        }))
+    }
+
+    /// The identity `id` holds now, without issuing one (inspection).
+    pub fn current(&self, id: &ProxyId) -> Option<Arc<ProxyIdentity>> {
+        lock(&self.inner.issued).get(id).map(|i| i.shared.clone())
     }
 
     /// The certificate of `id` as issued (with its times), if any.

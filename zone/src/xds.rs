@@ -864,6 +864,17 @@ async fn regenerate_loop(s: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
             }
         }
         regenerate_ingresses(&s, &dirty.meshes, dirty.all);
+        // Renewed certificates show in the proxies' insights.
+        if !dirty.proxies.is_empty() {
+            let mut proxies = lock(&s.proxies);
+            for id in &dirty.proxies {
+                if let Some(c) = proxies.get_mut(id) {
+                    c.insight.dirty = true;
+                }
+            }
+            drop(proxies);
+            s.wake_insights.notify_one();
+        }
         let targets: Vec<Target> = lock(&s.proxies)
             .iter()
             .filter(|(_, c)| c.kind != ProxyKind::Ingress)
@@ -1117,7 +1128,7 @@ async fn cleanup_loop(s: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     }
 }
 
-fn insight_spec(r: &InsightRecord, instance: &str) -> Value {
+fn insight_spec(r: &InsightRecord, instance: &str, mtls: Option<Value>) -> Value {
     let mut stat = Map::new();
     for (t, v) in &r.acked {
         stat.insert(short_type(t), json!({"acknowledgedVersion": v}));
@@ -1134,7 +1145,11 @@ fn insight_spec(r: &InsightRecord, instance: &str) -> Value {
     if let (Some(t), Value::Object(m)) = (&r.disconnect_time, &mut sub) {
         m.insert("disconnectTime".into(), Value::String(t.clone()));
     }
-    json!({"subscriptions": [sub]})
+    let mut spec = json!({"subscriptions": [sub]});
+    if let (Some(m), Value::Object(o)) = (mtls, &mut spec) {
+        o.insert("mTLS".into(), m);
+    }
+    spec
 }
 
 fn short_type(type_url: &str) -> String {
@@ -1161,7 +1176,7 @@ async fn insight_loop(s: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
             let r = Resource::new(
                 key,
                 Default::default(),
-                insight_spec(&record, &s.instance_id),
+                insight_spec(&record, &s.instance_id, s.mtls.status(&id)),
                 Utc::now(),
             );
             if let Err(e) = s.manager.upsert_synced(r).await {
@@ -1172,9 +1187,11 @@ async fn insight_loop(s: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
 }
 
 fn render(r: &meridian_xds::resources::XdsResource) -> Value {
+    use envoy_types::pb::envoy::config::core::v3::{data_source, DataSource};
     use envoy_types::pb::envoy::config::{cluster::v3::Cluster, endpoint::v3::ClusterLoadAssignment};
     use envoy_types::pb::envoy::config::{listener::v3::Listener, route::v3::RouteConfiguration};
-    use meridian_xds::resources::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{secret, Secret};
+    use meridian_xds::resources::{CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET};
     use prost::Message;
     let bytes = r.body.value.as_slice();
     let text = match r.body.type_url.as_str() {
@@ -1182,6 +1199,18 @@ fn render(r: &meridian_xds::resources::XdsResource) -> Value {
         ROUTE => RouteConfiguration::decode(bytes).map(|m| format!("{m:#?}")),
         CLUSTER => Cluster::decode(bytes).map(|m| format!("{m:#?}")),
         ENDPOINT => ClusterLoadAssignment::decode(bytes).map(|m| format!("{m:#?}")),
+        // A proxy's key is never shown: only that there is one.
+        SECRET => Secret::decode(bytes).map(|mut m| {
+            if let Some(secret::Type::TlsCertificate(c)) = &mut m.r#type {
+                if c.private_key.is_some() {
+                    c.private_key = Some(DataSource {
+                        specifier: Some(data_source::Specifier::InlineString("(redacted)".into())),
+                        ..Default::default()
+                    });
+                }
+            }
+            format!("{m:#?}")
+        }),
         _ => Ok(String::new()),
     }
     .unwrap_or_else(|e| format!("undecodable: {e}"));
@@ -1205,7 +1234,11 @@ impl ZoneXds {
             .map(|c| (c.kind, c.certificate_provider.clone()));
         let (kind, provider) = connected.clone().unwrap_or((ProxyKind::Sidecar, None));
         let snap = snapshot(&s.manager, &s.zone, mesh)?;
-        let tls = proxy_tls(s, &id, kind, provider.as_ref(), &snap.spec, &dataplane);
+        // Inspection shows what the proxy has; it issues nothing.
+        let tls = ProxyTls {
+            identity: s.mtls.current(&id),
+            certificate_provider: provider.filter(|_| s.mtls.issued(&id).is_some()),
+        };
         let proxy = ProxyContext {
             mesh: mesh.to_string(),
             name: name.to_string(),
