@@ -3,9 +3,9 @@
 # store, two zones joined to it with the command `meridianctl generate
 # zone-join` prints, and a first workload in zone-1 — a gRPC backend and a
 # proxyless gRPC client (Python grpcio, `xds:///backend`), each started
-# through meridian-dp with a dataplane token, as an operator would. Data and
-# logs live in ./meridian-data (override with MERIDIAN_LOCAL_DATA). Ctrl-C
-# stops everything cleanly.
+# through meridian-dp with a dataplane token, as an operator would, talking
+# over the mesh's mTLS. Data and logs live in ./meridian-data (override with
+# MERIDIAN_LOCAL_DATA). Ctrl-C stops everything cleanly.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -65,6 +65,18 @@ wait_file() { # what file pid
   --api-addr "$GLOBAL_API" --kds-addr "$KDS" >"$DATA/global.log" 2>&1 &
 pids+=($!)
 wait_ready global "$GLOBAL_API" "${pids[-1]}"
+# Mesh mTLS on the default mesh: the global keeps a builtin root, each zone
+# an intermediate, and every proxy gets a certificate with its identity.
+ctl apply -f - >/dev/null <<EOF
+type: Mesh
+name: default
+mtls:
+  enabledBackend: ca-1
+  backends:
+  - name: ca-1
+    type: builtin
+    mode: STRICT
+EOF
 
 port=5682
 xds=5678
@@ -124,11 +136,15 @@ dp() { # name extra-args…
   pids+=($!)
   wait_file "dp-$name" "$DATA/$name-bootstrap.json" "${pids[-1]}"
 }
-"$PY" "$APPS/server.py" --name zone-1/backend --port "$BACKEND_PORT" >"$DATA/backend.log" 2>&1 &
-pids+=($!)
 rm -f "$DATA/backend-bootstrap.json" "$DATA/client-1-bootstrap.json"
 dp backend --dataplane-file "$DATA/backend.yaml" --dataplane-var "port=$BACKEND_PORT"
 dp client-1 --dataplane-file "$DATA/client-1.yaml"
+# The backend is an xDS-enabled gRPC server: its TLS (the mesh certificate
+# its agent keeps in backend-certs/) and its traffic permissions come from
+# the zone.
+GRPC_XDS_BOOTSTRAP="$DATA/backend-bootstrap.json" "$PY" "$APPS/server.py" --xds --name zone-1/backend \
+  --port "$BACKEND_PORT" >"$DATA/backend.log" 2>&1 &
+pids+=($!)
 GRPC_XDS_BOOTSTRAP="$DATA/client-1-bootstrap.json" "$PY" "$APPS/client.py" --target xds:///backend \
   --watch 86400 --interval-ms 500 >"$DATA/client.log" 2>&1 &
 pids+=($!)
@@ -139,9 +155,10 @@ Meridian is running on loopback (logs in $DATA/*.log).
   global API:  http://$GLOBAL_API     KDS: grpcs://$KDS
   zone-1 API:  http://127.0.0.1:5682     xDS (ADS, TLS): 127.0.0.1:5678
   zone-2 API:  http://127.0.0.1:5683     xDS (ADS, TLS): 127.0.0.1:5679
-  workload:    backend-1 (gRPC on 127.0.0.1:$BACKEND_PORT) and client-1, a
-               proxyless client calling xds:///backend once every 500 ms,
-               each beside its meridian-dp (dp-*.log)
+    workload:    backend-1 (an xDS-enabled gRPC server on 127.0.0.1:$BACKEND_PORT)
+               and client-1, a proxyless client calling xds:///backend once
+               every 500 ms, each beside its meridian-dp (dp-*.log), over
+               the mesh's mTLS (certificates in *-certs/)
   see:         tail -f $DATA/client.log                       (one JSON line a second)
                $BIN/meridianctl --api http://127.0.0.1:5682 inspect dataplanes
                $BIN/meridianctl --api http://127.0.0.1:5682 inspect dataplane client-1 --type policies
