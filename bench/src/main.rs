@@ -186,7 +186,7 @@ enum Cmd {
         #[arg(long = "rsa-samples", default_value_t = 20)]
         rsa_samples: usize,
         /// Workload certificate lifetime (seconds)
-        #[arg(long = "lifetime-s", default_value_t = 60)]
+        #[arg(long = "lifetime-s", default_value_t = 120)]
         lifetime_s: u64,
         /// MeshTimeout changes per mode
         #[arg(long, default_value_t = 3)]

@@ -355,7 +355,10 @@ pub async fn mtls(opts: MtlsOptions) -> anyhow::Result<()> {
             format!("{:.0} µs", window_cpu.as_secs_f64() * 1e6 / n as f64),
         ),
         ("zone CPU, busiest second (cores)".into(), format!("{peak:.2}")),
-        ("zone CPU, an idle second before (cores)".into(), format!("{idle:.2}")),
+        (
+            "zone CPU, a second before the renewals (cores)".into(),
+            format!("{idle:.2}"),
+        ),
     ] {
         println!("| {k:<56} | {v:>14} |");
     }

@@ -1293,12 +1293,8 @@ fn generate(case: &Case, kind: ProxyKind) -> ResourceSet {
         kind,
         dataplane,
         tls: ProxyTls {
-            identity: (snap.mtls.is_some() && kind == ProxyKind::Sidecar).then(|| {
-                Arc::new(ProxyIdentity {
-                    chain_pem: GOLDEN_CHAIN.into(),
-                    key_pem: GOLDEN_KEY.into(),
-                })
-            }),
+            identity: (snap.mtls.is_some() && kind == ProxyKind::Sidecar)
+                .then(|| Arc::new(ProxyIdentity::new(GOLDEN_CHAIN.into(), GOLDEN_KEY.into()))),
             certificate_provider: (kind == ProxyKind::Proxyless).then(|| DEFAULT_CERTIFICATE_PROVIDER.to_string()),
         },
     };

@@ -61,11 +61,30 @@ pub struct ProxyTls {
 }
 
 /// A proxy's workload certificate.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, Default)]
 pub struct ProxyIdentity {
     /// The certificate and the chain above it, up to the root (excluded).
     pub chain_pem: String,
     pub key_pem: String,
+    /// Its SDS secret, encoded once (generation fills it on first use): a
+    /// certificate is the same resource in every regeneration until renewed.
+    pub encoded: std::sync::OnceLock<std::sync::Arc<crate::resources::XdsResource>>,
+}
+
+impl ProxyIdentity {
+    pub fn new(chain_pem: String, key_pem: String) -> Self {
+        ProxyIdentity {
+            chain_pem,
+            key_pem,
+            encoded: std::sync::OnceLock::new(),
+        }
+    }
+}
+
+impl PartialEq for ProxyIdentity {
+    fn eq(&self, other: &Self) -> bool {
+        self.chain_pem == other.chain_pem && self.key_pem == other.key_pem
+    }
 }
 
 impl std::fmt::Debug for ProxyIdentity {

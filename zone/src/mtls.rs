@@ -63,6 +63,10 @@ use tokio::sync::{broadcast, watch};
 /// bundle takes to reach every proxy.
 pub const TRUST_SETTLE: Duration = Duration::from_secs(5);
 
+/// Certificates due within this many milliseconds of each other are renewed
+/// in one batch.
+const RENEWAL_BATCH_MS: i64 = 100;
+
 /// The prefix of the mesh system records holding the zone's intermediate keys.
 pub const KEY_RECORD_PREFIX: &str = "mtls-intermediate/";
 
@@ -134,6 +138,10 @@ struct Inner {
     /// roots present at start count as seen long ago.
     roots_seen: Mutex<HashMap<(String, String, String), std::time::Instant>>,
     issued: Mutex<HashMap<ProxyId, Issued>>,
+    /// When each held certificate is due, earliest first (renewal loop).
+    schedule: Mutex<BTreeSet<(DateTime<Utc>, ProxyId)>>,
+    /// When the renewal loop wakes next, if it sleeps until a deadline.
+    next_wake: Mutex<Option<DateTime<Utc>>>,
     /// Changes not taken yet (by the xDS side, [`ZoneMtls::take_changes`]).
     pending: Mutex<Changes>,
     /// Every change as it happens: wakes whoever follows certificates.
@@ -175,6 +183,8 @@ impl ZoneMtls {
                 cas: Mutex::new(HashMap::new()),
                 roots_seen: Mutex::new(HashMap::new()),
                 issued: Mutex::new(HashMap::new()),
+                schedule: Mutex::new(BTreeSet::new()),
+                next_wake: Mutex::new(None),
                 pending: Mutex::new(Changes::default()),
                 events,
                 in_use: Mutex::new(HashMap::new()),
@@ -222,6 +232,19 @@ impl ZoneMtls {
         if rotating && !self.root_settled(mesh, backend) {
             return None;
         }
+        // The CA the keys loop keeps current; it rebuilds it when a new
+        // zone certificate arrives (and announces the mesh).
+        if let Some(ca) = lock(&self.inner.cas).get(mesh) {
+            if ca.backend == backend {
+                return Some(ca.clone());
+            }
+        }
+        self.build_mesh_ca(mesh, backend)
+    }
+
+    /// The CA of `mesh` for `backend` from the replica's `ZoneCertificate`
+    /// and this zone's key, kept for the next calls.
+    fn build_mesh_ca(&self, mesh: &str, backend: &str) -> Option<Arc<MeshCa>> {
         let key = lock(&self.inner.keys)
             .get(&(mesh.to_string(), backend.to_string()))
             .cloned()?;
@@ -287,15 +310,28 @@ impl ZoneMtls {
     }
 
     /// The workload certificate of proxy `id` defined as `dataplane` in a
-    /// mesh of spec `mesh`: the current one, or a new one when there is
-    /// none, it is due, or what it says changed.
+    /// mesh of spec `mesh`, for its xDS configuration (which this call is
+    /// building): the current one, or a new one when there is none, it is
+    /// due, or what it says changed.
     pub fn identity(
         &self,
         id: &ProxyId,
         mesh: &Mesh,
         dataplane: &Dataplane,
     ) -> Result<Arc<ProxyIdentity>, IdentityError> {
-        self.identity_at(id, mesh, dataplane, Utc::now())
+        self.identity_at(id, mesh, dataplane, Utc::now(), false)
+    }
+
+    /// [`Self::identity`] for an agent's certificate stream: a proxy's first
+    /// certificate issued here is announced, since the proxy's xDS (a gRPC
+    /// application's TLS settings) waits for it.
+    pub fn identity_for_agent(
+        &self,
+        id: &ProxyId,
+        mesh: &Mesh,
+        dataplane: &Dataplane,
+    ) -> Result<Arc<ProxyIdentity>, IdentityError> {
+        self.identity_at(id, mesh, dataplane, Utc::now(), true)
     }
 
     fn identity_at(
@@ -304,6 +340,7 @@ impl ZoneMtls {
         mesh: &Mesh,
         dataplane: &Dataplane,
         now: DateTime<Utc>,
+        announce_first: bool,
     ) -> Result<Arc<ProxyIdentity>, IdentityError> {
         let Some(mtls) = mesh.mtls_enabled() else {
             return Err(IdentityError::Disabled(id.mesh.clone()));
@@ -331,7 +368,10 @@ impl ZoneMtls {
             validity: mtls.dp_cert_validity,
         };
         if let Some(i) = lock(&self.inner.issued).get(id) {
-            if i.identity_of == inputs && now < i.renew_at {
+            // Due within the renewal loop's batch counts as due: the loop
+            // announced it already and will not again.
+            let due = now + chrono::Duration::milliseconds(RENEWAL_BATCH_MS) >= i.renew_at;
+            if i.identity_of == inputs && !due {
                 return Ok(i.shared.clone());
             }
         }
@@ -339,31 +379,40 @@ impl ZoneMtls {
             .intermediate
             .issue(&id.mesh, &inputs.services, &inputs.tags, inputs.validity, now)?;
         let renew_at = renewal_time(&certificate, jitter_fraction());
-        let shared = Arc::new(ProxyIdentity {
-            chain_pem: certificate.chain_pem.clone(),
-            key_pem: certificate.key_pem.clone(),
-        });
+        let shared = Arc::new(ProxyIdentity::new(
+            certificate.chain_pem.clone(),
+            certificate.key_pem.clone(),
+        ));
         lock(&self.inner.in_use)
             .entry(id.mesh.clone())
             .or_default()
             .insert(inputs.backend.clone());
         let mut issued = lock(&self.inner.issued);
         let regenerations = issued.get(id).map_or(0, |i| i.regenerations + 1);
-        let first = issued
-            .insert(
-                id.clone(),
-                Issued {
-                    regenerations,
-                    identity_of: inputs,
-                    certificate,
-                    renew_at,
-                    shared: shared.clone(),
-                },
-            )
-            .is_none();
+        let previous = issued.insert(
+            id.clone(),
+            Issued {
+                regenerations,
+                identity_of: inputs,
+                certificate,
+                renew_at,
+                shared: shared.clone(),
+            },
+        );
         drop(issued);
-        self.inner.reschedule.notify_one();
-        if first {
+        {
+            let mut schedule = lock(&self.inner.schedule);
+            if let Some(p) = &previous {
+                schedule.remove(&(p.renew_at, id.clone()));
+            }
+            schedule.insert((renew_at, id.clone()));
+        }
+        // The renewal loop sleeps until its earliest deadline: wake it only
+        // for an earlier one.
+        if lock(&self.inner.next_wake).is_none_or(|t| renew_at < t) {
+            self.inner.reschedule.notify_one();
+        }
+        if previous.is_none() && announce_first {
             // A proxyless node's TLS settings wait for its first certificate.
             self.announce(BTreeSet::new(), BTreeSet::from([id.clone()]));
         }
@@ -396,13 +445,19 @@ impl ZoneMtls {
 
     /// Forgets the certificate of a proxy that is gone.
     pub fn forget(&self, id: &ProxyId) {
-        lock(&self.inner.issued).remove(id);
+        if let Some(i) = lock(&self.inner.issued).remove(id) {
+            lock(&self.inner.schedule).remove(&(i.renew_at, id.clone()));
+        }
     }
 
     /// Forgets the certificates of the proxies `keep` does not keep.
     pub fn retain(&self, keep: impl Fn(&ProxyId) -> bool) {
         let mut issued = lock(&self.inner.issued);
+        let before = issued.len();
         issued.retain(|id, _| keep(id));
+        if issued.len() != before {
+            lock(&self.inner.schedule).retain(|(_, id)| issued.contains_key(id));
+        }
         let mut in_use: HashMap<String, BTreeSet<String>> = HashMap::new();
         for (id, i) in issued.iter() {
             in_use
@@ -422,18 +477,25 @@ impl ZoneMtls {
     async fn renewal_loop(self, mut shutdown: watch::Receiver<bool>) {
         loop {
             let now = Utc::now();
+            // Certificates due within the next moment go together: one
+            // regeneration for a batch, at most a moment early.
+            let horizon = now + chrono::Duration::milliseconds(RENEWAL_BATCH_MS);
             let (due, next): (BTreeSet<ProxyId>, Option<DateTime<Utc>>) = {
-                let issued = lock(&self.inner.issued);
-                let due = issued
-                    .iter()
-                    .filter(|(_, i)| i.renew_at <= now)
-                    .map(|(id, _)| id.clone())
-                    .collect();
-                let next = issued.values().map(|i| i.renew_at).filter(|t| *t > now).min();
-                (due, next)
+                let mut schedule = lock(&self.inner.schedule);
+                let mut due = BTreeSet::new();
+                while let Some((t, _)) = schedule.first() {
+                    if *t > horizon {
+                        break;
+                    }
+                    if let Some((_, id)) = schedule.pop_first() {
+                        due.insert(id);
+                    }
+                }
+                (due, schedule.first().map(|(t, _)| *t))
             };
+            *lock(&self.inner.next_wake) = next;
             if !due.is_empty() {
-                tracing::info!(count = due.len(), "workload certificates due for renewal");
+                tracing::debug!(count = due.len(), "workload certificates due for renewal");
                 self.announce(BTreeSet::new(), due);
             }
             let wait = next
@@ -565,7 +627,7 @@ impl ZoneMtls {
             tracing::info!(mesh, backend = %backend, "asked for this zone's intermediate CA");
         }
         let before = lock(&self.inner.cas).get(mesh).map(|c| c.certificate_pem.clone());
-        let after = self.mesh_ca(mesh, &backend).map(|c| c.certificate_pem.clone());
+        let after = self.build_mesh_ca(mesh, &backend).map(|c| c.certificate_pem.clone());
         let changed = after.is_some() && before != after;
         if changed {
             tracing::info!(mesh, backend = %backend, "this zone's intermediate CA is ready");

@@ -691,7 +691,7 @@ impl ZoneXds {
         let Some(tls) = zone_mtls::mesh_tls(&self.shared.manager, &id.mesh, &mesh) else {
             return Ok(off(format!("mesh {:?} has no mTLS enabled", id.mesh)));
         };
-        match self.shared.mtls.identity(id, &mesh, &dataplane) {
+        match self.shared.mtls.identity_for_agent(id, &mesh, &dataplane) {
             Ok(identity) => Ok(meridian_proto::dp::CertificateBundle {
                 enabled: true,
                 certificate_chain_pem: identity.chain_pem.clone(),

@@ -128,6 +128,7 @@ pub type BuiltPart = (ResourceSet, Vec<(String, Arc<OutboundPolicies>)>);
 pub struct SharedCache {
     entries: Mutex<HashMap<Key, Entry>>,
     facts: OnceLock<Arc<ServiceFacts>>,
+    trust_bundle: OnceLock<Arc<XdsResource>>,
     parts: Mutex<HashMap<(Variant, Vec<usize>), MeshPart>>,
 }
 
@@ -135,6 +136,11 @@ impl SharedCache {
     /// The snapshot's [`ServiceFacts`], built by `build` the first time.
     pub fn facts(&self, build: impl FnOnce() -> ServiceFacts) -> Arc<ServiceFacts> {
         self.facts.get_or_init(|| Arc::new(build())).clone()
+    }
+
+    /// The snapshot's trust bundle secret, built by `build` the first time.
+    pub fn trust_bundle(&self, build: impl FnOnce() -> Arc<XdsResource>) -> Arc<XdsResource> {
+        self.trust_bundle.get_or_init(build).clone()
     }
 
     /// The resource `type_url`/`name` built from `policies` for `variant`:

@@ -764,7 +764,7 @@ pub fn generate(snapshot: &MeshSnapshot, proxy: &ProxyContext, policies: &dyn Po
     let cache = policies.cache();
     let facts = facts_of(cache, snapshot, index);
 
-    super::tls::add_sidecar_secrets(&mut set, snapshot, proxy);
+    super::tls::add_sidecar_secrets(&mut set, snapshot, proxy, cache);
     for index in 0..net.inbound.len() {
         inbound_resources(&mut set, snapshot, proxy, policies, index);
     }

@@ -57,7 +57,9 @@ use meridian_core::mtls::{spiffe_id, spiffe_prefix};
 use std::collections::BTreeMap;
 
 use super::{ads_source, any};
-use crate::resources::{ResourceSet, SECRET};
+use std::sync::Arc;
+
+use crate::resources::{ResourceSet, XdsResource, SECRET};
 use crate::snapshot::{MeshSnapshot, ProxyContext};
 
 /// The node metadata field in which a proxyless node names the certificate
@@ -87,32 +89,48 @@ fn inline(pem: &str) -> DataSource {
 
 /// Adds a sidecar's SDS secrets to `set`: its identity when issued, and the
 /// mesh's trust bundle when the zone has it.
-pub fn add_sidecar_secrets(set: &mut ResourceSet, snapshot: &MeshSnapshot, proxy: &ProxyContext) {
+pub fn add_sidecar_secrets(
+    set: &mut ResourceSet,
+    snapshot: &MeshSnapshot,
+    proxy: &ProxyContext,
+    cache: Option<&super::cache::SharedCache>,
+) {
     let Some(mtls) = &snapshot.mtls else {
         return;
     };
     if let Some(identity) = &proxy.tls.identity {
-        let name = identity_secret(&snapshot.mesh);
-        let s = Secret {
-            name: name.clone(),
-            r#type: Some(secret::Type::TlsCertificate(TlsCertificate {
-                certificate_chain: Some(inline(&identity.chain_pem)),
-                private_key: Some(inline(&identity.key_pem)),
-                ..Default::default()
-            })),
-        };
-        set.insert(SECRET, &name, &s);
+        let encoded = identity.encoded.get_or_init(|| {
+            let name = identity_secret(&snapshot.mesh);
+            let s = Secret {
+                name: name.clone(),
+                r#type: Some(secret::Type::TlsCertificate(TlsCertificate {
+                    certificate_chain: Some(inline(&identity.chain_pem)),
+                    private_key: Some(inline(&identity.key_pem)),
+                    ..Default::default()
+                })),
+            };
+            Arc::new(XdsResource::new(SECRET, &name, &s))
+        });
+        set.insert_shared(SECRET, encoded.clone());
     }
     if !mtls.trust_bundle_pem.is_empty() {
-        let name = mesh_ca_secret(&snapshot.mesh);
-        let s = Secret {
-            name: name.clone(),
-            r#type: Some(secret::Type::ValidationContext(CertificateValidationContext {
-                trusted_ca: Some(inline(&mtls.trust_bundle_pem)),
-                ..Default::default()
-            })),
+        let bundle = || {
+            let name = mesh_ca_secret(&snapshot.mesh);
+            let s = Secret {
+                name: name.clone(),
+                r#type: Some(secret::Type::ValidationContext(CertificateValidationContext {
+                    trusted_ca: Some(inline(&mtls.trust_bundle_pem)),
+                    ..Default::default()
+                })),
+            };
+            Arc::new(XdsResource::new(SECRET, &name, &s))
         };
-        set.insert(SECRET, &name, &s);
+        // One encoding per snapshot, shared by its proxies.
+        let encoded = match cache {
+            Some(c) => c.trust_bundle(bundle),
+            None => bundle(),
+        };
+        set.insert_shared(SECRET, encoded);
     }
 }
 
