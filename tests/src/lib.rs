@@ -386,3 +386,23 @@ pub fn names(list: &Value) -> Vec<String> {
         })
         .unwrap_or_default()
 }
+
+/// Copies bytes both ways between two connections until each side closes
+/// (a stand-in for a TCP proxy: an ingress, a forwarder); returns at once.
+pub fn splice(a: std::net::TcpStream, b: std::net::TcpStream) {
+    use std::io::{Read, Write};
+    for (from, into) in [(a.try_clone(), b.try_clone()), (b.try_clone(), a.try_clone())] {
+        let (Ok(mut from), Ok(mut into)) = (from, into) else {
+            continue;
+        };
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 16 * 1024];
+            while let Ok(n) = from.read(&mut buf) {
+                if n == 0 || into.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+            let _ = into.shutdown(std::net::Shutdown::Write);
+        });
+    }
+}

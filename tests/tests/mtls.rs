@@ -529,23 +529,7 @@ fn sni_router(
                 if outbound.write_all(&hello).is_err() {
                     return;
                 }
-                for (from, into) in [
-                    (inbound.try_clone(), outbound.try_clone()),
-                    (outbound.try_clone(), inbound.try_clone()),
-                ] {
-                    let (Ok(mut from), Ok(mut into)) = (from, into) else {
-                        continue;
-                    };
-                    std::thread::spawn(move || {
-                        let mut buf = [0u8; 16 * 1024];
-                        while let Ok(n) = from.read(&mut buf) {
-                            if n == 0 || into.write_all(&buf[..n]).is_err() {
-                                break;
-                            }
-                        }
-                        let _ = into.shutdown(std::net::Shutdown::Write);
-                    });
-                }
+                splice(inbound, outbound);
             });
         }
     });

@@ -12,8 +12,7 @@
 //! side. Build the binaries first: `cargo build --workspace --bins`; the
 //! clients come from `scripts/test-all.sh`.
 
-use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -677,23 +676,7 @@ fn forward(listener: TcpListener, to: u16) -> Arc<AtomicUsize> {
                 continue;
             };
             counter.fetch_add(1, Ordering::SeqCst);
-            for (from, into) in [
-                (inbound.try_clone(), outbound.try_clone()),
-                (outbound.try_clone(), inbound.try_clone()),
-            ] {
-                let (Ok(mut from), Ok(mut into)) = (from, into) else {
-                    continue;
-                };
-                std::thread::spawn(move || {
-                    let mut buf = [0u8; 16 * 1024];
-                    while let Ok(n) = from.read(&mut buf) {
-                        if n == 0 || into.write_all(&buf[..n]).is_err() {
-                            break;
-                        }
-                    }
-                    let _ = into.shutdown(Shutdown::Write);
-                });
-            }
+            splice(inbound, outbound);
         }
     });
     count
