@@ -124,6 +124,19 @@ impl Deployment {
     fn agent(&self, dir: &Path, name: &str) -> Agent {
         self.z.agent(&self.global, dir, name)
     }
+
+    /// backend-1 (an xDS-enabled grpcio server) and web, both on
+    /// 127.0.0.1 beside their agents, once web's calls are served.
+    fn backend_and_web(&self, dir: &Path) -> (Agent, Agent, TestServer) {
+        let port = free_port();
+        self.register(SERVER, "127.0.0.1", port, "backend");
+        self.register("web", "127.0.0.1", 1, "web");
+        let server_agent = self.agent(dir, SERVER);
+        let web = self.agent(dir, "web");
+        let server = TestServer::start_xds(SERVER, port, server_agent.bootstrap(), &[]);
+        wait_outcome(&web, Ok(SERVER), "mTLS on");
+        (server_agent, web, server)
+    }
 }
 
 /// Applies `doc` at `global` with meridianctl.
@@ -278,13 +291,7 @@ fn certificates_are_renewed_under_a_running_client_without_a_failed_call() {
     let dep = Deployment::start(d);
     dep.mtls(json!({"enabledBackend": "ca-1", "backends": [
         {"name": "ca-1", "type": "builtin", "dpCert": {"rotation": {"expiration": "10s"}}}]}));
-    let port = free_port();
-    dep.register(SERVER, "127.0.0.1", port, "backend");
-    dep.register("web", "127.0.0.1", 1, "web");
-    let server_agent = dep.agent(d, SERVER);
-    let web = dep.agent(d, "web");
-    let mut server = TestServer::start_xds(SERVER, port, server_agent.bootstrap(), &[]);
-    wait_outcome(&web, Ok(SERVER), "mTLS on");
+    let (server_agent, web, mut server) = dep.backend_and_web(d);
 
     let mut watch = WatchClient::start(
         ClientKind::Python,
@@ -343,13 +350,7 @@ fn switching_the_enabled_backend_under_a_running_client_fails_no_call() {
             {"name": "ca-1", "type": "builtin"}, {"name": "ca-2", "type": "builtin"}]})
     };
     dep.mtls(both("ca-1"));
-    let port = free_port();
-    dep.register(SERVER, "127.0.0.1", port, "backend");
-    dep.register("web", "127.0.0.1", 1, "web");
-    let server_agent = dep.agent(d, SERVER);
-    let web = dep.agent(d, "web");
-    let mut server = TestServer::start_xds(SERVER, port, server_agent.bootstrap(), &[]);
-    wait_outcome(&web, Ok(SERVER), "mTLS on");
+    let (server_agent, web, mut server) = dep.backend_and_web(d);
 
     let intermediate = |backend: &str| -> String {
         let (status, body) = dep
