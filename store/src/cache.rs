@@ -18,12 +18,12 @@
 //! silent gap. Writers call [`Cache::wait_for_revision`] with the revision of
 //! their write to read their own writes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, PoisonError, RwLock, Weak};
 use std::time::Duration;
 
 use futures::StreamExt;
-use meridian_core::{Resource, ResourceKey};
+use meridian_core::{Resource, ResourceKey, ResourceType};
 use rand::Rng;
 use tokio::sync::{broadcast, watch};
 
@@ -67,11 +67,20 @@ pub enum CacheError {
 }
 
 /// What the cache holds: resources by their encoded key (the store's key
-/// order) and the store revision they reflect.
+/// order), the store revision they reflect, and per type a counter of the
+/// changes applied to that type (see [`Cache::kind_generation`]).
 #[derive(Default)]
 struct State {
     items: BTreeMap<String, Resource>,
     revision: u64,
+    /// Types never changed are absent (generation 0).
+    generations: HashMap<ResourceType, u64>,
+}
+
+impl State {
+    fn bump(&mut self, kind: ResourceType) {
+        *self.generations.entry(kind).or_insert(0) += 1;
+    }
 }
 
 /// An in-memory replica of a [`Store`]; see the module docs.
@@ -145,6 +154,20 @@ impl Cache {
     /// The store revision the cache reflects.
     pub fn revision(&self) -> u64 {
         self.read().revision
+    }
+
+    /// A counter of the changes to the cached resources of type `kind`: 0
+    /// until the first one, then larger after every applied change (and
+    /// after every re-list that changed that type), never smaller. Derived
+    /// data (compiled access roles, say) is rebuilt only when the counters
+    /// of its inputs moved.
+    ///
+    /// It is updated with the content under one lock: a reader that sees a
+    /// change also sees the counter that counts it. So read the counter
+    /// first, then the content, and remember the counter read: a change in
+    /// between is then either in the content or makes the counter move again.
+    pub fn kind_generation(&self, kind: ResourceType) -> u64 {
+        self.read().generations.get(&kind).copied().unwrap_or(0)
     }
 
     /// Subscribes to changes. On `RecvError::Lagged` re-read with
@@ -237,9 +260,11 @@ impl Cache {
             .collect();
         let old = std::mem::take(&mut state.items);
         let (mut puts, mut deletes) = (0usize, 0usize);
+        let mut changed_kinds = Vec::new();
         for (k, r) in &old {
             if !fresh.contains_key(k) {
                 deletes += 1;
+                changed_kinds.push(r.key.kind);
                 let _ = self.events.send(Event::Delete {
                     key: r.key.clone(),
                     revision: listing.revision,
@@ -249,8 +274,14 @@ impl Cache {
         for (k, r) in &fresh {
             if old.get(k) != Some(r) {
                 puts += 1;
+                changed_kinds.push(r.key.kind);
                 let _ = self.events.send(Event::Put(r.clone()));
             }
+        }
+        changed_kinds.sort_unstable();
+        changed_kinds.dedup();
+        for kind in changed_kinds {
+            state.bump(kind);
         }
         std::mem::swap(&mut state.items, &mut fresh);
         state.revision = listing.revision;
@@ -279,6 +310,7 @@ impl Cache {
             Event::Delete { key, .. } => state.items.remove(&self.keys.resource(key)).is_some(),
         };
         if changed {
+            state.bump(event.key().kind);
             let _ = self.events.send(event);
         }
         if rev > state.revision {
@@ -451,10 +483,14 @@ mod tests {
 
     impl FakeStore {
         fn put(&self, name: &str, mesh: &str) -> u64 {
+            self.put_kind(ResourceType::MeshRetry, name, mesh)
+        }
+
+        fn put_kind(&self, kind: ResourceType, name: &str, mesh: &str) -> u64 {
             let mut f = self.inner.lock().unwrap();
             f.rev += 1;
             let mut r = Resource::new(
-                ResourceKey::in_mesh(ResourceType::MeshRetry, mesh, name),
+                ResourceKey::in_mesh(kind, mesh, name),
                 Default::default(),
                 json!({"rev": f.rev}),
                 chrono::Utc::now(),
@@ -569,6 +605,12 @@ mod tests {
         }
         async fn put_system_if_absent(&self, _: Option<&str>, _: &str, v: Vec<u8>) -> Result<Vec<u8>, StoreError> {
             Ok(v)
+        }
+        async fn list_system(&self, _: &str, _: Option<&str>, _: usize) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+            Ok(Vec::new())
+        }
+        async fn delete_system(&self, _: &[String]) -> Result<(), StoreError> {
+            Ok(())
         }
     }
 
@@ -764,6 +806,50 @@ mod tests {
             Err(CacheError::Stopped)
         );
         assert!(cache.get(&key("late", "m")).is_none());
+    }
+
+    #[tokio::test]
+    async fn kind_generation_moves_only_when_that_type_changes() {
+        let (retry, timeout) = (ResourceType::MeshRetry, ResourceType::MeshTimeout);
+        let store = Arc::new(FakeStore::default());
+        store.put("a", "m");
+        let cache = Cache::start_with(store.clone(), fast());
+        assert_eq!(cache.kind_generation(retry), 0, "nothing cached yet");
+        cache.wait_ready(WAIT).await.unwrap();
+        assert_eq!(cache.kind_generation(retry), 1, "the first list put a MeshRetry");
+        assert_eq!(cache.kind_generation(timeout), 0);
+
+        // A watched put: the reader that sees it sees the counter moved.
+        let rev = store.put("b", "m");
+        cache.wait_for_revision(rev, WAIT).await.unwrap();
+        assert!(cache.get(&key("b", "m")).is_some());
+        assert_eq!(cache.kind_generation(retry), 2);
+        assert_eq!(cache.kind_generation(timeout), 0, "another type's change");
+
+        let rev = store.put_kind(timeout, "t", "m");
+        cache.wait_for_revision(rev, WAIT).await.unwrap();
+        assert_eq!((cache.kind_generation(retry), cache.kind_generation(timeout)), (2, 1));
+
+        // Deleting what the cache does not hold changes nothing.
+        let rev = store.del("ghost", "m");
+        cache.wait_for_revision(rev, WAIT).await.unwrap();
+        assert_eq!(cache.kind_generation(retry), 2);
+        let rev = store.del("a", "m");
+        cache.wait_for_revision(rev, WAIT).await.unwrap();
+        assert_eq!(cache.kind_generation(retry), 3);
+
+        // A re-list that finds missed changes counts once per changed type;
+        // one that finds none (the unchanged timeout) counts nothing.
+        store.outage(true);
+        wait_until("disconnected", || !cache.is_connected()).await;
+        store.del("b", "m");
+        store.put("c", "m");
+        let rev = store.put("d", "m");
+        store.compact();
+        store.outage(false);
+        cache.wait_for_revision(rev, WAIT).await.unwrap();
+        assert!(cache.get(&key("b", "m")).is_none());
+        assert_eq!((cache.kind_generation(retry), cache.kind_generation(timeout)), (4, 1));
     }
 
     #[test]

@@ -67,6 +67,9 @@ const CASES: &[(&str, Case)] = &[
     }),
     ("system_records", |s| Box::pin(system_records(s))),
     ("system_record_if_absent", |s| Box::pin(system_record_if_absent(s))),
+    ("list_and_delete_system_records", |s| {
+        Box::pin(list_and_delete_system_records(s))
+    }),
     ("large_spec_round_trips", |s| Box::pin(large_spec_round_trips(s))),
 ];
 
@@ -781,6 +784,170 @@ async fn system_record_if_absent(store: Arc<dyn Store>) {
         );
         assert_eq!(Some(&again), winners.first(), "a late caller replaced the record");
     }
+}
+
+/// The names of a `list_system` answer.
+fn names(records: &[(String, Vec<u8>)]) -> Vec<&str> {
+    records.iter().map(|(n, _)| n.as_str()).collect()
+}
+
+async fn list_system(store: &dyn Store, prefix: &str, after: Option<&str>, limit: usize) -> Vec<(String, Vec<u8>)> {
+    let what = format!("list_system({prefix:?}, after {after:?}, limit {limit})");
+    must(&what, store.list_system(prefix, after, limit).await)
+}
+
+/// Checks the names `list_system` answers, failing with the call and both
+/// lists.
+async fn expect_names(store: &dyn Store, prefix: &str, after: Option<&str>, limit: usize, want: &[&str]) {
+    let got = list_system(store, prefix, after, limit).await;
+    assert_eq!(
+        names(&got),
+        want,
+        "list_system({prefix:?}, after {after:?}, limit {limit}): names (left) differ from the expected (right)"
+    );
+}
+
+async fn list_and_delete_system_records(store: Arc<dyn Store>) {
+    let store = store.as_ref();
+    assert!(
+        list_system(store, "", None, 100).await.is_empty(),
+        "a fresh store lists system records"
+    );
+    // Written out of order; each value names its record, one is binary.
+    let binary: Vec<u8> = (0..=255u8).rev().collect();
+    let global = [
+        "audit/3", "audi", "audit/1", "auditx", "audit/10", "audit/2", "audit/4", "audit/0", "b",
+    ];
+    for name in global {
+        must(
+            "put_system",
+            store.put_system(None, name, name.as_bytes().to_vec()).await,
+        );
+    }
+    must("put_system", store.put_system(None, "audit/5", binary.clone()).await);
+    // Same names in a mesh, and resources: never listed.
+    for name in ["audit/1", "audit/9", "audi", "a"] {
+        must(
+            "put_system in a mesh",
+            store.put_system(Some("m"), name, b"mesh".to_vec()).await,
+        );
+    }
+    create(store, mesh("m")).await;
+    create(store, zone("audit")).await;
+    create(store, retry("m", "audit")).await;
+
+    let value = |name: &str| {
+        if name == "audit/5" {
+            binary.clone()
+        } else {
+            name.as_bytes().to_vec()
+        }
+    };
+    let mut all: Vec<&str> = global.iter().copied().chain(["audit/5"]).collect();
+    all.sort_unstable();
+    let everything = list_system(store, "", None, 100).await;
+    assert_eq!(names(&everything), all, "every global record, in name order");
+    for (name, got) in &everything {
+        assert_eq!(got, &value(name), "the value of {name}");
+    }
+
+    // Prefix filtering: `audit/` is not `auditx` nor `audi`.
+    let audit: Vec<&str> = all.iter().copied().filter(|n| n.starts_with("audit/")).collect();
+    assert_eq!(
+        audit,
+        ["audit/0", "audit/1", "audit/10", "audit/2", "audit/3", "audit/4", "audit/5"]
+    );
+    expect_names(store, "audit/", None, 100, &audit).await;
+    expect_names(store, "audit", None, 100, &[&audit[..], &["auditx"]].concat()).await;
+    expect_names(store, "audi", None, 100, &[&["audi"][..], &audit, &["auditx"]].concat()).await;
+    expect_names(store, "auditx", None, 100, &["auditx"]).await;
+    assert!(
+        list_system(store, "audit/9", None, 100).await.is_empty(),
+        "mesh-only name listed"
+    );
+    assert!(list_system(store, "c", None, 100).await.is_empty());
+
+    // Limits.
+    assert!(list_system(store, "", None, 0).await.is_empty(), "limit 0");
+    assert!(
+        list_system(store, "audit/", Some("audit/0"), 0).await.is_empty(),
+        "limit 0 with start_after"
+    );
+    expect_names(store, "audit/", None, 1, &["audit/0"]).await;
+    expect_names(store, "audit/", None, 3, &audit[..3]).await;
+    expect_names(store, "audit/", None, usize::MAX, &audit).await;
+
+    // Paging with `start_after` over three pages reaches exactly every record.
+    let mut paged: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut pages = 0;
+    loop {
+        let after = paged.last().map(|(n, _)| n.clone());
+        let page = list_system(store, "audit/", after.as_deref(), 3).await;
+        if page.is_empty() {
+            break;
+        }
+        pages += 1;
+        assert!(
+            pages <= 3,
+            "more than three pages of 3 for 7 records: {:?}",
+            names(&paged)
+        );
+        paged.extend(page);
+    }
+    assert_eq!(pages, 3, "7 records in pages of 3");
+    assert_eq!(names(&paged), audit, "the pages together");
+    for (name, got) in &paged {
+        assert_eq!(got, &value(name), "the value of {name} read by page");
+    }
+    // `start_after` need not exist, nor lie inside the prefix.
+    expect_names(store, "audit/", Some("audit/1"), 2, &["audit/10", "audit/2"]).await;
+    expect_names(store, "audit/", Some("audit/11"), 1, &["audit/2"]).await;
+    expect_names(store, "audit/", Some("a"), 1, &["audit/0"]).await;
+    assert!(list_system(store, "audit/", Some("audit/5"), 10).await.is_empty());
+    assert!(list_system(store, "audit/", Some("b"), 10).await.is_empty());
+    expect_names(store, "", Some("auditx"), 10, &["b"]).await;
+
+    // Deleting: exactly the named ones; unknown names and mesh records are
+    // left alone.
+    must("delete_system of nothing", store.delete_system(&[]).await);
+    let doomed: Vec<String> = ["audit/1", "audit/10", "never-written", "audi", "audit/1"]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    must("delete_system", store.delete_system(&doomed).await);
+    let left: Vec<&str> = all.iter().copied().filter(|n| !doomed.iter().any(|d| d == n)).collect();
+    expect_names(store, "", None, 100, &left).await;
+    for name in ["audit/1", "audi"] {
+        assert_eq!(
+            must("get_system", store.get_system(None, name).await),
+            None,
+            "{name} survived delete_system"
+        );
+        assert_eq!(
+            must("get_system in a mesh", store.get_system(Some("m"), name).await),
+            Some(b"mesh".to_vec()),
+            "delete_system of global {name} deleted the mesh record"
+        );
+    }
+    must(
+        "delete_system of unknown names",
+        store.delete_system(&["ghost".to_string()]).await,
+    );
+    expect_names(store, "", None, 100, &left).await;
+
+    // More names than etcd takes in one txn.
+    let many: Vec<String> = (0..300).map(|i| format!("bulk/{i:03}")).collect();
+    for name in &many {
+        must("put_system", store.put_system(None, name, Vec::new()).await);
+    }
+    let listed = list_system(store, "bulk/", None, 1000).await;
+    assert_eq!(names(&listed), many.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(listed.iter().all(|(_, v)| v.is_empty()), "empty values survive");
+    must("delete_system of 300", store.delete_system(&many).await);
+    assert!(list_system(store, "bulk/", None, 1000).await.is_empty());
+    expect_names(store, "", None, 100, &left).await;
+    let all_resources = must("list", store.list(&Filter::all()).await);
+    assert_eq!(all_resources.items.len(), 3, "delete_system touched resources");
 }
 
 async fn large_spec_round_trips(store: Arc<dyn Store>) {

@@ -416,6 +416,47 @@ impl Inner {
         txn.commit().map_err(db_err)?;
         Ok(stored)
     }
+
+    /// Up to `limit` global system records, from key `start` on while keys
+    /// start with `range`, as (name, value).
+    fn list_system(&self, range: &str, start: &str, limit: usize) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let mut records = Vec::new();
+        if limit == 0 {
+            return Ok(records);
+        }
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(SYSTEM).map_err(db_err)?;
+        for entry in table.range::<&str>(start..).map_err(db_err)? {
+            let (k, v) = entry.map_err(db_err)?;
+            let k = k.value();
+            if !k.starts_with(range) {
+                break;
+            }
+            let name = self
+                .keys
+                .parse_global_system(k)
+                .ok_or_else(|| decode_err(k, "not a global system record key"))?;
+            records.push((name.to_string(), v.value().to_vec()));
+            if records.len() == limit {
+                break;
+            }
+        }
+        Ok(records)
+    }
+
+    /// Removes the system records `encoded` (absent ones are skipped) in one
+    /// write transaction.
+    fn delete_system(&self, encoded: &[String]) -> Result<(), StoreError> {
+        let mut txn = self.db.begin_write().map_err(db_err)?;
+        txn.set_durability(Durability::Immediate).map_err(db_err)?;
+        {
+            let mut table = txn.open_table(SYSTEM).map_err(db_err)?;
+            for key in encoded {
+                table.remove(key.as_str()).map_err(db_err)?;
+            }
+        }
+        txn.commit().map_err(db_err)
+    }
 }
 
 #[async_trait]
@@ -517,6 +558,29 @@ impl Store for EmbeddedStore {
         let encoded = self.inner.keys.system(mesh, name);
         self.blocking(move |inner| inner.put_system_if_absent(&encoded, value))
             .await
+    }
+
+    async fn list_system(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let range = self.inner.keys.global_system_prefix(prefix);
+        let start = self.inner.keys.global_system_start(prefix, start_after);
+        self.blocking(move |inner| inner.list_system(&range, &start, limit))
+            .await
+    }
+
+    async fn delete_system(&self, names: &[String]) -> Result<(), StoreError> {
+        if names.is_empty() {
+            return Ok(());
+        }
+        let encoded: Vec<String> = names.iter().map(|n| self.inner.keys.system(None, n)).collect();
+        self.blocking(move |inner| inner.delete_system(&encoded)).await
     }
 }
 

@@ -9,6 +9,10 @@
 //!   a `get` in the same txn tells `NotFound` from `Conflict`;
 //! - deleting a `Mesh` is one txn deleting the mesh key, the range
 //!   `mesh_resources(m)` and the range `mesh_system(m)`;
+//! - `list_system` is one range read of the global system records' key range
+//!   with a `limit`, started at `start_after`'s key plus a `\0` byte;
+//!   `delete_system` is one txn of deletes per 128 names (etcd's default
+//!   `--max-txn-ops`);
 //! - `watch(rev)` is an etcd watch on `all_resources()` starting at `rev`
 //!   itself, dropping the events of `rev` (the caller has them). Compacting
 //!   at `c` also drops a tombstone written at `c`, and etcd only refuses
@@ -27,8 +31,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, KeyValue, PutOptions, Txn, TxnOp,
-    TxnOpResponse, WatchOptions, WatchResponse, WatchStream,
+    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, KeyValue, PutOptions, SortOrder, SortTarget,
+    Txn, TxnOp, TxnOpResponse, WatchOptions, WatchResponse, WatchStream,
 };
 use meridian_core::{Resource, ResourceKey, ResourceType};
 use tonic::Code;
@@ -67,6 +71,10 @@ impl Default for EtcdOptions {
 /// carrying a big mesh deletion). Resources are at most ~1.5 MiB each (etcd's
 /// request limit).
 const MAX_MESSAGE_BYTES: usize = 512 * 1024 * 1024;
+
+/// The most operations etcd accepts in one txn by default
+/// (`--max-txn-ops`); larger deletes of system records are split.
+const MAX_TXN_OPS: usize = 128;
 
 /// The [`Store`] on etcd.
 #[derive(Clone)]
@@ -458,6 +466,64 @@ impl Store for EtcdStore {
             // Only a delete between the compare and the get could get here;
             // system records are deleted with their mesh only.
             .ok_or_else(|| StoreError::Internal(format!("etcd key {key}: exists but could not be read")))
+    }
+
+    /// One range read of `[start, prefix_end(range))`, ascending by key,
+    /// limited to `limit`.
+    async fn list_system(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let range = self.keys.global_system_prefix(prefix);
+        let start = self.keys.global_system_start(prefix, start_after);
+        // `range` ends in a name prefix (UTF-8, no 0xff byte) or `/`, so its
+        // end is a real key, never etcd's "to the end" `\0`.
+        let end = prefix_end(&range);
+        if start.as_bytes() >= end.as_slice() {
+            // `start_after` is past every name with this prefix.
+            return Ok(Vec::new());
+        }
+        let opts = GetOptions::new()
+            .with_range(end)
+            .with_limit(i64::try_from(limit).unwrap_or(i64::MAX))
+            .with_sort(SortTarget::Key, SortOrder::Ascend);
+        let mut kv = self.kv();
+        let resp = self.call("list system records", kv.get(start, Some(opts))).await?;
+        let mut records = Vec::with_capacity(resp.kvs().len().min(limit));
+        for kv in resp.kvs().iter().take(limit) {
+            let name = std::str::from_utf8(kv.key())
+                .ok()
+                .and_then(|k| self.keys.parse_global_system(k))
+                .ok_or_else(|| {
+                    StoreError::Internal(format!(
+                        "etcd key {}: not a global system record key",
+                        String::from_utf8_lossy(kv.key())
+                    ))
+                })?;
+            records.push((name.to_string(), kv.value().to_vec()));
+        }
+        Ok(records)
+    }
+
+    /// One txn of deletes; more than `MAX_TXN_OPS` (128) distinct names take
+    /// several txns of at most that many, in name order. Each is atomic; if
+    /// one fails, the earlier ones stay applied (deleting again is harmless).
+    async fn delete_system(&self, names: &[String]) -> Result<(), StoreError> {
+        let mut keys: Vec<String> = names.iter().map(|n| self.keys.system(None, n)).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let mut kv = self.kv();
+        for batch in keys.chunks(MAX_TXN_OPS) {
+            let ops: Vec<TxnOp> = batch.iter().map(|k| TxnOp::delete(k.as_str(), None)).collect();
+            self.call("delete system records", kv.txn(Txn::new().and_then(ops)))
+                .await?;
+        }
+        Ok(())
     }
 }
 

@@ -8,7 +8,9 @@
 //! ```
 //!
 //! Mesh, type and resource names cannot contain `/` (they are DNS names), so
-//! no escaping is needed. Deleting mesh `M` removes `r/g/Mesh/M`, the range
+//! no escaping is needed. System record names may contain `/` (`audit/1`):
+//! the `s/g/` and `s/m/` spaces never overlap, so a global name cannot be
+//! mistaken for a mesh-scoped record. Deleting mesh `M` removes `r/g/Mesh/M`, the range
 //! `r/m/M/` and the range `s/m/M/` in one write.
 
 use meridian_core::{ResourceKey, ResourceType};
@@ -57,6 +59,37 @@ impl Keys {
     /// The prefix holding the mesh-scoped system records of `mesh`.
     pub fn mesh_system(&self, mesh: &str) -> String {
         format!("{}/s/m/{}/", self.prefix, mesh)
+    }
+
+    /// The prefix holding the global system records whose names start with
+    /// `name_prefix` (with `""`: every global record, and no mesh-scoped
+    /// one). Its key range ends at [`prefix_end`] of it.
+    pub fn global_system_prefix(&self, name_prefix: &str) -> String {
+        self.system(None, name_prefix)
+    }
+
+    /// The first key to read when listing the global system records named
+    /// `name_prefix…` after `start_after`: the later of their prefix and the
+    /// key right after `start_after`'s (its key plus a NUL byte, the least
+    /// greater key). Reading goes on while keys start with
+    /// [`Keys::global_system_prefix`].
+    pub fn global_system_start(&self, name_prefix: &str, start_after: Option<&str>) -> String {
+        let prefix = self.global_system_prefix(name_prefix);
+        match start_after {
+            Some(after) => {
+                let mut next = self.system(None, after);
+                next.push('\0');
+                next.max(prefix)
+            }
+            None => prefix,
+        }
+    }
+
+    /// Parses the key of a global system record back to the record's name;
+    /// `None` for every other key (mesh-scoped records, resources, other
+    /// prefixes).
+    pub fn parse_global_system<'k>(&self, key: &'k str) -> Option<&'k str> {
+        key.strip_prefix(&self.prefix)?.strip_prefix("/s/g/")
     }
 
     /// The narrowest prefix that covers `filter`; results must still be
@@ -113,5 +146,26 @@ mod tests {
         }
         assert_eq!(k.parse_resource("/meridian/s/g/x"), None);
         assert_eq!(prefix_end("a/"), b"a0".to_vec());
+    }
+
+    #[test]
+    fn global_system_keys() {
+        let k = Keys::new("/meridian");
+        for name in ["audit/1", "", "a b/c"] {
+            let key = k.system(None, name);
+            assert!(key.starts_with(&k.global_system_prefix("")), "{key}");
+            assert_eq!(k.parse_global_system(&key), Some(name));
+        }
+        assert_eq!(k.global_system_prefix("audit/"), "/meridian/s/g/audit/");
+        assert_eq!(k.parse_global_system(&k.system(Some("m"), "audit/1")), None);
+        assert_eq!(k.parse_global_system("/meridian/r/g/Zone/z"), None);
+        assert_eq!(k.parse_global_system("/other/s/g/x"), None);
+        assert!(!k.system(Some("m"), "x").starts_with(&k.global_system_prefix("")));
+        assert_eq!(k.global_system_start("audit", None), "/meridian/s/g/audit");
+        assert_eq!(
+            k.global_system_start("audit", Some("audit/1")),
+            "/meridian/s/g/audit/1\0"
+        );
+        assert_eq!(k.global_system_start("audit", Some("a")), "/meridian/s/g/audit");
     }
 }

@@ -166,4 +166,18 @@ pub trait Store: Send + Sync + 'static {
     /// the way to create shared secrets such as signing keys.
     async fn put_system_if_absent(&self, mesh: Option<&str>, name: &str, value: Vec<u8>)
         -> Result<Vec<u8>, StoreError>;
+
+    /// Lists global system records whose names start with `prefix`, in name
+    /// (byte) order, beginning after `start_after` (exclusive) when given,
+    /// at most `limit` of them. Names are returned as given to `put_system`.
+    async fn list_system(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+
+    /// Deletes the global system records `names` in one write; names that do
+    /// not exist are not an error.
+    async fn delete_system(&self, names: &[String]) -> Result<(), StoreError>;
 }

@@ -190,4 +190,39 @@ impl Store for MemoryStore {
         let encoded = state.keys.system(mesh, name);
         Ok(state.system.entry(encoded).or_insert(value).clone())
     }
+
+    async fn list_system(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let state = self.lock()?;
+        let range = state.keys.global_system_prefix(prefix);
+        let start = state.keys.global_system_start(prefix, start_after);
+        let mut records = Vec::new();
+        for (key, value) in state.system.range(start..).take_while(|(k, _)| k.starts_with(&range)) {
+            let name = state
+                .keys
+                .parse_global_system(key)
+                .ok_or_else(|| StoreError::Internal(format!("{key} is not a global system record key")))?;
+            records.push((name.to_string(), value.clone()));
+            if records.len() == limit {
+                break;
+            }
+        }
+        Ok(records)
+    }
+
+    async fn delete_system(&self, names: &[String]) -> Result<(), StoreError> {
+        let mut state = self.lock()?;
+        for name in names {
+            let encoded = state.keys.system(None, name);
+            state.system.remove(&encoded);
+        }
+        Ok(())
+    }
 }
