@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use crate::access;
 use crate::dataplane::{Dataplane, Zone, ZoneIngress};
 use crate::error::{FieldPath, ValidationError};
 use crate::identity::{DataplaneTokenKey, DataplaneTokenRevocation};
@@ -322,6 +323,10 @@ pub fn validate_spec(kind: ResourceType, spec: Value, inline_root: &FieldPath) -
         ResourceType::CertificateAuthority => check::<mtls::CertificateAuthority>(spec, inline_root),
         ResourceType::ZoneCertificateRequest => check::<mtls::ZoneCertificateRequest>(spec, inline_root),
         ResourceType::ZoneCertificate => check::<mtls::ZoneCertificate>(spec, inline_root),
+        ResourceType::AccessRole => check::<access::AccessRole>(spec, inline_root),
+        ResourceType::AccessRoleBinding => check::<access::AccessRoleBinding>(spec, inline_root),
+        ResourceType::UserTokenKey => check::<DataplaneTokenKey>(spec, inline_root),
+        ResourceType::UserTokenRevocation => check::<DataplaneTokenRevocation>(spec, inline_root),
         // Insights are written by Meridian itself, never by users.
         ResourceType::DataplaneInsight | ResourceType::ZoneInsight => Ok(spec),
         _ => Ok(spec),

@@ -5,6 +5,7 @@
 //! (what the store keeps) and [`defaults`] (what a new mesh gets).
 //! Policy specs live in [`policy`], one module per type.
 
+pub mod access;
 pub mod dataplane;
 pub mod decode;
 pub mod defaults;

@@ -33,6 +33,10 @@ pub enum ResourceType {
     CertificateAuthority,
     ZoneCertificateRequest,
     ZoneCertificate,
+    AccessRole,
+    AccessRoleBinding,
+    UserTokenKey,
+    UserTokenRevocation,
 }
 
 /// Which side of a multi-zone deployment owns (writes) a type.
@@ -242,11 +246,43 @@ const TABLE: &[Info] = &[
         G,
         true,
     ),
+    // Who may do what through the API; written at the global (or a
+    // standalone zone), enforced by every control plane.
+    info(T::AccessRole, "AccessRole", "access-roles", false, false, G, false),
+    info(
+        T::AccessRoleBinding,
+        "AccessRoleBinding",
+        "access-role-bindings",
+        false,
+        false,
+        G,
+        false,
+    ),
+    // The public halves of the keys signing user tokens, and revoked user
+    // token ids: written by the global's issuer, verified against by zones.
+    info(
+        T::UserTokenKey,
+        "UserTokenKey",
+        "user-token-keys",
+        false,
+        false,
+        G,
+        true,
+    ),
+    info(
+        T::UserTokenRevocation,
+        "UserTokenRevocation",
+        "user-token-revocations",
+        false,
+        false,
+        G,
+        true,
+    ),
 ];
 
 impl ResourceType {
     /// All types, in a stable order.
-    pub const ALL: [ResourceType; 26] = [
+    pub const ALL: [ResourceType; 30] = [
         T::Mesh,
         T::MeshTimeout,
         T::MeshRetry,
@@ -273,6 +309,10 @@ impl ResourceType {
         T::CertificateAuthority,
         T::ZoneCertificateRequest,
         T::ZoneCertificate,
+        T::AccessRole,
+        T::AccessRoleBinding,
+        T::UserTokenKey,
+        T::UserTokenRevocation,
     ];
 
     fn info(self) -> &'static Info {
