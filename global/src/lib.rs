@@ -29,6 +29,8 @@ pub struct RunningGlobal {
     pub services: Arc<GlobalServices>,
     /// Issues dataplane tokens (what `POST /tokens/dataplane` calls).
     pub dataplane_tokens: Arc<meridian_server::identity::dataplane::DataplaneTokenIssuer>,
+    /// The admin token of the API (also in the admin token file).
+    pub admin_token: String,
     stop: watch::Sender<bool>,
     api: JoinHandle<anyhow::Result<()>>,
     leader: LeaderHandle,
@@ -81,6 +83,20 @@ pub async fn start(config: GlobalConfig, instance_id: String) -> anyhow::Result<
             create_default_mesh: !config.defaults_skip_mesh_creation,
             global: Some(services.clone()),
             zone: None,
+            access: meridian_server::access::AccessConfig {
+                admin_token_file: config
+                    .admin_token_file
+                    .clone()
+                    .unwrap_or_else(|| config.data_dir.join("admin-token")),
+                metrics_public: config.metrics_public,
+                audit_retention: config.audit_retention,
+                unauthenticated: false,
+            },
+            instance_id: instance_id.clone(),
+            api_tls: meridian_server::api_tls::ApiTls::from_paths(
+                config.api_tls_cert.clone(),
+                config.api_tls_key.clone(),
+            )?,
         },
         backend.store,
         backend.leader.subscribe(),
@@ -118,6 +134,7 @@ pub async fn start(config: GlobalConfig, instance_id: String) -> anyhow::Result<
         manager: server.manager,
         services,
         dataplane_tokens,
+        admin_token: server.admin_token,
         stop: stop_tx,
         api: server.task,
         leader: backend.leader,

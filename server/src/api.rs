@@ -10,12 +10,13 @@ use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, Extension, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use meridian_core::access::{Access, Principal, Target};
 use meridian_core::decode::{decode_value, parse_values, Format, MAX_RESOURCE_BYTES};
 use meridian_core::resource::format_time;
 use meridian_core::types::Owner;
@@ -26,6 +27,8 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use tokio::sync::watch;
 
+use crate::access::audit::{AuditEntry, Outcome as AuditOutcome};
+use crate::access::AccessControl;
 use crate::error::ApiError;
 use crate::global_services::GlobalServices;
 use crate::identity_api;
@@ -102,6 +105,8 @@ pub struct ApiState {
     /// What the zone generates for its proxies, set once the zone's xDS side
     /// exists; the global has none.
     pub inspector: Arc<OnceLock<Arc<dyn DataplaneInspector>>>,
+    /// Who may call the API, and the audit log.
+    pub access: Arc<AccessControl>,
 }
 
 /// Answers the inspection endpoints of a zone's dataplanes.
@@ -144,6 +149,9 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/tokens/zone-ingress", post(identity_api::issue_ingress_token))
         .route("/tokens/zone-ingress/revoke", post(identity_api::revoke_ingress_token))
         .route("/xds-ca", get(identity_api::xds_ca))
+        .route("/tokens/user", post(issue_user_token))
+        .route("/tokens/user/revoke", post(revoke_user_token))
+        .route("/audit", get(audit_log))
         .route("/tokens/zone", post(issue_zone_token))
         .route("/tokens/zone/revoke", post(revoke_zone_token))
         .route("/kds-info", get(kds_info))
@@ -155,6 +163,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
             get(get_global).put(put_global).delete(delete_global),
         )
         .layer(DefaultBodyLimit::max(BODY_READ_LIMIT))
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }
@@ -165,7 +174,104 @@ pub fn router(state: Arc<ApiState>) -> Router {
 const BODY_READ_LIMIT: usize = 8 * MAX_RESOURCE_BYTES;
 
 type St = State<Arc<ApiState>>;
+/// The authenticated caller, set by [`authenticate`].
+type Caller = Extension<Principal>;
 type ApiResult = Result<Response, ApiError>;
+
+/// Paths answered without a token: what probes and load balancers call.
+fn is_open(path: &str, metrics_public: bool) -> bool {
+    matches!(path, "/" | "/ready" | "/healthy") || (metrics_public && path == "/metrics")
+}
+
+/// Turns the bearer token into the caller ([`Principal`]) of the request,
+/// or answers 401 saying what is missing.
+async fn authenticate(State(state): St, mut req: Request, next: Next) -> Response {
+    if !is_open(req.uri().path(), state.access.metrics_public) {
+        match state.access.authenticate(req.headers().get(header::AUTHORIZATION)) {
+            Ok(p) => {
+                req.extensions_mut().insert(p);
+            }
+            Err(e) => {
+                let mut resp = e.into_response();
+                resp.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    header::HeaderValue::from_static("Bearer realm=\"meridian\""),
+                );
+                return resp;
+            }
+        }
+    }
+    next.run(req).await
+}
+
+/// What reading `kind` takes: `Secret`s hold keys and need `VIEW_SECRETS`.
+fn view_access(kind: ResourceType) -> Access {
+    if kind == ResourceType::Secret {
+        Access::ViewSecrets
+    } else {
+        Access::View
+    }
+}
+
+fn target_of(key: &ResourceKey) -> Target<'_> {
+    Target::resource(key.kind, key.mesh.as_deref(), &key.name)
+}
+
+/// Only the resources `p` may read.
+fn visible(s: &ApiState, p: &Principal, items: Vec<Resource>) -> Vec<Resource> {
+    let rbac = s.access.rbac.current();
+    items
+        .into_iter()
+        .filter(|r| rbac.allows(p, view_access(r.key.kind), &target_of(&r.key)))
+        .collect()
+}
+
+/// What the audit log says about a failed request.
+fn reason(e: &ApiError) -> String {
+    match e.causes.first() {
+        Some(c) => format!("{}: {}: {}", e.details, c.field, c.message),
+        None => e.details.clone(),
+    }
+}
+
+/// Records a write or a token action in the audit log and passes `result` on.
+pub(crate) async fn audited(
+    s: &ApiState,
+    p: &Principal,
+    action: &str,
+    target: Target<'_>,
+    result: ApiResult,
+) -> ApiResult {
+    if !s.access.audits {
+        return result;
+    }
+    let (outcome, status, why) = match &result {
+        Ok(r) => (AuditOutcome::Succeeded, r.status().as_u16(), None),
+        Err(e) if e.status == StatusCode::FORBIDDEN => (AuditOutcome::Denied, e.status.as_u16(), Some(reason(e))),
+        Err(e) => (AuditOutcome::Failed, e.status.as_u16(), Some(reason(e))),
+    };
+    s.access
+        .audit
+        .record(AuditEntry {
+            time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            user: p.name.clone(),
+            groups: p
+                .groups
+                .iter()
+                .filter(|g| *g != meridian_core::access::AUTHENTICATED_GROUP)
+                .cloned()
+                .collect(),
+            action: action.to_string(),
+            kind: target.kind.map(|k| k.name().to_string()),
+            mesh: target.mesh.map(str::to_string),
+            name: target.name.map(str::to_string),
+            result: outcome,
+            status,
+            reason: why,
+        })
+        .await;
+    result
+}
 
 async fn observe(State(state): St, req: Request, next: Next) -> Response {
     let method = req.method().to_string();
@@ -264,7 +370,8 @@ struct Page {
 const DEFAULT_PAGE: usize = 100;
 const MAX_PAGE: usize = 1000;
 
-fn paged(items: Vec<Value>, page: &Page, headers: &HeaderMap, path: &str) -> Result<Response, ApiError> {
+/// `(offset, size)` of a page request, checked.
+fn page_bounds(page: &Page) -> Result<(usize, usize), ApiError> {
     let parse = |name: &str, v: &Option<String>, default: usize| -> Result<usize, ApiError> {
         match v {
             None => Ok(default),
@@ -278,6 +385,11 @@ fn paged(items: Vec<Value>, page: &Page, headers: &HeaderMap, path: &str) -> Res
     if size == 0 || size > MAX_PAGE {
         return Err(ApiError::field("size", format!("must be between 1 and {MAX_PAGE}")));
     }
+    Ok((offset, size))
+}
+
+fn paged(items: Vec<Value>, page: &Page, headers: &HeaderMap, path: &str) -> Result<Response, ApiError> {
+    let (offset, size) = page_bounds(page)?;
     let total = items.len();
     let end = offset.saturating_add(size).min(total);
     let slice: Vec<Value> = if offset < total {
@@ -301,49 +413,65 @@ fn to_json(items: Vec<Resource>) -> Vec<Value> {
     items.iter().map(Resource::to_api_json).collect()
 }
 
-async fn list_meshes(State(s): St, Query(p): Query<Page>, h: HeaderMap) -> ApiResult {
-    let items = s.manager.list(&Filter::kind(ResourceType::Mesh));
+async fn list_meshes(State(s): St, Extension(caller): Caller, Query(p): Query<Page>, h: HeaderMap) -> ApiResult {
+    let items = visible(&s, &caller, s.manager.list(&Filter::kind(ResourceType::Mesh)));
     paged(to_json(items), &p, &h, "/meshes")
 }
 
 async fn list_in_mesh(
     State(s): St,
+    Extension(caller): Caller,
     Path((mesh, plural)): Path<(String, String)>,
     Query(p): Query<Page>,
     h: HeaderMap,
 ) -> ApiResult {
     let kind = mesh_scoped_type(&plural)?;
-    let items = s.manager.list(&Filter::in_mesh(kind, &mesh));
+    let items = visible(&s, &caller, s.manager.list(&Filter::in_mesh(kind, &mesh)));
     paged(to_json(items), &p, &h, &format!("/meshes/{mesh}/{plural}"))
 }
 
-async fn list_global(State(s): St, Path(plural): Path<String>, Query(p): Query<Page>, h: HeaderMap) -> ApiResult {
+async fn list_global(
+    State(s): St,
+    Extension(caller): Caller,
+    Path(plural): Path<String>,
+    Query(p): Query<Page>,
+    h: HeaderMap,
+) -> ApiResult {
     let kind = global_type(&plural)?;
-    let items = s.manager.list(&Filter::kind(kind));
+    let items = visible(&s, &caller, s.manager.list(&Filter::kind(kind)));
     paged(to_json(items), &p, &h, &format!("/{plural}"))
 }
 
 // ---- single resources -----------------------------------------------------
 
-fn get_one(s: &ApiState, key: ResourceKey) -> ApiResult {
+fn get_one(s: &ApiState, caller: &Principal, key: ResourceKey) -> ApiResult {
+    s.access.authorize(caller, view_access(key.kind), &target_of(&key))?;
     match s.manager.get(&key) {
         Some(r) => Ok(Json(r.to_api_json()).into_response()),
         None => Err(ApiError::not_found(format!("{key} not found"))),
     }
 }
 
-async fn get_mesh(State(s): St, Path(name): Path<String>) -> ApiResult {
-    get_one(&s, ResourceKey::global(ResourceType::Mesh, &name))
+async fn get_mesh(State(s): St, Extension(caller): Caller, Path(name): Path<String>) -> ApiResult {
+    get_one(&s, &caller, ResourceKey::global(ResourceType::Mesh, &name))
 }
 
-async fn get_in_mesh(State(s): St, Path((mesh, plural, name)): Path<(String, String, String)>) -> ApiResult {
+async fn get_in_mesh(
+    State(s): St,
+    Extension(caller): Caller,
+    Path((mesh, plural, name)): Path<(String, String, String)>,
+) -> ApiResult {
     let kind = mesh_scoped_type(&plural)?;
-    get_one(&s, ResourceKey::in_mesh(kind, &mesh, &name))
+    get_one(&s, &caller, ResourceKey::in_mesh(kind, &mesh, &name))
 }
 
-async fn get_global(State(s): St, Path((plural, name)): Path<(String, String)>) -> ApiResult {
+async fn get_global(
+    State(s): St,
+    Extension(caller): Caller,
+    Path((plural, name)): Path<(String, String)>,
+) -> ApiResult {
     let kind = global_type(&plural)?;
-    get_one(&s, ResourceKey::global(kind, &name))
+    get_one(&s, &caller, ResourceKey::global(kind, &name))
 }
 
 /// On a federated zone, copies synced from another zone (its ingresses) are
@@ -358,64 +486,109 @@ fn check_not_synced(s: &ApiState, key: &ResourceKey) -> Result<(), ApiError> {
     }
 }
 
-async fn delete_one(s: &ApiState, key: ResourceKey) -> ApiResult {
-    s.mode.check_writable(key.kind)?;
-    check_not_synced(s, &key)?;
-    crate::mtls::checks::check_delete(&s.manager, &key)?;
-    s.manager.delete(&key).await?;
-    Ok(Json(json!({})).into_response())
+async fn delete_one(s: &ApiState, caller: &Principal, key: ResourceKey) -> ApiResult {
+    let result = async {
+        s.access.authorize(caller, Access::Delete, &target_of(&key))?;
+        s.mode.check_writable(key.kind)?;
+        check_not_synced(s, &key)?;
+        crate::mtls::checks::check_delete(&s.manager, &key)?;
+        crate::access::rbac::check_delete(&s.manager, &key)?;
+        s.manager.delete(&key).await?;
+        Ok(Json(json!({})).into_response())
+    }
+    .await;
+    audited(s, caller, Access::Delete.name(), target_of(&key), result).await
 }
 
-async fn delete_mesh(State(s): St, Path(name): Path<String>) -> ApiResult {
-    delete_one(&s, ResourceKey::global(ResourceType::Mesh, &name)).await
+async fn delete_mesh(State(s): St, Extension(caller): Caller, Path(name): Path<String>) -> ApiResult {
+    delete_one(&s, &caller, ResourceKey::global(ResourceType::Mesh, &name)).await
 }
 
-async fn delete_in_mesh(State(s): St, Path((mesh, plural, name)): Path<(String, String, String)>) -> ApiResult {
+async fn delete_in_mesh(
+    State(s): St,
+    Extension(caller): Caller,
+    Path((mesh, plural, name)): Path<(String, String, String)>,
+) -> ApiResult {
     let kind = mesh_scoped_type(&plural)?;
     if kind == ResourceType::DataplaneTokenKey {
         // Retiring a key removes its private half too; the issuer does both.
-        return identity_api::retire_dataplane_key(&s, &mesh, &name).await;
+        let key = ResourceKey::in_mesh(kind, &mesh, &name);
+        let result = async {
+            s.access.authorize(&caller, Access::Delete, &target_of(&key))?;
+            identity_api::retire_dataplane_key(&s, &mesh, &name).await
+        }
+        .await;
+        return audited(&s, &caller, Access::Delete.name(), target_of(&key), result).await;
     }
-    delete_one(&s, ResourceKey::in_mesh(kind, &mesh, &name)).await
+    delete_one(&s, &caller, ResourceKey::in_mesh(kind, &mesh, &name)).await
 }
 
-async fn delete_global(State(s): St, Path((plural, name)): Path<(String, String)>) -> ApiResult {
+async fn delete_global(
+    State(s): St,
+    Extension(caller): Caller,
+    Path((plural, name)): Path<(String, String)>,
+) -> ApiResult {
     let kind = global_type(&plural)?;
-    delete_one(&s, ResourceKey::global(kind, &name)).await
+    delete_one(&s, &caller, ResourceKey::global(kind, &name)).await
 }
 
 async fn put_mesh(
     State(s): St,
+    Extension(caller): Caller,
     Path(name): Path<String>,
     h: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
-    put_one(&s, ResourceKey::global(ResourceType::Mesh, &name), &h, body).await
+    put_one(&s, &caller, ResourceKey::global(ResourceType::Mesh, &name), &h, body).await
 }
 
 async fn put_in_mesh(
     State(s): St,
+    Extension(caller): Caller,
     Path((mesh, plural, name)): Path<(String, String, String)>,
     h: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
     let kind = mesh_scoped_type(&plural)?;
-    put_one(&s, ResourceKey::in_mesh(kind, &mesh, &name), &h, body).await
+    put_one(&s, &caller, ResourceKey::in_mesh(kind, &mesh, &name), &h, body).await
 }
 
 async fn put_global(
     State(s): St,
+    Extension(caller): Caller,
     Path((plural, name)): Path<(String, String)>,
     h: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
     let kind = global_type(&plural)?;
-    put_one(&s, ResourceKey::global(kind, &name), &h, body).await
+    put_one(&s, &caller, ResourceKey::global(kind, &name), &h, body).await
+}
+
+/// PUT: authorized as CREATE or UPDATE by whether the resource exists, and
+/// audited either way.
+async fn put_one(
+    s: &ApiState,
+    caller: &Principal,
+    key: ResourceKey,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let action = if s.manager.get(&key).is_some() {
+        Access::Update
+    } else {
+        Access::Create
+    };
+    let result = async {
+        s.access.authorize(caller, action, &target_of(&key))?;
+        put_authorized(s, key.clone(), headers, body).await
+    }
+    .await;
+    audited(s, caller, action.name(), target_of(&key), result).await
 }
 
 /// PUT: one document, in JSON or YAML by Content-Type; identity fields
 /// missing from the body are taken from the path, present ones must match.
-async fn put_one(
+async fn put_authorized(
     s: &ApiState,
     key: ResourceKey,
     headers: &HeaderMap,
@@ -483,6 +656,7 @@ async fn put_one(
         ));
     }
     crate::mtls::checks::check_write(&s.manager, &doc)?;
+    crate::access::rbac::check_write(&s.manager, &doc)?;
     let (stored, outcome) = s.manager.apply(doc).await?;
     let status = match outcome {
         Outcome::Created => StatusCode::CREATED,
@@ -512,21 +686,43 @@ fn inspector(s: &ApiState) -> Result<Arc<dyn DataplaneInspector>, ApiError> {
         .ok_or_else(|| ApiError::not_found("dataplane inspection is served by zone control planes"))
 }
 
-async fn dataplane_xds(State(s): St, Path((mesh, name)): Path<(String, String)>) -> ApiResult {
+fn authorize_inspection(
+    s: &ApiState,
+    caller: &Principal,
+    kind: ResourceType,
+    mesh: Option<&str>,
+    name: &str,
+) -> Result<(), ApiError> {
+    s.access
+        .authorize(caller, Access::ViewConfigDump, &Target::resource(kind, mesh, name))
+}
+
+async fn dataplane_xds(
+    State(s): St,
+    Extension(caller): Caller,
+    Path((mesh, name)): Path<(String, String)>,
+) -> ApiResult {
+    authorize_inspection(&s, &caller, ResourceType::Dataplane, Some(&mesh), &name)?;
     let i = inspector(&s)?;
     i.xds(&mesh, &name)
         .map(|v| Json(v).into_response())
         .ok_or_else(|| ApiError::not_found(format!("dataplane {mesh}/{name} not found")))
 }
 
-async fn zone_ingress_xds(State(s): St, Path(name): Path<String>) -> ApiResult {
+async fn zone_ingress_xds(State(s): St, Extension(caller): Caller, Path(name): Path<String>) -> ApiResult {
+    authorize_inspection(&s, &caller, ResourceType::ZoneIngress, None, &name)?;
     let i = inspector(&s)?;
     i.ingress_xds(&name)
         .map(|v| Json(v).into_response())
         .ok_or_else(|| ApiError::not_found(format!("zone ingress {name} of this zone not found")))
 }
 
-async fn dataplane_policies(State(s): St, Path((mesh, name)): Path<(String, String)>) -> ApiResult {
+async fn dataplane_policies(
+    State(s): St,
+    Extension(caller): Caller,
+    Path((mesh, name)): Path<(String, String)>,
+) -> ApiResult {
+    authorize_inspection(&s, &caller, ResourceType::Dataplane, Some(&mesh), &name)?;
     let i = inspector(&s)?;
     i.policies(&mesh, &name)
         .map(|v| Json(v).into_response())
@@ -559,6 +755,7 @@ fn dataplane_overview(dp: &Resource, insight: Option<&Resource>) -> Value {
 
 async fn list_dataplane_overviews(
     State(s): St,
+    Extension(caller): Caller,
     Path(mesh): Path<String>,
     Query(p): Query<Page>,
     h: HeaderMap,
@@ -569,17 +766,25 @@ async fn list_dataplane_overviews(
         .into_iter()
         .map(|r| (r.key.name.clone(), r))
         .collect();
-    let items = s
-        .manager
-        .list(&Filter::in_mesh(ResourceType::Dataplane, &mesh))
+    let dataplanes = visible(
+        &s,
+        &caller,
+        s.manager.list(&Filter::in_mesh(ResourceType::Dataplane, &mesh)),
+    );
+    let items = dataplanes
         .iter()
         .map(|dp| dataplane_overview(dp, insights.get(&dp.key.name)))
         .collect();
     paged(items, &p, &h, &format!("/meshes/{mesh}/dataplanes+insights"))
 }
 
-async fn get_dataplane_overview(State(s): St, Path((mesh, name)): Path<(String, String)>) -> ApiResult {
+async fn get_dataplane_overview(
+    State(s): St,
+    Extension(caller): Caller,
+    Path((mesh, name)): Path<(String, String)>,
+) -> ApiResult {
     let key = ResourceKey::in_mesh(ResourceType::Dataplane, &mesh, &name);
+    s.access.authorize(&caller, Access::View, &target_of(&key))?;
     let dp = s
         .manager
         .get(&key)
@@ -602,10 +807,14 @@ fn zone_overview(zone: &Resource, insight: Option<&Resource>) -> Value {
     })
 }
 
-async fn list_zone_overviews(State(s): St, Query(p): Query<Page>, h: HeaderMap) -> ApiResult {
-    let items = s
-        .manager
-        .list(&Filter::kind(ResourceType::Zone))
+async fn list_zone_overviews(
+    State(s): St,
+    Extension(caller): Caller,
+    Query(p): Query<Page>,
+    h: HeaderMap,
+) -> ApiResult {
+    let zones = visible(&s, &caller, s.manager.list(&Filter::kind(ResourceType::Zone)));
+    let items = zones
         .iter()
         .map(|z| {
             let insight = s
@@ -617,8 +826,9 @@ async fn list_zone_overviews(State(s): St, Query(p): Query<Page>, h: HeaderMap) 
     paged(items, &p, &h, "/zones+insights")
 }
 
-async fn get_zone_overview(State(s): St, Path(name): Path<String>) -> ApiResult {
+async fn get_zone_overview(State(s): St, Extension(caller): Caller, Path(name): Path<String>) -> ApiResult {
     let key = ResourceKey::global(ResourceType::Zone, &name);
+    s.access.authorize(&caller, Access::View, &target_of(&key))?;
     let zone = s
         .manager
         .get(&key)
@@ -627,9 +837,11 @@ async fn get_zone_overview(State(s): St, Path(name): Path<String>) -> ApiResult 
     Ok(Json(zone_overview(&zone, insight.as_ref())).into_response())
 }
 
-async fn global_insight(State(s): St) -> Json<Value> {
+/// Counts of what the caller may read.
+async fn global_insight(State(s): St, Extension(caller): Caller) -> Json<Value> {
     let m = &s.manager;
-    let zones = m.list(&Filter::kind(ResourceType::Zone));
+    let list = |f: &Filter| visible(&s, &caller, m.list(f));
+    let zones = list(&Filter::kind(ResourceType::Zone));
     let zones_online = zones
         .iter()
         .filter(|z| {
@@ -639,7 +851,7 @@ async fn global_insight(State(s): St) -> Json<Value> {
             )
         })
         .count();
-    let dataplanes = m.list(&Filter::kind(ResourceType::Dataplane));
+    let dataplanes = list(&Filter::kind(ResourceType::Dataplane));
     let dp_online = dataplanes
         .iter()
         .filter(|dp| {
@@ -657,16 +869,16 @@ async fn global_insight(State(s): St) -> Json<Value> {
     let mut policies = Map::new();
     let mut policy_total = 0;
     for kind in ResourceType::policies() {
-        let n = m.list(&Filter::kind(kind)).len();
+        let n = list(&Filter::kind(kind)).len();
         policy_total += n;
         policies.insert(kind.name().to_string(), json!({"total": n}));
     }
     Json(json!({
         "type": "GlobalInsight",
         "createdAt": format_time(&chrono::Utc::now()),
-        "meshes": {"total": m.list(&Filter::kind(ResourceType::Mesh)).len()},
+        "meshes": {"total": list(&Filter::kind(ResourceType::Mesh)).len()},
         "zones": {"online": zones_online, "total": zones.len()},
-        "zoneIngresses": {"total": m.list(&Filter::kind(ResourceType::ZoneIngress)).len()},
+        "zoneIngresses": {"total": list(&Filter::kind(ResourceType::ZoneIngress)).len()},
         "dataplanes": {"online": dp_online, "total": dataplanes.len()},
         "policies": {"total": policy_total, "byType": policies},
     }))
@@ -719,31 +931,273 @@ pub(crate) fn string_field<'a>(obj: &'a Map<String, Value>, field: &str) -> Resu
 }
 
 /// `POST /tokens/zone {"zone", "validFor"}` → the token, as text.
-async fn issue_zone_token(State(s): St, body: Result<Bytes, BytesRejection>) -> ApiResult {
-    let global = global_services(&s)?;
-    let obj = json_object(body, &["zone", "validFor"])?;
-    let zone = string_field(&obj, "zone")?.ok_or_else(|| ApiError::field("zone", "must be set"))?;
-    meridian_core::names::check_rfc1035_label(zone).map_err(|e| ApiError::field("zone", e))?;
-    let valid_for = string_field(&obj, "validFor")?.unwrap_or(DEFAULT_TOKEN_VALIDITY);
-    let valid_for = meridian_core::duration::Duration::parse(valid_for).map_err(|e| ApiError::field("validFor", e))?;
-    let token = global.tokens.issue(zone, valid_for.as_std()).await?;
-    tracing::info!(%zone, valid_for = %valid_for, "issued a zone token");
-    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], token).into_response())
+async fn issue_zone_token(State(s): St, Extension(caller): Caller, body: Result<Bytes, BytesRejection>) -> ApiResult {
+    let mut zone_name = None;
+    let result = async {
+        s.access
+            .authorize(&caller, Access::GenerateZoneToken, &Target::token(None))?;
+        let global = global_services(&s)?;
+        let obj = json_object(body, &["zone", "validFor"])?;
+        let zone = string_field(&obj, "zone")?.ok_or_else(|| ApiError::field("zone", "must be set"))?;
+        zone_name = Some(zone.to_string());
+        meridian_core::names::check_rfc1035_label(zone).map_err(|e| ApiError::field("zone", e))?;
+        let valid_for = string_field(&obj, "validFor")?.unwrap_or(DEFAULT_TOKEN_VALIDITY);
+        let valid_for =
+            meridian_core::duration::Duration::parse(valid_for).map_err(|e| ApiError::field("validFor", e))?;
+        let token = global.tokens.issue(zone, valid_for.as_std()).await?;
+        tracing::info!(%zone, valid_for = %valid_for, "issued a zone token");
+        Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], token).into_response())
+    }
+    .await;
+    let target = Target {
+        kind: Some(ResourceType::Zone),
+        mesh: None,
+        name: zone_name.as_deref(),
+    };
+    audited(&s, &caller, "GENERATE_ZONE_TOKEN", target, result).await
 }
 
 /// `POST /tokens/zone/revoke {"id"}` → `{}`.
-async fn revoke_zone_token(State(s): St, body: Result<Bytes, BytesRejection>) -> ApiResult {
-    let global = global_services(&s)?;
-    let obj = json_object(body, &["id"])?;
-    let id = string_field(&obj, "id")?.ok_or_else(|| ApiError::field("id", "must be set"))?;
-    tokens::check_token_id(id).map_err(|e| ApiError::field("id", e))?;
-    global.tokens.revoke(id).await?;
-    tracing::info!(%id, "revoked a zone token");
-    Ok(Json(json!({})).into_response())
+async fn revoke_zone_token(State(s): St, Extension(caller): Caller, body: Result<Bytes, BytesRejection>) -> ApiResult {
+    let mut token_id = None;
+    let result = async {
+        s.access
+            .authorize(&caller, Access::GenerateZoneToken, &Target::token(None))?;
+        let global = global_services(&s)?;
+        let obj = json_object(body, &["id"])?;
+        let id = string_field(&obj, "id")?.ok_or_else(|| ApiError::field("id", "must be set"))?;
+        token_id = Some(id.to_string());
+        tokens::check_token_id(id).map_err(|e| ApiError::field("id", e))?;
+        global.tokens.revoke(id).await?;
+        tracing::info!(%id, "revoked a zone token");
+        Ok(Json(json!({})).into_response())
+    }
+    .await;
+    audited(
+        &s,
+        &caller,
+        "REVOKE_ZONE_TOKEN",
+        Target::named_token(None, token_id.as_deref()),
+        result,
+    )
+    .await
 }
 
 /// `GET /kds-info` → where zones reach KDS and the CA they verify it with.
-async fn kds_info(State(s): St) -> ApiResult {
+async fn kds_info(State(s): St, Extension(caller): Caller) -> ApiResult {
+    s.access
+        .authorize(&caller, Access::GenerateZoneToken, &Target::token(None))?;
     let global = global_services(&s)?;
     Ok(Json(json!({"kdsAddress": global.kds_address, "caCert": global.ca_pem})).into_response())
+}
+
+// ---- user tokens and the audit log ----------------------------------------
+
+/// Validity of a user token when the request names none.
+const DEFAULT_USER_TOKEN_VALIDITY: &str = "24h";
+
+/// `POST /tokens/user {"name", "groups"?, "validFor"?}` → the token, as
+/// text; the global and standalone zones. Names and groups of
+/// `mesh-system:` are given by admins only.
+async fn issue_user_token(State(s): St, Extension(caller): Caller, body: Result<Bytes, BytesRejection>) -> ApiResult {
+    let mut user = None;
+    let result = async {
+        s.access
+            .authorize(&caller, Access::GenerateUserToken, &Target::token(None))?;
+        if matches!(s.mode, Mode::Zone { .. }) {
+            return Err(ApiError::read_only(
+                "user tokens are issued by the global control plane: ask it (meridianctl generate user-token against the global's API)",
+            ));
+        }
+        let obj = json_object(body, &["name", "groups", "validFor"])?;
+        let name = string_field(&obj, "name")?.ok_or_else(|| ApiError::field("name", "must be set"))?;
+        user = Some(name.to_string());
+        let groups = match obj.get("groups") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|g| g.as_str().map(str::to_string))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| ApiError::field("groups", "must be a list of strings"))?,
+            Some(_) => return Err(ApiError::field("groups", "must be a list of strings")),
+        };
+        let reserved = meridian_core::access::RESERVED_PREFIX;
+        if !caller.is_admin() {
+            if name.starts_with(reserved) {
+                return Err(ApiError::field("name", format!("names starting with {reserved:?} are given by admins only")));
+            }
+            if groups.iter().any(|g| g.starts_with(reserved)) {
+                return Err(ApiError::field("groups", format!("groups starting with {reserved:?} are given by admins only")));
+            }
+        }
+        let valid_for = string_field(&obj, "validFor")?.unwrap_or(DEFAULT_USER_TOKEN_VALIDITY);
+        let valid_for = meridian_core::duration::Duration::parse(valid_for).map_err(|e| ApiError::field("validFor", e))?;
+        let token = s
+            .access
+            .users
+            .issue(&crate::access::user_tokens::UserTokenRequest {
+                name: name.to_string(),
+                groups: groups.clone(),
+                valid_for: valid_for.as_std(),
+            })
+            .await?;
+        tracing::info!(user = %name, ?groups, valid_for = %valid_for, "issued a user token");
+        Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], token).into_response())
+    }
+    .await;
+    audited(
+        &s,
+        &caller,
+        "GENERATE_USER_TOKEN",
+        Target::named_token(None, user.as_deref()),
+        result,
+    )
+    .await
+}
+
+/// `POST /tokens/user/revoke {"id"}` → `{}`.
+async fn revoke_user_token(State(s): St, Extension(caller): Caller, body: Result<Bytes, BytesRejection>) -> ApiResult {
+    let mut token_id = None;
+    let result = async {
+        s.access
+            .authorize(&caller, Access::GenerateUserToken, &Target::token(None))?;
+        if matches!(s.mode, Mode::Zone { .. }) {
+            return Err(ApiError::read_only(
+                "user tokens are revoked at the global control plane; the revocation reaches zones over KDS",
+            ));
+        }
+        let obj = json_object(body, &["id"])?;
+        let id = string_field(&obj, "id")?.ok_or_else(|| ApiError::field("id", "must be set"))?;
+        token_id = Some(id.to_string());
+        s.access.users.revoke(id).await?;
+        tracing::info!(%id, "revoked a user token");
+        Ok(Json(json!({})).into_response())
+    }
+    .await;
+    audited(
+        &s,
+        &caller,
+        "REVOKE_USER_TOKEN",
+        Target::named_token(None, token_id.as_deref()),
+        result,
+    )
+    .await
+}
+
+#[derive(Deserialize)]
+struct AuditParams {
+    offset: Option<String>,
+    size: Option<String>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    mesh: Option<String>,
+    user: Option<String>,
+    action: Option<String>,
+    result: Option<String>,
+    since: Option<String>,
+}
+
+/// `GET /audit?type=&mesh=&user=&action=&result=&since=&offset=&size=`:
+/// the entries the caller may see (`VIEW_AUDIT` on their type and mesh),
+/// oldest first.
+async fn audit_log(State(s): St, Extension(caller): Caller, Query(q): Query<AuditParams>, h: HeaderMap) -> ApiResult {
+    use crate::access::audit::Query as AuditQuery;
+    let result = match q.result.as_deref() {
+        None | Some("") => None,
+        Some("succeeded") => Some(AuditOutcome::Succeeded),
+        Some("denied") => Some(AuditOutcome::Denied),
+        Some("failed") => Some(AuditOutcome::Failed),
+        Some(other) => {
+            return Err(ApiError::field(
+                "result",
+                format!("{other:?} is not one of succeeded, denied, failed"),
+            ))
+        }
+    };
+    let since = q
+        .since
+        .as_deref()
+        .filter(|v| !v.is_empty())
+        .map(|v| {
+            chrono::DateTime::parse_from_rfc3339(v)
+                .map(|t| t.with_timezone(&chrono::Utc))
+                .map_err(|e| ApiError::field("since", format!("must be an RFC 3339 time: {e}")))
+        })
+        .transpose()?;
+    let nonempty = |v: Option<String>| v.filter(|s| !s.is_empty());
+    let query = AuditQuery {
+        kind: nonempty(q.kind),
+        mesh: nonempty(q.mesh),
+        user: nonempty(q.user),
+        action: nonempty(q.action),
+        result,
+        since,
+    };
+    let page = Page {
+        offset: q.offset,
+        size: q.size,
+    };
+    let (offset, size) = page_bounds(&page)?;
+    s.access.audit.flush().await;
+    let rbac = s.access.rbac.current();
+    let (total, entries) = s
+        .access
+        .audit
+        .query(
+            &query,
+            |e| {
+                let kind = e.kind.as_deref().and_then(|k| k.parse::<ResourceType>().ok());
+                let target = Target {
+                    kind,
+                    mesh: e.mesh.as_deref(),
+                    name: e.name.as_deref(),
+                };
+                rbac.allows(&caller, Access::ViewAudit, &target)
+            },
+            offset,
+            size,
+        )
+        .await?;
+    let items: Vec<Value> = entries
+        .into_iter()
+        .filter_map(|e| serde_json::to_value(e).ok())
+        .collect();
+    let end = offset.saturating_add(items.len());
+    let next = if end < total {
+        let host = h.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("localhost");
+        let mut url = format!("http://{host}/audit?offset={end}&size={size}");
+        for (k, v) in [
+            ("type", &query.kind),
+            ("mesh", &query.mesh),
+            ("user", &query.user),
+            ("action", &query.action),
+        ] {
+            if let Some(v) = v {
+                url.push_str(&format!("&{k}={}", encode_query(v)));
+            }
+        }
+        if let Some(r) = query.result {
+            url.push_str(&format!("&result={}", r.name()));
+        }
+        if let Some(t) = &q.since {
+            url.push_str(&format!("&since={}", encode_query(t)));
+        }
+        Value::String(url)
+    } else {
+        Value::Null
+    };
+    Ok(Json(json!({"total": total, "items": items, "next": next})).into_response())
+}
+
+/// Percent-encodes a query value (everything but unreserved characters).
+fn encode_query(v: &str) -> String {
+    v.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
 }

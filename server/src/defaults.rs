@@ -9,6 +9,7 @@
 
 use std::sync::Arc;
 
+use meridian_core::access::{AccessRole, AccessRoleBinding, DEFAULT_ADMIN_BINDING, DEFAULT_ADMIN_ROLE};
 use meridian_core::decode::{Document, DEFAULT_MESH};
 use meridian_core::defaults::initial_policies;
 use meridian_core::mesh::Mesh;
@@ -21,6 +22,7 @@ use crate::manager::{Manager, WriteError};
 
 const DEFAULT_MESH_MARKER: &str = "defaults/default-mesh-created";
 const INITIAL_POLICIES_MARKER: &str = "defaults/initial-policies-created";
+const ADMIN_ACCESS_MARKER: &str = "defaults/admin-access-created";
 
 #[derive(Clone, Debug)]
 pub struct DefaultsConfig {
@@ -90,6 +92,7 @@ pub async fn run(
 }
 
 async fn full_pass(manager: &Manager, config: &DefaultsConfig) -> Result<(), WriteError> {
+    ensure_admin_access(manager).await?;
     if config.create_default_mesh {
         ensure_default_mesh(manager).await?;
     }
@@ -113,6 +116,34 @@ async fn ensure_default_mesh(manager: &Manager) -> Result<(), WriteError> {
         tracing::info!("created mesh \"default\"");
     }
     store.put_system(None, DEFAULT_MESH_MARKER, b"1".to_vec()).await?;
+    Ok(())
+}
+
+/// Creates the `admin` AccessRole (everything) and the `admin` binding of
+/// the admin group to it, once: an operator may change them later (within
+/// what the lockout check allows).
+async fn ensure_admin_access(manager: &Manager) -> Result<(), WriteError> {
+    let store = manager.store();
+    if store.get_system(None, ADMIN_ACCESS_MARKER).await?.is_some() {
+        return Ok(());
+    }
+    let encode = |v: Result<serde_json::Value, serde_json::Error>| {
+        v.map_err(|e| WriteError::Store(meridian_store::StoreError::Internal(e.to_string())))
+    };
+    let role = Document {
+        key: ResourceKey::global(ResourceType::AccessRole, DEFAULT_ADMIN_ROLE),
+        labels: Default::default(),
+        spec: encode(serde_json::to_value(AccessRole::admin()))?,
+    };
+    let binding = Document {
+        key: ResourceKey::global(ResourceType::AccessRoleBinding, DEFAULT_ADMIN_BINDING),
+        labels: Default::default(),
+        spec: encode(serde_json::to_value(AccessRoleBinding::admin()))?,
+    };
+    if manager.create_if_absent(role).await? | manager.create_if_absent(binding).await? {
+        tracing::info!("created the admin AccessRole and AccessRoleBinding");
+    }
+    store.put_system(None, ADMIN_ACCESS_MARKER, b"1".to_vec()).await?;
     Ok(())
 }
 

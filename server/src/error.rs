@@ -9,6 +9,7 @@ use meridian_core::{Cause, ValidationError};
 use meridian_store::StoreError;
 use serde_json::json;
 
+use crate::access::user_tokens::UserTokenError;
 use crate::identity::dataplane::DataplaneTokenError;
 use crate::identity::ingress::IngressTokenError;
 use crate::manager::WriteError;
@@ -145,6 +146,23 @@ impl From<IngressTokenError> for ApiError {
                 ApiError::bad_request(e.to_string())
             }
             IngressTokenError::Key(_) => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal error", e.to_string())
+            }
+        }
+    }
+}
+
+impl From<UserTokenError> for ApiError {
+    fn from(e: UserTokenError) -> Self {
+        match e {
+            UserTokenError::Invalid { field, .. } => ApiError::field(field, e.to_string()),
+            UserTokenError::Store(s) => s.into(),
+            UserTokenError::Write(w) => w.into(),
+            UserTokenError::Jwt(_)
+            | UserTokenError::Claims(_)
+            | UserTokenError::UnknownKey(_)
+            | UserTokenError::Revoked(_) => ApiError::bad_request(e.to_string()),
+            UserTokenError::Corrupt(_) | UserTokenError::Internal(_) => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal error", e.to_string())
             }
         }

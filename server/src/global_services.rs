@@ -28,10 +28,15 @@ mod tests {
     use crate::{Mode, ServerConfig};
 
     /// One HTTP/1.1 request; returns the status and the body.
-    async fn call(addr: std::net::SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    async fn call(
+        (addr, token): &(std::net::SocketAddr, String),
+        method: &str,
+        path: &str,
+        body: &str,
+    ) -> (u16, String) {
         let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
         let req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            "{method} {path} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         );
         conn.write_all(req.as_bytes()).await.unwrap();
@@ -45,7 +50,12 @@ mod tests {
         (status, body)
     }
 
-    async fn serve(mode: Mode, global: Option<Arc<GlobalServices>>, store: Arc<dyn Store>) -> std::net::SocketAddr {
+    async fn serve(
+        mode: Mode,
+        global: Option<Arc<GlobalServices>>,
+        store: Arc<dyn Store>,
+    ) -> (std::net::SocketAddr, String) {
+        let dir = tempfile::tempdir().unwrap();
         let running = crate::start(
             ServerConfig {
                 api_addr: "127.0.0.1:0".parse().unwrap(),
@@ -53,6 +63,9 @@ mod tests {
                 create_default_mesh: false,
                 global,
                 zone: None,
+                access: crate::access::AccessConfig::with_token_file(dir.path().join("admin-token")),
+                instance_id: "test".into(),
+                api_tls: None,
             },
             store,
             watch::channel(true).1,
@@ -60,7 +73,7 @@ mod tests {
         )
         .await
         .unwrap();
-        running.api_addr
+        (running.api_addr, running.admin_token)
     }
 
     #[tokio::test]
@@ -72,14 +85,14 @@ mod tests {
             ca_pem: "PEM".into(),
         });
         let addr = serve(Mode::Global, Some(global.clone()), store).await;
-        let (status, token) = call(addr, "POST", "/tokens/zone", r#"{"zone":"east","validFor":"1h"}"#).await;
+        let (status, token) = call(&addr, "POST", "/tokens/zone", r#"{"zone":"east","validFor":"1h"}"#).await;
         assert_eq!(status, 200, "{token}");
         let claims = global.tokens.verify(&token).await.unwrap();
         assert_eq!(claims.zone, "east");
         assert!((3599..=3601).contains(&(claims.expires_at - claims.issued_at)));
 
         let (status, body) = call(
-            addr,
+            &addr,
             "POST",
             "/tokens/zone/revoke",
             &format!(r#"{{"id":"{}"}}"#, claims.id),
@@ -91,7 +104,7 @@ mod tests {
             Err(crate::tokens::TokenError::Revoked { .. })
         ));
 
-        let (status, body) = call(addr, "GET", "/kds-info", "").await;
+        let (status, body) = call(&addr, "GET", "/kds-info", "").await;
         assert_eq!(status, 200);
         let info: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(
@@ -109,7 +122,7 @@ mod tests {
             ("POST", "/tokens/zone/revoke", r#"{"id":"abc"}"#),
             ("GET", "/kds-info", ""),
         ] {
-            let (status, body) = call(addr, method, path, body).await;
+            let (status, body) = call(&addr, method, path, body).await;
             assert_eq!(status, 404, "{path}: {body}");
             assert!(body.contains("served by the global control plane"), "{path}: {body}");
         }

@@ -15,13 +15,15 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use meridian_core::access::{Access, Principal, Target};
+use meridian_core::ResourceType;
 use serde_json::{json, Value};
 
-use crate::api::{json_object, string_field, ApiState, Mode};
+use crate::api::{audited, json_object, string_field, ApiState, Mode};
 use crate::error::ApiError;
 use crate::identity::dataplane::{DataplaneTokenIssuer, IssueRequest};
 use crate::identity::ingress::IngressTokens;
@@ -100,36 +102,107 @@ fn tags(obj: &serde_json::Map<String, Value>) -> Result<BTreeMap<String, Vec<Str
     Ok(out)
 }
 
-/// `POST /tokens/dataplane`.
-pub async fn issue_dataplane_token(State(s): St, body: Result<Bytes, BytesRejection>) -> ApiResult {
-    let issuer = issuer(&s)?;
-    let obj = json_object(body, &["mesh", "name", "tags", "validFor"])?;
-    let req = IssueRequest {
-        mesh: required(&obj, "mesh")?.to_string(),
-        name: string_field(&obj, "name")?.map(str::to_string),
-        tags: tags(&obj)?,
-        valid_for: valid_for(&obj)?,
-    };
-    let token = issuer.issue(&req).await?;
-    tracing::info!(mesh = %req.mesh, name = ?req.name, tags = ?req.tags, "issued a dataplane token");
-    Ok(text(token))
+/// What a token request names, for the audit log.
+#[derive(Default)]
+struct Named {
+    mesh: Option<String>,
+    name: Option<String>,
 }
 
-/// `POST /tokens/dataplane/revoke`.
-pub async fn revoke_dataplane_token(State(s): St, body: Result<Bytes, BytesRejection>) -> ApiResult {
-    let issuer = issuer(&s)?;
-    let obj = json_object(body, &["mesh", "id"])?;
-    issuer.revoke(required(&obj, "mesh")?, required(&obj, "id")?).await?;
-    Ok(Json(json!({})).into_response())
+impl Named {
+    fn target(&self, kind: Option<ResourceType>) -> Target<'_> {
+        Target {
+            kind,
+            mesh: self.mesh.as_deref(),
+            name: self.name.as_deref(),
+        }
+    }
 }
 
-/// `POST /tokens/dataplane/rotate`.
-pub async fn rotate_dataplane_key(State(s): St, body: Result<Bytes, BytesRejection>) -> ApiResult {
-    let issuer = issuer(&s)?;
-    let obj = json_object(body, &["mesh"])?;
-    let mesh = required(&obj, "mesh")?;
-    let key = issuer.rotate(mesh).await?;
-    Ok(Json(json!({"mesh": mesh, "key": key})).into_response())
+type Caller = Extension<Principal>;
+
+/// `POST /tokens/dataplane`: `GENERATE_DATAPLANE_TOKEN` in the mesh.
+pub async fn issue_dataplane_token(
+    State(s): St,
+    Extension(caller): Caller,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let mut named = Named::default();
+    let result = async {
+        let obj = json_object(body, &["mesh", "name", "tags", "validFor"])?;
+        let req = IssueRequest {
+            mesh: required(&obj, "mesh")?.to_string(),
+            name: string_field(&obj, "name")?.map(str::to_string),
+            tags: tags(&obj)?,
+            valid_for: valid_for(&obj)?,
+        };
+        named.mesh = Some(req.mesh.clone());
+        named.name = req.name.clone();
+        s.access
+            .authorize(&caller, Access::GenerateDataplaneToken, &Target::token(Some(&req.mesh)))?;
+        let token = issuer(&s)?.issue(&req).await?;
+        tracing::info!(mesh = %req.mesh, name = ?req.name, tags = ?req.tags, "issued a dataplane token");
+        Ok(text(token))
+    }
+    .await;
+    audited(&s, &caller, "GENERATE_DATAPLANE_TOKEN", named.target(None), result).await
+}
+
+/// `POST /tokens/dataplane/revoke`: `GENERATE_DATAPLANE_TOKEN` in the mesh.
+pub async fn revoke_dataplane_token(
+    State(s): St,
+    Extension(caller): Caller,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let mut named = Named::default();
+    let result = async {
+        let obj = json_object(body, &["mesh", "id"])?;
+        let mesh = required(&obj, "mesh")?;
+        let id = required(&obj, "id")?;
+        named.mesh = Some(mesh.to_string());
+        named.name = Some(id.to_string());
+        s.access
+            .authorize(&caller, Access::GenerateDataplaneToken, &Target::token(Some(mesh)))?;
+        issuer(&s)?.revoke(mesh, id).await?;
+        Ok(Json(json!({})).into_response())
+    }
+    .await;
+    audited(&s, &caller, "REVOKE_DATAPLANE_TOKEN", named.target(None), result).await
+}
+
+/// `POST /tokens/dataplane/rotate`: `CREATE` of a `DataplaneTokenKey` in the mesh.
+pub async fn rotate_dataplane_key(
+    State(s): St,
+    Extension(caller): Caller,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let mut named = Named::default();
+    let result = async {
+        let obj = json_object(body, &["mesh"])?;
+        let mesh = required(&obj, "mesh")?;
+        named.mesh = Some(mesh.to_string());
+        s.access.authorize(
+            &caller,
+            Access::Create,
+            &Target {
+                kind: Some(ResourceType::DataplaneTokenKey),
+                mesh: Some(mesh),
+                name: None,
+            },
+        )?;
+        let key = issuer(&s)?.rotate(mesh).await?;
+        named.name = Some(key.clone());
+        Ok(Json(json!({"mesh": mesh, "key": key})).into_response())
+    }
+    .await;
+    audited(
+        &s,
+        &caller,
+        "ROTATE_DATAPLANE_TOKEN_KEY",
+        named.target(Some(ResourceType::DataplaneTokenKey)),
+        result,
+    )
+    .await
 }
 
 /// `DELETE /meshes/{mesh}/dataplane-token-keys/{name}`.
@@ -138,22 +211,54 @@ pub async fn retire_dataplane_key(s: &ApiState, mesh: &str, name: &str) -> ApiRe
     Ok(Json(json!({})).into_response())
 }
 
-/// `POST /tokens/zone-ingress`.
-pub async fn issue_ingress_token(State(s): St, body: Result<Bytes, BytesRejection>) -> ApiResult {
-    let zone = zone_services(&s)?;
-    let obj = json_object(body, &["name", "validFor"])?;
-    let name = string_field(&obj, "name")?;
-    let token = zone.ingress_tokens.issue(name, valid_for(&obj)?).await?;
-    tracing::info!(?name, "issued a zone ingress token");
-    Ok(text(token))
+/// `POST /tokens/zone-ingress`: `GENERATE_ZONE_TOKEN`.
+pub async fn issue_ingress_token(
+    State(s): St,
+    Extension(caller): Caller,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let mut named = Named::default();
+    let result = async {
+        s.access
+            .authorize(&caller, Access::GenerateZoneToken, &Target::token(None))?;
+        let zone = zone_services(&s)?;
+        let obj = json_object(body, &["name", "validFor"])?;
+        let name = string_field(&obj, "name")?;
+        named.name = name.map(str::to_string);
+        let token = zone.ingress_tokens.issue(name, valid_for(&obj)?).await?;
+        tracing::info!(?name, "issued a zone ingress token");
+        Ok(text(token))
+    }
+    .await;
+    audited(
+        &s,
+        &caller,
+        "GENERATE_ZONE_INGRESS_TOKEN",
+        named.target(Some(ResourceType::ZoneIngress)),
+        result,
+    )
+    .await
 }
 
-/// `POST /tokens/zone-ingress/revoke`.
-pub async fn revoke_ingress_token(State(s): St, body: Result<Bytes, BytesRejection>) -> ApiResult {
-    let zone = zone_services(&s)?;
-    let obj = json_object(body, &["id"])?;
-    zone.ingress_tokens.revoke(required(&obj, "id")?).await?;
-    Ok(Json(json!({})).into_response())
+/// `POST /tokens/zone-ingress/revoke`: `GENERATE_ZONE_TOKEN`.
+pub async fn revoke_ingress_token(
+    State(s): St,
+    Extension(caller): Caller,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let mut named = Named::default();
+    let result = async {
+        s.access
+            .authorize(&caller, Access::GenerateZoneToken, &Target::token(None))?;
+        let zone = zone_services(&s)?;
+        let obj = json_object(body, &["id"])?;
+        let id = required(&obj, "id")?;
+        named.name = Some(id.to_string());
+        zone.ingress_tokens.revoke(id).await?;
+        Ok(Json(json!({})).into_response())
+    }
+    .await;
+    audited(&s, &caller, "REVOKE_ZONE_INGRESS_TOKEN", named.target(None), result).await
 }
 
 /// `GET /xds-ca`.

@@ -17,7 +17,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+pub mod access;
 pub mod api;
+pub mod api_tls;
 pub mod backend;
 pub mod defaults;
 pub mod error;
@@ -45,6 +47,12 @@ pub struct ServerConfig {
     pub global: Option<Arc<global_services::GlobalServices>>,
     /// Ingress tokens and the xDS CA; zones only.
     pub zone: Option<Arc<identity_api::ZoneServices>>,
+    /// Who may call the API (admin token file, audit retention).
+    pub access: access::AccessConfig,
+    /// Tells this process's audit records from other replicas'.
+    pub instance_id: String,
+    /// Serve the API over TLS.
+    pub api_tls: Option<api_tls::ApiTls>,
 }
 
 /// A running API server.
@@ -56,6 +64,9 @@ pub struct Running {
     /// Set once by a zone to serve `/meshes/{mesh}/dataplanes/{name}/xds` and `/policies`.
     pub inspector: Arc<std::sync::OnceLock<Arc<dyn api::DataplaneInspector>>>,
     pub manager: Arc<manager::Manager>,
+    /// The admin token of this control plane (also in its admin token file).
+    pub admin_token: String,
+    pub access: Arc<access::AccessControl>,
     pub task: JoinHandle<anyhow::Result<()>>,
 }
 
@@ -106,6 +117,13 @@ pub async fn start(
     let ready = readiness(cache.clone(), defaults_done);
     let mut registry = Registry::default();
     let metrics = metrics::ApiMetrics::register(&mut registry);
+    let (access, admin_token) = access::AccessControl::start(
+        manager.clone(),
+        &config.access,
+        config.instance_id.clone(),
+        &mut registry,
+    )
+    .await?;
     let inspector = Arc::new(std::sync::OnceLock::new());
     let dataplane_tokens = matches!(config.mode, Mode::Global | Mode::Standalone { .. })
         .then(|| Arc::new(identity::dataplane::DataplaneTokenIssuer::new(manager.clone())));
@@ -120,24 +138,31 @@ pub async fn start(
         dataplane_tokens: dataplane_tokens.clone(),
         zone: config.zone.clone(),
         inspector: inspector.clone(),
+        access: access.clone(),
     });
+    let acceptor = config.api_tls.as_ref().map(api_tls::ApiTls::acceptor).transpose()?;
     let listener = TcpListener::bind(config.api_addr)
         .await
         .with_context(|| format!("binding the API to {}", config.api_addr))?;
     let api_addr = listener.local_addr().context("reading the API address")?;
-    tracing::info!(%api_addr, mode = ?config.mode, "API listening");
+    tracing::info!(%api_addr, mode = ?config.mode, tls = acceptor.is_some(), "API listening");
     let app = api::router(state);
-    let task = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .context("serving the API")
-    });
+    let task = match acceptor {
+        Some(acceptor) => tokio::spawn(api_tls::serve(listener, acceptor, app, shutdown)),
+        None => tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+                .context("serving the API")
+        }),
+    };
     Ok(Running {
         api_addr,
         dataplane_tokens,
         inspector,
         manager,
+        admin_token,
+        access,
         task,
     })
 }

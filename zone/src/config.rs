@@ -74,6 +74,21 @@ pub struct RunArgs {
     /// Do not create the `default` mesh on first start (standalone only)
     #[arg(long, env = "MERIDIAN_DEFAULTS_SKIP_MESH_CREATION")]
     pub defaults_skip_mesh_creation: Option<bool>,
+    /// File the admin token is written to [default: <data-dir>/admin-token]
+    #[arg(long, env = "MERIDIAN_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// Serve /metrics without a token (for a scraper without credentials)
+    #[arg(long, env = "MERIDIAN_METRICS_PUBLIC")]
+    pub metrics_public: Option<bool>,
+    /// How long audit entries are kept [default: 720h]
+    #[arg(long, env = "MERIDIAN_AUDIT_RETENTION")]
+    pub audit_retention: Option<meridian_core::duration::Duration>,
+    /// Certificate (PEM) to serve the HTTP API over TLS
+    #[arg(long, env = "MERIDIAN_API_TLS_CERT", requires = "api_tls_key")]
+    pub api_tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of the API's TLS certificate
+    #[arg(long, env = "MERIDIAN_API_TLS_KEY", requires = "api_tls_cert")]
+    pub api_tls_key: Option<PathBuf>,
     /// A YAML file with any of the settings above (kebab-case keys)
     #[arg(long, env = "MERIDIAN_CONFIG")]
     pub config: Option<PathBuf>,
@@ -99,6 +114,11 @@ pub struct FileConfig {
     pub ingress_address: Option<String>,
     pub kds_keepalive: Option<Dur>,
     pub defaults_skip_mesh_creation: Option<bool>,
+    pub admin_token_file: Option<PathBuf>,
+    pub metrics_public: Option<bool>,
+    pub audit_retention: Option<meridian_core::duration::Duration>,
+    pub api_tls_cert: Option<PathBuf>,
+    pub api_tls_key: Option<PathBuf>,
 }
 
 impl FileConfig {
@@ -127,6 +147,12 @@ pub struct Settings {
     pub ingress_address: Option<String>,
     pub kds_keepalive: Duration,
     pub defaults_skip_mesh_creation: bool,
+    /// `None`: `<data-dir>/admin-token`.
+    pub admin_token_file: Option<PathBuf>,
+    pub metrics_public: bool,
+    pub audit_retention: std::time::Duration,
+    pub api_tls_cert: Option<PathBuf>,
+    pub api_tls_key: Option<PathBuf>,
 }
 
 impl Default for Settings {
@@ -148,6 +174,11 @@ impl Default for Settings {
             ingress_address: None,
             kds_keepalive: Duration::from_secs(10),
             defaults_skip_mesh_creation: false,
+            admin_token_file: None,
+            metrics_public: false,
+            audit_retention: meridian_server::access::DEFAULT_AUDIT_RETENTION,
+            api_tls_cert: None,
+            api_tls_key: None,
         }
     }
 }
@@ -198,6 +229,15 @@ impl Settings {
                 .or(kuma_skip)
                 .or(file.defaults_skip_mesh_creation)
                 .unwrap_or(d.defaults_skip_mesh_creation),
+            admin_token_file: args.admin_token_file.or(file.admin_token_file),
+            metrics_public: args.metrics_public.or(file.metrics_public).unwrap_or(d.metrics_public),
+            audit_retention: match args.audit_retention.or(file.audit_retention) {
+                Some(r) if r.is_zero() => anyhow::bail!("audit-retention must be greater than zero"),
+                Some(r) => r.as_std(),
+                None => d.audit_retention,
+            },
+            api_tls_cert: args.api_tls_cert.or(file.api_tls_cert),
+            api_tls_key: args.api_tls_key.or(file.api_tls_key),
         })
     }
 
@@ -261,10 +301,19 @@ impl Settings {
             dp_auth: self.dp_auth,
             dataplane_cleanup_age: self.dataplane_cleanup_age,
             store: self.store,
-            data_dir: self.data_dir,
+            data_dir: self.data_dir.clone(),
             federation,
             ingress_address,
             create_default_mesh: !self.defaults_skip_mesh_creation,
+            access: meridian_server::access::AccessConfig {
+                admin_token_file: self
+                    .admin_token_file
+                    .unwrap_or_else(|| self.data_dir.join("admin-token")),
+                metrics_public: self.metrics_public,
+                audit_retention: self.audit_retention,
+                unauthenticated: false,
+            },
+            api_tls: meridian_server::api_tls::ApiTls::from_paths(self.api_tls_cert, self.api_tls_key)?,
         })
     }
 }

@@ -53,6 +53,10 @@ pub struct ZoneConfig {
     pub ingress_address: Option<(String, u16)>,
     /// Standalone only: create the `default` mesh on first start.
     pub create_default_mesh: bool,
+    /// Who may call the API.
+    pub access: meridian_server::access::AccessConfig,
+    /// Serve the API over TLS.
+    pub api_tls: Option<meridian_server::api_tls::ApiTls>,
 }
 
 /// The xDS server's certificate: given files, or generated from the zone's
@@ -67,6 +71,8 @@ pub struct XdsTls {
 /// A running zone.
 pub struct RunningZone {
     pub api_addr: SocketAddr,
+    /// The admin token of the zone's API (also in its admin token file).
+    pub admin_token: String,
     pub xds_addr: SocketAddr,
     /// The CA (PEM) proxies verify the xDS server with (`GET /xds-ca`).
     pub xds_ca_pem: String,
@@ -131,6 +137,9 @@ pub async fn start(config: ZoneConfig) -> anyhow::Result<RunningZone> {
                 ingress_tokens: ingress_tokens.clone(),
                 xds_ca_pem: xds_tls.ca_pem.clone(),
             })),
+            access: config.access.clone(),
+            instance_id: instance_id.clone(),
+            api_tls: config.api_tls.clone(),
         },
         backend.store,
         backend.leader.subscribe(),
@@ -177,6 +186,7 @@ pub async fn start(config: ZoneConfig) -> anyhow::Result<RunningZone> {
     let xds_addr = serve_xds(config.xds_addr, &xds_tls, zone_xds.clone(), stop_rx.clone()).await?;
     Ok(RunningZone {
         api_addr: server.api_addr,
+        admin_token: server.admin_token,
         xds_addr,
         xds_ca_pem: xds_tls.ca_pem,
         xds: zone_xds,
