@@ -1,6 +1,16 @@
 //! `meridianctl`: apply, get, delete and inspect resources through the
-//! HTTP API of a global or zone control plane, and issue zone tokens and
-//! join commands on the global (DESIGN §5).
+//! HTTP API of a global or zone control plane, issue zone, dataplane and
+//! user tokens, read the audit log, and remember control planes as contexts
+//! (DESIGN §5, §12).
+//!
+//! Start at [`run`]: it resolves the control plane and the token
+//! ([`auth`], from flags, environment and the [`contexts`] file) and builds
+//! the [`client::Client`] every command uses.
+
+mod audit;
+mod auth;
+mod client;
+mod contexts;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -12,12 +22,33 @@ use meridian_core::decode::{decode_value, parse_values, Format};
 use meridian_core::{ResourceKey, ResourceType};
 use serde_json::Value;
 
+use crate::audit::AuditFilter;
+use crate::client::Client;
+use crate::contexts::{Config, ControlPlane};
+
 #[derive(Parser)]
 #[command(name = "meridianctl", version, about = "Manage Meridian meshes and policies")]
 struct Cli {
-    /// Address of the control plane's HTTP API.
-    #[arg(long, global = true, env = "MERIDIAN_API", default_value = "http://127.0.0.1:5681")]
-    api: String,
+    /// Address of the control plane's HTTP API [default: the current
+    /// context's, else http://127.0.0.1:5681].
+    #[arg(long, global = true, env = "MERIDIAN_API")]
+    api: Option<String>,
+    /// A file holding the API token (give it before the command: after
+    /// `revoke …`, `--token-file` names the token to revoke). Without it:
+    /// MERIDIAN_API_TOKEN, the current context's token file, and for a local
+    /// control plane ./meridian-data/admin-token or
+    /// ./meridian-zone-data/admin-token.
+    #[arg(long = "token-file", env = "MERIDIAN_API_TOKEN_FILE", value_name = "FILE")]
+    api_token_file: Option<PathBuf>,
+    /// PEM CA certificates to verify an https:// API with, instead of the
+    /// public roots (give it before the command) [default: the current
+    /// context's caFile].
+    #[arg(long = "ca-file", env = "MERIDIAN_API_CA_FILE", value_name = "FILE")]
+    api_ca_file: Option<PathBuf>,
+    /// The context file [default: $XDG_CONFIG_HOME/meridian/config.yaml,
+    /// else ~/.config/meridian/config.yaml].
+    #[arg(long = "config", global = true, env = "MERIDIAN_CONFIG", value_name = "FILE")]
+    config_file: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -30,16 +61,30 @@ enum Cmd {
         #[arg(short = 'f', long = "file", required = true)]
         files: Vec<String>,
     },
-    /// Show resources: `get meshes`, `get zones`, `get meshtimeouts -m default`, `get mesh default`.
+    /// Show resources: `get meshes`, `get zones`, `get meshtimeouts -m default`, `get mesh default`;
+    /// the audit log of writes: `get audit [--type T] [-m MESH] [--user U] [--action A] [--result R]`.
     Get {
-        /// A type: plural (`meshtimeouts`) or singular (`meshtimeout`, `MeshTimeout`).
+        /// A type: plural (`meshtimeouts`) or singular (`meshtimeout`, `MeshTimeout`), or `audit`.
         kind: String,
         /// Show only this resource.
         name: Option<String>,
-        #[arg(short = 'm', long, default_value = "default")]
-        mesh: String,
+        /// The mesh of mesh-scoped types [default: default]; for `get audit`, only entries of this mesh.
+        #[arg(short = 'm', long)]
+        mesh: Option<String>,
         #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
         output: Output,
+        /// `get audit`: only entries about this resource type (`MeshTimeout`).
+        #[arg(long = "type", value_name = "TYPE")]
+        audit_type: Option<String>,
+        /// `get audit`: only entries of this user.
+        #[arg(long)]
+        user: Option<String>,
+        /// `get audit`: only entries of this action (CREATE, UPDATE, DELETE, GENERATE_USER_TOKEN…).
+        #[arg(long)]
+        action: Option<String>,
+        /// `get audit`: only entries with this result.
+        #[arg(long, value_parser = ["succeeded", "denied", "failed"])]
+        result: Option<String>,
     },
     /// Delete a resource.
     Delete {
@@ -66,16 +111,56 @@ enum Cmd {
     },
     /// Issue credentials: `generate zone-token`, `zone-join` and
     /// `dataplane-token` on the global (dataplane tokens also on a standalone
-    /// zone), `zone-ingress-token` on a zone.
+    /// zone), `zone-ingress-token` on a zone, `user-token` for the HTTP API.
     #[command(subcommand)]
     Generate(Generate),
     /// Revoke credentials: `revoke zone-token`, `revoke dataplane-token`,
-    /// `revoke zone-ingress-token`.
+    /// `revoke zone-ingress-token`, `revoke user-token`.
     #[command(subcommand)]
     Revoke(Revoke),
     /// Rotate signing keys: `rotate dataplane-token-key --mesh M`.
     #[command(subcommand)]
     Rotate(Rotate),
+    /// meridianctl's own settings: `config control-planes add|list|use|remove`.
+    #[command(subcommand)]
+    Config(ConfigCmd),
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// The control planes meridianctl knows (contexts): address, token file
+    /// and CA file, and which one commands talk to.
+    #[command(subcommand)]
+    ControlPlanes(ControlPlanesCmd),
+}
+
+#[derive(Subcommand)]
+enum ControlPlanesCmd {
+    /// Remember a control plane; the first one becomes current.
+    Add {
+        /// What `list`, `use` and `remove` call it.
+        #[arg(long)]
+        name: String,
+        /// Its API: http://HOST:PORT or https://HOST:PORT.
+        #[arg(long)]
+        address: String,
+        /// The file holding its token (the path is kept, read on each use;
+        /// never the token).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        /// PEM CA certificates its https:// address is verified with.
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+        /// Replace a control plane of that name.
+        #[arg(long)]
+        overwrite: bool,
+    },
+    /// List the control planes; `*` marks the current one.
+    List,
+    /// Make commands talk to this control plane.
+    Use { name: String },
+    /// Forget a control plane.
+    Remove { name: String },
 }
 
 #[derive(Subcommand)]
@@ -114,6 +199,19 @@ enum Generate {
         /// for several values (`--tag kuma.io/service=web`).
         #[arg(long = "tag")]
         tags: Vec<String>,
+        /// How long the token is accepted (24h, 30m, 1y…).
+        #[arg(long, default_value = "24h")]
+        valid_for: String,
+    },
+    /// Print a token a person or a program uses the HTTP API with, as user
+    /// `--name` in the groups `--group` (what AccessRoleBindings grant).
+    UserToken {
+        /// The user's name.
+        #[arg(long)]
+        name: String,
+        /// A group the user belongs to; repeat for several.
+        #[arg(long = "group")]
+        groups: Vec<String>,
         /// How long the token is accepted (24h, 30m, 1y…).
         #[arg(long, default_value = "24h")]
         valid_for: String,
@@ -167,6 +265,12 @@ enum Revoke {
         #[arg(long)]
         token_file: Option<PathBuf>,
     },
+    /// Make the control plane refuse a user token from now on.
+    UserToken {
+        /// The token's id (the `jti` claim, printed by `generate user-token`).
+        #[arg(long)]
+        id: String,
+    },
     /// Make the global refuse a zone token from now on. Name it by its id
     /// (the `jti` claim, printed by `generate`) or give the token itself.
     ZoneToken {
@@ -190,17 +294,86 @@ enum Output {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let client = Client::new(&cli.api);
-    let result = match cli.cmd {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The environment and working directory, read once here: everything
+/// below takes them as values.
+struct Env {
+    api_token: Option<String>,
+    xdg_config_home: Option<std::ffi::OsString>,
+    home: Option<std::ffi::OsString>,
+    cwd: PathBuf,
+}
+
+impl Env {
+    fn read() -> anyhow::Result<Env> {
+        let api_token = match std::env::var("MERIDIAN_API_TOKEN") {
+            Ok(t) => Some(t),
+            Err(std::env::VarError::NotPresent) => None,
+            Err(std::env::VarError::NotUnicode(_)) => bail!("MERIDIAN_API_TOKEN is not valid UTF-8"),
+        };
+        Ok(Env {
+            api_token,
+            xdg_config_home: std::env::var_os("XDG_CONFIG_HOME"),
+            home: std::env::var_os("HOME"),
+            cwd: std::env::current_dir().context("finding the working directory")?,
+        })
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let env = Env::read()?;
+    let config_path = contexts::config_path(
+        cli.config_file.as_deref(),
+        env.xdg_config_home.clone(),
+        env.home.clone(),
+    );
+    if let Cmd::Config(ConfigCmd::ControlPlanes(cmd)) = cli.cmd {
+        return control_planes(&config_path?, &env.cwd, cmd);
+    }
+    // Without a place for a context file (no HOME) there are no contexts.
+    let config = match config_path {
+        Ok(path) => Config::load(&path)?,
+        Err(_) => Config::default(),
+    };
+    let client = connect(&cli, &env, &config)?;
+    match cli.cmd {
         Cmd::Apply { files } => apply(&client, &files),
         Cmd::Get {
             kind,
             name,
             mesh,
             output,
-        } => get(&client, &kind, name.as_deref(), &mesh, output),
+            audit_type,
+            user,
+            action,
+            result,
+        } => {
+            let filter = AuditFilter {
+                kind: audit_type,
+                mesh,
+                user,
+                action,
+                result,
+            };
+            get(&client, &kind, name.as_deref(), filter, output)
+        }
         Cmd::Delete { kind, name, mesh } => delete(&client, &kind, &name, &mesh),
+        Cmd::Generate(Generate::UserToken {
+            name,
+            groups,
+            valid_for,
+        }) => issue_user_token(&client, &name, &groups, &valid_for).map(|t| println!("{t}")),
+        Cmd::Revoke(Revoke::UserToken { id }) => client
+            .expect_ok("POST", "/tokens/user/revoke", Some(&serde_json::json!({"id": id})))
+            .map(|_| println!("revoked user token {id}")),
         Cmd::Inspect {
             what,
             name,
@@ -251,76 +424,100 @@ fn main() -> ExitCode {
                 let key = v.get("key").and_then(Value::as_str).unwrap_or("?");
                 println!("mesh {mesh:?} signs new dataplane tokens with {key}; retire an older key with: meridianctl delete dataplane-token-key KEY -m {mesh}");
             }),
+        Cmd::Config(_) => unreachable!("handled above"),
+    }
+}
+
+/// The client for the control plane the flags, environment and current
+/// context name, with its token and CA (see [`auth`] for the precedence).
+fn connect(cli: &Cli, env: &Env, config: &Config) -> anyhow::Result<Client> {
+    let target = auth::target(cli.api.as_deref(), config.current())?;
+    let loopback = auth::api_host(&target.address).is_ok_and(|h| auth::is_loopback(&h));
+    let token = auth::resolve_token(&auth::TokenInputs {
+        flag_file: cli.api_token_file.as_deref(),
+        env_token: env.api_token.as_deref(),
+        context: target.context,
+        loopback,
+        cwd: &env.cwd,
+    })?;
+    let ca = match (&cli.api_ca_file, target.context.and_then(|c| c.ca_file.as_ref())) {
+        (Some(file), _) => Some(client::load_ca(
+            &env.cwd.join(file),
+            "--ca-file (MERIDIAN_API_CA_FILE)",
+        )?),
+        (None, Some(file)) => {
+            let what = format!(
+                "the caFile of control plane {:?}",
+                target.context.map_or("", |c| c.name.as_str())
+            );
+            Some(client::load_ca(file, &what)?)
+        }
+        (None, None) => None,
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("Error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    Ok(Client::new(&target.address, token, ca))
 }
 
-/// A thin client over the HTTP API.
-struct Client {
-    base: String,
-    agent: ureq::Agent,
-}
+// ---- contexts -----------------------------------------------------------------
 
-impl Client {
-    fn new(base: &str) -> Self {
-        let config = ureq::Agent::config_builder().http_status_as_error(false).build();
-        Client {
-            base: base.trim_end_matches('/').to_string(),
-            agent: ureq::Agent::new_with_config(config),
+fn control_planes(config_path: &Path, cwd: &Path, cmd: ControlPlanesCmd) -> anyhow::Result<()> {
+    let mut config = Config::load(config_path)?;
+    match cmd {
+        ControlPlanesCmd::List => {
+            print_table(&contexts::TABLE_HEADERS, &config.table());
+            return Ok(());
+        }
+        ControlPlanesCmd::Add {
+            name,
+            address,
+            token_file,
+            ca_file,
+            overwrite,
+        } => {
+            let absolute = |flag: &str, p: PathBuf| -> anyhow::Result<PathBuf> {
+                std::path::absolute(cwd.join(&p)).with_context(|| format!("{flag} {}", p.display()))
+            };
+            let token_file = token_file.map(|p| absolute("--token-file", p)).transpose()?;
+            let ca_file = ca_file.map(|p| absolute("--ca-file", p)).transpose()?;
+            // Both are read on every use; say now if they cannot be, but keep
+            // them: the control plane may not have written its token yet.
+            if let Some(f) = &token_file {
+                if let Err(e) = auth::read_token_file(f) {
+                    eprintln!("warning: --token-file: {e:#}");
+                }
+            }
+            if let Some(f) = &ca_file {
+                if let Err(e) = client::load_ca(f, "--ca-file") {
+                    eprintln!("warning: {e:#}");
+                }
+            }
+            let became_current = config.add(
+                ControlPlane {
+                    name: name.clone(),
+                    address: address.trim().trim_end_matches('/').to_string(),
+                    token_file,
+                    ca_file,
+                },
+                overwrite,
+            )?;
+            config.save(config_path)?;
+            let current = if became_current { " (current)" } else { "" };
+            println!("added control plane {name:?}{current} to {}", config_path.display());
+        }
+        ControlPlanesCmd::Use { name } => {
+            config.use_context(&name)?;
+            config.save(config_path)?;
+            println!("now using control plane {name:?}");
+        }
+        ControlPlanesCmd::Remove { name } => {
+            let was_current = config.remove(&name)?;
+            config.save(config_path)?;
+            println!("removed control plane {name:?}");
+            if was_current {
+                eprintln!("no control plane is current now; choose one: meridianctl config control-planes use NAME");
+            }
         }
     }
-
-    fn call(&self, method: &str, path: &str, body: Option<&Value>) -> anyhow::Result<(u16, Value)> {
-        let url = format!("{}{}", self.base, path);
-        let resp = match (method, body) {
-            ("GET", _) => self.agent.get(&url).call(),
-            ("DELETE", _) => self.agent.delete(&url).call(),
-            ("PUT", Some(b)) => self.agent.put(&url).send_json(b),
-            ("POST", Some(b)) => self.agent.post(&url).send_json(b),
-            _ => return Err(anyhow!("unsupported request {method} {path}")),
-        };
-        let mut resp = resp.with_context(|| format!("cannot reach the control plane at {}", self.base))?;
-        let status = resp.status().as_u16();
-        let text = resp
-            .body_mut()
-            .read_to_string()
-            .with_context(|| format!("reading the answer to {method} {path}"))?;
-        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        Ok((status, value))
-    }
-
-    /// Calls and turns an error status into an error that shows the causes.
-    fn expect_ok(&self, method: &str, path: &str, body: Option<&Value>) -> anyhow::Result<(u16, Value)> {
-        let (status, value) = self.call(method, path, body)?;
-        if (200..300).contains(&status) {
-            Ok((status, value))
-        } else {
-            Err(anyhow!("{method} {path}: {status}: {}", describe_error(&value)))
-        }
-    }
-}
-
-fn describe_error(v: &Value) -> String {
-    let mut out = v
-        .get("details")
-        .or_else(|| v.get("title"))
-        .and_then(Value::as_str)
-        .map(str::to_string)
-        .unwrap_or_else(|| v.to_string());
-    if let Some(causes) = v.get("causes").and_then(Value::as_array) {
-        for c in causes {
-            let field = c.get("field").and_then(Value::as_str).unwrap_or("");
-            let msg = c.get("message").and_then(Value::as_str).unwrap_or("");
-            out.push_str(&format!("\n  {field}: {msg}"));
-        }
-    }
-    out
+    Ok(())
 }
 
 fn resolve_kind(name: &str) -> anyhow::Result<ResourceType> {
@@ -422,7 +619,24 @@ fn describe_key(key: &ResourceKey) -> String {
 
 // ---- get / delete / inspect -------------------------------------------------
 
-fn get(client: &Client, kind: &str, name: Option<&str>, mesh: &str, output: Output) -> anyhow::Result<()> {
+fn get(client: &Client, kind: &str, name: Option<&str>, filter: AuditFilter, output: Output) -> anyhow::Result<()> {
+    // The audit log is no resource type: it comes before type resolution.
+    if kind.eq_ignore_ascii_case("audit") {
+        if let Some(name) = name {
+            bail!("get audit takes no NAME (got {name:?}): filter with --type, -m, --user, --action, --result");
+        }
+        return audit::get_audit(client, &filter, output);
+    }
+    let only_audit = [
+        ("--type", &filter.kind),
+        ("--user", &filter.user),
+        ("--action", &filter.action),
+        ("--result", &filter.result),
+    ];
+    if let Some((flag, _)) = only_audit.iter().find(|(_, v)| v.is_some()) {
+        bail!("{flag} filters `get audit` only");
+    }
+    let mesh = filter.mesh.as_deref().unwrap_or("default");
     let kind = resolve_kind(kind)?;
     match name {
         Some(name) => {
@@ -432,21 +646,23 @@ fn get(client: &Client, kind: &str, name: Option<&str>, mesh: &str, output: Outp
                 ResourceKey::global(kind, name)
             };
             let (_, item) = client.expect_ok("GET", &resource_path(&key), None)?;
-            print_items(kind, &[item], output, None)
+            print_items(&[item], output, &default_columns(kind))
         }
         None => {
             let items = list_all(client, &collection_path(kind, mesh))?;
-            print_items(kind, &items, output, None)
+            print_items(&items, output, &default_columns(kind))
         }
     }
 }
 
-/// Follows `next` links until the list is complete.
+/// Follows `next` links until the list is complete. `path` may carry a
+/// query of its own.
 fn list_all(client: &Client, path: &str) -> anyhow::Result<Vec<Value>> {
     let mut items = Vec::new();
     let mut offset = 0usize;
+    let sep = if path.contains('?') { '&' } else { '?' };
     loop {
-        let (_, page) = client.expect_ok("GET", &format!("{path}?offset={offset}&size=1000"), None)?;
+        let (_, page) = client.expect_ok("GET", &format!("{path}{sep}offset={offset}&size=1000"), None)?;
         let batch = page.get("items").and_then(Value::as_array).cloned().unwrap_or_default();
         let n = batch.len();
         items.extend(batch);
@@ -457,12 +673,17 @@ fn list_all(client: &Client, path: &str) -> anyhow::Result<Vec<Value>> {
     }
 }
 
-fn print_items(
-    kind: ResourceType,
-    items: &[Value],
-    output: Output,
-    columns: Option<&[(&str, &str)]>,
-) -> anyhow::Result<()> {
+/// The table columns of a type without columns of its own.
+fn default_columns(kind: ResourceType) -> Vec<(&'static str, &'static str)> {
+    if kind.is_mesh_scoped() {
+        vec![("MESH", "mesh"), ("NAME", "name"), ("AGE", "creationTime")]
+    } else {
+        vec![("NAME", "name"), ("AGE", "creationTime")]
+    }
+}
+
+/// Prints items as JSON, YAML or a table of `columns` (header, field path).
+fn print_items(items: &[Value], output: Output, cols: &[(&str, &str)]) -> anyhow::Result<()> {
     match output {
         Output::Json => {
             let v = if items.len() == 1 {
@@ -481,12 +702,6 @@ fn print_items(
             }
         }
         Output::Table => {
-            let default_cols: Vec<(&str, &str)> = if kind.is_mesh_scoped() {
-                vec![("MESH", "mesh"), ("NAME", "name"), ("AGE", "creationTime")]
-            } else {
-                vec![("NAME", "name"), ("AGE", "creationTime")]
-            };
-            let cols = columns.unwrap_or(&default_cols);
             let rows: Vec<Vec<String>> = items
                 .iter()
                 .map(|it| cols.iter().map(|(_, ptr)| cell(it, ptr)).collect())
@@ -562,19 +777,17 @@ fn inspect(client: &Client, what: &str, mesh: &str, output: Output) -> anyhow::R
         "zones" => {
             let items = list_all(client, "/zones+insights")?;
             print_items(
-                ResourceType::Zone,
                 &items,
                 output,
-                Some(&[("NAME", "name"), ("ONLINE", "online"), ("AGE", "creationTime")]),
+                &[("NAME", "name"), ("ONLINE", "online"), ("AGE", "creationTime")],
             )
         }
         "dataplanes" => {
             let items = list_all(client, &format!("/meshes/{mesh}/dataplanes+insights"))?;
             print_items(
-                ResourceType::Dataplane,
                 &items,
                 output,
-                Some(&[
+                &[
                     ("MESH", "mesh"),
                     ("NAME", "name"),
                     ("ONLINE", "online"),
@@ -582,7 +795,7 @@ fn inspect(client: &Client, what: &str, mesh: &str, output: Output) -> anyhow::R
                     ("CERT BACKEND", "dataplaneInsight.mTLS.issuedBackend"),
                     ("CERT EXPIRES", "dataplaneInsight.mTLS.certificateExpirationTime"),
                     ("AGE", "creationTime"),
-                ]),
+                ],
             )
         }
         other => bail!("cannot inspect {other:?}"),
@@ -748,6 +961,16 @@ fn issue_dataplane_token(
     Ok(token)
 }
 
+/// `POST /tokens/user`.
+fn issue_user_token(client: &Client, name: &str, groups: &[String], valid_for: &str) -> anyhow::Result<String> {
+    let body = serde_json::json!({"name": name, "groups": groups, "validFor": valid_for});
+    let token = post_for_token(client, "/tokens/user", &body)?;
+    if let Some(id) = token_id(&token) {
+        eprintln!("issued user token {id} for user {name:?}, valid for {valid_for} (revoke: meridianctl revoke user-token --id {id})");
+    }
+    Ok(token)
+}
+
 /// `POST /tokens/zone-ingress`, on a zone.
 fn issue_ingress_token(client: &Client, name: Option<&str>, valid_for: &str) -> anyhow::Result<String> {
     let mut body = serde_json::json!({"validFor": valid_for});
@@ -799,4 +1022,97 @@ fn revoke_zone_token(
     client.expect_ok("POST", "/tokens/zone/revoke", Some(&serde_json::json!({"id": id})))?;
     println!("revoked zone token {id}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("meridianctl").chain(args.iter().copied())).expect("parses")
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn the_api_token_file_is_not_the_token_revoke_names() {
+        let cli = parse(&[
+            "--token-file",
+            "admin",
+            "revoke",
+            "zone-token",
+            "--token-file",
+            "zone.token",
+        ]);
+        assert_eq!(cli.api_token_file, Some(PathBuf::from("admin")));
+        match cli.cmd {
+            Cmd::Revoke(Revoke::ZoneToken { token_file, .. }) => assert_eq!(token_file, Some("zone.token".into())),
+            _ => panic!("not revoke zone-token"),
+        }
+        let cli = parse(&["revoke", "dataplane-token", "--token-file", "dp.token"]);
+        assert_eq!(cli.api_token_file, None);
+    }
+
+    #[test]
+    fn get_audit_takes_its_filters_and_an_optional_mesh() {
+        let cli = parse(&[
+            "get",
+            "audit",
+            "--type",
+            "MeshTimeout",
+            "--user",
+            "alice",
+            "--result",
+            "denied",
+        ]);
+        match cli.cmd {
+            Cmd::Get {
+                kind,
+                mesh,
+                audit_type,
+                user,
+                result,
+                ..
+            } => {
+                assert_eq!(kind, "audit");
+                assert_eq!(mesh, None);
+                assert_eq!(audit_type.as_deref(), Some("MeshTimeout"));
+                assert_eq!(user.as_deref(), Some("alice"));
+                assert_eq!(result.as_deref(), Some("denied"));
+            }
+            _ => panic!("not get"),
+        }
+        assert!(Cli::try_parse_from(["meridianctl", "get", "audit", "--result", "maybe"]).is_err());
+    }
+
+    #[test]
+    fn user_tokens_take_repeated_groups_and_a_default_validity() {
+        let cli = parse(&[
+            "generate",
+            "user-token",
+            "--name",
+            "alice",
+            "--group",
+            "team-a",
+            "--group",
+            "ops",
+        ]);
+        match cli.cmd {
+            Cmd::Generate(Generate::UserToken {
+                name,
+                groups,
+                valid_for,
+            }) => {
+                assert_eq!(name, "alice");
+                assert_eq!(groups, ["team-a", "ops"]);
+                assert_eq!(valid_for, "24h");
+            }
+            _ => panic!("not generate user-token"),
+        }
+    }
 }
