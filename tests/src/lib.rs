@@ -6,6 +6,7 @@
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -75,11 +76,32 @@ pub fn wait_until<T>(what: &str, timeout: Duration, every: Duration, mut f: impl
     }
 }
 
+/// The bearer token [`http`] and [`ctl`] send to each API base URL.
+static TOKENS: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
+
+/// Makes [`http`] and [`ctl`] present `token` to the API at `base`
+/// (`http://127.0.0.1:PORT`); a later call for the same base replaces it.
+pub fn register_token(base: &str, token: &str) {
+    let mut t = TOKENS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    t.retain(|(b, _)| b != base);
+    t.push((base.to_string(), token.trim().to_string()));
+}
+
+/// The token registered for the API `url` belongs to.
+pub fn token_for(url: &str) -> Option<String> {
+    let t = TOKENS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    t.iter()
+        .find(|(b, _)| url == b || url.starts_with(&format!("{b}/")))
+        .map(|(_, tok)| tok.clone())
+}
+
 /// A running control-plane process, killed on drop.
 pub struct Proc {
     pub child: Child,
     pub api: String,
     pub log: PathBuf,
+    /// Where a control plane writes its admin token (`None` for other processes).
+    pub admin_token_file: Option<PathBuf>,
 }
 
 impl Proc {
@@ -97,6 +119,19 @@ impl Proc {
         let err = file.try_clone().expect("log file");
         let mut cmd = Command::new(bin(binary));
         cmd.args(args).stdout(Stdio::from(file)).stderr(Stdio::from(err));
+        // Each control plane writes its admin token next to its log, where
+        // wait_ready picks it up for the harness's requests.
+        let control_plane =
+            matches!(binary, "meridian-global" | "meridian-zone") && args.first().map(String::as_str) == Some("run");
+        let admin_token_file = if !control_plane {
+            None
+        } else if let Some(i) = args.iter().position(|a| a == "--admin-token-file") {
+            args.get(i + 1).map(PathBuf::from)
+        } else {
+            let f = dir.join(format!("admin-token-{api_port}"));
+            cmd.arg("--admin-token-file").arg(&f);
+            Some(f)
+        };
         // A clean environment for the settings the tests control.
         for (k, _) in std::env::vars() {
             if k.starts_with("MERIDIAN_") || k.starts_with("KUMA_") {
@@ -111,7 +146,17 @@ impl Proc {
             child,
             api: format!("http://127.0.0.1:{api_port}"),
             log,
+            admin_token_file,
         }
+    }
+
+    /// The control plane's admin token (read from its file).
+    pub fn admin_token(&self) -> String {
+        let f = self.admin_token_file.as_ref().expect("not a control plane");
+        std::fs::read_to_string(f)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", f.display()))
+            .trim()
+            .to_string()
     }
 
     /// Waits until `/ready` answers 200, failing with the log if the process died.
@@ -123,6 +168,9 @@ impl Proc {
                 panic!("process exited with {status} before ready; log:\n{}", self.log_text());
             }
             if let Ok((200, _)) = http("GET", &format!("{api}/ready"), None, None) {
+                if self.admin_token_file.is_some() {
+                    register_token(&api, &self.admin_token());
+                }
                 return;
             }
             if Instant::now() > deadline {
@@ -218,6 +266,19 @@ pub fn ctl(api: &str, args: &[&str], stdin: Option<&str>) -> Output {
     use std::io::Write;
     let mut cmd = Command::new(bin("meridianctl"));
     cmd.arg("--api").arg(api).args(args);
+    // Only what the test gives: no contexts or tokens of the machine.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("MERIDIAN_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env(
+        "MERIDIAN_CONFIG",
+        std::env::temp_dir().join("meridian-e2e-no-contexts.yaml"),
+    );
+    if let Some(token) = token_for(api) {
+        cmd.env("MERIDIAN_API_TOKEN", token);
+    }
     cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("spawn meridianctl");
     if let Some(mut sin) = child.stdin.take() {
@@ -228,24 +289,45 @@ pub fn ctl(api: &str, args: &[&str], stdin: Option<&str>) -> Output {
     child.wait_with_output().expect("meridianctl output")
 }
 
-/// One HTTP call; returns the status and the body as JSON (or a JSON string).
+/// One HTTP call with the token registered for the API of `url` (see
+/// [`register_token`]); returns the status and the body as JSON (or a JSON
+/// string).
 pub fn http(method: &str, url: &str, body: Option<String>, content_type: Option<&str>) -> Result<(u16, Value), String> {
+    let token = token_for(url);
+    http_as(token.as_deref(), method, url, body, content_type)
+}
+
+/// [`http`] presenting `token` (none: no Authorization header).
+pub fn http_as(
+    token: Option<&str>,
+    method: &str,
+    url: &str,
+    body: Option<String>,
+    content_type: Option<&str>,
+) -> Result<(u16, Value), String> {
+    let auth = token.map(|t| format!("Bearer {t}"));
     let config = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(10)))
         .build();
     let agent = ureq::Agent::new_with_config(config);
-    let resp = match method {
-        "GET" => agent.get(url).call(),
-        "DELETE" => agent.delete(url).call(),
-        "PUT" => agent
-            .put(url)
-            .header("content-type", content_type.unwrap_or("application/json"))
-            .send(body.unwrap_or_default()),
-        "POST" => agent
-            .post(url)
-            .header("content-type", content_type.unwrap_or("application/json"))
-            .send(body.unwrap_or_default()),
+    let resp = match (method, &auth) {
+        ("GET", Some(a)) => agent.get(url).header("authorization", a).call(),
+        ("GET", None) => agent.get(url).call(),
+        ("DELETE", Some(a)) => agent.delete(url).header("authorization", a).call(),
+        ("DELETE", None) => agent.delete(url).call(),
+        ("PUT" | "POST", _) => {
+            let req = if method == "PUT" {
+                agent.put(url)
+            } else {
+                agent.post(url)
+            };
+            let req = req.header("content-type", content_type.unwrap_or("application/json"));
+            match &auth {
+                Some(a) => req.header("authorization", a).send(body.unwrap_or_default()),
+                None => req.send(body.unwrap_or_default()),
+            }
+        }
         _ => return Err(format!("unsupported method {method}")),
     };
     let mut resp = resp.map_err(|e| e.to_string())?;

@@ -100,6 +100,8 @@ fn zone_config(join: ClientSettings, store: StoreKind, data_dir: &Path) -> ZoneC
         federation: Some(join),
         ingress_address: None,
         create_default_mesh: false,
+        access: meridian_server::access::AccessConfig::with_token_file(data_dir.join("admin-token")),
+        api_tls: None,
     }
 }
 
@@ -1352,6 +1354,7 @@ async fn an_offline_zones_ingress_leaves_the_other_zones_and_comes_back() {
 
     // Zone-1's API cannot overwrite or delete the copy synced from zone-2.
     let api = format!("http://{}", c.zones[0].1.api_addr);
+    meridian_e2e::register_token(&api, &c.zones[0].1.admin_token);
     let (put, delete) = tokio::task::spawn_blocking(move || {
         let body = json!({"type": "ZoneIngress", "name": "zone-2.ingress",
             "networking": {"address": "1.2.3.4", "port": 1}});

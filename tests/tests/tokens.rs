@@ -177,6 +177,7 @@ fn zone_join_writes_the_token_and_ca_and_prints_the_command() {
             "2h",
         ])
         .current_dir(dir.path())
+        .env("MERIDIAN_API_TOKEN", g.admin_token())
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));

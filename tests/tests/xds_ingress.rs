@@ -57,6 +57,8 @@ async fn start_zone(dir: &std::path::Path) -> RunningZone {
         federation: None,
         ingress_address: None,
         create_default_mesh: false,
+        access: meridian_server::access::AccessConfig::with_token_file(dir.join("admin-token")),
+        api_tls: None,
     })
     .await
     .unwrap();
@@ -405,6 +407,7 @@ async fn ingress_proxy_is_admitted_and_gets_sni_routes_to_local_endpoints() {
 
     // The zone API shows what the proxy gets.
     let api = zone.api_addr;
+    meridian_e2e::register_token(&format!("http://{api}"), &zone.admin_token);
     let (status, body) = tokio::task::spawn_blocking(move || {
         meridian_e2e::http("GET", &format!("http://{api}/zoneingresses/{INGRESS}/xds"), None, None).unwrap()
     })
