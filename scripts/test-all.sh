@@ -38,7 +38,8 @@ MERIDIAN_LOCAL_DATA="$smoke_data" deploy/local/run.sh >"$smoke_data/run.out" 2>&
 smoke_pid=$!
 smoke_ok=""
 for _ in $(seq 1 600); do
-  online=$({ target/debug/meridianctl inspect zones 2>/dev/null || true; } | awk '$2 == "true"' | wc -l)
+  online=$({ target/debug/meridianctl --token-file "$smoke_data/admin-token" inspect zones 2>/dev/null || true; } \
+    | awk '$2 == "true"' | wc -l)
   if [ "$online" -eq 2 ] && grep -q '"zone-1/backend": [1-9]' "$smoke_data/client.log" 2>/dev/null; then
     smoke_ok=1; break
   fi

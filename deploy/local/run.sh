@@ -4,8 +4,10 @@
 # zone-join` prints, and a first workload in zone-1 — a gRPC backend and a
 # proxyless gRPC client (Python grpcio, `xds:///backend`), each started
 # through meridian-dp with a dataplane token, as an operator would, talking
-# over the mesh's mTLS. Data and logs live in ./meridian-data (override with
-# MERIDIAN_LOCAL_DATA). Ctrl-C stops everything cleanly.
+# over the mesh's mTLS. Every API call presents the control plane's admin
+# token (written to <data-dir>/admin-token at first start). Data and logs
+# live in ./meridian-data (override with MERIDIAN_LOCAL_DATA). Ctrl-C stops
+# everything cleanly.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -29,7 +31,10 @@ DATA=$(mkdir -p "${MERIDIAN_LOCAL_DATA:-./meridian-data}" && cd "${MERIDIAN_LOCA
 GLOBAL_API=127.0.0.1:5681
 KDS=127.0.0.1:5685
 BACKEND_PORT=${MERIDIAN_LOCAL_BACKEND_PORT:-18080}
-ctl() { "$BIN/meridianctl" --api "http://$GLOBAL_API" "$@"; }
+# The global's admin token goes to ./meridian-data/admin-token, where
+# meridianctl looks on this host: `meridianctl get meshes` just works here.
+GLOBAL_TOKEN=$DATA/admin-token
+ctl() { "$BIN/meridianctl" --api "http://$GLOBAL_API" --token-file "$GLOBAL_TOKEN" "$@"; }
 
 pids=()
 cleanup() {
@@ -61,7 +66,7 @@ wait_file() { # what file pid
   echo "$1 did not start; see $DATA/$1.log"; exit 1
 }
 
-"$BIN/meridian-global" run --store embedded --data-dir "$DATA/global" \
+"$BIN/meridian-global" run --store embedded --data-dir "$DATA/global" --admin-token-file "$GLOBAL_TOKEN" \
   --api-addr "$GLOBAL_API" --kds-addr "$KDS" >"$DATA/global.log" 2>&1 &
 pids+=($!)
 wait_ready global "$GLOBAL_API" "${pids[-1]}"
@@ -99,7 +104,8 @@ done
 # with the zone's CA, and present a dataplane token the global issued: the
 # backend's may register only the service backend, the client's only the
 # dataplane client-1.
-curl -fsS "http://127.0.0.1:5682/xds-ca" >"$DATA/zone-1-xds-ca.pem"
+curl -fsS -H "Authorization: Bearer $(cat "$DATA/zone-1/admin-token")" \
+  "http://127.0.0.1:5682/xds-ca" >"$DATA/zone-1-xds-ca.pem"
 (umask 077
  ctl generate dataplane-token --mesh default --tag kuma.io/service=backend --valid-for 720h \
    >"$DATA/backend.token" 2>/dev/null
@@ -159,10 +165,14 @@ Meridian is running on loopback (logs in $DATA/*.log).
                and client-1, a proxyless client calling xds:///backend once
                every 500 ms, each beside its meridian-dp (dp-*.log), over
                the mesh's mTLS (certificates in *-certs/)
+  API tokens:  the admin token of each control plane is in its data dir:
+               $GLOBAL_TOKEN, $DATA/zone-1/admin-token, …
   see:         tail -f $DATA/client.log                       (one JSON line a second)
-               $BIN/meridianctl --api http://127.0.0.1:5682 inspect dataplanes
-               $BIN/meridianctl --api http://127.0.0.1:5682 inspect dataplane client-1 --type policies
-               $BIN/meridianctl --api http://$GLOBAL_API inspect zones
+               Z1="$BIN/meridianctl --api http://127.0.0.1:5682 --token-file $DATA/zone-1/admin-token"
+               \$Z1 inspect dataplanes
+               \$Z1 inspect dataplane client-1 --type policies
+               $BIN/meridianctl --api http://$GLOBAL_API --token-file $GLOBAL_TOKEN inspect zones
+               $BIN/meridianctl --api http://$GLOBAL_API --token-file $GLOBAL_TOKEN get audit
   stop:        Ctrl-C
 
 MSG
