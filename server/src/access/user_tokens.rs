@@ -268,3 +268,95 @@ impl UserTokens {
         self.verified.lock().unwrap_or_else(PoisonError::into_inner).len()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meridian_store::cache::Cache;
+    use meridian_store::memory::MemoryStore;
+    use meridian_store::Store;
+
+    async fn tokens() -> UserTokens {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let cache = Cache::start(store.clone());
+        cache.wait_ready(Duration::from_secs(5)).await.unwrap();
+        UserTokens::new(Arc::new(Manager::new(store, cache)))
+    }
+
+    fn request(name: &str, groups: &[&str]) -> UserTokenRequest {
+        UserTokenRequest {
+            name: name.into(),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+            valid_for: Duration::from_secs(3600),
+        }
+    }
+
+    #[tokio::test]
+    async fn issued_verified_expired_revoked() {
+        let t = tokens().await;
+        let token = t.issue(&request("alice", &["team-a"])).await.unwrap();
+        let claims = t.verify(&token).unwrap();
+        assert_eq!(
+            (claims.sub.as_str(), claims.groups.as_slice()),
+            ("alice", &["team-a".to_string()][..])
+        );
+        assert_eq!(t.cached(), 1);
+        // Expiry holds for a cached token too.
+        assert!(matches!(
+            t.verify_at(&token, claims.exp + 3600),
+            Err(UserTokenError::Jwt(JwtError::Expired { .. }))
+        ));
+        t.revoke(&claims.jti).await.unwrap();
+        t.manager
+            .cache()
+            .wait_for_revision(
+                t.manager.store().list(&Filter::all()).await.unwrap().revision,
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+        assert!(matches!(t.verify(&token), Err(UserTokenError::Revoked(_))));
+        for (bad, field) in [
+            (request("a b", &[]), "name"),
+            (request("x", &["ok", "no/slash"]), "groups"),
+            (
+                UserTokenRequest {
+                    valid_for: Duration::ZERO,
+                    ..request("x", &[])
+                },
+                "validFor",
+            ),
+        ] {
+            match t.issue(&bad).await {
+                Err(UserTokenError::Invalid { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("{field}: {other:?}"),
+            }
+        }
+    }
+
+    /// Every single-character change of a token is refused (or, where
+    /// base64 padding bits make two spellings decode alike, names exactly
+    /// the same user); failed attempts are not kept.
+    #[tokio::test]
+    async fn altered_tokens_never_name_anyone_else() {
+        let t = tokens().await;
+        let token = t.issue(&request("alice", &["team-a"])).await.unwrap();
+        let claims = t.verify(&token).unwrap();
+        let mut accepted = 0;
+        for (i, _) in token.char_indices() {
+            for c in ['A', 'z', '0', '-', '_', '.', '=', ' '] {
+                let mut altered = token.clone();
+                altered.replace_range(i..i + 1, &c.to_string());
+                if altered == token {
+                    continue;
+                }
+                if let Ok(other) = t.verify(&altered) {
+                    assert_eq!(other, claims, "{altered}");
+                    accepted += 1;
+                }
+            }
+        }
+        assert!(accepted < 8, "{accepted} altered spellings accepted");
+        assert!(t.cached() <= 1 + accepted, "failed attempts must not be cached");
+    }
+}
