@@ -318,11 +318,14 @@ async fn meshes_and_policies_reach_every_zone_and_follow_every_change() {
     let c = Cluster::start(3, |_| None).await;
     let g = &c.global.manager;
 
-    // Initial sync: the default mesh and its four default policies.
+    // Initial sync: the admin role and binding, the default mesh and its
+    // four default policies.
     let view = c.converged("the initial sync").await;
     assert_eq!(
         names_of(&view),
         [
+            "AccessRole admin",
+            "AccessRoleBinding admin",
             "Mesh default",
             "MeshCircuitBreaker default/mesh-circuit-breaker-all-default",
             "MeshRetry default/mesh-retry-all-default",
@@ -1119,7 +1122,8 @@ async fn a_stuck_zone_holds_back_no_one() {
         .await;
     }
     let view = c.converged("the healthy zone, next to a stuck one").await;
-    assert_eq!(view.len(), 105);
+    // 100 policies, the 5 of the default mesh, the admin role and binding.
+    assert_eq!(view.len(), 107);
     eprintln!("200 writes synced in {:?}", started.elapsed());
 
     // The stuck stream got nothing beyond one unacknowledged response per

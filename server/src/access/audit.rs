@@ -134,8 +134,9 @@ impl AuditLog {
     /// records from other replicas' on a shared store.
     pub fn start(store: Arc<dyn Store>, retention: Duration, instance: String) -> Arc<Self> {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(write_loop(store.clone(), rx, sanitize(&instance)));
-        tokio::spawn(prune_loop(store.clone(), retention));
+        // One task writes and prunes; it ends (and lets go of the store)
+        // when the log is dropped with the API.
+        tokio::spawn(write_loop(store.clone(), rx, sanitize(&instance), retention));
         Arc::new(AuditLog { store, tx })
     }
 
@@ -234,9 +235,23 @@ fn sanitize(instance: &str) -> String {
     }
 }
 
-async fn write_loop(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Msg>, instance: String) {
+async fn write_loop(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Msg>, instance: String, retention: Duration) {
     let mut seq: u64 = 0;
-    while let Some(first) = rx.recv().await {
+    let mut next_prune = tokio::time::Instant::now();
+    loop {
+        let first = tokio::select! {
+            msg = rx.recv() => match msg {
+                Some(m) => m,
+                None => return,
+            },
+            _ = tokio::time::sleep_until(next_prune) => {
+                if let Err(e) = prune(&store, retention).await {
+                    tracing::warn!(error = %e, "pruning the audit log failed");
+                }
+                next_prune = tokio::time::Instant::now() + PRUNE_EVERY;
+                continue;
+            }
+        };
         let mut batch = Vec::new();
         let mut flushes = Vec::new();
         match first {
@@ -273,15 +288,6 @@ async fn write_loop(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Msg>, instance
         for f in flushes {
             let _ = f.send(());
         }
-    }
-}
-
-async fn prune_loop(store: Arc<dyn Store>, retention: Duration) {
-    loop {
-        if let Err(e) = prune(&store, retention).await {
-            tracing::warn!(error = %e, "pruning the audit log failed");
-        }
-        tokio::time::sleep(PRUNE_EVERY).await;
     }
 }
 
