@@ -488,8 +488,10 @@ async fn ingress_proxy_is_admitted_and_gets_sni_routes_to_local_endpoints() {
 /// POSTs `body` to the zone's API at `path`; the reply text (a token, or JSON).
 async fn issue(zone: &RunningZone, path: &str, body: Value) -> String {
     let url = format!("http://{}{path}", zone.api_addr);
+    let auth = format!("Bearer {}", zone.admin_token);
     tokio::task::spawn_blocking(move || {
         let mut resp = ureq::post(&url)
+            .header("authorization", &auth)
             .config()
             .http_status_as_error(false)
             .build()
