@@ -61,6 +61,8 @@ pub enum Access {
     /// Issue, revoke dataplane tokens of the rule's mesh.
     GenerateDataplaneToken,
     /// Issue, revoke zone tokens (global) and zone ingress tokens (zone).
+    /// Kong Mesh's `GENERATE_ZONE_CP_TOKEN` is read as this.
+    #[serde(alias = "GENERATE_ZONE_CP_TOKEN")]
     GenerateZoneToken,
     /// Issue, revoke user tokens.
     GenerateUserToken,
@@ -377,7 +379,19 @@ impl Rule {
             types: rule.types.iter().filter_map(|t| t.parse().ok()).collect(),
             names: rule.names.iter().cloned().collect(),
             mesh: rule.mesh.clone(),
-            access: rule.access.iter().copied().collect(),
+            access: rule
+                .access
+                .iter()
+                .copied()
+                // Who may write a resource may read it (Kong Mesh roles name
+                // writes only: reads are open there).
+                .chain(
+                    rule.access
+                        .iter()
+                        .any(|a| matches!(a, Access::Create | Access::Update | Access::Delete))
+                        .then_some(Access::View),
+                )
+                .collect(),
         }
     }
 
@@ -587,6 +601,22 @@ mod tests {
         assert!(empty.admins_keep_full_access());
         assert!(empty.allows(&Principal::admin(), Access::Delete, &Target::token(None)));
         assert!(!empty.allows(&user("alice", &["team-a"]), Access::View, &Target::token(None)));
+    }
+
+    #[test]
+    fn kong_mesh_roles_read_as_written() {
+        let r = role(json!({"rules": [{"types": ["MeshTimeout"], "mesh": "m", "access": ["CREATE", "GENERATE_ZONE_CP_TOKEN"]}]}));
+        assert_eq!(r.rules[0].access, [Access::Create, Access::GenerateZoneToken]);
+        let b = binding(json!({"subjects": [{"type": "Group", "name": "g"}], "roles": ["r"]}));
+        let rbac = Rbac::build([("r", &r)], [&b]);
+        let u = user("u", &["g"]);
+        let t = Target::resource(ResourceType::MeshTimeout, Some("m"), "t");
+        assert!(rbac.allows(&u, Access::View, &t), "writers read what they write");
+        assert!(!rbac.allows(&u, Access::ViewSecrets, &Target::resource(ResourceType::Secret, Some("m"), "s")));
+        let err = check::<AccessRole>(json!({"rules": [{"access": ["VIEW_STATS"]}]}), &FieldPath::root())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("rules[0].access[0]"), "{err}");
     }
 
     #[test]
