@@ -22,7 +22,7 @@
 //! `--zone-kind full` uses `meridian_zone::start` with a memory store.
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -127,13 +127,118 @@ fn own_rss_kib() -> u64 {
 
 // ---- HTTP -----------------------------------------------------------------------
 
+/// An HTTP client that adds the admin token of the control plane it calls
+/// (see [`register_token`]) to every request without an `Authorization`
+/// header of its own.
 pub(crate) fn agent() -> ureq::Agent {
+    ureq::Agent::new_with_config(
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(30)))
+            .middleware(bearer_middleware)
+            .build(),
+    )
+}
+
+/// An HTTP client that sends only the headers it is given: for requests
+/// whose credentials are the point of the measurement.
+pub(crate) fn agent_without_tokens() -> ureq::Agent {
     ureq::Agent::new_with_config(
         ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(30)))
             .build(),
     )
+}
+
+/// Where the admin token of one control plane comes from.
+enum TokenSource {
+    /// A control plane in this process handed it over.
+    Known(String),
+    /// A spawned process writes it to this file when it starts; read at the
+    /// first request that needs it (after the process is ready), and again
+    /// after a 401 (a restarted process on a memory store has a new one).
+    File { path: PathBuf, read: Option<String> },
+}
+
+/// The admin token of every control plane the benchmark talks to, by the
+/// `host:port` of its API. Every subcommand starts its control planes in
+/// its own way and sends requests from helpers, spawned tasks and plain
+/// threads; one table consulted by the agents' middleware gives all of them
+/// the right token without threading it through each call. A benchmark
+/// binary only: the table is written when a control plane starts.
+static API_TOKENS: Mutex<BTreeMap<String, TokenSource>> = Mutex::new(BTreeMap::new());
+
+/// The `host:port` of an API base URL (`http://127.0.0.1:5681`).
+fn authority(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    rest.split(['/', '?']).next().unwrap_or(rest)
+}
+
+fn tokens() -> std::sync::MutexGuard<'static, BTreeMap<String, TokenSource>> {
+    API_TOKENS.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Requests to `api` (a base URL) made by [`agent`]s carry `token`.
+pub(crate) fn register_token(api: &str, token: &str) {
+    tokens().insert(authority(api).to_string(), TokenSource::Known(token.to_string()));
+}
+
+/// Requests to `api` made by [`agent`]s carry the token the process
+/// serving it writes to `file` (its `--admin-token-file`).
+pub(crate) fn register_token_file(api: &str, file: &Path) {
+    tokens().insert(
+        authority(api).to_string(),
+        TokenSource::File {
+            path: file.to_path_buf(),
+            read: None,
+        },
+    );
+}
+
+fn token_for(authority: &str) -> Option<String> {
+    let mut tokens = tokens();
+    match tokens.get_mut(authority)? {
+        TokenSource::Known(t) => Some(t.clone()),
+        TokenSource::File { path, read } => {
+            if read.is_none() {
+                *read = std::fs::read_to_string(&*path)
+                    .ok()
+                    .map(|t| t.trim().to_string())
+                    .filter(|t| !t.is_empty());
+            }
+            read.clone()
+        }
+    }
+}
+
+/// Adds `Authorization: Bearer <admin token>` for registered control planes.
+fn bearer_middleware(
+    mut req: ureq::http::Request<ureq::SendBody>,
+    next: ureq::middleware::MiddlewareNext,
+) -> Result<ureq::http::Response<ureq::Body>, ureq::Error> {
+    let authority = req.uri().authority().map(|a| a.as_str().to_string());
+    if let Some(a) = &authority {
+        if !req.headers().contains_key(ureq::http::header::AUTHORIZATION) {
+            if let Some(value) =
+                token_for(a).and_then(|t| ureq::http::HeaderValue::try_from(format!("Bearer {t}")).ok())
+            {
+                req.headers_mut().insert(ureq::http::header::AUTHORIZATION, value);
+            }
+        }
+    }
+    let resp = next.handle(req)?;
+    if let (ureq::http::StatusCode::UNAUTHORIZED, Some(a)) = (resp.status(), &authority) {
+        if let Some(TokenSource::File { read, .. }) = tokens().get_mut(a) {
+            *read = None;
+        }
+    }
+    Ok(resp)
+}
+
+/// The `Authorization` header value of `token`.
+pub(crate) fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
 }
 
 /// One blocking HTTP request on a blocking thread: status and body.
@@ -259,6 +364,7 @@ impl Global {
             .await
             .map_err(|e| anyhow!("global cache: {e}"))?;
         let api = format!("http://{}", running.api_addr);
+        register_token(&api, &running.admin_token);
         let join = Join {
             address: format!("grpcs://127.0.0.1:{}", running.kds_addr.port()),
             ca_pem: running.services.ca_pem.clone(),
@@ -289,17 +395,25 @@ pub(crate) struct GlobalProcess {
     child: std::process::Child,
     args: Vec<String>,
     pub(crate) api: String,
+    /// Its `--admin-token-file`.
+    pub(crate) token_file: PathBuf,
 }
 
 impl GlobalProcess {
-    fn spawn(args: Vec<String>, api: String) -> anyhow::Result<GlobalProcess> {
+    fn spawn(args: Vec<String>, api: String, token_file: PathBuf) -> anyhow::Result<GlobalProcess> {
         let child = std::process::Command::new(sibling_binary("meridian-global")?)
             .args(&args)
             .env("RUST_LOG", "warn")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::inherit())
             .spawn()?;
-        Ok(GlobalProcess { child, args, api })
+        register_token_file(&api, &token_file);
+        Ok(GlobalProcess {
+            child,
+            args,
+            api,
+            token_file,
+        })
     }
 
     /// Starts one on the embedded store in `data_dir` (or on `etcd`), with
@@ -311,6 +425,8 @@ impl GlobalProcess {
     ) -> anyhow::Result<(GlobalProcess, u16)> {
         let api_port = free_port()?;
         let kds_port = free_port()?;
+        // The etcd store has no data directory: name the token's file.
+        let token_file = data_dir.join("admin-token");
         let mut args: Vec<String> = vec![
             "run".into(),
             "--api-addr".into(),
@@ -321,6 +437,8 @@ impl GlobalProcess {
             "true".into(),
             "--kds-keepalive".into(),
             "10s".into(),
+            "--admin-token-file".into(),
+            token_file.display().to_string(),
         ];
         match (store, etcd) {
             ("embedded" | "memory", _) => args.extend([
@@ -339,7 +457,7 @@ impl GlobalProcess {
             ]),
             (other, _) => bail!("unknown store {other:?} (embedded, etcd or memory)"),
         }
-        let p = Self::spawn(args, format!("http://127.0.0.1:{api_port}"))?;
+        let p = Self::spawn(args, format!("http://127.0.0.1:{api_port}"), token_file)?;
         Ok((p, kds_port))
     }
 
@@ -398,7 +516,7 @@ impl GlobalProcess {
 
     /// A new process with the same arguments (same store, same ports).
     fn respawn(&self) -> anyhow::Result<GlobalProcess> {
-        Self::spawn(self.args.clone(), self.api.clone())
+        Self::spawn(self.args.clone(), self.api.clone(), self.token_file.clone())
     }
 }
 
@@ -512,7 +630,7 @@ enum ZoneHandle {
         task: JoinHandle<()>,
     },
     Full {
-        running: RunningZone,
+        running: Box<RunningZone>,
         _dir: tempfile::TempDir,
     },
 }
@@ -572,8 +690,11 @@ impl Zone {
                     federation: Some(settings),
                     ingress_address: None,
                     create_default_mesh: false,
+                    access: meridian_server::access::AccessConfig::with_token_file(dir.path().join("admin-token")),
+                    api_tls: None,
                 })
                 .await?;
+                register_token(&format!("http://{}", running.api_addr), &running.admin_token);
                 running
                     .manager
                     .cache()
@@ -583,7 +704,10 @@ impl Zone {
                 Ok(Zone {
                     manager: running.manager.clone(),
                     connected: running.connected.clone(),
-                    handle: ZoneHandle::Full { running, _dir: dir },
+                    handle: ZoneHandle::Full {
+                        running: Box::new(running),
+                        _dir: dir,
+                    },
                 })
             }
         }

@@ -14,10 +14,14 @@
 //! - `xds-auth`: N clients connecting to one zone with dataplane tokens
 //!   against the same with `--dp-auth none` (time, zone CPU), and
 //!   revocation → stream closed; see [`xds_auth`].
+//! - `access`: HTTP PUT → watch event without access control, with the
+//!   admin token and with a user token among 100 roles; `--failed-auth`:
+//!   RSS of a real global answering 401s; see [`access`].
 //! - `xds-route-latency`, `xds-eds-latency`: a change at the global (a
 //!   policy) or in another zone (a dataplane) → the new route or endpoints
 //!   ACKed by a zone's clients, every hop stamped; see [`xds_latency`].
 
+mod access;
 mod ads_client;
 mod kds;
 mod mtls;
@@ -33,6 +37,7 @@ use anyhow::{anyhow, bail, Context};
 use clap::{Parser, Subcommand};
 use etcd_client::{EventType, WatchOptions};
 use meridian_core::ResourceType;
+use meridian_server::access::AccessConfig;
 use meridian_server::{Mode, ServerConfig};
 use meridian_store::embedded::EmbeddedStore;
 use meridian_store::etcd::EtcdStore;
@@ -194,6 +199,27 @@ enum Cmd {
         #[arg(long = "connect-concurrency", default_value_t = 100)]
         connect_concurrency: usize,
     },
+    /// Access control: PUT → watch event unauthenticated / admin token / user token among 100 roles.
+    Access {
+        /// PUTs measured per mode
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+        /// Rounds of (a, b, c) the count is split into, the order rotating
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// PUTs per mode before the rounds, not counted
+        #[arg(long, default_value_t = 100)]
+        warmup: usize,
+        /// AccessRoles and AccessRoleBindings of mode c
+        #[arg(long, default_value_t = 100)]
+        roles: usize,
+        /// Instead: bad credentials to a real meridian-global process; its RSS and the time of a 401
+        #[arg(long = "failed-auth")]
+        failed_auth: bool,
+        /// With --failed-auth: requests per step (RSS after 1,000, this many, twice this many)
+        #[arg(long = "failed-requests", default_value_t = 10_000)]
+        failed_requests: usize,
+    },
     /// xDS: MeshTimeout PUT at the global → in the zone's cache → ACKed by proxyless clients.
     XdsRouteLatency {
         #[arg(long, default_value_t = 200)]
@@ -318,6 +344,23 @@ fn main() -> anyhow::Result<()> {
             rounds,
             connect_concurrency,
         })),
+        Cmd::Access {
+            failed_auth: true,
+            failed_requests,
+            ..
+        } => rt.block_on(access::failed_auth(failed_requests)),
+        Cmd::Access {
+            count,
+            rounds,
+            warmup,
+            roles,
+            ..
+        } => rt.block_on(access::access(access::AccessOptions {
+            count,
+            rounds,
+            warmup,
+            roles,
+        })),
         Cmd::XdsRouteLatency {
             writes,
             warmup,
@@ -395,12 +438,12 @@ async fn latency(count: usize) -> anyhow::Result<()> {
 
     let dir = tempfile::tempdir()?;
     let embedded: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&dir.path().join("data"))?);
-    let (event, response) = through_api(embedded, count).await?;
+    let (event, response) = through_api(embedded, dir.path().join("admin-token"), count).await?;
     print_row("embedded: API PUT → watch event in global", &summarize(event));
     print_row("embedded: API PUT → HTTP response", &summarize(response));
 
     let store: Arc<dyn Store> = Arc::new(EtcdStore::connect(&etcd.endpoints(), "/bench-api").await?);
-    let (event, response) = through_api(store, count).await?;
+    let (event, response) = through_api(store, dir.path().join("etcd-admin-token"), count).await?;
     print_row("etcd: API PUT → watch event in global", &summarize(event));
     print_row("etcd: API PUT → HTTP response", &summarize(response));
 
@@ -447,93 +490,190 @@ fn policy(mesh: &str, name: &str, i: usize) -> Value {
     })
 }
 
-/// HTTP PUT through a real in-process API server → the event reaching a
-/// subscriber of the global's cache (what KDS and other consumers follow).
-async fn through_api(store: Arc<dyn Store>, count: usize) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
-    let (stop_tx, mut stop_rx) = watch::channel(false);
-    let running = meridian_server::start(
-        ServerConfig {
-            api_addr: "127.0.0.1:0".parse()?,
-            mode: Mode::Global,
-            create_default_mesh: false,
-            global: None,
-            zone: None,
-        },
-        store,
-        watch::channel(true).1,
-        async move {
-            let _ = stop_rx.wait_for(|s| *s).await;
-        },
-    )
-    .await?;
-    let base = format!("http://{}", running.api_addr);
-    let cache = running.manager.cache().clone();
-    cache
-        .wait_ready(Duration::from_secs(10))
-        .await
-        .map_err(|e| anyhow!("cache not ready: {e}"))?;
-    let mesh = format!("bench-{}", Instant::now().elapsed().as_nanos() % 100_000);
-    let agent = ureq::Agent::new_with_config(ureq::Agent::config_builder().http_status_as_error(false).build());
-    {
-        let agent = agent.clone();
-        let url = format!("{base}/meshes/{mesh}");
-        let body = json!({"type": "Mesh", "name": mesh, "skipCreatingInitialPolicies": ["*"]});
-        let status = tokio::task::spawn_blocking(move || agent.put(&url).send_json(&body).map(|r| r.status().as_u16()))
-            .await??;
-        if status != 201 {
-            bail!("creating the bench mesh answered {status}");
-        }
+/// A real API server in this process (global mode, the leader) on a
+/// store, a mesh to write policies in, and the global's cache to watch:
+/// what `latency` and `access` measure HTTP PUT → watch event with.
+pub(crate) struct ApiProbe {
+    pub(crate) running: meridian_server::Running,
+    pub(crate) base: String,
+    /// The mesh [`ApiProbe::writes`] writes in.
+    pub(crate) mesh: String,
+    /// Sends only the headers it is given.
+    pub(crate) agent: ureq::Agent,
+    stop: watch::Sender<bool>,
+}
+
+impl ApiProbe {
+    /// Starts the server with `access` and waits for its cache.
+    pub(crate) async fn start(store: Arc<dyn Store>, access: AccessConfig) -> anyhow::Result<ApiProbe> {
+        let (stop, mut stop_rx) = watch::channel(false);
+        let running = meridian_server::start(
+            ServerConfig {
+                api_addr: "127.0.0.1:0".parse()?,
+                mode: Mode::Global,
+                create_default_mesh: false,
+                global: None,
+                zone: None,
+                access,
+                instance_id: "bench".into(),
+                api_tls: None,
+            },
+            store,
+            watch::channel(true).1,
+            async move {
+                let _ = stop_rx.wait_for(|s| *s).await;
+            },
+        )
+        .await?;
+        running
+            .manager
+            .cache()
+            .wait_ready(Duration::from_secs(10))
+            .await
+            .map_err(|e| anyhow!("cache not ready: {e}"))?;
+        Ok(ApiProbe {
+            base: format!("http://{}", running.api_addr),
+            mesh: "bench".into(),
+            agent: kds::agent_without_tokens(),
+            running,
+            stop,
+        })
     }
 
-    // The client runs on its own thread and stamps each request as it sends
-    // it; this task stamps each event as it arrives.
-    let mut events = cache.subscribe();
-    let (sent_tx, sent_rx) = mpsc::channel::<(usize, Instant, Duration)>();
-    let client_mesh = mesh.clone();
-    let client = std::thread::spawn(move || -> anyhow::Result<()> {
-        for i in 0..count {
-            let name = format!("p{i}");
-            let url = format!("{base}/meshes/{client_mesh}/meshtimeouts/{name}");
-            let body = policy(&client_mesh, &name, i);
-            let start = Instant::now();
-            let resp = agent.put(&url).send_json(&body)?;
-            let took = start.elapsed();
-            if resp.status().as_u16() != 201 {
-                bail!("PUT {url} answered {}", resp.status());
-            }
-            sent_tx.send((i, start, took))?;
+    /// One request with `token` (none: no `Authorization` header); the
+    /// status and the body.
+    pub(crate) async fn call(
+        &self,
+        token: Option<&str>,
+        method: &'static str,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<(u16, String)> {
+        let (agent, url) = (self.agent.clone(), format!("{}{path}", self.base));
+        let auth = token.map(kds::bearer);
+        tokio::task::spawn_blocking(move || -> anyhow::Result<(u16, String)> {
+            let mut resp = match (method, body) {
+                ("PUT", Some(b)) => with_auth(agent.put(&url), auth.as_deref()).send_json(&b)?,
+                ("POST", Some(b)) => with_auth(agent.post(&url), auth.as_deref()).send_json(&b)?,
+                ("GET", None) => with_auth(agent.get(&url), auth.as_deref()).call()?,
+                _ => bail!("unsupported request {method} {url}"),
+            };
+            Ok((resp.status().as_u16(), resp.body_mut().read_to_string()?))
+        })
+        .await?
+    }
+
+    /// PUTs `doc` at `path` with `token`; fails unless the answer is 2xx.
+    pub(crate) async fn put_ok(&self, token: Option<&str>, path: &str, doc: Value) -> anyhow::Result<()> {
+        let (status, text) = self.call(token, "PUT", path, Some(doc)).await?;
+        if !(200..300).contains(&status) {
+            bail!("PUT {path} answered {status}: {text}");
         }
         Ok(())
-    });
-    let mut arrived = vec![None; count];
-    let mut seen = 0;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while seen < count {
-        let ev = tokio::time::timeout_at(deadline.into(), events.recv())
-            .await
-            .context("events did not arrive in time")??;
-        if let Event::Put(r) = ev {
-            if r.key.kind == ResourceType::MeshTimeout && r.key.mesh.as_deref() == Some(&mesh) {
-                if let Some(i) = r.key.name.strip_prefix('p').and_then(|n| n.parse::<usize>().ok()) {
-                    if i < count && arrived[i].is_none() {
-                        arrived[i] = Some(Instant::now());
-                        seen += 1;
+    }
+
+    /// PUTs the MeshTimeouts `p{i}` for `i` in `names`, one after the
+    /// other, with `token`: for each, the time to the event in a
+    /// subscriber of the global's cache (what KDS follows) and to the HTTP
+    /// response.
+    pub(crate) async fn writes(
+        &self,
+        token: Option<&str>,
+        names: std::ops::Range<usize>,
+    ) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
+        let count = names.len();
+        // The client runs on its own thread and stamps each request as it
+        // sends it; this task stamps each event as it arrives.
+        let mut events = self.running.manager.cache().subscribe();
+        let (sent_tx, sent_rx) = mpsc::channel::<(usize, Instant, Duration)>();
+        let (agent, base, mesh) = (self.agent.clone(), self.base.clone(), self.mesh.clone());
+        let auth = token.map(kds::bearer);
+        let first = names.start;
+        let client = std::thread::spawn(move || -> anyhow::Result<()> {
+            for i in names {
+                let name = format!("p{i}");
+                let url = format!("{base}/meshes/{mesh}/meshtimeouts/{name}");
+                let body = policy(&mesh, &name, i);
+                let start = Instant::now();
+                let resp = with_auth(agent.put(&url), auth.as_deref()).send_json(&body)?;
+                let took = start.elapsed();
+                if resp.status().as_u16() != 201 {
+                    bail!("PUT {url} answered {}", resp.status());
+                }
+                sent_tx.send((i, start, took))?;
+            }
+            Ok(())
+        });
+        let mut arrived = vec![None; count];
+        let mut seen = 0;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while seen < count {
+            let ev = match tokio::time::timeout_at(deadline.into(), events.recv()).await {
+                Ok(ev) => ev?,
+                // The client's error says more than the missing event.
+                Err(_) if client.is_finished() => {
+                    client.join().map_err(|_| anyhow!("client thread panicked"))??;
+                    bail!("events did not arrive in time");
+                }
+                Err(_) => bail!("events did not arrive in time"),
+            };
+            if let Event::Put(r) = ev {
+                if r.key.kind == ResourceType::MeshTimeout && r.key.mesh.as_deref() == Some(&self.mesh) {
+                    if let Some(i) = r.key.name.strip_prefix('p').and_then(|n| n.parse::<usize>().ok()) {
+                        if let Some(slot) = i.checked_sub(first).and_then(|k| arrived.get_mut(k)) {
+                            if slot.is_none() {
+                                *slot = Some(Instant::now());
+                                seen += 1;
+                            }
+                        }
                     }
                 }
             }
         }
+        client.join().map_err(|_| anyhow!("client thread panicked"))??;
+        let mut to_event = Vec::with_capacity(count);
+        let mut to_response = Vec::with_capacity(count);
+        for (i, start, took) in sent_rx.try_iter() {
+            let at = arrived[i - first].ok_or_else(|| anyhow!("no event for p{i}"))?;
+            to_event.push(at.saturating_duration_since(start));
+            to_response.push(took);
+        }
+        Ok((to_event, to_response))
     }
-    client.join().map_err(|_| anyhow!("client thread panicked"))??;
-    let mut to_event = Vec::with_capacity(count);
-    let mut to_response = Vec::with_capacity(count);
-    for (i, start, took) in sent_rx.try_iter() {
-        let at = arrived[i].ok_or_else(|| anyhow!("no event for p{i}"))?;
-        to_event.push(at.saturating_duration_since(start));
-        to_response.push(took);
+
+    pub(crate) async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.running.task.await;
     }
-    let _ = stop_tx.send(true);
-    let _ = running.task.await;
-    Ok((to_event, to_response))
+}
+
+/// `req` with `Authorization: <auth>` when there is one.
+fn with_auth<B>(req: ureq::RequestBuilder<B>, auth: Option<&str>) -> ureq::RequestBuilder<B> {
+    match auth {
+        Some(a) => req.header("Authorization", a),
+        None => req,
+    }
+}
+
+/// HTTP PUT through a real in-process API server, with its admin token →
+/// the event reaching a subscriber of the global's cache.
+async fn through_api(
+    store: Arc<dyn Store>,
+    token_file: PathBuf,
+    count: usize,
+) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
+    let probe = ApiProbe::start(store, AccessConfig::with_token_file(token_file)).await?;
+    let token = probe.running.admin_token.clone();
+    probe
+        .put_ok(
+            Some(&token),
+            &format!("/meshes/{}", probe.mesh),
+            kds::mesh_doc(&probe.mesh),
+        )
+        .await?;
+    let result = probe.writes(Some(&token), 0..count).await;
+    probe.stop().await;
+    result
 }
 
 // ---- bulk ---------------------------------------------------------------------
@@ -574,6 +714,7 @@ fn peak_rss_kib(pid: u32) -> anyhow::Result<(u64, u64)> {
 async fn bulk(meshes: usize, policies: usize, clients: usize, store: &str) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let token_file = dir.path().join("admin-token");
     let mut args: Vec<String> = vec![
         "run".into(),
         "--api-addr".into(),
@@ -582,6 +723,8 @@ async fn bulk(meshes: usize, policies: usize, clients: usize, store: &str) -> an
         "127.0.0.1:0".into(),
         "--defaults-skip-mesh-creation".into(),
         "true".into(),
+        "--admin-token-file".into(),
+        path_str(&token_file),
     ];
     let _etcd = match store {
         "embedded" => {
@@ -613,6 +756,7 @@ async fn bulk(meshes: usize, policies: usize, clients: usize, store: &str) -> an
         .spawn()?;
     let pid = child.id();
     let base = format!("http://127.0.0.1:{port}");
+    kds::register_token_file(&base, &token_file);
     let result = tokio::task::spawn_blocking(move || run_bulk(&base, meshes, policies, clients)).await?;
     let (hwm, rss) = peak_rss_kib(pid)?;
     let _ = child.kill();
@@ -655,12 +799,7 @@ fn path_str(p: &Path) -> String {
 }
 
 fn run_bulk(base: &str, meshes: usize, policies: usize, clients: usize) -> anyhow::Result<(Duration, Duration, u64)> {
-    let agent = ureq::Agent::new_with_config(
-        ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(30)))
-            .build(),
-    );
+    let agent = kds::agent();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Ok(r) = agent.get(&format!("{base}/ready")).call() {

@@ -73,8 +73,11 @@ async fn start_zone(
         }),
         ingress_address: ingress,
         create_default_mesh: false,
+        access: meridian_server::access::AccessConfig::with_token_file(dir.join(format!("{name}-admin-token"))),
+        api_tls: None,
     })
     .await?;
+    crate::kds::register_token(&format!("http://{}", zone.api_addr), &zone.admin_token);
     zone.manager
         .cache()
         .wait_ready(Duration::from_secs(30))

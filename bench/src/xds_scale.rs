@@ -143,6 +143,7 @@ impl ZoneProcess {
         std::fs::write(&ca_file, &join.ca_pem)?;
         let api_port = free_port()?;
         let xds_port = free_port()?;
+        let admin_token_file = dir.join(format!("{zone}-admin-token"));
         let mut args: Vec<String> = vec![
             "run".into(),
             "--zone".into(),
@@ -161,6 +162,8 @@ impl ZoneProcess {
             store.into(),
             "--data-dir".into(),
             dir.join(format!("{zone}-data")).display().to_string(),
+            "--admin-token-file".into(),
+            admin_token_file.display().to_string(),
         ];
         if let Some(a) = ingress {
             args.extend(["--ingress-address".into(), a.into()]);
@@ -172,9 +175,11 @@ impl ZoneProcess {
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::inherit())
             .spawn()?;
+        let api = format!("http://127.0.0.1:{api_port}");
+        crate::kds::register_token_file(&api, &admin_token_file);
         Ok(ZoneProcess {
             child,
-            api: format!("http://127.0.0.1:{api_port}"),
+            api,
             xds: std::net::SocketAddr::from(([127, 0, 0, 1], xds_port)),
         })
     }

@@ -67,12 +67,26 @@ fn tokens_are_required_and_checked() {
     for open in ["/", "/ready", "/healthy"] {
         assert_eq!(anonymous("GET", &format!("{api}{open}")).0, 200, "{open}");
     }
-    for closed in ["/meshes", "/metrics", "/global-insight", "/audit", "/zones", "/access-roles"] {
+    for closed in [
+        "/meshes",
+        "/metrics",
+        "/global-insight",
+        "/audit",
+        "/zones",
+        "/access-roles",
+    ] {
         let (status, body) = anonymous("GET", &format!("{api}{closed}"));
         assert_eq!(status, 401, "{closed}: {body}");
         assert!(details(&body).contains("no token was presented"), "{closed}: {body}");
     }
-    let (status, body) = http_as(None, "POST", &format!("{api}/tokens/zone"), Some(r#"{"zone":"east"}"#.into()), None).unwrap();
+    let (status, body) = http_as(
+        None,
+        "POST",
+        &format!("{api}/tokens/zone"),
+        Some(r#"{"zone":"east"}"#.into()),
+        None,
+    )
+    .unwrap();
     assert_eq!(status, 401, "an anonymous caller must not mint zone tokens: {body}");
 
     // The admin token is in the data dir, mode 0600, and works.
@@ -143,7 +157,12 @@ fn tokens_are_required_and_checked() {
     // A valid user token without a binding is authenticated but allowed nothing.
     let (status, body) = as_user(&alice, "GET", &format!("{api}/meshes"), None);
     assert_eq!((status, body["total"].as_u64()), (200, Some(0)), "{body}");
-    let (status, body) = as_user(&alice, "PUT", &format!("{api}/meshes/default/meshtimeouts/t"), Some(timeout_policy("default", "t")));
+    let (status, body) = as_user(
+        &alice,
+        "PUT",
+        &format!("{api}/meshes/default/meshtimeouts/t"),
+        Some(timeout_policy("default", "t")),
+    );
     assert_eq!(status, 403, "{body}");
 
     // Revoked and expired tokens stop working.
@@ -176,7 +195,14 @@ fn tokens_are_required_and_checked() {
     let token_file = dir.path().join("g-admin-token");
     std::fs::write(&token_file, g.admin_token()).unwrap();
     let out = std::process::Command::new(bin("meridianctl"))
-        .args(["--api", api, "--token-file", token_file.to_str().unwrap(), "get", "meshes"])
+        .args([
+            "--api",
+            api,
+            "--token-file",
+            token_file.to_str().unwrap(),
+            "get",
+            "meshes",
+        ])
         .env("MERIDIAN_CONFIG", dir.path().join("none.yaml"))
         .output()
         .unwrap();
@@ -221,7 +247,12 @@ fn teams_are_confined_to_their_meshes_and_everything_is_audited() {
     let alice = user_token(&g, "alice", &["team-a"], "1h");
     // Team A writes its mesh…
     let put = |mesh: &str, name: &str| {
-        as_user(&alice, "PUT", &format!("{api}/meshes/{mesh}/meshtimeouts/{name}"), Some(timeout_policy(mesh, name)))
+        as_user(
+            &alice,
+            "PUT",
+            &format!("{api}/meshes/{mesh}/meshtimeouts/{name}"),
+            Some(timeout_policy(mesh, name)),
+        )
     };
     assert_eq!(put("team-a", "t1").0, 201);
     assert_eq!(put("team-a", "t1").0, 200);
@@ -229,7 +260,10 @@ fn teams_are_confined_to_their_meshes_and_everything_is_audited() {
     let (status, body) = put("team-b", "t1");
     assert_eq!(status, 403, "{body}");
     let why = details(&body);
-    assert!(why.contains("\"alice\"") && why.contains("CREATE") && why.contains("\"team-b\""), "{why}");
+    assert!(
+        why.contains("\"alice\"") && why.contains("CREATE") && why.contains("\"team-b\""),
+        "{why}"
+    );
     assert_eq!(g.get("/meshes/team-b/meshtimeouts/t1").0, 404, "nothing stored");
     let (status, body) = as_user(&alice, "DELETE", &format!("{api}/meshes/team-b"), None);
     assert!(status == 403 && details(&body).contains("DELETE"), "{status} {body}");
@@ -247,40 +281,80 @@ fn teams_are_confined_to_their_meshes_and_everything_is_audited() {
     assert_eq!(insight["meshes"]["total"], 1, "{insight}");
     // Secrets need VIEW_SECRETS; zone tokens GENERATE_ZONE_TOKEN.
     let (status, body) = as_user(&alice, "GET", &format!("{api}/meshes/team-a/secrets/s"), None);
-    assert!(status == 403 && details(&body).contains("VIEW_SECRETS"), "{status} {body}");
-    let (status, body) = as_user(&alice, "POST", &format!("{api}/tokens/zone"), Some(json!({"zone": "east"})));
-    assert!(status == 403 && details(&body).contains("GENERATE_ZONE_TOKEN"), "{status} {body}");
-    let (status, _) = as_user(&alice, "POST", &format!("{api}/tokens/dataplane"), Some(json!({"mesh": "team-a"})));
+    assert!(
+        status == 403 && details(&body).contains("VIEW_SECRETS"),
+        "{status} {body}"
+    );
+    let (status, body) = as_user(
+        &alice,
+        "POST",
+        &format!("{api}/tokens/zone"),
+        Some(json!({"zone": "east"})),
+    );
+    assert!(
+        status == 403 && details(&body).contains("GENERATE_ZONE_TOKEN"),
+        "{status} {body}"
+    );
+    let (status, _) = as_user(
+        &alice,
+        "POST",
+        &format!("{api}/tokens/dataplane"),
+        Some(json!({"mesh": "team-a"})),
+    );
     assert_eq!(status, 200, "dataplane tokens of its own mesh");
-    let (status, _) = as_user(&alice, "POST", &format!("{api}/tokens/dataplane"), Some(json!({"mesh": "team-b"})));
+    let (status, _) = as_user(
+        &alice,
+        "POST",
+        &format!("{api}/tokens/dataplane"),
+        Some(json!({"mesh": "team-b"})),
+    );
     assert_eq!(status, 403);
     // A team user cannot mint an admin.
-    let (status, _) = as_user(&alice, "POST", &format!("{api}/tokens/user"), Some(json!({"name": "x", "groups": ["mesh-system:admin"]})));
+    let (status, _) = as_user(
+        &alice,
+        "POST",
+        &format!("{api}/tokens/user"),
+        Some(json!({"name": "x", "groups": ["mesh-system:admin"]})),
+    );
     assert_eq!(status, 403);
 
     // No change may lock every admin out.
     let (status, body) = g.delete("/access-role-bindings/admin");
-    assert!(status == 409 && details(&body).contains("lock every admin out"), "{status} {body}");
+    assert!(
+        status == 409 && details(&body).contains("lock every admin out"),
+        "{status} {body}"
+    );
     let (status, body) = g.put_json(
         "/access-roles/admin",
         &json!({"type": "AccessRole", "name": "admin", "rules": [{"access": ["VIEW"]}]}),
     );
     assert_eq!(status, 409, "{body}");
     let (status, body) = g.delete("/access-roles/team-a");
-    assert!(status == 409 && details(&body).contains("team-a"), "a role in use: {status} {body}");
+    assert!(
+        status == 409 && details(&body).contains("team-a"),
+        "a role in use: {status} {body}"
+    );
     let (status, body) = g.put_json(
         "/access-roles/bad",
         &json!({"type": "AccessRole", "name": "bad", "rules": [{"types": ["Nope"], "access": ["FLY"]}]}),
     );
     assert_eq!(status, 400, "{body}");
-    assert_eq!(g.get("/access-roles/admin").1["rules"][0]["access"].as_array().unwrap().len(), 10);
+    assert_eq!(
+        g.get("/access-roles/admin").1["rules"][0]["access"]
+            .as_array()
+            .unwrap()
+            .len(),
+        10
+    );
 
     // The audit log: who, what, result — and each team sees its own mesh's.
     let (status, audit) = g.get("/audit?user=alice");
     assert_eq!(status, 200, "{audit}");
     let items = audit["items"].as_array().unwrap();
     let find = |action: &str, mesh: &str, result: &str| {
-        items.iter().find(|e| e["action"] == action && e["mesh"] == mesh && e["result"] == result)
+        items
+            .iter()
+            .find(|e| e["action"] == action && e["mesh"] == mesh && e["result"] == result)
     };
     let created = find("CREATE", "team-a", "succeeded").expect("alice's create");
     assert_eq!(created["type"], "MeshTimeout");
@@ -292,13 +366,23 @@ fn teams_are_confined_to_their_meshes_and_everything_is_audited() {
     let denied = find("CREATE", "team-b", "denied").expect("alice's denied create");
     assert!(denied["reason"].as_str().unwrap().contains("CREATE"));
     let (_, denied_only) = g.get("/audit?user=alice&result=denied&mesh=team-b");
-    assert!(denied_only["items"].as_array().unwrap().iter().all(|e| e["result"] == "denied" && e["mesh"] == "team-b"));
+    assert!(denied_only["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|e| e["result"] == "denied" && e["mesh"] == "team-b"));
     assert!(denied_only["total"].as_u64().unwrap() >= 2, "{denied_only}");
     let (_, mine) = as_user(&alice, "GET", &format!("{api}/audit"), None);
     let mine = mine["items"].as_array().unwrap().clone();
-    assert!(!mine.is_empty() && mine.iter().all(|e| e["mesh"] == "team-a"), "{mine:?}");
+    assert!(
+        !mine.is_empty() && mine.iter().all(|e| e["mesh"] == "team-a"),
+        "{mine:?}"
+    );
     let (_, admin_actions) = g.get("/audit?action=GENERATE_USER_TOKEN");
-    assert!(admin_actions["items"][0]["user"] == "mesh-system:admin", "{admin_actions}");
+    assert!(
+        admin_actions["items"][0]["user"] == "mesh-system:admin",
+        "{admin_actions}"
+    );
     assert_eq!(g.get("/audit?result=maybe").0, 400);
     // meridianctl reads it too.
     let out = g.ctl(&["get", "audit", "--user", "alice", "--result", "denied"], None);
@@ -329,7 +413,11 @@ fn zones_accept_the_globals_users_and_roles() {
     assert_ne!(zone.admin_token(), g.admin_token());
     assert_eq!(as_user(&g.admin_token(), "GET", &format!("{zapi}/meshes"), None).0, 401);
 
-    assert_eq!(g.put_json("/meshes/team-a", &json!({"type": "Mesh", "name": "team-a"})).0, 201);
+    assert_eq!(
+        g.put_json("/meshes/team-a", &json!({"type": "Mesh", "name": "team-a"}))
+            .0,
+        201
+    );
     let role = json!({"type": "AccessRole", "name": "viewers", "rules": [{"mesh": "team-a", "access": ["VIEW", "CREATE", "UPDATE", "DELETE"]}]});
     assert_eq!(g.put_json("/access-roles/viewers", &role).0, 201);
     let binding = json!({"type": "AccessRoleBinding", "name": "carol", "subjects": [{"type": "User", "name": "carol"}], "roles": ["viewers"]});
@@ -347,33 +435,69 @@ fn zones_accept_the_globals_users_and_roles() {
     });
     let dp = json!({"type": "Dataplane", "mesh": "team-a", "name": "dp-1",
         "networking": {"address": "10.0.0.1", "inbound": [{"port": 8080, "tags": {"kuma.io/service": "web"}}]}});
-    assert_eq!(as_user(&carol, "PUT", &format!("{zapi}/meshes/team-a/dataplanes/dp-1"), Some(dp.clone())).0, 201);
-    let (status, body) = as_user(&carol, "PUT", &format!("{zapi}/meshes/default/dataplanes/dp-1"), Some(json!({
+    assert_eq!(
+        as_user(
+            &carol,
+            "PUT",
+            &format!("{zapi}/meshes/team-a/dataplanes/dp-1"),
+            Some(dp.clone())
+        )
+        .0,
+        201
+    );
+    let (status, body) = as_user(
+        &carol,
+        "PUT",
+        &format!("{zapi}/meshes/default/dataplanes/dp-1"),
+        Some(json!({
         "type": "Dataplane", "mesh": "default", "name": "dp-1",
-        "networking": {"address": "10.0.0.1", "inbound": [{"port": 8080, "tags": {"kuma.io/service": "web"}}]}})));
+        "networking": {"address": "10.0.0.1", "inbound": [{"port": 8080, "tags": {"kuma.io/service": "web"}}]}})),
+    );
     assert_eq!(status, 403, "{body}");
     // Roles are the global's: the zone refuses to change them.
-    let (status, _) = http_as(Some(&zone.admin_token()), "PUT", &format!("{zapi}/access-roles/x"),
-        Some(json!({"type": "AccessRole", "name": "x", "rules": [{"access": ["VIEW"]}]}).to_string()), None).unwrap();
+    let (status, _) = http_as(
+        Some(&zone.admin_token()),
+        "PUT",
+        &format!("{zapi}/access-roles/x"),
+        Some(json!({"type": "AccessRole", "name": "x", "rules": [{"access": ["VIEW"]}]}).to_string()),
+        None,
+    )
+    .unwrap();
     assert_eq!(status, 405);
     // User tokens are issued by the global only.
-    let (status, _) = http_as(Some(&zone.admin_token()), "POST", &format!("{zapi}/tokens/user"),
-        Some(json!({"name": "x"}).to_string()), None).unwrap();
+    let (status, _) = http_as(
+        Some(&zone.admin_token()),
+        "POST",
+        &format!("{zapi}/tokens/user"),
+        Some(json!({"name": "x"}).to_string()),
+        None,
+    )
+    .unwrap();
     assert_eq!(status, 405);
     // A revocation at the global reaches the zone.
     let out = g.ctl(&["revoke", "user-token", "--id", &jti(&carol)], None);
     assert!(out.status.success());
-    wait_until("the zone to refuse the revoked token", WAIT, Duration::from_millis(100), || {
-        let (status, body) = as_user(&carol, "GET", &format!("{zapi}/meshes"), None);
-        if status == 401 && details(&body).contains("revoked") {
-            Ok(())
-        } else {
-            Err(format!("{status} {body}"))
-        }
-    });
+    wait_until(
+        "the zone to refuse the revoked token",
+        WAIT,
+        Duration::from_millis(100),
+        || {
+            let (status, body) = as_user(&carol, "GET", &format!("{zapi}/meshes"), None);
+            if status == 401 && details(&body).contains("revoked") {
+                Ok(())
+            } else {
+                Err(format!("{status} {body}"))
+            }
+        },
+    );
     // The zone audits its own writes.
     let (_, audit) = zone.get("/audit?user=carol");
-    let results: Vec<&str> = audit["items"].as_array().unwrap().iter().filter_map(|e| e["result"].as_str()).collect();
+    let results: Vec<&str> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["result"].as_str())
+        .collect();
     assert!(results.contains(&"succeeded") && results.contains(&"denied"), "{audit}");
 }
 

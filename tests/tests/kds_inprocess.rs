@@ -1378,7 +1378,8 @@ async fn an_offline_zones_ingress_leaves_the_other_zones_and_comes_back() {
 
     // zone-2 goes away: the global stops relaying its ingress.
     let (name, zone2) = c.zones.remove(1);
-    let data_dir = std::path::PathBuf::from("unused");
+    // A memory store: the data dir holds only the admin token.
+    let data_dir = c._dir.path().join("zone-2-again");
     zone2.stop().await.unwrap();
     eventually("zone-2's ingress gone from zone-1", DEADLINE, || match in_zone_1(&c) {
         None => Ok(()),
