@@ -605,14 +605,20 @@ mod tests {
 
     #[test]
     fn kong_mesh_roles_read_as_written() {
-        let r = role(json!({"rules": [{"types": ["MeshTimeout"], "mesh": "m", "access": ["CREATE", "GENERATE_ZONE_CP_TOKEN"]}]}));
+        let r = role(
+            json!({"rules": [{"types": ["MeshTimeout"], "mesh": "m", "access": ["CREATE", "GENERATE_ZONE_CP_TOKEN"]}]}),
+        );
         assert_eq!(r.rules[0].access, [Access::Create, Access::GenerateZoneToken]);
         let b = binding(json!({"subjects": [{"type": "Group", "name": "g"}], "roles": ["r"]}));
         let rbac = Rbac::build([("r", &r)], [&b]);
         let u = user("u", &["g"]);
         let t = Target::resource(ResourceType::MeshTimeout, Some("m"), "t");
         assert!(rbac.allows(&u, Access::View, &t), "writers read what they write");
-        assert!(!rbac.allows(&u, Access::ViewSecrets, &Target::resource(ResourceType::Secret, Some("m"), "s")));
+        assert!(!rbac.allows(
+            &u,
+            Access::ViewSecrets,
+            &Target::resource(ResourceType::Secret, Some("m"), "s")
+        ));
         let err = check::<AccessRole>(json!({"rules": [{"access": ["VIEW_STATS"]}]}), &FieldPath::root())
             .unwrap_err()
             .to_string();
