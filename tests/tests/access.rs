@@ -523,7 +523,7 @@ fn failed_authentications_do_not_grow_memory() {
         format!("Bearer meridian-admin.{}", "B".repeat(43)),
         "Basic eDp5".to_string(),
     ];
-    let mut send = |n: usize| {
+    let send = |n: usize| {
         for i in 0..n {
             let status = agent
                 .get(&url)
