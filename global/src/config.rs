@@ -32,6 +32,15 @@ pub struct RunArgs {
     /// Key prefix in etcd [default: /meridian]
     #[arg(long, env = "MERIDIAN_ETCD_PREFIX")]
     pub etcd_prefix: Option<String>,
+    /// CA certificate (PEM) of etcd's https endpoints
+    #[arg(long, env = "MERIDIAN_ETCD_CACERT")]
+    pub etcd_cacert: Option<PathBuf>,
+    /// Client certificate (PEM) for etcd's client certificate authentication
+    #[arg(long, env = "MERIDIAN_ETCD_CERT")]
+    pub etcd_cert: Option<PathBuf>,
+    /// Private key (PEM) of the etcd client certificate
+    #[arg(long, env = "MERIDIAN_ETCD_KEY")]
+    pub etcd_key: Option<PathBuf>,
     /// Certificate (PEM) of the KDS server
     #[arg(long, env = "MERIDIAN_KDS_TLS_CERT")]
     pub kds_tls_cert: Option<PathBuf>,
@@ -80,6 +89,9 @@ pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
     pub etcd_endpoints: Option<Vec<String>>,
     pub etcd_prefix: Option<String>,
+    pub etcd_cacert: Option<PathBuf>,
+    pub etcd_cert: Option<PathBuf>,
+    pub etcd_key: Option<PathBuf>,
     pub kds_tls_cert: Option<PathBuf>,
     pub kds_tls_key: Option<PathBuf>,
     pub kds_advertised_address: Option<String>,
@@ -101,6 +113,7 @@ pub struct GlobalConfig {
     pub data_dir: PathBuf,
     pub etcd_endpoints: Vec<String>,
     pub etcd_prefix: String,
+    pub etcd_tls: meridian_server::backend::EtcdTlsFiles,
     pub kds_tls_cert: Option<PathBuf>,
     pub kds_tls_key: Option<PathBuf>,
     /// `None`: derived from `kds_addr`, see [`GlobalConfig::kds_advertised_address`].
@@ -124,6 +137,7 @@ impl Default for GlobalConfig {
             data_dir: PathBuf::from("./meridian-data"),
             etcd_endpoints: vec!["http://127.0.0.1:2379".into()],
             etcd_prefix: "/meridian".into(),
+            etcd_tls: Default::default(),
             kds_tls_cert: None,
             kds_tls_key: None,
             kds_advertised_address: None,
@@ -177,6 +191,11 @@ impl GlobalConfig {
             data_dir: args.data_dir.or(file.data_dir).unwrap_or(d.data_dir),
             etcd_endpoints: args.etcd_endpoints.or(file.etcd_endpoints).unwrap_or(d.etcd_endpoints),
             etcd_prefix: args.etcd_prefix.or(file.etcd_prefix).unwrap_or(d.etcd_prefix),
+            etcd_tls: meridian_server::backend::EtcdTlsFiles {
+                cacert: args.etcd_cacert.or(file.etcd_cacert),
+                cert: args.etcd_cert.or(file.etcd_cert),
+                key: args.etcd_key.or(file.etcd_key),
+            },
             kds_tls_cert: args.kds_tls_cert.or(file.kds_tls_cert),
             kds_tls_key: args.kds_tls_key.or(file.kds_tls_key),
             kds_advertised_address: args

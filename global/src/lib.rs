@@ -45,6 +45,7 @@ pub async fn start(config: GlobalConfig, instance_id: String) -> anyhow::Result<
         etcd_endpoints: &config.etcd_endpoints,
         etcd_prefix: &config.etcd_prefix,
         instance_id: &instance_id,
+        etcd_tls: &config.etcd_tls,
     })
     .await?;
 

@@ -32,6 +32,38 @@ pub struct StoreSettings<'a> {
     pub etcd_prefix: &'a str,
     /// A name for this replica in leader election.
     pub instance_id: &'a str,
+    /// TLS to etcd.
+    pub etcd_tls: &'a EtcdTlsFiles,
+}
+
+/// `--etcd-cacert`, `--etcd-cert`, `--etcd-key`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EtcdTlsFiles {
+    pub cacert: Option<std::path::PathBuf>,
+    pub cert: Option<std::path::PathBuf>,
+    pub key: Option<std::path::PathBuf>,
+}
+
+impl EtcdTlsFiles {
+    /// Reads the files; `None` without a CA. A certificate needs its key
+    /// and the other way round.
+    pub fn load(&self) -> anyhow::Result<Option<meridian_store::etcd::EtcdTls>> {
+        let read = |flag: &str, p: &Path| std::fs::read(p).with_context(|| format!("{flag} {}", p.display()));
+        let client = match (&self.cert, &self.key) {
+            (Some(c), Some(k)) => Some((read("--etcd-cert", c)?, read("--etcd-key", k)?)),
+            (None, None) => None,
+            (Some(_), None) => anyhow::bail!("--etcd-cert needs --etcd-key"),
+            (None, Some(_)) => anyhow::bail!("--etcd-key needs --etcd-cert"),
+        };
+        match &self.cacert {
+            Some(ca) => Ok(Some(meridian_store::etcd::EtcdTls {
+                ca_pem: read("--etcd-cacert", ca)?,
+                client,
+            })),
+            None if client.is_some() => anyhow::bail!("--etcd-cert and --etcd-key need --etcd-cacert"),
+            None => Ok(None),
+        }
+    }
 }
 
 /// An open store and the leadership of one-time work on it; keep the
@@ -58,7 +90,11 @@ pub async fn open(s: &StoreSettings<'_>) -> anyhow::Result<Backend> {
             })
         }
         StoreKind::Etcd => {
-            let store = EtcdStore::connect(s.etcd_endpoints, s.etcd_prefix)
+            let options = meridian_store::etcd::EtcdOptions {
+                tls: s.etcd_tls.load()?,
+                ..Default::default()
+            };
+            let store = EtcdStore::connect_with(s.etcd_endpoints, s.etcd_prefix, options)
                 .await
                 .with_context(|| format!("connecting to etcd at {}", s.etcd_endpoints.join(",")))?;
             let leader = LeaderElector::for_store(&store, s.instance_id).start();

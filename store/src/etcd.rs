@@ -54,6 +54,26 @@ pub struct EtcdOptions {
     /// Items per range request when listing (the list stays consistent: all
     /// pages are read at the revision of the first).
     pub list_page_size: i64,
+    /// TLS to etcd (`https://` endpoints): the CA and, for client
+    /// certificate authentication, a certificate and key.
+    pub tls: Option<EtcdTls>,
+}
+
+/// PEM material for TLS to etcd.
+#[derive(Clone)]
+pub struct EtcdTls {
+    /// The CA that signed etcd's serving certificates.
+    pub ca_pem: Vec<u8>,
+    /// This client's certificate and key, when etcd asks for one.
+    pub client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for EtcdTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdTls")
+            .field("client_certificate", &self.client.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for EtcdOptions {
@@ -63,6 +83,7 @@ impl Default for EtcdOptions {
             request_timeout: Duration::from_secs(2),
             keep_alive: (Duration::from_secs(10), Duration::from_secs(5)),
             list_page_size: 500,
+            tls: None,
         }
     }
 }
@@ -100,10 +121,32 @@ impl EtcdStore {
         if endpoints.is_empty() {
             return Err(StoreError::Internal("no etcd endpoints given".into()));
         }
-        let connect = ConnectOptions::new()
+        let secure = endpoints.iter().filter(|e| e.starts_with("https://")).count();
+        match (&options.tls, secure) {
+            (None, n) if n > 0 => {
+                return Err(StoreError::Internal(format!(
+                    "etcd {joined}: https endpoints need a CA (--etcd-cacert)"
+                )))
+            }
+            (Some(_), n) if n != endpoints.len() => {
+                return Err(StoreError::Internal(format!(
+                    "etcd {joined}: with TLS settings every endpoint must be https://"
+                )))
+            }
+            _ => {}
+        }
+        let mut connect = ConnectOptions::new()
             .with_connect_timeout(options.connect_timeout)
             .with_timeout(options.request_timeout)
             .with_keep_alive(options.keep_alive.0, options.keep_alive.1);
+        if let Some(tls) = &options.tls {
+            let mut config =
+                etcd_client::TlsOptions::new().ca_certificate(etcd_client::Certificate::from_pem(&tls.ca_pem));
+            if let Some((cert, key)) = &tls.client {
+                config = config.identity(etcd_client::Identity::from_pem(cert, key));
+            }
+            connect = connect.with_tls(config);
+        }
         let deadline = options.connect_timeout + options.request_timeout;
         let client = match tokio::time::timeout(deadline, Client::connect(endpoints, Some(connect))).await {
             Ok(Ok(client)) => client,

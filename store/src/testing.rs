@@ -57,17 +57,117 @@ pub enum HarnessError {
     },
 }
 
-/// One single-member etcd cluster in a temporary directory, killed (and its
-/// data removed) on drop.
+/// One etcd member (by default a single-member cluster) in a temporary
+/// directory, killed (and its data removed) on drop.
 pub struct EtcdServer {
     child: Option<Child>,
     binary: PathBuf,
     client_port: u16,
     peer_port: u16,
     dir: tempfile::TempDir,
+    /// The member's name and the cluster it belongs to.
+    name: String,
+    initial_cluster: Option<String>,
+    tls: Option<ServerTls>,
+}
+
+/// TLS of a test etcd: its serving certificate (files), client certificate
+/// authentication against `ca_file`, and the material a client presents.
+#[derive(Clone, Debug)]
+pub struct ServerTls {
+    pub ca_file: PathBuf,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// What clients (the harness's probe included) connect with.
+    pub client: crate::etcd::EtcdTls,
+}
+
+/// A cluster of etcd members on loopback, killed on drop.
+pub struct EtcdCluster {
+    pub members: Vec<EtcdServer>,
+}
+
+impl EtcdCluster {
+    /// Starts `n` members together and waits until each answers.
+    pub async fn start(n: usize) -> Result<Self, HarnessError> {
+        let binary = find_binary()?;
+        let mut members = Vec::new();
+        for i in 0..n {
+            let (client_port, peer_port) = free_ports()?;
+            let dir = tempfile::Builder::new()
+                .prefix("meridian-etcd-")
+                .tempdir()
+                .map_err(|e| HarnessError::Spawn(format!("temp dir: {e}")))?;
+            members.push(EtcdServer {
+                child: None,
+                binary: binary.clone(),
+                client_port,
+                peer_port,
+                dir,
+                name: format!("member-{i}"),
+                initial_cluster: None,
+                tls: None,
+            });
+        }
+        let cluster = members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .collect::<Vec<_>>()
+            .join(",");
+        for m in &mut members {
+            m.initial_cluster = Some(cluster.clone());
+            m.spawn()?;
+        }
+        for m in &mut members {
+            m.wait_ready().await?;
+        }
+        Ok(EtcdCluster { members })
+    }
+
+    /// Every member's client URL.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(EtcdServer::endpoint).collect()
+    }
+
+    /// The index of the member that leads the raft group now.
+    pub async fn leader(&self) -> Option<usize> {
+        let mut client = self.members.first()?.client().await.ok()?;
+        let status = client.status().await.ok()?;
+        let leader = status.leader();
+        for (i, m) in self.members.iter().enumerate() {
+            let mut c = m.client().await.ok()?;
+            if c.status().await.ok()?.header().map(|h| h.member_id()) == Some(leader) {
+                return Some(i);
+            }
+        }
+        None
+    }
 }
 
 impl EtcdServer {
+    /// Starts a single-member etcd serving TLS with client certificate
+    /// authentication (`tls`'s files; the certificate must name 127.0.0.1).
+    pub async fn start_tls(tls: ServerTls) -> Result<Self, HarnessError> {
+        let binary = find_binary()?;
+        let (client_port, peer_port) = free_ports()?;
+        let dir = tempfile::Builder::new()
+            .prefix("meridian-etcd-")
+            .tempdir()
+            .map_err(|e| HarnessError::Spawn(format!("temp dir: {e}")))?;
+        let mut server = EtcdServer {
+            child: None,
+            binary,
+            client_port,
+            peer_port,
+            dir,
+            name: "meridian-test".into(),
+            initial_cluster: None,
+            tls: Some(tls),
+        };
+        server.launch().await?;
+        Ok(server)
+    }
+
     /// Starts etcd on free loopback ports and waits until it answers.
     pub async fn start() -> Result<Self, HarnessError> {
         let binary = find_binary()?;
@@ -86,6 +186,9 @@ impl EtcdServer {
                 client_port,
                 peer_port,
                 dir,
+                name: "meridian-test".into(),
+                initial_cluster: None,
+                tls: None,
             };
             match server.launch().await {
                 Ok(()) => return Ok(server),
@@ -96,9 +199,10 @@ impl EtcdServer {
         Err(last.unwrap_or_else(|| HarnessError::Spawn("no attempt made".into())))
     }
 
-    /// The client URL, `http://127.0.0.1:PORT`.
+    /// The client URL, `http://127.0.0.1:PORT` (`https` with TLS).
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
     }
 
     /// The client URLs, as [`crate::etcd::EtcdStore::connect`] takes them.
@@ -165,7 +269,16 @@ impl EtcdServer {
 
     /// A client with short timeouts, for tests that poke etcd directly.
     pub async fn client(&self) -> Result<Client, etcd_client::Error> {
-        Client::connect(self.endpoints(), Some(client_options())).await
+        let mut options = client_options();
+        if let Some(tls) = &self.tls {
+            let mut config =
+                etcd_client::TlsOptions::new().ca_certificate(etcd_client::Certificate::from_pem(&tls.client.ca_pem));
+            if let Some((cert, key)) = &tls.client.client {
+                config = config.identity(etcd_client::Identity::from_pem(cert, key));
+            }
+            options = options.with_tls(config);
+        }
+        Client::connect(self.endpoints(), Some(options)).await
     }
 
     /// The last few KiB of etcd's output, for failure messages.
@@ -174,6 +287,11 @@ impl EtcdServer {
     }
 
     async fn launch(&mut self) -> Result<(), HarnessError> {
+        self.spawn()?;
+        self.wait_ready().await
+    }
+
+    fn spawn(&mut self) -> Result<(), HarnessError> {
         let log_path = self.dir.path().join("etcd.log");
         let log = OpenOptions::new()
             .create(true)
@@ -185,14 +303,25 @@ impl EtcdServer {
             .map_err(|e| HarnessError::Spawn(format!("{}: {e}", log_path.display())))?;
         let client = self.endpoint();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let child = Command::new(&self.binary)
-            .arg("--name=meridian-test")
+        let cluster = self
+            .initial_cluster
+            .clone()
+            .unwrap_or_else(|| format!("{}={peer}", self.name));
+        let mut cmd = Command::new(&self.binary);
+        if let Some(tls) = &self.tls {
+            cmd.arg(format!("--cert-file={}", tls.cert_file.display()))
+                .arg(format!("--key-file={}", tls.key_file.display()))
+                .arg(format!("--trusted-ca-file={}", tls.ca_file.display()))
+                .arg("--client-cert-auth");
+        }
+        let child = cmd
+            .arg(format!("--name={}", self.name))
             .arg(format!("--data-dir={}", self.data_dir().display()))
             .arg(format!("--listen-client-urls={client}"))
             .arg(format!("--advertise-client-urls={client}"))
             .arg(format!("--listen-peer-urls={peer}"))
             .arg(format!("--initial-advertise-peer-urls={peer}"))
-            .arg(format!("--initial-cluster=meridian-test={peer}"))
+            .arg(format!("--initial-cluster={cluster}"))
             .arg("--initial-cluster-state=new")
             .arg("--initial-cluster-token=meridian-test")
             .arg("--heartbeat-interval=50")
@@ -205,7 +334,7 @@ impl EtcdServer {
             .spawn()
             .map_err(|e| HarnessError::Spawn(format!("{}: {e}", self.binary.display())))?;
         self.child = Some(child);
-        self.wait_ready().await
+        Ok(())
     }
 
     /// Polls etcd with a read until it answers, it exits, or the deadline.

@@ -128,3 +128,115 @@ fn etcd_outage_reads_from_cache_writes_503_then_recovers() {
     assert_eq!(g.get("/meshes/after").0, 200);
     assert_eq!(g.get("/meshes/during").0, 404, "the refused write was not stored");
 }
+
+/// A CA, etcd's serving certificate for 127.0.0.1 and a client
+/// certificate, as PEM files in `dir`.
+fn etcd_pki(dir: &std::path::Path) -> meridian_store::testing::ServerTls {
+    use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let leaf = |names: Vec<String>, usage: ExtendedKeyUsagePurpose| {
+        let mut p = CertificateParams::new(names).unwrap();
+        p.extended_key_usages = vec![usage];
+        let key = KeyPair::generate().unwrap();
+        let cert = p.signed_by(&key, &issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let (server_cert, server_key) = leaf(
+        vec!["127.0.0.1".into(), "localhost".into()],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    let (client_cert, client_key) = leaf(vec!["meridian-global".into()], ExtendedKeyUsagePurpose::ClientAuth);
+    let write = |name: &str, text: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    write("client.pem", &client_cert);
+    write("client-key.pem", &client_key);
+    meridian_store::testing::ServerTls {
+        ca_file: write("ca.pem", &ca_cert.pem()),
+        cert_file: write("server.pem", &server_cert),
+        key_file: write("server-key.pem", &server_key),
+        client: meridian_store::etcd::EtcdTls {
+            ca_pem: ca_cert.pem().into_bytes(),
+            client: Some((client_cert.into_bytes(), client_key.into_bytes())),
+        },
+    }
+}
+
+#[test]
+fn the_global_reaches_etcd_over_tls_with_a_client_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = etcd_pki(dir.path());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let etcd = rt
+        .block_on(meridian_store::testing::EtcdServer::start_tls(tls.clone()))
+        .expect("etcd with TLS");
+    let endpoint = etcd.endpoint();
+    assert!(endpoint.starts_with("https://"), "{endpoint}");
+    let file = |n: &str| dir.path().join(n).display().to_string();
+    let g = start_global_etcd_with(
+        dir.path(),
+        &endpoint,
+        &unique_prefix("tls"),
+        &[
+            "--etcd-cacert",
+            &file("ca.pem"),
+            "--etcd-cert",
+            &file("client.pem"),
+            "--etcd-key",
+            &file("client-key.pem"),
+        ],
+    );
+    let (status, body) = g.put_json("/meshes/over-tls", &json!({"type": "Mesh", "name": "over-tls"}));
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(g.get("/meshes/over-tls").0, 200);
+
+    // etcd refuses a client without a certificate, and one that does not
+    // know etcd's CA refuses etcd.
+    rt.block_on(async {
+        let no_cert = meridian_store::etcd::EtcdOptions {
+            tls: Some(meridian_store::etcd::EtcdTls {
+                ca_pem: tls.client.ca_pem.clone(),
+                client: None,
+            }),
+            connect_timeout: Duration::from_secs(1),
+            ..Default::default()
+        };
+        let endpoints = std::slice::from_ref(&endpoint);
+        let refused = match meridian_store::etcd::EtcdStore::connect_with(endpoints, "/x", no_cert).await {
+            Ok(store) => store.check().await.is_err(),
+            Err(_) => true,
+        };
+        assert!(refused, "etcd served a client without a certificate");
+        let plain = meridian_store::etcd::EtcdStore::connect(endpoints, "/x").await;
+        assert!(
+            plain.is_err_and(|e| e.to_string().contains("--etcd-cacert")),
+            "https without a CA must be refused by name"
+        );
+    });
+
+    // The flags are checked before anything starts.
+    let out = std::process::Command::new(bin("meridian-global"))
+        .args([
+            "run",
+            "--store",
+            "etcd",
+            "--etcd-endpoints",
+            &endpoint,
+            "--etcd-cert",
+            &file("client.pem"),
+        ])
+        .args(["--api-addr", "127.0.0.1:0", "--kds-addr", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("bad"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--etcd-key") || err.contains("--etcd-cacert"), "{err}");
+}

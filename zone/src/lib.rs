@@ -108,6 +108,7 @@ pub async fn start(config: ZoneConfig) -> anyhow::Result<RunningZone> {
         etcd_endpoints: &[],
         etcd_prefix: "",
         instance_id: &instance_id,
+        etcd_tls: &Default::default(),
     })
     .await?;
     let mut names = config.xds_tls.names.clone();
