@@ -27,6 +27,12 @@ xds_all
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo build --workspace --bins
+# The deployment kit: systemd units (systemd-analyze verify, security, a
+# real start of each unit's command line), the container definition
+# (static checks: no engine can pull images here) and the Kubernetes
+# manifests (kustomize, schemas offline, our own rules).
+deploy/check-systemd-container.sh
+deploy/check-kubernetes.sh
 cargo test --workspace -- --test-threads=2
 
 # The README's run command: a global and two zones joined on loopback, both
