@@ -16,6 +16,7 @@ pub mod mesh;
 pub mod mtls;
 pub mod names;
 pub mod policy;
+pub mod reference;
 pub mod resource;
 pub mod spec;
 pub mod types;

@@ -315,4 +315,26 @@ mod tests {
         assert_eq!(s.relay_uids(), vec![crate::peer::own_uid()]);
         assert_eq!(s.ca_file(), Path::new(SYSTEM_CA_BUNDLE));
     }
+
+    /// The configuration reference in deploy/reference/ is what the flags
+    /// and the defaults file say.
+    #[test]
+    fn reference_is_generated_from_the_flags() {
+        let cmd = <RunArgs as clap::Args>::augment_args(clap::Command::new("run"));
+        let flags: Vec<meridian_core::reference::FlagDoc> = cmd
+            .get_arguments()
+            .filter_map(|a| {
+                Some(meridian_core::reference::FlagDoc {
+                    long: a.get_long()?.to_string(),
+                    env: a.get_env().map(|e| e.to_string_lossy().into_owned()),
+                    help: a.get_help().map(|h| h.to_string()).unwrap_or_default(),
+                })
+            })
+            .collect();
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let defaults = std::fs::read_to_string(root.join("deploy/dp.defaults.yaml")).unwrap();
+        let md =
+            meridian_core::reference::render("meridian-dp run", "deploy/dp.defaults.yaml", &defaults, &flags).unwrap();
+        meridian_core::reference::check_file(&root.join("deploy/reference/meridian-dp.md"), &md).unwrap();
+    }
 }

@@ -358,4 +358,27 @@ mod tests {
         std::fs::create_dir_all(&d).unwrap();
         d
     }
+
+    /// The configuration reference in deploy/reference/ is what the flags
+    /// and the defaults file say.
+    #[test]
+    fn reference_is_generated_from_the_flags() {
+        let cmd = <RunArgs as clap::Args>::augment_args(clap::Command::new("run"));
+        let flags: Vec<meridian_core::reference::FlagDoc> = cmd
+            .get_arguments()
+            .filter_map(|a| {
+                Some(meridian_core::reference::FlagDoc {
+                    long: a.get_long()?.to_string(),
+                    env: a.get_env().map(|e| e.to_string_lossy().into_owned()),
+                    help: a.get_help().map(|h| h.to_string()).unwrap_or_default(),
+                })
+            })
+            .collect();
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let defaults = std::fs::read_to_string(root.join("deploy/global.defaults.yaml")).unwrap();
+        let md =
+            meridian_core::reference::render("meridian-global run", "deploy/global.defaults.yaml", &defaults, &flags)
+                .unwrap();
+        meridian_core::reference::check_file(&root.join("deploy/reference/meridian-global.md"), &md).unwrap();
+    }
 }
