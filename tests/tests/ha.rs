@@ -181,3 +181,163 @@ fn killing_the_etcd_leader_under_writes_at_three_globals_loses_no_acknowledged_w
         "recovered only after {recovered:?}"
     );
 }
+
+fn global_on(dir: &std::path::Path, etcd: &str, prefix: &str, api: u16, kds: u16) -> Proc {
+    let args: Vec<String> = [
+        "run",
+        "--api-addr",
+        &format!("127.0.0.1:{api}"),
+        "--kds-addr",
+        &format!("127.0.0.1:{kds}"),
+        "--store",
+        "etcd",
+        "--etcd-endpoints",
+        etcd,
+        "--etcd-prefix",
+        prefix,
+        "--kds-keepalive",
+        "1s",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut p = Proc::spawn("meridian-global", &args, &[], dir, api);
+    p.wait_ready(Duration::from_secs(30));
+    p
+}
+
+/// The global instance id of zone `zone`'s online subscription, as `g` sees it.
+fn holder(g: &Proc, zone: &str) -> Option<String> {
+    let (status, body) = http("GET", &format!("{}/zones+insights/{zone}", g.api), None, None).ok()?;
+    if status != 200 {
+        return None;
+    }
+    body["zoneInsight"]["subscriptions"]
+        .as_array()?
+        .iter()
+        .find(|s| s.get("disconnectTime").is_none_or(serde_json::Value::is_null))
+        .and_then(|s| s["globalInstanceId"].as_str().map(str::to_string))
+}
+
+fn g(globals: &[Option<Proc>], i: usize) -> &Proc {
+    globals[i].as_ref().unwrap()
+}
+
+fn leads(g: &Proc) -> bool {
+    http("GET", &format!("{}/metrics", g.api), None, None)
+        .ok()
+        .and_then(|(_, body)| {
+            body.as_str()
+                .map(|t| t.lines().any(|l| l.trim_end() == "meridian_leader 1"))
+        })
+        .unwrap_or(false)
+}
+
+#[test]
+fn a_zone_moves_to_another_global_when_its_global_is_killed() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let etcd = rt.block_on(EtcdServer::start()).expect("etcd");
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = unique_prefix("ha-zone");
+    let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+    let mut globals: Vec<Option<Proc>> = ports
+        .iter()
+        .map(|(api, kds)| Some(global_on(dir.path(), &etcd.endpoint(), &prefix, *api, *kds)))
+        .collect();
+
+    // The join line of one global, with every global's KDS address.
+    let mut join = zone_join(g(&globals, 0), "zone-1", dir.path());
+    let at = join.iter().position(|a| a == "--global-address").unwrap() + 1;
+    join[at] = ports
+        .iter()
+        .map(|(_, kds)| format!("grpcs://127.0.0.1:{kds}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let zone = start_zone(dir.path(), &join, None, &["--store", "memory", "--kds-keepalive", "1s"]);
+    let dp = json!({"type": "Dataplane", "mesh": "default", "name": "dp-1",
+        "networking": {"address": "10.0.0.1", "inbound": [{"port": 8080, "tags": {"kuma.io/service": "web"}}]}});
+    wait_until("the default mesh at the zone", Duration::from_secs(30), Duration::from_millis(20), || {
+        let (s, _) = zone.get("/meshes/default");
+        (s == 200).then_some(()).ok_or(format!("{s}"))
+    });
+    assert_eq!(zone.put_json("/meshes/default/dataplanes/dp-1", &dp).0, 201);
+    let holder_id = wait_until(
+        "zone-1 online at a global",
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        || holder(g(&globals, 0), "zone-1").ok_or("offline".to_string()),
+    );
+    let victim = globals
+        .iter()
+        .position(|p| holder_id.ends_with(&format!("-{}", p.as_ref().unwrap().child.id())))
+        .expect("the holder is one of the three");
+    let survivor = (victim + 1) % 3;
+    let led = leads(g(&globals, victim));
+
+    let killed_at = Instant::now();
+    globals[victim].as_mut().unwrap().kill9();
+    globals[victim] = None;
+    let new_holder = wait_until(
+        "zone-1 online at another global",
+        Duration::from_secs(30),
+        Duration::from_millis(20),
+        || match holder(g(&globals, survivor), "zone-1") {
+            Some(h) if h != holder_id => Ok(h),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    let offline = killed_at.elapsed();
+    // Changes flow both ways again.
+    let mesh_policy = json!({"type": "MeshTimeout", "mesh": "default", "name": "after-failover",
+        "spec": {"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "Mesh"}, "default": {"idleTimeout": "1h"}}]}});
+    assert_eq!(
+        g(&globals, survivor)
+            .put_json("/meshes/default/meshtimeouts/after-failover", &mesh_policy)
+            .0,
+        201
+    );
+    wait_until(
+        "the policy at the zone",
+        Duration::from_secs(30),
+        Duration::from_millis(20),
+        || {
+            let (s, _) = zone.get("/meshes/default/meshtimeouts/after-failover");
+            (s == 200).then_some(()).ok_or(format!("{s}"))
+        },
+    );
+    let dp2 = json!({"type": "Dataplane", "mesh": "default", "name": "dp-2",
+        "networking": {"address": "10.0.0.2", "inbound": [{"port": 8080, "tags": {"kuma.io/service": "web"}}]}});
+    assert_eq!(zone.put_json("/meshes/default/dataplanes/dp-2", &dp2).0, 201);
+    let flowing = wait_until(
+        "both dataplanes at the surviving globals",
+        Duration::from_secs(30),
+        Duration::from_millis(20),
+        || {
+            let (_, list) = g(&globals, survivor).get("/meshes/default/dataplanes");
+            let n = names(&list);
+            (n.iter().any(|x| x.ends_with("dp-1")) && n.iter().any(|x| x.ends_with("dp-2")))
+                .then(|| killed_at.elapsed())
+                .ok_or(format!("{n:?}"))
+        },
+    );
+    // Leadership: a survivor leads within 15 s; the defaults exist once.
+    let leader_after = wait_until(
+        "a surviving leader",
+        Duration::from_secs(15),
+        Duration::from_millis(50),
+        || {
+            (0..3)
+                .find(|i| globals[*i].as_ref().is_some_and(leads))
+                .ok_or("none leads".to_string())
+        },
+    );
+    let (_, roles) = g(&globals, survivor).get("/access-roles");
+    assert_eq!(names(&roles), ["admin"]);
+    let (_, timeouts) = g(&globals, survivor).get("/meshes/default/meshtimeouts");
+    assert_eq!(timeouts["total"], 3, "two defaults and after-failover: {timeouts}");
+    eprintln!(
+        "RELIABILITY global-kill: the holder (global {victim}, leader: {led}) killed; zone-1 online at {new_holder} after {offline:?}; \
+         a dataplane registered after the kill at the global after {flowing:?}; leader now global {leader_after}; 0 lost, defaults once"
+    );
+    assert!(offline < Duration::from_secs(15), "offline for {offline:?}");
+}
