@@ -256,10 +256,15 @@ fn a_zone_moves_to_another_global_when_its_global_is_killed() {
     let zone = start_zone(dir.path(), &join, None, &["--store", "memory", "--kds-keepalive", "1s"]);
     let dp = json!({"type": "Dataplane", "mesh": "default", "name": "dp-1",
         "networking": {"address": "10.0.0.1", "inbound": [{"port": 8080, "tags": {"kuma.io/service": "web"}}]}});
-    wait_until("the default mesh at the zone", Duration::from_secs(30), Duration::from_millis(20), || {
-        let (s, _) = zone.get("/meshes/default");
-        (s == 200).then_some(()).ok_or(format!("{s}"))
-    });
+    wait_until(
+        "the default mesh at the zone",
+        Duration::from_secs(30),
+        Duration::from_millis(20),
+        || {
+            let (s, _) = zone.get("/meshes/default");
+            (s == 200).then_some(()).ok_or(format!("{s}"))
+        },
+    );
     assert_eq!(zone.put_json("/meshes/default/dataplanes/dp-1", &dp).0, 201);
     let holder_id = wait_until(
         "zone-1 online at a global",
