@@ -134,6 +134,19 @@ impl Deployment {
         let server_agent = self.agent(dir, SERVER);
         let web = self.agent(dir, "web");
         let server = TestServer::start_xds(SERVER, port, server_agent.bootstrap(), &[]);
+        // Calls succeed in plaintext too while neither side has its first
+        // certificate; mTLS is on once the server has seen web's identity
+        // and both agents hold a certificate.
+        wait_until("the server sees web's certificate", CONVERGE, POLL, || {
+            wait_outcome(&web, Ok(SERVER), "calls answered");
+            let peers = server.output();
+            let seen = peers
+                .lines()
+                .any(|l| l.starts_with("PEER ") && l.contains("spiffe://default/web"));
+            (seen && !cert_of(&web).is_empty() && !cert_of(&server_agent).is_empty())
+                .then_some(())
+                .ok_or_else(|| "no PEER line of web yet".to_string())
+        });
         wait_outcome(&web, Ok(SERVER), "mTLS on");
         (server_agent, web, server)
     }
