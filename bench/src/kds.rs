@@ -642,6 +642,7 @@ fn settings(name: &str, join: &Join, token: String) -> ClientSettings {
         token,
         ca_pem: join.ca_pem.clone(),
         keepalive: KEEPALIVE,
+        protocol: meridian_server::kds::PROTOCOL_VERSION,
     }
 }
 

@@ -70,6 +70,7 @@ async fn start_zone(
             token,
             ca_pem: global.join.ca_pem.clone(),
             keepalive: Duration::from_secs(10),
+            protocol: meridian_server::kds::PROTOCOL_VERSION,
         }),
         ingress_address: ingress,
         create_default_mesh: false,

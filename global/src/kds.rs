@@ -157,6 +157,21 @@ impl KdsService {
                 claims.zone
             )));
         }
+        let text = |h: &str| req.metadata().get(h).and_then(|v| v.to_str().ok());
+        let protocol = match text(meridian_server::kds::PROTOCOL_HEADER) {
+            None => 1,
+            Some(v) => v.parse::<u32>().map_err(|_| {
+                Status::invalid_argument(format!(
+                    "{}: {v:?} is not a protocol version",
+                    meridian_server::kds::PROTOCOL_HEADER
+                ))
+            })?,
+        };
+        let build = text(meridian_server::kds::BUILD_HEADER).unwrap_or("unknown");
+        meridian_server::kds::check_zone_protocol(protocol, build).map_err(|why| {
+            tracing::warn!(%zone, protocol, build, reason = %why, "zone refused: version skew");
+            Status::failed_precondition(why)
+        })?;
         self.ensure_zone(&zone).await?;
         Ok(zone)
     }

@@ -510,3 +510,58 @@ fn zones_converge_after_etcd_restarts_and_follow_a_failover() {
         );
     }
 }
+
+/// Version skew: a zone speaking a newer KDS protocol than the global is
+/// refused with both versions named (and the zone keeps running, retrying);
+/// a zone of the global's protocol is served.
+#[test]
+fn a_newer_zone_is_refused_naming_both_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = start_global_embedded(dir.path(), &dir.path().join("g"), &[]);
+    let join = zone_join(&g, "zone-new", dir.path());
+    let zone = start_zone(
+        dir.path(),
+        &join,
+        None,
+        &["--store", "memory", "--kds-protocol-version", "2"],
+    );
+    let why = wait_until(
+        "the zone to log the refusal",
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        || {
+            let log = zone.log_text();
+            log.lines()
+                .find(|l| l.contains("FAILED_PRECONDITION"))
+                .map(str::to_string)
+                .ok_or_else(|| "not yet".to_string())
+        },
+    );
+    let ours = env!("CARGO_PKG_VERSION");
+    assert!(
+        why.contains("protocol 2") && why.contains("this global's 1") && why.contains(&format!("Meridian {ours}")),
+        "{why}"
+    );
+    assert!(g.log_text().contains("version skew"), "the global logs the refusal");
+    let (_, overview) = g.get("/zones+insights/zone-new");
+    assert_ne!(overview["online"], true, "{overview}");
+    assert_eq!(zone.get("/meshes/default").0, 404, "nothing was synced");
+
+    // The same zone at the global's protocol is served.
+    let join = zone_join(&g, "zone-same", dir.path());
+    let same = start_zone(
+        dir.path(),
+        &join,
+        None,
+        &["--store", "memory", "--kds-protocol-version", "1"],
+    );
+    wait_until(
+        "the default mesh at the zone",
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        || {
+            let (s, _) = same.get("/meshes/default");
+            (s == 200).then_some(()).ok_or(format!("{s}"))
+        },
+    );
+}

@@ -84,6 +84,7 @@ async fn join(g: &RunningGlobal, zone: &str) -> ClientSettings {
         token: g.services.tokens.issue(zone, Duration::from_secs(3600)).await.unwrap(),
         ca_pem: g.services.ca_pem.clone(),
         keepalive: Duration::from_secs(1),
+        protocol: meridian_server::kds::PROTOCOL_VERSION,
     }
 }
 

@@ -89,6 +89,10 @@ pub struct RunArgs {
     /// Private key (PEM) of the API's TLS certificate
     #[arg(long, env = "MERIDIAN_API_TLS_KEY", requires = "api_tls_cert")]
     pub api_tls_key: Option<PathBuf>,
+    /// The KDS protocol version to announce (tests of version skew only)
+    /// [default: this build's]
+    #[arg(long, env = "MERIDIAN_KDS_PROTOCOL_VERSION", hide = true)]
+    pub kds_protocol_version: Option<u32>,
     /// A YAML file with any of the settings above (kebab-case keys)
     #[arg(long, env = "MERIDIAN_CONFIG")]
     pub config: Option<PathBuf>,
@@ -113,6 +117,7 @@ pub struct FileConfig {
     pub store: Option<StoreKind>,
     pub ingress_address: Option<String>,
     pub kds_keepalive: Option<Dur>,
+    pub kds_protocol_version: Option<u32>,
     pub defaults_skip_mesh_creation: Option<bool>,
     pub admin_token_file: Option<PathBuf>,
     pub metrics_public: Option<bool>,
@@ -146,6 +151,7 @@ pub struct Settings {
     pub store: StoreKind,
     pub ingress_address: Option<String>,
     pub kds_keepalive: Duration,
+    pub kds_protocol_version: u32,
     pub defaults_skip_mesh_creation: bool,
     /// `None`: `<data-dir>/admin-token`.
     pub admin_token_file: Option<PathBuf>,
@@ -173,6 +179,7 @@ impl Default for Settings {
             store: StoreKind::Embedded,
             ingress_address: None,
             kds_keepalive: Duration::from_secs(10),
+            kds_protocol_version: meridian_server::kds::PROTOCOL_VERSION,
             defaults_skip_mesh_creation: false,
             admin_token_file: None,
             metrics_public: false,
@@ -224,6 +231,10 @@ impl Settings {
                 args.kds_keepalive.or(file.kds_keepalive),
                 d.kds_keepalive,
             )?,
+            kds_protocol_version: args
+                .kds_protocol_version
+                .or(file.kds_protocol_version)
+                .unwrap_or(d.kds_protocol_version),
             defaults_skip_mesh_creation: args
                 .defaults_skip_mesh_creation
                 .or(kuma_skip)
@@ -275,6 +286,7 @@ impl Settings {
                 token,
                 ca_pem,
                 keepalive: self.kds_keepalive,
+                protocol: self.kds_protocol_version,
             })
         };
         let ingress_address = match self.ingress_address {

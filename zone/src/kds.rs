@@ -36,6 +36,9 @@ pub struct ClientSettings {
     pub token: String,
     pub ca_pem: String,
     pub keepalive: Duration,
+    /// The KDS protocol version announced to the global
+    /// ([`meridian_server::kds::PROTOCOL_VERSION`] but in version-skew tests).
+    pub protocol: u32,
 }
 
 /// What the zone sends: its own dataplanes, insights and ingresses, labelled
@@ -242,9 +245,15 @@ async fn session(
     let channel: Channel = endpoint(settings, address)?.connect().await?;
     let token: MetadataValue<_> = format!("Bearer {}", settings.token).parse()?;
     let zone: MetadataValue<_> = settings.zone.parse()?;
+    let protocol: MetadataValue<_> = settings.protocol.to_string().parse()?;
+    let build: MetadataValue<_> = env!("CARGO_PKG_VERSION").parse()?;
     let mut client = pb::kds_client::KdsClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
         req.metadata_mut().insert("authorization", token.clone());
         req.metadata_mut().insert("x-meridian-zone", zone.clone());
+        req.metadata_mut()
+            .insert(meridian_server::kds::PROTOCOL_HEADER, protocol.clone());
+        req.metadata_mut()
+            .insert(meridian_server::kds::BUILD_HEADER, build.clone());
         Ok(req)
     })
     .max_decoding_message_size(2 * MAX_MESSAGE_BYTES)

@@ -25,6 +25,36 @@ pub mod wire;
 
 pub use wire::WireResource;
 
+/// The KDS protocol version this build speaks. A zone sends its own in the
+/// [`PROTOCOL_HEADER`] metadata of every stream; the global serves zones of
+/// its version and of [`OLDEST_SERVED_PROTOCOL`] up to it, and refuses a
+/// newer zone with a message naming both versions (upgrade the global
+/// first). A zone without the header speaks version 1.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// The oldest zone protocol the global serves.
+pub const OLDEST_SERVED_PROTOCOL: u32 = 1;
+/// The metadata naming the zone's KDS protocol version.
+pub const PROTOCOL_HEADER: &str = "x-meridian-kds-protocol";
+/// The metadata naming the zone's build version (for messages).
+pub const BUILD_HEADER: &str = "x-meridian-version";
+
+/// Whether a global of this build serves a zone speaking `protocol`
+/// (`build` is the zone's build version); the refusal names both.
+pub fn check_zone_protocol(protocol: u32, build: &str) -> Result<(), String> {
+    let ours = env!("CARGO_PKG_VERSION");
+    if protocol > PROTOCOL_VERSION {
+        return Err(format!(
+            "the zone (Meridian {build}) speaks KDS protocol {protocol}, newer than this global's {PROTOCOL_VERSION} (Meridian {ours}): upgrade the global control plane first"
+        ));
+    }
+    if protocol < OLDEST_SERVED_PROTOCOL {
+        return Err(format!(
+            "the zone (Meridian {build}) speaks KDS protocol {protocol}; this global (Meridian {ours}) serves {OLDEST_SERVED_PROTOCOL} to {PROTOCOL_VERSION}: upgrade the zone"
+        ));
+    }
+    Ok(())
+}
+
 /// Types the global sends to zones.
 pub fn global_to_zone_types() -> Vec<ResourceType> {
     let mut v: Vec<ResourceType> = ResourceType::ALL
