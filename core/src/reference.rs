@@ -62,6 +62,16 @@ pub fn render(command: &str, defaults_file: &str, defaults_yaml: &str, flags: &[
     Ok(out)
 }
 
+/// Renders the reference of `process` (`deploy/reference/<process>.md`)
+/// from `flags` and `deploy/<defaults>` under the workspace `root`, and
+/// checks it with [`check_file`].
+pub fn check_process(root: &std::path::Path, process: &str, defaults: &str, flags: &[FlagDoc]) -> Result<(), String> {
+    let defaults_file = format!("deploy/{defaults}");
+    let text = std::fs::read_to_string(root.join(&defaults_file)).map_err(|e| format!("{defaults_file}: {e}"))?;
+    let md = render(&format!("{process} run"), &defaults_file, &text, flags)?;
+    check_file(&root.join(format!("deploy/reference/{process}.md")), &md)
+}
+
 /// Compares the committed reference at `path` with `rendered`; with
 /// `MERIDIAN_BLESS=1` in the environment writes it instead (tests only:
 /// this is the one place a library reads the environment).

@@ -332,9 +332,6 @@ mod tests {
             })
             .collect();
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let defaults = std::fs::read_to_string(root.join("deploy/dp.defaults.yaml")).unwrap();
-        let md =
-            meridian_core::reference::render("meridian-dp run", "deploy/dp.defaults.yaml", &defaults, &flags).unwrap();
-        meridian_core::reference::check_file(&root.join("deploy/reference/meridian-dp.md"), &md).unwrap();
+        meridian_core::reference::check_process(&root, "meridian-dp", "dp.defaults.yaml", &flags).unwrap();
     }
 }

@@ -375,10 +375,6 @@ mod tests {
             })
             .collect();
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let defaults = std::fs::read_to_string(root.join("deploy/global.defaults.yaml")).unwrap();
-        let md =
-            meridian_core::reference::render("meridian-global run", "deploy/global.defaults.yaml", &defaults, &flags)
-                .unwrap();
-        meridian_core::reference::check_file(&root.join("deploy/reference/meridian-global.md"), &md).unwrap();
+        meridian_core::reference::check_process(&root, "meridian-global", "global.defaults.yaml", &flags).unwrap();
     }
 }

@@ -421,9 +421,6 @@ mod tests {
             })
             .collect();
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let defaults = std::fs::read_to_string(root.join("deploy/zone.defaults.yaml")).unwrap();
-        let md = meridian_core::reference::render("meridian-zone run", "deploy/zone.defaults.yaml", &defaults, &flags)
-            .unwrap();
-        meridian_core::reference::check_file(&root.join("deploy/reference/meridian-zone.md"), &md).unwrap();
+        meridian_core::reference::check_process(&root, "meridian-zone", "zone.defaults.yaml", &flags).unwrap();
     }
 }

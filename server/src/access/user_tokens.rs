@@ -241,10 +241,7 @@ impl UserTokens {
             .manager
             .get(&ResourceKey::global(ResourceType::UserTokenKey, &parsed.kid))
             .ok_or_else(|| UserTokenError::UnknownKey(parsed.kid.clone()))?;
-        let public = serde_json::from_value::<DataplaneTokenKey>(key.spec)
-            .ok()
-            .and_then(|k| k.public_key_bytes())
-            .ok_or_else(|| UserTokenError::Corrupt(format!("{} does not decode", key.key)))?;
+        let public = jwt::public_key_of(&key).map_err(UserTokenError::Corrupt)?;
         parsed.verify(&public)?;
         if claims.iss != USER_TOKEN_ISSUER {
             return Err(UserTokenError::Claims(format!(

@@ -376,10 +376,7 @@ impl DataplaneTokenVerifier {
                 kid: parsed.kid,
             });
         };
-        let public = serde_json::from_value::<DataplaneTokenKey>(key.spec)
-            .ok()
-            .and_then(|k| k.public_key_bytes())
-            .ok_or_else(|| DataplaneTokenError::Corrupt(format!("{} does not decode", key.key)))?;
+        let public = jwt::public_key_of(&key).map_err(DataplaneTokenError::Corrupt)?;
         parsed.verify(&public)?;
         if claims.iss != ISSUER {
             return Err(DataplaneTokenError::Claims(format!(

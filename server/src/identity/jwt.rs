@@ -136,6 +136,16 @@ impl Parsed<'_> {
     }
 }
 
+/// The Ed25519 public key a key resource (`DataplaneTokenKey`,
+/// `UserTokenKey`) holds; `Err` names the resource when it does not decode
+/// (fail closed: the caller refuses the token).
+pub fn public_key_of(r: &meridian_core::Resource) -> Result<Vec<u8>, String> {
+    serde_json::from_value::<meridian_core::identity::DataplaneTokenKey>(r.spec.clone())
+        .ok()
+        .and_then(|k| k.public_key_bytes())
+        .ok_or_else(|| format!("{} does not decode", r.key))
+}
+
 /// Checks issue and expiry times against `now`, within [`CLOCK_SKEW_SECS`].
 pub fn check_times(issued_at: i64, expires_at: i64, now: i64) -> Result<(), JwtError> {
     if now >= expires_at.saturating_add(CLOCK_SKEW_SECS) {
