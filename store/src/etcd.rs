@@ -23,10 +23,13 @@
 //! by default): a dead or partitioned etcd answers `StoreError::Unavailable`
 //! within a few seconds instead of hanging the caller. `connect` itself does
 //! not touch the network (the channel connects lazily), so a global can start
-//! while etcd is still coming up; [`EtcdStore::check`] probes it.
+//! while etcd is still coming up; [`EtcdStore::check`] probes it. With
+//! several endpoints, members that stop answering are taken out of rotation
+//! until they answer again (`etcd_health`).
 
 use std::collections::VecDeque;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -37,6 +40,7 @@ use etcd_client::{
 use meridian_core::{Resource, ResourceKey, ResourceType};
 use tonic::Code;
 
+use crate::etcd_health::{Prober, PROBE_TIMEOUT};
 use crate::keys::{prefix_end, Keys};
 use crate::{Event, EventStream, Filter, Listing, Store, StoreError};
 
@@ -105,6 +109,9 @@ pub struct EtcdStore {
     /// The endpoints, for error messages.
     endpoints: String,
     options: EtcdOptions,
+    /// Steers requests away from members that do not answer (several
+    /// endpoints only); shared by the clones, ends with the last one.
+    prober: Option<Arc<Prober>>,
 }
 
 impl EtcdStore {
@@ -148,7 +155,7 @@ impl EtcdStore {
             connect = connect.with_tls(config);
         }
         let deadline = options.connect_timeout + options.request_timeout;
-        let client = match tokio::time::timeout(deadline, Client::connect(endpoints, Some(connect))).await {
+        let client = match tokio::time::timeout(deadline, Client::connect(endpoints, Some(connect.clone()))).await {
             Ok(Ok(client)) => client,
             Ok(Err(e)) => return Err(classify(&joined, "connect", e)),
             Err(_) => {
@@ -157,11 +164,23 @@ impl EtcdStore {
                 )))
             }
         };
+        let prober = if endpoints.len() > 1 {
+            let probe_options = connect
+                .with_connect_timeout(options.connect_timeout.min(PROBE_TIMEOUT))
+                .with_timeout(PROBE_TIMEOUT);
+            let prober = Prober::start(client.clone(), endpoints, probe_options)
+                .await
+                .map_err(StoreError::Internal)?;
+            Some(Arc::new(prober))
+        } else {
+            None
+        };
         Ok(EtcdStore {
             client,
             keys: Keys::new(prefix),
             endpoints: joined,
             options,
+            prober,
         })
     }
 
@@ -204,14 +223,18 @@ impl EtcdStore {
         fut: impl Future<Output = Result<T, etcd_client::Error>>,
     ) -> Result<T, StoreError> {
         let deadline = self.call_deadline();
-        match tokio::time::timeout(deadline, fut).await {
+        let result = match tokio::time::timeout(deadline, fut).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(classify(&self.endpoints, what, e)),
             Err(_) => Err(StoreError::Unavailable(format!(
                 "etcd {}: {what} did not answer within {deadline:?}",
                 self.endpoints
             ))),
+        };
+        if let (Err(StoreError::Unavailable(_)), Some(p)) = (&result, &self.prober) {
+            p.nudge();
         }
+        result
     }
 
     fn kv(&self) -> etcd_client::KvClient {

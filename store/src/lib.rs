@@ -21,6 +21,7 @@ pub mod cache;
 pub mod conformance;
 pub mod embedded;
 pub mod etcd;
+mod etcd_health;
 pub mod keys;
 pub mod leader;
 mod local_watch;
