@@ -54,12 +54,20 @@ pub struct Status {
 pub struct SubscriptionRecord {
     pub id: String,
     pub global_instance_id: String,
+    /// The zone control plane process holding the subscription (absent for
+    /// zones that do not announce one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone_instance_id: Option<String>,
     pub connect_time: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disconnect_time: Option<String>,
     pub status: Status,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_nack: Option<Nack>,
+    /// The last resource this global refused from the zone, and why (the
+    /// zone gets the same reason as a NACK).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_refused: Option<Nack>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -71,6 +79,7 @@ struct InsightSpec {
 struct Shared {
     manager: Arc<Manager>,
     instance_id: String,
+    stale_after: Duration,
     /// This instance's subscriptions by zone, written on the next flush.
     zones: Mutex<HashMap<String, BTreeMap<String, SubscriptionRecord>>>,
     dirty: Mutex<Vec<String>>,
@@ -96,6 +105,7 @@ impl ZoneInsights {
         let shared = Arc::new(Shared {
             manager,
             instance_id,
+            stale_after,
             zones: Mutex::new(HashMap::new()),
             dirty: Mutex::new(Vec::new()),
             wake: Notify::new(),
@@ -134,13 +144,14 @@ impl ZoneInsights {
 
     /// Registers a new stream of `zone`; the returned subscription records
     /// its statistics and marks itself disconnected when dropped.
-    pub fn connect(&self, zone: &str) -> Arc<Subscription> {
+    pub fn connect(&self, zone: &str, zone_instance: Option<&str>) -> Arc<Subscription> {
         let n = self.shared.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let id = format!("{}-{}", self.shared.instance_id, n);
         let t = now();
         let record = SubscriptionRecord {
             id: id.clone(),
             global_instance_id: self.shared.instance_id.clone(),
+            zone_instance_id: zone_instance.map(str::to_string),
             connect_time: t.clone(),
             disconnect_time: None,
             status: Status {
@@ -149,6 +160,7 @@ impl ZoneInsights {
                 stat: BTreeMap::new(),
             },
             last_nack: None,
+            last_refused: None,
         };
         lock(&self.shared.zones)
             .entry(zone.to_string())
@@ -165,6 +177,48 @@ impl ZoneInsights {
     fn mark(&self, zone: &str) {
         mark(&self.shared, zone);
     }
+
+    /// Records that this global refused a resource `zone` sent (on its open
+    /// subscriptions here).
+    pub fn refused(&self, zone: &str, kind: ResourceType, reason: &str) {
+        {
+            let mut zones = lock(&self.shared.zones);
+            let Some(subs) = zones.get_mut(zone) else { return };
+            let t = now();
+            for r in subs.values_mut().filter(|r| r.disconnect_time.is_none()) {
+                r.last_refused = Some(Nack {
+                    kind: kind.name().to_string(),
+                    message: reason.to_string(),
+                    time: t.clone(),
+                });
+            }
+        }
+        self.mark(zone);
+    }
+
+    /// A live subscription of `zone` held at another global instance by a
+    /// zone control plane other than `zone_instance`: open, and stamped
+    /// within the staleness window. Subscriptions without a zone instance
+    /// (zones that do not announce one) never count.
+    pub fn held_elsewhere(&self, zone: &str, zone_instance: &str) -> Option<SubscriptionRecord> {
+        let insight = self
+            .shared
+            .manager
+            .get(&ResourceKey::global(ResourceType::ZoneInsight, zone))?;
+        let spec: InsightSpec = serde_json::from_value(insight.spec.clone()).ok()?;
+        let cutoff = Utc::now() - chrono::Duration::from_std(self.shared.stale_after).ok()?;
+        spec.subscriptions.into_iter().find(|r| {
+            r.disconnect_time.is_none()
+                && r.global_instance_id != self.shared.instance_id
+                && r.zone_instance_id.as_deref().is_some_and(|z| z != zone_instance)
+                && parse_time(&r.status.last_update_time).is_some_and(|t| t >= cutoff)
+        })
+    }
+}
+
+/// Parses a stored RFC 3339 time.
+pub fn parse_time(t: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(t).ok().map(|t| t.with_timezone(&Utc))
 }
 
 fn mark(s: &Shared, zone: &str) {

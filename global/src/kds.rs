@@ -9,13 +9,16 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use futures::Stream;
 use meridian_core::decode::{validate_spec, MAX_RESOURCE_BYTES};
 use meridian_core::names::{check_rfc1035_label, check_subdomain};
+use meridian_core::resource::format_time;
 use meridian_core::{FieldPath, Resource, ResourceKey, ResourceType};
 use meridian_proto as pb;
 use meridian_server::global_services::GlobalServices;
@@ -25,7 +28,7 @@ use meridian_server::kds::{
     global_to_zone_types, labels, write_synced, Inbound, Outbound, WireResource, ZONE_TO_GLOBAL_TYPES,
 };
 use meridian_server::manager::Manager;
-use meridian_server::tokens::TokenError;
+use meridian_server::tokens::{format_unix, now_unix, TokenError};
 use meridian_store::Filter;
 use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
@@ -33,7 +36,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::insights::ZoneInsights;
+use crate::insights::{parse_time, ZoneInsights};
 
 /// The metadata key naming the connecting zone.
 pub const ZONE_HEADER: &str = "x-meridian-zone";
@@ -48,38 +51,121 @@ pub struct KdsSettings {
     pub keepalive: Duration,
 }
 
-/// Which streams are open, so that a newer connection of a zone replaces an
-/// older one.
+/// How often open streams are checked against their zone's token
+/// (expired, revoked), the Zone's `enabled` and other globals' streams.
+pub const STREAM_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Who is on the other end of a stream, as authenticated.
+#[derive(Clone, Debug)]
+struct ZoneCaller {
+    zone: String,
+    /// The zone control plane process; `None` for a zone that does not
+    /// announce one (then a newer stream simply replaces an older one).
+    instance: Option<String>,
+    token_id: String,
+    token_expires_at: i64,
+}
+
+/// Which streams are open: one zone control plane per zone name, and one
+/// stream of each direction per zone.
 #[derive(Default)]
 struct Registry {
+    next_id: AtomicU64,
     streams: Mutex<HashMap<(String, &'static str), OpenStream>>,
 }
 
-/// An open stream: its task, and the status its peer gets if it is cut.
+/// An open stream: who, since when, its task, and the status its peer gets
+/// if the global cuts it.
 struct OpenStream {
+    id: u64,
+    caller: ZoneCaller,
+    since: DateTime<Utc>,
     task: AbortHandle,
     closing: Closing,
+}
+
+impl OpenStream {
+    /// Ends the stream; its peer reads `status`.
+    fn close(self, status: Status) {
+        *self.closing.lock().unwrap_or_else(|p| p.into_inner()) = Some(status);
+        self.task.abort();
+    }
 }
 
 /// The status a stream ends with when the global cuts it (none: it ends OK).
 type Closing = Arc<Mutex<Option<Status>>>;
 
+/// The refusal of a second zone control plane under one name.
+fn duplicate(zone: &str, holder: &str, at: &str, since: &str) -> Status {
+    Status::already_exists(format!(
+        "zone {zone:?} is already connected from another zone control plane (instance {holder}, at {at}, since {since}): \
+         is a second zone control plane running under this name? This one is refused while the other stays connected"
+    ))
+}
+
 impl Registry {
-    fn replace(&self, zone: &str, dir: &'static str, open: OpenStream) {
-        let old = self
-            .streams
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert((zone.to_string(), dir), open);
-        if let Some(old) = old {
-            tracing::info!(%zone, direction = dir, "a newer stream of this zone replaces the older one");
-            // Tell the older peer why, so that a second zone running under the
-            // same name shows in its log rather than as silent reconnects.
-            *old.closing.lock().unwrap_or_else(|p| p.into_inner()) = Some(Status::aborted(format!(
-                "replaced by a newer connection of zone {zone:?}: is another zone control plane running under this name?"
-            )));
-            old.task.abort();
+    fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, &'static str), OpenStream>> {
+        self.streams.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Admits a stream. Refused while a different zone control plane holds
+    /// a stream of the same zone here (the older one stays); an older stream
+    /// of the same direction from the same process (a reconnect) is replaced.
+    fn open(&self, dir: &'static str, open: OpenStream) -> Result<(), Status> {
+        let mut streams = self.lock();
+        let zone = open.caller.zone.clone();
+        if let Some(instance) = &open.caller.instance {
+            let holder = streams.iter().filter(|((z, _), _)| *z == zone).find_map(|(_, s)| {
+                s.caller
+                    .instance
+                    .as_ref()
+                    .filter(|h| *h != instance)
+                    .map(|h| (h, s.since))
+            });
+            if let Some((holder, since)) = holder {
+                let status = duplicate(&zone, holder, "this global", &format_time(&since));
+                tracing::warn!(%zone, instance = %instance, holder = %holder, "zone refused: another zone control plane holds this zone's streams");
+                return Err(status);
+            }
         }
+        if let Some(old) = streams.insert((zone.clone(), dir), open) {
+            tracing::info!(%zone, direction = dir, "a newer stream of this zone control plane replaces the older one");
+            old.close(Status::aborted(format!(
+                "replaced by a newer connection of zone {zone:?}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Forgets a stream whose task ended (unless a newer one took its place).
+    fn ended(&self, zone: &str, dir: &'static str, id: u64) {
+        let mut streams = self.lock();
+        if streams.get(&(zone.to_string(), dir)).is_some_and(|s| s.id == id) {
+            streams.remove(&(zone.to_string(), dir));
+        }
+    }
+
+    /// Closes every stream for which `verdict` gives a status.
+    fn close_where(&self, mut verdict: impl FnMut(&OpenStream) -> Option<Status>) {
+        let mut streams = self.lock();
+        let doomed: Vec<((String, &'static str), Status)> = streams
+            .iter()
+            .filter_map(|(k, s)| verdict(s).map(|status| (k.clone(), status)))
+            .collect();
+        for (key, status) in doomed {
+            if let Some(s) = streams.remove(&key) {
+                tracing::warn!(zone = %key.0, direction = key.1, reason = %status.message(), "closing the zone's stream");
+                s.close(status);
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.lock().is_empty()
     }
 }
 
@@ -128,7 +214,7 @@ impl KdsService {
     /// Checks the zone name and its token; the zone must be enabled. Waits
     /// until the cache holds the store's state: computing a difference from
     /// an empty cache would tell the zone to delete everything it has.
-    async fn authenticate<T>(&self, req: &Request<T>) -> Result<String, Status> {
+    async fn authenticate<T>(&self, req: &Request<T>) -> Result<ZoneCaller, Status> {
         self.manager
             .cache()
             .wait_ready(Duration::from_secs(10))
@@ -172,8 +258,73 @@ impl KdsService {
             tracing::warn!(%zone, protocol, build, reason = %why, "zone refused: version skew");
             Status::failed_precondition(why)
         })?;
+        let instance = match text(meridian_server::kds::ZONE_INSTANCE_HEADER) {
+            None => None,
+            Some(v) if !v.is_empty() && v.len() <= 253 => Some(v.to_string()),
+            Some(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "{}: must be 1 to 253 characters",
+                    meridian_server::kds::ZONE_INSTANCE_HEADER
+                )))
+            }
+        };
+        if let Some(instance) = &instance {
+            if let Some(other) = self.insights.held_elsewhere(&zone, instance) {
+                tracing::warn!(%zone, %instance, holder = ?other.zone_instance_id, global = %other.global_instance_id,
+                    "zone refused: another zone control plane holds this zone's streams at another global");
+                return Err(duplicate(
+                    &zone,
+                    other.zone_instance_id.as_deref().unwrap_or_default(),
+                    &format!("global {}", other.global_instance_id),
+                    &other.connect_time,
+                ));
+            }
+        }
         self.ensure_zone(&zone).await?;
-        Ok(zone)
+        Ok(ZoneCaller {
+            zone,
+            instance,
+            token_id: claims.id,
+            token_expires_at: claims.expires_at,
+        })
+    }
+
+    /// Starts a stream's task held until the registry admits it, so that a
+    /// refused stream leaves no trace (no insight, nothing sent).
+    fn admit(
+        &self,
+        caller: &ZoneCaller,
+        dir: &'static str,
+        span: tracing::Span,
+        body: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<Closing, Status> {
+        let (go, admitted) = tokio::sync::oneshot::channel::<()>();
+        let id = self.registry.next_id();
+        let registry = self.registry.clone();
+        let zone = caller.zone.clone();
+        let task = tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                if admitted.await.is_ok() {
+                    body.await;
+                    registry.ended(&zone, dir, id);
+                }
+            },
+            span,
+        ));
+        let closing = Closing::default();
+        let open = OpenStream {
+            id,
+            caller: caller.clone(),
+            since: Utc::now(),
+            task: task.abort_handle(),
+            closing: closing.clone(),
+        };
+        if let Err(status) = self.registry.open(dir, open) {
+            task.abort();
+            return Err(status);
+        }
+        let _ = go.send(());
+        Ok(closing)
     }
 
     /// Creates the Zone record on first contact; refuses disabled zones.
@@ -209,39 +360,31 @@ impl pb::kds_server::Kds for KdsService {
         &self,
         request: Request<Streaming<pb::DeltaRequest>>,
     ) -> Result<Response<Self::GlobalToZoneStream>, Status> {
-        let zone = self.authenticate(&request).await?;
+        let caller = self.authenticate(&request).await?;
+        let zone = caller.zone.clone();
         let incoming = request.into_inner();
         let (tx, rx) = mpsc::channel(64);
         let outbound: Arc<dyn Outbound> = Arc::new(ToZone {
             zone: zone.clone(),
             manager: self.manager.clone(),
         });
-        let subscription = self.insights.connect(&zone);
+        let insights = self.insights.clone();
+        let instance = caller.instance.clone();
         let cache = self.manager.cache().clone();
         let span = tracing::info_span!("kds", %zone, direction = "global-to-zone");
         let stopping = self.stopping();
-        let task = tokio::spawn(tracing::Instrument::instrument(
-            async move {
-                tracing::info!("zone subscribed");
-                tokio::select! {
-                    result = run_sender(incoming, tx, cache, outbound, subscription, MAX_MESSAGE_BYTES) => match result {
-                        Ok(()) => tracing::info!("zone closed the stream"),
-                        Err(e) => tracing::info!(error = %e, "stream ended"),
-                    },
-                    () = stopping => tracing::info!("the global is stopping; closing the stream"),
-                }
-            },
-            span,
-        ));
-        let closing = Closing::default();
-        self.registry.replace(
-            &zone,
-            "g2z",
-            OpenStream {
-                task: task.abort_handle(),
-                closing: closing.clone(),
-            },
-        );
+        let body = async move {
+            tracing::info!(zone_instance = ?instance, "zone subscribed");
+            let subscription = insights.connect(&zone, instance.as_deref());
+            tokio::select! {
+                result = run_sender(incoming, tx, cache, outbound, subscription, MAX_MESSAGE_BYTES) => match result {
+                    Ok(()) => tracing::info!("zone closed the stream"),
+                    Err(e) => tracing::info!(error = %e, "stream ended"),
+                },
+                () = stopping => tracing::info!("the global is stopping; closing the stream"),
+            }
+        };
+        let closing = self.admit(&caller, "g2z", span, body)?;
         Ok(Response::new(response_stream(rx, closing)))
     }
 
@@ -249,12 +392,14 @@ impl pb::kds_server::Kds for KdsService {
         &self,
         request: Request<Streaming<pb::DeltaResponse>>,
     ) -> Result<Response<Self::ZoneToGlobalStream>, Status> {
-        let zone = self.authenticate(&request).await?;
+        let caller = self.authenticate(&request).await?;
+        let zone = caller.zone.clone();
         let incoming = request.into_inner();
         let (tx, rx) = mpsc::channel(64);
         let inbound: Arc<dyn Inbound> = Arc::new(FromZone {
             zone: zone.clone(),
             manager: self.manager.clone(),
+            insights: self.insights.clone(),
         });
         let node = pb::Node {
             zone: zone.clone(),
@@ -263,26 +408,15 @@ impl pb::kds_server::Kds for KdsService {
         };
         let span = tracing::info_span!("kds", %zone, direction = "zone-to-global");
         let stopping = self.stopping();
-        let task = tokio::spawn(tracing::Instrument::instrument(
-            async move {
-                tokio::select! {
-                    result = run_receiver(incoming, tx, inbound, node) => if let Err(e) = result {
-                        tracing::info!(error = %e, "stream ended");
-                    },
-                    () = stopping => tracing::info!("the global is stopping; closing the stream"),
-                }
-            },
-            span,
-        ));
-        let closing = Closing::default();
-        self.registry.replace(
-            &zone,
-            "z2g",
-            OpenStream {
-                task: task.abort_handle(),
-                closing: closing.clone(),
-            },
-        );
+        let body = async move {
+            tokio::select! {
+                result = run_receiver(incoming, tx, inbound, node) => if let Err(e) = result {
+                    tracing::info!(error = %e, "stream ended");
+                },
+                () = stopping => tracing::info!("the global is stopping; closing the stream"),
+            }
+        };
+        let closing = self.admit(&caller, "z2g", span, body)?;
         Ok(Response::new(response_stream(rx, closing)))
     }
 }
@@ -350,37 +484,13 @@ impl Outbound for ToZone {
 pub struct FromZone {
     pub zone: String,
     pub manager: Arc<Manager>,
+    /// Where refusals are recorded for operators (the zone's insight).
+    pub insights: ZoneInsights,
 }
 
 impl FromZone {
-    fn prefix(&self) -> String {
-        format!("{}.", self.zone)
-    }
-}
-
-#[async_trait]
-impl Inbound for FromZone {
-    fn types(&self) -> Vec<ResourceType> {
-        ZONE_TO_GLOBAL_TYPES.to_vec()
-    }
-
-    fn held(&self, kind: ResourceType) -> HashMap<String, String> {
-        let prefix = self.prefix();
-        self.manager
-            .list(&Filter::kind(kind))
-            .into_iter()
-            .filter(|r| r.labels.get(labels::ZONE) == Some(&self.zone))
-            .filter_map(|r| {
-                let name = r.key.name.strip_prefix(&prefix)?;
-                Some((
-                    wire_name(r.key.mesh.as_deref(), name),
-                    content_version(&r.labels, &r.spec),
-                ))
-            })
-            .collect()
-    }
-
-    async fn upsert(&self, w: WireResource) -> Result<(), String> {
+    /// Checks what a zone sent and stores it.
+    async fn store_from_zone(&self, w: WireResource) -> Result<(), String> {
         if !ZONE_TO_GLOBAL_TYPES.contains(&w.kind) {
             return Err(format!("a zone cannot write {}", w.kind));
         }
@@ -411,7 +521,10 @@ impl Inbound for FromZone {
                 return Err(format!("mesh {mesh:?} does not exist"));
             }
         }
-        let size = serde_json::to_vec(&w.spec).map(|v| v.len()).unwrap_or(usize::MAX);
+        // The labels count too: a zone could otherwise carry megabytes past
+        // the spec's limit.
+        let size = serde_json::to_vec(&w.spec).map(|v| v.len()).unwrap_or(usize::MAX)
+            + w.labels.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
         if size > MAX_RESOURCE_BYTES {
             return Err(format!(
                 "resource is {size} bytes, more than the limit of {MAX_RESOURCE_BYTES}"
@@ -430,6 +543,44 @@ impl Inbound for FromZone {
         write_synced(&what, || self.manager.upsert_synced(resource.clone())).await
     }
 
+    fn prefix(&self) -> String {
+        format!("{}.", self.zone)
+    }
+}
+
+#[async_trait]
+impl Inbound for FromZone {
+    fn types(&self) -> Vec<ResourceType> {
+        ZONE_TO_GLOBAL_TYPES.to_vec()
+    }
+
+    fn held(&self, kind: ResourceType) -> HashMap<String, String> {
+        let prefix = self.prefix();
+        self.manager
+            .list(&Filter::kind(kind))
+            .into_iter()
+            .filter(|r| r.labels.get(labels::ZONE) == Some(&self.zone))
+            .filter_map(|r| {
+                let name = r.key.name.strip_prefix(&prefix)?;
+                Some((
+                    wire_name(r.key.mesh.as_deref(), name),
+                    content_version(&r.labels, &r.spec),
+                ))
+            })
+            .collect()
+    }
+
+    async fn upsert(&self, w: WireResource) -> Result<(), String> {
+        let kind = w.kind;
+        let what = wire_name(w.mesh.as_deref(), &w.name);
+        let result = self.store_from_zone(w).await;
+        if let Err(reason) = &result {
+            tracing::warn!(zone = %self.zone, %kind, resource = %what, %reason, "refused a resource from the zone");
+            self.insights.refused(&self.zone, kind, &format!("{what}: {reason}"));
+        }
+        result
+    }
+
     async fn remove(&self, kind: ResourceType, wire: &str) -> Result<(), String> {
         if !ZONE_TO_GLOBAL_TYPES.contains(&kind) {
             return Err(format!("a zone cannot delete {kind}"));
@@ -444,6 +595,68 @@ impl Inbound for FromZone {
     }
 }
 
+/// Every [`STREAM_CHECK_INTERVAL`], closes the open streams whose zone may no
+/// longer be connected: the token expired or was revoked, the Zone was
+/// disabled, or another zone control plane under the same name connected
+/// earlier at another global (two that raced past each other's admission).
+async fn watch_streams(
+    registry: Arc<Registry>,
+    services: Arc<GlobalServices>,
+    insights: ZoneInsights,
+    manager: Arc<Manager>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(STREAM_CHECK_INTERVAL) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        if registry.is_empty() {
+            continue;
+        }
+        // A store that cannot answer leaves revocations unchecked this round
+        // (expiry still is); streams are not cut for the store's trouble.
+        let revoked = match services.tokens.revoked_ids().await {
+            Ok(ids) => ids,
+            Err(e) => {
+                tracing::debug!(error = %e, "could not read zone token revocations");
+                Default::default()
+            }
+        };
+        let now = now_unix();
+        registry.close_where(|s| {
+            let c = &s.caller;
+            if now >= c.token_expires_at {
+                return Some(Status::unauthenticated(format!(
+                    "the zone token expired at {}",
+                    format_unix(c.token_expires_at)
+                )));
+            }
+            if revoked.contains(&c.token_id) {
+                return Some(Status::unauthenticated(format!(
+                    "the zone token {} was revoked",
+                    c.token_id
+                )));
+            }
+            let zone = manager.get(&ResourceKey::global(ResourceType::Zone, &c.zone));
+            if zone.is_some_and(|z| z.spec.get("enabled").and_then(|v| v.as_bool()) == Some(false)) {
+                return Some(Status::permission_denied(format!("zone {:?} is disabled", c.zone)));
+            }
+            let instance = c.instance.as_deref()?;
+            let other = insights.held_elsewhere(&c.zone, instance)?;
+            let older = parse_time(&other.connect_time).is_some_and(|t| t < s.since);
+            older.then(|| {
+                duplicate(
+                    &c.zone,
+                    other.zone_instance_id.as_deref().unwrap_or_default(),
+                    &format!("global {}", other.global_instance_id),
+                    &other.connect_time,
+                )
+            })
+        });
+    }
+}
+
 /// Serves KDS over TLS until `shutdown` turns true; open streams end then
 /// too (a graceful HTTP/2 shutdown alone would wait for them forever).
 pub async fn serve(
@@ -453,6 +666,13 @@ pub async fn serve(
 ) -> anyhow::Result<SocketAddr> {
     use anyhow::Context;
     service.shutdown = Some(shutdown.clone());
+    tokio::spawn(watch_streams(
+        service.registry.clone(),
+        service.services.clone(),
+        service.insights.clone(),
+        service.manager.clone(),
+        shutdown.clone(),
+    ));
     let identity = tonic::transport::Identity::from_pem(&settings.cert_pem, &settings.key_pem);
     let listener = tokio::net::TcpListener::bind(settings.addr)
         .await

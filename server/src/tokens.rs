@@ -102,13 +102,15 @@ impl From<StoreError> for TokenError {
     }
 }
 
-fn format_unix(secs: i64) -> String {
+/// Unix seconds as an RFC 3339 UTC time, for messages.
+pub fn format_unix(secs: i64) -> String {
     chrono::DateTime::from_timestamp(secs, 0)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
         .unwrap_or_else(|| format!("unix time {secs}"))
 }
 
-fn now_unix() -> i64 {
+/// The current time in unix seconds.
+pub fn now_unix() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
@@ -256,6 +258,29 @@ impl ZoneTokens {
             .put_system(None, &revoked_record(id), record.to_string().into_bytes())
             .await?;
         Ok(())
+    }
+
+    /// The ids of every revoked zone token (one paged range read), for
+    /// checking the tokens of streams that are already open.
+    pub async fn revoked_ids(&self) -> Result<std::collections::HashSet<String>, TokenError> {
+        const PAGE: usize = 1000;
+        let mut ids = std::collections::HashSet::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self
+                .store
+                .list_system(REVOKED_RECORD_PREFIX, after.as_deref(), PAGE)
+                .await?;
+            let full = page.len() == PAGE;
+            after = page.last().map(|(name, _)| name.clone());
+            ids.extend(
+                page.into_iter()
+                    .filter_map(|(name, _)| name.strip_prefix(REVOKED_RECORD_PREFIX).map(str::to_string)),
+            );
+            if !full {
+                return Ok(ids);
+            }
+        }
     }
 
     async fn is_revoked(&self, id: &str) -> Result<bool, TokenError> {

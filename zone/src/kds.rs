@@ -166,6 +166,9 @@ pub async fn run(
         _ = ready.wait_for(|r| *r) => {}
         _ = shutdown.wait_for(|s| *s) => return,
     }
+    // One id for this run of the client, sent with every session: the
+    // global tells a reconnect from a second zone control plane by it.
+    let instance = zone_instance_id();
     let mut attempt = 0usize;
     loop {
         let address = &settings.addresses[attempt % settings.addresses.len()];
@@ -173,7 +176,7 @@ pub async fn run(
         let started = Instant::now();
         let span = tracing::info_span!("kds-client", zone = %settings.zone, global = %address);
         let result = tokio::select! {
-            r = tracing::Instrument::instrument(session(&settings, address, &manager, &connected), span) => r,
+            r = tracing::Instrument::instrument(session(&settings, &instance, address, &manager, &connected), span) => r,
             _ = shutdown.wait_for(|s| *s) => return,
         };
         let _ = connected.send(false);
@@ -200,6 +203,22 @@ pub async fn run(
             _ = shutdown.wait_for(|s| *s) => return,
         }
     }
+}
+
+/// A fresh id for one run of the KDS client: host, process, start time and
+/// a per-process counter (several zones run in one test process).
+fn zone_instance_id() -> String {
+    static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or_default();
+    format!(
+        "{}-{}-{started:x}-{run}",
+        meridian_server::process::hostname(),
+        std::process::id()
+    )
 }
 
 /// The canonical gRPC name of a status code, e.g. `UNAUTHENTICATED`.
@@ -238,6 +257,7 @@ fn endpoint(settings: &ClientSettings, address: &str) -> anyhow::Result<Endpoint
 /// One connection: both streams, until either ends.
 async fn session(
     settings: &ClientSettings,
+    instance: &str,
     address: &str,
     manager: &Arc<Manager>,
     connected: &watch::Sender<bool>,
@@ -247,6 +267,7 @@ async fn session(
     let zone: MetadataValue<_> = settings.zone.parse()?;
     let protocol: MetadataValue<_> = settings.protocol.to_string().parse()?;
     let build: MetadataValue<_> = env!("CARGO_PKG_VERSION").parse()?;
+    let instance: MetadataValue<_> = instance.parse()?;
     let mut client = pb::kds_client::KdsClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
         req.metadata_mut().insert("authorization", token.clone());
         req.metadata_mut().insert("x-meridian-zone", zone.clone());
@@ -254,6 +275,8 @@ async fn session(
             .insert(meridian_server::kds::PROTOCOL_HEADER, protocol.clone());
         req.metadata_mut()
             .insert(meridian_server::kds::BUILD_HEADER, build.clone());
+        req.metadata_mut()
+            .insert(meridian_server::kds::ZONE_INSTANCE_HEADER, instance.clone());
         Ok(req)
     })
     .max_decoding_message_size(2 * MAX_MESSAGE_BYTES)

@@ -37,6 +37,10 @@ pub const OLDEST_SERVED_PROTOCOL: u32 = 1;
 pub const PROTOCOL_HEADER: &str = "x-meridian-kds-protocol";
 /// The metadata naming the zone's build version (for messages).
 pub const BUILD_HEADER: &str = "x-meridian-version";
+/// The metadata naming the zone control plane process (a fresh id at every
+/// start), so that the global tells a reconnect of the same zone control
+/// plane from a second one running under the same zone name.
+pub const ZONE_INSTANCE_HEADER: &str = "x-meridian-zone-instance";
 
 /// Whether a global of this build serves a zone speaking `protocol`
 /// (`build` is the zone's build version); the refusal names both.
