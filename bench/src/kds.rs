@@ -693,6 +693,7 @@ impl Zone {
                     create_default_mesh: false,
                     access: meridian_server::access::AccessConfig::with_token_file(dir.path().join("admin-token")),
                     api_tls: None,
+                    api_limits: Default::default(),
                 })
                 .await?;
                 register_token(&format!("http://{}", running.api_addr), &running.admin_token);

@@ -517,6 +517,7 @@ impl ApiProbe {
                 access,
                 instance_id: "bench".into(),
                 api_tls: None,
+                api_limits: Default::default(),
             },
             store,
             watch::channel(true).1,

@@ -76,6 +76,7 @@ async fn start_zone(
         create_default_mesh: false,
         access: meridian_server::access::AccessConfig::with_token_file(dir.join(format!("{name}-admin-token"))),
         api_tls: None,
+        api_limits: Default::default(),
     })
     .await?;
     crate::kds::register_token(&format!("http://{}", zone.api_addr), &zone.admin_token);

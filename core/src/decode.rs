@@ -56,11 +56,18 @@ pub enum Format {
     Yaml,
 }
 
+/// The deepest nesting of mappings and sequences a document may have. The
+/// deepest resources (MeshProxyPatch values carrying Envoy configuration)
+/// stay far below; the bound is checked by a linear scan before parsing,
+/// because parsing deep nesting costs time quadratic in the depth.
+pub const MAX_NESTING_DEPTH: usize = 64;
+
 /// Parses `text` into untyped documents (empty YAML documents are skipped).
 pub fn parse_values(text: &str, format: Format) -> Result<Vec<Value>, DecodeError> {
     if text.len() > 64 * MAX_RESOURCE_BYTES {
         return Err(DecodeError::Syntax("input is larger than 64 MiB".into()));
     }
+    check_nesting(text, MAX_NESTING_DEPTH).map_err(DecodeError::Syntax)?;
     match format {
         Format::Json => {
             let mut out = Vec::new();
@@ -81,6 +88,115 @@ pub fn parse_values(text: &str, format: Format) -> Result<Vec<Value>, DecodeErro
             Ok(out)
         }
     }
+}
+
+/// Refuses `text` if its mappings and sequences may nest deeper than
+/// `max`. An over-estimate by design, one pass over the bytes: flow
+/// collections (`[`, `{`, outside quotes and comments) count one level each,
+/// block collections one level per deeper indentation and per `- ` at the
+/// start of a line. Plain scalars holding unbalanced brackets count too,
+/// which only matters for text no resource contains.
+pub fn check_nesting(text: &str, max: usize) -> Result<(), String> {
+    #[derive(PartialEq)]
+    enum Quote {
+        None,
+        Double,
+        Single,
+    }
+    let mut quote = Quote::None;
+    let mut flow = 0usize;
+    // Indentations of the enclosing block levels.
+    let mut indents: Vec<usize> = Vec::new();
+    // The indentation of the line that opened a block scalar (`|`, `>`):
+    // more indented lines after it are text.
+    let mut block_scalar: Option<usize> = None;
+    let too_deep = |line: usize| Err(format!("line {line}: nesting deeper than {max} levels"));
+    for (n, line) in text.lines().enumerate() {
+        let mut chars = line.char_indices().peekable();
+        let body = line.trim_start_matches(' ');
+        let indent = line.len() - body.len();
+        if let Some(parent) = block_scalar {
+            if body.is_empty() || indent > parent {
+                continue;
+            }
+            block_scalar = None;
+        }
+        // Block structure: only for lines that start outside quotes and
+        // flow collections.
+        let structural =
+            !(body.is_empty() || body.starts_with('#') || body.starts_with("---") || body.starts_with("..."));
+        if quote == Quote::None && flow == 0 && structural {
+            while indents.last().is_some_and(|&i| i >= indent) {
+                indents.pop();
+            }
+            indents.push(indent);
+            let mut rest = body;
+            let mut dashes = 0;
+            while let Some(r) = rest.strip_prefix("- ").or_else(|| rest.strip_prefix("? ")) {
+                dashes += 1;
+                rest = r.trim_start_matches(' ');
+            }
+            if indents.len() + dashes > max {
+                return too_deep(n + 1);
+            }
+        }
+        let starts_outside = quote == Quote::None && flow == 0;
+        let mut prev_space = true;
+        let mut end = line.len();
+        while let Some((at, c)) = chars.next() {
+            match quote {
+                Quote::Double => match c {
+                    '\\' => {
+                        chars.next();
+                    }
+                    '"' => quote = Quote::None,
+                    _ => {}
+                },
+                Quote::Single => {
+                    if c == '\'' {
+                        if chars.peek().is_some_and(|&(_, d)| d == '\'') {
+                            chars.next();
+                        } else {
+                            quote = Quote::None;
+                        }
+                    }
+                }
+                Quote::None => match c {
+                    // A quote opens a scalar only where one may start; inside a
+                    // plain scalar (`a"b`) it is just a character.
+                    '"' if prev_space => quote = Quote::Double,
+                    '\'' if prev_space => quote = Quote::Single,
+                    '#' if prev_space => {
+                        end = at;
+                        break;
+                    }
+                    '[' | '{' => {
+                        flow += 1;
+                        if flow + indents.len() > max {
+                            return too_deep(n + 1);
+                        }
+                    }
+                    ']' | '}' => flow = flow.saturating_sub(1),
+                    _ => {}
+                },
+            }
+            prev_space = c == ' ' || c == '\t' || c == '[' || c == '{' || c == ',' || c == ':';
+        }
+        if starts_outside && quote == Quote::None && flow == 0 && opens_block_scalar(&line[..end]) {
+            block_scalar = Some(indent);
+        }
+    }
+    Ok(())
+}
+
+/// Whether a line ends with a block scalar header (`key: |`, `- >-`, `|2`).
+fn opens_block_scalar(line: &str) -> bool {
+    let line = line.trim_end();
+    let header = line.trim_end_matches(|c: char| c == '-' || c == '+' || c.is_ascii_digit());
+    let Some(before) = header.strip_suffix(['|', '>']) else {
+        return false;
+    };
+    before.is_empty() || before.ends_with(' ')
 }
 
 /// Parses and validates every document of `text`.
@@ -311,6 +427,15 @@ pub fn validate_spec(kind: ResourceType, spec: Value, inline_root: &FieldPath) -
             format!("must be an object, got {}", json_kind(&spec)),
         ));
     }
+    // Every way in (the API, a zone over KDS, a proxy registering itself)
+    // passes here, so the limit holds for all of them.
+    let size = serde_json::to_vec(&spec).map(|v| v.len()).unwrap_or(usize::MAX);
+    if size > MAX_RESOURCE_BYTES {
+        return Err(ValidationError::single(
+            inline_root,
+            format!("resource is {size} bytes, more than the limit of {MAX_RESOURCE_BYTES}"),
+        ));
+    }
     match kind {
         k if k.is_policy() => policy::validate_policy(k, spec),
         ResourceType::Mesh => check::<Mesh>(spec, inline_root),
@@ -336,6 +461,58 @@ pub fn validate_spec(kind: ResourceType, spec: Value, inline_root: &FieldPath) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn refused(text: &str) -> bool {
+        matches!(parse_values(text, Format::Yaml), Err(DecodeError::Syntax(m)) if m.contains("nesting deeper"))
+    }
+
+    #[test]
+    fn deep_flow_nesting_is_refused_before_parsing() {
+        let deep = format!("a: {}1{}", "[".repeat(65), "]".repeat(65));
+        assert!(refused(&deep));
+        let shallow = format!("a: {}1{}", "[".repeat(60), "]".repeat(60));
+        assert!(parse_values(&shallow, Format::Yaml).is_ok());
+        // Half a megabyte of brackets, as a hostile body: refused at once.
+        let hostile = "[".repeat(500_000);
+        let started = std::time::Instant::now();
+        assert!(refused(&hostile));
+        assert!(matches!(
+            parse_values(&hostile, Format::Json),
+            Err(DecodeError::Syntax(m)) if m.contains("nesting deeper")
+        ));
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[test]
+    fn deep_block_nesting_is_refused() {
+        let mut deep = String::new();
+        for i in 0..70 {
+            deep.push_str(&format!("{}k{i}:\n", " ".repeat(i)));
+        }
+        assert!(refused(&deep));
+        let dashes = format!("{}x\n", "- ".repeat(70));
+        assert!(refused(&dashes));
+    }
+
+    #[test]
+    fn brackets_in_quoted_scalars_and_comments_do_not_count() {
+        let brackets = "[".repeat(200);
+        for text in [
+            format!("a: \"{brackets}\"\n"),
+            format!("a: '{brackets}'\n"),
+            format!("a: 1 # {brackets}\n"),
+            format!("a: |\n  {brackets}\n"),
+        ] {
+            assert!(!refused(&text), "{text}");
+        }
+        // A quote inside a plain scalar does not open a quoted scalar.
+        let sneaky = format!("x: a\"\ny: {brackets}\n");
+        assert!(refused(&sneaky));
+    }
 
     #[test]
     fn universal_policy_defaults_mesh() {

@@ -21,6 +21,7 @@ impl Duration {
     /// durations are rejected: no field of Meridian takes one.
     pub fn parse(text: &str) -> Result<Self, String> {
         let value = parse_go_duration(text).ok_or_else(|| format!("invalid duration {text:?}"))?;
+        check_range(text, value)?;
         Ok(Duration {
             text: text.to_string(),
             value,
@@ -78,6 +79,7 @@ impl LongDuration {
         let value = parse_days(text)
             .or_else(|| parse_go_duration(text))
             .ok_or_else(|| format!("invalid duration {text:?} (e.g. 24h, 30d, 10y)"))?;
+        check_range(text, value)?;
         Ok(LongDuration(Duration {
             text: text.to_string(),
             value,
@@ -113,6 +115,20 @@ impl<'de> Deserialize<'de> for LongDuration {
 }
 
 /// `<digits>d`, `<digits>w` or `<digits>y`.
+/// The longest duration accepted: what fits in a signed 64-bit count of
+/// nanoseconds (Go's `time.Duration`, which Kuma parses with, and the range
+/// proxies convert durations into).
+pub const MAX: StdDuration = StdDuration::new(9_223_372_036, 854_775_807);
+
+fn check_range(text: &str, value: StdDuration) -> Result<(), String> {
+    if value > MAX {
+        return Err(format!(
+            "duration {text:?} is out of range: at most 2562047h47m16.854775807s"
+        ));
+    }
+    Ok(())
+}
+
 fn parse_days(s: &str) -> Option<StdDuration> {
     let unit_days: u64 = match s.as_bytes().last()? {
         b'd' => 1,
@@ -206,6 +222,27 @@ mod tests {
             assert_eq!(d.as_std().as_millis(), ms, "{text}");
             assert_eq!(d.to_string(), text);
         }
+    }
+
+    #[test]
+    fn refuses_what_a_proxy_cannot_represent() {
+        for text in [
+            "99999999999h",
+            "18446744073709551616ns",
+            "2562048h",
+            "9223372036854775808ns",
+        ] {
+            let e = Duration::parse(text).expect_err(text);
+            assert!(e.contains("out of range"), "{text}: {e}");
+        }
+        assert_eq!(Duration::parse("9223372036854775807ns").map(|d| d.as_std()), Ok(MAX));
+        assert_eq!(
+            Duration::parse("2562047h").map(|d| d.as_std().as_secs()),
+            Ok(2_562_047 * 3600)
+        );
+        let e = LongDuration::parse("300000y").expect_err("300000y");
+        assert!(e.contains("out of range"), "{e}");
+        assert!(LongDuration::parse("290y").is_ok());
     }
 
     #[test]

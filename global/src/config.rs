@@ -74,6 +74,12 @@ pub struct RunArgs {
     /// Private key (PEM) of the API's TLS certificate
     #[arg(long, env = "MERIDIAN_API_TLS_KEY", requires = "api_tls_cert")]
     pub api_tls_key: Option<PathBuf>,
+    /// Most API connections open at once; more are closed on accept [default: 1024]
+    #[arg(long, env = "MERIDIAN_API_MAX_CONNECTIONS")]
+    pub api_max_connections: Option<usize>,
+    /// Time a client has to send a request's headers (and a TLS handshake) [default: 10s]
+    #[arg(long, env = "MERIDIAN_API_HEADER_TIMEOUT")]
+    pub api_header_timeout: Option<meridian_core::duration::Duration>,
     /// A YAML file with any of the settings above (kebab-case keys)
     #[arg(long, env = "MERIDIAN_CONFIG")]
     pub config: Option<PathBuf>,
@@ -102,6 +108,8 @@ pub struct FileConfig {
     pub audit_retention: Option<meridian_core::duration::Duration>,
     pub api_tls_cert: Option<PathBuf>,
     pub api_tls_key: Option<PathBuf>,
+    pub api_max_connections: Option<usize>,
+    pub api_header_timeout: Option<meridian_core::duration::Duration>,
 }
 
 /// The resolved configuration.
@@ -126,6 +134,7 @@ pub struct GlobalConfig {
     pub audit_retention: std::time::Duration,
     pub api_tls_cert: Option<PathBuf>,
     pub api_tls_key: Option<PathBuf>,
+    pub api_limits: meridian_server::http_serve::Limits,
 }
 
 impl Default for GlobalConfig {
@@ -148,6 +157,7 @@ impl Default for GlobalConfig {
             audit_retention: meridian_server::access::DEFAULT_AUDIT_RETENTION,
             api_tls_cert: None,
             api_tls_key: None,
+            api_limits: meridian_server::http_serve::Limits::default(),
         }
     }
 }
@@ -222,6 +232,18 @@ impl GlobalConfig {
             },
             api_tls_cert: args.api_tls_cert.or(file.api_tls_cert),
             api_tls_key: args.api_tls_key.or(file.api_tls_key),
+            api_limits: meridian_server::http_serve::Limits {
+                max_connections: match args.api_max_connections.or(file.api_max_connections) {
+                    Some(0) => anyhow::bail!("api-max-connections must be at least 1"),
+                    Some(n) => n,
+                    None => d.api_limits.max_connections,
+                },
+                header_timeout: match args.api_header_timeout.or(file.api_header_timeout) {
+                    Some(t) if t.is_zero() => anyhow::bail!("api-header-timeout must be greater than zero"),
+                    Some(t) => t.as_std(),
+                    None => d.api_limits.header_timeout,
+                },
+            },
         })
     }
 }

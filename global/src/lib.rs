@@ -98,6 +98,7 @@ pub async fn start(config: GlobalConfig, instance_id: String) -> anyhow::Result<
                 config.api_tls_cert.clone(),
                 config.api_tls_key.clone(),
             )?,
+            api_limits: config.api_limits,
         },
         backend.store,
         backend.leader.subscribe(),

@@ -613,23 +613,29 @@ async fn put_authorized(
     if bytes.len() > MAX_RESOURCE_BYTES {
         return Err(too_large());
     }
-    let text = std::str::from_utf8(&bytes).map_err(|_| ApiError::bad_request("body is not UTF-8"))?;
     let format = match headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
         Some(ct) if ct.contains("yaml") => Format::Yaml,
         _ => Format::Json,
     };
-    let mut values = parse_values(text, format)?;
-    if values.len() != 1 {
-        return Err(ApiError::bad_request(format!(
-            "the body must hold exactly one resource, got {}",
-            values.len()
-        )));
-    }
-    let mut value = values.remove(0);
-    if let Value::Object(obj) = &mut value {
-        fill_identity(obj, &key);
-    }
-    let doc = decode_value(value).map_err(ApiError::invalid)?;
+    let doc = {
+        let key = key.clone();
+        decode_off_workers(move || {
+            let text = std::str::from_utf8(&bytes).map_err(|_| ApiError::bad_request("body is not UTF-8"))?;
+            let mut values = parse_values(text, format)?;
+            if values.len() != 1 {
+                return Err(ApiError::bad_request(format!(
+                    "the body must hold exactly one resource, got {}",
+                    values.len()
+                )));
+            }
+            let mut value = values.remove(0);
+            if let Value::Object(obj) = &mut value {
+                fill_identity(obj, &key);
+            }
+            decode_value(value).map_err(ApiError::invalid)
+        })
+        .await?
+    };
     if doc.key.kind != key.kind {
         return Err(ApiError::field(
             "type",
@@ -663,6 +669,29 @@ async fn put_authorized(
         Outcome::Updated => StatusCode::OK,
     };
     Ok((status, Json(stored.to_api_json())).into_response())
+}
+
+/// Bodies decoded at once; more wait their turn. Decoding is CPU work that
+/// must not run on the async workers that serve every other request (and
+/// `/ready`), so it runs on the blocking pool, a few at a time.
+const CONCURRENT_DECODES: usize = 4;
+
+/// Runs `decode` (parsing and validating a body) on the blocking pool.
+async fn decode_off_workers<T: Send + 'static>(
+    decode: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    static PERMITS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(CONCURRENT_DECODES);
+    let _permit = PERMITS
+        .acquire()
+        .await
+        .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Stopping", "the API is stopping"))?;
+    tokio::task::spawn_blocking(decode).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Internal error",
+            format!("decoding the body failed: {e}"),
+        )
+    })?
 }
 
 fn fill_identity(obj: &mut Map<String, Value>, key: &ResourceKey) {

@@ -84,6 +84,7 @@ impl From<StoreError> for ApiError {
             StoreError::Unavailable(_) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Store unavailable", e.to_string())
             }
+            StoreError::TooLarge(_) => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large", e.to_string()),
             StoreError::Compacted { .. } | StoreError::Internal(_) => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal error", e.to_string())
             }

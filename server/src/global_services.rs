@@ -66,6 +66,7 @@ mod tests {
                 access: crate::access::AccessConfig::with_token_file(dir.path().join("admin-token")),
                 instance_id: "test".into(),
                 api_tls: None,
+                api_limits: Default::default(),
             },
             store,
             watch::channel(true).1,

@@ -24,6 +24,7 @@ pub mod backend;
 pub mod defaults;
 pub mod error;
 pub mod global_services;
+pub mod http_serve;
 pub mod identity;
 pub mod identity_api;
 pub mod kds;
@@ -53,6 +54,8 @@ pub struct ServerConfig {
     pub instance_id: String,
     /// Serve the API over TLS.
     pub api_tls: Option<api_tls::ApiTls>,
+    /// Open connections and the header deadline of the API.
+    pub api_limits: http_serve::Limits,
 }
 
 /// A running API server.
@@ -147,15 +150,7 @@ pub async fn start(
     let api_addr = listener.local_addr().context("reading the API address")?;
     tracing::info!(%api_addr, mode = ?config.mode, tls = acceptor.is_some(), "API listening");
     let app = api::router(state);
-    let task = match acceptor {
-        Some(acceptor) => tokio::spawn(api_tls::serve(listener, acceptor, app, shutdown)),
-        None => tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-                .context("serving the API")
-        }),
-    };
+    let task = tokio::spawn(http_serve::serve(listener, acceptor, app, config.api_limits, shutdown));
     Ok(Running {
         api_addr,
         dataplane_tokens,

@@ -688,12 +688,15 @@ pub(crate) fn classify(endpoints: &str, what: &str, e: etcd_client::Error) -> St
     };
     match &e {
         E::GRpcStatus(s) => match s.code() {
-            Code::Unavailable
-            | Code::DeadlineExceeded
-            | Code::Cancelled
-            | Code::Aborted
-            | Code::ResourceExhausted
-            | Code::Unknown => StoreError::Unavailable(msg),
+            // etcd's quota alarm ("database space exceeded") is store-wide and
+            // lifts once an operator frees space; anything else of this code
+            // is a message over etcd's request limit, which no retry fixes.
+            Code::ResourceExhausted if s.message().contains("space exceeded") => StoreError::Unavailable(msg),
+            Code::ResourceExhausted => StoreError::TooLarge(msg),
+            Code::InvalidArgument if s.message().contains("request is too large") => StoreError::TooLarge(msg),
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Aborted | Code::Unknown => {
+                StoreError::Unavailable(msg)
+            }
             _ => StoreError::Internal(msg),
         },
         E::TransportError(_) | E::IoError(_) | E::WatchError(_) | E::LeaseKeepAliveError(_) | E::EndpointError(_) => {

@@ -46,6 +46,10 @@ pub enum StoreError {
     /// A watch asked for history that was compacted away; re-list.
     #[error("revision {requested} is compacted (oldest available {oldest})")]
     Compacted { requested: u64, oldest: u64 },
+    /// The backend refused this write for its size (etcd's request limit);
+    /// retrying the same write cannot help.
+    #[error("the store refused the write as too large: {0}")]
+    TooLarge(String),
     /// Stored data cannot be decoded, or another internal failure.
     #[error("store error: {0}")]
     Internal(String),

@@ -69,6 +69,8 @@ pub struct EtcdServer {
     name: String,
     initial_cluster: Option<String>,
     tls: Option<ServerTls>,
+    /// More etcd flags (e.g. `--max-request-bytes=…`).
+    extra: Vec<String>,
 }
 
 /// TLS of a test etcd: its serving certificate (files), client certificate
@@ -107,6 +109,7 @@ impl EtcdCluster {
                 name: format!("member-{i}"),
                 initial_cluster: None,
                 tls: None,
+                extra: Vec::new(),
             });
         }
         let cluster = members
@@ -163,6 +166,7 @@ impl EtcdServer {
             name: "meridian-test".into(),
             initial_cluster: None,
             tls: Some(tls),
+            extra: Vec::new(),
         };
         server.launch().await?;
         Ok(server)
@@ -170,6 +174,11 @@ impl EtcdServer {
 
     /// Starts etcd on free loopback ports and waits until it answers.
     pub async fn start() -> Result<Self, HarnessError> {
+        Self::start_with(&[]).await
+    }
+
+    /// [`EtcdServer::start`] with more etcd flags.
+    pub async fn start_with(extra: &[&str]) -> Result<Self, HarnessError> {
         let binary = find_binary()?;
         let mut last = None;
         // Another process may grab a port between our probe and etcd's
@@ -189,6 +198,7 @@ impl EtcdServer {
                 name: "meridian-test".into(),
                 initial_cluster: None,
                 tls: None,
+                extra: extra.iter().map(|a| a.to_string()).collect(),
             };
             match server.launch().await {
                 Ok(()) => return Ok(server),
@@ -314,6 +324,7 @@ impl EtcdServer {
                 .arg(format!("--trusted-ca-file={}", tls.ca_file.display()))
                 .arg("--client-cert-auth");
         }
+        cmd.args(&self.extra);
         let child = cmd
             .arg(format!("--name={}", self.name))
             .arg(format!("--data-dir={}", self.data_dir().display()))

@@ -59,6 +59,7 @@ async fn start_zone(dir: &std::path::Path) -> RunningZone {
         create_default_mesh: false,
         access: meridian_server::access::AccessConfig::with_token_file(dir.join("admin-token")),
         api_tls: None,
+        api_limits: Default::default(),
     })
     .await
     .unwrap();

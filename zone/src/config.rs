@@ -89,6 +89,12 @@ pub struct RunArgs {
     /// Private key (PEM) of the API's TLS certificate
     #[arg(long, env = "MERIDIAN_API_TLS_KEY", requires = "api_tls_cert")]
     pub api_tls_key: Option<PathBuf>,
+    /// Most API connections open at once; more are closed on accept [default: 1024]
+    #[arg(long, env = "MERIDIAN_API_MAX_CONNECTIONS")]
+    pub api_max_connections: Option<usize>,
+    /// Time a client has to send a request's headers (and a TLS handshake) [default: 10s]
+    #[arg(long, env = "MERIDIAN_API_HEADER_TIMEOUT")]
+    pub api_header_timeout: Option<meridian_core::duration::Duration>,
     /// The KDS protocol version to announce (tests of version skew only)
     /// [default: this build's]
     #[arg(long, env = "MERIDIAN_KDS_PROTOCOL_VERSION", hide = true)]
@@ -124,6 +130,8 @@ pub struct FileConfig {
     pub audit_retention: Option<meridian_core::duration::Duration>,
     pub api_tls_cert: Option<PathBuf>,
     pub api_tls_key: Option<PathBuf>,
+    pub api_max_connections: Option<usize>,
+    pub api_header_timeout: Option<meridian_core::duration::Duration>,
 }
 
 impl FileConfig {
@@ -159,6 +167,7 @@ pub struct Settings {
     pub audit_retention: std::time::Duration,
     pub api_tls_cert: Option<PathBuf>,
     pub api_tls_key: Option<PathBuf>,
+    pub api_limits: meridian_server::http_serve::Limits,
 }
 
 impl Default for Settings {
@@ -186,6 +195,7 @@ impl Default for Settings {
             audit_retention: meridian_server::access::DEFAULT_AUDIT_RETENTION,
             api_tls_cert: None,
             api_tls_key: None,
+            api_limits: meridian_server::http_serve::Limits::default(),
         }
     }
 }
@@ -249,6 +259,18 @@ impl Settings {
             },
             api_tls_cert: args.api_tls_cert.or(file.api_tls_cert),
             api_tls_key: args.api_tls_key.or(file.api_tls_key),
+            api_limits: meridian_server::http_serve::Limits {
+                max_connections: match args.api_max_connections.or(file.api_max_connections) {
+                    Some(0) => anyhow::bail!("api-max-connections must be at least 1"),
+                    Some(n) => n,
+                    None => d.api_limits.max_connections,
+                },
+                header_timeout: positive(
+                    "api-header-timeout",
+                    args.api_header_timeout.or(file.api_header_timeout),
+                    d.api_limits.header_timeout,
+                )?,
+            },
         })
     }
 
@@ -326,6 +348,7 @@ impl Settings {
                 unauthenticated: false,
             },
             api_tls: meridian_server::api_tls::ApiTls::from_paths(self.api_tls_cert, self.api_tls_key)?,
+            api_limits: self.api_limits,
         })
     }
 }

@@ -57,6 +57,8 @@ pub struct ZoneConfig {
     pub access: meridian_server::access::AccessConfig,
     /// Serve the API over TLS.
     pub api_tls: Option<meridian_server::api_tls::ApiTls>,
+    /// Open connections and the header deadline of the API.
+    pub api_limits: meridian_server::http_serve::Limits,
 }
 
 /// The xDS server's certificate: given files, or generated from the zone's
@@ -141,6 +143,7 @@ pub async fn start(config: ZoneConfig) -> anyhow::Result<RunningZone> {
             access: config.access.clone(),
             instance_id: instance_id.clone(),
             api_tls: config.api_tls.clone(),
+            api_limits: config.api_limits,
         },
         backend.store,
         backend.leader.subscribe(),

@@ -27,6 +27,8 @@ enum Cmd {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     process::init_tracing();
+    let open_files = meridian_server::http_serve::raise_open_files_limit();
+    tracing::debug!(?open_files, "open files limit");
     let Cmd::Run(args) = Cli::parse().cmd;
     let kuma_skip = std::env::var("KUMA_DEFAULTS_SKIP_MESH_CREATION")
         .ok()
