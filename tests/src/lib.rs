@@ -488,3 +488,106 @@ pub fn splice(a: std::net::TcpStream, b: std::net::TcpStream) {
         });
     }
 }
+
+/// Whether the global shows one of `zone`'s KDS subscriptions open.
+pub fn zone_online(global: &Proc, zone: &str) -> bool {
+    global.get(&format!("/zones+insights/{zone}")).1["online"] == true
+}
+
+/// A TCP proxy of the tests' own that can cut the path without closing
+/// it: while partitioned, bytes are held in both directions (nothing is
+/// lost, nothing arrives, no FIN or RST — as when a network drops packets
+/// and TCP keeps retransmitting), and new connections are accepted and held
+/// the same way. Healing lets the held bytes through; peers whose keepalive
+/// gave up in between have closed their side by then.
+pub struct FaultProxy {
+    pub addr: std::net::SocketAddr,
+    state: std::sync::Arc<ProxyState>,
+}
+
+#[derive(Default)]
+struct ProxyState {
+    held: std::sync::atomic::AtomicBool,
+    stopped: std::sync::atomic::AtomicBool,
+    conns: std::sync::Mutex<Vec<std::net::TcpStream>>,
+}
+
+impl FaultProxy {
+    /// Forwards connections on a free loopback port to `target`.
+    pub fn start(target: std::net::SocketAddr) -> FaultProxy {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a proxy port");
+        let addr = listener.local_addr().expect("the proxy's address");
+        let state = std::sync::Arc::new(ProxyState::default());
+        let st = state.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                if st.stopped.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(client) = client else { continue };
+                let Ok(upstream) = std::net::TcpStream::connect(target) else {
+                    continue;
+                };
+                let _ = client.set_nodelay(true);
+                let _ = upstream.set_nodelay(true);
+                if let (Ok(a), Ok(b)) = (client.try_clone(), upstream.try_clone()) {
+                    let mut conns = st.conns.lock().unwrap_or_else(|p| p.into_inner());
+                    conns.push(a);
+                    conns.push(b);
+                }
+                for (from, into) in [
+                    (client.try_clone(), upstream.try_clone()),
+                    (upstream.try_clone(), client.try_clone()),
+                ] {
+                    let (Ok(from), Ok(into)) = (from, into) else { continue };
+                    let st = st.clone();
+                    std::thread::spawn(move || forward(from, into, &st));
+                }
+            }
+        });
+        FaultProxy { addr, state }
+    }
+
+    /// Holds every byte from now on, in both directions.
+    pub fn partition(&self) {
+        self.state.held.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Lets bytes through again.
+    pub fn heal(&self) {
+        self.state.held.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+fn forward(mut from: std::net::TcpStream, mut into: std::net::TcpStream, st: &ProxyState) {
+    use std::io::{Read, Write};
+    use std::sync::atomic::Ordering;
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        // Held: keep this chunk (and, by not reading, everything behind it
+        // in the kernel's buffers) until the partition heals.
+        while st.held.load(Ordering::SeqCst) && !st.stopped.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if st.stopped.load(Ordering::SeqCst) || into.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = into.shutdown(std::net::Shutdown::Write);
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.state.stopped.store(true, std::sync::atomic::Ordering::SeqCst);
+        for c in self.state.conns.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+        // Wake the accept loop so that it sees the stop.
+        let _ = std::net::TcpStream::connect(self.addr);
+    }
+}

@@ -19,8 +19,9 @@ struct Write {
     status: u16,
 }
 
-fn policy(i: usize) -> serde_json::Value {
-    json!({"type": "MeshTimeout", "mesh": "ha", "name": format!("p-{i}"),
+/// A MeshTimeout `<prefix>-<i>` in `mesh`, different for every `i`.
+fn policy(mesh: &str, prefix: &str, i: usize) -> serde_json::Value {
+    json!({"type": "MeshTimeout", "mesh": mesh, "name": format!("{prefix}-{i}"),
            "spec": {"targetRef": {"kind": "Mesh"},
                     "to": [{"targetRef": {"kind": "Mesh"}, "default": {"idleTimeout": format!("{}s", i + 1)}}]}})
 }
@@ -60,7 +61,7 @@ fn killing_the_etcd_leader_under_writes_at_three_globals_loses_no_acknowledged_w
                 let status = http(
                     "PUT",
                     &format!("{api}/meshes/ha/meshtimeouts/p-{i}"),
-                    Some(policy(i).to_string()),
+                    Some(policy("ha", "p", i).to_string()),
                     None,
                 )
                 .map(|(s, _)| s)
@@ -345,4 +346,187 @@ fn a_zone_moves_to_another_global_when_its_global_is_killed() {
          a dataplane registered after the kill at the global after {flowing:?}; leader now global {leader_after}; 0 lost, defaults once"
     );
     assert!(offline < Duration::from_secs(15), "offline for {offline:?}");
+}
+
+/// The zone's periods without a KDS session, from its own log: from a
+/// session's end to the next "connected to the global".
+fn offline_periods(log: &str) -> Vec<Duration> {
+    let time = |line: &str| {
+        line.split_whitespace()
+            .next()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+    };
+    let mut connected = false;
+    let mut since: Option<chrono::DateTime<chrono::FixedOffset>> = None;
+    let mut periods = Vec::new();
+    for line in log.lines() {
+        let Some(t) = time(line) else { continue };
+        if line.contains("connected to the global") {
+            if let Some(s) = since.take() {
+                periods.push((t - s).to_std().unwrap_or_default());
+            }
+            connected = true;
+        } else if connected && (line.contains("KDS session failed") || line.contains("KDS session ended")) {
+            connected = false;
+            since = Some(t);
+        }
+    }
+    periods
+}
+
+#[test]
+fn a_rolling_restart_of_every_global_under_zones_and_writes_loses_nothing() {
+    let zones_n: usize = std::env::var("MERIDIAN_HA_ZONES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let etcd = rt.block_on(EtcdServer::start()).expect("etcd");
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = unique_prefix("ha-rolling");
+    let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+    let mut globals: Vec<Proc> = ports
+        .iter()
+        .map(|(api, kds)| global_on(dir.path(), &etcd.endpoint(), &prefix, *api, *kds))
+        .collect();
+    let addresses = ports
+        .iter()
+        .map(|(_, kds)| format!("grpcs://127.0.0.1:{kds}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let zones: Vec<Proc> = (0..zones_n)
+        .map(|i| {
+            let name = format!("zone-{i}");
+            let mut join = zone_join(&globals[i % 3], &name, &dir.path().join(&name));
+            let at = join.iter().position(|a| a == "--global-address").unwrap() + 1;
+            join[at] = addresses.clone();
+            start_zone(dir.path(), &join, None, &["--store", "memory", "--kds-keepalive", "1s"])
+        })
+        .collect();
+    for (i, z) in zones.iter().enumerate() {
+        wait_until(
+            "the default mesh at the zone",
+            Duration::from_secs(60),
+            Duration::from_millis(50),
+            || {
+                let (s, _) = z.get("/meshes/default");
+                (s == 200).then_some(()).ok_or(format!("zone-{i}: {s}"))
+            },
+        );
+        let dp = json!({"type": "Dataplane", "mesh": "default", "name": "before",
+            "networking": {"address": "10.0.0.1", "inbound": [{"port": 8080, "tags": {"kuma.io/service": "web"}}]}});
+        assert_eq!(z.put_json("/meshes/default/dataplanes/before", &dp).0, 201);
+    }
+
+    // Writes through whichever globals are up, until told to stop.
+    let up: Arc<Mutex<Vec<Option<String>>>> =
+        Arc::new(Mutex::new(globals.iter().map(|g| Some(g.api.clone())).collect()));
+    let log = Arc::new(Mutex::new(Vec::<Write>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (up, log, stop) = (up.clone(), log.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let api = up.lock().unwrap()[i % 3].clone();
+                if let Some(api) = api {
+                    let at = Instant::now();
+                    let status = http(
+                        "PUT",
+                        &format!("{api}/meshes/default/meshtimeouts/r-{i}"),
+                        Some(policy("default", "r", i).to_string()),
+                        None,
+                    )
+                    .map(|(s, _)| s)
+                    .unwrap_or(0);
+                    log.lock().unwrap().push(Write {
+                        i,
+                        at,
+                        took: at.elapsed(),
+                        status,
+                    });
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                i += 1;
+            }
+        })
+    };
+
+    let started = Instant::now();
+    for k in 0..3 {
+        up.lock().unwrap()[k] = None;
+        globals[k].terminate();
+        let (api, kds) = ports[k];
+        globals[k] = global_on(dir.path(), &etcd.endpoint(), &prefix, api, kds);
+        up.lock().unwrap()[k] = Some(globals[k].api.clone());
+        // One at a time: every zone back on a session before the next.
+        for (i, z) in zones.iter().enumerate() {
+            wait_until(
+                "the zone connected again",
+                Duration::from_secs(60),
+                Duration::from_millis(50),
+                || {
+                    let log = z.log_text();
+                    let last_connect = log.rfind("connected to the global");
+                    let last_end = log.rfind("KDS session failed").max(log.rfind("KDS session ended"));
+                    (last_connect > last_end).then_some(()).ok_or(format!("zone-{i}"))
+                },
+            );
+        }
+    }
+    let restarts_took = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    let writes = std::mem::take(&mut *log.lock().unwrap());
+    let acked: Vec<usize> = writes.iter().filter(|w| w.status / 100 == 2).map(|w| w.i).collect();
+    let failed = writes.len() - acked.len();
+
+    // Every acknowledged write at every zone, every zone's dataplanes
+    // (one before, one after the restarts) at every global.
+    for (i, z) in zones.iter().enumerate() {
+        let dp = json!({"type": "Dataplane", "mesh": "default", "name": "after",
+            "networking": {"address": "10.0.0.2", "inbound": [{"port": 8080, "tags": {"kuma.io/service": "web"}}]}});
+        assert_eq!(z.put_json("/meshes/default/dataplanes/after", &dp).0, 201, "zone-{i}");
+    }
+    for (i, z) in zones.iter().enumerate() {
+        wait_until(
+            "every acknowledged write at the zone",
+            Duration::from_secs(60),
+            Duration::from_millis(100),
+            || {
+                let (_, list) = z.get("/meshes/default/meshtimeouts?size=1000");
+                let have: std::collections::BTreeSet<String> = names(&list).into_iter().collect();
+                let missing = acked.iter().filter(|n| !have.contains(&format!("r-{n}"))).count();
+                (missing == 0)
+                    .then_some(())
+                    .ok_or(format!("zone-{i}: {missing} missing"))
+            },
+        );
+    }
+    for g in &globals {
+        wait_until(
+            "every zone's dataplanes at the global",
+            Duration::from_secs(60),
+            Duration::from_millis(100),
+            || {
+                let (_, list) = g.get("/meshes/default/dataplanes?size=1000");
+                let have = names(&list);
+                let want = 2 * zones_n;
+                (have.len() == want)
+                    .then_some(())
+                    .ok_or(format!("{} of {want}: {have:?}", have.len()))
+            },
+        );
+    }
+    let periods: Vec<Vec<Duration>> = zones.iter().map(|z| offline_periods(&z.log_text())).collect();
+    let longest = periods.iter().flatten().max().copied().unwrap_or_default();
+    let reconnects: usize = periods.iter().map(Vec::len).sum();
+    eprintln!(
+        "RELIABILITY rolling-restart: 3 globals restarted one by one (SIGTERM, start, every zone back) under {zones_n} zones \
+         in {restarts_took:?}; {} writes, {} acknowledged, {failed} refused or cut (at a stopping global); \
+         {reconnects} zone reconnects, the longest time without a session {longest:?}; 0 lost",
+        writes.len(),
+        acked.len()
+    );
+    assert!(longest < Duration::from_secs(10), "a zone was offline for {longest:?}");
 }

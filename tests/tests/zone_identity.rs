@@ -13,11 +13,6 @@ use serde_json::{json, Value};
 const CONVERGE: Duration = Duration::from_secs(60);
 const POLL: Duration = Duration::from_millis(100);
 
-/// Whether the global shows one of `zone`'s subscriptions open.
-fn online(global: &Proc, zone: &str) -> bool {
-    global.get(&format!("/zones+insights/{zone}")).1["online"] == true
-}
-
 /// The open subscriptions of `zone` at the global: (zone instance, global instance).
 fn open_subscriptions(global: &Proc, zone: &str) -> Vec<(String, String)> {
     let (_, body) = global.get(&format!("/zones+insights/{zone}"));
@@ -62,7 +57,9 @@ fn a_second_zone_control_plane_under_one_name_is_refused_while_the_first_lives()
     let global = start_global_embedded(d, &d.join("global"), &[]);
     let join = zone_join(&global, "zone-a", &d.join("join"));
     let mut first = start_zone(d, &join, None, &["--store", "memory", "--kds-keepalive", "1s"]);
-    wait_for("zone-a online", CONVERGE, || online(&global, "zone-a").then_some(()));
+    wait_for("zone-a online", CONVERGE, || {
+        zone_online(&global, "zone-a").then_some(())
+    });
     wait_for("the default mesh at the zone", CONVERGE, || {
         (first.get("/meshes/default").0 == 200).then_some(())
     });
@@ -150,7 +147,9 @@ fn a_revoked_or_expired_zone_token_closes_the_live_stream() {
     let i = join.iter().position(|a| a == "--token-file").unwrap();
     let token = std::fs::read_to_string(&join[i + 1]).unwrap();
     let zone_r = start_zone(d, &join, None, &["--store", "memory"]);
-    wait_for("zone-r online", CONVERGE, || online(&global, "zone-r").then_some(()));
+    wait_for("zone-r online", CONVERGE, || {
+        zone_online(&global, "zone-r").then_some(())
+    });
     let revoked_at = Instant::now();
     let (status, body) = http(
         "POST",
@@ -161,7 +160,9 @@ fn a_revoked_or_expired_zone_token_closes_the_live_stream() {
     .unwrap();
     assert_eq!(status, 200, "{body}");
     wait_until("zone-r offline after the revocation", CONVERGE, POLL, || {
-        (!online(&global, "zone-r")).then_some(()).ok_or("online".to_string())
+        (!zone_online(&global, "zone-r"))
+            .then_some(())
+            .ok_or("online".to_string())
     });
     let offline_after = revoked_at.elapsed();
     wait_until("zone-r to log why", CONVERGE, POLL, || {
@@ -184,9 +185,13 @@ fn a_revoked_or_expired_zone_token_closes_the_live_stream() {
     let issued = Instant::now();
     let join = with_token(&join, d, "short.token", &short);
     let zone_e = start_zone(d, &join, None, &["--store", "memory"]);
-    wait_for("zone-e online", CONVERGE, || online(&global, "zone-e").then_some(()));
+    wait_for("zone-e online", CONVERGE, || {
+        zone_online(&global, "zone-e").then_some(())
+    });
     wait_until("zone-e offline after its token expired", CONVERGE, POLL, || {
-        (!online(&global, "zone-e")).then_some(()).ok_or("online".to_string())
+        (!zone_online(&global, "zone-e"))
+            .then_some(())
+            .ok_or("online".to_string())
     });
     let expired_after = issued.elapsed().saturating_sub(Duration::from_secs(3));
     wait_until("zone-e to log why", CONVERGE, POLL, || {
