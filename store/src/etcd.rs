@@ -227,7 +227,7 @@ impl EtcdStore {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(classify(&self.endpoints, what, e)),
             Err(_) => Err(StoreError::Unavailable(format!(
-                "etcd {}: {what} did not answer within {deadline:?}",
+                "etcd {}: {what} did not answer within {deadline:?} (a write's outcome is unknown until read back)",
                 self.endpoints
             ))),
         };

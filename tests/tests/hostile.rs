@@ -238,3 +238,89 @@ fn a_resource_over_etcds_request_limit_is_refused_and_the_zone_stream_goes_on() 
     );
     assert!(!names(&global.get("/meshes/default/dataplanes").1).contains(&"zone-1.big".to_string()));
 }
+
+/// A dataplane offering `count` services, `first` to `first + count - 1`.
+fn offering(name: &str, first: usize, count: usize) -> Value {
+    let inbound: Vec<Value> = (first..first + count)
+        .map(|i| json!({"port": 10000 + (i % 50000), "tags": {"kuma.io/service": format!("svc-{i:05}")}}))
+        .collect();
+    json!({"type": "Dataplane", "mesh": "default", "name": name,
+           "networking": {"address": "10.0.0.3", "inbound": inbound}})
+}
+
+fn advertised(p: &Proc, ingress: &str) -> Result<(usize, usize), String> {
+    let (status, body) = http("GET", &format!("{}/zoneingresses/{ingress}", p.api), None, None)?;
+    if status != 200 {
+        return Err(format!("{status}"));
+    }
+    let n = body["availableServices"].as_array().map(Vec::len).unwrap_or(0);
+    Ok((n, body.to_string().len()))
+}
+
+#[test]
+fn an_ingress_of_5000_services_fits_every_limit_and_one_too_large_is_refused_without_stalling() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let etcd = rt.block_on(EtcdServer::start()).expect("etcd");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let global = start_global_etcd_with(d, &etcd.endpoint(), &unique_prefix("ingress"), &[]);
+    let join1 = zone_join(&global, "zone-1", &d.join("j1"));
+    let zone1 = start_zone(
+        d,
+        &join1,
+        None,
+        &["--store", "memory", "--ingress-address", "127.0.0.1:10001"],
+    );
+    let join2 = zone_join(&global, "zone-2", &d.join("j2"));
+    let zone2 = start_zone(d, &join2, None, &["--store", "memory"]);
+    wait_for("the default mesh at zone-1", CONVERGE, || {
+        (zone1.get("/meshes/default").0 == 200).then_some(())
+    });
+
+    let started = Instant::now();
+    let (s, b) = zone1.put_json("/meshes/default/dataplanes/many", &offering("many", 0, 5000));
+    assert_eq!(s, 201, "{b}");
+    let (n, bytes) = wait_until("5,000 services advertised at zone-2", CONVERGE, POLL, || {
+        let (n, bytes) = advertised(&zone2, "zone-1.ingress")?;
+        (n == 5000).then_some((n, bytes)).ok_or(format!("{n}"))
+    });
+    let reached = started.elapsed();
+    assert!(bytes < 1024 * 1024, "{bytes}");
+
+    // Ten thousand more: over the resource limit. Refused at zone-1 with a
+    // reason; the last list that fitted stays; the stream goes on.
+    for (k, first) in [5000, 10000].into_iter().enumerate() {
+        let name = format!("more-{k}");
+        let (s, b) = zone1.put_json(
+            &format!("/meshes/default/dataplanes/{name}"),
+            &offering(&name, first, 5000),
+        );
+        assert_eq!(s, 201, "{b}");
+    }
+    let warning = wait_until("zone-1 says the services do not fit", CONVERGE, POLL, || {
+        zone1
+            .log_text()
+            .lines()
+            .find(|l| l.contains("do not fit in one ZoneIngress"))
+            .map(str::to_string)
+            .ok_or("not yet".to_string())
+    });
+    let (s, b) = zone1.put_json("/meshes/default/dataplanes/tail", &offering("tail", 20000, 1));
+    assert_eq!(s, 201, "{b}");
+    wait_until("a later dataplane at the global", CONVERGE, POLL, || {
+        let have = names(&global.get("/meshes/default/dataplanes").1);
+        have.contains(&"zone-1.tail".to_string())
+            .then_some(())
+            .ok_or(format!("{have:?}"))
+    });
+    assert_eq!(
+        advertised(&zone2, "zone-1.ingress").unwrap().0,
+        5000,
+        "the last list that fitted"
+    );
+    eprintln!(
+        "RELIABILITY ingress-size: 5,000 services advertised in a {bytes}-byte ZoneIngress (limit 1 MiB; etcd 1.5 MiB; \
+         KDS message 3 MiB), at the other zone {reached:?} after the dataplane was registered; 15,000 refused at the zone: {}",
+        warning.split("WARN").nth(1).unwrap_or(&warning).trim()
+    );
+}

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use meridian_core::dataplane::{AvailableService, Dataplane, ZoneIngress};
+use meridian_core::decode::MAX_RESOURCE_BYTES;
 use meridian_core::{Resource, ResourceKey, ResourceType};
 use meridian_server::kds::labels;
 use meridian_server::manager::Manager;
@@ -115,6 +116,19 @@ async fn refresh(manager: &Manager, zone: &str) -> Vec<AvailableService> {
         let Ok(value) = serde_json::to_value(&spec) else {
             continue;
         };
+        // Over the resource limit the global would refuse it (and etcd might):
+        // keep advertising the last list that fitted, and say why.
+        let size = serde_json::to_vec(&value).map(|v| v.len()).unwrap_or(usize::MAX);
+        if size > MAX_RESOURCE_BYTES {
+            tracing::warn!(
+                ingress = %ingress.key.name,
+                services = services.len(),
+                bytes = size,
+                limit = MAX_RESOURCE_BYTES,
+                "the zone's services do not fit in one ZoneIngress; it keeps advertising the previous list"
+            );
+            continue;
+        }
         let mut next = ingress.clone();
         next.spec = value;
         next.modification_time = chrono::Utc::now();
