@@ -25,6 +25,7 @@ mod access;
 mod ads_client;
 mod kds;
 mod mtls;
+mod soak;
 mod xds_auth;
 mod xds_latency;
 mod xds_scale;
@@ -113,6 +114,24 @@ enum Cmd {
         /// Then keep the synced zone connected and idle this long (0: skip)
         #[arg(long = "idle-secs", default_value_t = 35)]
         idle_secs: u64,
+    },
+    /// Soak: a global and zone processes for a long time, dataplanes churning, policies changing; RSS, probes, convergence.
+    Soak {
+        #[arg(long, default_value_t = 60)]
+        minutes: u64,
+        #[arg(long, default_value_t = 10)]
+        zones: usize,
+        #[arg(long, default_value_t = 1000)]
+        dataplanes: usize,
+        /// embedded or etcd
+        #[arg(long, default_value = "embedded")]
+        store: String,
+        /// Seconds between samples (RSS and probes)
+        #[arg(long = "sample-secs", default_value_t = 60)]
+        sample_secs: u64,
+        /// Dataplane changes per second over all zones
+        #[arg(long = "churn-per-sec", default_value_t = 5)]
+        churn_per_sec: u64,
     },
     /// KDS: restart of a real meridian-global process under N connected zones.
     KdsRestart {
@@ -287,6 +306,21 @@ fn main() -> anyhow::Result<()> {
             &store,
             std::time::Duration::from_secs(idle_secs),
         )),
+        Cmd::Soak {
+            minutes,
+            zones,
+            dataplanes,
+            store,
+            sample_secs,
+            churn_per_sec,
+        } => rt.block_on(soak::soak(soak::SoakOptions {
+            minutes,
+            zones,
+            dataplanes,
+            store,
+            sample_secs,
+            churn_per_sec,
+        })),
         Cmd::KdsRestart { zones, policies, store } => rt.block_on(kds::restart(zones, policies, &store)),
         Cmd::KdsMemory {
             zones,

@@ -38,8 +38,30 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
-/// A free TCP port on 127.0.0.1.
+/// A free TCP port on 127.0.0.1, for a process to listen on.
+///
+/// Taken below the kernel's ephemeral range: a port the kernel hands out
+/// for `bind(0)` is also what it hands out for outgoing connections, so
+/// between this probe and the process's own bind another connection could
+/// take it. Each test process walks its own stretch of the range (from its
+/// pid), skipping ports in use.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse::<u32>().ok()))
+        .unwrap_or(32768);
+    let (low, high) = (10_000u32, ephemeral_low.clamp(12_000, 65_535));
+    let span = high - low;
+    let start = std::process::id().wrapping_mul(7919) % span;
+    for _ in 0..span {
+        let port = low + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        let Ok(port) = u16::try_from(port) else { continue };
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
