@@ -20,6 +20,7 @@ pub mod reference;
 pub mod resource;
 pub mod spec;
 pub mod types;
+pub mod unapplied;
 
 pub use error::{Cause, Causes, FieldPath, ValidationError};
 pub use resource::{Resource, ResourceKey};

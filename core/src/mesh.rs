@@ -205,6 +205,16 @@ impl Spec for Mesh {
                 }
             }
         }
+        // As Kuma: traffic through a zone egress is routed by mTLS identity.
+        let zone_egress = self.routing.as_ref().and_then(|r| r.zone_egress) == Some(true);
+        let mtls_enabled = self
+            .mtls
+            .as_ref()
+            .and_then(|m| m.enabled_backend.as_deref())
+            .is_some_and(|b| !b.is_empty());
+        if zone_egress && !mtls_enabled {
+            causes.add(&path.field("mtls"), "has to be set when zoneEgress enabled");
+        }
         if let Some(skip) = &self.skip_creating_initial_policies {
             for (i, s) in skip.iter().enumerate() {
                 let ok = s == "*" || s.parse::<ResourceType>().is_ok_and(|t| t.is_policy());
@@ -251,6 +261,22 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.causes[0].field, "mtls.enabledBackend");
+    }
+
+    #[test]
+    fn zone_egress_needs_mtls() {
+        for mtls in [json!(null), json!({"backends": [{"name": "ca-1", "type": "builtin"}]})] {
+            let mut mesh = json!({"routing": {"zoneEgress": true}});
+            if !mtls.is_null() {
+                mesh["mtls"] = mtls;
+            }
+            let err = check::<Mesh>(mesh, &FieldPath::root()).unwrap_err();
+            assert_eq!(err.causes[0].field, "mtls");
+            assert_eq!(err.causes[0].message, "has to be set when zoneEgress enabled");
+        }
+        let ok = json!({"routing": {"zoneEgress": true},
+                        "mtls": {"enabledBackend": "ca-1", "backends": [{"name": "ca-1", "type": "builtin"}]}});
+        assert!(check::<Mesh>(ok, &FieldPath::root()).is_ok());
     }
 
     #[test]

@@ -603,9 +603,17 @@ fn apply(client: &Client, specs: &[String]) -> anyhow::Result<()> {
     // Meshes first, so policies in the same input can land in a new mesh.
     docs.sort_by_key(|(k, _)| k.kind != ResourceType::Mesh);
     for (key, body) in &docs {
-        let (status, _) = client.expect_ok("PUT", &resource_path(key), Some(body))?;
+        let (status, reply) = client.expect_ok("PUT", &resource_path(key), Some(body))?;
         let verb = if status == 201 { "created" } else { "updated" };
         println!("{} {verb}", describe_key(key));
+        for w in reply["warnings"].as_array().into_iter().flatten() {
+            eprintln!(
+                "warning: {} {}: {}",
+                describe_key(key),
+                w["field"].as_str().unwrap_or_default(),
+                w["message"].as_str().unwrap_or_default()
+            );
+        }
     }
     Ok(())
 }

@@ -668,7 +668,24 @@ async fn put_authorized(
         Outcome::Created => StatusCode::CREATED,
         Outcome::Updated => StatusCode::OK,
     };
-    Ok((status, Json(stored.to_api_json())).into_response())
+    // What is stored but has no effect is said with every write: in the
+    // body (`warnings`, beside the resource) and as standard `Warning`
+    // headers (RFC 9111 code 299, as Kubernetes does).
+    let unapplied = meridian_core::unapplied::unapplied(stored.key.kind, &stored.spec);
+    let mut body = stored.to_api_json();
+    if !unapplied.is_empty() {
+        if let Value::Object(obj) = &mut body {
+            obj.insert("warnings".into(), json!(unapplied));
+        }
+    }
+    let mut response = (status, Json(body)).into_response();
+    for u in &unapplied {
+        let text = format!("299 meridian \"{}: {}\"", u.field, u.message.replace('"', "'"));
+        if let Ok(v) = header::HeaderValue::from_str(&text) {
+            response.headers_mut().append(header::WARNING, v);
+        }
+    }
+    Ok(response)
 }
 
 /// Bodies decoded at once; more wait their turn. Decoding is CPU work that

@@ -358,7 +358,7 @@ fn paging_metrics_and_kill9_durability() {
     let (_, before) = g.get("/meshes/m00");
     let (s, after) = g.put_json(
         "/meshes/m00",
-        &json!({"type": "Mesh", "name": "m00", "routing": {"zoneEgress": true}}),
+        &json!({"type": "Mesh", "name": "m00", "routing": {"localityAwareLoadBalancing": true}}),
     );
     assert_eq!(s, 200, "{after}");
     assert_eq!(before["creationTime"], after["creationTime"]);
@@ -377,7 +377,7 @@ fn paging_metrics_and_kill9_durability() {
     g.kill9();
     let g = start_global_embedded(dir.path(), &data, &[("KUMA_DEFAULTS_SKIP_MESH_CREATION", "true")]);
     assert_eq!(g.get("/meshes").1["total"], 25);
-    assert_eq!(g.get("/meshes/m00").1["routing"]["zoneEgress"], true);
+    assert_eq!(g.get("/meshes/m00").1["routing"]["localityAwareLoadBalancing"], true);
 }
 
 #[test]

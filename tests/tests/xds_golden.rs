@@ -579,6 +579,37 @@ spec:
         - kind: MeshServiceSubset
           name: backend
           tags: {version: v2}
+---
+type: MeshRetry
+mesh: default
+name: backend-http-retry
+spec:
+  targetRef:
+    kind: Mesh
+  to:
+  - targetRef:
+      kind: MeshService
+      name: backend
+    default:
+      http:
+        numRetries: 2
+        retryOn: [5xx, GatewayError, "503", 429, HttpMethodGet, HttpMethodPut]
+---
+type: MeshFaultInjection
+mesh: default
+name: web-slow-responses
+spec:
+  targetRef:
+    kind: MeshService
+    name: web
+  from:
+  - targetRef:
+      kind: Mesh
+    default:
+      http:
+      - responseBandwidth:
+          limit: 100mbps
+          percentage: 25
 "#;
 
 /// zone-1's ingress advertises backend (two tag sets) and db of `default`,
@@ -1157,7 +1188,7 @@ const CASES: [Case; 17] = [
     },
     Case {
         name: "sidecar-outbound-policies",
-        description: "Envoy sidecar of web: MeshHealthCheck (tcp everywhere, http to backend with every option, tcp payloads to db, grpc to api), MeshTCPRoute (db 90/10; backend's yields to its MeshHTTPRoute; api's makes it a TCP proxy), MeshHTTPRoute with every match and filter kind",
+        description: "Envoy sidecar of web: MeshHealthCheck (tcp everywhere, http to backend with every option, tcp payloads to db, grpc to api), MeshTCPRoute (db 90/10; backend's yields to its MeshHTTPRoute; api's makes it a TCP proxy), MeshHTTPRoute with every match and filter kind, an HTTP MeshRetry (conditions, status codes, methods), a response bandwidth limit on the inbound",
         zone: "zone-1",
         yaml: OUTBOUND_POLICIES,
         proxy: "web-1",

@@ -178,6 +178,27 @@ pub fn parse_decimal(s: &str) -> Option<f64> {
 }
 
 /// Checks that `value` is a number between 0 and 100 inclusive.
+/// Deserializes a list whose items may be strings or numbers (YAML's
+/// unquoted `503`), keeping each as text.
+pub fn strings_or_numbers<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    use serde::Deserialize;
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Item {
+        Text(String),
+        Number(serde_json::Number),
+    }
+    let items: Option<Vec<Item>> = Option::deserialize(d)?;
+    Ok(items.map(|v| {
+        v.into_iter()
+            .map(|i| match i {
+                Item::Text(s) => s,
+                Item::Number(n) => n.to_string(),
+            })
+            .collect()
+    }))
+}
+
 pub fn check_percentage(value: &IntOrString, path: &FieldPath, causes: &mut Causes) {
     match value.as_f64() {
         None => causes.add(path, format!("{value} is not a number (expected e.g. 50 or \"99.9\")")),

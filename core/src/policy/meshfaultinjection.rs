@@ -119,11 +119,11 @@ impl Conf {
                 check_percentage(&d.percentage, &p.field("delay").field("percentage"), causes);
             }
             if let Some(b) = &fault.response_bandwidth {
-                if !is_bandwidth(&b.limit) {
+                if bandwidth_kbps(&b.limit).is_none_or(|k| k == 0) {
                     causes.add(
                         &p.field("responseBandwidth").field("limit"),
                         format!(
-                            "{:?} is not a bandwidth: expected a number and a unit kbps, Mbps or Gbps",
+                            "{:?} is not a bandwidth: expected a positive number and a unit kbps, Mbps or Gbps",
                             b.limit
                         ),
                     );
@@ -134,11 +134,19 @@ impl Conf {
     }
 }
 
-/// `<digits>[ ]<kbps|Mbps|Gbps>`.
-fn is_bandwidth(s: &str) -> bool {
+/// `<digits>[ ]<kbps|Mbps|Gbps>` in kbps (what Envoy's response rate limit
+/// takes). `mbps` and `gbps` are read as `Mbps` and `Gbps`: Kuma 2.7 accepts
+/// them, and they can mean nothing else.
+pub fn bandwidth_kbps(s: &str) -> Option<u64> {
     let digits = s.bytes().take_while(u8::is_ascii_digit).count();
     let unit = s[digits..].strip_prefix(' ').unwrap_or(&s[digits..]);
-    digits > 0 && matches!(unit, "kbps" | "Mbps" | "Gbps")
+    let scale = match unit {
+        "kbps" => 1,
+        "Mbps" | "mbps" => 1_000,
+        "Gbps" | "gbps" => 1_000_000,
+        _ => return None,
+    };
+    s[..digits].parse::<u64>().ok()?.checked_mul(scale)
 }
 
 #[cfg(test)]
@@ -222,11 +230,25 @@ mod tests {
 
     #[test]
     fn bandwidths() {
-        for ok in ["1kbps", "50 kbps", "10Mbps", "1Gbps"] {
-            assert!(is_bandwidth(ok), "{ok}");
+        for (ok, kbps) in [
+            ("1kbps", 1),
+            ("50 kbps", 50),
+            ("10Mbps", 10_000),
+            ("1Gbps", 1_000_000),
+            ("100mbps", 100_000),
+        ] {
+            assert_eq!(bandwidth_kbps(ok), Some(kbps), "{ok}");
         }
-        for bad in ["kbps", "10", "10 bps", "10  Mbps", "1.5Mbps", "10mbps"] {
-            assert!(!is_bandwidth(bad), "{bad}");
+        for bad in [
+            "kbps",
+            "10",
+            "10 bps",
+            "10  Mbps",
+            "1.5Mbps",
+            "10Kbps",
+            "99999999999999999999kbps",
+        ] {
+            assert_eq!(bandwidth_kbps(bad), None, "{bad}");
         }
     }
 }

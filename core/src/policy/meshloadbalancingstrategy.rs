@@ -324,7 +324,12 @@ impl LocalityAwareness {
                 }
             }
             if let Some(t) = &cz.failover_threshold {
-                check_percentage(&t.percentage, &p.field("failoverThreshold").field("percentage"), causes);
+                let pp = p.field("failoverThreshold").field("percentage");
+                check_percentage(&t.percentage, &pp, causes);
+                // As Kuma: a threshold of 0 would never fail over.
+                if t.percentage.as_f64() == Some(0.0) {
+                    causes.add(&pp, "must be greater than 0");
+                }
             }
         }
     }
@@ -565,6 +570,13 @@ mod tests {
         assert_eq!(got[2].message, "either all affinity tags or none must have a weight");
         assert_eq!(got[4].message, "must be empty when type is Any");
         assert_eq!(got[5].message, "must not be empty when type is Only");
+        let mut zero = full();
+        zero["to"][0]["default"]["localityAwareness"]["crossZone"]["failoverThreshold"]["percentage"] = json!(0);
+        assert_invalid::<MeshLoadBalancingStrategy>(
+            zero,
+            "spec.to[0].default.localityAwareness.crossZone.failoverThreshold.percentage",
+            "must be greater than 0",
+        );
     }
 
     #[test]

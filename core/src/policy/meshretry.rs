@@ -49,8 +49,13 @@ pub struct Http {
     pub back_off: Option<BackOff>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limited_back_off: Option<RateLimitedBackOff>,
-    /// Conditions (`5XX`, `GatewayError`, …) or status codes (`"503"`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Conditions (`5xx`, `GatewayError`, …) or status codes (`"503"`,
+    /// or unquoted `503` in YAML).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "super::common::strings_or_numbers"
+    )]
     pub retry_on: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retriable_response_headers: Option<Vec<HeaderMatch>>,
@@ -138,9 +143,19 @@ pub enum PredicateType {
     OmitPreviousPriorities,
 }
 
-/// The HTTP retry conditions besides plain status codes.
+/// Whether `code` is an HTTP status with a standard reason phrase (the
+/// codes Kuma accepts in `retryOn`: those Go's `http.StatusText` names).
+fn is_known_status(code: i64) -> bool {
+    matches!(
+        code,
+        100..=103 | 200..=208 | 226 | 300..=305 | 307 | 308 | 400..=418 | 421..=426 | 428 | 429 | 431 | 451 | 500..=508 | 510 | 511
+    )
+}
+
+/// The HTTP retry conditions besides plain status codes (Kuma's spelling:
+/// `5xx` in lower case, the rest in CamelCase).
 const HTTP_RETRY_ON: &[&str] = &[
-    "5XX",
+    "5xx",
     "GatewayError",
     "Reset",
     "Retriable4xx",
@@ -230,7 +245,7 @@ impl Http {
             causes,
         );
         for (i, cond) in self.retry_on.iter().flatten().enumerate() {
-            let is_status = cond.len() == 3 && cond.parse::<u16>().is_ok_and(|c| (100..=599).contains(&c));
+            let is_status = cond.parse::<i64>().is_ok_and(is_known_status);
             if !is_status && !HTTP_RETRY_ON.contains(&cond.as_str()) {
                 causes.add(
                     &path.field("retryOn").index(i),
@@ -347,7 +362,7 @@ mod tests {
                                 {"name": "x-ratelimit-reset", "format": "UnixTimestamp"}
                             ]
                         },
-                        "retryOn": ["5XX", "GatewayError", "Reset", "503", "HttpMethodGet"],
+                        "retryOn": ["5xx", "GatewayError", "Reset", "503", "HttpMethodGet"],
                         "retriableResponseHeaders": [{"name": "x-retry", "type": "Exact", "value": "yes"}],
                         "retriableRequestHeaders": [{"name": "x-idempotent", "type": "Present"}],
                         "hostSelection": [
@@ -408,7 +423,7 @@ mod tests {
     #[test]
     fn rejects_bad_confs() {
         let mut bad = full();
-        bad["to"][0]["default"]["http"]["retryOn"] = json!(["5XX", "Sometimes", "999"]);
+        bad["to"][0]["default"]["http"]["retryOn"] = json!(["5xx", "Sometimes", "999", "5XX", "599", 503]);
         bad["to"][0]["default"]["http"]["backOff"] = json!({"baseInterval": "0s"});
         bad["to"][0]["default"]["http"]["rateLimitedBackOff"] = json!({"maxInterval": "1m"});
         bad["to"][0]["default"]["tcp"] = json!({});
@@ -423,6 +438,8 @@ mod tests {
                 "spec.to[0].default.http.rateLimitedBackOff.resetHeaders",
                 "spec.to[0].default.http.retryOn[1]",
                 "spec.to[0].default.http.retryOn[2]",
+                "spec.to[0].default.http.retryOn[3]",
+                "spec.to[0].default.http.retryOn[4]",
                 "spec.to[0].default.grpc",
             ]
         );

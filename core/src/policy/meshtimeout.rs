@@ -62,24 +62,32 @@ const TOP: &[K] = &[
     K::MeshHttpRoute,
 ];
 const TO: &[K] = &[K::Mesh, K::MeshService];
+/// A gateway's or a route's timeouts apply to all its destinations at once.
+const TO_GATEWAY_OR_ROUTE: &[K] = &[K::Mesh];
 const FROM: &[K] = &[K::Mesh];
 
 impl Spec for MeshTimeout {
     fn validate(&self, path: &FieldPath, causes: &mut Causes) {
         self.target_ref
             .validate(&path.field("targetRef"), RefPosition::Top, TOP, causes);
-        let top_is_route = self.target_ref.kind == K::MeshHttpRoute;
-        if top_is_route && !self.from.is_empty() {
+        // As Kuma: a gateway or a route has no inbound side to configure.
+        let kind = self.target_ref.kind;
+        let outbound_only = matches!(kind, K::MeshHttpRoute | K::MeshGateway);
+        if outbound_only && !self.from.is_empty() {
             causes.add(
                 &path.field("from"),
-                "must not be set when targetRef.kind is MeshHTTPRoute",
+                format!("must not be set when targetRef.kind is {kind}"),
             );
         }
         require_to_or_from(self.to.len(), self.from.len(), path, causes);
+        let to = if outbound_only { TO_GATEWAY_OR_ROUTE } else { TO };
         for (list, name, allowed, pos) in [
-            (&self.to, "to", TO, RefPosition::To),
+            (&self.to, "to", to, RefPosition::To),
             (&self.from, "from", FROM, RefPosition::From),
         ] {
+            if name == "from" && outbound_only {
+                continue;
+            }
             for (i, e) in list.iter().enumerate() {
                 let p = path.field(name).index(i);
                 e.target_ref.validate(&p.field("targetRef"), pos, allowed, causes);
@@ -108,5 +116,42 @@ impl Conf {
                 causes.add(&path.field("http"), "at least one timeout must be set");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::super::common::testing::{assert_invalid, assert_valid};
+    use super::*;
+
+    fn to(kind: &str) -> serde_json::Value {
+        json!([{"targetRef": {"kind": kind, "name": "x"}, "default": {"idleTimeout": "1m"}}])
+    }
+
+    #[test]
+    fn a_gateway_or_a_route_has_no_inbound_side() {
+        for top in [
+            json!({"kind": "MeshGateway", "name": "edge"}),
+            json!({"kind": "MeshHTTPRoute", "name": "r"}),
+        ] {
+            assert_invalid::<MeshTimeout>(
+                json!({"targetRef": top,
+                       "from": [{"targetRef": {"kind": "Mesh"}, "default": {"idleTimeout": "1m"}}]}),
+                "spec.from",
+                "must not be set when targetRef.kind is",
+            );
+            assert_invalid::<MeshTimeout>(
+                json!({"targetRef": top, "to": to("MeshService")}),
+                "spec.to[0].targetRef.kind",
+                "not supported",
+            );
+            assert_valid::<MeshTimeout>(json!({"targetRef": top,
+                "to": [{"targetRef": {"kind": "Mesh"}, "default": {"idleTimeout": "1m"}}]}));
+        }
+        // A Mesh top keeps both sides (the default policies use `from`).
+        assert_valid::<MeshTimeout>(json!({"targetRef": {"kind": "Mesh", "proxyTypes": ["Gateway"]},
+            "from": [{"targetRef": {"kind": "Mesh"}, "default": {"idleTimeout": "1m"}}]}));
     }
 }

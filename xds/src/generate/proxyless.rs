@@ -21,7 +21,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::listener::v3::{ApiListener, Listener};
-use envoy_types::pb::envoy::extensions::filters::common::fault::v3::{fault_delay, FaultDelay};
+use envoy_types::pb::envoy::extensions::filters::common::fault::v3::{
+    fault_delay, fault_rate_limit, FaultDelay, FaultRateLimit,
+};
 use envoy_types::pb::envoy::extensions::filters::http::fault::v3::{fault_abort, FaultAbort, HttpFault};
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
@@ -54,10 +56,21 @@ pub fn fraction(p: &IntOrString) -> FractionalPercent {
 pub fn fault_filter(faults: &[FaultConf]) -> Option<HttpFault> {
     let abort = faults.iter().find_map(|f| f.abort.as_ref());
     let delay = faults.iter().find_map(|f| f.delay.as_ref());
-    if abort.is_none() && delay.is_none() {
+    // Validation admits only positive bandwidths.
+    let bandwidth = faults
+        .iter()
+        .filter_map(|f| f.response_bandwidth.as_ref())
+        .find_map(|b| Some((meridian_core::policy::meshfaultinjection::bandwidth_kbps(&b.limit)?, b)));
+    if abort.is_none() && delay.is_none() && bandwidth.is_none() {
         return None;
     }
     Some(HttpFault {
+        response_rate_limit: bandwidth.map(|(kbps, b)| FaultRateLimit {
+            percentage: Some(fraction(&b.percentage)),
+            limit_type: Some(fault_rate_limit::LimitType::FixedLimit(fault_rate_limit::FixedLimit {
+                limit_kbps: kbps,
+            })),
+        }),
         abort: abort.map(|a| FaultAbort {
             percentage: Some(fraction(&a.percentage)),
             error_type: Some(fault_abort::ErrorType::HttpStatus(a.http_status.clamp(200, 599) as u32)),

@@ -230,6 +230,8 @@ fn route_matches(m: &Match, client: Client) -> Vec<RouteMatch> {
 
 fn retry_policy(p: &OutboundPolicies, protocol: Protocol) -> Option<RetryPolicy> {
     let retry = p.retry.as_ref()?;
+    let mut status_codes = Vec::new();
+    let mut methods = Vec::new();
     let (num, back_off, retry_on, per_try) = match protocol {
         Protocol::Grpc => {
             let g = retry.grpc.as_ref()?;
@@ -253,11 +255,24 @@ fn retry_policy(p: &OutboundPolicies, protocol: Protocol) -> Option<RetryPolicy>
         }
         Protocol::Http => {
             let h = retry.http.as_ref()?;
-            let on = h
-                .retry_on
-                .as_ref()
-                .map(|l| l.iter().map(|s| http_retry_on(s)).collect::<Vec<_>>().join(","))
-                .unwrap_or_else(|| "gateway-error,connect-failure,refused-stream".into());
+            let on = match &h.retry_on {
+                None => "gateway-error,connect-failure,refused-stream".into(),
+                Some(list) => {
+                    let mut on = Vec::new();
+                    for cond in list {
+                        match http_retry_on(cond) {
+                            HttpRetryOn::Condition(c) => on.push(c),
+                            HttpRetryOn::Status(code) => status_codes.push(code),
+                            HttpRetryOn::Method(m) => methods.push(m),
+                        }
+                    }
+                    if !status_codes.is_empty() {
+                        on.push("retriable-status-codes");
+                    }
+                    on.dedup();
+                    on.join(",")
+                }
+            };
             (h.num_retries, h.back_off.as_ref(), on, h.per_try_timeout.as_ref())
         }
     };
@@ -270,6 +285,15 @@ fn retry_policy(p: &OutboundPolicies, protocol: Protocol) -> Option<RetryPolicy>
     Some(RetryPolicy {
         retry_on,
         num_retries: num.map(u32_value),
+        retriable_status_codes: status_codes,
+        retriable_request_headers: methods
+            .into_iter()
+            .map(|m| HeaderMatcher {
+                name: ":method".into(),
+                header_match_specifier: Some(string_match(MatchPattern::Exact(m.into()))),
+                ..Default::default()
+            })
+            .collect(),
         per_try_timeout: per_try.filter(|d| !d.is_zero()).map(|d| duration(d.as_std())),
         retry_back_off: back_off.and_then(|b| {
             let base = b.base_interval.as_ref()?;
@@ -282,20 +306,40 @@ fn retry_policy(p: &OutboundPolicies, protocol: Protocol) -> Option<RetryPolicy>
     })
 }
 
-/// MeshRetry's HTTP conditions are Envoy's, in upper camel or the Envoy
-/// spelling; both are accepted and Envoy's is sent.
-fn http_retry_on(s: &str) -> String {
+/// What one of MeshRetry's HTTP `retryOn` items becomes in Envoy: a
+/// `retry_on` condition, a retriable status code, or a request method to
+/// retry (`retriable_request_headers` on `:method`), as Kuma maps them.
+enum HttpRetryOn {
+    Condition(&'static str),
+    Status(u32),
+    Method(&'static str),
+}
+
+fn http_retry_on(s: &str) -> HttpRetryOn {
+    use HttpRetryOn::{Condition, Method, Status};
     match s {
-        "5xx" | "5XX" => "5xx".into(),
-        "GatewayError" => "gateway-error".into(),
-        "Reset" => "reset".into(),
-        "Retriable4xx" => "retriable-4xx".into(),
-        "ConnectFailure" => "connect-failure".into(),
-        "EnvoyRatelimited" => "envoy-ratelimited".into(),
-        "RefusedStream" => "refused-stream".into(),
-        "Http3PostConnectFailure" => "http3-post-connect-failure".into(),
-        "RetriableStatusCodes" => "retriable-status-codes".into(),
-        other => other.to_ascii_lowercase(),
+        "5xx" => Condition("5xx"),
+        "GatewayError" => Condition("gateway-error"),
+        "Reset" => Condition("reset"),
+        "Retriable4xx" => Condition("retriable-4xx"),
+        "ConnectFailure" => Condition("connect-failure"),
+        "EnvoyRatelimited" => Condition("envoy-ratelimited"),
+        "RefusedStream" => Condition("refused-stream"),
+        "Http3PostConnectFailure" => Condition("http3-post-connect-failure"),
+        "HttpMethodConnect" => Method("CONNECT"),
+        "HttpMethodDelete" => Method("DELETE"),
+        "HttpMethodGet" => Method("GET"),
+        "HttpMethodHead" => Method("HEAD"),
+        "HttpMethodOptions" => Method("OPTIONS"),
+        "HttpMethodPatch" => Method("PATCH"),
+        "HttpMethodPost" => Method("POST"),
+        "HttpMethodPut" => Method("PUT"),
+        "HttpMethodTrace" => Method("TRACE"),
+        // Validation admits nothing else but status codes.
+        other => other
+            .parse::<u32>()
+            .map(Status)
+            .unwrap_or(Condition("retriable-status-codes")),
     }
 }
 

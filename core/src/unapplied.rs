@@ -1,0 +1,181 @@
+//! What Meridian accepts and stores but does not apply (yet), per resource:
+//! the API returns these as warnings with every write, so that nothing valid
+//! is dropped without a word. Keep this list equal to what generation does
+//! (docs/decisions/0003-xds.md, "still not generated").
+
+use serde_json::Value;
+
+use crate::ResourceType;
+
+/// One accepted field (or whole resource) that has no effect.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Unapplied {
+    /// The field's path, as validation errors name fields (`spec.to[0]…`).
+    pub field: String,
+    pub message: String,
+}
+
+const NOT_GENERATED: &str =
+    "accepted and stored, but not generated into any proxy's configuration yet: it has no effect";
+
+/// The parts of `spec` (a validated `kind`) that have no effect, with why.
+pub fn unapplied(kind: ResourceType, spec: &Value) -> Vec<Unapplied> {
+    let mut out = Vec::new();
+    let mut note = |field: String, message: &str| {
+        out.push(Unapplied {
+            field,
+            message: message.to_string(),
+        })
+    };
+    match kind {
+        ResourceType::MeshAccessLog
+        | ResourceType::MeshTrace
+        | ResourceType::MeshMetric
+        | ResourceType::MeshProxyPatch => note("spec".into(), &format!("{kind} is {NOT_GENERATED}")),
+        ResourceType::MeshLoadBalancingStrategy => {
+            for (i, default) in defaults(spec, "to") {
+                let at = format!("spec.to[{i}].default");
+                if let Some(la) = default.get("localityAwareness") {
+                    if la.get("localZone").is_some() {
+                        note(format!("{at}.localityAwareness.localZone"), NOT_GENERATED);
+                    }
+                    if la.pointer("/crossZone/failoverThreshold").is_some() {
+                        note(
+                            format!("{at}.localityAwareness.crossZone.failoverThreshold"),
+                            NOT_GENERATED,
+                        );
+                    }
+                }
+                if let Some(lb) = default.get("loadBalancer").and_then(Value::as_object) {
+                    for (key, v) in lb {
+                        if key != "type" && v.as_object().is_some_and(|o| !o.is_empty()) {
+                            note(
+                                format!("{at}.loadBalancer.{key}"),
+                                "only the balancer type is generated; its options have no effect yet",
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        ResourceType::MeshRetry => {
+            for (i, default) in defaults(spec, "to") {
+                for (proto, fields) in [
+                    (
+                        "http",
+                        &[
+                            "rateLimitedBackOff",
+                            "retriableResponseHeaders",
+                            "retriableRequestHeaders",
+                            "hostSelection",
+                            "hostSelectionMaxAttempts",
+                        ][..],
+                    ),
+                    ("grpc", &["rateLimitedBackOff"][..]),
+                ] {
+                    for field in fields {
+                        if default.get(proto).and_then(|p| p.get(field)).is_some() {
+                            note(format!("spec.to[{i}].default.{proto}.{field}"), NOT_GENERATED);
+                        }
+                    }
+                }
+            }
+        }
+        ResourceType::MeshFaultInjection => {
+            for list in ["from", "to"] {
+                for (i, default) in defaults(spec, list) {
+                    for (j, fault) in default.get("http").and_then(Value::as_array).into_iter().flatten().enumerate() {
+                        if fault.get("responseBandwidth").is_some() {
+                            note(
+                                format!("spec.{list}[{i}].default.http[{j}].responseBandwidth"),
+                                "applies to Envoy sidecars; proxyless gRPC clients and servers have no response rate limit (gRFC A33), so it has no effect on them",
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        ResourceType::Mesh => {
+            if spec.pointer("/routing/zoneEgress") == Some(&Value::Bool(true)) {
+                note(
+                    "routing.zoneEgress".into(),
+                    "has no effect: it routes traffic to external services through a zone egress, and Meridian models neither",
+                );
+            }
+            if spec.pointer("/routing/localityAwareLoadBalancing").is_some() {
+                note(
+                    "routing.localityAwareLoadBalancing".into(),
+                    "has no effect: endpoints are always grouped by zone, this zone first (MeshLoadBalancingStrategy changes the order)",
+                );
+            }
+        }
+        ResourceType::MeshHealthCheck => note(
+            "spec".into(),
+            "applies to Envoy sidecars; proxyless gRPC clients do no active health checking, so it has no effect on them",
+        ),
+        _ => {}
+    }
+    out
+}
+
+/// `(index, default)` of each entry of `spec.<list>`.
+fn defaults<'a>(spec: &'a Value, list: &str) -> impl Iterator<Item = (usize, &'a Value)> {
+    spec.get(list)
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .filter_map(|(i, e)| e.get("default").map(|d| (i, d)))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn whole_policies_not_generated_are_named() {
+        for kind in [
+            ResourceType::MeshAccessLog,
+            ResourceType::MeshTrace,
+            ResourceType::MeshMetric,
+            ResourceType::MeshProxyPatch,
+        ] {
+            let got = unapplied(kind, &json!({}));
+            assert_eq!(got.len(), 1, "{kind}");
+            assert_eq!(got[0].field, "spec");
+            assert!(got[0].message.contains("no effect"), "{}", got[0].message);
+        }
+        assert!(unapplied(ResourceType::MeshTimeout, &json!({"to": []})).is_empty());
+        let mesh = unapplied(ResourceType::Mesh, &json!({"routing": {"zoneEgress": true}}));
+        assert_eq!(mesh[0].field, "routing.zoneEgress");
+        assert!(unapplied(ResourceType::Mesh, &json!({"mtls": {}})).is_empty());
+    }
+
+    #[test]
+    fn fields_not_generated_are_named_by_path() {
+        let lb = json!({"to": [{"targetRef": {"kind": "Mesh"}, "default": {
+            "localityAwareness": {"localZone": {"affinityTags": [{"key": "k8s.io/node"}]},
+                                  "crossZone": {"failoverThreshold": {"percentage": 50}}},
+            "loadBalancer": {"type": "RingHash", "ringHash": {"minRingSize": 1024}}}}]});
+        let fields: Vec<String> = unapplied(ResourceType::MeshLoadBalancingStrategy, &lb)
+            .into_iter()
+            .map(|u| u.field)
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.to[0].default.localityAwareness.localZone",
+                "spec.to[0].default.localityAwareness.crossZone.failoverThreshold",
+                "spec.to[0].default.loadBalancer.ringHash",
+            ]
+        );
+        let plain = json!({"to": [{"targetRef": {"kind": "Mesh"}, "default": {"loadBalancer": {"type": "RingHash"}}}]});
+        assert!(unapplied(ResourceType::MeshLoadBalancingStrategy, &plain).is_empty());
+        let retry = json!({"to": [{"targetRef": {"kind": "Mesh"}, "default": {
+            "http": {"numRetries": 1, "hostSelection": [{"predicate": "OmitPreviousHosts"}]}}}]});
+        let got = unapplied(ResourceType::MeshRetry, &retry);
+        assert_eq!(got[0].field, "spec.to[0].default.http.hostSelection");
+    }
+}

@@ -1,0 +1,67 @@
+//! Accepted but not applied is said, never silent: a write of a policy (or
+//! a field) that generation does not use answers with `warnings` and
+//! `Warning` headers, and `meridianctl apply` prints them.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use meridian_e2e::*;
+use serde_json::json;
+
+#[test]
+fn writes_of_what_has_no_effect_carry_warnings() {
+    let dir = tempfile::tempdir().unwrap();
+    let global = start_global_embedded(dir.path(), &dir.path().join("g"), &[]);
+    let log = json!({"type": "MeshAccessLog", "mesh": "default", "name": "all",
+        "spec": {"targetRef": {"kind": "Mesh"},
+                 "from": [{"targetRef": {"kind": "Mesh"},
+                           "default": {"backends": [{"type": "File", "file": {"path": "/dev/stdout"}}]}}]}});
+    let (status, body) = global.put_json("/meshes/default/meshaccesslogs/all", &log);
+    assert_eq!(status, 201, "{body}");
+    let warnings = body["warnings"].as_array().cloned().unwrap_or_default();
+    assert_eq!(warnings.len(), 1, "{body}");
+    assert_eq!(warnings[0]["field"], "spec");
+    assert!(warnings[0]["message"].as_str().unwrap().contains("no effect"), "{body}");
+    // The stored resource itself has no such field.
+    let (_, stored) = global.get("/meshes/default/meshaccesslogs/all");
+    assert!(stored.get("warnings").is_none(), "{stored}");
+
+    // The standard header, for any HTTP client.
+    let agent = ureq::Agent::new_with_config(ureq::Agent::config_builder().http_status_as_error(false).build());
+    let resp = agent
+        .put(&format!("{}/meshes/default/meshaccesslogs/all", global.api))
+        .header("authorization", &format!("Bearer {}", global.admin_token()))
+        .header("content-type", "application/json")
+        .send(log.to_string())
+        .unwrap();
+    let header: Vec<String> = resp
+        .headers()
+        .get_all("warning")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect();
+    assert_eq!(header.len(), 1, "{header:?}");
+    assert!(
+        header[0].starts_with("299 meridian \"spec: MeshAccessLog is accepted"),
+        "{header:?}"
+    );
+
+    // A policy that is fully applied has none.
+    let timeout = json!({"type": "MeshTimeout", "mesh": "default", "name": "t",
+        "spec": {"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "Mesh"}, "default": {"idleTimeout": "1m"}}]}});
+    let (_, body) = global.put_json("/meshes/default/meshtimeouts/t", &timeout);
+    assert!(body.get("warnings").is_none(), "{body}");
+
+    // meridianctl apply says it.
+    let file = dir.path().join("lb.yaml");
+    std::fs::write(
+        &file,
+        "type: MeshLoadBalancingStrategy\nmesh: default\nname: lb\nspec:\n  targetRef: {kind: Mesh}\n  to:\n  - targetRef: {kind: Mesh}\n    default:\n      loadBalancer:\n        type: RingHash\n        ringHash: {minRingSize: 1024}\n",
+    )
+    .unwrap();
+    let out = global.ctl(&["apply", "-f", file.to_str().unwrap()], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("warning: MeshLoadBalancingStrategy \"lb\" in mesh \"default\" spec.to[0].default.loadBalancer.ringHash: only the balancer type is generated"),
+        "{stderr}"
+    );
+}
