@@ -65,8 +65,15 @@ pub fn target<'a>(api_flag: Option<&str>, current: Option<&'a ControlPlane>) -> 
     Ok(Target { address, context })
 }
 
+/// `HOST:PORT` without a scheme is taken as `http://HOST:PORT` (what the
+/// control planes print and listen on by default).
 fn normalize(address: &str) -> String {
-    address.trim().trim_end_matches('/').to_string()
+    let address = address.trim().trim_end_matches('/');
+    if address.contains("://") {
+        address.to_string()
+    } else {
+        format!("http://{address}")
+    }
 }
 
 /// The host of an `http://` or `https://` URL (an IPv6 address without its

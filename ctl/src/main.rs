@@ -57,9 +57,20 @@ struct Cli {
 enum Cmd {
     /// Create or update resources from YAML/JSON files.
     Apply {
-        /// A file, a directory (every .yaml/.yml/.json in it) or `-` for stdin.
-        #[arg(short = 'f', long = "file", required = true)]
+        /// Files, directories (every .yaml/.yml/.json below them, recursively) or `-` for stdin;
+        /// `-f a.yaml b.yaml` and `-f a.yaml -f b.yaml` both work.
+        #[arg(short = 'f', long = "file", required = true, num_args = 1..)]
         files: Vec<String>,
+        /// Check every document and show what would change, without writing.
+        #[arg(long = "dry-run")]
+        dry_run: bool,
+    },
+    /// This meridianctl's version and the control plane's.
+    Version,
+    /// A shell completion script: `meridianctl completion bash > /etc/bash_completion.d/meridianctl`.
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
     },
     /// Show resources: `get meshes`, `get zones`, `get meshtimeouts -m default`, `get mesh default`;
     /// the audit log of writes: `get audit [--type T] [-m MESH] [--user U] [--action A] [--result R]`.
@@ -294,6 +305,9 @@ enum Output {
 }
 
 fn main() -> ExitCode {
+    // `meridianctl get … | head` closes the pipe early: end quietly as other
+    // command-line tools do, not with a panic.
+    sigpipe::reset();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -338,6 +352,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     if let Cmd::Config(ConfigCmd::ControlPlanes(cmd)) = cli.cmd {
         return control_planes(&config_path?, &env.cwd, cmd);
     }
+    if let Cmd::Completion { shell } = cli.cmd {
+        let mut command = <Cli as clap::CommandFactory>::command();
+        clap_complete::generate(shell, &mut command, "meridianctl", &mut std::io::stdout());
+        return Ok(());
+    }
     // Without a place for a context file (no HOME) there are no contexts.
     let config = match config_path {
         Ok(path) => Config::load(&path)?,
@@ -345,7 +364,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     };
     let client = connect(&cli, &env, &config)?;
     match cli.cmd {
-        Cmd::Apply { files } => apply(&client, &files),
+        Cmd::Apply { files, dry_run } => apply(&client, &files, dry_run),
+        Cmd::Version => version(&client),
         Cmd::Get {
             kind,
             name,
@@ -424,7 +444,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let key = v.get("key").and_then(Value::as_str).unwrap_or("?");
                 println!("mesh {mesh:?} signs new dataplane tokens with {key}; retire an older key with: meridianctl delete dataplane-token-key KEY -m {mesh}");
             }),
-        Cmd::Config(_) => unreachable!("handled above"),
+        Cmd::Config(_) | Cmd::Completion { .. } => unreachable!("handled above"),
     }
 }
 
@@ -521,7 +541,8 @@ fn control_planes(config_path: &Path, cwd: &Path, cmd: ControlPlanesCmd) -> anyh
 }
 
 fn resolve_kind(name: &str) -> anyhow::Result<ResourceType> {
-    let lower = name.to_ascii_lowercase();
+    // `zone-ingresses` as well as `zoneingresses`.
+    let lower = name.to_ascii_lowercase().replace('-', "");
     ResourceType::ALL
         .into_iter()
         .find(|t| {
@@ -561,13 +582,7 @@ fn read_inputs(spec: &str) -> anyhow::Result<Vec<(String, String)>> {
     let path = PathBuf::from(spec);
     let mut files = Vec::new();
     if path.is_dir() {
-        let mut entries: Vec<PathBuf> = std::fs::read_dir(&path)
-            .with_context(|| format!("reading directory {spec}"))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json")))
-            .collect();
-        entries.sort();
-        files.extend(entries);
+        collect_documents(&path, &mut files)?;
     } else {
         files.push(path);
     }
@@ -580,6 +595,26 @@ fn read_inputs(spec: &str) -> anyhow::Result<Vec<(String, String)>> {
         .collect()
 }
 
+/// Every .yaml/.yml/.json file below `dir`, in path order (directories
+/// recursively; symbolic links to directories are not followed).
+fn collect_documents(dir: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
+    let mut entries: Vec<std::fs::DirEntry> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading directory {}", dir.display()))?
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("reading directory {}", dir.display()))?;
+    entries.sort_by_key(std::fs::DirEntry::path);
+    for e in entries {
+        let path = e.path();
+        let file_type = e.file_type().with_context(|| format!("reading {}", path.display()))?;
+        if file_type.is_dir() {
+            collect_documents(&path, out)?;
+        } else if matches!(path.extension().and_then(|x| x.to_str()), Some("yaml" | "yml" | "json")) {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
 fn format_of(name: &str) -> Format {
     if Path::new(name).extension().and_then(|e| e.to_str()) == Some("json") {
         Format::Json
@@ -588,7 +623,7 @@ fn format_of(name: &str) -> Format {
     }
 }
 
-fn apply(client: &Client, specs: &[String]) -> anyhow::Result<()> {
+fn apply(client: &Client, specs: &[String], dry_run: bool) -> anyhow::Result<()> {
     // Validate everything first, so a bad document applies nothing.
     let mut docs = Vec::new();
     for spec in specs {
@@ -603,6 +638,19 @@ fn apply(client: &Client, specs: &[String]) -> anyhow::Result<()> {
     // Meshes first, so policies in the same input can land in a new mesh.
     docs.sort_by_key(|(k, _)| k.kind != ResourceType::Mesh);
     for (key, body) in &docs {
+        // An identical resource is not written again (no audit entry, no
+        // new version for the zones).
+        let (status, current) = client.call("GET", &resource_path(key), None)?;
+        let exists = status == 200;
+        if exists && same_content(&current, body) {
+            println!("{} unchanged", describe_key(key));
+            continue;
+        }
+        if dry_run {
+            let verb = if exists { "would be updated" } else { "would be created" };
+            println!("{} {verb} (dry run)", describe_key(key));
+            continue;
+        }
         let (status, reply) = client.expect_ok("PUT", &resource_path(key), Some(body))?;
         let verb = if status == 201 { "created" } else { "updated" };
         println!("{} {verb}", describe_key(key));
@@ -614,6 +662,43 @@ fn apply(client: &Client, specs: &[String]) -> anyhow::Result<()> {
                 w["message"].as_str().unwrap_or_default()
             );
         }
+    }
+    Ok(())
+}
+
+/// Whether the stored resource `current` (API form) already holds what
+/// `doc` (as applied: universal or Kubernetes form) says.
+fn same_content(current: &Value, doc: &Value) -> bool {
+    let Ok(want) = decode_value(doc.clone()) else {
+        return false;
+    };
+    let Ok(have) = decode_value(strip_server_fields(current.clone())) else {
+        return false;
+    };
+    want.key == have.key && want.labels == have.labels && want.spec == have.spec
+}
+
+/// The API form without what the server adds (times, version).
+fn strip_server_fields(mut v: Value) -> Value {
+    if let Value::Object(obj) = &mut v {
+        for field in ["creationTime", "modificationTime", "version", "warnings"] {
+            obj.remove(field);
+        }
+    }
+    v
+}
+
+/// `meridianctl version`: this build, and the control plane's (from `GET /`).
+fn version(client: &Client) -> anyhow::Result<()> {
+    println!("meridianctl: {}", env!("CARGO_PKG_VERSION"));
+    match client.call("GET", "/", None) {
+        Ok((200, v)) => {
+            let server = v.get("version").and_then(Value::as_str).unwrap_or("unknown");
+            let mode = v.get("mode").and_then(Value::as_str).unwrap_or("unknown");
+            println!("control plane ({mode}): {server}");
+        }
+        Ok((status, v)) => println!("control plane: answered {status}: {}", client::describe_error(&v)),
+        Err(e) => println!("control plane: unreachable: {e:#}"),
     }
     Ok(())
 }
