@@ -491,6 +491,7 @@ async fn delete_one(s: &ApiState, caller: &Principal, key: ResourceKey) -> ApiRe
         s.access.authorize(caller, Access::Delete, &target_of(&key))?;
         s.mode.check_writable(key.kind)?;
         check_not_synced(s, &key)?;
+        check_no_dataplanes(s, &key)?;
         crate::mtls::checks::check_delete(&s.manager, &key)?;
         crate::access::rbac::check_delete(&s.manager, &key)?;
         s.manager.delete(&key).await?;
@@ -498,6 +499,31 @@ async fn delete_one(s: &ApiState, caller: &Principal, key: ResourceKey) -> ApiRe
     }
     .await;
     audited(s, caller, Access::Delete.name(), target_of(&key), result).await
+}
+
+/// As Kuma: a mesh that still has dataplanes (registered here or, at the
+/// global, in any zone) is not deleted; deleting it would take the zones'
+/// dataplanes along.
+fn check_no_dataplanes(s: &ApiState, key: &ResourceKey) -> Result<(), ApiError> {
+    if key.kind != ResourceType::Mesh {
+        return Ok(());
+    }
+    let filter = Filter {
+        kind: Some(ResourceType::Dataplane),
+        mesh: Some(key.name.clone()),
+    };
+    let attached = s.manager.list(&filter);
+    match attached.first() {
+        None => Ok(()),
+        Some(first) => Err(ApiError::field(
+            "mesh",
+            format!(
+                "unable to delete mesh, there are still some dataplanes attached ({}, e.g. {:?}): delete them or stop their proxies first",
+                attached.len(),
+                first.key.name
+            ),
+        )),
+    }
 }
 
 async fn delete_mesh(State(s): St, Extension(caller): Caller, Path(name): Path<String>) -> ApiResult {

@@ -1,6 +1,7 @@
-//! Accepted but not applied is said, never silent: a write of a policy (or
-//! a field) that generation does not use answers with `warnings` and
-//! `Warning` headers, and `meridianctl apply` prints them.
+//! Kuma's semantics at the API: accepted but not applied is said, never
+//! silent (a write of a policy or a field that generation does not use
+//! answers with `warnings` and `Warning` headers, and `meridianctl apply`
+//! prints them); a mesh with dataplanes is not deleted.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use meridian_e2e::*;
@@ -64,4 +65,47 @@ fn writes_of_what_has_no_effect_carry_warnings() {
         stderr.contains("warning: MeshLoadBalancingStrategy \"lb\" in mesh \"default\" spec.to[0].default.loadBalancer.ringHash: only the balancer type is generated"),
         "{stderr}"
     );
+}
+
+#[test]
+fn a_mesh_with_dataplanes_is_not_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let global = start_global_embedded(d, &d.join("g"), &[]);
+    let join = zone_join(&global, "zone-1", &d.join("join"));
+    let zone = start_zone(d, &join, None, &["--store", "memory"]);
+    wait_for(
+        "the default mesh at the zone",
+        std::time::Duration::from_secs(60),
+        || (zone.get("/meshes/default").0 == 200).then_some(()),
+    );
+    let dp = json!({"type": "Dataplane", "mesh": "default", "name": "web-1",
+        "networking": {"address": "10.0.0.1", "inbound": [{"port": 8080, "tags": {"kuma.io/service": "web"}}]}});
+    assert_eq!(zone.put_json("/meshes/default/dataplanes/web-1", &dp).0, 201);
+    wait_for(
+        "the dataplane at the global",
+        std::time::Duration::from_secs(60),
+        || (global.get("/meshes/default/dataplanes/zone-1.web-1").0 == 200).then_some(()),
+    );
+    let (status, body) = global.delete("/meshes/default");
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["causes"][0]["field"], "mesh", "{body}");
+    assert!(
+        body.to_string().contains("there are still some dataplanes attached"),
+        "{body}"
+    );
+    assert_eq!(global.get("/meshes/default").0, 200, "the mesh stays");
+    assert_eq!(
+        zone.get("/meshes/default/dataplanes/web-1").0,
+        200,
+        "and the zone's dataplane"
+    );
+    // Once its dataplanes are gone, it goes.
+    assert_eq!(zone.delete("/meshes/default/dataplanes/web-1").0, 200);
+    wait_for(
+        "the dataplane gone at the global",
+        std::time::Duration::from_secs(60),
+        || (global.get("/meshes/default/dataplanes/zone-1.web-1").0 == 404).then_some(()),
+    );
+    assert_eq!(global.delete("/meshes/default").0, 200);
 }
