@@ -120,6 +120,46 @@ impl Dataplane {
     }
 }
 
+/// The tag naming the zone a dataplane runs in.
+pub const ZONE_TAG: &str = "kuma.io/zone";
+
+/// Tags every inbound (and a gateway) of the validated dataplane `spec`
+/// with `kuma.io/zone: zone`, as Kuma's zone control plane does when a
+/// dataplane is registered, so that policies can select by zone
+/// (`MeshSubset` with `kuma.io/zone`). A different value already there is
+/// refused, naming the field: a dataplane cannot claim another zone.
+pub fn tag_zone(spec: &mut serde_json::Value, zone: &str) -> Result<(), crate::ValidationError> {
+    let mut causes = Causes::default();
+    let root = FieldPath::root().field("networking");
+    let Some(networking) = spec.get_mut("networking") else {
+        return Ok(());
+    };
+    let mut tag = |tags: Option<&mut serde_json::Value>, at: FieldPath| {
+        let Some(serde_json::Value::Object(tags)) = tags else {
+            return;
+        };
+        match tags.get(ZONE_TAG).and_then(serde_json::Value::as_str) {
+            Some(z) if z == zone => {}
+            Some(other) => causes.add(
+                &at.key(ZONE_TAG),
+                format!("is {other:?}, but this dataplane runs in zone {zone:?}: leave the tag out, the zone sets it"),
+            ),
+            None => {
+                tags.insert(ZONE_TAG.into(), serde_json::Value::String(zone.to_string()));
+            }
+        }
+    };
+    if let Some(serde_json::Value::Array(inbound)) = networking.get_mut("inbound") {
+        for (i, entry) in inbound.iter_mut().enumerate() {
+            tag(entry.get_mut("tags"), root.field("inbound").index(i).field("tags"));
+        }
+    }
+    if let Some(gateway) = networking.get_mut("gateway") {
+        tag(gateway.get_mut("tags"), root.field("gateway").field("tags"));
+    }
+    causes.into_result()
+}
+
 fn check_port(port: u32, path: &FieldPath, causes: &mut Causes) {
     if !(1..=65535).contains(&port) {
         causes.add(path, format!("port must be in the range [1, 65535], got {port}"));
@@ -415,5 +455,32 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.causes[0].field, "networking");
+    }
+}
+
+#[cfg(test)]
+mod zone_tag_tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn inbounds_and_gateways_get_the_zone_tag() {
+        let mut spec = json!({"networking": {"address": "10.0.0.1", "inbound": [
+            {"port": 1, "tags": {"kuma.io/service": "a"}},
+            {"port": 2, "tags": {"kuma.io/service": "b", "kuma.io/zone": "east"}}]}});
+        tag_zone(&mut spec, "east").unwrap();
+        assert_eq!(spec["networking"]["inbound"][0]["tags"]["kuma.io/zone"], "east");
+        let mut gw = json!({"networking": {"address": "10.0.0.1", "gateway": {"tags": {"kuma.io/service": "edge"}}}});
+        tag_zone(&mut gw, "east").unwrap();
+        assert_eq!(gw["networking"]["gateway"]["tags"]["kuma.io/zone"], "east");
+    }
+
+    #[test]
+    fn another_zone_is_refused_naming_the_tag() {
+        let mut spec = json!({"networking": {"address": "10.0.0.1", "inbound": [
+            {"port": 1, "tags": {"kuma.io/service": "a", "kuma.io/zone": "west"}}]}});
+        let err = tag_zone(&mut spec, "east").unwrap_err();
+        assert_eq!(err.causes[0].field, "networking.inbound[0].tags[\"kuma.io/zone\"]");
     }
 }

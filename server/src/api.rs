@@ -687,6 +687,10 @@ async fn put_authorized(
             ),
         ));
     }
+    let mut doc = doc;
+    if let (ResourceType::Dataplane, Some(zone)) = (doc.key.kind, s.mode.zone()) {
+        meridian_core::dataplane::tag_zone(&mut doc.spec, zone).map_err(ApiError::invalid)?;
+    }
     crate::mtls::checks::check_write(&s.manager, &doc)?;
     crate::access::rbac::check_write(&s.manager, &doc)?;
     let (stored, outcome) = s.manager.apply(doc).await?;

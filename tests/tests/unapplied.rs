@@ -1,7 +1,8 @@
 //! Kuma's semantics at the API: accepted but not applied is said, never
 //! silent (a write of a policy or a field that generation does not use
 //! answers with `warnings` and `Warning` headers, and `meridianctl apply`
-//! prints them); a mesh with dataplanes is not deleted.
+//! prints them); a mesh with dataplanes is not deleted; a zone tags its dataplanes'
+//! inbounds with `kuma.io/zone`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use meridian_e2e::*;
@@ -82,6 +83,22 @@ fn a_mesh_with_dataplanes_is_not_deleted() {
     let dp = json!({"type": "Dataplane", "mesh": "default", "name": "web-1",
         "networking": {"address": "10.0.0.1", "inbound": [{"port": 8080, "tags": {"kuma.io/service": "web"}}]}});
     assert_eq!(zone.put_json("/meshes/default/dataplanes/web-1", &dp).0, 201);
+    // The zone tags its dataplanes' inbounds with itself, as Kuma does, so
+    // that policies can select by zone; another zone's tag is refused.
+    let (_, stored) = zone.get("/meshes/default/dataplanes/web-1");
+    assert_eq!(
+        stored["networking"]["inbound"][0]["tags"]["kuma.io/zone"], "zone-1",
+        "{stored}"
+    );
+    let mut foreign = dp.clone();
+    foreign["name"] = json!("web-2");
+    foreign["networking"]["inbound"][0]["tags"]["kuma.io/zone"] = json!("zone-9");
+    let (status, body) = zone.put_json("/meshes/default/dataplanes/web-2", &foreign);
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(
+        body["causes"][0]["field"], "networking.inbound[0].tags[\"kuma.io/zone\"]",
+        "{body}"
+    );
     wait_for(
         "the dataplane at the global",
         std::time::Duration::from_secs(60),

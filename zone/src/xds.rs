@@ -614,7 +614,9 @@ impl ZoneXds {
         meridian_core::names::check_subdomain(&id.name)
             .map_err(|e| Status::invalid_argument(format!("dataplane name {:?}: {e}", id.name)))?;
         let mesh = self.mesh_spec(&id.mesh)?;
-        let spec = validate_spec(ResourceType::Dataplane, fields, at)
+        let mut spec = validate_spec(ResourceType::Dataplane, fields, at)
+            .map_err(|e| Status::invalid_argument(format!("dataplane {id}: {e}")))?;
+        meridian_core::dataplane::tag_zone(&mut spec, &s.zone)
             .map_err(|e| Status::invalid_argument(format!("dataplane {id}: {e}")))?;
         let dataplane: Dataplane =
             serde_json::from_value(spec.clone()).map_err(|e| Status::invalid_argument(e.to_string()))?;
