@@ -211,6 +211,26 @@ impl KdsService {
         }
     }
 
+    /// [`Self::authenticate`], logging every refusal once with the zone it
+    /// claims, where it came from and why (the zone gets the same reason).
+    async fn admit_caller<T>(&self, req: &Request<T>) -> Result<ZoneCaller, Status> {
+        self.authenticate(req).await.inspect_err(|status| {
+            let zone = req
+                .metadata()
+                .get(ZONE_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("<none>");
+            let peer = req.remote_addr().map(|a| a.to_string()).unwrap_or_default();
+            // Duplicates and version skew are logged where they are decided.
+            if !matches!(
+                status.code(),
+                tonic::Code::AlreadyExists | tonic::Code::FailedPrecondition
+            ) {
+                tracing::warn!(%zone, %peer, code = ?status.code(), reason = %status.message(), "zone refused");
+            }
+        })
+    }
+
     /// Checks the zone name and its token; the zone must be enabled. Waits
     /// until the cache holds the store's state: computing a difference from
     /// an empty cache would tell the zone to delete everything it has.
@@ -360,7 +380,7 @@ impl pb::kds_server::Kds for KdsService {
         &self,
         request: Request<Streaming<pb::DeltaRequest>>,
     ) -> Result<Response<Self::GlobalToZoneStream>, Status> {
-        let caller = self.authenticate(&request).await?;
+        let caller = self.admit_caller(&request).await?;
         let zone = caller.zone.clone();
         let incoming = request.into_inner();
         let (tx, rx) = mpsc::channel(64);
@@ -392,7 +412,7 @@ impl pb::kds_server::Kds for KdsService {
         &self,
         request: Request<Streaming<pb::DeltaResponse>>,
     ) -> Result<Response<Self::ZoneToGlobalStream>, Status> {
-        let caller = self.authenticate(&request).await?;
+        let caller = self.admit_caller(&request).await?;
         let zone = caller.zone.clone();
         let incoming = request.into_inner();
         let (tx, rx) = mpsc::channel(64);

@@ -392,6 +392,14 @@ fn wrong_tokens_are_refused_and_the_zone_says_why() {
             }
         });
         eprintln!("{zone}: {log}");
+        // The global says it too, once per refusal, naming the zone.
+        let refusals = global.log_text();
+        assert!(
+            refusals.lines().any(|l| l.contains("zone refused")
+                && l.contains(&format!("zone={zone}"))
+                && l.contains("Unauthenticated")),
+            "{refusals}"
+        );
         // It never synced: no mesh, and the global has no such zone.
         assert_eq!(names(&get(p, "/meshes").unwrap()), Vec::<String>::new(), "{zone}");
         assert_eq!(online(&global, zone).unwrap(), None, "{zone}");
