@@ -19,14 +19,14 @@ enum Cmd {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    process::init_tracing();
-    let open_files = meridian_server::http_serve::raise_open_files_limit();
-    tracing::debug!(?open_files, "open files limit");
     let Cmd::Run(args) = Cli::parse().cmd;
     let kuma_skip = std::env::var("KUMA_DEFAULTS_SKIP_MESH_CREATION")
         .ok()
         .map(|v| v.eq_ignore_ascii_case("true"));
     let config = GlobalConfig::resolve(args, kuma_skip)?;
+    process::init_logging(config.log_level.as_deref(), config.log_format)?;
+    let open_files = meridian_server::http_serve::raise_open_files_limit();
+    tracing::debug!(?open_files, "open files limit");
     let instance_id = format!("global-{}-{}", process::hostname(), std::process::id());
     let global = meridian_global::start(config, instance_id).await?;
     process::shutdown_signal().await;

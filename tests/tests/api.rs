@@ -442,3 +442,35 @@ fn zone_standalone_serves_its_own_meshes() {
     );
     let _: &Value = &overview;
 }
+
+#[test]
+fn logs_are_json_objects_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = start_global_on(
+        dir.path(),
+        &dir.path().join("g"),
+        free_port(),
+        free_port(),
+        &["--log-format", "json", "--log-level", "meridian_server=debug,info"],
+    );
+    let (status, _) = g.get("/meshes");
+    assert_eq!(status, 200);
+    let log = g.log_text();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(lines.iter().any(|v| v["fields"]["message"] == "API listening"), "{log}");
+    assert!(
+        lines.iter().any(|v| v["level"] == "DEBUG"),
+        "the level filter applies: {log}"
+    );
+    // A level that is not one is refused at start, naming the flag.
+    let out = std::process::Command::new(bin("meridian-global"))
+        .args(["run", "--log-level", "loud=="])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("log-level"), "{out:?}");
+}

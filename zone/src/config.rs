@@ -95,6 +95,12 @@ pub struct RunArgs {
     /// Time a client has to send a request's headers (and a TLS handshake) [default: 10s]
     #[arg(long, env = "MERIDIAN_API_HEADER_TIMEOUT")]
     pub api_header_timeout: Option<meridian_core::duration::Duration>,
+    /// Log level or filter (`debug`, `meridian_global=debug,info`) [default: RUST_LOG, else info]
+    #[arg(long, env = "MERIDIAN_LOG_LEVEL")]
+    pub log_level: Option<String>,
+    /// Log lines as text or JSON objects [default: text]
+    #[arg(long, env = "MERIDIAN_LOG_FORMAT", value_enum)]
+    pub log_format: Option<meridian_server::process::LogFormat>,
     /// The KDS protocol version to announce (tests of version skew only)
     /// [default: this build's]
     #[arg(long, env = "MERIDIAN_KDS_PROTOCOL_VERSION", hide = true)]
@@ -132,6 +138,8 @@ pub struct FileConfig {
     pub api_tls_key: Option<PathBuf>,
     pub api_max_connections: Option<usize>,
     pub api_header_timeout: Option<meridian_core::duration::Duration>,
+    pub log_level: Option<String>,
+    pub log_format: Option<meridian_server::process::LogFormat>,
 }
 
 impl FileConfig {
@@ -168,6 +176,9 @@ pub struct Settings {
     pub api_tls_cert: Option<PathBuf>,
     pub api_tls_key: Option<PathBuf>,
     pub api_limits: meridian_server::http_serve::Limits,
+    /// `None`: `RUST_LOG`, else `info`.
+    pub log_level: Option<String>,
+    pub log_format: meridian_server::process::LogFormat,
 }
 
 impl Default for Settings {
@@ -196,6 +207,8 @@ impl Default for Settings {
             api_tls_cert: None,
             api_tls_key: None,
             api_limits: meridian_server::http_serve::Limits::default(),
+            log_level: None,
+            log_format: meridian_server::process::LogFormat::Text,
         }
     }
 }
@@ -271,6 +284,8 @@ impl Settings {
                     d.api_limits.header_timeout,
                 )?,
             },
+            log_level: args.log_level.or(file.log_level),
+            log_format: args.log_format.or(file.log_format).unwrap_or(d.log_format),
         })
     }
 

@@ -26,14 +26,15 @@ enum Cmd {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    process::init_tracing();
-    let open_files = meridian_server::http_serve::raise_open_files_limit();
-    tracing::debug!(?open_files, "open files limit");
     let Cmd::Run(args) = Cli::parse().cmd;
     let kuma_skip = std::env::var("KUMA_DEFAULTS_SKIP_MESH_CREATION")
         .ok()
         .map(|v| v.eq_ignore_ascii_case("true"));
-    let config = Settings::resolve(args, kuma_skip)?.into_zone_config()?;
+    let settings = Settings::resolve(args, kuma_skip)?;
+    process::init_logging(settings.log_level.as_deref(), settings.log_format)?;
+    let open_files = meridian_server::http_serve::raise_open_files_limit();
+    tracing::debug!(?open_files, "open files limit");
+    let config = settings.into_zone_config()?;
     let zone = start(config).await?;
     process::shutdown_signal().await;
     zone.stop().await?;
