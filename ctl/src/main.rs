@@ -872,7 +872,14 @@ fn inspect(client: &Client, what: &str, mesh: &str, output: Output) -> anyhow::R
             print_items(
                 &items,
                 output,
-                &[("NAME", "name"), ("ONLINE", "online"), ("AGE", "creationTime")],
+                &[
+                    ("NAME", "name"),
+                    ("ONLINE", "online"),
+                    ("VERSION", "version"),
+                    ("ADDRESS", "address"),
+                    ("LAST CONNECTED", "lastConnectTime"),
+                    ("AGE", "creationTime"),
+                ],
             )
         }
         "dataplanes" => {

@@ -58,6 +58,12 @@ pub struct SubscriptionRecord {
     /// zones that do not announce one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zone_instance_id: Option<String>,
+    /// The zone control plane's build version and the address it connected
+    /// from, as the global saw them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone_address: Option<String>,
     pub connect_time: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disconnect_time: Option<String>,
@@ -85,6 +91,14 @@ struct Shared {
     dirty: Mutex<Vec<String>>,
     wake: Notify,
     next_id: std::sync::atomic::AtomicU64,
+}
+
+/// What the global knows of the zone control plane on a stream.
+#[derive(Clone, Debug, Default)]
+pub struct ZonePeer {
+    pub instance: Option<String>,
+    pub version: Option<String>,
+    pub address: Option<String>,
 }
 
 /// Records zone subscriptions of this global instance.
@@ -144,14 +158,16 @@ impl ZoneInsights {
 
     /// Registers a new stream of `zone`; the returned subscription records
     /// its statistics and marks itself disconnected when dropped.
-    pub fn connect(&self, zone: &str, zone_instance: Option<&str>) -> Arc<Subscription> {
+    pub fn connect(&self, zone: &str, peer: &ZonePeer) -> Arc<Subscription> {
         let n = self.shared.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let id = format!("{}-{}", self.shared.instance_id, n);
         let t = now();
         let record = SubscriptionRecord {
             id: id.clone(),
             global_instance_id: self.shared.instance_id.clone(),
-            zone_instance_id: zone_instance.map(str::to_string),
+            zone_instance_id: peer.instance.clone(),
+            zone_version: peer.version.clone(),
+            zone_address: peer.address.clone(),
             connect_time: t.clone(),
             disconnect_time: None,
             status: Status {

@@ -36,7 +36,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::insights::{parse_time, ZoneInsights};
+use crate::insights::{parse_time, ZoneInsights, ZonePeer};
 
 /// The metadata key naming the connecting zone.
 pub const ZONE_HEADER: &str = "x-meridian-zone";
@@ -64,6 +64,9 @@ struct ZoneCaller {
     instance: Option<String>,
     token_id: String,
     token_expires_at: i64,
+    /// The zone's build version and address, for its insight.
+    build: String,
+    address: Option<String>,
 }
 
 /// Which streams are open: one zone control plane per zone name, and one
@@ -306,6 +309,8 @@ impl KdsService {
             instance,
             token_id: claims.id,
             token_expires_at: claims.expires_at,
+            build: build.to_string(),
+            address: req.remote_addr().map(|a| a.to_string()),
         })
     }
 
@@ -390,12 +395,17 @@ impl pb::kds_server::Kds for KdsService {
         });
         let insights = self.insights.clone();
         let instance = caller.instance.clone();
+        let peer = ZonePeer {
+            instance: caller.instance.clone(),
+            version: Some(caller.build.clone()),
+            address: caller.address.clone(),
+        };
         let cache = self.manager.cache().clone();
         let span = tracing::info_span!("kds", %zone, direction = "global-to-zone");
         let stopping = self.stopping();
         let body = async move {
             tracing::info!(zone_instance = ?instance, "zone subscribed");
-            let subscription = insights.connect(&zone, instance.as_deref());
+            let subscription = insights.connect(&zone, &peer);
             tokio::select! {
                 result = run_sender(incoming, tx, cache, outbound, subscription, MAX_MESSAGE_BYTES) => match result {
                     Ok(()) => tracing::info!("zone closed the stream"),

@@ -872,12 +872,24 @@ async fn get_dataplane_overview(
 }
 
 fn zone_overview(zone: &Resource, insight: Option<&Resource>) -> Value {
+    // The newest subscription says which zone control plane connected last.
+    let last = insight
+        .and_then(|i| i.spec.get("subscriptions"))
+        .and_then(Value::as_array)
+        .and_then(|subs| {
+            subs.iter()
+                .max_by_key(|s| s["connectTime"].as_str().unwrap_or_default().to_string())
+        });
+    let field = |name: &str| last.and_then(|s| s.get(name)).cloned().unwrap_or(Value::Null);
     json!({
         "type": "ZoneOverview",
         "name": zone.key.name,
         "creationTime": format_time(&zone.creation_time),
         "modificationTime": format_time(&zone.modification_time),
         "online": online(insight),
+        "version": field("zoneVersion"),
+        "address": field("zoneAddress"),
+        "lastConnectTime": field("connectTime"),
         "zone": zone.spec,
         "zoneInsight": insight.map(|i| i.spec.clone()).unwrap_or_else(|| json!({"subscriptions": []})),
     })

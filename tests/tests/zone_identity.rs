@@ -71,6 +71,20 @@ fn a_second_zone_control_plane_under_one_name_is_refused_while_the_first_lives()
     });
     let held_by = open_subscriptions(&global, "zone-a");
     assert_eq!(held_by.len(), 1, "{held_by:?}");
+    // The overview says which build connected, from where and when.
+    let (_, overview) = global.get("/zones+insights/zone-a");
+    assert_eq!(overview["version"], env!("CARGO_PKG_VERSION"), "{overview}");
+    assert!(
+        overview["address"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("127.0.0.1:")),
+        "{overview}"
+    );
+    assert!(overview["lastConnectTime"].is_string(), "{overview}");
+    let out = global.ctl(&["inspect", "zones"], None);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("VERSION") && table.contains("LAST CONNECTED"), "{table}");
+    assert!(table.contains(env!("CARGO_PKG_VERSION")), "{table}");
 
     // The same name and token, another process.
     let second = start_zone(d, &join, None, &["--store", "memory", "--kds-keepalive", "1s"]);
