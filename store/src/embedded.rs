@@ -94,12 +94,21 @@ pub struct EmbeddedOptions {
     /// How many events the change log keeps for `watch` (10,000 by default);
     /// they are kept on disk and in memory.
     pub log_capacity: usize,
+    /// Memory redb may use to cache the file's pages. Reads are served by
+    /// the resource cache above the store, so little is needed; redb's own
+    /// default (1 GiB) let a long-running global's memory creep up with the
+    /// file's pages.
+    pub page_cache_bytes: usize,
 }
+
+/// Default of [`EmbeddedOptions::page_cache_bytes`].
+pub const DEFAULT_PAGE_CACHE_BYTES: usize = 32 * 1024 * 1024;
 
 impl Default for EmbeddedOptions {
     fn default() -> Self {
         EmbeddedOptions {
             log_capacity: DEFAULT_LOG_CAPACITY,
+            page_cache_bytes: DEFAULT_PAGE_CACHE_BYTES,
         }
     }
 }
@@ -183,7 +192,10 @@ impl EmbeddedStore {
             path: path.clone(),
             message: e.to_string(),
         };
-        let db = match Database::builder().create(&path) {
+        let db = match Database::builder()
+            .set_cache_size(options.page_cache_bytes)
+            .create(&path)
+        {
             Ok(db) => db,
             Err(DatabaseError::DatabaseAlreadyOpen) => return Err(OpenError::Locked { path }),
             Err(e) => return Err(db_error(&e)),

@@ -138,7 +138,10 @@ async fn a_second_open_is_refused() {
 #[tokio::test]
 async fn persisted_change_log_is_bounded() {
     let dir = tempfile::tempdir().unwrap();
-    let options = EmbeddedOptions { log_capacity: 5 };
+    let options = EmbeddedOptions {
+        log_capacity: 5,
+        ..EmbeddedOptions::default()
+    };
     {
         let store = EmbeddedStore::open_with(dir.path(), options.clone()).unwrap();
         for i in 0..12 {
