@@ -468,7 +468,11 @@ mod tests {
         let default = target(None, None).expect("default");
         assert_eq!(default.address, DEFAULT_API);
 
-        let msg = format!("{:#}", target(Some("localhost:5681"), None).expect_err("bad"));
+        // HOST:PORT without a scheme is plain HTTP, as the control planes listen.
+        let bare = target(Some("localhost:5681"), None).expect("bare");
+        assert_eq!(bare.address, "http://localhost:5681");
+
+        let msg = format!("{:#}", target(Some("ftp://localhost:5681"), None).expect_err("bad"));
         assert!(msg.contains("--api"), "{msg}");
     }
 }
