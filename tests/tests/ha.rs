@@ -26,6 +26,54 @@ fn policy(mesh: &str, prefix: &str, i: usize) -> serde_json::Value {
                     "to": [{"targetRef": {"kind": "Mesh"}, "default": {"idleTimeout": format!("{}s", i + 1)}}]}})
 }
 
+/// A thread PUTting MeshTimeouts `<prefix>-<i>` in `mesh` round-robin
+/// through the APIs that are `Some` (a global being restarted is `None`),
+/// pausing `pause` after each, until `stop`; every write is logged.
+struct Writer {
+    log: Arc<Mutex<Vec<Write>>>,
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Writer {
+    fn start(apis: Arc<Mutex<Vec<Option<String>>>>, mesh: &'static str, prefix: &'static str, pause: Duration) -> Self {
+        let log = Arc::new(Mutex::new(Vec::<Write>::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (log, stop) = (log.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let api = {
+                        let apis = apis.lock().unwrap();
+                        apis[i % apis.len()].clone()
+                    };
+                    if let Some(api) = api {
+                        let at = Instant::now();
+                        let status = http(
+                            "PUT",
+                            &format!("{api}/meshes/{mesh}/meshtimeouts/{prefix}-{i}"),
+                            Some(policy(mesh, prefix, i).to_string()),
+                            None,
+                        )
+                        .map(|(s, _)| s)
+                        .unwrap_or(0);
+                        log.lock().unwrap().push(Write {
+                            i,
+                            at,
+                            took: at.elapsed(),
+                            status,
+                        });
+                        std::thread::sleep(pause);
+                    }
+                    i += 1;
+                }
+            })
+        };
+        Writer { log, stop, thread }
+    }
+}
+
 fn pct(mut v: Vec<Duration>, p: f64) -> Duration {
     if v.is_empty() {
         return Duration::ZERO;
@@ -48,34 +96,12 @@ fn killing_the_etcd_leader_under_writes_at_three_globals_loses_no_acknowledged_w
     assert_eq!(status, 201, "{body}");
 
     // Writes round-robin over the three globals until told to stop.
-    let apis: Vec<String> = globals.iter().map(|g| g.api.clone()).collect();
-    let log = Arc::new(Mutex::new(Vec::<Write>::new()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let (log, stop) = (log.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let mut i = 0;
-            while !stop.load(Ordering::Relaxed) {
-                let api = &apis[i % apis.len()];
-                let at = Instant::now();
-                let status = http(
-                    "PUT",
-                    &format!("{api}/meshes/ha/meshtimeouts/p-{i}"),
-                    Some(policy("ha", "p", i).to_string()),
-                    None,
-                )
-                .map(|(s, _)| s)
-                .unwrap_or(0);
-                log.lock().unwrap().push(Write {
-                    i,
-                    at,
-                    took: at.elapsed(),
-                    status,
-                });
-                i += 1;
-            }
-        })
-    };
+    let apis = Arc::new(Mutex::new(globals.iter().map(|g| Some(g.api.clone())).collect()));
+    let Writer {
+        log,
+        stop,
+        thread: writer,
+    } = Writer::start(apis, "ha", "p", Duration::ZERO);
     let acked = |log: &Mutex<Vec<Write>>| log.lock().unwrap().iter().filter(|w| w.status / 100 == 2).count();
     wait_until(
         "200 acknowledged writes before the kill",
@@ -421,36 +447,11 @@ fn a_rolling_restart_of_every_global_under_zones_and_writes_loses_nothing() {
     // Writes through whichever globals are up, until told to stop.
     let up: Arc<Mutex<Vec<Option<String>>>> =
         Arc::new(Mutex::new(globals.iter().map(|g| Some(g.api.clone())).collect()));
-    let log = Arc::new(Mutex::new(Vec::<Write>::new()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let (up, log, stop) = (up.clone(), log.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let mut i = 0;
-            while !stop.load(Ordering::Relaxed) {
-                let api = up.lock().unwrap()[i % 3].clone();
-                if let Some(api) = api {
-                    let at = Instant::now();
-                    let status = http(
-                        "PUT",
-                        &format!("{api}/meshes/default/meshtimeouts/r-{i}"),
-                        Some(policy("default", "r", i).to_string()),
-                        None,
-                    )
-                    .map(|(s, _)| s)
-                    .unwrap_or(0);
-                    log.lock().unwrap().push(Write {
-                        i,
-                        at,
-                        took: at.elapsed(),
-                        status,
-                    });
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                i += 1;
-            }
-        })
-    };
+    let Writer {
+        log,
+        stop,
+        thread: writer,
+    } = Writer::start(up.clone(), "default", "r", Duration::from_millis(20));
 
     let started = Instant::now();
     for k in 0..3 {
