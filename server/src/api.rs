@@ -815,7 +815,22 @@ fn online(insight: Option<&Resource>) -> bool {
         .is_some_and(|subs| subs.iter().any(|s| s.get("disconnectTime").is_none_or(Value::is_null)))
 }
 
-fn dataplane_overview(dp: &Resource, insight: Option<&Resource>) -> Value {
+/// Whether a dataplane is online: its proxy's subscription is open and,
+/// for a dataplane synced from a zone, that zone is connected. A zone that
+/// went away stops updating its dataplanes' insights, which would otherwise
+/// show them online for ever.
+fn dataplane_online(insight: Option<&Resource>, zone_insight: Option<&Resource>) -> bool {
+    online(insight) && zone_insight.is_none_or(|z| online(Some(z)))
+}
+
+/// The ZoneInsight of the zone `dp` came from (none for this zone's own).
+fn zone_insight_of(m: &crate::manager::Manager, dp: &Resource) -> Option<Resource> {
+    let zone = dp.labels.get("kuma.io/zone")?;
+    m.get(&ResourceKey::global(ResourceType::ZoneInsight, zone))
+}
+
+fn dataplane_overview(m: &crate::manager::Manager, dp: &Resource, insight: Option<&Resource>) -> Value {
+    let online = dataplane_online(insight, zone_insight_of(m, dp).as_ref());
     json!({
         "type": "DataplaneOverview",
         "mesh": dp.key.mesh,
@@ -823,7 +838,7 @@ fn dataplane_overview(dp: &Resource, insight: Option<&Resource>) -> Value {
         "labels": dp.labels,
         "creationTime": format_time(&dp.creation_time),
         "modificationTime": format_time(&dp.modification_time),
-        "online": online(insight),
+        "online": online,
         "dataplane": dp.spec,
         "dataplaneInsight": insight.map(|i| i.spec.clone()).unwrap_or_else(|| json!({})),
     })
@@ -849,7 +864,7 @@ async fn list_dataplane_overviews(
     );
     let items = dataplanes
         .iter()
-        .map(|dp| dataplane_overview(dp, insights.get(&dp.key.name)))
+        .map(|dp| dataplane_overview(&s.manager, dp, insights.get(&dp.key.name)))
         .collect();
     paged(items, &p, &h, &format!("/meshes/{mesh}/dataplanes+insights"))
 }
@@ -868,7 +883,7 @@ async fn get_dataplane_overview(
     let insight = s
         .manager
         .get(&ResourceKey::in_mesh(ResourceType::DataplaneInsight, &mesh, &name));
-    Ok(Json(dataplane_overview(&dp, insight.as_ref())).into_response())
+    Ok(Json(dataplane_overview(&s.manager, &dp, insight.as_ref())).into_response())
 }
 
 fn zone_overview(zone: &Resource, insight: Option<&Resource>) -> Value {
@@ -944,13 +959,14 @@ async fn global_insight(State(s): St, Extension(caller): Caller) -> Json<Value> 
         .iter()
         .filter(|dp| {
             let mesh = dp.key.mesh.as_deref().unwrap_or_default();
-            online(
+            dataplane_online(
                 m.get(&ResourceKey::in_mesh(
                     ResourceType::DataplaneInsight,
                     mesh,
                     &dp.key.name,
                 ))
                 .as_ref(),
+                zone_insight_of(m, dp).as_ref(),
             )
         })
         .count();
@@ -1288,4 +1304,35 @@ fn encode_query(v: &str) -> String {
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_subscription(kind: ResourceType, open: bool) -> Resource {
+        let sub = if open {
+            json!({"id": "1"})
+        } else {
+            json!({"id": "1", "disconnectTime": "2026-12-07T00:00:00Z"})
+        };
+        Resource::new(
+            ResourceKey::global(kind, "x"),
+            Default::default(),
+            json!({"subscriptions": [sub]}),
+            chrono::Utc::now(),
+        )
+    }
+
+    #[test]
+    fn a_dataplane_of_a_zone_that_went_away_is_offline() {
+        let proxy_up = with_subscription(ResourceType::DataplaneInsight, true);
+        let zone_up = with_subscription(ResourceType::ZoneInsight, true);
+        let zone_gone = with_subscription(ResourceType::ZoneInsight, false);
+        assert!(dataplane_online(Some(&proxy_up), Some(&zone_up)));
+        assert!(!dataplane_online(Some(&proxy_up), Some(&zone_gone)));
+        // This zone's own dataplanes: no zone insight to consult.
+        assert!(dataplane_online(Some(&proxy_up), None));
+        assert!(!dataplane_online(None, Some(&zone_up)));
+    }
 }
