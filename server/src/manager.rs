@@ -146,6 +146,17 @@ impl Manager {
                 current = self.store.get(&r.key).await?;
             }
             let result = match &current {
+                // Unchanged in the cache: confirm with the store, whose
+                // newest writes the cache may not show yet (a removal just
+                // made, say). Trusting a stale copy here acknowledged a
+                // re-created mesh that was in fact gone, for good.
+                Some(c) if c.labels == r.labels && c.spec == r.spec && attempt == 0 => {
+                    current = self.store.get(&r.key).await?;
+                    match &current {
+                        Some(c) if c.labels == r.labels && c.spec == r.spec => return Ok(()),
+                        _ => continue,
+                    }
+                }
                 Some(c) if c.labels == r.labels && c.spec == r.spec => return Ok(()),
                 Some(c) => {
                     let mut next = r.clone();
@@ -170,9 +181,15 @@ impl Manager {
     }
 
     /// Removes a synced copy; one that is already gone is not an error.
+    /// Waits (bounded) until the cache shows the removal, so that what the
+    /// stream does next does not read the removed copy from the cache.
     pub async fn remove_synced(&self, key: &ResourceKey) -> Result<(), StoreError> {
         match self.store.delete(key, None).await {
-            Ok(_) | Err(StoreError::NotFound(_)) => Ok(()),
+            Ok(revision) => {
+                self.settle(revision).await;
+                Ok(())
+            }
+            Err(StoreError::NotFound(_)) => Ok(()),
             Err(e) => Err(e),
         }
     }
