@@ -151,34 +151,20 @@ impl EtcdServer {
     /// Starts a single-member etcd serving TLS with client certificate
     /// authentication (`tls`'s files; the certificate must name 127.0.0.1).
     pub async fn start_tls(tls: ServerTls) -> Result<Self, HarnessError> {
-        let binary = find_binary()?;
-        let (client_port, peer_port) = free_ports()?;
-        let dir = tempfile::Builder::new()
-            .prefix("meridian-etcd-")
-            .tempdir()
-            .map_err(|e| HarnessError::Spawn(format!("temp dir: {e}")))?;
-        let mut server = EtcdServer {
-            child: None,
-            binary,
-            client_port,
-            peer_port,
-            dir,
-            name: "meridian-test".into(),
-            initial_cluster: None,
-            tls: Some(tls),
-            extra: Vec::new(),
-        };
-        server.launch().await?;
-        Ok(server)
+        Self::start_single(Some(tls), &[]).await
     }
 
     /// Starts etcd on free loopback ports and waits until it answers.
     pub async fn start() -> Result<Self, HarnessError> {
-        Self::start_with(&[]).await
+        Self::start_single(None, &[]).await
     }
 
     /// [`EtcdServer::start`] with more etcd flags.
     pub async fn start_with(extra: &[&str]) -> Result<Self, HarnessError> {
+        Self::start_single(None, extra).await
+    }
+
+    async fn start_single(tls: Option<ServerTls>, extra: &[&str]) -> Result<Self, HarnessError> {
         let binary = find_binary()?;
         let mut last = None;
         // Another process may grab a port between our probe and etcd's
@@ -197,7 +183,7 @@ impl EtcdServer {
                 dir,
                 name: "meridian-test".into(),
                 initial_cluster: None,
-                tls: None,
+                tls: tls.clone(),
                 extra: extra.iter().map(|a| a.to_string()).collect(),
             };
             match server.launch().await {
