@@ -669,6 +669,7 @@ impl Zone {
                     settings,
                     manager.clone(),
                     connected_tx,
+                    Default::default(),
                     stop_rx,
                 ));
                 Ok(Zone {

@@ -552,6 +552,7 @@ impl ApiProbe {
                 instance_id: "bench".into(),
                 api_tls: None,
                 api_limits: Default::default(),
+                registry: Default::default(),
             },
             store,
             watch::channel(true).1,

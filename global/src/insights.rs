@@ -16,6 +16,7 @@ use meridian_core::resource::format_time;
 use meridian_core::{Resource, ResourceKey, ResourceType};
 use meridian_server::kds::StreamObserver;
 use meridian_server::manager::Manager;
+use meridian_server::metrics::{KdsMetrics, StreamGauge};
 use meridian_store::Filter;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -91,6 +92,7 @@ struct Shared {
     dirty: Mutex<Vec<String>>,
     wake: Notify,
     next_id: std::sync::atomic::AtomicU64,
+    metrics: KdsMetrics,
 }
 
 /// What the global knows of the zone control plane on a stream.
@@ -115,7 +117,13 @@ impl ZoneInsights {
     /// Starts the flusher; `heartbeat` is how often connected subscriptions
     /// are re-stamped, and `stale_after` when a subscription whose instance
     /// stopped stamping it counts as disconnected.
-    pub fn start(manager: Arc<Manager>, instance_id: String, heartbeat: Duration, stale_after: Duration) -> Self {
+    pub fn start(
+        manager: Arc<Manager>,
+        instance_id: String,
+        heartbeat: Duration,
+        stale_after: Duration,
+        metrics: KdsMetrics,
+    ) -> Self {
         let shared = Arc::new(Shared {
             manager,
             instance_id,
@@ -124,6 +132,7 @@ impl ZoneInsights {
             dirty: Mutex::new(Vec::new()),
             wake: Notify::new(),
             next_id: std::sync::atomic::AtomicU64::new(1),
+            metrics,
         });
         let weak = Arc::downgrade(&shared);
         tokio::spawn(async move {
@@ -184,6 +193,7 @@ impl ZoneInsights {
             .insert(id.clone(), record);
         self.mark(zone);
         Arc::new(Subscription {
+            _stream: self.shared.metrics.stream_opened(zone),
             shared: self.shared.clone(),
             zone: zone.to_string(),
             id,
@@ -194,9 +204,21 @@ impl ZoneInsights {
         mark(&self.shared, zone);
     }
 
+    /// Counts a zone-to-global stream in `meridian_kds_streams` until the
+    /// guard drops (a global-to-zone stream counts through its
+    /// [`Subscription`]).
+    pub fn stream_opened(&self, zone: &str) -> StreamGauge {
+        self.shared.metrics.stream_opened(zone)
+    }
+
     /// Records that this global refused a resource `zone` sent (on its open
     /// subscriptions here).
     pub fn refused(&self, zone: &str, kind: ResourceType, reason: &str) {
+        self.shared
+            .metrics
+            .resources_refused
+            .get_or_create(&KdsMetrics::type_label(kind))
+            .inc();
         {
             let mut zones = lock(&self.shared.zones);
             let Some(subs) = zones.get_mut(zone) else { return };
@@ -248,6 +270,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// One KDS stream of a zone, as seen by this global instance.
 pub struct Subscription {
+    /// Counts this stream in `meridian_kds_streams` while it lives.
+    _stream: StreamGauge,
     shared: Arc<Shared>,
     zone: String,
     id: String,
@@ -272,15 +296,18 @@ impl Subscription {
 }
 
 impl StreamObserver for Subscription {
-    fn sent(&self, kind: ResourceType, _resources: usize) {
+    fn sent(&self, kind: ResourceType, resources: usize) {
+        self.shared.metrics.sent(kind, resources);
         self.update(|r| Self::counts(r, kind, |c| c.responses_sent += 1));
     }
 
-    fn acked(&self, kind: ResourceType, _applied: usize) {
+    fn acked(&self, kind: ResourceType, applied: usize) {
+        self.shared.metrics.acked(kind, applied);
         self.update(|r| Self::counts(r, kind, |c| c.responses_acknowledged += 1));
     }
 
     fn rejected(&self, kind: ResourceType, reason: &str) {
+        self.shared.metrics.rejected(kind, reason);
         self.update(|r| {
             Self::counts(r, kind, |c| c.responses_rejected += 1);
             r.last_nack = Some(Nack {

@@ -438,7 +438,9 @@ impl pb::kds_server::Kds for KdsService {
         };
         let span = tracing::info_span!("kds", %zone, direction = "zone-to-global");
         let stopping = self.stopping();
+        let stream = self.insights.stream_opened(&zone);
         let body = async move {
+            let _stream = stream;
             tokio::select! {
                 result = run_receiver(incoming, tx, inbound, node) => if let Err(e) = result {
                     tracing::info!(error = %e, "stream ended");

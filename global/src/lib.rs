@@ -8,6 +8,7 @@ use std::sync::Arc;
 use meridian_server::backend::{self, StoreKind, StoreSettings};
 use meridian_server::global_services::GlobalServices;
 use meridian_server::manager::Manager;
+use meridian_server::metrics::KdsMetrics;
 use meridian_server::tokens::ZoneTokens;
 use meridian_server::{process, tls, Mode, ServerConfig};
 use meridian_store::leader::LeaderHandle;
@@ -75,6 +76,8 @@ pub async fn start(config: GlobalConfig, instance_id: String) -> anyhow::Result<
         ca_pem: tls.ca_pem.clone(),
     });
 
+    let mut registry = meridian_server::metrics::Registry::default();
+    let kds_metrics = KdsMetrics::register(&mut registry);
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut api_stop = stop_rx.clone();
     let server = meridian_server::start(
@@ -99,6 +102,7 @@ pub async fn start(config: GlobalConfig, instance_id: String) -> anyhow::Result<
                 config.api_tls_key.clone(),
             )?,
             api_limits: config.api_limits,
+            registry,
         },
         backend.store,
         backend.leader.subscribe(),
@@ -113,6 +117,7 @@ pub async fn start(config: GlobalConfig, instance_id: String) -> anyhow::Result<
         instance_id,
         config.kds_keepalive,
         config.kds_keepalive * 3,
+        kds_metrics,
     );
     let service = kds::KdsService::new(server.manager.clone(), services.clone(), insights);
     let kds_addr = kds::serve(

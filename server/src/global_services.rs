@@ -67,6 +67,7 @@ mod tests {
                 instance_id: "test".into(),
                 api_tls: None,
                 api_limits: Default::default(),
+                registry: Default::default(),
             },
             store,
             watch::channel(true).1,

@@ -29,6 +29,7 @@ pub mod identity;
 pub mod identity_api;
 pub mod kds;
 pub mod manager;
+pub mod metered_store;
 pub mod metrics;
 pub mod mtls;
 pub mod process;
@@ -38,7 +39,7 @@ pub mod tokens;
 pub use api::Mode;
 
 /// What the runtime needs to know.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct ServerConfig {
     pub api_addr: SocketAddr,
     pub mode: Mode,
@@ -56,6 +57,10 @@ pub struct ServerConfig {
     pub api_tls: Option<api_tls::ApiTls>,
     /// Open connections and the header deadline of the API.
     pub api_limits: http_serve::Limits,
+    /// Where `/metrics` reads from: the caller registers its own groups
+    /// (KDS, xDS) first; `start` adds the API's, the store's and the
+    /// process's.
+    pub registry: Registry,
 }
 
 /// A running API server.
@@ -81,6 +86,9 @@ pub async fn start(
     leader: watch::Receiver<bool>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<Running> {
+    let mut registry = config.registry;
+    let store = metered_store::MeteredStore::wrap(store, metrics::StoreMetrics::register(&mut registry));
+    registry.register_collector(Box::new(metrics::ProcessCollector::default()));
     let cache = Cache::start(store.clone());
     let manager = Arc::new(manager::Manager::new(store, cache.clone()));
 
@@ -118,7 +126,6 @@ pub async fn start(
     }
 
     let ready = readiness(cache.clone(), defaults_done);
-    let mut registry = Registry::default();
     let metrics = metrics::ApiMetrics::register(&mut registry);
     let (access, admin_token) = access::AccessControl::start(
         manager.clone(),

@@ -613,3 +613,91 @@ impl Drop for FaultProxy {
         let _ = std::net::TcpStream::connect(self.addr);
     }
 }
+
+/// The text of `GET /metrics` of the control plane at `api` (with its
+/// registered token).
+pub fn scrape(api: &str) -> String {
+    match http("GET", &format!("{api}/metrics"), None, None) {
+        Ok((200, Value::String(text))) => text,
+        other => panic!("GET {api}/metrics: {other:?}"),
+    }
+}
+
+/// The sum of the samples of `name` whose label sets hold every one of
+/// `labels` (`zone="zone-1"`); `None` when there is none.
+pub fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some(rest) = line.strip_prefix(name) else { continue };
+        let (set, value) = match rest.strip_prefix('{') {
+            Some(r) => match r.split_once("} ") {
+                Some((set, value)) => (set, value),
+                None => continue,
+            },
+            None => match rest.strip_prefix(' ') {
+                Some(value) => ("", value),
+                None => continue,
+            },
+        };
+        let set: Vec<&str> = set.split(',').collect();
+        if labels.iter().all(|l| set.contains(l)) {
+            if let Ok(v) = value.split_whitespace().next().unwrap_or_default().parse::<f64>() {
+                *found.get_or_insert(0.0) += v;
+            }
+        }
+    }
+    found
+}
+
+/// The metric families (`# TYPE` names) a scrape declares.
+pub fn declared_metrics(text: &str) -> std::collections::BTreeSet<String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .collect()
+}
+
+/// The metric families the queries of a Grafana dashboard read: every
+/// `meridian_*` and `process_*` name in a target's `expr`, without the
+/// `_total`, `_bucket`, `_sum` and `_count` the exposition adds.
+pub fn dashboard_metrics(dashboard: &Value) -> std::collections::BTreeSet<String> {
+    fn exprs<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
+        match v {
+            Value::Object(m) => {
+                if let Some(Value::String(e)) = m.get("expr") {
+                    out.push(e);
+                }
+                m.values().for_each(|v| exprs(v, out));
+            }
+            Value::Array(a) => a.iter().for_each(|v| exprs(v, out)),
+            _ => {}
+        }
+    }
+    let mut all = Vec::new();
+    exprs(dashboard, &mut all);
+    let mut names = std::collections::BTreeSet::new();
+    for e in all {
+        let bytes = e.as_bytes();
+        let mut i = 0;
+        while i < bytes.len() {
+            let starts = (e[i..].starts_with("meridian_") || e[i..].starts_with("process_"))
+                && (i == 0 || !(bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_'));
+            if !starts {
+                i += 1;
+                continue;
+            }
+            let end = e[i..]
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .map_or(e.len(), |n| i + n);
+            let name = &e[i..end];
+            let base = ["_total", "_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .unwrap_or(name);
+            names.insert(base.to_string());
+            i = end;
+        }
+    }
+    names
+}

@@ -841,6 +841,129 @@ fn refusals(d: &Deployment) {
     });
 }
 
+/// The control planes' Prometheus metrics after the scenarios before it in
+/// its lane (refusals among them): KDS at both ends, proxies and xDS at the
+/// zone, the store and the process; and every metric the Grafana dashboard
+/// in `deploy/grafana` queries is one the processes declare.
+fn metrics(d: &Deployment) {
+    let zone = d.zone1.name;
+    let positive = |text: &str, name: &str, labels: &[&str], whose: &str| {
+        let v = sample(text, name, labels).unwrap_or(0.0);
+        assert!(v > 0.0, "{whose}: {name}{labels:?} is {v}; the scrape:\n{text}");
+        v
+    };
+    // A client that stays connected while the zone is scraped.
+    let _backend = backend(&d.zone1, "metrics-backend", "metrics", json!({}), &[]);
+    let (agent, _node) = d.client(&d.zone1, "metrics-watch");
+    let mut watch = WatchClient::start(
+        ClientKind::Python,
+        "xds:///metrics",
+        60,
+        &["--interval-ms", "50"],
+        Some(agent.bootstrap()),
+    );
+    windows_until(
+        &mut watch,
+        "calls answered by the metrics backend",
+        SWITCH,
+        &d.zone1,
+        |r| r.ok_from("zone-1/metrics-backend") > 0,
+    );
+    let zone_text = wait_until("zone-1 to count its connected proxies", CONVERGE, POLL, || {
+        let text = scrape(&d.zone1.proc.api);
+        match sample(
+            &text,
+            "meridian_xds_connected_proxies",
+            &[r#"mesh="default""#, r#"kind="proxyless""#],
+        ) {
+            Some(n) if n > 0.0 => Ok(text),
+            other => Err(format!("connected proxyless proxies in mesh default: {other:?}")),
+        }
+    });
+    let global_text = scrape(&d.global.api);
+
+    let zone_label = format!("zone=\"{zone}\"");
+    // The global: one pair of streams for each connected zone.
+    assert_eq!(
+        sample(&global_text, "meridian_kds_streams", &[&zone_label]),
+        Some(2.0),
+        "the global's streams of {zone}"
+    );
+    positive(
+        &global_text,
+        "meridian_kds_responses_sent_total",
+        &[r#"type="Mesh""#],
+        "global",
+    );
+    positive(
+        &global_text,
+        "meridian_kds_responses_acked_total",
+        &[r#"type="Mesh""#],
+        "global",
+    );
+    positive(
+        &global_text,
+        "meridian_store_operation_duration_seconds_count",
+        &[r#"operation="list""#],
+        "global",
+    );
+    positive(&global_text, "meridian_api_requests_total", &[], "global");
+    let rss = positive(&global_text, "process_resident_memory_bytes", &[], "global");
+    assert!(rss > 1e6, "the global's resident memory: {rss}");
+    positive(&global_text, "process_cpu_seconds_total", &[], "global");
+
+    // The zone: its own KDS streams, its dataplanes sent and acknowledged.
+    assert_eq!(
+        sample(&zone_text, "meridian_kds_streams", &[&zone_label]),
+        Some(2.0),
+        "{zone}'s own streams"
+    );
+    positive(
+        &zone_text,
+        "meridian_kds_responses_acked_total",
+        &[r#"type="Dataplane""#],
+        zone,
+    );
+    // Proxies: responses by type, their ACKs, how long an ACK took, how long
+    // generation took, and the streams refusals() had refused.
+    for t in ["Listener", "RouteConfiguration", "Cluster", "ClusterLoadAssignment"] {
+        let label = format!("type=\"{t}\"");
+        positive(&zone_text, "meridian_xds_responses_sent_total", &[&label], zone);
+        positive(&zone_text, "meridian_xds_responses_acked_total", &[&label], zone);
+    }
+    let sent = sample(&zone_text, "meridian_xds_responses_sent_total", &[]).unwrap_or(0.0);
+    let acked = sample(&zone_text, "meridian_xds_responses_acked_total", &[]).unwrap_or(0.0);
+    assert!(acked <= sent, "{acked} ACKs for {sent} responses");
+    positive(&zone_text, "meridian_xds_push_ack_duration_seconds_count", &[], zone);
+    positive(
+        &zone_text,
+        "meridian_xds_generation_duration_seconds_count",
+        &[r#"kind="proxyless""#],
+        zone,
+    );
+    // refusals(): unregistered names (NOT_FOUND), tokens for another
+    // dataplane or mesh (PERMISSION_DENIED), once per client kind each.
+    for code in ["NOT_FOUND", "PERMISSION_DENIED"] {
+        let label = format!("code=\"{code}\"");
+        positive(&zone_text, "meridian_xds_streams_refused_total", &[&label], zone);
+    }
+
+    // The dashboard reads nothing the processes do not declare.
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana/meridian-control-plane.json");
+    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let wanted = dashboard_metrics(&dashboard);
+    assert!(wanted.len() >= 15, "the dashboard queries only {wanted:?}");
+    let declared: std::collections::BTreeSet<String> = declared_metrics(&global_text)
+        .union(&declared_metrics(&zone_text))
+        .cloned()
+        .collect();
+    let missing: Vec<&String> = wanted.difference(&declared).collect();
+    assert!(
+        missing.is_empty(),
+        "the dashboard queries metrics no process declares: {missing:?}"
+    );
+}
+
 type Scenario = fn(&Deployment);
 
 #[test]
@@ -856,7 +979,7 @@ fn proxyless_clients_follow_policies_across_zones() {
             ("1+2 reach and weighted route", reach_and_weighted_route),
             ("5 fault injection", fault_injection),
         ],
-        vec![("3 retries", retries), ("8 refusals", refusals)],
+        vec![("3 retries", retries), ("8 refusals", refusals), ("9 metrics", metrics)],
         vec![("4 timeouts", timeouts)],
         vec![("6 live route change", live_route_change)],
         vec![("7 cross-zone failover", cross_zone_failover)],

@@ -11,6 +11,7 @@
 pub mod ads;
 pub mod client;
 pub mod generate;
+pub mod metrics;
 pub mod resources;
 pub mod snapshot;
 pub mod source;

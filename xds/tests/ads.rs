@@ -733,6 +733,7 @@ async fn a_proxy_that_does_not_read_gets_the_latest_not_every_change() {
         source,
         TOKEN.to_string(),
         config,
+        Default::default(),
         UnboundedReceiverStream::new(req_rx).map(Ok),
         tx,
     ));

@@ -18,9 +18,10 @@ use meridian_proto as pb;
 use meridian_server::kds::stream::{run_receiver, run_sender, MAX_MESSAGE_BYTES};
 use meridian_server::kds::wire::{content_version, parse_wire_name, wire_name};
 use meridian_server::kds::{
-    global_to_zone_types, labels, write_synced, Inbound, NoObserver, Outbound, WireResource, ZONE_TO_GLOBAL_TYPES,
+    global_to_zone_types, labels, write_synced, Inbound, Outbound, WireResource, ZONE_TO_GLOBAL_TYPES,
 };
 use meridian_server::manager::Manager;
+use meridian_server::metrics::KdsMetrics;
 use meridian_store::Filter;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -151,6 +152,7 @@ pub async fn run(
     settings: ClientSettings,
     manager: Arc<Manager>,
     connected: watch::Sender<bool>,
+    metrics: KdsMetrics,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut backoff = backoff::ExponentialBackoffBuilder::new()
@@ -176,7 +178,7 @@ pub async fn run(
         let started = Instant::now();
         let span = tracing::info_span!("kds-client", zone = %settings.zone, global = %address);
         let result = tokio::select! {
-            r = tracing::Instrument::instrument(session(&settings, &instance, address, &manager, &connected), span) => r,
+            r = tracing::Instrument::instrument(session(&settings, &instance, address, &manager, &connected, &metrics), span) => r,
             _ = shutdown.wait_for(|s| *s) => return,
         };
         let _ = connected.send(false);
@@ -187,7 +189,7 @@ pub async fn run(
                 // for a bad token), not only its generic description.
                 Some(status) => tracing::warn!(
                     global = %address,
-                    error = %format!("{}: {}", status_name(status.code()), status.message()),
+                    error = %format!("{}: {}", meridian_xds::metrics::code_name(status.code()), status.message()),
                     "KDS session failed"
                 ),
                 None => tracing::warn!(global = %address, error = %e, "KDS session failed"),
@@ -221,18 +223,6 @@ fn zone_instance_id() -> String {
     )
 }
 
-/// The canonical gRPC name of a status code, e.g. `UNAUTHENTICATED`.
-fn status_name(code: tonic::Code) -> String {
-    let mut out = String::new();
-    for (i, c) in format!("{code:?}").chars().enumerate() {
-        if c.is_ascii_uppercase() && i > 0 {
-            out.push('_');
-        }
-        out.push(c.to_ascii_uppercase());
-    }
-    out
-}
-
 /// Turns `grpcs://host:port` into an endpoint with TLS verified against the CA.
 fn endpoint(settings: &ClientSettings, address: &str) -> anyhow::Result<Endpoint> {
     let rest = address
@@ -261,6 +251,7 @@ async fn session(
     address: &str,
     manager: &Arc<Manager>,
     connected: &watch::Sender<bool>,
+    metrics: &KdsMetrics,
 ) -> anyhow::Result<()> {
     let channel: Channel = endpoint(settings, address)?.connect().await?;
     let token: MetadataValue<_> = format!("Bearer {}", settings.token).parse()?;
@@ -294,6 +285,11 @@ async fn session(
     let requests = client.zone_to_global(ReceiverStream::new(resp_rx)).await?.into_inner();
     tracing::info!("connected to the global");
     let _ = connected.send(true);
+    // Both streams live and end together, with this session.
+    let _streams = (
+        metrics.stream_opened(&settings.zone),
+        metrics.stream_opened(&settings.zone),
+    );
 
     let inbound: Arc<dyn Inbound> = Arc::new(FromGlobal {
         zone: settings.zone.clone(),
@@ -313,23 +309,11 @@ async fn session(
         resp_tx,
         manager.cache().clone(),
         outbound,
-        Arc::new(NoObserver),
+        Arc::new(metrics.clone()),
         MAX_MESSAGE_BYTES,
     );
     tokio::select! {
         r = receive => r.map_err(|e| anyhow::anyhow!("global-to-zone: {e}")),
         r = send => r.map_err(|e| anyhow::anyhow!("zone-to-global: {e}")),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn status_names_are_the_canonical_ones() {
-        assert_eq!(status_name(tonic::Code::Unauthenticated), "UNAUTHENTICATED");
-        assert_eq!(status_name(tonic::Code::PermissionDenied), "PERMISSION_DENIED");
-        assert_eq!(status_name(tonic::Code::Ok), "OK");
     }
 }

@@ -128,6 +128,9 @@ pub async fn start(config: ZoneConfig) -> anyhow::Result<RunningZone> {
     )
     .await?;
     let ingress_tokens = Arc::new(IngressTokens::new(backend.store.clone(), &config.zone));
+    let mut registry = meridian_server::metrics::Registry::default();
+    let kds_metrics = meridian_server::metrics::KdsMetrics::register(&mut registry);
+    let xds_metrics = Arc::new(meridian_xds::metrics::XdsMetrics::register(&mut registry));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut api_stop = stop_rx.clone();
     let server = meridian_server::start(
@@ -144,6 +147,7 @@ pub async fn start(config: ZoneConfig) -> anyhow::Result<RunningZone> {
             instance_id: instance_id.clone(),
             api_tls: config.api_tls.clone(),
             api_limits: config.api_limits,
+            registry,
         },
         backend.store,
         backend.leader.subscribe(),
@@ -156,7 +160,13 @@ pub async fn start(config: ZoneConfig) -> anyhow::Result<RunningZone> {
     let (connected_tx, connected) = watch::channel(false);
     if let Some(settings) = config.federation {
         let manager = server.manager.clone();
-        tasks.push(tokio::spawn(kds::run(settings, manager, connected_tx, stop_rx.clone())));
+        tasks.push(tokio::spawn(kds::run(
+            settings,
+            manager,
+            connected_tx,
+            kds_metrics,
+            stop_rx.clone(),
+        )));
     }
     tasks.push(tokio::spawn(ingress::run(
         server.manager.clone(),
@@ -182,12 +192,22 @@ pub async fn start(config: ZoneConfig) -> anyhow::Result<RunningZone> {
         policies::resolver_factory(),
         auth,
         zone_mtls,
-        config.dataplane_cleanup_age,
+        xds::XdsSettings {
+            cleanup_age: config.dataplane_cleanup_age,
+            metrics: xds_metrics.clone(),
+        },
         stop_rx.clone(),
     );
     let inspector: Arc<dyn meridian_server::api::DataplaneInspector> = Arc::new(zone_xds.clone());
     let _ = server.inspector.set(inspector);
-    let xds_addr = serve_xds(config.xds_addr, &xds_tls, zone_xds.clone(), stop_rx.clone()).await?;
+    let xds_addr = serve_xds(
+        config.xds_addr,
+        &xds_tls,
+        zone_xds.clone(),
+        xds_metrics,
+        stop_rx.clone(),
+    )
+    .await?;
     Ok(RunningZone {
         api_addr: server.api_addr,
         admin_token: server.admin_token,
@@ -209,6 +229,7 @@ async fn serve_xds(
     addr: SocketAddr,
     tls: &tls::TlsMaterial,
     source: xds::ZoneXds,
+    metrics: Arc<meridian_xds::metrics::XdsMetrics>,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<SocketAddr> {
     use anyhow::Context;
@@ -219,7 +240,9 @@ async fn serve_xds(
     let identity = tonic::transport::Identity::from_pem(&tls.cert_pem, &tls.key_pem);
     let tls_config = tonic::transport::ServerTlsConfig::new().identity(identity);
     let dataplanes = dp_service::DataplaneService::new(source.clone());
-    let service = meridian_xds::ads::AdsServer::new(Arc::new(source)).into_service();
+    let service = meridian_xds::ads::AdsServer::new(Arc::new(source))
+        .with_metrics(metrics)
+        .into_service();
     let router = tonic::transport::Server::builder()
         .tls_config(tls_config)
         .context("the xDS server's TLS configuration")?

@@ -32,6 +32,7 @@ use meridian_server::kds::labels;
 use meridian_server::manager::Manager;
 use meridian_store::{Event, Filter};
 use meridian_xds::generate::{proxyless, sidecar, PolicyResolver};
+use meridian_xds::metrics::XdsMetrics;
 use meridian_xds::resources::{ResourceSet, SharedResources};
 use meridian_xds::snapshot::{DataplaneEntry, MeshSnapshot, ProxyContext, ProxyKind, ProxyTls, RemoteIngress};
 use meridian_xds::source::{AckReporter, ConfigSource, ProxyId, ProxySession};
@@ -117,14 +118,22 @@ struct MeshContext {
     resolver: Box<dyn PolicyResolver + Send + Sync>,
 }
 
-/// The configuration of one proxy.
-pub fn generate(snapshot: &MeshSnapshot, proxy: &ProxyContext, resolver: &dyn PolicyResolver) -> ResourceSet {
-    match proxy.kind {
+/// The configuration of one proxy, timed into `metrics`.
+pub fn generate(
+    snapshot: &MeshSnapshot,
+    proxy: &ProxyContext,
+    resolver: &dyn PolicyResolver,
+    metrics: &XdsMetrics,
+) -> ResourceSet {
+    let start = std::time::Instant::now();
+    let set = match proxy.kind {
         ProxyKind::Sidecar => sidecar::generate(snapshot, proxy, resolver),
         // Ingress proxies span meshes: `ingress_config` generates theirs and
         // they never reach this function.
         ProxyKind::Proxyless | ProxyKind::Ingress => proxyless::generate(snapshot, proxy, resolver),
-    }
+    };
+    metrics.generated(proxy.kind, start.elapsed());
+    set
 }
 
 struct Connected {
@@ -169,10 +178,19 @@ struct Shared {
     /// Proxies that disconnected and whose insight still has to be written.
     gone: Mutex<Vec<(ProxyId, InsightRecord)>>,
     wake_insights: Notify,
+    metrics: Arc<XdsMetrics>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// How the proxy side of a zone runs.
+pub struct XdsSettings {
+    /// How long a proxy-registered dataplane outlives its proxy.
+    pub cleanup_age: Duration,
+    /// Where connections, responses and generation times are counted.
+    pub metrics: Arc<XdsMetrics>,
 }
 
 /// The zone's [`ConfigSource`]: admits proxies and keeps their resources
@@ -191,9 +209,10 @@ impl ZoneXds {
         resolver: ResolverFactory,
         auth: ZoneAuth,
         mtls: ZoneMtls,
-        cleanup_age: Duration,
+        settings: XdsSettings,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
+        let XdsSettings { cleanup_age, metrics } = settings;
         let shared = Arc::new(Shared {
             manager,
             instance_id: format!("zone-{zone}-{}", std::process::id()),
@@ -209,6 +228,7 @@ impl ZoneXds {
             next_hold: AtomicU64::new(0),
             gone: Mutex::new(Vec::new()),
             wake_insights: Notify::new(),
+            metrics,
         });
         tokio::spawn(regenerate_loop(shared.clone(), shutdown.clone()));
         tokio::spawn(insight_loop(shared.clone(), shutdown.clone()));
@@ -417,7 +437,7 @@ impl ConfigSource for ZoneXds {
             dataplane,
             tls,
         };
-        let resources = Arc::new(generate(&ctx.snapshot, &proxy, ctx.resolver.as_ref()));
+        let resources = Arc::new(generate(&ctx.snapshot, &proxy, ctx.resolver.as_ref(), &s.metrics));
         let (tx, rx) = watch::channel(resources);
         let (end, ended) = session_end(credential);
         {
@@ -454,7 +474,7 @@ impl ConfigSource for ZoneXds {
         let now = s.epoch.load(Ordering::SeqCst);
         if now != epoch {
             if let Some(ctx) = mesh_context(s, &id.mesh, now) {
-                let next = generate(&ctx.snapshot, &proxy, ctx.resolver.as_ref());
+                let next = generate(&ctx.snapshot, &proxy, ctx.resolver.as_ref(), &s.metrics);
                 if let Some(c) = lock(&s.proxies).get(&id) {
                     c.tx.send_if_modified(|cur| {
                         let changed = **cur != next;
@@ -467,12 +487,13 @@ impl ConfigSource for ZoneXds {
             }
         }
         s.wake_insights.notify_one();
+        let connected_gauge = s.metrics.proxy_connected(&id.mesh, kind);
         tracing::info!(proxy = %id, ?kind, "proxy connected");
         Ok(ProxySession {
             id: id.clone(),
             resources: rx,
             reporter: Arc::new(Reporter { shared: s.clone(), id }),
-            guard: Box::new(guard),
+            guard: Box::new((guard, connected_gauge)),
             ended,
         })
     }
@@ -961,7 +982,7 @@ fn regenerate_one(s: &Shared, ctx: Option<&MeshContext>, t: &Target) {
                 dataplane,
                 tls,
             };
-            generate(&ctx.snapshot, &proxy, ctx.resolver.as_ref())
+            generate(&ctx.snapshot, &proxy, ctx.resolver.as_ref(), &s.metrics)
         }
         // The mesh or the dataplane is gone: the proxy gets nothing.
         _ => ResourceSet::new(),
@@ -1256,7 +1277,7 @@ impl meridian_server::api::DataplaneInspector for ZoneXds {
     fn xds(&self, mesh: &str, name: &str) -> Option<Value> {
         let (snap, proxy, connected) = self.context(mesh, name)?;
         let resolver = (self.shared.resolver)(&snap);
-        let set = generate(&snap, &proxy, resolver.as_ref());
+        let set = generate(&snap, &proxy, resolver.as_ref(), &self.shared.metrics);
         let resources: Vec<Value> = meridian_xds::resources::TYPES_IN_ORDER
             .iter()
             .flat_map(|t| set.of_type(t).map(render).collect::<Vec<_>>())
@@ -1466,11 +1487,12 @@ impl ZoneXds {
             }
         }
         tracing::info!(ingress = name, "ingress proxy connected");
+        let connected_gauge = s.metrics.proxy_connected(&id.mesh, ProxyKind::Ingress);
         Ok(ProxySession {
             id: id.clone(),
             resources: rx,
             reporter: Arc::new(IngressReporter(id)),
-            guard: Box::new(guard),
+            guard: Box::new((guard, connected_gauge)),
             ended,
         })
     }

@@ -107,6 +107,11 @@ impl AccessControl {
         let (admin, token) = AdminToken::load_or_create(manager.store(), &config.admin_token_file).await?;
         let audit = AuditLog::start(manager.store().clone(), config.audit_retention, instance);
         let auth_failures = Family::<ReasonLabel, Counter>::default();
+        // Every reason shows from the start, at 0, so rates and alerts have
+        // a series before the first failure.
+        for reason in ["missing", "malformed", "invalid"] {
+            let _ = auth_failures.get_or_create(&ReasonLabel { reason });
+        }
         let forbidden = Counter::default();
         registry.register(
             "meridian_api_authentication_failures",

@@ -313,6 +313,10 @@ impl Protocol for DeltaState {
     fn responses(&mut self, resources: &SharedResources) -> Vec<DeltaDiscoveryResponse> {
         DeltaState::responses(self, resources)
     }
+
+    fn type_url(resp: &DeltaDiscoveryResponse) -> &str {
+        &resp.type_url
+    }
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ pub mod delta;
 pub mod sotw;
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
@@ -26,11 +27,14 @@ use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
 use futures::{Stream, StreamExt};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
+use crate::metrics::{code_name, type_label, CodeLabel, TypeLabel, XdsMetrics};
 use crate::resources::{hash_hex, ResourceSet, SharedResources, TYPES_IN_ORDER};
 use crate::source::ConfigSource;
 
@@ -130,6 +134,8 @@ pub trait Protocol: Send + 'static {
     /// The responses due against `resources`. Called again with the same
     /// set (same `Arc`), only types touched by requests since are looked at.
     fn responses(&mut self, resources: &SharedResources) -> Vec<Self::Response>;
+    /// The type URL a response carries.
+    fn type_url(resp: &Self::Response) -> &str;
 }
 
 /// Whether Meridian serves a type URL.
@@ -165,6 +171,7 @@ impl Nonces {
 pub struct AdsServer<S: ConfigSource> {
     source: Arc<S>,
     config: AdsConfig,
+    metrics: Arc<XdsMetrics>,
 }
 
 impl<S: ConfigSource> AdsServer<S> {
@@ -173,7 +180,17 @@ impl<S: ConfigSource> AdsServer<S> {
     }
 
     pub fn with_config(source: Arc<S>, config: AdsConfig) -> Self {
-        AdsServer { source, config }
+        AdsServer {
+            source,
+            config,
+            metrics: Arc::default(),
+        }
+    }
+
+    /// Counts responses, ACKs, NACKs and refusals into `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<XdsMetrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// The tonic service to add to a server.
@@ -197,13 +214,27 @@ impl<S: ConfigSource> AdsServer<S> {
             Ok(peer) => peer,
             Err(status) => {
                 tracing::info!(protocol = P::KIND, peer = %addr, reason = status.message(), "stream refused");
+                self.metrics
+                    .refused
+                    .get_or_create(&CodeLabel {
+                        code: code_name(status.code()),
+                    })
+                    .inc();
                 return Err(status);
             }
         };
         let (tx, rx) = mpsc::channel(self.config.channel_capacity.max(1));
         let span = tracing::info_span!("ads", protocol = P::KIND, peer = %addr, node = tracing::field::Empty);
         tokio::spawn(
-            serve_stream::<P, S, I>(self.source.clone(), peer, self.config.clone(), incoming, tx).instrument(span),
+            serve_stream::<P, S, I>(
+                self.source.clone(),
+                peer,
+                self.config.clone(),
+                self.metrics.clone(),
+                incoming,
+                tx,
+            )
+            .instrument(span),
         );
         Ok(ReceiverStream::new(rx))
     }
@@ -245,6 +276,7 @@ pub async fn serve_stream<P, S, I>(
     source: Arc<S>,
     peer: S::Peer,
     config: AdsConfig,
+    metrics: Arc<XdsMetrics>,
     incoming: I,
     tx: mpsc::Sender<Result<P::Response, Status>>,
 ) where
@@ -252,7 +284,7 @@ pub async fn serve_stream<P, S, I>(
     S: ConfigSource,
     I: Stream<Item = Result<P::Request, Status>> + Unpin + Send,
 {
-    match run::<P, S, I>(&*source, &peer, &config, incoming, &tx).await {
+    match run::<P, S, I>(&*source, &peer, &config, &metrics, incoming, &tx).await {
         Ok(()) => tracing::debug!("stream ended"),
         Err(e) => {
             tracing::info!(error = %e, "stream ended with an error");
@@ -266,6 +298,7 @@ async fn run<P, S, I>(
     source: &S,
     peer: &S::Peer,
     config: &AdsConfig,
+    metrics: &XdsMetrics,
     mut incoming: I,
     tx: &mpsc::Sender<Result<P::Response, Status>>,
 ) -> Result<(), AdsError>
@@ -282,7 +315,18 @@ where
     let node = P::node(&first).ok_or(AdsError::MissingNode)?;
     tracing::Span::current().record("node", node.id.as_str());
     let node_id = node.id.clone();
-    let mut session = source.connect(node, peer).await.map_err(AdsError::Refused)?;
+    let mut session = match source.connect(node, peer).await {
+        Ok(session) => session,
+        Err(status) => {
+            metrics
+                .refused
+                .get_or_create(&CodeLabel {
+                    code: code_name(status.code()),
+                })
+                .inc();
+            return Err(AdsError::Refused(status));
+        }
+    };
     tracing::info!(proxy = %session.id, "proxy connected");
     let reporter = session.reporter.clone();
     let mut watch = session.resources.clone();
@@ -290,6 +334,7 @@ where
     let mut state = P::new(config.max_resource_names);
     let mut unknown = UnknownTypes::default();
     let mut next = Some(first);
+    let mut in_flight = InFlight::default();
 
     loop {
         if let Some(req) = next.take() {
@@ -303,6 +348,7 @@ where
                 Outcome::Request { type_url } => tracing::debug!(%type_url, "request"),
                 Outcome::Acked { type_url, version } => {
                     tracing::debug!(%type_url, %version, "ACK");
+                    in_flight.answered(metrics, &type_url, &metrics.responses_acked);
                     reporter.acked(&type_url, &version);
                 }
                 Outcome::Nacked {
@@ -311,6 +357,7 @@ where
                     message,
                 } => {
                     tracing::warn!(proxy = %session.id, %type_url, %version, %message, "proxy rejected configuration (NACK)");
+                    in_flight.answered(metrics, &type_url, &metrics.responses_nacked);
                     reporter.nacked(&type_url, &version, &message);
                 }
                 Outcome::StaleNonce { type_url, nonce } => {
@@ -320,9 +367,11 @@ where
             }
         }
         for response in state.responses(&current) {
+            let label = type_label(P::type_url(&response));
             if tx.send(Ok(response)).await.is_err() {
                 return Ok(());
             }
+            in_flight.sent(metrics, label);
         }
         tokio::select! {
             msg = incoming.next() => match msg {
@@ -338,6 +387,31 @@ where
             }
             () = tx.closed() => return Ok(()),
             status = &mut session.ended => return Err(AdsError::Ended(status)),
+        }
+    }
+}
+
+/// When the latest response of each served type went out, until the
+/// proxy's ACK or NACK of that type: the push → ACK time of the metrics.
+#[derive(Default)]
+struct InFlight(std::collections::HashMap<&'static str, Instant>);
+
+impl InFlight {
+    fn sent(&mut self, metrics: &XdsMetrics, label: Option<TypeLabel>) {
+        if let Some(label) = label {
+            metrics.responses_sent.get_or_create(&label).inc();
+            self.0.insert(label.r#type, Instant::now());
+        }
+    }
+
+    fn answered(&mut self, metrics: &XdsMetrics, type_url: &str, counter: &Family<TypeLabel, Counter>) {
+        let Some(label) = type_label(type_url) else { return };
+        counter.get_or_create(&label).inc();
+        if let Some(sent) = self.0.remove(label.r#type) {
+            metrics
+                .push_ack
+                .get_or_create(&label)
+                .observe(sent.elapsed().as_secs_f64());
         }
     }
 }

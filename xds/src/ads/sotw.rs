@@ -304,6 +304,10 @@ impl Protocol for SotwState {
     fn responses(&mut self, resources: &SharedResources) -> Vec<DiscoveryResponse> {
         SotwState::responses(self, resources)
     }
+
+    fn type_url(resp: &DiscoveryResponse) -> &str {
+        &resp.type_url
+    }
 }
 
 #[cfg(test)]
