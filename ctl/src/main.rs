@@ -112,9 +112,15 @@ enum Cmd {
         what: String,
         /// The dataplane, for `inspect dataplane`.
         name: Option<String>,
-        /// What to show of one dataplane: its xDS resources or its policies.
-        #[arg(long = "type", value_parser = ["xds", "policies"], default_value = "xds")]
+        /// What to show of one dataplane: `config-dump` (its xDS resources as
+        /// Envoy's admin /config_dump, in proto3 JSON; `xds` is the same) or
+        /// `policies` (the policies matched per inbound and destination).
+        #[arg(long = "type", value_parser = ["config-dump", "xds", "policies"], default_value = "config-dump")]
         view: String,
+        /// With `--type config-dump`: include the endpoints (EDS), as Envoy's
+        /// `?include_eds`.
+        #[arg(long)]
+        include_eds: bool,
         #[arg(short = 'm', long, default_value = "default")]
         mesh: String,
         #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
@@ -398,10 +404,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             what,
             name,
             view,
+            include_eds,
             mesh,
             output,
         } => match (what.as_str(), name) {
-            ("dataplane", Some(name)) => inspect_dataplane(&client, &mesh, &name, &view, output),
+            ("dataplane", Some(name)) => inspect_dataplane(&client, &mesh, &name, &view, include_eds, output),
             ("dataplane", None) => Err(anyhow!("inspect dataplane needs a NAME")),
             _ => inspect(&client, &what, &mesh, output),
         },
@@ -904,10 +911,25 @@ fn inspect(client: &Client, what: &str, mesh: &str, output: Output) -> anyhow::R
 
 /// One dataplane's generated configuration or matched policies, from the
 /// zone that serves it (YAML unless JSON is asked for: neither is a table).
-fn inspect_dataplane(client: &Client, mesh: &str, name: &str, view: &str, output: Output) -> anyhow::Result<()> {
-    let (_, body) = client.expect_ok("GET", &format!("/meshes/{mesh}/dataplanes/{name}/{view}"), None)?;
+fn inspect_dataplane(
+    client: &Client,
+    mesh: &str,
+    name: &str,
+    view: &str,
+    include_eds: bool,
+    output: Output,
+) -> anyhow::Result<()> {
+    let path = match view {
+        "policies" => format!("/meshes/{mesh}/dataplanes/{name}/policies"),
+        _ if include_eds => format!("/meshes/{mesh}/dataplanes/{name}/xds?include_eds=true"),
+        _ => format!("/meshes/{mesh}/dataplanes/{name}/xds"),
+    };
+    let (_, body) = client.expect_ok("GET", &path, None)?;
+    // A configuration dump is JSON unless YAML is asked for, as Envoy's.
+    let dump = view != "policies";
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&body)?),
+        Output::Table if dump => println!("{}", serde_json::to_string_pretty(&body)?),
         Output::Yaml | Output::Table => print!("{}", serde_yaml_ng::to_string(&body)?),
     }
     Ok(())

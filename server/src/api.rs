@@ -111,15 +111,17 @@ pub struct ApiState {
 
 /// Answers the inspection endpoints of a zone's dataplanes.
 pub trait DataplaneInspector: Send + Sync + 'static {
-    /// The generated xDS resources of a dataplane (config-dump style), or
-    /// `None` when it is not known.
-    fn xds(&self, mesh: &str, name: &str) -> Option<Value>;
+    /// The generated xDS resources of a dataplane as Envoy's admin
+    /// `ConfigDump` in proto3 JSON (endpoints with `include_eds`); `Ok(None)`
+    /// when the dataplane is not known, `Err` when the dump cannot be
+    /// written.
+    fn xds(&self, mesh: &str, name: &str, include_eds: bool) -> Result<Option<Value>, String>;
     /// The policies matched for a dataplane, per inbound and destination.
     fn policies(&self, mesh: &str, name: &str) -> Option<Value>;
-    /// The generated xDS resources of the proxy of this zone's ingress
-    /// `name`, or `None` when there is no such ingress.
-    fn ingress_xds(&self, _name: &str) -> Option<Value> {
-        None
+    /// The same dump of the proxy of this zone's ingress `name`; `Ok(None)`
+    /// when there is no such ingress.
+    fn ingress_xds(&self, _name: &str, _include_eds: bool) -> Result<Option<Value>, String> {
+        Ok(None)
     }
 }
 
@@ -773,24 +775,50 @@ fn authorize_inspection(
         .authorize(caller, Access::ViewConfigDump, &Target::resource(kind, mesh, name))
 }
 
+/// `?include_eds=true` of the configuration dumps (Envoy's and Kuma's
+/// name): endpoints are left out unless asked for.
+#[derive(Debug, Default, serde::Deserialize)]
+struct DumpQuery {
+    #[serde(default)]
+    include_eds: bool,
+}
+
+fn dump_response(dump: Result<Option<Value>, String>, missing: impl FnOnce() -> String) -> ApiResult {
+    match dump {
+        Ok(Some(v)) => Ok(Json(v).into_response()),
+        Ok(None) => Err(ApiError::not_found(missing())),
+        Err(e) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Internal error",
+            format!("the configuration dump cannot be written: {e}"),
+        )),
+    }
+}
+
 async fn dataplane_xds(
     State(s): St,
     Extension(caller): Caller,
     Path((mesh, name)): Path<(String, String)>,
+    Query(q): Query<DumpQuery>,
 ) -> ApiResult {
     authorize_inspection(&s, &caller, ResourceType::Dataplane, Some(&mesh), &name)?;
     let i = inspector(&s)?;
-    i.xds(&mesh, &name)
-        .map(|v| Json(v).into_response())
-        .ok_or_else(|| ApiError::not_found(format!("dataplane {mesh}/{name} not found")))
+    dump_response(i.xds(&mesh, &name, q.include_eds), || {
+        format!("dataplane {mesh}/{name} not found")
+    })
 }
 
-async fn zone_ingress_xds(State(s): St, Extension(caller): Caller, Path(name): Path<String>) -> ApiResult {
+async fn zone_ingress_xds(
+    State(s): St,
+    Extension(caller): Caller,
+    Path(name): Path<String>,
+    Query(q): Query<DumpQuery>,
+) -> ApiResult {
     authorize_inspection(&s, &caller, ResourceType::ZoneIngress, None, &name)?;
     let i = inspector(&s)?;
-    i.ingress_xds(&name)
-        .map(|v| Json(v).into_response())
-        .ok_or_else(|| ApiError::not_found(format!("zone ingress {name} of this zone not found")))
+    dump_response(i.ingress_xds(&name, q.include_eds), || {
+        format!("zone ingress {name} of this zone not found")
+    })
 }
 
 async fn dataplane_policies(

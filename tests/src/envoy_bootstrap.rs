@@ -20,24 +20,29 @@ const VALIDATE_TIMEOUT: Duration = Duration::from_secs(120);
 /// report (the violations with their field paths) as pretty JSON. Panics if
 /// the validator cannot run.
 pub fn validate_envoy_bootstrap(json: &str) -> Result<(), String> {
+    validate_document("--bootstrap", json)
+}
+
+/// Validates `json`, Envoy's admin `ConfigDump` (what `/config_dump`
+/// answers): parsed strictly by protobuf's own JSON parser with Envoy's
+/// protos, every `Any` inside unpacked, Envoy's rules checked.
+pub fn validate_envoy_config_dump(json: &str) -> Result<(), String> {
+    validate_document("--config-dump", json)
+}
+
+fn validate_document(mode: &str, json: &str) -> Result<(), String> {
+    let what = format!("validate_envoy.py {mode}");
     let mut cmd = Command::new(pgv_python());
     cmd.arg(clients_dir().join("validate_envoy.py"))
-        .args(["--bootstrap", "-"])
+        .args([mode, "-"])
         .env("PYTHONDONTWRITEBYTECODE", "1");
-    let (status, stdout, stderr) = run_with_deadline(
-        &mut cmd,
-        Some(json.as_bytes().to_vec()),
-        VALIDATE_TIMEOUT,
-        "validate_envoy.py --bootstrap",
-    );
+    let (status, stdout, stderr) = run_with_deadline(&mut cmd, Some(json.as_bytes().to_vec()), VALIDATE_TIMEOUT, &what);
     let report: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
-        panic!(
-            "validate_envoy.py --bootstrap printed no JSON ({e}); exit {status}\nstdout:\n{stdout}\nstderr:\n{stderr}"
-        )
+        panic!("{what} printed no JSON ({e}); exit {status}\nstdout:\n{stdout}\nstderr:\n{stderr}")
     });
     match (status.code(), report["ok"].as_bool()) {
         (Some(0), Some(true)) => Ok(()),
         (Some(1), Some(false)) => Err(serde_json::to_string_pretty(&report).unwrap_or_else(|_| report.to_string())),
-        _ => panic!("validate_envoy.py --bootstrap failed ({status}): {report}\nstderr:\n{stderr}"),
+        _ => panic!("{what} failed ({status}): {report}\nstderr:\n{stderr}"),
     }
 }

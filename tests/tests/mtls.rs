@@ -249,7 +249,8 @@ fn strict_mtls_carries_identities_refuses_plaintext_and_permissions_match_identi
     // The server's Listeners terminate TLS with its certificate provider.
     let server_xds = dep.z.xds_of(SERVER);
     assert!(
-        server_xds.contains("\"proxyKind\":\"Proxyless\"") && server_xds.contains("DownstreamTlsContext"),
+        server_xds.contains("grpc/server?xds.resource.listening_address=")
+            && server_xds.contains("DownstreamTlsContext"),
         "{server_xds}"
     );
     assert!(!server_xds.contains("PRIVATE KEY"), "inspection shows no key");

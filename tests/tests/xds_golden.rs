@@ -1528,6 +1528,11 @@ fn generated_xds_passes_envoy_validation() {
             if let Err(report) = validate_envoy(&resources) {
                 failures.push(format!("{} as {kind:?}:\n{report}", case.name));
             }
+            // Inspection can show all of it: every type inside has a
+            // descriptor for the configuration dump's JSON.
+            if let Err(e) = meridian_xds::config_dump::config_dump_json(&set, true) {
+                failures.push(format!("{} as {kind:?}: configuration dump: {e}", case.name));
+            }
         }
     }
     assert!(failures.is_empty(), "Envoy validation failed:\n{}", failures.join("\n"));

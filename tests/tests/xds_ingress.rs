@@ -415,16 +415,27 @@ async fn ingress_proxy_is_admitted_and_gets_sni_routes_to_local_endpoints() {
     .await
     .unwrap();
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body["proxyKind"], "Ingress");
-    assert_eq!(body["connected"], true);
-    let types: Vec<&str> = body["resources"]
+    // Envoy's admin ConfigDump: one listener, six clusters.
+    let count = |list: &str, inner: &str, type_url: &str| {
+        body["configs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|c| c[list].as_array())
+            .flatten()
+            .filter(|x| x[inner]["@type"] == type_url)
+            .count()
+    };
+    let listeners: usize = body["configs"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|r| r["type"].as_str().unwrap())
-        .collect();
-    assert_eq!(types.iter().filter(|t| **t == LISTENER).count(), 1, "{body}");
-    assert_eq!(types.iter().filter(|t| **t == CLUSTER).count(), 6, "{body}");
+        .filter_map(|c| c["dynamic_listeners"].as_array())
+        .flatten()
+        .filter(|l| l["active_state"]["listener"]["@type"] == LISTENER)
+        .count();
+    assert_eq!(listeners, 1, "{body}");
+    assert_eq!(count("dynamic_active_clusters", "cluster", CLUSTER), 6, "{body}");
     let (status, _) = tokio::task::spawn_blocking(move || {
         meridian_e2e::http("GET", &format!("http://{api}/zoneingresses/nosuch/xds"), None, None).unwrap()
     })

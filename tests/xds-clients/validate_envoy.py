@@ -29,6 +29,10 @@ Exit status: 0 valid, 1 violations, 2 bad input or setup error.
 Fields unknown to these protos (an Envoy newer than xds-protos) are reported
 as warnings, not violations: Envoy ignores unknown fields by default.
 
+`--config-dump` takes Envoy's admin ConfigDump in proto3 JSON (what
+`/config_dump` answers, and what Meridian's inspection writes) and checks it
+as a bootstrap is checked below, without the reference checks.
+
 `--bootstrap` takes a whole Envoy bootstrap instead (the JSON of
 `envoy.config.bootstrap.v3.Bootstrap`, as `envoy -c FILE` reads it) and
 checks, as resource 0 of the same report:
@@ -372,11 +376,18 @@ def check_bootstrap_references(checker, resource, bootstrap):
 
 def check_bootstrap(text):
     """text: an Envoy bootstrap as JSON; returns the report."""
-    cls = message_class(BOOTSTRAP)
+    return check_document(text, BOOTSTRAP, check_bootstrap_references)
+
+
+def check_document(text, type_name, references=None):
+    """text: one Envoy message of type_name as proto3 JSON (a bootstrap, an
+    admin ConfigDump); parsed strictly, then its rules and every Any inside
+    checked; `references(checker, resource, message)` checks more."""
+    cls = message_class(type_name)
     if cls is None:
-        raise BadInput(f"{BOOTSTRAP} is not in these protos: is xds-protos installed?")
+        raise BadInput(f"{type_name} is not in these protos: is xds-protos installed?")
     checker = Checker()
-    resource = {"resource": 0, "type": BOOTSTRAP, "name": None}
+    resource = {"resource": 0, "type": type_name, "name": None}
     bootstrap = None
     try:
         doc = json.loads(text)
@@ -384,7 +395,7 @@ def check_bootstrap(text):
         checker.violate(resource, "", f"not JSON: {e}")
         doc = None
     if doc is not None and not isinstance(doc, dict):
-        checker.violate(resource, "", "a bootstrap is a JSON object")
+        checker.violate(resource, "", f"a {type_name} is a JSON object")
     elif doc is not None:
         if isinstance(doc.get("node"), dict) and isinstance(doc["node"].get("id"), str):
             resource["name"] = doc["node"]["id"]
@@ -400,7 +411,8 @@ def check_bootstrap(text):
             bootstrap = None
     if bootstrap is not None:
         checker.check_message(resource, bootstrap, "")
-        check_bootstrap_references(checker, resource, bootstrap)
+        if references is not None:
+            references(checker, resource, bootstrap)
     report = {"ok": not checker.violations, "checked": 1, "messages": checker.messages}
     if checker.violations:
         report["violations"] = checker.violations
@@ -668,6 +680,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("file", nargs="?", help="JSON list of resources (a bootstrap with --bootstrap), or - for stdin")
     ap.add_argument("--bootstrap", action="store_true", help="the input is a whole Envoy bootstrap (JSON)")
+    ap.add_argument(
+        "--config-dump", action="store_true", help="the input is Envoy's admin ConfigDump (JSON, as /config_dump)"
+    )
     ap.add_argument("--self-test", action="store_true", help="check that violations are caught")
     args = ap.parse_args()
     if args.self_test:
@@ -680,7 +695,12 @@ def main():
         else:
             with open(args.file, encoding="utf-8") as f:
                 text = f.read()
-        report = check_bootstrap(text) if args.bootstrap else check_resources(json.loads(text))
+        if args.bootstrap:
+            report = check_bootstrap(text)
+        elif args.config_dump:
+            report = check_document(text, "envoy.admin.v3.ConfigDump")
+        else:
+            report = check_resources(json.loads(text))
     except (OSError, ValueError, BadInput) as e:
         print(json.dumps({"ok": False, "input_error": str(e)}))
         sys.stderr.write(f"validate_envoy.py: {e}\n")

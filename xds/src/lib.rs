@@ -10,6 +10,7 @@
 
 pub mod ads;
 pub mod client;
+pub mod config_dump;
 pub mod generate;
 pub mod metrics;
 pub mod resources;

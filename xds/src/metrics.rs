@@ -69,11 +69,21 @@ impl Default for XdsMetrics {
 impl XdsMetrics {
     pub fn register(registry: &mut Registry) -> Self {
         let m = XdsMetrics::default();
-        // NACKs show from the start, at 0, for every served type.
+        // NACKs and refusals show from the start, at 0, so rates and alerts
+        // have a series before the first one.
         for t in crate::resources::TYPES_IN_ORDER {
             if let Some(label) = type_label(t) {
                 let _ = m.responses_nacked.get_or_create(&label);
             }
+        }
+        for code in [
+            "UNAUTHENTICATED",
+            "PERMISSION_DENIED",
+            "NOT_FOUND",
+            "ALREADY_EXISTS",
+            "INVALID_ARGUMENT",
+        ] {
+            let _ = m.refused.get_or_create(&CodeLabel { code });
         }
         registry.register(
             "meridian_xds_responses_sent",

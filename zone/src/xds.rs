@@ -1209,37 +1209,6 @@ async fn insight_loop(s: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     }
 }
 
-fn render(r: &meridian_xds::resources::XdsResource) -> Value {
-    use envoy_types::pb::envoy::config::core::v3::{data_source, DataSource};
-    use envoy_types::pb::envoy::config::{cluster::v3::Cluster, endpoint::v3::ClusterLoadAssignment};
-    use envoy_types::pb::envoy::config::{listener::v3::Listener, route::v3::RouteConfiguration};
-    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{secret, Secret};
-    use meridian_xds::resources::{CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET};
-    use prost::Message;
-    let bytes = r.body.value.as_slice();
-    let text = match r.body.type_url.as_str() {
-        LISTENER => Listener::decode(bytes).map(|m| format!("{m:#?}")),
-        ROUTE => RouteConfiguration::decode(bytes).map(|m| format!("{m:#?}")),
-        CLUSTER => Cluster::decode(bytes).map(|m| format!("{m:#?}")),
-        ENDPOINT => ClusterLoadAssignment::decode(bytes).map(|m| format!("{m:#?}")),
-        // A proxy's key is never shown: only that there is one.
-        SECRET => Secret::decode(bytes).map(|mut m| {
-            if let Some(secret::Type::TlsCertificate(c)) = &mut m.r#type {
-                if c.private_key.is_some() {
-                    c.private_key = Some(DataSource {
-                        specifier: Some(data_source::Specifier::InlineString("(redacted)".into())),
-                        ..Default::default()
-                    });
-                }
-            }
-            format!("{m:#?}")
-        }),
-        _ => Ok(String::new()),
-    }
-    .unwrap_or_else(|e| format!("undecodable: {e}"));
-    json!({"type": r.body.type_url, "name": r.name, "version": r.version, "config": text})
-}
-
 impl ZoneXds {
     /// The snapshot and proxy context of a dataplane, as generation sees it.
     fn context(&self, mesh: &str, name: &str) -> Option<(MeshSnapshot, ProxyContext, bool)> {
@@ -1274,31 +1243,24 @@ impl ZoneXds {
 }
 
 impl meridian_server::api::DataplaneInspector for ZoneXds {
-    fn xds(&self, mesh: &str, name: &str) -> Option<Value> {
-        let (snap, proxy, connected) = self.context(mesh, name)?;
+    fn xds(&self, mesh: &str, name: &str, include_eds: bool) -> Result<Option<Value>, String> {
+        let Some((snap, proxy, _)) = self.context(mesh, name) else {
+            return Ok(None);
+        };
         let resolver = (self.shared.resolver)(&snap);
         let set = generate(&snap, &proxy, resolver.as_ref(), &self.shared.metrics);
-        let resources: Vec<Value> = meridian_xds::resources::TYPES_IN_ORDER
-            .iter()
-            .flat_map(|t| set.of_type(t).map(render).collect::<Vec<_>>())
-            .collect();
-        Some(json!({
-            "mesh": mesh,
-            "name": name,
-            "proxyKind": format!("{:?}", proxy.kind),
-            "connected": connected,
-            "resources": resources,
-        }))
+        meridian_xds::config_dump::config_dump_json(&set, include_eds)
+            .map(Some)
+            .map_err(|e| e.to_string())
     }
 
-    fn ingress_xds(&self, name: &str) -> Option<Value> {
-        let set = self.ingress_resources(name).ok()?;
-        let connected = lock(&self.shared.proxies).contains_key(&ingress_proxy_id(name));
-        let resources: Vec<Value> = meridian_xds::resources::TYPES_IN_ORDER
-            .iter()
-            .flat_map(|t| set.of_type(t).map(render).collect::<Vec<_>>())
-            .collect();
-        Some(json!({"name": name, "proxyKind": "Ingress", "connected": connected, "resources": resources}))
+    fn ingress_xds(&self, name: &str, include_eds: bool) -> Result<Option<Value>, String> {
+        let Ok(set) = self.ingress_resources(name) else {
+            return Ok(None);
+        };
+        meridian_xds::config_dump::config_dump_json(&set, include_eds)
+            .map(Some)
+            .map_err(|e| e.to_string())
     }
 
     fn policies(&self, mesh: &str, name: &str) -> Option<Value> {
