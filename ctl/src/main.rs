@@ -113,9 +113,11 @@ enum Cmd {
         /// The dataplane, for `inspect dataplane`.
         name: Option<String>,
         /// What to show of one dataplane: `config-dump` (its xDS resources as
-        /// Envoy's admin /config_dump, in proto3 JSON; `xds` is the same) or
-        /// `policies` (the policies matched per inbound and destination).
-        #[arg(long = "type", value_parser = ["config-dump", "xds", "policies"], default_value = "config-dump")]
+        /// Envoy's admin /config_dump, in proto3 JSON; `xds` is the same),
+        /// `policies` (the policies matched per inbound and destination) or
+        /// `rules` (per policy type, the merged rules and the policies each
+        /// came from, with what of them has no effect).
+        #[arg(long = "type", value_parser = ["config-dump", "xds", "policies", "rules"], default_value = "config-dump")]
         view: String,
         /// With `--type config-dump`: include the endpoints (EDS), as Envoy's
         /// `?include_eds`.
@@ -921,12 +923,13 @@ fn inspect_dataplane(
 ) -> anyhow::Result<()> {
     let path = match view {
         "policies" => format!("/meshes/{mesh}/dataplanes/{name}/policies"),
+        "rules" => format!("/meshes/{mesh}/dataplanes/{name}/_rules"),
         _ if include_eds => format!("/meshes/{mesh}/dataplanes/{name}/xds?include_eds=true"),
         _ => format!("/meshes/{mesh}/dataplanes/{name}/xds"),
     };
     let (_, body) = client.expect_ok("GET", &path, None)?;
     // A configuration dump is JSON unless YAML is asked for, as Envoy's.
-    let dump = view != "policies";
+    let dump = !matches!(view, "policies" | "rules");
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&body)?),
         Output::Table if dump => println!("{}", serde_json::to_string_pretty(&body)?),

@@ -118,6 +118,11 @@ pub trait DataplaneInspector: Send + Sync + 'static {
     fn xds(&self, mesh: &str, name: &str, include_eds: bool) -> Result<Option<Value>, String>;
     /// The policies matched for a dataplane, per inbound and destination.
     fn policies(&self, mesh: &str, name: &str) -> Option<Value>;
+    /// The rules a dataplane's configuration is built from, per policy
+    /// type, with the policies each came from (`_rules`).
+    fn rules(&self, _mesh: &str, _name: &str) -> Option<Value> {
+        None
+    }
     /// The same dump of the proxy of this zone's ingress `name`; `Ok(None)`
     /// when there is no such ingress.
     fn ingress_xds(&self, _name: &str, _include_eds: bool) -> Result<Option<Value>, String> {
@@ -138,8 +143,15 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/meshes/{mesh}/dataplanes+insights", get(list_dataplane_overviews))
         .route("/meshes/{mesh}/dataplanes+insights/{name}", get(get_dataplane_overview))
         .route("/meshes/{mesh}/dataplanes/{name}/xds", get(dataplane_xds))
+        .route("/meshes/{mesh}/dataplanes/{name}/_rules", get(dataplane_rules))
         .route("/meshes/{mesh}/dataplanes/{name}/policies", get(dataplane_policies))
         .route("/zoneingresses/{name}/xds", get(zone_ingress_xds))
+        .route("/meshes/{mesh}/{plural}/{name}/_resources", get(policy_resources))
+        .route(
+            "/meshes/{mesh}/{plural}/{name}/_resources/dataplanes",
+            get(policy_resources),
+        )
+        .route("/meshes/{mesh}/{plural}/{name}/_rules", get(rules_of_non_dataplane))
         .route("/meshes/{mesh}/{plural}", get(list_in_mesh))
         .route(
             "/meshes/{mesh}/{plural}/{name}",
@@ -442,6 +454,66 @@ async fn list_global(
     let kind = global_type(&plural)?;
     let items = visible(&s, &caller, s.manager.list(&Filter::kind(kind)));
     paged(to_json(items), &p, &h, &format!("/{plural}"))
+}
+
+/// `GET /meshes/{mesh}/{policies}/{name}/_resources[/dataplanes]`: the
+/// dataplanes the policy's top-level `targetRef` selects, among those the
+/// caller may view (at a global: of every zone).
+async fn policy_resources(
+    State(s): St,
+    Extension(caller): Caller,
+    Path((mesh, plural, name)): Path<(String, String, String)>,
+    Query(p): Query<Page>,
+    h: HeaderMap,
+) -> ApiResult {
+    let kind = mesh_scoped_type(&plural)?;
+    if !kind.is_policy() {
+        return Err(ApiError::bad_request(format!(
+            "{kind} is not a policy: _resources lists the dataplanes a policy affects"
+        )));
+    }
+    let key = ResourceKey::in_mesh(kind, &mesh, &name);
+    s.access.authorize(&caller, view_access(kind), &target_of(&key))?;
+    let policy = s
+        .manager
+        .get(&key)
+        .ok_or_else(|| ApiError::not_found(format!("{key} not found")))?;
+    let dataplanes = visible(
+        &s,
+        &caller,
+        s.manager.list(&Filter::in_mesh(ResourceType::Dataplane, &mesh)),
+    );
+    let mut items = Vec::new();
+    for dp in dataplanes {
+        let decoded = serde_json::from_value::<meridian_core::dataplane::Dataplane>(dp.spec.clone())
+            .map_err(|e| e.to_string())
+            .and_then(|d| meridian_core::policy::matching::affects(&policy.spec, &mesh, &d));
+        match decoded {
+            Ok(true) => {
+                let mut item = json!({"type": "Dataplane", "mesh": mesh, "name": dp.key.name});
+                if let (Value::Object(m), false) = (&mut item, dp.labels.is_empty()) {
+                    m.insert("labels".into(), json!(dp.labels));
+                }
+                items.push(item);
+            }
+            Ok(false) => {}
+            Err(e) => {
+                return Err(ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Internal error",
+                    format!("cannot tell whether {key} affects dataplane {}: {e}", dp.key.name),
+                ))
+            }
+        }
+    }
+    paged(items, &p, &h, &format!("/meshes/{mesh}/{plural}/{name}/_resources"))
+}
+
+/// `_rules` is a dataplane's: anything else gets a 400 that says so.
+async fn rules_of_non_dataplane(Path((_, plural, _)): Path<(String, String, String)>) -> ApiResult {
+    Err(ApiError::bad_request(format!(
+        "_rules is served for dataplanes (/meshes/{{mesh}}/dataplanes/{{name}}/_rules), not for {plural}"
+    )))
 }
 
 // ---- single resources -----------------------------------------------------
@@ -819,6 +891,18 @@ async fn zone_ingress_xds(
     dump_response(i.ingress_xds(&name, q.include_eds), || {
         format!("zone ingress {name} of this zone not found")
     })
+}
+
+async fn dataplane_rules(
+    State(s): St,
+    Extension(caller): Caller,
+    Path((mesh, name)): Path<(String, String)>,
+) -> ApiResult {
+    authorize_inspection(&s, &caller, ResourceType::Dataplane, Some(&mesh), &name)?;
+    let i = inspector(&s)?;
+    i.rules(&mesh, &name)
+        .map(|v| Json(v).into_response())
+        .ok_or_else(|| ApiError::not_found(format!("dataplane {mesh}/{name} not found")))
 }
 
 async fn dataplane_policies(

@@ -239,13 +239,10 @@ impl Deployment {
 }
 
 fn plural(doc: &Value) -> &'static str {
-    match doc["type"].as_str().unwrap() {
-        "MeshHTTPRoute" => "meshhttproutes",
-        "MeshRetry" => "meshretries",
-        "MeshTimeout" => "meshtimeouts",
-        "MeshFaultInjection" => "meshfaultinjections",
-        other => panic!("no plural for {other}"),
-    }
+    let name = doc["type"].as_str().unwrap();
+    name.parse::<meridian_core::ResourceType>()
+        .unwrap_or_else(|e| panic!("type {name}: {e:?}"))
+        .plural()
 }
 
 /// What a client saw, and the zone's log, for failure messages.
@@ -440,6 +437,79 @@ fn inspect_sidecar(d: &Deployment) {
         .and_then(|o| o.iter().find(|o| o["service"] == "flaky"))
         .unwrap_or_else(|| panic!("no outbound to flaky in {policies}"));
     assert_eq!(flaky["policies"]["retry"]["grpc"]["numRetries"], 2, "{policies}");
+    // The rules, with the policies they came from: flaky-retry towards
+    // flaky; a MeshAccessLog that selects every proxy, matched and said to
+    // have no effect.
+    d.apply(json!({"type": "MeshAccessLog", "name": "inspect-log", "mesh": MESH, "spec": {
+        "targetRef": {"kind": "MeshService", "name": "inspect-web"},
+        "to": [{"targetRef": {"kind": "Mesh"}, "default": {"backends": [{"type": "File", "file": {"path": "/dev/stdout"}}]}}]}}));
+    let rules = wait_until("zone-1 to hold inspect-log", CONVERGE, POLL, || {
+        let rules = inspect("rules");
+        let has_log = rules["rules"]
+            .as_array()
+            .is_some_and(|rs| rs.iter().any(|r| r["type"] == "MeshAccessLog"));
+        has_log.then_some(rules.clone()).ok_or_else(|| rules.to_string())
+    });
+    let of_type = |t: &str| {
+        rules["rules"]
+            .as_array()
+            .and_then(|rs| rs.iter().find(|r| r["type"] == t))
+            .cloned()
+            .unwrap_or_else(|| panic!("no {t} rules in {rules}"))
+    };
+    let retry_rules = of_type("MeshRetry");
+    let to_flaky = retry_rules["toRules"]
+        .as_array()
+        .and_then(|rs| rs.iter().find(|r| r["matchers"][0]["value"] == "flaky"))
+        .unwrap_or_else(|| panic!("no MeshRetry rule towards flaky in {retry_rules}"));
+    assert_eq!(to_flaky["conf"]["grpc"]["numRetries"], 2, "{to_flaky}");
+    assert_eq!(
+        to_flaky["origin"][0]["resourceMeta"],
+        json!({"type": "MeshRetry", "mesh": MESH, "name": "flaky-retry"}),
+        "{to_flaky}"
+    );
+    let log = of_type("MeshAccessLog");
+    assert_eq!(
+        log["proxyRule"]["origin"][0]["resourceMeta"]["name"], "inspect-log",
+        "{log}"
+    );
+    assert!(
+        log["proxyRule"]["warnings"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("no effect")),
+        "an access log that is not generated says so: {log}"
+    );
+    // The dataplanes a policy affects, asked at the zone and at the global
+    // (which holds zone 1's dataplanes once they are synced, under their
+    // zone-qualified names).
+    for (cp, api, expected) in [
+        ("zone-1", &d.zone1.proc.api, "inspect-web"),
+        ("the global", &d.global.api, "zone-1.inspect-web"),
+    ] {
+        wait_until(
+            &format!("{cp} to list inspect-web under inspect-log"),
+            CONVERGE,
+            POLL,
+            || {
+                let (status, body) = http(
+                    "GET",
+                    &format!("{api}/meshes/{MESH}/meshaccesslogs/inspect-log/_resources"),
+                    None,
+                    None,
+                )
+                .map_err(|e| e.to_string())?;
+                let names: Vec<&str> = body["items"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|i| i["name"].as_str()).collect())
+                    .unwrap_or_default();
+                (status == 200 && names == [expected] && body["total"] == 1)
+                    .then_some(())
+                    .ok_or_else(|| format!("{status} {body}"))
+            },
+        );
+    }
+    d.delete("meshaccesslogs", "inspect-log");
+
     // The configuration dump: Envoy's admin ConfigDump in proto3 JSON,
     // endpoints only when asked for, as Envoy's /config_dump.
     let dump = inspect("config-dump");

@@ -30,6 +30,7 @@ pub mod ingress;
 pub mod kds;
 pub mod mtls;
 pub mod policies;
+pub mod rules;
 pub mod xds;
 
 /// Everything a zone needs to run.

@@ -56,7 +56,7 @@ pub struct MeshPolicies {
     traffic_permissions: Vec<(String, MeshTrafficPermission)>,
 }
 
-fn decode<P: DeserializeOwned>(snapshot: &MeshSnapshot, kind: ResourceType) -> Vec<(String, P)> {
+pub(crate) fn decode<P: DeserializeOwned>(snapshot: &MeshSnapshot, kind: ResourceType) -> Vec<(String, P)> {
     snapshot
         .policies
         .get(kind.name())

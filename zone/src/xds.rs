@@ -1277,21 +1277,31 @@ impl meridian_server::api::DataplaneInspector for ZoneXds {
                        "policies": resolver.inbound(&snap, &proxy, i)})
             })
             .collect();
-        let destinations: Vec<String> = match proxy.kind {
-            ProxyKind::Sidecar => proxy
-                .dataplane
-                .networking
-                .outbound
-                .iter()
-                .filter_map(|o| o.tags.get(meridian_core::dataplane::SERVICE_TAG).cloned())
-                .collect(),
-            _ => snap.services().into_iter().collect(),
-        };
-        let outbounds: Vec<Value> = destinations
+        let outbounds: Vec<Value> = destinations(&snap, &proxy)
             .iter()
             .map(|d| json!({"service": d, "policies": resolver.outbound(&snap, &proxy, d)}))
             .collect();
         Some(json!({"mesh": mesh, "name": name, "inbounds": inbounds, "outbounds": outbounds}))
+    }
+
+    fn rules(&self, mesh: &str, name: &str) -> Option<Value> {
+        let (snap, proxy, _) = self.context(mesh, name)?;
+        Some(crate::rules::rules(&snap, &proxy, &destinations(&snap, &proxy)))
+    }
+}
+
+/// The services inspection shows a proxy's configuration towards: a
+/// sidecar's outbounds, every service of the mesh for a gRPC client.
+fn destinations(snap: &MeshSnapshot, proxy: &ProxyContext) -> Vec<String> {
+    match proxy.kind {
+        ProxyKind::Sidecar => proxy
+            .dataplane
+            .networking
+            .outbound
+            .iter()
+            .filter_map(|o| o.tags.get(meridian_core::dataplane::SERVICE_TAG).cloned())
+            .collect(),
+        _ => snap.services().into_iter().collect(),
     }
 }
 

@@ -632,9 +632,10 @@ fn is_append_key(key: &str) -> bool {
         .is_some_and(|c| c.is_ascii_uppercase())
 }
 
-/// The `to`-like entries (given by `entries`) of the policies selecting
-/// `proxy` that select `destination`, in merge order.
-fn ordered_to<'a, P: Targeted, T>(
+/// The `to` entries (as `entries` lists them) of the policies selecting
+/// `proxy` that select `destination`, in merge order: for routes, whose
+/// entries are not `default`s, and for inspection.
+pub fn ordered_to<'a, P: Targeted, T>(
     policies: &'a [(String, P)],
     proxy: &ProxyView<'_>,
     destination: Destination<'_>,
@@ -732,9 +733,24 @@ fn mesh_and_type_match(target: &TargetRef, proxy: &ProxyView<'_>) -> bool {
     mesh_ok && type_ok
 }
 
+/// Whether the policy `spec` (validated, of any type) affects the dataplane
+/// `dataplane` of `mesh`: its top-level `targetRef` selects it. Policies
+/// whose reference names a MeshHTTPRoute apply where the route does, which
+/// is not decided here (`false`). `Err` when `spec` has no reference that
+/// decodes.
+pub fn affects(spec: &Value, mesh: &str, dataplane: &crate::dataplane::Dataplane) -> Result<bool, String> {
+    let target: TargetRef = spec
+        .get("targetRef")
+        .cloned()
+        .ok_or_else(|| "the policy has no targetRef".to_string())
+        .and_then(|t| serde_json::from_value(t).map_err(|e| format!("targetRef: {e}")))?;
+    Ok(selects_proxy(&target, &ProxyView::new(mesh, dataplane)))
+}
+
 /// Whether a top-level reference selects `proxy` (for `to` rules and
-/// single-item policies).
-fn selects_proxy(target: &TargetRef, proxy: &ProxyView<'_>) -> bool {
+/// single-item policies); the dataplanes a policy affects are those its
+/// top-level reference selects.
+pub fn selects_proxy(target: &TargetRef, proxy: &ProxyView<'_>) -> bool {
     if !mesh_and_type_match(target, proxy) {
         return false;
     }
@@ -1723,5 +1739,29 @@ mod tests {
         let web = service("web");
         assert!(matching(&retries, &ProxyView::new("default", &web)).is_empty());
         assert_eq!(matching(&retries, &ProxyView::new("other", &web)).len(), 1);
+    }
+}
+
+#[cfg(test)]
+mod affects_tests {
+    use serde_json::json;
+
+    use super::affects;
+    use crate::dataplane::Dataplane;
+
+    #[test]
+    fn a_policy_affects_the_dataplanes_its_top_level_reference_selects() {
+        let dp = |service: &str| -> Dataplane {
+            serde_json::from_value(json!({"networking": {"address": "10.0.0.1",
+                "inbound": [{"port": 80, "tags": {"kuma.io/service": service, "version": "v1"}}]}}))
+            .unwrap()
+        };
+        let web = json!({"targetRef": {"kind": "MeshService", "name": "web"}, "to": []});
+        assert_eq!(affects(&web, "default", &dp("web")), Ok(true));
+        assert_eq!(affects(&web, "default", &dp("backend")), Ok(false));
+        let v1 = json!({"targetRef": {"kind": "MeshSubset", "tags": {"version": "v1"}}});
+        assert_eq!(affects(&v1, "default", &dp("backend")), Ok(true));
+        assert!(affects(&json!({"to": []}), "default", &dp("web")).is_err());
+        assert!(affects(&json!({"targetRef": {"kind": "Nope"}}), "default", &dp("web")).is_err());
     }
 }
