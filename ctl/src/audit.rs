@@ -2,7 +2,8 @@
 //! (DESIGN §12), `GET /audit` filtered by type, mesh, user, action, result.
 
 use crate::client::Client;
-use crate::{list_all, print_items, Output};
+use crate::output::{col, print_items, Column};
+use crate::{list_all, Output};
 
 /// The filters of `get audit`; `None` leaves a field unfiltered.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -35,14 +36,16 @@ impl AuditFilter {
     }
 }
 
-const COLUMNS: &[(&str, &str)] = &[
-    ("TIME", "time"),
-    ("USER", "user"),
-    ("ACTION", "action"),
-    ("TYPE", "type"),
-    ("MESH", "mesh"),
-    ("NAME", "name"),
-    ("RESULT", "result"),
+const COLUMNS: &[Column] = &[
+    col("TIME", "time"),
+    col("USER", "user"),
+    col("ACTION", "action"),
+    col("TYPE", "type"),
+    col("MESH", "mesh"),
+    col("NAME", "name"),
+    col("RESULT", "result"),
+    col("STATUS", "status"),
+    crate::output::wide("REASON", "reason"),
 ];
 
 pub fn get_audit(client: &Client, filter: &AuditFilter, output: Output) -> anyhow::Result<()> {
@@ -51,7 +54,7 @@ pub fn get_audit(client: &Client, filter: &AuditFilter, output: Output) -> anyho
 }
 
 /// Percent-encodes everything but RFC 3986's unreserved characters.
-fn encode_query_value(v: &str) -> String {
+pub fn encode_query_value(v: &str) -> String {
     let mut out = String::with_capacity(v.len());
     for b in v.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {

@@ -11,6 +11,8 @@ mod audit;
 mod auth;
 mod client;
 mod contexts;
+mod inspect;
+mod output;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -25,6 +27,7 @@ use serde_json::Value;
 use crate::audit::AuditFilter;
 use crate::client::Client;
 use crate::contexts::{Config, ControlPlane};
+use crate::output::{print_items, print_table, Column};
 
 #[derive(Parser)]
 #[command(name = "meridianctl", version, about = "Manage Meridian meshes and policies")]
@@ -96,6 +99,10 @@ enum Cmd {
         /// `get audit`: only entries with this result.
         #[arg(long, value_parser = ["succeeded", "denied", "failed"])]
         result: Option<String>,
+        /// `get dataplanes`: only dataplanes with this tag on an inbound (or
+        /// gateway); repeat for all of several.
+        #[arg(long = "tag", value_name = "KEY=VALUE")]
+        tags: Vec<String>,
     },
     /// Delete a resource.
     Delete {
@@ -104,12 +111,18 @@ enum Cmd {
         #[arg(short = 'm', long, default_value = "default")]
         mesh: String,
     },
-    /// Overviews with live state: `inspect zones`, `inspect dataplanes -m default`;
-    /// one dataplane's generated xDS or matched policies (zone API):
-    /// `inspect dataplane NAME --type xds|policies -m default`.
+    /// Overviews with live state: `inspect zones`, `inspect meshes`,
+    /// `inspect services -m default`, `inspect dataplanes -m default [--tag
+    /// KEY=VALUE]`, `inspect zone-ingresses`; one dataplane's configuration
+    /// (zone API): `inspect dataplane NAME --type config-dump|policies|rules`.
     Inspect {
-        #[arg(value_parser = ["zones", "dataplanes", "dataplane"])]
+        #[arg(value_parser = ["zones", "meshes", "services", "dataplanes", "dataplane", "zone-ingresses", "zoneingresses"])]
         what: String,
+        /// `inspect dataplanes`: only dataplanes with this tag on an inbound
+        /// (or gateway), its value matching as a substring as in Kuma;
+        /// repeat for all of several.
+        #[arg(long = "tag", value_name = "KEY=VALUE")]
+        tags: Vec<String>,
         /// The dataplane, for `inspect dataplane`.
         name: Option<String>,
         /// What to show of one dataplane: `config-dump` (its xDS resources as
@@ -308,6 +321,8 @@ enum Revoke {
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
 enum Output {
     Table,
+    /// A table with more columns (labels, last change, tags).
+    Wide,
     Yaml,
     Json,
 }
@@ -383,6 +398,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             user,
             action,
             result,
+            tags,
         } => {
             let filter = AuditFilter {
                 kind: audit_type,
@@ -391,7 +407,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 action,
                 result,
             };
-            get(&client, &kind, name.as_deref(), filter, output)
+            get(&client, &kind, name.as_deref(), filter, &tags, output)
         }
         Cmd::Delete { kind, name, mesh } => delete(&client, &kind, &name, &mesh),
         Cmd::Generate(Generate::UserToken {
@@ -404,15 +420,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             .map(|_| println!("revoked user token {id}")),
         Cmd::Inspect {
             what,
+            tags,
             name,
             view,
             include_eds,
             mesh,
             output,
         } => match (what.as_str(), name) {
-            ("dataplane", Some(name)) => inspect_dataplane(&client, &mesh, &name, &view, include_eds, output),
+            ("dataplane", Some(name)) => inspect::inspect_dataplane(&client, &mesh, &name, &view, include_eds, output),
             ("dataplane", None) => Err(anyhow!("inspect dataplane needs a NAME")),
-            _ => inspect(&client, &what, &mesh, output),
+            _ => inspect::inspect(&client, &what, &mesh, &tags, output),
         },
         Cmd::Generate(Generate::ZoneToken { zone, valid_for }) => {
             issue_zone_token(&client, &zone, &valid_for).map(|token| println!("{token}"))
@@ -721,7 +738,14 @@ fn describe_key(key: &ResourceKey) -> String {
 
 // ---- get / delete / inspect -------------------------------------------------
 
-fn get(client: &Client, kind: &str, name: Option<&str>, filter: AuditFilter, output: Output) -> anyhow::Result<()> {
+fn get(
+    client: &Client,
+    kind: &str,
+    name: Option<&str>,
+    filter: AuditFilter,
+    tags: &[String],
+    output: Output,
+) -> anyhow::Result<()> {
     // The audit log is no resource type: it comes before type resolution.
     if kind.eq_ignore_ascii_case("audit") {
         if let Some(name) = name {
@@ -740,6 +764,9 @@ fn get(client: &Client, kind: &str, name: Option<&str>, filter: AuditFilter, out
     }
     let mesh = filter.mesh.as_deref().unwrap_or("default");
     let kind = resolve_kind(kind)?;
+    if !tags.is_empty() && (kind != ResourceType::Dataplane || name.is_some()) {
+        bail!("--tag filters lists of dataplanes only");
+    }
     match name {
         Some(name) => {
             let key = if kind.is_mesh_scoped() {
@@ -751,7 +778,8 @@ fn get(client: &Client, kind: &str, name: Option<&str>, filter: AuditFilter, out
             print_items(&[item], output, &default_columns(kind))
         }
         None => {
-            let items = list_all(client, &collection_path(kind, mesh))?;
+            let path = format!("{}{}", collection_path(kind, mesh), inspect::tag_query(tags)?);
+            let items = list_all(client, &path)?;
             print_items(&items, output, &default_columns(kind))
         }
     }
@@ -775,91 +803,24 @@ fn list_all(client: &Client, path: &str) -> anyhow::Result<Vec<Value>> {
     }
 }
 
-/// The table columns of a type without columns of its own.
-fn default_columns(kind: ResourceType) -> Vec<(&'static str, &'static str)> {
+/// The table columns of `get`: mesh, name and age; with `-o wide` also the
+/// labels, the last change and, for a policy, its top-level target (for a
+/// dataplane, its tags).
+fn default_columns(kind: ResourceType) -> Vec<Column> {
+    use crate::output::{col, wide};
+    let mut cols = Vec::new();
     if kind.is_mesh_scoped() {
-        vec![("MESH", "mesh"), ("NAME", "name"), ("AGE", "creationTime")]
-    } else {
-        vec![("NAME", "name"), ("AGE", "creationTime")]
+        cols.push(col("MESH", "mesh"));
     }
-}
-
-/// Prints items as JSON, YAML or a table of `columns` (header, field path).
-fn print_items(items: &[Value], output: Output, cols: &[(&str, &str)]) -> anyhow::Result<()> {
-    match output {
-        Output::Json => {
-            let v = if items.len() == 1 {
-                items[0].clone()
-            } else {
-                Value::Array(items.to_vec())
-            };
-            println!("{}", serde_json::to_string_pretty(&v)?);
-        }
-        Output::Yaml => {
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    println!("---");
-                }
-                print!("{}", serde_yaml_ng::to_string(item)?);
-            }
-        }
-        Output::Table => {
-            let rows: Vec<Vec<String>> = items
-                .iter()
-                .map(|it| cols.iter().map(|(_, ptr)| cell(it, ptr)).collect())
-                .collect();
-            print_table(&cols.iter().map(|(h, _)| *h).collect::<Vec<_>>(), &rows);
-        }
+    cols.extend([col("NAME", "name"), col("AGE", "creationTime")]);
+    if kind.is_policy() {
+        cols.push(wide("TARGETREF", "spec.targetRef"));
     }
-    Ok(())
-}
-
-fn cell(item: &Value, field: &str) -> String {
-    let v = item
-        .pointer(&format!("/{}", field.replace('.', "/")))
-        .unwrap_or(&Value::Null);
-    match v {
-        Value::String(s) if field.ends_with("creationTime") => age(s),
-        Value::String(s) => s.clone(),
-        Value::Null => "-".into(),
-        other => other.to_string(),
+    if kind == ResourceType::Dataplane {
+        cols.push(wide("TAGS", "@tags"));
     }
-}
-
-fn age(rfc3339: &str) -> String {
-    let Ok(t) = chrono::DateTime::parse_from_rfc3339(rfc3339) else {
-        return rfc3339.to_string();
-    };
-    let secs = (chrono::Utc::now() - t.with_timezone(&chrono::Utc))
-        .num_seconds()
-        .max(0);
-    match secs {
-        s if s < 120 => format!("{s}s"),
-        s if s < 7200 => format!("{}m", s / 60),
-        s if s < 172_800 => format!("{}h", s / 3600),
-        s => format!("{}d", s / 86_400),
-    }
-}
-
-fn print_table(headers: &[&str], rows: &[Vec<String>]) {
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
-    for row in rows {
-        for (i, c) in row.iter().enumerate() {
-            widths[i] = widths[i].max(c.len());
-        }
-    }
-    let line = |cells: Vec<&str>| {
-        let parts: Vec<String> = cells
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("{:width$}", c, width = widths[i]))
-            .collect();
-        println!("{}", parts.join("   ").trim_end());
-    };
-    line(headers.to_vec());
-    for row in rows {
-        line(row.iter().map(String::as_str).collect());
-    }
+    cols.extend([wide("LABELS", "labels"), wide("MODIFIED", "modificationTime")]);
+    cols
 }
 
 fn delete(client: &Client, kind: &str, name: &str, mesh: &str) -> anyhow::Result<()> {
@@ -871,70 +832,6 @@ fn delete(client: &Client, kind: &str, name: &str, mesh: &str) -> anyhow::Result
     };
     client.expect_ok("DELETE", &resource_path(&key), None)?;
     println!("deleted {}", describe_key(&key));
-    Ok(())
-}
-
-fn inspect(client: &Client, what: &str, mesh: &str, output: Output) -> anyhow::Result<()> {
-    match what {
-        "zones" => {
-            let items = list_all(client, "/zones+insights")?;
-            print_items(
-                &items,
-                output,
-                &[
-                    ("NAME", "name"),
-                    ("ONLINE", "online"),
-                    ("VERSION", "version"),
-                    ("ADDRESS", "address"),
-                    ("LAST CONNECTED", "lastConnectTime"),
-                    ("AGE", "creationTime"),
-                ],
-            )
-        }
-        "dataplanes" => {
-            let items = list_all(client, &format!("/meshes/{mesh}/dataplanes+insights"))?;
-            print_items(
-                &items,
-                output,
-                &[
-                    ("MESH", "mesh"),
-                    ("NAME", "name"),
-                    ("ONLINE", "online"),
-                    ("ADDRESS", "dataplane.networking.address"),
-                    ("CERT BACKEND", "dataplaneInsight.mTLS.issuedBackend"),
-                    ("CERT EXPIRES", "dataplaneInsight.mTLS.certificateExpirationTime"),
-                    ("AGE", "creationTime"),
-                ],
-            )
-        }
-        other => bail!("cannot inspect {other:?}"),
-    }
-}
-
-/// One dataplane's generated configuration or matched policies, from the
-/// zone that serves it (YAML unless JSON is asked for: neither is a table).
-fn inspect_dataplane(
-    client: &Client,
-    mesh: &str,
-    name: &str,
-    view: &str,
-    include_eds: bool,
-    output: Output,
-) -> anyhow::Result<()> {
-    let path = match view {
-        "policies" => format!("/meshes/{mesh}/dataplanes/{name}/policies"),
-        "rules" => format!("/meshes/{mesh}/dataplanes/{name}/_rules"),
-        _ if include_eds => format!("/meshes/{mesh}/dataplanes/{name}/xds?include_eds=true"),
-        _ => format!("/meshes/{mesh}/dataplanes/{name}/xds"),
-    };
-    let (_, body) = client.expect_ok("GET", &path, None)?;
-    // A configuration dump is JSON unless YAML is asked for, as Envoy's.
-    let dump = !matches!(view, "policies" | "rules");
-    match output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&body)?),
-        Output::Table if dump => println!("{}", serde_json::to_string_pretty(&body)?),
-        Output::Yaml | Output::Table => print!("{}", serde_yaml_ng::to_string(&body)?),
-    }
     Ok(())
 }
 

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Extension, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, Extension, Path, Query, RawQuery, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -56,7 +56,7 @@ impl Mode {
         }
     }
 
-    fn zone(&self) -> Option<&str> {
+    pub(crate) fn zone(&self) -> Option<&str> {
         match self {
             Mode::Global => None,
             Mode::Zone { name } => Some(name),
@@ -123,6 +123,11 @@ pub trait DataplaneInspector: Send + Sync + 'static {
     fn rules(&self, _mesh: &str, _name: &str) -> Option<Value> {
         None
     }
+    /// Whether the proxy of this zone's ingress `name` is connected; `None`
+    /// when this control plane cannot tell.
+    fn ingress_connected(&self, _name: &str) -> Option<bool> {
+        None
+    }
     /// The same dump of the proxy of this zone's ingress `name`; `Ok(None)`
     /// when there is no such ingress.
     fn ingress_xds(&self, _name: &str, _include_eds: bool) -> Result<Option<Value>, String> {
@@ -138,6 +143,21 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/healthy", get(|| async { (StatusCode::OK, "ok") }))
         .route("/metrics", get(metrics))
         .route("/global-insight", get(global_insight))
+        .route("/mesh-insights", get(crate::overviews::mesh_insights))
+        .route("/mesh-insights/{name}", get(crate::overviews::mesh_insight))
+        .route(
+            "/meshes/{mesh}/service-insights",
+            get(crate::overviews::service_insights),
+        )
+        .route(
+            "/meshes/{mesh}/service-insights/{name}",
+            get(crate::overviews::service_insight),
+        )
+        .route("/zoneingresses+insights", get(crate::overviews::zone_ingress_overviews))
+        .route(
+            "/zoneingresses+insights/{name}",
+            get(crate::overviews::zone_ingress_overview),
+        )
         .route("/meshes", get(list_meshes))
         .route("/meshes/{name}", get(get_mesh).put(put_mesh).delete(delete_mesh))
         .route("/meshes/{mesh}/dataplanes+insights", get(list_dataplane_overviews))
@@ -187,10 +207,10 @@ pub fn router(state: Arc<ApiState>) -> Router {
 /// are cut off by the HTTP layer.
 const BODY_READ_LIMIT: usize = 8 * MAX_RESOURCE_BYTES;
 
-type St = State<Arc<ApiState>>;
+pub(crate) type St = State<Arc<ApiState>>;
 /// The authenticated caller, set by [`authenticate`].
-type Caller = Extension<Principal>;
-type ApiResult = Result<Response, ApiError>;
+pub(crate) type Caller = Extension<Principal>;
+pub(crate) type ApiResult = Result<Response, ApiError>;
 
 /// Paths answered without a token: what probes and load balancers call.
 fn is_open(path: &str, metrics_public: bool) -> bool {
@@ -219,7 +239,7 @@ async fn authenticate(State(state): St, mut req: Request, next: Next) -> Respons
 }
 
 /// What reading `kind` takes: `Secret`s hold keys and need `VIEW_SECRETS`.
-fn view_access(kind: ResourceType) -> Access {
+pub(crate) fn view_access(kind: ResourceType) -> Access {
     if kind == ResourceType::Secret {
         Access::ViewSecrets
     } else {
@@ -227,12 +247,12 @@ fn view_access(kind: ResourceType) -> Access {
     }
 }
 
-fn target_of(key: &ResourceKey) -> Target<'_> {
+pub(crate) fn target_of(key: &ResourceKey) -> Target<'_> {
     Target::resource(key.kind, key.mesh.as_deref(), &key.name)
 }
 
 /// Only the resources `p` may read.
-fn visible(s: &ApiState, p: &Principal, items: Vec<Resource>) -> Vec<Resource> {
+pub(crate) fn visible(s: &ApiState, p: &Principal, items: Vec<Resource>) -> Vec<Resource> {
     let rbac = s.access.rbac.current();
     items
         .into_iter()
@@ -376,7 +396,7 @@ fn global_type(plural: &str) -> Result<ResourceType, ApiError> {
 // ---- listing --------------------------------------------------------------
 
 #[derive(Deserialize)]
-struct Page {
+pub(crate) struct Page {
     offset: Option<String>,
     size: Option<String>,
 }
@@ -402,7 +422,7 @@ fn page_bounds(page: &Page) -> Result<(usize, usize), ApiError> {
     Ok((offset, size))
 }
 
-fn paged(items: Vec<Value>, page: &Page, headers: &HeaderMap, path: &str) -> Result<Response, ApiError> {
+pub(crate) fn paged(items: Vec<Value>, page: &Page, headers: &HeaderMap, path: &str) -> Result<Response, ApiError> {
     let (offset, size) = page_bounds(page)?;
     let total = items.len();
     let end = offset.saturating_add(size).min(total);
@@ -416,7 +436,9 @@ fn paged(items: Vec<Value>, page: &Page, headers: &HeaderMap, path: &str) -> Res
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
             .unwrap_or("localhost");
-        Value::String(format!("http://{host}{path}?offset={end}&size={size}"))
+        // `path` may carry filters of its own (`?tag=…`).
+        let sep = if path.contains('?') { '&' } else { '?' };
+        Value::String(format!("http://{host}{path}{sep}offset={end}&size={size}"))
     } else {
         Value::Null
     };
@@ -437,11 +459,67 @@ async fn list_in_mesh(
     Extension(caller): Caller,
     Path((mesh, plural)): Path<(String, String)>,
     Query(p): Query<Page>,
+    RawQuery(raw): RawQuery,
     h: HeaderMap,
 ) -> ApiResult {
     let kind = mesh_scoped_type(&plural)?;
-    let items = visible(&s, &caller, s.manager.list(&Filter::in_mesh(kind, &mesh)));
-    paged(to_json(items), &p, &h, &format!("/meshes/{mesh}/{plural}"))
+    let tags = tag_filters(raw.as_deref())?;
+    if !tags.is_empty() && kind != ResourceType::Dataplane {
+        return Err(ApiError::field("tag", "filters lists of dataplanes only"));
+    }
+    let mut items = visible(&s, &caller, s.manager.list(&Filter::in_mesh(kind, &mesh)));
+    items.retain(|dp| has_tags(dp, &tags));
+    paged(
+        to_json(items),
+        &p,
+        &h,
+        &format!("/meshes/{mesh}/{plural}{}", tag_query(&tags)),
+    )
+}
+
+/// Kuma's `?tag=KEY:VALUE` filters of dataplane lists (repeatable; all must
+/// hold).
+fn tag_filters(raw: Option<&str>) -> Result<Vec<(String, String)>, ApiError> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw.unwrap_or_default())
+        .map_err(|e| ApiError::bad_request(format!("the query does not decode: {e}")))?;
+    pairs
+        .into_iter()
+        .filter(|(k, _)| k == "tag")
+        .map(|(_, v)| match v.split_once(':') {
+            Some((k, value)) if !k.is_empty() => Ok((k.to_string(), value.to_string())),
+            _ => Err(ApiError::field("tag", format!("expected KEY:VALUE, got {v:?}"))),
+        })
+        .collect()
+}
+
+/// `?tag=…` again, for the `next` link of a filtered list.
+fn tag_query(tags: &[(String, String)]) -> String {
+    if tags.is_empty() {
+        return String::new();
+    }
+    let pairs: Vec<(&str, String)> = tags.iter().map(|(k, v)| ("tag", format!("{k}:{v}"))).collect();
+    format!("?{}", serde_urlencoded::to_string(pairs).unwrap_or_default())
+}
+
+/// Whether dataplane `dp` has every tag of `filters` on one of its inbounds
+/// or its gateway, a value matching when it contains the filter's (as
+/// Kuma's fuzzy tag match).
+fn has_tags(dp: &Resource, filters: &[(String, String)]) -> bool {
+    if filters.is_empty() {
+        return true;
+    }
+    let networking = &dp.spec["networking"];
+    let inbound = networking["inbound"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|i| &i["tags"]);
+    let tag_sets: Vec<&Value> = inbound.chain([&networking["gateway"]["tags"]]).collect();
+    filters.iter().all(|(k, v)| {
+        tag_sets
+            .iter()
+            .any(|t| t[k.as_str()].as_str().is_some_and(|have| have.contains(v.as_str())))
+    })
 }
 
 async fn list_global(
@@ -931,12 +1009,12 @@ fn online(insight: Option<&Resource>) -> bool {
 /// for a dataplane synced from a zone, that zone is connected. A zone that
 /// went away stops updating its dataplanes' insights, which would otherwise
 /// show them online for ever.
-fn dataplane_online(insight: Option<&Resource>, zone_insight: Option<&Resource>) -> bool {
+pub(crate) fn dataplane_online(insight: Option<&Resource>, zone_insight: Option<&Resource>) -> bool {
     online(insight) && zone_insight.is_none_or(|z| online(Some(z)))
 }
 
 /// The ZoneInsight of the zone `dp` came from (none for this zone's own).
-fn zone_insight_of(m: &crate::manager::Manager, dp: &Resource) -> Option<Resource> {
+pub(crate) fn zone_insight_of(m: &crate::manager::Manager, dp: &Resource) -> Option<Resource> {
     let zone = dp.labels.get("kuma.io/zone")?;
     m.get(&ResourceKey::global(ResourceType::ZoneInsight, zone))
 }
@@ -961,8 +1039,10 @@ async fn list_dataplane_overviews(
     Extension(caller): Caller,
     Path(mesh): Path<String>,
     Query(p): Query<Page>,
+    RawQuery(raw): RawQuery,
     h: HeaderMap,
 ) -> ApiResult {
+    let tags = tag_filters(raw.as_deref())?;
     let insights: BTreeMap<String, Resource> = s
         .manager
         .list(&Filter::in_mesh(ResourceType::DataplaneInsight, &mesh))
@@ -976,9 +1056,15 @@ async fn list_dataplane_overviews(
     );
     let items = dataplanes
         .iter()
+        .filter(|dp| has_tags(dp, &tags))
         .map(|dp| dataplane_overview(&s.manager, dp, insights.get(&dp.key.name)))
         .collect();
-    paged(items, &p, &h, &format!("/meshes/{mesh}/dataplanes+insights"))
+    paged(
+        items,
+        &p,
+        &h,
+        &format!("/meshes/{mesh}/dataplanes+insights{}", tag_query(&tags)),
+    )
 }
 
 async fn get_dataplane_overview(

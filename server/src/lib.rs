@@ -32,6 +32,7 @@ pub mod manager;
 pub mod metered_store;
 pub mod metrics;
 pub mod mtls;
+mod overviews;
 pub mod process;
 pub mod tls;
 pub mod tokens;

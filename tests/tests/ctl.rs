@@ -5,6 +5,7 @@
 
 use std::io::Read;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use meridian_e2e::*;
 
@@ -140,4 +141,156 @@ fn meridianctl_applies_like_an_operator_expects() {
     child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(status.success() || status.code().is_none(), "{status:?}: {stderr}");
+}
+
+/// The overviews an operator reads first: meshes, services, dataplanes
+/// filtered by tag, zone ingresses, at a zone and at the global, as tables
+/// (and wider with `-o wide`) and as JSON.
+#[test]
+fn meridianctl_inspects_meshes_services_dataplanes_and_ingresses() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let global = start_global_embedded(d, &d.join("g"), &[]);
+    let join = zone_join(&global, "zone-1", &d.join("join"));
+    let zone = start_zone(d, &join, None, &["--ingress-address", "127.0.0.1:10001"]);
+    wait_until(
+        "zone-1 online",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || {
+            zone_online(&global, "zone-1")
+                .then_some(())
+                .ok_or_else(|| "offline".to_string())
+        },
+    );
+    for (name, service, version) in [("web-1", "web", "v1"), ("web-2", "web", "v2"), ("api-1", "api", "v1")] {
+        let dp = serde_json::json!({"type": "Dataplane", "mesh": "default", "name": name,
+            "networking": {"address": "127.0.0.1",
+                "inbound": [{"port": 8080, "tags": {"kuma.io/service": service, "version": version}}]}});
+        let (status, body) = zone.put_json(&format!("/meshes/default/dataplanes/{name}"), &dp);
+        assert!(status == 200 || status == 201, "{status} {body}");
+    }
+    let run = |cp: &Proc, args: &[&str]| -> String {
+        let out = cp.ctl(args, None);
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "meridianctl {args:?}: {stderr}");
+        stdout
+    };
+    let rows = |table: &str, first: &str| -> Vec<String> {
+        table
+            .lines()
+            .skip(1)
+            .filter(|l| l.split_whitespace().next() == Some(first))
+            .map(str::to_string)
+            .collect()
+    };
+
+    // Dataplanes by tag: a value matches as a substring, several tags all.
+    let web = run(&zone, &["inspect", "dataplanes", "--tag", "kuma.io/service=web"]);
+    assert!(
+        web.contains("web-1") && web.contains("web-2") && !web.contains("api-1"),
+        "{web}"
+    );
+    let v2 = run(
+        &zone,
+        &[
+            "get",
+            "dataplanes",
+            "--tag",
+            "kuma.io/service=web",
+            "--tag",
+            "version=v2",
+            "-o",
+            "json",
+        ],
+    );
+    let v2: serde_json::Value = serde_json::from_str(&v2).unwrap();
+    assert_eq!(v2["name"], "web-2", "one item prints as an object: {v2}");
+    let wide = run(&zone, &["inspect", "dataplanes", "-o", "wide"]);
+    assert!(
+        wide.lines()
+            .next()
+            .is_some_and(|h| h.contains("TAGS") && h.contains("LABELS")),
+        "{wide}"
+    );
+    assert!(
+        wide.contains("kuma.io/service=api,kuma.io/zone=zone-1,version=v1"),
+        "{wide}"
+    );
+    let bad = zone.ctl(&["inspect", "dataplanes", "--tag", "novalue"], None);
+    assert!(
+        !bad.status.success() && text(&bad).1.contains("KEY=VALUE"),
+        "{}",
+        text(&bad).1
+    );
+    let (status, body) = zone.get("/meshes/default/dataplanes?tag=broken");
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("tag"), "{body}");
+
+    // Services: both of web's dataplanes, none online (no proxy runs).
+    let services = run(&zone, &["inspect", "services"]);
+    let web_row = rows(&services, "default")
+        .into_iter()
+        .find(|r| r.contains(" web "))
+        .unwrap_or_default();
+    let cells: Vec<&str> = web_row.split_whitespace().collect();
+    assert_eq!(cells, ["default", "web", "offline", "2", "0", "zone-1"], "{services}");
+
+    // Meshes: the default mesh with its three dataplanes and two services.
+    let meshes = run(&zone, &["inspect", "meshes", "-o", "json"]);
+    let meshes: serde_json::Value = serde_json::from_str(&meshes).unwrap();
+    let default = if meshes.is_array() { meshes[0].clone() } else { meshes };
+    assert_eq!(default["dataplanes"]["total"], 3, "{default}");
+    assert_eq!(default["services"]["total"], 2, "{default}");
+    assert!(
+        default["policiesTotal"].as_u64().unwrap_or(0) > 0,
+        "the default policies: {default}"
+    );
+
+    // The zone's ingress: known to be offline at its zone (no proxy).
+    let ingress = wait_until(
+        "zone-1's ingress",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || {
+            let t = run(&zone, &["inspect", "zone-ingresses"]);
+            rows(&t, "ingress").first().cloned().ok_or(t)
+        },
+    );
+    let cells: Vec<&str> = ingress.split_whitespace().collect();
+    assert_eq!(
+        &cells[..5],
+        ["ingress", "zone-1", "false", "127.0.0.1", "10001"],
+        "{ingress}"
+    );
+
+    // The global: the zone's dataplanes and ingress under the zone's name;
+    // whether the ingress's proxy is connected is not known there ("-").
+    wait_until(
+        "the global to hold zone-1's services",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || {
+            let t = run(&global, &["inspect", "services"]);
+            let web = rows(&t, "default")
+                .into_iter()
+                .find(|r| r.contains(" web "))
+                .unwrap_or_default();
+            let cells: Vec<String> = web.split_whitespace().map(str::to_string).collect();
+            (cells == ["default", "web", "offline", "2", "0", "zone-1"])
+                .then_some(())
+                .ok_or(t)
+        },
+    );
+    let at_global = wait_until(
+        "the global to hold the ingress",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || {
+            let t = run(&global, &["inspect", "zone-ingresses"]);
+            rows(&t, "zone-1.ingress").first().cloned().ok_or(t)
+        },
+    );
+    let cells: Vec<&str> = at_global.split_whitespace().collect();
+    assert_eq!(&cells[..3], ["zone-1.ingress", "zone-1", "-"], "{at_global}");
 }

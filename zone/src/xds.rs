@@ -1284,6 +1284,10 @@ impl meridian_server::api::DataplaneInspector for ZoneXds {
         Some(json!({"mesh": mesh, "name": name, "inbounds": inbounds, "outbounds": outbounds}))
     }
 
+    fn ingress_connected(&self, name: &str) -> Option<bool> {
+        Some(lock(&self.shared.proxies).contains_key(&ingress_proxy_id(name)))
+    }
+
     fn rules(&self, mesh: &str, name: &str) -> Option<Value> {
         let (snap, proxy, _) = self.context(mesh, name)?;
         Some(crate::rules::rules(&snap, &proxy, &destinations(&snap, &proxy)))
