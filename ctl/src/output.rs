@@ -85,14 +85,17 @@ pub fn cell(item: &Value, field: &str) -> String {
         Value::String(s) => s.clone(),
         Value::Null => "-".into(),
         Value::Object(m) if m.is_empty() => "-".into(),
-        Value::Object(m) => m
-            .iter()
-            .map(|(k, v)| match v {
-                Value::String(s) => format!("{k}={s}"),
-                other => format!("{k}={other}"),
-            })
-            .collect::<Vec<_>>()
-            .join(","),
+        Value::Object(m) => {
+            let mut pairs: Vec<String> = m
+                .iter()
+                .map(|(k, v)| match v {
+                    Value::String(s) => format!("{k}={s}"),
+                    other => format!("{k}={other}"),
+                })
+                .collect();
+            pairs.sort();
+            pairs.join(",")
+        }
         Value::Array(a) if a.iter().all(Value::is_string) => {
             let parts: Vec<&str> = a.iter().filter_map(Value::as_str).collect();
             if parts.is_empty() {
