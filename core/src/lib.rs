@@ -13,6 +13,7 @@ pub mod duration;
 pub mod error;
 pub mod identity;
 pub mod mesh;
+pub mod mesh_observability;
 pub mod mtls;
 pub mod names;
 pub mod policy;

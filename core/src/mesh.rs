@@ -23,6 +23,12 @@ pub struct Mesh {
     pub constraints: Option<Constraints>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub skip_creating_initial_policies: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logging: Option<crate::mesh_observability::Logging>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<crate::mesh_observability::Tracing>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<crate::mesh_observability::Metrics>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -214,6 +220,15 @@ impl Spec for Mesh {
             .is_some_and(|b| !b.is_empty());
         if zone_egress && !mtls_enabled {
             causes.add(&path.field("mtls"), "has to be set when zoneEgress enabled");
+        }
+        if let Some(logging) = &self.logging {
+            logging.validate(&path.field("logging"), causes);
+        }
+        if let Some(tracing) = &self.tracing {
+            tracing.validate(&path.field("tracing"), causes);
+        }
+        if let Some(metrics) = &self.metrics {
+            metrics.validate(&path.field("metrics"), causes);
         }
         if let Some(skip) = &self.skip_creating_initial_policies {
             for (i, s) in skip.iter().enumerate() {

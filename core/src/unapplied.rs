@@ -96,6 +96,14 @@ pub fn unapplied(kind: ResourceType, spec: &Value) -> Vec<Unapplied> {
             }
         }
         ResourceType::Mesh => {
+            for field in ["logging", "tracing", "metrics"] {
+                if spec.get(field).is_some_and(|v| !v.is_null()) {
+                    note(
+                        field.into(),
+                        "mesh-wide observability backends are accepted and stored, but not generated into any proxy's configuration yet: they have no effect",
+                    );
+                }
+            }
             if spec.pointer("/routing/zoneEgress") == Some(&Value::Bool(true)) {
                 note(
                     "routing.zoneEgress".into(),

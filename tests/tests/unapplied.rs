@@ -52,6 +52,30 @@ fn writes_of_what_has_no_effect_carry_warnings() {
     let (_, body) = global.put_json("/meshes/default/meshtimeouts/t", &timeout);
     assert!(body.get("warnings").is_none(), "{body}");
 
+    // A Kuma 2.7 Mesh with observability backends is accepted, each
+    // backend list reported as having no effect; a bad one is refused at
+    // Kuma's path.
+    let mesh = json!({"type": "Mesh", "name": "observed",
+        "logging": {"defaultBackend": "file", "backends": [
+            {"name": "file", "type": "file", "conf": {"path": "/tmp/access.log"}}]},
+        "tracing": {"defaultBackend": "zipkin", "backends": [
+            {"name": "zipkin", "type": "zipkin", "sampling": 10.5,
+             "conf": {"url": "http://zipkin:9411/api/v2/spans"}}]},
+        "metrics": {"enabledBackend": "prom", "backends": [
+            {"name": "prom", "type": "prometheus", "conf": {"port": 5670, "path": "/metrics"}}]}});
+    let (status, body) = global.put_json("/meshes/observed", &mesh);
+    assert!(status == 200 || status == 201, "{status} {body}");
+    let fields: Vec<&str> = body["warnings"]
+        .as_array()
+        .map(|w| w.iter().filter_map(|w| w["field"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(fields, ["logging", "tracing", "metrics"], "{body}");
+    let mut bad = mesh.clone();
+    bad["tracing"]["backends"][0]["conf"]["url"] = json!("http://zipkin/api/v2/spans");
+    let (status, body) = global.put_json("/meshes/observed", &bad);
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["causes"][0]["field"], "tracing.backends[0].config.url", "{body}");
+
     // meridianctl apply says it.
     let file = dir.path().join("lb.yaml");
     std::fs::write(

@@ -1,0 +1,453 @@
+//! `Mesh.logging`, `Mesh.tracing` and `Mesh.metrics`: Kuma's mesh-wide
+//! observability backends, validated as Kuma 2.7's mesh validator does
+//! (`pkg/core/resources/apis/mesh/mesh_validator.go`): unique non-empty
+//! backend names, a default or enabled backend that exists, known types,
+//! and each type's `conf` (violations under `backends[i].config`, as Kuma
+//! names them). Stored and synced; not generated into proxies (reported by
+//! `unapplied`).
+
+use std::collections::HashSet;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::{Causes, FieldPath};
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Logging {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_backend: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backends: Vec<LoggingBackend>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct LoggingBackend {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+    #[serde(default, rename = "type")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conf: Option<Value>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Tracing {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_backend: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backends: Vec<TracingBackend>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TracingBackend {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampling: Option<f64>,
+    #[serde(default, rename = "type")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conf: Option<Value>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Metrics {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled_backend: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backends: Vec<MetricsBackend>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MetricsBackend {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default, rename = "type")]
+    pub kind: String,
+    /// Prometheus settings; Kuma's validator does not look inside.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conf: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct FileConf {
+    #[serde(default)]
+    path: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct TcpConf {
+    #[serde(default)]
+    address: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ZipkinConf {
+    #[serde(default)]
+    url: String,
+    #[serde(default, rename = "traceId128bit")]
+    _trace_id_128bit: Option<bool>,
+    #[serde(default)]
+    api_version: String,
+    #[serde(default)]
+    _shared_span_context: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct DatadogConf {
+    #[serde(default)]
+    address: String,
+    #[serde(default)]
+    port: Option<i64>,
+    #[serde(default)]
+    _split_service: Option<bool>,
+}
+
+/// `conf` as `T`, or a violation at `at` that says why not (Kuma: "could
+/// not parse config").
+fn conf<T: DeserializeOwned>(conf: Option<&Value>, at: &FieldPath, causes: &mut Causes) -> Option<T> {
+    let value = conf.cloned().unwrap_or_else(|| Value::Object(Default::default()));
+    match serde_json::from_value(value) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            causes.add(at, format!("could not parse config: {e}"));
+            None
+        }
+    }
+}
+
+/// Names must be unique (Kuma: `"x" name is already used for another
+/// backend`); `selected` (the default or enabled backend) must be one.
+fn names<'a>(
+    names: impl Iterator<Item = &'a str>,
+    selected: Option<&str>,
+    path: &FieldPath,
+    selected_field: &str,
+    selected_message: &str,
+    causes: &mut Causes,
+) {
+    let mut used = HashSet::new();
+    for (i, name) in names.enumerate() {
+        if !used.insert(name) {
+            causes.add(
+                &path.field("backends").index(i).field("name"),
+                format!("{name:?} name is already used for another backend"),
+            );
+        }
+    }
+    if let Some(s) = selected.filter(|s| !s.is_empty()) {
+        if !used.contains(s) {
+            causes.add(&path.field(selected_field), selected_message);
+        }
+    }
+}
+
+impl Logging {
+    pub fn validate(&self, path: &FieldPath, causes: &mut Causes) {
+        for (i, b) in self.backends.iter().enumerate() {
+            let bp = path.field("backends").index(i);
+            if b.name.is_empty() {
+                causes.add(&bp.field("name"), "cannot be empty");
+            }
+            let cp = bp.field("config");
+            match b.kind.as_str() {
+                "file" => {
+                    if let Some(c) = conf::<FileConf>(b.conf.as_ref(), &cp, causes) {
+                        if c.path.is_empty() {
+                            causes.add(&cp.field("path"), "cannot be empty");
+                        }
+                    }
+                }
+                "tcp" => {
+                    if let Some(c) = conf::<TcpConf>(b.conf.as_ref(), &cp, causes) {
+                        if c.address.is_empty() {
+                            causes.add(&cp.field("address"), "cannot be empty");
+                        } else if !is_host_port(&c.address) {
+                            causes.add(&cp.field("address"), "has to be in format of HOST:PORT");
+                        }
+                    }
+                }
+                _ => causes.add(
+                    &bp.field("type"),
+                    "unknown backend type. Available backends: \"tcp\", \"file\"",
+                ),
+            }
+        }
+        names(
+            self.backends.iter().map(|b| b.name.as_str()),
+            self.default_backend.as_deref(),
+            path,
+            "defaultBackend",
+            "has to be set to one of the logging backend in mesh",
+            causes,
+        );
+    }
+}
+
+impl Tracing {
+    pub fn validate(&self, path: &FieldPath, causes: &mut Causes) {
+        for (i, b) in self.backends.iter().enumerate() {
+            let bp = path.field("backends").index(i);
+            if b.name.is_empty() {
+                causes.add(&bp.field("name"), "cannot be empty");
+            }
+            if b.sampling.is_some_and(|s| !(0.0..=100.0).contains(&s)) {
+                causes.add(&bp.field("sampling"), "has to be in [0.0 - 100.0] range");
+            }
+            let cp = bp.field("config");
+            match b.kind.as_str() {
+                "zipkin" => {
+                    if let Some(c) = conf::<ZipkinConf>(b.conf.as_ref(), &cp, causes) {
+                        if !matches!(c.api_version.as_str(), "" | "httpJsonV1" | "httpJson" | "httpProto") {
+                            causes.add(
+                                &cp.field("apiVersion"),
+                                "has invalid value. Allowed values: httpJsonV1, httpJson, httpProto",
+                            );
+                        }
+                        if c.url.is_empty() {
+                            causes.add(&cp.field("url"), "cannot be empty");
+                        } else {
+                            match url_port(&c.url) {
+                                None => causes.add(&cp.field("url"), "invalid URL"),
+                                Some(false) => causes.add(&cp.field("url"), "port has to be explicitly specified"),
+                                Some(true) => {}
+                            }
+                        }
+                    }
+                }
+                "datadog" => {
+                    if let Some(c) = conf::<DatadogConf>(b.conf.as_ref(), &cp, causes) {
+                        if c.address.is_empty() {
+                            causes.add(&cp.field("address"), "cannot be empty");
+                        }
+                        if !c.port.is_some_and(|p| (1..=65535).contains(&p)) {
+                            causes.add(&cp.field("port"), "must be a number in range 1-65535");
+                        }
+                    }
+                }
+                _ => causes.add(
+                    &bp.field("type"),
+                    "unknown backend type. Available backends: \"zipkin\", \"datadog\"",
+                ),
+            }
+        }
+        names(
+            self.backends.iter().map(|b| b.name.as_str()),
+            self.default_backend.as_deref(),
+            path,
+            "defaultBackend",
+            "has to be set to one of the tracing backend in mesh",
+            causes,
+        );
+    }
+}
+
+impl Metrics {
+    pub fn validate(&self, path: &FieldPath, causes: &mut Causes) {
+        for (i, b) in self.backends.iter().enumerate() {
+            let bp = path.field("backends").index(i);
+            if b.kind != "prometheus" {
+                causes.add(
+                    &bp.field("type"),
+                    "unknown backend type. Available backends: \"prometheus\"",
+                );
+            }
+            if b.conf.as_ref().is_some_and(|c| !c.is_object()) {
+                causes.add(&bp.field("conf"), "must be an object");
+            }
+        }
+        names(
+            self.backends.iter().map(|b| b.name.as_str()),
+            self.enabled_backend.as_deref(),
+            path,
+            "enabledBackend",
+            "has to be set to one of the backends in the mesh",
+            causes,
+        );
+    }
+}
+
+/// `HOST:PORT` with both parts present (`[v6]:port` too), as Go's
+/// `net.SplitHostPort` with non-empty parts.
+fn is_host_port(s: &str) -> bool {
+    let (host, port) = match s.strip_prefix('[') {
+        Some(rest) => match rest.split_once("]:") {
+            Some((h, p)) => (h, p),
+            None => return false,
+        },
+        None => match s.rsplit_once(':') {
+            Some((h, p)) if !h.contains(':') => (h, p),
+            _ => return false,
+        },
+    };
+    !host.is_empty() && !port.is_empty()
+}
+
+/// `Some(has_port)` for an absolute URL (`scheme://host[:port][/path]`),
+/// `None` when it is not one.
+fn url_port(url: &str) -> Option<bool> {
+    let (scheme, rest) = url.split_once("://")?;
+    let scheme_ok = scheme.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+        && scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c));
+    if !scheme_ok || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return None;
+    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if host_port.is_empty() {
+        return None;
+    }
+    let port = match host_port.strip_prefix('[') {
+        Some(v6) => v6.split_once(']').map(|(_, after)| after.strip_prefix(':'))?,
+        None => host_port.rsplit_once(':').map(|(_, p)| p),
+    };
+    match port {
+        None | Some("") => Some(false),
+        Some(p) if p.chars().all(|c| c.is_ascii_digit()) => Some(true),
+        Some(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mesh::Mesh;
+    use crate::spec::check;
+    use serde_json::json;
+
+    fn violations(mesh: Value) -> Vec<(String, String)> {
+        match check::<Mesh>(mesh, &FieldPath::root()) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.causes.into_iter().map(|c| (c.field, c.message)).collect(),
+        }
+    }
+
+    #[test]
+    fn kumas_documented_backends_are_accepted() {
+        let mesh = json!({
+            "logging": {"defaultBackend": "file", "backends": [
+                {"name": "logstash", "format": "{\"start_time\": \"%START_TIME%\"}", "type": "tcp",
+                 "conf": {"address": "127.0.0.1:5000"}},
+                {"name": "file", "type": "file", "conf": {"path": "/tmp/access.log"}}]},
+            "tracing": {"defaultBackend": "jaeger-collector", "backends": [
+                {"name": "jaeger-collector", "type": "zipkin", "sampling": 100.0,
+                 "conf": {"url": "http://jaeger-collector:9411/api/v2/spans", "apiVersion": "httpJson"}},
+                {"name": "datadog-collector", "type": "datadog", "sampling": 50,
+                 "conf": {"address": "127.0.0.1", "port": 8126, "splitService": true}}]},
+            "metrics": {"enabledBackend": "prometheus-1", "backends": [
+                {"name": "prometheus-1", "type": "prometheus",
+                 "conf": {"port": 5670, "path": "/metrics", "skipMTLS": false,
+                          "tags": {"kuma.io/service": "dataplane-metrics"}}}]},
+        });
+        assert_eq!(violations(mesh), Vec::<(String, String)>::new());
+    }
+
+    #[test]
+    fn each_rule_of_kumas_validator_names_its_field() {
+        let cases = [
+            (
+                json!({"logging": {"defaultBackend": "nope", "backends": [{"name": "f", "type": "file", "conf": {"path": "/x"}}]}}),
+                "logging.defaultBackend",
+                "has to be set to one of the logging backend in mesh",
+            ),
+            (
+                json!({"logging": {"backends": [{"name": "f", "type": "file", "conf": {}}]}}),
+                "logging.backends[0].config.path",
+                "cannot be empty",
+            ),
+            (
+                json!({"logging": {"backends": [{"name": "t", "type": "tcp", "conf": {"address": "nohost"}}]}}),
+                "logging.backends[0].config.address",
+                "has to be in format of HOST:PORT",
+            ),
+            (
+                json!({"logging": {"backends": [{"name": "t", "type": "syslog", "conf": {}}]}}),
+                "logging.backends[0].type",
+                "unknown backend type. Available backends: \"tcp\", \"file\"",
+            ),
+            (
+                json!({"logging": {"backends": [{"name": "a", "type": "file", "conf": {"path": "/a"}},
+                                                 {"name": "a", "type": "file", "conf": {"path": "/b"}}]}}),
+                "logging.backends[1].name",
+                "\"a\" name is already used for another backend",
+            ),
+            (
+                json!({"tracing": {"backends": [{"name": "z", "type": "zipkin", "sampling": 101,
+                    "conf": {"url": "http://z:9411/api/v2/spans"}}]}}),
+                "tracing.backends[0].sampling",
+                "has to be in [0.0 - 100.0] range",
+            ),
+            (
+                json!({"tracing": {"backends": [{"name": "z", "type": "zipkin", "conf": {"url": "http://zipkin/api/v2/spans"}}]}}),
+                "tracing.backends[0].config.url",
+                "port has to be explicitly specified",
+            ),
+            (
+                json!({"tracing": {"backends": [{"name": "z", "type": "zipkin", "conf": {"url": "not a url"}}]}}),
+                "tracing.backends[0].config.url",
+                "invalid URL",
+            ),
+            (
+                json!({"tracing": {"backends": [{"name": "z", "type": "zipkin",
+                    "conf": {"url": "http://z:9411/", "apiVersion": "grpc"}}]}}),
+                "tracing.backends[0].config.apiVersion",
+                "has invalid value. Allowed values: httpJsonV1, httpJson, httpProto",
+            ),
+            (
+                json!({"tracing": {"backends": [{"name": "d", "type": "datadog", "conf": {"address": "dd", "port": 0}}]}}),
+                "tracing.backends[0].config.port",
+                "must be a number in range 1-65535",
+            ),
+            (
+                json!({"metrics": {"enabledBackend": "p", "backends": [{"name": "q", "type": "prometheus"}]}}),
+                "metrics.enabledBackend",
+                "has to be set to one of the backends in the mesh",
+            ),
+            (
+                json!({"metrics": {"backends": [{"name": "q", "type": "statsd"}]}}),
+                "metrics.backends[0].type",
+                "unknown backend type. Available backends: \"prometheus\"",
+            ),
+        ];
+        for (mesh, field, message) in cases {
+            let got = violations(mesh.clone());
+            assert!(
+                got.iter().any(|(f, m)| f == field && m == message),
+                "{mesh}: expected {field}: {message}, got {got:?}"
+            );
+        }
+        let unknown = violations(json!({"logging": {"backends": [{"name": "f", "type": "file",
+            "conf": {"path": "/x", "rotate": true}}]}}));
+        assert_eq!(unknown.len(), 1, "{unknown:?}");
+        assert_eq!(unknown[0].0, "logging.backends[0].config");
+        assert!(unknown[0].1.starts_with("could not parse config"), "{unknown:?}");
+    }
+
+    #[test]
+    fn urls_and_addresses() {
+        assert_eq!(url_port("http://a:9411/x"), Some(true));
+        assert_eq!(url_port("https://[::1]:8080"), Some(true));
+        assert_eq!(url_port("http://a/x"), Some(false));
+        assert_eq!(url_port("a:9411"), None);
+        assert_eq!(url_port("http://a:port/"), None);
+        assert!(is_host_port("127.0.0.1:5000"));
+        assert!(is_host_port("[::1]:5000"));
+        assert!(!is_host_port(":5000"));
+        assert!(!is_host_port("host:"));
+        assert!(!is_host_port("host"));
+    }
+}
