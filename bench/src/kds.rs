@@ -670,6 +670,7 @@ impl Zone {
                     manager.clone(),
                     connected_tx,
                     Default::default(),
+                    Default::default(),
                     stop_rx,
                 ));
                 Ok(Zone {

@@ -37,6 +37,7 @@ use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::insights::{parse_time, ZoneInsights, ZonePeer};
+use crate::inspect::Inspections;
 
 /// The metadata key naming the connecting zone.
 pub const ZONE_HEADER: &str = "x-meridian-zone";
@@ -183,6 +184,7 @@ pub struct KdsService {
     manager: Arc<Manager>,
     services: Arc<GlobalServices>,
     insights: ZoneInsights,
+    inspections: Arc<Inspections>,
     registry: Arc<Registry>,
     /// Set by [`serve`]: open streams end when it turns true.
     shutdown: Option<watch::Receiver<bool>>,
@@ -191,11 +193,17 @@ pub struct KdsService {
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 impl KdsService {
-    pub fn new(manager: Arc<Manager>, services: Arc<GlobalServices>, insights: ZoneInsights) -> Self {
+    pub fn new(
+        manager: Arc<Manager>,
+        services: Arc<GlobalServices>,
+        insights: ZoneInsights,
+        inspections: Arc<Inspections>,
+    ) -> Self {
         KdsService {
             manager,
             services,
             insights,
+            inspections,
             registry: Arc::new(Registry::default()),
             shutdown: None,
         }
@@ -380,6 +388,43 @@ impl KdsService {
 impl pb::kds_server::Kds for KdsService {
     type GlobalToZoneStream = BoxStream<pb::DeltaResponse>;
     type ZoneToGlobalStream = BoxStream<pb::DeltaRequest>;
+    type InspectStream = BoxStream<pb::InspectRequest>;
+
+    /// The zone's inspection stream: requests of inspections asked at this
+    /// global flow down, the zone's answers come back (see `inspect`).
+    async fn inspect(
+        &self,
+        request: Request<Streaming<pb::InspectResponse>>,
+    ) -> Result<Response<Self::InspectStream>, Status> {
+        let caller = self.admit_caller(&request).await?;
+        let zone = caller.zone.clone();
+        let mut incoming = request.into_inner();
+        let (tx, rx) = mpsc::channel(16);
+        let inspections = self.inspections.clone();
+        let stream = inspections.next_id();
+        let answers = inspections.attach(&zone, stream, tx);
+        let span = tracing::info_span!("kds", %zone, direction = "inspect");
+        let stopping = self.stopping();
+        let (z, i) = (zone.clone(), inspections.clone());
+        let body = async move {
+            tokio::select! {
+                () = async {
+                    while let Some(Ok(answer)) = incoming.next().await {
+                        answers.complete(answer);
+                    }
+                } => tracing::info!("the zone closed its inspection stream"),
+                () = stopping => tracing::info!("the global is stopping; closing the stream"),
+            }
+            i.detach(&z, stream);
+        };
+        match self.admit(&caller, "inspect", span, body) {
+            Ok(closing) => Ok(Response::new(response_stream(rx, closing))),
+            Err(status) => {
+                inspections.detach(&zone, stream);
+                Err(status)
+            }
+        }
+    }
 
     async fn global_to_zone(
         &self,

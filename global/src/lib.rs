@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 
 pub mod config;
 pub mod insights;
+pub mod inspect;
 pub mod kds;
 
 use config::GlobalConfig;
@@ -119,7 +120,10 @@ pub async fn start(config: GlobalConfig, instance_id: String) -> anyhow::Result<
         config.kds_keepalive * 3,
         kds_metrics,
     );
-    let service = kds::KdsService::new(server.manager.clone(), services.clone(), insights);
+    let inspections = Arc::new(inspect::Inspections::default());
+    let forwarder: Arc<dyn meridian_server::api::ZoneForwarder> = inspections.clone();
+    let _ = server.forwarder.set(forwarder);
+    let service = kds::KdsService::new(server.manager.clone(), services.clone(), insights, inspections);
     let kds_addr = kds::serve(
         kds::KdsSettings {
             addr: config.kds_addr,

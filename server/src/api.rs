@@ -107,6 +107,9 @@ pub struct ApiState {
     pub inspector: Arc<OnceLock<Arc<dyn DataplaneInspector>>>,
     /// Who may call the API, and the audit log.
     pub access: Arc<AccessControl>,
+    /// Set once by the global: asks the zone holding a dataplane to inspect
+    /// it.
+    pub forwarder: Arc<OnceLock<Arc<dyn ZoneForwarder>>>,
 }
 
 /// Answers the inspection endpoints of a zone's dataplanes.
@@ -133,6 +136,26 @@ pub trait DataplaneInspector: Send + Sync + 'static {
     fn ingress_xds(&self, _name: &str, _include_eds: bool) -> Result<Option<Value>, String> {
         Ok(None)
     }
+}
+
+/// One inspection of a dataplane, as asked at the global and answered by
+/// its zone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Inspection {
+    /// `xds` (the configuration dump), `rules` or `policies`.
+    pub kind: &'static str,
+    pub mesh: String,
+    /// The dataplane's name in its zone.
+    pub name: String,
+    pub include_eds: bool,
+}
+
+/// How the global asks a zone (over its KDS connection) to inspect one of
+/// its dataplanes: the zone's HTTP status and JSON body, or why the zone
+/// could not be asked.
+#[async_trait::async_trait]
+pub trait ZoneForwarder: Send + Sync + 'static {
+    async fn inspect(&self, zone: &str, inspection: Inspection) -> Result<(u16, Value), String>;
 }
 
 /// Builds the router over `state`.
@@ -945,6 +968,53 @@ fn dump_response(dump: Result<Option<Value>, String>, missing: impl FnOnce() -> 
     }
 }
 
+/// At the global: the inspection answered by the zone the dataplane is
+/// from, over its KDS connection (`None` elsewhere: answer locally).
+async fn forwarded(s: &ApiState, kind: &'static str, mesh: &str, name: &str, include_eds: bool) -> Option<ApiResult> {
+    if !matches!(s.mode, Mode::Global) {
+        return None;
+    }
+    let key = ResourceKey::in_mesh(ResourceType::Dataplane, mesh, name);
+    let Some(dp) = s.manager.get(&key) else {
+        return Some(Err(ApiError::not_found(format!("{key} not found"))));
+    };
+    let Some(zone) = dp.labels.get("kuma.io/zone").cloned() else {
+        return Some(Err(ApiError::not_found(format!(
+            "{key} belongs to no zone: only a zone's dataplanes can be inspected"
+        ))));
+    };
+    let in_zone = dp
+        .labels
+        .get("kuma.io/display-name")
+        .cloned()
+        .or_else(|| name.strip_prefix(&format!("{zone}.")).map(str::to_string))
+        .unwrap_or_else(|| name.to_string());
+    let Some(forwarder) = s.forwarder.get().cloned() else {
+        return Some(Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Unavailable",
+            "this global cannot forward inspections to zones yet (starting)",
+        )));
+    };
+    let inspection = Inspection {
+        kind,
+        mesh: mesh.to_string(),
+        name: in_zone,
+        include_eds,
+    };
+    Some(match forwarder.inspect(&zone, inspection).await {
+        Ok((status, body)) => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+            Ok((status, Json(body)).into_response())
+        }
+        Err(e) => Err(ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "Bad gateway",
+            format!("zone {zone:?}, which holds {key}, did not answer the inspection: {e}"),
+        )),
+    })
+}
+
 async fn dataplane_xds(
     State(s): St,
     Extension(caller): Caller,
@@ -952,6 +1022,9 @@ async fn dataplane_xds(
     Query(q): Query<DumpQuery>,
 ) -> ApiResult {
     authorize_inspection(&s, &caller, ResourceType::Dataplane, Some(&mesh), &name)?;
+    if let Some(answer) = forwarded(&s, "xds", &mesh, &name, q.include_eds).await {
+        return answer;
+    }
     let i = inspector(&s)?;
     dump_response(i.xds(&mesh, &name, q.include_eds), || {
         format!("dataplane {mesh}/{name} not found")
@@ -977,6 +1050,9 @@ async fn dataplane_rules(
     Path((mesh, name)): Path<(String, String)>,
 ) -> ApiResult {
     authorize_inspection(&s, &caller, ResourceType::Dataplane, Some(&mesh), &name)?;
+    if let Some(answer) = forwarded(&s, "rules", &mesh, &name, false).await {
+        return answer;
+    }
     let i = inspector(&s)?;
     i.rules(&mesh, &name)
         .map(|v| Json(v).into_response())
@@ -989,6 +1065,9 @@ async fn dataplane_policies(
     Path((mesh, name)): Path<(String, String)>,
 ) -> ApiResult {
     authorize_inspection(&s, &caller, ResourceType::Dataplane, Some(&mesh), &name)?;
+    if let Some(answer) = forwarded(&s, "policies", &mesh, &name, false).await {
+        return answer;
+    }
     let i = inspector(&s)?;
     i.policies(&mesh, &name)
         .map(|v| Json(v).into_response())

@@ -72,6 +72,8 @@ pub struct Running {
     pub dataplane_tokens: Option<Arc<identity::dataplane::DataplaneTokenIssuer>>,
     /// Set once by a zone to serve `/meshes/{mesh}/dataplanes/{name}/xds` and `/policies`.
     pub inspector: Arc<std::sync::OnceLock<Arc<dyn api::DataplaneInspector>>>,
+    /// Set once by the global to forward those inspections to zones.
+    pub forwarder: Arc<std::sync::OnceLock<Arc<dyn api::ZoneForwarder>>>,
     pub manager: Arc<manager::Manager>,
     /// The admin token of this control plane (also in its admin token file).
     pub admin_token: String,
@@ -136,6 +138,7 @@ pub async fn start(
     )
     .await?;
     let inspector = Arc::new(std::sync::OnceLock::new());
+    let forwarder = Arc::new(std::sync::OnceLock::new());
     let dataplane_tokens = matches!(config.mode, Mode::Global | Mode::Standalone { .. })
         .then(|| Arc::new(identity::dataplane::DataplaneTokenIssuer::new(manager.clone())));
     let state = Arc::new(api::ApiState {
@@ -150,6 +153,7 @@ pub async fn start(
         zone: config.zone.clone(),
         inspector: inspector.clone(),
         access: access.clone(),
+        forwarder: forwarder.clone(),
     });
     let acceptor = config.api_tls.as_ref().map(api_tls::ApiTls::acceptor).transpose()?;
     let listener = TcpListener::bind(config.api_addr)
@@ -163,6 +167,7 @@ pub async fn start(
         api_addr,
         dataplane_tokens,
         inspector,
+        forwarder,
         manager,
         admin_token,
         access,

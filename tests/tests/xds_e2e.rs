@@ -510,6 +510,61 @@ fn inspect_sidecar(d: &Deployment) {
     }
     d.delete("meshaccesslogs", "inspect-log");
 
+    // Asked at the global, the zone holding the dataplane answers (over its
+    // KDS connection), the same as its own API.
+    let at_global = |args: &[&str]| -> Result<Value, String> {
+        let out = d.global.ctl(args, None);
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+    };
+    let global_rules = at_global(&[
+        "inspect",
+        "dataplane",
+        "zone-1.inspect-web",
+        "--type",
+        "rules",
+        "-m",
+        MESH,
+        "-o",
+        "json",
+    ])
+    .unwrap_or_else(|e| panic!("inspect at the global: {e}"));
+    assert_eq!(global_rules["name"], "inspect-web", "{global_rules}");
+    assert!(
+        global_rules["rules"]
+            .as_array()
+            .is_some_and(|rs| rs.iter().any(|r| r["type"] == "MeshRetry")),
+        "{global_rules}"
+    );
+    let global_dump = at_global(&[
+        "inspect",
+        "dataplane",
+        "zone-1.inspect-web",
+        "--type",
+        "config-dump",
+        "-m",
+        MESH,
+        "-o",
+        "json",
+    ])
+    .unwrap_or_else(|e| panic!("config dump at the global: {e}"));
+    assert!(
+        global_dump["configs"][0]["dynamic_active_clusters"]
+            .as_array()
+            .is_some_and(|cs| cs.iter().any(|c| c["cluster"]["name"] == "flaky")),
+        "{global_dump}"
+    );
+    let (status, body) = http(
+        "GET",
+        &format!("{}/meshes/{MESH}/dataplanes/zone-1.nosuch/_rules", d.global.api),
+        None,
+        None,
+    )
+    .unwrap();
+    assert_eq!(status, 404, "{body}");
+
     // The configuration dump: Envoy's admin ConfigDump in proto3 JSON,
     // endpoints only when asked for, as Envoy's /config_dump.
     let dump = inspect("config-dump");

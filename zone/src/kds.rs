@@ -15,6 +15,7 @@ use meridian_core::decode::validate_spec;
 use meridian_core::names::check_subdomain;
 use meridian_core::{FieldPath, Resource, ResourceKey, ResourceType};
 use meridian_proto as pb;
+use meridian_server::api::DataplaneInspector;
 use meridian_server::kds::stream::{run_receiver, run_sender, MAX_MESSAGE_BYTES};
 use meridian_server::kds::wire::{content_version, parse_wire_name, wire_name};
 use meridian_server::kds::{
@@ -153,6 +154,7 @@ pub async fn run(
     manager: Arc<Manager>,
     connected: watch::Sender<bool>,
     metrics: KdsMetrics,
+    inspector: Inspector,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut backoff = backoff::ExponentialBackoffBuilder::new()
@@ -178,7 +180,7 @@ pub async fn run(
         let started = Instant::now();
         let span = tracing::info_span!("kds-client", zone = %settings.zone, global = %address);
         let result = tokio::select! {
-            r = tracing::Instrument::instrument(session(&settings, &instance, address, &manager, &connected, &metrics), span) => r,
+            r = tracing::Instrument::instrument(session(&settings, &instance, address, &manager, &connected, &metrics, &inspector), span) => r,
             _ = shutdown.wait_for(|s| *s) => return,
         };
         let _ = connected.send(false);
@@ -252,6 +254,7 @@ async fn session(
     manager: &Arc<Manager>,
     connected: &watch::Sender<bool>,
     metrics: &KdsMetrics,
+    inspector: &Inspector,
 ) -> anyhow::Result<()> {
     let channel: Channel = endpoint(settings, address)?.connect().await?;
     let token: MetadataValue<_> = format!("Bearer {}", settings.token).parse()?;
@@ -283,6 +286,16 @@ async fn session(
     // ZoneToGlobal: we send.
     let (resp_tx, resp_rx) = mpsc::channel(64);
     let requests = client.zone_to_global(ReceiverStream::new(resp_rx)).await?.into_inner();
+    // Inspect: the global asks, we answer. A global without it (older) or a
+    // failure to open it costs inspection from the global, not the session.
+    let (answer_tx, answer_rx) = mpsc::channel(4);
+    let inspections = match client.inspect(ReceiverStream::new(answer_rx)).await {
+        Ok(r) => Some(r.into_inner()),
+        Err(status) => {
+            tracing::warn!(code = meridian_xds::metrics::code_name(status.code()), reason = status.message(), "the global does not take inspection requests from this zone; inspection at the global will not reach it");
+            None
+        }
+    };
     tracing::info!("connected to the global");
     let _ = connected.send(true);
     // Both streams live and end together, with this session.
@@ -312,8 +325,92 @@ async fn session(
         Arc::new(metrics.clone()),
         MAX_MESSAGE_BYTES,
     );
+    let answer = async {
+        if let Some(requests) = inspections {
+            answer_inspections(requests, answer_tx, inspector.clone(), &settings.zone).await;
+        }
+        // The session lasts as long as the resource streams do.
+        std::future::pending::<()>().await
+    };
     tokio::select! {
         r = receive => r.map_err(|e| anyhow::anyhow!("global-to-zone: {e}")),
         r = send => r.map_err(|e| anyhow::anyhow!("zone-to-global: {e}")),
+        () = answer => Ok(()),
+    }
+}
+
+/// Where the zone's inspection of its proxies lives (set once its xDS side
+/// has started).
+pub type Inspector = Arc<std::sync::OnceLock<Arc<dyn DataplaneInspector>>>;
+
+/// Answers the global's inspection requests one at a time, each on the
+/// blocking pool (generation is CPU work), until the stream ends.
+async fn answer_inspections(
+    mut requests: tonic::Streaming<pb::InspectRequest>,
+    answers: mpsc::Sender<pb::InspectResponse>,
+    inspector: Inspector,
+    zone: &str,
+) {
+    while let Ok(Some(request)) = requests.message().await {
+        let id = request.id;
+        let inspector = inspector.get().cloned();
+        let zone = zone.to_string();
+        let answer = tokio::task::spawn_blocking(move || inspect(inspector.as_deref(), &zone, &request))
+            .await
+            .unwrap_or_else(|e| error(500, "Internal error", &format!("the inspection failed: {e}")));
+        let (status, body) = answer;
+        let body = match serde_json::to_vec(&body) {
+            Ok(b) if b.len() <= MAX_MESSAGE_BYTES => b,
+            Ok(b) => serde_json::to_vec(
+                &error(
+                    500,
+                    "Internal error",
+                    &format!(
+                        "the answer is {} bytes, more than KDS carries ({MAX_MESSAGE_BYTES}); ask the zone's API",
+                        b.len()
+                    ),
+                )
+                .1,
+            )
+            .unwrap_or_default(),
+            Err(e) => serde_json::to_vec(&error(500, "Internal error", &e.to_string()).1).unwrap_or_default(),
+        };
+        if answers.send(pb::InspectResponse { id, status, body }).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// An error body as the API writes them.
+fn error(status: u32, title: &str, details: &str) -> (u32, serde_json::Value) {
+    (
+        status,
+        serde_json::json!({"title": title, "details": details, "causes": []}),
+    )
+}
+
+/// What this zone's API would answer to `request`.
+fn inspect(inspector: Option<&dyn DataplaneInspector>, zone: &str, r: &pb::InspectRequest) -> (u32, serde_json::Value) {
+    let Some(i) = inspector else {
+        return error(503, "Unavailable", "the zone's proxy side is not started yet");
+    };
+    let found = match r.kind.as_str() {
+        "xds" => i.xds(&r.mesh, &r.name, r.include_eds),
+        "rules" => Ok(i.rules(&r.mesh, &r.name)),
+        "policies" => Ok(i.policies(&r.mesh, &r.name)),
+        other => return error(400, "Bad request", &format!("unknown inspection {other:?}")),
+    };
+    match found {
+        Ok(Some(v)) => (200, v),
+        Ok(None) => error(
+            404,
+            "Not found",
+            &format!("dataplane {}/{} not found in zone {zone:?}", r.mesh, r.name),
+        ),
+        Err(e) => error(
+            500,
+            "Internal error",
+            &format!("the configuration dump cannot be written: {e}"),
+        ),
     }
 }

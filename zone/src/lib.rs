@@ -166,6 +166,7 @@ pub async fn start(config: ZoneConfig) -> anyhow::Result<RunningZone> {
             manager,
             connected_tx,
             kds_metrics,
+            server.inspector.clone(),
             stop_rx.clone(),
         )));
     }
