@@ -1114,6 +1114,8 @@ struct Case {
 const MTLS: &str = include_str!("../golden/xds/inputs/mtls.yaml");
 /// The same mesh in PERMISSIVE mode.
 const MTLS_PERMISSIVE: &str = include_str!("../golden/xds/inputs/mtls-permissive.yaml");
+/// MeshTimeout and MeshRetry targeting a MeshHTTPRoute.
+const ROUTE_POLICIES: &str = include_str!("../golden/xds/inputs/route-policies.yaml");
 
 /// Stand-ins for the PEM the zone puts in SDS secrets: generation copies
 /// them as they are, and golden files stay stable.
@@ -1121,7 +1123,7 @@ const GOLDEN_TRUST_BUNDLE: &str = "-----BEGIN CERTIFICATE-----\n(root of ca-1)\n
 const GOLDEN_CHAIN: &str = "-----BEGIN CERTIFICATE-----\n(workload certificate)\n-----END CERTIFICATE-----\n-----BEGIN CERTIFICATE-----\n(zone-1 intermediate)\n-----END CERTIFICATE-----\n";
 const GOLDEN_KEY: &str = "-----BEGIN PRIVATE KEY-----\n(workload key)\n-----END PRIVATE KEY-----\n";
 
-const CASES: [Case; 17] = [
+const CASES: [Case; 19] = [
     Case {
         name: "sidecar-defaults",
         description: "Envoy sidecar of web: http inbound, grpc outbound to backend (2 instances), tcp outbound to db; the 4 default policies",
@@ -1233,6 +1235,22 @@ const CASES: [Case; 17] = [
         yaml: MTLS_PERMISSIVE,
         proxy: "backend-1",
         kind: ProxyKind::Sidecar,
+    },
+    Case {
+        name: "sidecar-route-policies",
+        description: "Envoy sidecar of web: a MeshHTTPRoute to backend (/api to v2, / to v1); both of its rules carry the 2s timeout and 1 retry of the MeshTimeout and MeshRetry that target the route (merged over the mesh-wide ones), the destination's catch-all route the mesh-wide 15s and retries",
+        zone: "zone-1",
+        yaml: ROUTE_POLICIES,
+        proxy: "web-1",
+        kind: ProxyKind::Sidecar,
+    },
+    Case {
+        name: "proxyless-route-policies",
+        description: "the route-policies mesh seen by a proxyless client (web-1)",
+        zone: "zone-1",
+        yaml: ROUTE_POLICIES,
+        proxy: "web-1",
+        kind: ProxyKind::Proxyless,
     },
     Case {
         name: "proxyless-mtls-client",

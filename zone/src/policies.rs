@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 
 use meridian_core::dataplane::{Dataplane, SERVICE_TAG};
 use meridian_core::policy::matching::{
-    from_conf, http_route_rules, ordered_http_routes, to_conf, traffic_permissions, Destination, ProxyView, Tags,
+    from_conf, http_route_rules, ordered_http_routes, route_to_conf, to_conf, traffic_permissions, Destination,
+    ProxyView, Tags,
 };
 use meridian_core::policy::meshcircuitbreaker::MeshCircuitBreaker;
 use meridian_core::policy::meshfaultinjection::MeshFaultInjection;
@@ -20,7 +21,7 @@ use meridian_core::policy::meshtimeout::MeshTimeout;
 use meridian_core::policy::meshtrafficpermission::MeshTrafficPermission;
 use meridian_core::ResourceType;
 use meridian_xds::generate::cache::SharedCache;
-use meridian_xds::generate::{server, InboundPolicies, OutboundPolicies, PolicyResolver};
+use meridian_xds::generate::{server, InboundPolicies, OutboundPolicies, PolicyResolver, RoutePolicies};
 use meridian_xds::snapshot::{MeshSnapshot, ProxyContext};
 use serde::de::DeserializeOwned;
 use serde_json::json;
@@ -54,6 +55,9 @@ pub struct MeshPolicies {
     faults: Vec<(String, MeshFaultInjection)>,
     rate_limits: Vec<(String, MeshRateLimit)>,
     traffic_permissions: Vec<(String, MeshTrafficPermission)>,
+    /// Whether some MeshTimeout or MeshRetry targets a MeshHTTPRoute (then
+    /// each route rule gets its own timeout and retries).
+    route_targeted: bool,
 }
 
 pub(crate) fn decode<P: DeserializeOwned>(snapshot: &MeshSnapshot, kind: ResourceType) -> Vec<(String, P)> {
@@ -80,13 +84,20 @@ impl MeshPolicies {
         for (_, spec) in snapshot.policies.values().flatten() {
             named_services(spec, &mut specific);
         }
+        let timeouts: Vec<(String, MeshTimeout)> = decode(snapshot, ResourceType::MeshTimeout);
+        let retries: Vec<(String, MeshRetry)> = decode(snapshot, ResourceType::MeshRetry);
+        let on_route =
+            |t: &meridian_core::policy::TargetRef| t.kind == meridian_core::policy::TargetRefKind::MeshHttpRoute;
+        let route_targeted = timeouts.iter().any(|(_, p)| on_route(&p.target_ref))
+            || retries.iter().any(|(_, p)| on_route(&p.target_ref));
         MeshPolicies {
+            route_targeted,
             specific,
             generic: Mutex::new(HashMap::new()),
             interned: Mutex::new(HashMap::new()),
             cache: SharedCache::default(),
-            timeouts: decode(snapshot, ResourceType::MeshTimeout),
-            retries: decode(snapshot, ResourceType::MeshRetry),
+            timeouts,
+            retries,
             circuit_breakers: decode(snapshot, ResourceType::MeshCircuitBreaker),
             load_balancing: decode(snapshot, ResourceType::MeshLoadBalancingStrategy),
             http_routes: decode(snapshot, ResourceType::MeshHTTPRoute),
@@ -216,13 +227,39 @@ impl MeshPolicies {
             Vec::new()
         });
         // One route per match, in the order Envoy must try them.
-        let http_rules = ordered_http_routes(&rules)
-            .into_iter()
+        let entries = ordered_http_routes(&rules);
+        let http_rules = entries
+            .iter()
             .map(|e| Rule {
                 matches: vec![e.matched.clone()],
                 default: e.conf.clone(),
             })
             .collect();
+        // Policies that target a route apply to its rules' requests: each
+        // rule (by its whole list of matches) gets its own limits.
+        let route_policies = if self.route_targeted {
+            entries
+                .iter()
+                .map(|e| {
+                    let matches = rules
+                        .iter()
+                        .find(|r| r.matches.iter().any(|m| std::ptr::eq(m, e.matched)))
+                        .map_or(std::slice::from_ref(e.matched), |r| r.matches.as_slice());
+                    RoutePolicies {
+                        timeout: ok_or_log(
+                            "MeshTimeout",
+                            route_to_conf(&self.timeouts, &self.http_routes, &view, dest, matches),
+                        ),
+                        retry: ok_or_log(
+                            "MeshRetry",
+                            route_to_conf(&self.retries, &self.http_routes, &view, dest, matches),
+                        ),
+                    }
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         // Faults are the destination's: its inbound `from` rules that select
         // this client.
         let target = destination_dataplane(service);
@@ -245,6 +282,7 @@ impl MeshPolicies {
                 "MeshTCPRoute",
                 meridian_core::policy::matching::tcp_route_conf(&self.tcp_routes, &view, dest),
             ),
+            route_policies,
         }
     }
 

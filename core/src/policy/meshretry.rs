@@ -180,9 +180,11 @@ const TOP: &[K] = &[
     K::MeshGateway,
     K::MeshService,
     K::MeshServiceSubset,
+    K::MeshHttpRoute,
 ];
 const TO: &[K] = &[K::Mesh, K::MeshService];
-/// A gateway's retries are configured for all its destinations at once.
+/// A gateway's or a route's retries are configured for all its
+/// destinations at once.
 const TO_FROM_GATEWAY: &[K] = &[K::Mesh];
 
 impl Spec for MeshRetry {
@@ -192,7 +194,7 @@ impl Spec for MeshRetry {
         if self.to.is_empty() {
             causes.add(&path.field("to"), "must have at least one item");
         }
-        let allowed = if self.target_ref.kind == K::MeshGateway {
+        let allowed = if matches!(self.target_ref.kind, K::MeshGateway | K::MeshHttpRoute) {
             TO_FROM_GATEWAY
         } else {
             TO
@@ -405,12 +407,25 @@ mod tests {
     }
 
     #[test]
-    fn rejects_unsupported_kinds_and_from() {
+    fn a_route_takes_retries_for_all_its_destinations() {
+        let on_route = json!({"targetRef": {"kind": "MeshHTTPRoute", "name": "r"},
+               "to": [{"targetRef": {"kind": "Mesh"}, "default": {"http": {"numRetries": 1}}}]});
+        assert!(crate::spec::check::<MeshRetry>(on_route, &FieldPath::root().field("spec")).is_ok());
         assert_invalid::<MeshRetry>(
             json!({"targetRef": {"kind": "MeshHTTPRoute", "name": "r"},
+                   "to": [{"targetRef": {"kind": "MeshService", "name": "b"}, "default": {"http": {"numRetries": 1}}}]}),
+            "spec.to[0].targetRef.kind",
+            "value MeshService is not supported here; allowed: Mesh",
+        );
+    }
+
+    #[test]
+    fn rejects_unsupported_kinds_and_from() {
+        assert_invalid::<MeshRetry>(
+            json!({"targetRef": {"kind": "MeshExternalService", "name": "r"},
                    "to": [{"targetRef": {"kind": "Mesh"}, "default": {"tcp": {"maxConnectAttempt": 1}}}]}),
             "spec.targetRef.kind",
-            "MeshHTTPRoute is not supported",
+            "unknown variant `MeshExternalService`",
         );
         assert_invalid::<MeshRetry>(
             json!({"targetRef": {"kind": "Mesh"}, "from": []}),

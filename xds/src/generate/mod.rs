@@ -49,6 +49,20 @@ pub struct OutboundPolicies {
     /// MeshTCPRoute: where TCP traffic to this destination goes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tcp_route: Option<meridian_core::policy::meshtcproute::RuleConf>,
+    /// One entry per `http_rules` entry, in the same order, when some
+    /// MeshTimeout or MeshRetry targets a MeshHTTPRoute: that rule's requests
+    /// take these instead of `timeout` and `retry`. Empty otherwise.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub route_policies: Vec<RoutePolicies>,
+}
+
+/// The timeout and retries of one MeshHTTPRoute rule's requests: the
+/// destination's, merged with the policies that target the route.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RoutePolicies {
+    pub timeout: Option<meshtimeout::Conf>,
+    pub retry: Option<meshretry::Conf>,
 }
 
 /// The effective configuration of a proxy's inbound: what applies to the

@@ -56,7 +56,8 @@ use meridian_core::policy::meshhttproute::{
     Filter, FilterType, HeaderModifier, Match, Method, PathMatch, PathMatchType, PathRewrite, PathRewriteType,
     QueryParamsMatchType, RequestMirror, RequestRedirect, Scheme, UrlRewrite,
 };
-use meridian_core::policy::meshretry::GrpcRetryOn;
+use meridian_core::policy::meshretry::{self, GrpcRetryOn};
+use meridian_core::policy::meshtimeout;
 use meridian_core::policy::TargetRefKind;
 
 use super::proxyless::fraction;
@@ -228,8 +229,8 @@ fn route_matches(m: &Match, client: Client) -> Vec<RouteMatch> {
         .collect()
 }
 
-fn retry_policy(p: &OutboundPolicies, protocol: Protocol) -> Option<RetryPolicy> {
-    let retry = p.retry.as_ref()?;
+fn retry_policy(retry: Option<&meshretry::Conf>, protocol: Protocol) -> Option<RetryPolicy> {
+    let retry = retry?;
     let mut status_codes = Vec::new();
     let mut methods = Vec::new();
     let (num, back_off, retry_on, per_try) = match protocol {
@@ -343,7 +344,14 @@ fn http_retry_on(s: &str) -> HttpRetryOn {
     }
 }
 
-fn action(clusters: &[(ClusterRef, u32)], p: &OutboundPolicies, protocol: Protocol) -> RouteAction {
+/// A rule's (or the destination's) timeout and retries.
+#[derive(Clone, Copy)]
+struct Limits<'a> {
+    timeout: Option<&'a meshtimeout::Conf>,
+    retry: Option<&'a meshretry::Conf>,
+}
+
+fn action(clusters: &[(ClusterRef, u32)], limits: Limits<'_>, protocol: Protocol) -> RouteAction {
     let specifier = if let [(only, _)] = clusters {
         route_action::ClusterSpecifier::Cluster(only.name())
     } else {
@@ -359,9 +367,8 @@ fn action(clusters: &[(ClusterRef, u32)], p: &OutboundPolicies, protocol: Protoc
             ..Default::default()
         })
     };
-    let request_timeout = p
+    let request_timeout = limits
         .timeout
-        .as_ref()
         .and_then(|t| t.http.as_ref())
         .and_then(|h| h.request_timeout.as_ref())
         .map(|d| duration(d.as_std()));
@@ -373,7 +380,7 @@ fn action(clusters: &[(ClusterRef, u32)], p: &OutboundPolicies, protocol: Protoc
             max_stream_duration: Some(d),
             ..Default::default()
         }),
-        retry_policy: retry_policy(p, protocol),
+        retry_policy: retry_policy(limits.retry, protocol),
         ..Default::default()
     }
 }
@@ -631,7 +638,15 @@ pub fn route_configuration(
     let mut clusters = BTreeSet::new();
     let mut routes = Vec::new();
     let any_request = [Match::default()];
-    for rule in &p.http_rules {
+    let destination = Limits {
+        timeout: p.timeout.as_ref(),
+        retry: p.retry.as_ref(),
+    };
+    for (i, rule) in p.http_rules.iter().enumerate() {
+        let limits = p.route_policies.get(i).map_or(destination, |r| Limits {
+            timeout: r.timeout.as_ref(),
+            retry: r.retry.as_ref(),
+        });
         let filters = rule.default.filters.as_deref().unwrap_or_default();
         let redirect = filters
             .iter()
@@ -663,7 +678,7 @@ pub fn route_configuration(
                 }
                 None => {
                     clusters.extend(targets.iter().map(|(c, _)| c.clone()));
-                    Some(action(&targets, p, protocol))
+                    Some(action(&targets, limits, protocol))
                 }
             };
             if client == Client::Sidecar {
@@ -682,7 +697,7 @@ pub fn route_configuration(
             path_specifier: Some(PathSpecifier::Prefix("/".into())),
             ..Default::default()
         }),
-        action: Some(Action::Route(action(&[(whole, 1)], p, protocol))),
+        action: Some(Action::Route(action(&[(whole, 1)], destination, protocol))),
         ..Default::default()
     });
     let rc = RouteConfiguration {
@@ -713,8 +728,11 @@ mod tests {
     #[test]
     fn zero_retries_send_no_retry_policy() {
         for protocol in [Protocol::Grpc, Protocol::Http] {
-            assert_eq!(retry_policy(&retry(json!({"numRetries": 0})), protocol), None);
-            let two = retry_policy(&retry(json!({"numRetries": 2})), protocol).unwrap();
+            assert_eq!(
+                retry_policy(retry(json!({"numRetries": 0})).retry.as_ref(), protocol),
+                None
+            );
+            let two = retry_policy(retry(json!({"numRetries": 2})).retry.as_ref(), protocol).unwrap();
             assert_eq!(two.num_retries, Some(u32_value(2)));
         }
     }
