@@ -102,33 +102,38 @@ impl Spec for MeshFaultInjection {
 }
 
 impl Conf {
+    /// Violation paths as Kuma 2.7 writes them: the list index after the
+    /// fault's kind (`http.abort[1].httpStatus`), and a bandwidth's limit
+    /// at `http.responseBandwidth[i].responseBandwidth`.
     fn validate(&self, path: &FieldPath, causes: &mut Causes) {
+        let http = path.field("http");
         for (i, fault) in self.http.iter().flatten().enumerate() {
-            let p = path.field("http").index(i);
             if fault == &FaultConf::default() {
                 causes.add(
-                    &p,
+                    &http.index(i),
                     "at least one of \"abort\", \"delay\" or \"responseBandwidth\" must be set",
                 );
             }
             if let Some(a) = &fault.abort {
-                check_status_code(a.http_status, &p.field("abort").field("httpStatus"), causes);
-                check_percentage(&a.percentage, &p.field("abort").field("percentage"), causes);
+                let p = http.field("abort").index(i);
+                check_status_code(a.http_status, &p.field("httpStatus"), causes);
+                check_percentage(&a.percentage, &p.field("percentage"), causes);
             }
             if let Some(d) = &fault.delay {
-                check_percentage(&d.percentage, &p.field("delay").field("percentage"), causes);
+                check_percentage(&d.percentage, &http.field("delay").index(i).field("percentage"), causes);
             }
             if let Some(b) = &fault.response_bandwidth {
+                let p = http.field("responseBandwidth").index(i);
                 if bandwidth_kbps(&b.limit).is_none_or(|k| k == 0) {
                     causes.add(
-                        &p.field("responseBandwidth").field("limit"),
+                        &p.field("responseBandwidth"),
                         format!(
                             "{:?} is not a bandwidth: expected a positive number and a unit kbps, Mbps or Gbps",
                             b.limit
                         ),
                     );
                 }
-                check_percentage(&b.percentage, &p.field("responseBandwidth").field("percentage"), causes);
+                check_percentage(&b.percentage, &p.field("percentage"), causes);
             }
         }
     }
@@ -211,12 +216,13 @@ mod tests {
         let fields: Vec<_> = got.iter().map(|c| c.field.trim_start_matches(pre)).collect();
         assert_eq!(
             fields,
+            // Kuma 2.7's paths (meshfaultinjection validator.go).
             [
                 "[0]",
-                "[1].abort.httpStatus",
-                "[1].abort.percentage",
-                "[2].responseBandwidth.limit",
-                "[2].responseBandwidth.percentage",
+                ".abort[1].httpStatus",
+                ".abort[1].percentage",
+                ".responseBandwidth[2].responseBandwidth",
+                ".responseBandwidth[2].percentage",
             ]
         );
         assert_eq!(got[2].message, "must be between 0 and 100");

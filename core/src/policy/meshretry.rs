@@ -205,7 +205,10 @@ impl Spec for MeshRetry {
             RefPosition::To,
             allowed,
             causes,
-            |_, conf, p, c| conf.validate(p, c),
+            // Kuma 2.7 roots a default's violations at `conf`
+            // (`spec.to[0].default.conf.http.retryOn[1]`); decoding errors
+            // keep the document's path.
+            |_, conf, p, c| conf.validate(&p.field("conf"), c),
         );
     }
 }
@@ -448,14 +451,14 @@ mod tests {
         assert_eq!(
             fields,
             [
-                "spec.to[0].default.tcp.maxConnectAttempt",
-                "spec.to[0].default.http.backOff.baseInterval",
-                "spec.to[0].default.http.rateLimitedBackOff.resetHeaders",
-                "spec.to[0].default.http.retryOn[1]",
-                "spec.to[0].default.http.retryOn[2]",
-                "spec.to[0].default.http.retryOn[3]",
-                "spec.to[0].default.http.retryOn[4]",
-                "spec.to[0].default.grpc",
+                "spec.to[0].default.conf.tcp.maxConnectAttempt",
+                "spec.to[0].default.conf.http.backOff.baseInterval",
+                "spec.to[0].default.conf.http.rateLimitedBackOff.resetHeaders",
+                "spec.to[0].default.conf.http.retryOn[1]",
+                "spec.to[0].default.conf.http.retryOn[2]",
+                "spec.to[0].default.conf.http.retryOn[3]",
+                "spec.to[0].default.conf.http.retryOn[4]",
+                "spec.to[0].default.conf.grpc",
             ]
         );
         assert_eq!(got[0].message, "must be defined");
@@ -471,7 +474,7 @@ mod tests {
     fn rejects_empty_default_and_bad_enums() {
         assert_invalid::<MeshRetry>(
             json!({"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "Mesh"}, "default": {}}]}),
-            "spec.to[0].default",
+            "spec.to[0].default.conf",
             "at least one of \"tcp\", \"http\" or \"grpc\"",
         );
         assert_invalid::<MeshRetry>(
@@ -501,9 +504,9 @@ mod tests {
         assert_eq!(
             fields,
             [
-                "spec.to[0].default.http.hostSelection[0].tags",
-                "spec.to[0].default.http.hostSelection[1].updateFrequency",
-                "spec.to[0].default.http.hostSelection[2].predicate",
+                "spec.to[0].default.conf.http.hostSelection[0].tags",
+                "spec.to[0].default.conf.http.hostSelection[1].updateFrequency",
+                "spec.to[0].default.conf.http.hostSelection[2].predicate",
             ]
         );
     }
