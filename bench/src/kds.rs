@@ -688,6 +688,7 @@ impl Zone {
                     xds_tls: Default::default(),
                     dp_auth: meridian_zone::auth::DpAuth::Token,
                     dataplane_cleanup_age: std::time::Duration::from_secs(60),
+                    offline_dataplane_cleanup_age: None,
                     store: StoreKind::Memory,
                     data_dir: dir.path().join("data"),
                     federation: Some(settings),

@@ -62,6 +62,7 @@ async fn start_zone(
         xds_tls: Default::default(),
         dp_auth: meridian_zone::auth::DpAuth::Token,
         dataplane_cleanup_age: std::time::Duration::from_secs(60),
+        offline_dataplane_cleanup_age: None,
         store,
         data_dir: dir.join(format!("{name}-data")),
         federation: Some(ClientSettings {

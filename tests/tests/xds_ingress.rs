@@ -52,6 +52,7 @@ async fn start_zone(dir: &std::path::Path) -> RunningZone {
         xds_tls: Default::default(),
         dp_auth: meridian_zone::auth::DpAuth::Token,
         dataplane_cleanup_age: std::time::Duration::from_secs(60),
+        offline_dataplane_cleanup_age: None,
         store: StoreKind::Memory,
         data_dir: dir.to_path_buf(),
         federation: None,

@@ -59,6 +59,11 @@ pub struct RunArgs {
     /// connection [default: 1m]
     #[arg(long, env = "MERIDIAN_DATAPLANE_CLEANUP_AGE")]
     pub dataplane_cleanup_age: Option<Dur>,
+    /// How long any other dataplane of the zone may stay offline (after its
+    /// proxy's last disconnect) before it is removed, as Kuma's dataplane
+    /// cleanup age; 0s keeps them [default: 72h]
+    #[arg(long, env = "MERIDIAN_OFFLINE_DATAPLANE_CLEANUP_AGE")]
+    pub offline_dataplane_cleanup_age: Option<Dur>,
     /// Directory of the embedded store [default: ./meridian-zone-data]
     #[arg(long, env = "MERIDIAN_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -125,6 +130,7 @@ pub struct FileConfig {
     pub xds_tls_names: Option<Vec<String>>,
     pub dp_auth: Option<DpAuth>,
     pub dataplane_cleanup_age: Option<Dur>,
+    pub offline_dataplane_cleanup_age: Option<Dur>,
     pub data_dir: Option<PathBuf>,
     pub store: Option<StoreKind>,
     pub ingress_address: Option<String>,
@@ -163,6 +169,8 @@ pub struct Settings {
     pub xds_tls_names: Vec<String>,
     pub dp_auth: DpAuth,
     pub dataplane_cleanup_age: Duration,
+    /// Zero: offline dataplanes are kept.
+    pub offline_dataplane_cleanup_age: Duration,
     pub data_dir: PathBuf,
     pub store: StoreKind,
     pub ingress_address: Option<String>,
@@ -195,6 +203,7 @@ impl Default for Settings {
             xds_tls_names: Vec::new(),
             dp_auth: DpAuth::Token,
             dataplane_cleanup_age: Duration::from_secs(60),
+            offline_dataplane_cleanup_age: Duration::from_secs(72 * 3600),
             data_dir: PathBuf::from("./meridian-zone-data"),
             store: StoreKind::Embedded,
             ingress_address: None,
@@ -246,6 +255,10 @@ impl Settings {
                 args.dataplane_cleanup_age.or(file.dataplane_cleanup_age),
                 d.dataplane_cleanup_age,
             )?,
+            offline_dataplane_cleanup_age: args
+                .offline_dataplane_cleanup_age
+                .or(file.offline_dataplane_cleanup_age)
+                .map_or(d.offline_dataplane_cleanup_age, |d| d.as_std()),
             data_dir: args.data_dir.or(file.data_dir).unwrap_or(d.data_dir),
             store: args.store.or(file.store).unwrap_or(d.store),
             ingress_address: args.ingress_address.or(file.ingress_address),
@@ -349,6 +362,7 @@ impl Settings {
             },
             dp_auth: self.dp_auth,
             dataplane_cleanup_age: self.dataplane_cleanup_age,
+            offline_dataplane_cleanup_age: Some(self.offline_dataplane_cleanup_age).filter(|d| !d.is_zero()),
             store: self.store,
             data_dir: self.data_dir.clone(),
             federation,

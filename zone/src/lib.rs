@@ -46,6 +46,9 @@ pub struct ZoneConfig {
     pub dp_auth: auth::DpAuth,
     /// How long a proxy-registered dataplane outlives its proxy.
     pub dataplane_cleanup_age: Duration,
+    /// How long another dataplane of this zone may stay offline before it
+    /// is removed (`None`: kept).
+    pub offline_dataplane_cleanup_age: Option<Duration>,
     pub store: StoreKind,
     pub data_dir: PathBuf,
     /// How to reach the global; `None` runs standalone.
@@ -196,6 +199,7 @@ pub async fn start(config: ZoneConfig) -> anyhow::Result<RunningZone> {
         zone_mtls,
         xds::XdsSettings {
             cleanup_age: config.dataplane_cleanup_age,
+            offline_cleanup_age: config.offline_dataplane_cleanup_age,
             metrics: xds_metrics.clone(),
         },
         stop_rx.clone(),

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value as PbValue};
 use meridian_core::dataplane::{Dataplane, ZoneIngress};
@@ -167,6 +167,7 @@ struct Shared {
     mtls: ZoneMtls,
     /// How long a proxy-registered dataplane outlives its proxy.
     cleanup_age: Duration,
+    offline_cleanup_age: Option<Duration>,
     proxies: Mutex<HashMap<ProxyId, Connected>>,
     /// Current contexts of meshes, valid while `epoch` has not moved.
     contexts: Mutex<HashMap<String, Arc<MeshContext>>>,
@@ -189,6 +190,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub struct XdsSettings {
     /// How long a proxy-registered dataplane outlives its proxy.
     pub cleanup_age: Duration,
+    /// How long any other dataplane of this zone may stay offline (by its
+    /// insight's last disconnect) before it is removed; `None`: kept.
+    pub offline_cleanup_age: Option<Duration>,
     /// Where connections, responses and generation times are counted.
     pub metrics: Arc<XdsMetrics>,
 }
@@ -212,7 +216,11 @@ impl ZoneXds {
         settings: XdsSettings,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
-        let XdsSettings { cleanup_age, metrics } = settings;
+        let XdsSettings {
+            cleanup_age,
+            offline_cleanup_age,
+            metrics,
+        } = settings;
         let shared = Arc::new(Shared {
             manager,
             instance_id: format!("zone-{zone}-{}", std::process::id()),
@@ -221,6 +229,7 @@ impl ZoneXds {
             auth,
             mtls,
             cleanup_age,
+            offline_cleanup_age,
             proxies: Mutex::new(HashMap::new()),
             contexts: Mutex::new(HashMap::new()),
             epoch: AtomicU64::new(0),
@@ -1147,6 +1156,60 @@ async fn cleanup_loop(s: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
                 }
                 Err(e) => tracing::warn!(proxy = %id, error = %e, "removing a dataplane whose proxy is gone failed"),
             }
+        }
+        if let Some(age) = s.offline_cleanup_age {
+            remove_long_offline(&s, age).await;
+        }
+    }
+}
+
+/// The latest disconnect of an insight whose every subscription has ended;
+/// `None` while one is open, or when there is none (a dataplane whose proxy
+/// never connected is not "offline since" anything).
+fn offline_since(insight: &Value) -> Option<DateTime<Utc>> {
+    let subs = insight.get("subscriptions")?.as_array()?;
+    let mut latest: Option<DateTime<Utc>> = None;
+    for sub in subs {
+        let t = sub.get("disconnectTime")?.as_str()?;
+        let t = DateTime::parse_from_rfc3339(t).ok()?.with_timezone(&Utc);
+        latest = Some(latest.map_or(t, |l| l.max(t)));
+    }
+    latest
+}
+
+/// Removes this zone's dataplanes (other than proxy-registered ones, which
+/// the loop above handles) whose proxies have been offline longer than
+/// `age`, as Kuma's dataplane cleanup does (72 h by default).
+async fn remove_long_offline(s: &Shared, age: Duration) {
+    let Ok(age) = chrono::Duration::from_std(age) else {
+        return;
+    };
+    let now = Utc::now();
+    let candidates: Vec<(ProxyId, DateTime<Utc>)> = s
+        .manager
+        .list(&Filter::kind(ResourceType::Dataplane))
+        .into_iter()
+        .filter(|r| !is_proxy_registered(r) && r.labels.get(labels::ZONE).is_none_or(|z| z == &s.zone))
+        .filter_map(|r| {
+            let mesh = r.key.mesh?;
+            let insight = s.manager.get(&ResourceKey::in_mesh(
+                ResourceType::DataplaneInsight,
+                &mesh,
+                &r.key.name,
+            ))?;
+            let since = offline_since(&insight.spec)?;
+            (now - since > age).then_some((ProxyId { mesh, name: r.key.name }, since))
+        })
+        .collect();
+    for (id, since) in candidates {
+        if lock(&s.proxies).contains_key(&id) {
+            continue;
+        }
+        match remove_dataplane(s, &id).await {
+            Ok(()) => {
+                tracing::info!(proxy = %id, offline_since = %since, after = ?age.to_std().unwrap_or_default(), "removed a dataplane that stayed offline")
+            }
+            Err(e) => tracing::warn!(proxy = %id, error = %e, "removing a long-offline dataplane failed"),
         }
     }
 }
