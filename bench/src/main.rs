@@ -24,6 +24,7 @@
 mod access;
 mod ads_client;
 mod kds;
+mod metrics_overhead;
 mod mtls;
 mod soak;
 mod xds_auth;
@@ -56,6 +57,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// What the Prometheus metrics add to store operations and to the ADS
+    /// loop, beside the same work without them.
+    MetricsOverhead {
+        #[arg(long, default_value_t = 1_000_000)]
+        ops: usize,
+        #[arg(long, default_value_t = 7)]
+        rounds: usize,
+    },
     /// Write-to-watch latency on the embedded store and etcd, with the raw etcd baseline.
     Latency {
         #[arg(long, default_value_t = 1000)]
@@ -306,6 +315,7 @@ fn main() -> anyhow::Result<()> {
             &store,
             std::time::Duration::from_secs(idle_secs),
         )),
+        Cmd::MetricsOverhead { ops, rounds } => rt.block_on(metrics_overhead::run(ops, rounds)),
         Cmd::Soak {
             minutes,
             zones,

@@ -11,16 +11,27 @@ use async_trait::async_trait;
 use meridian_core::{Resource, ResourceKey};
 use meridian_store::{EventStream, Filter, Listing, Store, StoreError};
 
-use crate::metrics::{OperationErrorLabel, OperationLabel, StoreMetrics};
+use prometheus_client::metrics::histogram::Histogram;
+
+use crate::metrics::{OperationErrorLabel, OperationLabel, StoreMetrics, STORE_OPERATIONS};
 
 pub struct MeteredStore {
     inner: Arc<dyn Store>,
     metrics: StoreMetrics,
+    /// Each operation's histogram, looked up once (a family lookup takes a
+    /// lock and hashes the labels: more than the memory store's `get`).
+    durations: [Histogram; STORE_OPERATIONS.len()],
 }
 
 impl MeteredStore {
     pub fn wrap(inner: Arc<dyn Store>, metrics: StoreMetrics) -> Arc<dyn Store> {
-        Arc::new(MeteredStore { inner, metrics })
+        let durations =
+            STORE_OPERATIONS.map(|operation| metrics.duration.get_or_create(&OperationLabel { operation }).clone());
+        Arc::new(MeteredStore {
+            inner,
+            metrics,
+            durations,
+        })
     }
 
     async fn timed<T>(
@@ -30,10 +41,15 @@ impl MeteredStore {
     ) -> Result<T, StoreError> {
         let start = Instant::now();
         let result = f.await;
-        self.metrics
-            .duration
-            .get_or_create(&OperationLabel { operation })
-            .observe(start.elapsed().as_secs_f64());
+        let elapsed = start.elapsed().as_secs_f64();
+        match STORE_OPERATIONS.iter().position(|o| *o == operation) {
+            Some(i) => self.durations[i].observe(elapsed),
+            None => self
+                .metrics
+                .duration
+                .get_or_create(&OperationLabel { operation })
+                .observe(elapsed),
+        }
         if let Err(e) = &result {
             self.metrics
                 .errors
