@@ -21,6 +21,11 @@ pub struct Client {
 }
 
 impl Client {
+    /// The control plane's address (`http://host:port`).
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
     /// `ca` are the only roots an `https://` address is verified with, when
     /// given; otherwise the Mozilla roots.
     pub fn new(base: &str, token: Option<ApiToken>, ca: Option<Vec<Certificate<'static>>>) -> Self {

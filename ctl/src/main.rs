@@ -884,14 +884,50 @@ fn zone_join(client: &Client, zone: &str, valid_for: &str, output_dir: &Path) ->
     write_private(&token_file, &format!("{token}\n"))?;
     std::fs::write(&ca_file, ca).with_context(|| format!("writing {}", ca_file.display()))?;
     eprintln!("wrote {} and {}", token_file.display(), ca_file.display());
-    println!(
+    let mut line = format!(
         "meridian-zone run --zone {} --global-address {} --token-file {} --ca-file {}",
         shell_quote(zone),
         shell_quote(address),
         shell_quote(&token_file.display().to_string()),
         shell_quote(&ca_file.display().to_string()),
     );
+    // On the global's own host the zone's default ports (API 5681, the
+    // global's too; xDS 5678, another zone's) and data directory would
+    // collide: give it free ones and a directory next to its token.
+    if is_loopback_address(address) || is_loopback_address(client.base()) {
+        let api = free_local_port(5682, &[]).ok_or_else(|| anyhow!("no free local port for the zone's API"))?;
+        let xds = free_local_port(5678, &[api]).ok_or_else(|| anyhow!("no free local port for the zone's xDS"))?;
+        let data = dir.join(format!("zone-{zone}-data"));
+        line.push_str(&format!(
+            " --api-addr 127.0.0.1:{api} --xds-addr 127.0.0.1:{xds} --data-dir {}",
+            shell_quote(&data.display().to_string())
+        ));
+        eprintln!(
+            "the global is on this host: the zone gets API 127.0.0.1:{api}, xDS 127.0.0.1:{xds} and {}",
+            data.display()
+        );
+    }
+    println!("{line}");
     Ok(())
+}
+
+/// Whether a URL or `host:port` names this host by a loopback address.
+fn is_loopback_address(address: &str) -> bool {
+    let rest = address.split_once("://").map_or(address, |(_, r)| r);
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The first port from `from` up that nothing listens on at 127.0.0.1 (and
+/// that is not in `taken`).
+fn free_local_port(from: u16, taken: &[u16]) -> Option<u16> {
+    (from..from.saturating_add(200))
+        .filter(|p| !taken.contains(p))
+        .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
 }
 
 /// Writes a secret readable by its owner only.
@@ -1051,6 +1087,33 @@ mod tests {
     use clap::CommandFactory;
 
     use super::*;
+
+    #[test]
+    fn loopback_addresses_are_this_host() {
+        for a in [
+            "grpcs://127.0.0.1:5685",
+            "http://localhost:5681",
+            "grpcs://[::1]:5685",
+            "127.0.0.2:80",
+        ] {
+            assert!(is_loopback_address(a), "{a}");
+        }
+        for a in [
+            "grpcs://global.example.com:5685",
+            "http://10.0.0.1:5681",
+            "grpcs://[2001:db8::1]:5685",
+        ] {
+            assert!(!is_loopback_address(a), "{a}");
+        }
+    }
+
+    #[test]
+    fn a_free_port_skips_listening_and_taken_ones() {
+        let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = busy.local_addr().unwrap().port();
+        let got = free_local_port(port, &[port.saturating_add(1)]).unwrap();
+        assert!(got > port.saturating_add(1), "{got} after {port}");
+    }
 
     fn parse(args: &[&str]) -> Cli {
         Cli::try_parse_from(std::iter::once("meridianctl").chain(args.iter().copied())).expect("parses")

@@ -294,3 +294,43 @@ fn meridianctl_inspects_meshes_services_dataplanes_and_ingresses() {
     let cells: Vec<&str> = at_global.split_whitespace().collect();
     assert_eq!(&cells[..3], ["zone-1.ingress", "zone-1", "-"], "{at_global}");
 }
+
+/// The line `generate zone-join` prints runs as it is on the global's own
+/// host: it names free ports and a data directory of the zone's own, so the
+/// zone collides neither with the global (API 5681) nor with another zone.
+#[test]
+fn the_zone_join_line_runs_as_printed_beside_the_global() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let global = start_global_embedded(d, &d.join("g"), &[]);
+    let mut zones = Vec::new();
+    for zone in ["zone-1", "zone-2"] {
+        let join = zone_join(&global, zone, &d.join("join"));
+        let value = |flag: &str| -> String {
+            let at = join
+                .iter()
+                .position(|a| a == flag)
+                .unwrap_or_else(|| panic!("no {flag} in {join:?}"));
+            join[at + 1].clone()
+        };
+        let api = value("--api-addr");
+        assert!(api.starts_with("127.0.0.1:"), "{join:?}");
+        assert!(value("--data-dir").ends_with(&format!("zone-{zone}-data")), "{join:?}");
+        let port: u16 = api.rsplit_once(':').unwrap().1.parse().unwrap();
+        let mut p = Proc::spawn("meridian-zone", &join, &[], d, port);
+        p.wait_ready(Duration::from_secs(30));
+        zones.push(p);
+    }
+    for zone in ["zone-1", "zone-2"] {
+        wait_until(
+            &format!("{zone} online"),
+            Duration::from_secs(30),
+            Duration::from_millis(100),
+            || {
+                zone_online(&global, zone)
+                    .then_some(())
+                    .ok_or_else(|| "offline".to_string())
+            },
+        );
+    }
+}

@@ -20,7 +20,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run a zone control plane.
+    /// Run a zone control plane. A flag given twice takes its last value,
+    /// so a line printed by `meridianctl generate zone-join` can be run
+    /// with flags of one's own after it.
+    #[command(args_override_self = true)]
     Run(RunArgs),
 }
 
