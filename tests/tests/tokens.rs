@@ -148,14 +148,25 @@ fn zone_join_writes_the_token_and_ca_and_prints_the_command() {
     let abs = std::fs::canonicalize(&out_dir).unwrap();
     let token_file = abs.join("zone-east.token");
     let ca_file = abs.join("global-ca.pem");
+    let (head, local) = line
+        .trim_end()
+        .split_once(" --api-addr ")
+        .unwrap_or_else(|| panic!("the global is on this host: the line names the zone's ports: {line}"));
     assert_eq!(
-        line.trim_end(),
+        head,
         format!(
             "meridian-zone run --zone east --global-address {address} --token-file {} --ca-file {}",
             token_file.display(),
             ca_file.display()
         )
     );
+    // Free ports of this host and a data directory next to the token.
+    let words: Vec<&str> = local.split(' ').collect();
+    assert_eq!(words.len(), 5, "{local}");
+    assert!(words[0].starts_with("127.0.0.1:"), "{local}");
+    assert_eq!((words[1], words[3]), ("--xds-addr", "--data-dir"), "{local}");
+    assert!(words[2].starts_with("127.0.0.1:") && words[2] != words[0], "{local}");
+    assert_eq!(words[4], abs.join("zone-east-data").display().to_string());
     assert!(line.contains("--global-address grpcs://") && line.contains("--token-file /"));
     assert!(line.contains("--ca-file /"));
     assert_token_shape(&std::fs::read_to_string(&token_file).unwrap());
