@@ -6,14 +6,15 @@
 //! wins); policies that are matched but not generated carry the warnings of
 //! `meridian_core::unapplied`, so inspection says what has no effect.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use meridian_core::dataplane::SERVICE_TAG;
 use meridian_core::policy::matching::{
-    from_contributions, http_route_rules, matching, merge_confs, ordered_to, tcp_route_conf, to_contributions,
-    Contribution, Destination, ProxyView, TargetRefPolicy, Targeted,
+    from_contributions, http_route_rules, matching, merge_confs, ordered_to, selects_proxy, tcp_route_conf,
+    to_contributions, Contribution, Destination, ProxyView, TargetRefPolicy, Targeted,
 };
-use meridian_core::policy::TargetRef;
+use meridian_core::policy::meshhttproute::MeshHttpRoute;
+use meridian_core::policy::{TargetRef, TargetRefKind};
 use meridian_core::unapplied::unapplied;
 use meridian_core::ResourceType;
 use meridian_xds::snapshot::{MeshSnapshot, ProxyContext};
@@ -153,6 +154,48 @@ impl Builder<'_> {
         out
     }
 
+    /// Policies that target a MeshHTTPRoute selecting this proxy: one rule
+    /// per route, matched by its name, with the merged `to` defaults the
+    /// route's rules get on top of the destination's (in the order
+    /// `route_to_conf` merges them).
+    fn on_route_rules<P: TargetRefPolicy>(
+        &self,
+        kind: ResourceType,
+        policies: &[(String, P)],
+        routes: &[(String, MeshHttpRoute)],
+    ) -> Vec<Value> {
+        let mut by_route: BTreeMap<&str, Vec<&(String, P)>> = BTreeMap::new();
+        for entry in policies {
+            let top = entry.1.target_ref();
+            let Some(route) = top.name.as_deref().filter(|_| top.kind == TargetRefKind::MeshHttpRoute) else {
+                continue;
+            };
+            let selects = routes
+                .iter()
+                .any(|(name, r)| name == route && selects_proxy(&r.target_ref, &self.view));
+            if selects {
+                by_route.entry(route).or_default().push(entry);
+            }
+        }
+        by_route
+            .into_iter()
+            .map(|(route, mut on)| {
+                on.sort_by(|a, b| b.0.cmp(&a.0));
+                let names: Vec<&str> = on.iter().map(|(n, _)| n.as_str()).collect();
+                let conf = match merge_confs(on.iter().flat_map(|(_, p)| p.to_entries()).map(|(_, c)| c)) {
+                    Ok(conf) => to_json(&conf),
+                    Err(e) => json!({"error": e.to_string()}),
+                };
+                json!({
+                    "matchers": [{"key": "MeshHTTPRoute", "value": route}],
+                    "conf": conf,
+                    "origin": origin(kind, &self.proxy.mesh, &names),
+                    "warnings": warnings(self.snapshot, kind, &names),
+                })
+            })
+            .collect()
+    }
+
     /// Policies that are matched whole (no `to`/`from` merge here): their
     /// top-level reference selects the proxy.
     fn proxy_rule<P: Targeted + DeserializeOwned>(&self, kind: ResourceType) -> Option<Value> {
@@ -173,10 +216,9 @@ impl Builder<'_> {
 pub fn rules(snapshot: &MeshSnapshot, proxy: &ProxyContext, destinations: &[String]) -> Value {
     use meridian_core::policy::{
         meshaccesslog::MeshAccessLog, meshcircuitbreaker::MeshCircuitBreaker, meshfaultinjection::MeshFaultInjection,
-        meshhealthcheck::MeshHealthCheck, meshhttproute::MeshHttpRoute,
-        meshloadbalancingstrategy::MeshLoadBalancingStrategy, meshmetric::MeshMetric, meshproxypatch::MeshProxyPatch,
-        meshratelimit::MeshRateLimit, meshretry::MeshRetry, meshtcproute::MeshTcpRoute, meshtimeout::MeshTimeout,
-        meshtrace::MeshTrace, meshtrafficpermission::MeshTrafficPermission,
+        meshhealthcheck::MeshHealthCheck, meshloadbalancingstrategy::MeshLoadBalancingStrategy, meshmetric::MeshMetric,
+        meshproxypatch::MeshProxyPatch, meshratelimit::MeshRateLimit, meshretry::MeshRetry, meshtcproute::MeshTcpRoute,
+        meshtimeout::MeshTimeout, meshtrace::MeshTrace, meshtrafficpermission::MeshTrafficPermission,
     };
     let b = Builder {
         snapshot,
@@ -196,17 +238,28 @@ pub fn rules(snapshot: &MeshSnapshot, proxy: &ProxyContext, destinations: &[Stri
         out.push(rule);
     };
 
+    let http: Vec<(String, MeshHttpRoute)> = decode(snapshot, ResourceType::MeshHTTPRoute);
+    let with_routes = |mut to: Vec<Value>, on_route: Vec<Value>| {
+        to.extend(on_route);
+        to
+    };
     let timeouts: Vec<(String, MeshTimeout)> = decode(snapshot, ResourceType::MeshTimeout);
     push(
         ResourceType::MeshTimeout,
-        b.outbound_rules(ResourceType::MeshTimeout, &timeouts),
+        with_routes(
+            b.outbound_rules(ResourceType::MeshTimeout, &timeouts),
+            b.on_route_rules(ResourceType::MeshTimeout, &timeouts, &http),
+        ),
         b.inbound_rules(ResourceType::MeshTimeout, &timeouts),
         None,
     );
     let retries: Vec<(String, MeshRetry)> = decode(snapshot, ResourceType::MeshRetry);
     push(
         ResourceType::MeshRetry,
-        b.outbound_rules(ResourceType::MeshRetry, &retries),
+        with_routes(
+            b.outbound_rules(ResourceType::MeshRetry, &retries),
+            b.on_route_rules(ResourceType::MeshRetry, &retries, &http),
+        ),
         Vec::new(),
         None,
     );
@@ -252,7 +305,6 @@ pub fn rules(snapshot: &MeshSnapshot, proxy: &ProxyContext, destinations: &[Stri
         b.inbound_rules(ResourceType::MeshTrafficPermission, &permissions),
         None,
     );
-    let http: Vec<(String, MeshHttpRoute)> = decode(snapshot, ResourceType::MeshHTTPRoute);
     let view = &b.view;
     push(
         ResourceType::MeshHTTPRoute,
@@ -405,5 +457,38 @@ mod tests {
                 .all(|r| r["type"] != "MeshRetry"),
             "types with no rule are left out: {out}"
         );
+    }
+
+    #[test]
+    fn policies_on_a_route_show_as_rules_of_that_route() {
+        let route = json!({"targetRef": {"kind": "MeshService", "name": "web"}, "to": [{
+            "targetRef": {"kind": "MeshService", "name": "backend"},
+            "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/api"}}], "default": {}}]}]});
+        let snap = snapshot(vec![
+            ("MeshHTTPRoute", "api", route),
+            (
+                "MeshTimeout",
+                "on-api",
+                json!({"targetRef": {"kind": "MeshHTTPRoute", "name": "api"}, "to": [{"targetRef": {"kind": "Mesh"},
+                    "default": {"http": {"requestTimeout": "2s"}}}]}),
+            ),
+            (
+                "MeshTimeout",
+                "on-other-route",
+                json!({"targetRef": {"kind": "MeshHTTPRoute", "name": "nosuch"}, "to": [{"targetRef": {"kind": "Mesh"},
+                    "default": {"http": {"requestTimeout": "9s"}}}]}),
+            ),
+        ]);
+        let p = proxy(&snap);
+        let out = rules(&snap, &p, &["backend".to_string()]);
+        let timeout = out["rules"]
+            .as_array()
+            .and_then(|r| r.iter().find(|r| r["type"] == "MeshTimeout"))
+            .unwrap_or_else(|| panic!("{out}"));
+        let to = timeout["toRules"].as_array().unwrap();
+        assert_eq!(to.len(), 1, "only the route that selects this proxy: {timeout}");
+        assert_eq!(to[0]["matchers"][0], json!({"key": "MeshHTTPRoute", "value": "api"}));
+        assert_eq!(to[0]["conf"]["http"]["requestTimeout"], "2s");
+        assert_eq!(to[0]["origin"][0]["resourceMeta"]["name"], "on-api");
     }
 }
