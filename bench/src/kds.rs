@@ -689,6 +689,7 @@ impl Zone {
                     dp_auth: meridian_zone::auth::DpAuth::Token,
                     dataplane_cleanup_age: std::time::Duration::from_secs(60),
                     offline_dataplane_cleanup_age: None,
+                    xds_max_connections: meridian_zone::config::DEFAULT_XDS_MAX_CONNECTIONS,
                     store: StoreKind::Memory,
                     data_dir: dir.path().join("data"),
                     federation: Some(settings),

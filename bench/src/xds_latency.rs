@@ -63,6 +63,7 @@ async fn start_zone(
         dp_auth: meridian_zone::auth::DpAuth::Token,
         dataplane_cleanup_age: std::time::Duration::from_secs(60),
         offline_dataplane_cleanup_age: None,
+        xds_max_connections: meridian_zone::config::DEFAULT_XDS_MAX_CONNECTIONS,
         store,
         data_dir: dir.join(format!("{name}-data")),
         federation: Some(ClientSettings {

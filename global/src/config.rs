@@ -56,6 +56,10 @@ pub struct RunArgs {
     /// without closing shows offline within about twice this [default: 10s]
     #[arg(long, env = "MERIDIAN_KDS_KEEPALIVE")]
     pub kds_keepalive: Option<meridian_core::duration::Duration>,
+    /// Most connections the KDS server holds at once (a zone control plane
+    /// keeps one); more are closed at once [default: 4096]
+    #[arg(long, env = "MERIDIAN_KDS_MAX_CONNECTIONS")]
+    pub kds_max_connections: Option<usize>,
     /// Do not create the `default` mesh on first start
     #[arg(long, env = "MERIDIAN_DEFAULTS_SKIP_MESH_CREATION")]
     pub defaults_skip_mesh_creation: Option<bool>,
@@ -108,6 +112,7 @@ pub struct FileConfig {
     pub kds_tls_key: Option<PathBuf>,
     pub kds_advertised_address: Option<String>,
     pub kds_keepalive: Option<meridian_core::duration::Duration>,
+    pub kds_max_connections: Option<usize>,
     pub defaults_skip_mesh_creation: Option<bool>,
     pub admin_token_file: Option<PathBuf>,
     pub metrics_public: Option<bool>,
@@ -135,6 +140,7 @@ pub struct GlobalConfig {
     /// `None`: derived from `kds_addr`, see [`GlobalConfig::kds_advertised_address`].
     pub kds_advertised_address: Option<String>,
     pub kds_keepalive: std::time::Duration,
+    pub kds_max_connections: usize,
     pub defaults_skip_mesh_creation: bool,
     /// `None`: `<data-dir>/admin-token`.
     pub admin_token_file: Option<PathBuf>,
@@ -162,6 +168,7 @@ impl Default for GlobalConfig {
             kds_tls_key: None,
             kds_advertised_address: None,
             kds_keepalive: std::time::Duration::from_secs(10),
+            kds_max_connections: 4096,
             defaults_skip_mesh_creation: false,
             admin_token_file: None,
             metrics_public: false,
@@ -230,6 +237,11 @@ impl GlobalConfig {
                 Some(d) if d.is_zero() => anyhow::bail!("kds-keepalive must be greater than zero"),
                 Some(d) => d.as_std(),
                 None => d.kds_keepalive,
+            },
+            kds_max_connections: match args.kds_max_connections.or(file.kds_max_connections) {
+                Some(0) => anyhow::bail!("kds-max-connections must be at least 1"),
+                Some(n) => n,
+                None => d.kds_max_connections,
             },
             defaults_skip_mesh_creation: args
                 .defaults_skip_mesh_creation

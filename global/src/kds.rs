@@ -50,6 +50,8 @@ pub struct KdsSettings {
     pub key_pem: String,
     /// HTTP/2 keepalive interval; a dead zone is noticed within about twice this.
     pub keepalive: Duration,
+    /// Most connections held at once; more are closed at once.
+    pub max_connections: usize,
 }
 
 /// How often open streams are checked against their zone's token
@@ -766,7 +768,11 @@ pub async fn serve(
                 .max_encoding_message_size(2 * MAX_MESSAGE_BYTES),
         );
     // Small protocol messages must not wait for Nagle's algorithm.
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let incoming = meridian_server::conn_limit::limit(
+        tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+        settings.max_connections,
+        "kds",
+    );
     tokio::spawn(async move {
         let stop = async move {
             let _ = shutdown.wait_for(|s| *s).await;

@@ -130,6 +130,7 @@ pub async fn start(config: GlobalConfig, instance_id: String) -> anyhow::Result<
             cert_pem: tls.cert_pem,
             key_pem: tls.key_pem,
             keepalive: config.kds_keepalive,
+            max_connections: config.kds_max_connections,
         },
         service,
         stop_rx,

@@ -21,6 +21,7 @@ pub mod access;
 pub mod api;
 pub mod api_tls;
 pub mod backend;
+pub mod conn_limit;
 pub mod defaults;
 pub mod error;
 pub mod global_services;

@@ -144,6 +144,90 @@ fn slow_and_idle_connections_are_capped_and_closed() {
     );
 }
 
+/// Holds `cap` silent connections to `addr`, then checks that five more are
+/// closed at once while the held ones stay open.
+fn check_connection_cap(addr: &str, cap: usize, what: &str) {
+    let mut held: Vec<TcpStream> = (0..cap).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    // Each held connection must be accepted (it took a permit) before the
+    // extra ones arrive: the server reads nothing from it and keeps it.
+    for s in &mut held {
+        assert!(
+            !closed_within(s, Duration::from_millis(200)),
+            "{what}: a held connection was closed"
+        );
+    }
+    let started = Instant::now();
+    for i in 0..5 {
+        let mut extra = TcpStream::connect(addr).unwrap();
+        assert!(
+            closed_within(&mut extra, Duration::from_secs(5)),
+            "{what}: connection {} over the cap of {cap} was kept",
+            i + 1
+        );
+    }
+    eprintln!(
+        "RELIABILITY {what} connection cap: {cap} held, 5 more closed in {:?}",
+        started.elapsed()
+    );
+    for s in &mut held {
+        assert!(
+            !closed_within(s, Duration::from_millis(50)),
+            "{what}: a held connection was closed"
+        );
+    }
+}
+
+/// The gRPC servers (the global's KDS, a zone's xDS) hold at most their
+/// cap of connections: more are closed at once, and it is logged.
+#[test]
+fn grpc_servers_hold_at_most_their_connection_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let kds = free_port();
+    let global = start_global_on(
+        dir.path(),
+        &dir.path().join("g"),
+        free_port(),
+        kds,
+        &["--kds-max-connections", "3"],
+    );
+    check_connection_cap(&format!("127.0.0.1:{kds}"), 3, "KDS");
+    wait_until("the global to log the refusals", CONVERGE, POLL, || {
+        let log = global.log_text();
+        log.contains("server holds its maximum of connections")
+            .then_some(())
+            .ok_or_else(|| "not yet".to_string())
+    });
+
+    let (api, xds) = (free_port(), free_port());
+    let args: Vec<String> = [
+        "run",
+        "--zone",
+        "zone-1",
+        "--api-addr",
+        &format!("127.0.0.1:{api}"),
+        "--xds-addr",
+        &format!("127.0.0.1:{xds}"),
+        "--store",
+        "memory",
+        "--data-dir",
+        dir.path().join("z").to_str().unwrap(),
+        "--xds-max-connections",
+        "2",
+    ]
+    .into_iter()
+    .map(str::to_string)
+    .collect();
+    let mut zone = Proc::spawn("meridian-zone", &args, &[], dir.path(), api);
+    zone.wait_ready(Duration::from_secs(30));
+    check_connection_cap(&format!("127.0.0.1:{xds}"), 2, "xDS");
+    wait_until("the zone to log the refusals", CONVERGE, POLL, || {
+        zone.log_text()
+            .contains("server holds its maximum of connections")
+            .then_some(())
+            .ok_or_else(|| "not yet".to_string())
+    });
+}
+
 #[test]
 fn durations_a_proxy_cannot_represent_are_refused_naming_the_field() {
     let dir = tempfile::tempdir().unwrap();

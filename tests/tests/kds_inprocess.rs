@@ -97,6 +97,7 @@ fn zone_config(join: ClientSettings, store: StoreKind, data_dir: &Path) -> ZoneC
         dp_auth: meridian_zone::auth::DpAuth::Token,
         dataplane_cleanup_age: std::time::Duration::from_secs(60),
         offline_dataplane_cleanup_age: None,
+        xds_max_connections: meridian_zone::config::DEFAULT_XDS_MAX_CONNECTIONS,
         store,
         data_dir: data_dir.to_path_buf(),
         federation: Some(join),

@@ -30,6 +30,7 @@ async fn dataplanes_offline_longer_than_the_cleanup_age_are_removed() {
         // The cleanup runs every quarter of this: every 500 ms.
         dataplane_cleanup_age: Duration::from_secs(2),
         offline_dataplane_cleanup_age: Some(Duration::from_secs(30)),
+        xds_max_connections: meridian_zone::config::DEFAULT_XDS_MAX_CONNECTIONS,
         store: StoreKind::Memory,
         data_dir: dir.path().to_path_buf(),
         federation: None,

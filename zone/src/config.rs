@@ -64,6 +64,10 @@ pub struct RunArgs {
     /// cleanup age; 0s keeps them [default: 72h]
     #[arg(long, env = "MERIDIAN_OFFLINE_DATAPLANE_CLEANUP_AGE")]
     pub offline_dataplane_cleanup_age: Option<Dur>,
+    /// Most connections the xDS server holds at once (a proxy keeps one);
+    /// more are closed at once [default: 32768]
+    #[arg(long, env = "MERIDIAN_XDS_MAX_CONNECTIONS")]
+    pub xds_max_connections: Option<usize>,
     /// Directory of the embedded store [default: ./meridian-zone-data]
     #[arg(long, env = "MERIDIAN_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -131,6 +135,7 @@ pub struct FileConfig {
     pub dp_auth: Option<DpAuth>,
     pub dataplane_cleanup_age: Option<Dur>,
     pub offline_dataplane_cleanup_age: Option<Dur>,
+    pub xds_max_connections: Option<usize>,
     pub data_dir: Option<PathBuf>,
     pub store: Option<StoreKind>,
     pub ingress_address: Option<String>,
@@ -171,6 +176,7 @@ pub struct Settings {
     pub dataplane_cleanup_age: Duration,
     /// Zero: offline dataplanes are kept.
     pub offline_dataplane_cleanup_age: Duration,
+    pub xds_max_connections: usize,
     pub data_dir: PathBuf,
     pub store: StoreKind,
     pub ingress_address: Option<String>,
@@ -204,6 +210,7 @@ impl Default for Settings {
             dp_auth: DpAuth::Token,
             dataplane_cleanup_age: Duration::from_secs(60),
             offline_dataplane_cleanup_age: Duration::from_secs(72 * 3600),
+            xds_max_connections: DEFAULT_XDS_MAX_CONNECTIONS,
             data_dir: PathBuf::from("./meridian-zone-data"),
             store: StoreKind::Embedded,
             ingress_address: None,
@@ -221,6 +228,9 @@ impl Default for Settings {
         }
     }
 }
+
+/// Most connections a zone's xDS server holds at once by default.
+pub const DEFAULT_XDS_MAX_CONNECTIONS: usize = 32_768;
 
 fn positive(name: &str, d: Option<Dur>, default: Duration) -> anyhow::Result<Duration> {
     match d {
@@ -259,6 +269,11 @@ impl Settings {
                 .offline_dataplane_cleanup_age
                 .or(file.offline_dataplane_cleanup_age)
                 .map_or(d.offline_dataplane_cleanup_age, |d| d.as_std()),
+            xds_max_connections: match args.xds_max_connections.or(file.xds_max_connections) {
+                Some(0) => bail!("xds-max-connections must be at least 1"),
+                Some(n) => n,
+                None => d.xds_max_connections,
+            },
             data_dir: args.data_dir.or(file.data_dir).unwrap_or(d.data_dir),
             store: args.store.or(file.store).unwrap_or(d.store),
             ingress_address: args.ingress_address.or(file.ingress_address),
@@ -363,6 +378,7 @@ impl Settings {
             dp_auth: self.dp_auth,
             dataplane_cleanup_age: self.dataplane_cleanup_age,
             offline_dataplane_cleanup_age: Some(self.offline_dataplane_cleanup_age).filter(|d| !d.is_zero()),
+            xds_max_connections: self.xds_max_connections,
             store: self.store,
             data_dir: self.data_dir.clone(),
             federation,

@@ -49,6 +49,8 @@ pub struct ZoneConfig {
     /// How long another dataplane of this zone may stay offline before it
     /// is removed (`None`: kept).
     pub offline_dataplane_cleanup_age: Option<Duration>,
+    /// Most connections the xDS server holds at once.
+    pub xds_max_connections: usize,
     pub store: StoreKind,
     pub data_dir: PathBuf,
     /// How to reach the global; `None` runs standalone.
@@ -208,6 +210,7 @@ pub async fn start(config: ZoneConfig) -> anyhow::Result<RunningZone> {
     let _ = server.inspector.set(inspector);
     let xds_addr = serve_xds(
         config.xds_addr,
+        config.xds_max_connections,
         &xds_tls,
         zone_xds.clone(),
         xds_metrics,
@@ -233,6 +236,7 @@ pub async fn start(config: ZoneConfig) -> anyhow::Result<RunningZone> {
 /// until `shutdown` turns true.
 async fn serve_xds(
     addr: SocketAddr,
+    max_connections: usize,
     tls: &tls::TlsMaterial,
     source: xds::ZoneXds,
     metrics: Arc<meridian_xds::metrics::XdsMetrics>,
@@ -260,7 +264,11 @@ async fn serve_xds(
         .add_service(service)
         .add_service(dataplanes);
     // Small protocol messages must not wait for Nagle's algorithm.
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let incoming = meridian_server::conn_limit::limit(
+        tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+        max_connections,
+        "xds",
+    );
     tokio::spawn(async move {
         let stop = async move {
             let _ = shutdown.wait_for(|s| *s).await;
