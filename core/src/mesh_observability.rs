@@ -300,22 +300,9 @@ fn is_host_port(s: &str) -> bool {
 /// `Some(has_port)` for an absolute URL (`scheme://host[:port][/path]`),
 /// `None` when it is not one.
 fn url_port(url: &str) -> Option<bool> {
-    let (scheme, rest) = url.split_once("://")?;
-    let scheme_ok = scheme.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
-        && scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c));
-    if !scheme_ok || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return None;
-    }
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    if host_port.is_empty() {
-        return None;
-    }
-    let port = match host_port.strip_prefix('[') {
-        Some(v6) => v6.split_once(']').map(|(_, after)| after.strip_prefix(':'))?,
-        None => host_port.rsplit_once(':').map(|(_, p)| p),
-    };
-    match port {
+    let parts = crate::policy::common::split_url(url)?;
+    parts.scheme?;
+    match parts.port {
         None | Some("") => Some(false),
         Some(p) if p.chars().all(|c| c.is_ascii_digit()) => Some(true),
         Some(_) => None,

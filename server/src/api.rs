@@ -1088,12 +1088,23 @@ fn online(insight: Option<&Resource>) -> bool {
 /// for a dataplane synced from a zone, that zone is connected. A zone that
 /// went away stops updating its dataplanes' insights, which would otherwise
 /// show them online for ever.
-pub(crate) fn dataplane_online(insight: Option<&Resource>, zone_insight: Option<&Resource>) -> bool {
+fn dataplane_online(insight: Option<&Resource>, zone_insight: Option<&Resource>) -> bool {
     online(insight) && zone_insight.is_none_or(|z| online(Some(z)))
 }
 
+/// Whether `dp` is online, going by its stored insight (and its zone's).
+pub(crate) fn dataplane_is_online(m: &crate::manager::Manager, dp: &Resource) -> bool {
+    let mesh = dp.key.mesh.as_deref().unwrap_or_default();
+    let insight = m.get(&ResourceKey::in_mesh(
+        ResourceType::DataplaneInsight,
+        mesh,
+        &dp.key.name,
+    ));
+    dataplane_online(insight.as_ref(), zone_insight_of(m, dp).as_ref())
+}
+
 /// The ZoneInsight of the zone `dp` came from (none for this zone's own).
-pub(crate) fn zone_insight_of(m: &crate::manager::Manager, dp: &Resource) -> Option<Resource> {
+fn zone_insight_of(m: &crate::manager::Manager, dp: &Resource) -> Option<Resource> {
     let zone = dp.labels.get("kuma.io/zone")?;
     m.get(&ResourceKey::global(ResourceType::ZoneInsight, zone))
 }
@@ -1232,21 +1243,7 @@ async fn global_insight(State(s): St, Extension(caller): Caller) -> Json<Value> 
         })
         .count();
     let dataplanes = list(&Filter::kind(ResourceType::Dataplane));
-    let dp_online = dataplanes
-        .iter()
-        .filter(|dp| {
-            let mesh = dp.key.mesh.as_deref().unwrap_or_default();
-            dataplane_online(
-                m.get(&ResourceKey::in_mesh(
-                    ResourceType::DataplaneInsight,
-                    mesh,
-                    &dp.key.name,
-                ))
-                .as_ref(),
-                zone_insight_of(m, dp).as_ref(),
-            )
-        })
-        .count();
+    let dp_online = dataplanes.iter().filter(|dp| dataplane_is_online(m, dp)).count();
     let mut policies = Map::new();
     let mut policy_total = 0;
     for kind in ResourceType::policies() {

@@ -36,20 +36,13 @@ impl MeteredStore {
 
     async fn timed<T>(
         &self,
-        operation: &'static str,
+        op: Op,
         f: impl std::future::Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
         let start = Instant::now();
         let result = f.await;
-        let elapsed = start.elapsed().as_secs_f64();
-        match STORE_OPERATIONS.iter().position(|o| *o == operation) {
-            Some(i) => self.durations[i].observe(elapsed),
-            None => self
-                .metrics
-                .duration
-                .get_or_create(&OperationLabel { operation })
-                .observe(elapsed),
-        }
+        self.durations[op as usize].observe(start.elapsed().as_secs_f64());
+        let operation = STORE_OPERATIONS[op as usize];
         if let Err(e) = &result {
             self.metrics
                 .errors
@@ -61,6 +54,22 @@ impl MeteredStore {
         }
         result
     }
+}
+
+/// A store operation, in the order of [`STORE_OPERATIONS`] (its label).
+#[derive(Clone, Copy)]
+enum Op {
+    Create,
+    Update,
+    Delete,
+    Get,
+    List,
+    Watch,
+    GetSystem,
+    PutSystem,
+    PutSystemIfAbsent,
+    ListSystem,
+    DeleteSystem,
 }
 
 /// The `error` label of a store failure.
@@ -79,36 +88,37 @@ pub fn error_kind(e: &StoreError) -> &'static str {
 #[async_trait]
 impl Store for MeteredStore {
     async fn create(&self, resource: Resource) -> Result<Resource, StoreError> {
-        self.timed("create", self.inner.create(resource)).await
+        self.timed(Op::Create, self.inner.create(resource)).await
     }
 
     async fn update(&self, resource: Resource) -> Result<Resource, StoreError> {
-        self.timed("update", self.inner.update(resource)).await
+        self.timed(Op::Update, self.inner.update(resource)).await
     }
 
     async fn delete(&self, key: &ResourceKey, expected_version: Option<u64>) -> Result<u64, StoreError> {
-        self.timed("delete", self.inner.delete(key, expected_version)).await
+        self.timed(Op::Delete, self.inner.delete(key, expected_version)).await
     }
 
     async fn get(&self, key: &ResourceKey) -> Result<Option<Resource>, StoreError> {
-        self.timed("get", self.inner.get(key)).await
+        self.timed(Op::Get, self.inner.get(key)).await
     }
 
     async fn list(&self, filter: &Filter) -> Result<Listing, StoreError> {
-        self.timed("list", self.inner.list(filter)).await
+        self.timed(Op::List, self.inner.list(filter)).await
     }
 
     /// Times opening the watch, not the life of the stream.
     async fn watch(&self, revision: u64) -> Result<EventStream, StoreError> {
-        self.timed("watch", self.inner.watch(revision)).await
+        self.timed(Op::Watch, self.inner.watch(revision)).await
     }
 
     async fn get_system(&self, mesh: Option<&str>, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        self.timed("get_system", self.inner.get_system(mesh, name)).await
+        self.timed(Op::GetSystem, self.inner.get_system(mesh, name)).await
     }
 
     async fn put_system(&self, mesh: Option<&str>, name: &str, value: Vec<u8>) -> Result<(), StoreError> {
-        self.timed("put_system", self.inner.put_system(mesh, name, value)).await
+        self.timed(Op::PutSystem, self.inner.put_system(mesh, name, value))
+            .await
     }
 
     async fn put_system_if_absent(
@@ -118,7 +128,7 @@ impl Store for MeteredStore {
         value: Vec<u8>,
     ) -> Result<Vec<u8>, StoreError> {
         self.timed(
-            "put_system_if_absent",
+            Op::PutSystemIfAbsent,
             self.inner.put_system_if_absent(mesh, name, value),
         )
         .await
@@ -130,12 +140,12 @@ impl Store for MeteredStore {
         start_after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        self.timed("list_system", self.inner.list_system(prefix, start_after, limit))
+        self.timed(Op::ListSystem, self.inner.list_system(prefix, start_after, limit))
             .await
     }
 
     async fn delete_system(&self, names: &[String]) -> Result<(), StoreError> {
-        self.timed("delete_system", self.inner.delete_system(names)).await
+        self.timed(Op::DeleteSystem, self.inner.delete_system(names)).await
     }
 }
 

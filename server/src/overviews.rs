@@ -17,7 +17,7 @@ use meridian_core::{Resource, ResourceKey, ResourceType};
 use meridian_store::Filter;
 use serde_json::{json, Map, Value};
 
-use crate::api::{dataplane_online, paged, target_of, view_access, visible, ApiResult, ApiState, Caller, Page, St};
+use crate::api::{dataplane_is_online, paged, target_of, view_access, visible, ApiResult, ApiState, Caller, Page, St};
 use crate::error::ApiError;
 
 /// The `kuma.io/service` values a dataplane serves: its inbounds' and its
@@ -37,20 +37,11 @@ fn services_of(dp: &Resource) -> BTreeSet<String> {
     out
 }
 
-/// Whether each of `dataplanes` is online (its proxy connected and, for a
-/// dataplane synced from a zone, that zone too).
+/// Whether each of `dataplanes` is online.
 fn online_of(s: &ApiState, dataplanes: &[Resource]) -> Vec<bool> {
     dataplanes
         .iter()
-        .map(|dp| {
-            let mesh = dp.key.mesh.as_deref().unwrap_or_default();
-            let insight = s.manager.get(&ResourceKey::in_mesh(
-                ResourceType::DataplaneInsight,
-                mesh,
-                &dp.key.name,
-            ));
-            dataplane_online(insight.as_ref(), crate::api::zone_insight_of(&s.manager, dp).as_ref())
-        })
+        .map(|dp| dataplane_is_online(&s.manager, dp))
         .collect()
 }
 
