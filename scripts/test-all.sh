@@ -24,6 +24,9 @@ xds_all
 # etcd-server on Debian starts a system etcd on 2379; the tests never use it
 # (they start their own on free ports), so its state does not matter.
 
+# One build from scratch: incremental caches would only cost disk (GBs).
+export CARGO_INCREMENTAL=0
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo build --workspace --bins
