@@ -28,10 +28,17 @@ pub fn unapplied(kind: ResourceType, spec: &Value) -> Vec<Unapplied> {
         })
     };
     match kind {
-        ResourceType::MeshAccessLog
-        | ResourceType::MeshTrace
-        | ResourceType::MeshMetric
-        | ResourceType::MeshProxyPatch => note("spec".into(), &format!("{kind} is {NOT_GENERATED}")),
+        ResourceType::MeshAccessLog => note(
+            "spec".into(),
+            "applies to Envoy sidecars; gRPC clients and servers (proxyless) take no access-log configuration over xDS, so it has no effect on them",
+        ),
+        ResourceType::MeshTrace => note(
+            "spec".into(),
+            "applies to Envoy sidecars; gRPC clients and servers (proxyless) take no tracing configuration over xDS, so it has no effect on them",
+        ),
+        ResourceType::MeshMetric | ResourceType::MeshProxyPatch => {
+            note("spec".into(), &format!("{kind} is {NOT_GENERATED}"))
+        }
         ResourceType::MeshLoadBalancingStrategy => {
             for (i, default) in defaults(spec, "to") {
                 let at = format!("spec.to[{i}].default");
@@ -96,13 +103,22 @@ pub fn unapplied(kind: ResourceType, spec: &Value) -> Vec<Unapplied> {
             }
         }
         ResourceType::Mesh => {
-            for field in ["logging", "tracing", "metrics"] {
+            for (field, policy, replacement) in [
+                ("logging", "TrafficLog", "MeshAccessLog"),
+                ("tracing", "TrafficTrace", "MeshTrace"),
+            ] {
                 if spec.get(field).is_some_and(|v| !v.is_null()) {
                     note(
                         field.into(),
-                        "mesh-wide observability backends are accepted and stored, but not generated into any proxy's configuration yet: they have no effect",
+                        &format!("has no effect by itself: as in Kuma, these backends are used only by {policy} policies that name them, and Meridian does not accept {policy} (use {replacement})"),
                     );
                 }
+            }
+            if spec.get("metrics").is_some_and(|v| !v.is_null()) {
+                note(
+                    "metrics".into(),
+                    "mesh-wide metrics backends are accepted and stored, but not generated into any proxy's configuration yet: they have no effect",
+                );
             }
             if spec.pointer("/routing/zoneEgress") == Some(&Value::Bool(true)) {
                 note(
@@ -144,16 +160,16 @@ mod tests {
 
     #[test]
     fn whole_policies_not_generated_are_named() {
-        for kind in [
-            ResourceType::MeshAccessLog,
-            ResourceType::MeshTrace,
-            ResourceType::MeshMetric,
-            ResourceType::MeshProxyPatch,
-        ] {
+        for kind in [ResourceType::MeshMetric, ResourceType::MeshProxyPatch] {
             let got = unapplied(kind, &json!({}));
             assert_eq!(got.len(), 1, "{kind}");
             assert_eq!(got[0].field, "spec");
             assert!(got[0].message.contains("no effect"), "{}", got[0].message);
+        }
+        for kind in [ResourceType::MeshAccessLog, ResourceType::MeshTrace] {
+            let got = unapplied(kind, &json!({}));
+            assert_eq!(got.len(), 1, "{kind}");
+            assert!(got[0].message.contains("proxyless"), "{}", got[0].message);
         }
         assert!(unapplied(ResourceType::MeshTimeout, &json!({"to": []})).is_empty());
         let mesh = unapplied(ResourceType::Mesh, &json!({"routing": {"zoneEgress": true}}));

@@ -595,6 +595,19 @@ fn cross_zone_over_mtls_through_an_sni_routing_ingress() {
     });
 
     wait_outcome(&web, Ok("zone-1/backend"), "served in zone 1");
+    // Until zone 1's server serves, a client may fail over to zone 2 (as it
+    // should); from then on, nothing leaves zone 1.
+    seen.lock().unwrap().clear();
+    let r = try_run_client(
+        ClientKind::Python,
+        "xds:///backend",
+        10,
+        &ARGS,
+        Some(web.bootstrap()),
+        CONVERGE,
+    )
+    .unwrap_or_else(|f| panic!("no report: {}", tail(&f.stderr)));
+    assert!(matches(&r, Ok("zone-1/backend")), "served in zone 1: {}", r.raw);
     assert!(seen.lock().unwrap().is_empty(), "nothing left zone 1 while it is up");
 
     let mut watch = WatchClient::start(

@@ -1123,7 +1123,11 @@ const GOLDEN_TRUST_BUNDLE: &str = "-----BEGIN CERTIFICATE-----\n(root of ca-1)\n
 const GOLDEN_CHAIN: &str = "-----BEGIN CERTIFICATE-----\n(workload certificate)\n-----END CERTIFICATE-----\n-----BEGIN CERTIFICATE-----\n(zone-1 intermediate)\n-----END CERTIFICATE-----\n";
 const GOLDEN_KEY: &str = "-----BEGIN PRIVATE KEY-----\n(workload key)\n-----END PRIVATE KEY-----\n";
 
-const CASES: [Case; 19] = [
+/// MeshAccessLog (file, OpenTelemetry, TCP) and MeshTrace (Zipkin, Datadog,
+/// OpenTelemetry) on sidecars.
+const OBSERVABILITY: &str = include_str!("../golden/xds/inputs/observability.yaml");
+
+const CASES: [Case; 23] = [
     Case {
         name: "sidecar-defaults",
         description: "Envoy sidecar of web: http inbound, grpc outbound to backend (2 instances), tcp outbound to db; the 4 default policies",
@@ -1249,6 +1253,38 @@ const CASES: [Case; 19] = [
         description: "the route-policies mesh seen by a proxyless client (web-1)",
         zone: "zone-1",
         yaml: ROUTE_POLICIES,
+        proxy: "web-1",
+        kind: ProxyKind::Proxyless,
+    },
+    Case {
+        name: "sidecar-observability-client",
+        description: "Envoy sidecar of web: outbound access logs (a file in the default format and an OpenTelemetry collector; to db a TCP collector in JSON through meridian-dp's pipe), Zipkin tracing over https with sampling and tags on every HTTP connection manager",
+        zone: "zone-1",
+        yaml: OBSERVABILITY,
+        proxy: "web-1",
+        kind: ProxyKind::Sidecar,
+    },
+    Case {
+        name: "sidecar-observability-server",
+        description: "Envoy sidecar of backend: inbound access logs in a plain format on its http and tcp inbounds, Datadog tracing with split service names",
+        zone: "zone-1",
+        yaml: OBSERVABILITY,
+        proxy: "backend-1",
+        kind: ProxyKind::Sidecar,
+    },
+    Case {
+        name: "sidecar-observability-otel",
+        description: "Envoy sidecar of api: OpenTelemetry tracing to a collector at an IP address (a static cluster), outbound access logs",
+        zone: "zone-1",
+        yaml: OBSERVABILITY,
+        proxy: "api-1",
+        kind: ProxyKind::Sidecar,
+    },
+    Case {
+        name: "proxyless-observability",
+        description: "the observability mesh seen by a proxyless client (web-1): gRPC takes no access logs or tracing over xDS, so nothing of them appears",
+        zone: "zone-1",
+        yaml: OBSERVABILITY,
         proxy: "web-1",
         kind: ProxyKind::Proxyless,
     },
@@ -1690,6 +1726,11 @@ mod render {
             tls::Secret,
             tls::UpstreamTlsContext,
             tls::DownstreamTlsContext,
+            envoy_types::pb::envoy::extensions::access_loggers::file::v3::FileAccessLog,
+            envoy_types::pb::envoy::extensions::access_loggers::open_telemetry::v3::OpenTelemetryAccessLogConfig,
+            envoy_types::pb::envoy::config::trace::v3::ZipkinConfig,
+            envoy_types::pb::envoy::config::trace::v3::DatadogConfig,
+            envoy_types::pb::envoy::config::trace::v3::OpenTelemetryConfig,
         );
         None
     }
@@ -1779,6 +1820,21 @@ mod render {
                 tls::CertificateProviderPluginInstance,
                 envoy_types::pb::envoy::config::rbac::v3::Principal,
                 envoy_types::pb::envoy::config::rbac::v3::principal::Authenticated,
+                envoy_types::pb::envoy::config::accesslog::v3::AccessLog,
+                envoy_types::pb::envoy::extensions::access_loggers::file::v3::FileAccessLog,
+                envoy_types::pb::envoy::config::core::v3::SubstitutionFormatString,
+                envoy_types::pb::envoy::extensions::access_loggers::open_telemetry::v3::OpenTelemetryAccessLogConfig,
+                envoy_types::pb::envoy::extensions::access_loggers::grpc::v3::CommonGrpcAccessLogConfig,
+                envoy_types::pb::envoy::config::core::v3::GrpcService,
+                envoy_types::pb::envoy::config::core::v3::grpc_service::EnvoyGrpc,
+                envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::Tracing,
+                envoy_types::pb::envoy::config::trace::v3::tracing::Http,
+                envoy_types::pb::envoy::config::trace::v3::ZipkinConfig,
+                envoy_types::pb::envoy::config::trace::v3::DatadogConfig,
+                envoy_types::pb::envoy::config::trace::v3::OpenTelemetryConfig,
+                envoy_types::pb::envoy::r#type::tracing::v3::CustomTag,
+                envoy_types::pb::envoy::r#type::tracing::v3::custom_tag::Header,
+                envoy_types::pb::envoy::r#type::v3::Percent,
             );
             out
         })

@@ -151,7 +151,28 @@ def pgv_errors(msg):
     try:
         return list(_validate_all(msg))
     except Exception as e:  # the validator's generated code failed: say so, loudly
+        # protoc-gen-validate 1.1's Python code breaks on OpenTelemetry's
+        # KeyValueList (TypeError: list indices must be integers), a message
+        # without any validation rules (opentelemetry.proto.* carries no PGV
+        # annotations). Validate the rest with those fields cleared: nothing
+        # with a rule is skipped.
+        if msg.DESCRIPTOR.full_name.startswith(OTEL_PREFIX):
+            return []
+        otel = [f for f, _ in msg.ListFields()
+                if f.message_type is not None and f.message_type.full_name.startswith(OTEL_PREFIX)]
+        if otel:
+            copy = type(msg)()
+            copy.CopyFrom(msg)
+            for f in otel:
+                copy.ClearField(f.name)
+            try:
+                return list(_validate_all(copy))
+            except Exception:
+                pass
         return [f"protoc-gen-validate could not validate {msg.DESCRIPTOR.full_name}: {type(e).__name__}: {e}"]
+
+
+OTEL_PREFIX = "opentelemetry.proto."
 
 
 def attribute(msg, path, budget, out):

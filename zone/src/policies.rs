@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 
 use meridian_core::dataplane::{Dataplane, SERVICE_TAG};
 use meridian_core::policy::matching::{
-    from_conf, http_route_rules, ordered_http_routes, route_to_conf, to_conf, traffic_permissions, Destination,
-    ProxyView, Tags,
+    from_conf, http_route_rules, ordered_http_routes, route_to_conf, single_item_conf, to_conf, traffic_permissions,
+    Destination, ProxyView, Tags,
 };
 use meridian_core::policy::meshcircuitbreaker::MeshCircuitBreaker;
 use meridian_core::policy::meshfaultinjection::MeshFaultInjection;
@@ -21,7 +21,7 @@ use meridian_core::policy::meshtimeout::MeshTimeout;
 use meridian_core::policy::meshtrafficpermission::MeshTrafficPermission;
 use meridian_core::ResourceType;
 use meridian_xds::generate::cache::SharedCache;
-use meridian_xds::generate::{server, InboundPolicies, OutboundPolicies, PolicyResolver, RoutePolicies};
+use meridian_xds::generate::{server, InboundPolicies, OutboundPolicies, PolicyResolver, ProxyPolicies, RoutePolicies};
 use meridian_xds::snapshot::{MeshSnapshot, ProxyContext};
 use serde::de::DeserializeOwned;
 use serde_json::json;
@@ -55,6 +55,9 @@ pub struct MeshPolicies {
     faults: Vec<(String, MeshFaultInjection)>,
     rate_limits: Vec<(String, MeshRateLimit)>,
     traffic_permissions: Vec<(String, MeshTrafficPermission)>,
+    access_logs: Vec<(String, meridian_core::policy::meshaccesslog::MeshAccessLog)>,
+    traces: Vec<(String, meridian_core::policy::meshtrace::MeshTrace)>,
+    metrics: Vec<(String, meridian_core::policy::meshmetric::MeshMetric)>,
     /// Whether some MeshTimeout or MeshRetry targets a MeshHTTPRoute (then
     /// each route rule gets its own timeout and retries).
     route_targeted: bool,
@@ -106,6 +109,9 @@ impl MeshPolicies {
             faults: decode(snapshot, ResourceType::MeshFaultInjection),
             rate_limits: decode(snapshot, ResourceType::MeshRateLimit),
             traffic_permissions: decode(snapshot, ResourceType::MeshTrafficPermission),
+            access_logs: decode(snapshot, ResourceType::MeshAccessLog),
+            traces: decode(snapshot, ResourceType::MeshTrace),
+            metrics: decode(snapshot, ResourceType::MeshMetric),
         }
     }
 }
@@ -203,6 +209,14 @@ impl PolicyResolver for MeshPolicies {
     fn inbound(&self, snapshot: &MeshSnapshot, proxy: &ProxyContext, index: usize) -> InboundPolicies {
         self.resolve_inbound(snapshot, proxy, index)
     }
+
+    fn proxy(&self, _snapshot: &MeshSnapshot, proxy: &ProxyContext) -> ProxyPolicies {
+        let view = ProxyView::new(&proxy.mesh, &proxy.dataplane);
+        ProxyPolicies {
+            trace: ok_or_log("MeshTrace", single_item_conf(&self.traces, &view)),
+            metric: ok_or_log("MeshMetric", single_item_conf(&self.metrics, &view)),
+        }
+    }
 }
 
 impl MeshPolicies {
@@ -283,6 +297,9 @@ impl MeshPolicies {
                 meridian_core::policy::matching::tcp_route_conf(&self.tcp_routes, &view, dest),
             ),
             route_policies,
+            access_logs: ok_or_log("MeshAccessLog", to_conf(&self.access_logs, &view, dest))
+                .and_then(|c| c.backends)
+                .unwrap_or_default(),
         }
     }
 
@@ -300,6 +317,9 @@ impl MeshPolicies {
                 snapshot,
                 &traffic_permissions(&self.traffic_permissions, &view, index),
             ),
+            access_logs: ok_or_log("MeshAccessLog", from_conf(&self.access_logs, &view, index, &anyone))
+                .and_then(|c| c.backends)
+                .unwrap_or_default(),
         }
     }
 }

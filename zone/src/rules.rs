@@ -198,14 +198,19 @@ impl Builder<'_> {
 
     /// Policies that are matched whole (no `to`/`from` merge here): their
     /// top-level reference selects the proxy.
-    fn proxy_rule<P: Targeted + DeserializeOwned>(&self, kind: ResourceType) -> Option<Value> {
+    fn proxy_rule<P: TargetRefPolicy + DeserializeOwned>(&self, kind: ResourceType) -> Option<Value> {
         let policies: Vec<(String, P)> = decode(self.snapshot, kind);
         let matched = matching(&policies, &self.view);
         if matched.is_empty() {
             return None;
         }
         let names: Vec<&str> = matched.iter().map(|(n, _)| n.as_str()).collect();
+        let conf = match meridian_core::policy::matching::single_item_conf(&policies, &self.view) {
+            Ok(c) => json!(c),
+            Err(e) => json!({"error": e.to_string()}),
+        };
         Some(json!({
+            "conf": conf,
             "origin": origin(kind, &self.proxy.mesh, &names),
             "warnings": warnings(self.snapshot, kind, &names),
         }))
@@ -329,11 +334,12 @@ pub fn rules(snapshot: &MeshSnapshot, proxy: &ProxyContext, destinations: &[Stri
         Vec::new(),
         None,
     );
+    let logs: Vec<(String, MeshAccessLog)> = decode(snapshot, ResourceType::MeshAccessLog);
     push(
         ResourceType::MeshAccessLog,
-        Vec::new(),
-        Vec::new(),
-        b.proxy_rule::<MeshAccessLog>(ResourceType::MeshAccessLog),
+        b.outbound_rules(ResourceType::MeshAccessLog, &logs),
+        b.inbound_rules(ResourceType::MeshAccessLog, &logs),
+        None,
     );
     push(
         ResourceType::MeshTrace,

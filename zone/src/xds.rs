@@ -1344,7 +1344,8 @@ impl meridian_server::api::DataplaneInspector for ZoneXds {
             .iter()
             .map(|d| json!({"service": d, "policies": resolver.outbound(&snap, &proxy, d)}))
             .collect();
-        Some(json!({"mesh": mesh, "name": name, "inbounds": inbounds, "outbounds": outbounds}))
+        let whole = resolver.proxy(&snap, &proxy);
+        Some(json!({"mesh": mesh, "name": name, "proxy": whole, "inbounds": inbounds, "outbounds": outbounds}))
     }
 
     fn ingress_connected(&self, name: &str) -> Option<bool> {

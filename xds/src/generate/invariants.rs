@@ -4,7 +4,9 @@
 //! exists (from routes and TCP proxies alike), every EDS cluster has its
 //! load assignment, ports are valid, no two bound listeners share an
 //! address and port, no two filter chains of a listener share a match, and
-//! every SDS secret a TLS context names is in the set. [`check_cross_zone`]
+//! every SDS secret a TLS context names is in the set, every access logger
+//! and tracer sends to a cluster of the set that reaches one `host:port`
+//! and file loggers write to absolute paths. [`check_cross_zone`]
 //! holds a client's clusters against another zone's ingress: whatever goes
 //! through the ingress carries a server name one of its chains matches.
 
@@ -171,6 +173,118 @@ fn hcm_of(listener: &Listener) -> Vec<HttpConnectionManager> {
     out
 }
 
+/// The clusters that the access loggers and tracers of an HTTP connection
+/// manager or TCP proxy send to, each with what names it; `errors` gets
+/// loggers whose file path is not absolute and configurations that do not
+/// decode.
+fn collector_references(listener: &Listener, errors: &mut Vec<String>) -> Vec<(String, String)> {
+    use envoy_types::pb::envoy::config::accesslog::v3::{access_log, AccessLog};
+    use envoy_types::pb::envoy::config::core::v3::grpc_service::TargetSpecifier;
+    use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType;
+    use envoy_types::pb::envoy::config::trace::v3::{tracing::http, DatadogConfig, OpenTelemetryConfig, ZipkinConfig};
+    use envoy_types::pb::envoy::extensions::access_loggers::file::v3::FileAccessLog;
+    use envoy_types::pb::envoy::extensions::access_loggers::open_telemetry::v3::OpenTelemetryAccessLogConfig;
+    use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
+    let name = &listener.name;
+    let mut out = Vec::new();
+    let logs = |list: &[AccessLog], out: &mut Vec<(String, String)>, errors: &mut Vec<String>| {
+        for log in list {
+            let Some(access_log::ConfigType::TypedConfig(any)) = &log.config_type else {
+                errors.push(format!("listener {name}: access log {} without a config", log.name));
+                continue;
+            };
+            let what = format!("listener {name}: access log {}", log.name);
+            match any.type_url.rsplit('/').next().unwrap_or_default() {
+                "envoy.extensions.access_loggers.file.v3.FileAccessLog" => {
+                    match FileAccessLog::decode(any.value.as_slice()) {
+                        Ok(f) if f.path.starts_with('/') => {}
+                        Ok(f) => errors.push(format!("{what} writes to a relative path {:?}", f.path)),
+                        Err(e) => errors.push(format!("{what} does not decode: {e}")),
+                    }
+                }
+                "envoy.extensions.access_loggers.open_telemetry.v3.OpenTelemetryAccessLogConfig" => {
+                    #[allow(deprecated)]
+                    let target = OpenTelemetryAccessLogConfig::decode(any.value.as_slice())
+                        .ok()
+                        .and_then(|c| c.common_config)
+                        .and_then(|c| c.grpc_service)
+                        .and_then(|g| g.target_specifier);
+                    match target {
+                        Some(TargetSpecifier::EnvoyGrpc(g)) => out.push((what, g.cluster_name)),
+                        _ => errors.push(format!("{what} has no Envoy gRPC cluster")),
+                    }
+                }
+                other => errors.push(format!("{what} has an unknown type {other}")),
+            }
+        }
+    };
+    for hcm in hcm_of(listener) {
+        logs(&hcm.access_log, &mut out, errors);
+        let Some(provider) = hcm.tracing.and_then(|t| t.provider) else {
+            continue;
+        };
+        let what = format!("listener {name}: tracer {}", provider.name);
+        let Some(http::ConfigType::TypedConfig(any)) = provider.config_type else {
+            errors.push(format!("{what} without a config"));
+            continue;
+        };
+        let cluster = match provider.name.as_str() {
+            "envoy.tracers.zipkin" => ZipkinConfig::decode(any.value.as_slice())
+                .ok()
+                .map(|z| z.collector_cluster),
+            "envoy.tracers.datadog" => DatadogConfig::decode(any.value.as_slice())
+                .ok()
+                .map(|d| d.collector_cluster),
+            "envoy.tracers.opentelemetry" => OpenTelemetryConfig::decode(any.value.as_slice())
+                .ok()
+                .and_then(|o| o.grpc_service?.target_specifier)
+                .and_then(|t| match t {
+                    TargetSpecifier::EnvoyGrpc(g) => Some(g.cluster_name),
+                    TargetSpecifier::GoogleGrpc(_) => None,
+                }),
+            _ => None,
+        };
+        match cluster {
+            Some(c) => out.push((what, c)),
+            None => errors.push(format!("{what} names no collector cluster")),
+        }
+    }
+    for chain in &listener.filter_chains {
+        for f in &chain.filters {
+            if let Some(ConfigType::TypedConfig(any)) = &f.config_type {
+                if any.type_url == TCP_PROXY {
+                    if let Ok(t) = TcpProxy::decode(any.value.as_slice()) {
+                        logs(&t.access_log, &mut out, errors);
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The one `host:port` a collector's cluster reaches, if it has exactly one.
+pub fn single_endpoint(cluster: &Cluster) -> Option<(String, u32)> {
+    use envoy_types::pb::envoy::config::core::v3::{address::Address, socket_address::PortSpecifier};
+    let cla = cluster.load_assignment.as_ref()?;
+    let [locality] = cla.endpoints.as_slice() else {
+        return None;
+    };
+    let [endpoint] = locality.lb_endpoints.as_slice() else {
+        return None;
+    };
+    let Some(HostIdentifier::Endpoint(e)) = &endpoint.host_identifier else {
+        return None;
+    };
+    match e.address.as_ref()?.address.as_ref()? {
+        Address::SocketAddress(s) => match s.port_specifier {
+            Some(PortSpecifier::PortValue(p)) => Some((s.address.clone(), p)),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 /// All violations of the invariants in `set` (empty when it is sound).
 pub fn check(set: &ResourceSet) -> Vec<String> {
     let mut errors = Vec::new();
@@ -232,6 +346,15 @@ pub fn check(set: &ResourceSet) -> Vec<String> {
         for target in tcp_proxy_targets(l) {
             if !cluster_names.contains(target.as_str()) {
                 errors.push(format!("listener {name} proxies TCP to missing cluster {target:?}"));
+            }
+        }
+        for (what, cluster) in collector_references(l, &mut errors) {
+            match clusters.iter().find(|(n, _)| *n == cluster) {
+                None => errors.push(format!("{what} sends to missing cluster {cluster:?}")),
+                Some((_, c)) if single_endpoint(c).is_none() => errors.push(format!(
+                    "{what}: cluster {cluster} does not reach exactly one host:port"
+                )),
+                Some(_) => {}
             }
         }
         for hcm in hcm_of(l) {

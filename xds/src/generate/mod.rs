@@ -13,7 +13,8 @@ use envoy_types::pb::envoy::config::core::v3::{
 };
 use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration, UInt32Value};
 use meridian_core::policy::{
-    meshcircuitbreaker, meshfaultinjection, meshhttproute, meshloadbalancingstrategy, meshretry, meshtimeout,
+    meshaccesslog, meshcircuitbreaker, meshfaultinjection, meshhttproute, meshloadbalancingstrategy, meshmetric,
+    meshretry, meshtimeout, meshtrace,
 };
 use prost::{Message, Name};
 
@@ -24,6 +25,7 @@ pub mod clusters;
 pub mod endpoints;
 pub mod ingress;
 pub mod invariants;
+pub mod observability;
 pub mod proxyless;
 pub mod routes;
 pub mod server;
@@ -54,6 +56,10 @@ pub struct OutboundPolicies {
     /// take these instead of `timeout` and `retry`. Empty otherwise.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub route_policies: Vec<RoutePolicies>,
+    /// MeshAccessLog `to`: where this proxy logs its traffic to the
+    /// destination (Envoy sidecars only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub access_logs: Vec<meshaccesslog::Backend>,
 }
 
 /// The timeout and retries of one MeshHTTPRoute rule's requests: the
@@ -79,6 +85,22 @@ pub struct InboundPolicies {
     /// MeshTrafficPermission selects the inbound (every caller is allowed).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub traffic_permissions: Option<Vec<server::PermissionRule>>,
+    /// MeshAccessLog `from`: where the inbound's traffic is logged.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub access_logs: Vec<meshaccesslog::Backend>,
+}
+
+/// What applies to a proxy as a whole rather than to one destination or
+/// inbound: the single-item policies (and the Mesh's own backends).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyPolicies {
+    /// MeshTrace: tracing of every HTTP connection manager.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace: Option<meshtrace::Conf>,
+    /// MeshMetric: the metrics the proxy exposes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metric: Option<meshmetric::Conf>,
 }
 
 /// Gives generation the effective policies of a proxy.
@@ -96,6 +118,11 @@ pub trait PolicyResolver {
     /// The effective configuration of the proxy's inbound number `index`.
     fn inbound(&self, _snapshot: &MeshSnapshot, _proxy: &ProxyContext, _index: usize) -> InboundPolicies {
         InboundPolicies::default()
+    }
+
+    /// What applies to the proxy as a whole.
+    fn proxy(&self, _snapshot: &MeshSnapshot, _proxy: &ProxyContext) -> ProxyPolicies {
+        ProxyPolicies::default()
     }
 
     /// Resources shared by the proxies generated with this resolver (one

@@ -127,11 +127,15 @@ use meridian_core::policy::meshtrafficpermission::Action as PermissionAction;
 use super::cache::{facts_of, shared_or_built, Facts, Variant};
 use super::clusters::{eds_cluster, with_health_check, Upstream};
 use super::endpoints::load_assignment;
+use super::observability::{
+    access_log_collector, access_logs, trace_collector, tracing, Collectors, Direction, Traffic,
+};
 use super::proxyless::fault_filter;
 use super::routes::{backends, route_configuration, tcp_route_proxy, Client, ClusterRef, Protocol};
-use super::{ads_source, any, duration, u32_value, OutboundPolicies, PolicyResolver};
+use super::{ads_source, any, duration, u32_value, OutboundPolicies, PolicyResolver, ProxyPolicies};
 use crate::resources::{ResourceSet, XdsResource, CLUSTER, ENDPOINT, LISTENER, ROUTE};
 use crate::snapshot::{MeshSnapshot, ProxyContext, ServiceIndex, PROTOCOL_TAG};
+use envoy_types::pb::envoy::config::core::v3::TrafficDirection;
 use std::cell::OnceCell;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -388,6 +392,8 @@ fn inbound_resources(
     proxy: &ProxyContext,
     policies: &dyn PolicyResolver,
     index: usize,
+    whole: &ProxyPolicies,
+    collectors: &mut Collectors,
 ) {
     let net = &proxy.dataplane.networking;
     let Some(inbound) = net.inbound.get(index) else {
@@ -402,6 +408,15 @@ fn inbound_resources(
         .unwrap_or_else(|| "127.0.0.1".to_string());
     let cluster = format!("localhost:{app_port}");
     let p = policies.inbound(snapshot, proxy, index);
+    let service = inbound.tags.get(SERVICE_TAG).map_or("unknown", String::as_str);
+    let traffic = Traffic {
+        mesh: &proxy.mesh,
+        direction: Direction::Inbound,
+        source_service: None,
+        destination_service: service,
+        address: net.advertised_address.as_deref().unwrap_or(&net.address),
+        proxy_name: &proxy.name,
+    };
     let t = p.timeout.as_ref();
     let connect = t
         .and_then(|t| t.connection_timeout.as_ref())
@@ -467,6 +482,11 @@ fn inbound_resources(
             request_headers_timeout: http_timeouts
                 .and_then(|h| h.request_headers_timeout.as_ref())
                 .map(|d| duration(d.as_std())),
+            access_log: access_logs(&p.access_logs, &traffic, true, collectors),
+            tracing: whole
+                .trace
+                .as_ref()
+                .and_then(|c| tracing(c, service, Direction::Inbound, service, collectors)),
             ..Default::default()
         };
         filters.push(network_filter("envoy.filters.network.http_connection_manager", &hcm));
@@ -474,10 +494,9 @@ fn inbound_resources(
         filters.extend(network_rbac(&name, p.traffic_permissions.as_deref()));
         filters.extend(tcp_rate_limit(&name, p.rate_limit.as_ref()));
         let idle = t.and_then(|t| t.idle_timeout.as_ref()).map(|d| d.as_std());
-        filters.push(network_filter(
-            "envoy.filters.network.tcp_proxy",
-            &tcp_proxy(&name, &cluster, idle),
-        ));
+        let mut proxy_filter = tcp_proxy(&name, &cluster, idle);
+        proxy_filter.access_log = access_logs(&p.access_logs, &traffic, false, collectors);
+        filters.push(network_filter("envoy.filters.network.tcp_proxy", &proxy_filter));
     }
     // Redirected inbound traffic reaches the listener through the inbound
     // virtual listener; the application may hold the port itself.
@@ -493,9 +512,20 @@ fn inbound_resources(
         filter_chains,
         listener_filters,
         bind_to_port: redirected.then_some(BoolValue { value: false }),
+        traffic_direction: traced_direction(whole, http, TrafficDirection::Inbound),
         ..Default::default()
     };
     set.insert(LISTENER, &name, &listener);
+}
+
+/// A listener's direction, set when its connection manager traces (Envoy
+/// names its spans' kind after it); unset otherwise, as before tracing.
+fn traced_direction(whole: &ProxyPolicies, http: bool, direction: TrafficDirection) -> i32 {
+    if http && whole.trace.is_some() {
+        direction as i32
+    } else {
+        TrafficDirection::Unspecified as i32
+    }
 }
 
 /// The filter chains of an inbound listener running `filters`, and its
@@ -711,7 +741,23 @@ fn transparent_proxy(set: &mut ResourceSet, snapshot: &MeshSnapshot, net: &Datap
 /// on the service's routes when it speaks `l7`, a TCP proxy (over a
 /// MeshTCPRoute's backends, if any) otherwise; and the clusters it sends to
 /// directly.
-fn outbound_filter(name: &str, service: &str, p: &OutboundPolicies, l7: Option<Protocol>) -> (Filter, Vec<ClusterRef>) {
+fn outbound_filter(
+    name: &str,
+    service: &str,
+    p: &OutboundPolicies,
+    l7: Option<Protocol>,
+    observed: &Observed<'_>,
+) -> (Filter, Vec<ClusterRef>) {
+    let traffic = Traffic {
+        mesh: observed.mesh,
+        direction: Direction::Outbound,
+        source_service: Some(observed.service),
+        destination_service: service,
+        address: observed.address,
+        proxy_name: observed.name,
+    };
+    // The collectors are gathered once per proxy (see `collectors_of`).
+    let mut collectors = Collectors::new();
     if l7.is_some() {
         let mut filters = Vec::new();
         if let Some(f) = fault_filter(&p.faults) {
@@ -730,6 +776,12 @@ fn outbound_filter(name: &str, service: &str, p: &OutboundPolicies, l7: Option<P
                 route_config_name: service.to_string(),
             })),
             http_filters: filters,
+            access_log: access_logs(&p.access_logs, &traffic, true, &mut collectors),
+            tracing: observed
+                .whole
+                .trace
+                .as_ref()
+                .and_then(|c| tracing(c, observed.service, Direction::Outbound, service, &mut collectors)),
             ..Default::default()
         };
         return (
@@ -747,11 +799,57 @@ fn outbound_filter(name: &str, service: &str, p: &OutboundPolicies, l7: Option<P
         .as_ref()
         .and_then(|t| t.idle_timeout.as_ref())
         .map(|d| d.as_std());
-    let filter = network_filter(
-        "envoy.filters.network.tcp_proxy",
-        &tcp_route_proxy(name, &targets, idle),
-    );
+    let mut proxy_filter = tcp_route_proxy(name, &targets, idle);
+    proxy_filter.access_log = access_logs(&p.access_logs, &traffic, false, &mut collectors);
+    let filter = network_filter("envoy.filters.network.tcp_proxy", &proxy_filter);
     (filter, targets.into_iter().map(|(c, _)| c).collect())
+}
+
+/// What the observability of a sidecar's outbound listeners depends on
+/// besides the destination's policies.
+struct Observed<'a> {
+    mesh: &'a str,
+    /// The dataplane's name.
+    name: &'a str,
+    /// The proxy's own service ([`identifying_service`]).
+    service: &'a str,
+    address: &'a str,
+    whole: &'a ProxyPolicies,
+}
+
+impl Observed<'_> {
+    /// What to add to the cache key of an outbound listener towards a
+    /// destination with policies `p`: nothing unless it logs or traces, as
+    /// then its content depends on this proxy.
+    fn key(&self, p: &OutboundPolicies, trace: &str) -> String {
+        if p.access_logs.is_empty() && self.whole.trace.is_none() {
+            return String::new();
+        }
+        format!("\n{}\n{}\n{trace}", self.service, self.address)
+    }
+}
+
+/// The service a proxy's outbound traffic comes from: the first, by name,
+/// of its inbounds' services; `unknown` without inbounds.
+fn identifying_service(net: &DataplaneNetworking) -> &str {
+    net.inbound
+        .iter()
+        .filter_map(|i| i.tags.get(SERVICE_TAG))
+        .min()
+        .map_or("unknown", String::as_str)
+}
+
+/// The collectors the outbound listeners towards a destination with
+/// policies `p` send to (those listeners may come from the cache, built for
+/// another proxy: the clusters are this proxy's to add).
+fn outbound_collectors(p: &OutboundPolicies, whole: &ProxyPolicies, collectors: &mut Collectors) {
+    for c in p.access_logs.iter().filter_map(access_log_collector) {
+        collectors.entry(c.name()).or_insert(c);
+    }
+    let traced = whole.trace.as_ref().and_then(|t| t.backends.as_ref()?.first());
+    if let Some(c) = traced.and_then(trace_collector) {
+        collectors.entry(c.name()).or_insert(c);
+    }
 }
 
 /// The configuration of an Envoy sidecar.
@@ -765,10 +863,24 @@ pub fn generate(snapshot: &MeshSnapshot, proxy: &ProxyContext, policies: &dyn Po
     let facts = facts_of(cache, snapshot, index);
 
     super::tls::add_sidecar_secrets(&mut set, snapshot, proxy, cache);
+    let whole = policies.proxy(snapshot, proxy);
+    let mut collectors = Collectors::new();
     for index in 0..net.inbound.len() {
-        inbound_resources(&mut set, snapshot, proxy, policies, index);
+        inbound_resources(&mut set, snapshot, proxy, policies, index, &whole, &mut collectors);
     }
     transparent_proxy(&mut set, snapshot, net);
+    let observed = Observed {
+        mesh: &proxy.mesh,
+        name: &proxy.name,
+        service: identifying_service(net),
+        address: net.advertised_address.as_deref().unwrap_or(&net.address),
+        whole: &whole,
+    };
+    let trace_key = whole
+        .trace
+        .as_ref()
+        .and_then(|t| serde_json::to_string(t).ok())
+        .unwrap_or_default();
 
     let mut clusters: BTreeSet<ClusterRef> = BTreeSet::new();
     let mut resolved: HashMap<String, Arc<OutboundPolicies>> = HashMap::new();
@@ -801,9 +913,10 @@ pub fn generate(snapshot: &MeshSnapshot, proxy: &ProxyContext, policies: &dyn Po
         }
         let bind_to_port = outbound_bind_to_port(net, address);
         // The listener depends on its socket and on the service behind it.
-        let key = format!("{name}\n{service}\n{bind_to_port:?}");
+        let key = format!("{name}\n{service}\n{bind_to_port:?}{}", observed.key(&p, &trace_key));
+        outbound_collectors(&p, &whole, &mut collectors);
         let (listener, used) = shared_or_built(cache, LISTENER, &key, &p, Variant::Sidecar, || {
-            let (filter, used) = outbound_filter(&name, service, &p, l7);
+            let (filter, used) = outbound_filter(&name, service, &p, l7, &observed);
             let listener = Listener {
                 name: name.clone(),
                 address: Some(socket(address, outbound.port)),
@@ -813,6 +926,7 @@ pub fn generate(snapshot: &MeshSnapshot, proxy: &ProxyContext, policies: &dyn Po
                     ..Default::default()
                 }],
                 bind_to_port,
+                traffic_direction: traced_direction(&whole, l7.is_some(), TrafficDirection::Outbound),
                 ..Default::default()
             };
             (XdsResource::new(LISTENER, &name, &listener), used)
@@ -846,6 +960,9 @@ pub fn generate(snapshot: &MeshSnapshot, proxy: &ProxyContext, policies: &dyn Po
             (XdsResource::new(ENDPOINT, &name, &cla), Vec::new())
         });
         set.insert_shared(ENDPOINT, endpoints);
+    }
+    for collector in collectors.values() {
+        set.insert(CLUSTER, &collector.name(), &collector.cluster());
     }
     set
 }

@@ -1,0 +1,607 @@
+//! Observability in an Envoy sidecar's configuration: MeshAccessLog's
+//! access logs and MeshTrace's tracing on the HTTP connection managers and
+//! TCP proxies of its listeners, MeshMetric's Prometheus listener, and the
+//! clusters of the collectors they send to.
+//!
+//! # Access logs (MeshAccessLog)
+//!
+//! Each backend of the effective `from` (inbound) or `to` (outbound)
+//! configuration becomes one Envoy access logger on the listener's HTTP
+//! connection manager, or on its TCP proxy for TCP traffic:
+//!
+//! - `file`: `envoy.access_loggers.file` writing to the path;
+//! - `openTelemetry`: `envoy.access_loggers.open_telemetry`, over gRPC to a
+//!   cluster of the collector's `host:port` (HTTP/2);
+//! - `tcp`: `envoy.access_loggers.file` writing JSON records
+//!   `{"address": "<host:port>", "message": <line or object>}` to the
+//!   dataplane's named pipe ([`access_log_pipe`]); meridian-dp reads it and
+//!   sends each message to its address over TCP, one line per record.
+//!
+//! Formats are Envoy's command operators, plus Meridian's placeholders for
+//! what only the control plane knows, replaced when the configuration is
+//! generated (the same names Kuma uses, so Kuma formats carry over):
+//! `%KUMA_MESH%`, `%KUMA_SOURCE_SERVICE%`, `%KUMA_DESTINATION_SERVICE%`,
+//! `%KUMA_SOURCE_ADDRESS%`, `%KUMA_SOURCE_ADDRESS_WITHOUT_PORT%` and
+//! `%KUMA_TRAFFIC_DIRECTION%` (see [`Traffic`]). Without a format, the
+//! default line of [`DEFAULT_HTTP_FORMAT`] or [`DEFAULT_TCP_FORMAT`] is
+//! written. Plain lines get a newline; an inbound logs its own service as
+//! the destination (Kuma 2.7 logs the proxy's first service on every
+//! inbound).
+//!
+//! # Tracing (MeshTrace)
+//!
+//! The proxy-wide configuration sets `tracing` on every HTTP connection
+//! manager of the sidecar (inbound and outbound): the provider (Zipkin,
+//! Datadog, OpenTelemetry) with a cluster of its collector, the sampling
+//! percentages and the custom tags. Envoy's defaults (100 % everywhere)
+//! hold where the policy says nothing.
+//!
+//! # Clusters of collectors
+//!
+//! A collector's cluster is named after the backend kind and the collector's
+//! `host:port` ([`Collector::name`]), so that every listener logging to one
+//! collector shares one cluster. An IP address gives a static cluster, a host
+//! name a strict-DNS one; `https://` gives TLS with the host as SNI.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use envoy_types::pb::envoy::config::accesslog::v3::{access_log, AccessLog};
+use envoy_types::pb::envoy::config::cluster::v3::{
+    cluster::{ClusterDiscoveryType, DiscoveryType},
+    Cluster,
+};
+use envoy_types::pb::envoy::config::core::v3::{
+    data_source::Specifier, grpc_service, substitution_format_string, transport_socket, ApiVersion, DataSource,
+    GrpcService, SubstitutionFormatString, TransportSocket,
+};
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    lb_endpoint::HostIdentifier, ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
+};
+use envoy_types::pb::envoy::config::trace::v3::{
+    tracing::{http, Http as TracingHttp},
+    zipkin_config::CollectorEndpointVersion,
+    DatadogConfig, OpenTelemetryConfig, ZipkinConfig,
+};
+use envoy_types::pb::envoy::extensions::access_loggers::file::v3::{file_access_log, FileAccessLog};
+use envoy_types::pb::envoy::extensions::access_loggers::grpc::v3::CommonGrpcAccessLogConfig;
+use envoy_types::pb::envoy::extensions::access_loggers::open_telemetry::v3::OpenTelemetryAccessLogConfig;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::Tracing;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::UpstreamTlsContext;
+use envoy_types::pb::envoy::r#type::tracing::v3::{custom_tag, CustomTag};
+use envoy_types::pb::envoy::r#type::v3::Percent;
+use envoy_types::pb::google::protobuf::{value::Kind, BoolValue, Struct, Value as PbValue};
+use envoy_types::pb::opentelemetry::proto::common::v1::{any_value, AnyValue, ArrayValue, KeyValue, KeyValueList};
+use meridian_core::policy::common::split_url;
+use meridian_core::policy::{meshaccesslog, meshtrace};
+use serde_json::Value;
+
+use super::clusters::http2_upstream;
+use super::sidecar::socket;
+use super::{any, duration};
+
+/// The line a file backend writes for HTTP traffic when its policy gives
+/// no format.
+pub const DEFAULT_HTTP_FORMAT: &str = "[%START_TIME%] %KUMA_MESH% \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" %RESPONSE_CODE% %RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% %DURATION% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% \"%REQ(X-FORWARDED-FOR)%\" \"%REQ(USER-AGENT)%\" \"%REQ(X-B3-TRACEID?X-DATADOG-TRACEID)%\" \"%REQ(X-REQUEST-ID)%\" \"%REQ(:AUTHORITY)%\" \"%KUMA_SOURCE_SERVICE%\" \"%KUMA_DESTINATION_SERVICE%\" \"%KUMA_SOURCE_ADDRESS_WITHOUT_PORT%\" \"%UPSTREAM_HOST%\"";
+
+/// The same for TCP traffic.
+pub const DEFAULT_TCP_FORMAT: &str = "[%START_TIME%] %RESPONSE_FLAGS% %KUMA_MESH% %KUMA_SOURCE_ADDRESS_WITHOUT_PORT%(%KUMA_SOURCE_SERVICE%)->%UPSTREAM_HOST%(%KUMA_DESTINATION_SERVICE%) took %DURATION%ms, sent %BYTES_SENT% bytes, received: %BYTES_RECEIVED% bytes";
+
+/// Which way the logged traffic goes, from the proxy's point of view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    Inbound,
+    Outbound,
+}
+
+impl Direction {
+    fn name(self) -> &'static str {
+        match self {
+            Direction::Inbound => "INBOUND",
+            Direction::Outbound => "OUTBOUND",
+        }
+    }
+}
+
+/// What the control plane knows about the traffic of one listener: the
+/// values of the `%KUMA_…%` placeholders.
+#[derive(Clone, Debug)]
+pub struct Traffic<'a> {
+    pub mesh: &'a str,
+    pub direction: Direction,
+    /// Outbound: this proxy's service; inbound: `None` (`unknown`).
+    pub source_service: Option<&'a str>,
+    pub destination_service: &'a str,
+    /// This proxy's address (advertised, else its own).
+    pub address: &'a str,
+    /// The dataplane's name (its access-log pipe's, [`access_log_pipe`]).
+    pub proxy_name: &'a str,
+}
+
+/// The named pipe through which a sidecar's Envoy hands `tcp` access-log
+/// lines to its meridian-dp, which sends them on (`meridian-dp`'s
+/// `accesslog` module): one per dataplane, in the temporary directory.
+pub fn access_log_pipe(mesh: &str, name: &str) -> String {
+    let clean = |s: &str| s.replace(['/', '\0'], "_");
+    format!("/tmp/meridian-al-{}-{}.pipe", clean(mesh), clean(name))
+}
+
+impl Traffic<'_> {
+    /// Replaces the placeholders in `format`. As in Kuma, the source
+    /// address is this proxy's own, in both directions, and an inbound's
+    /// source service is `unknown` (the caller is known to Envoy only).
+    pub fn expand(&self, format: &str) -> String {
+        if !format.contains("%KUMA_") {
+            return format.to_string();
+        }
+        let with_port = if self.address.contains(':') {
+            format!("[{}]:0", self.address)
+        } else {
+            format!("{}:0", self.address)
+        };
+        format
+            .replace("%KUMA_MESH%", self.mesh)
+            .replace("%KUMA_SOURCE_ADDRESS_WITHOUT_PORT%", self.address)
+            .replace("%KUMA_SOURCE_ADDRESS%", &with_port)
+            .replace("%KUMA_SOURCE_SERVICE%", self.source_service.unwrap_or("unknown"))
+            .replace("%KUMA_DESTINATION_SERVICE%", self.destination_service)
+            .replace("%KUMA_TRAFFIC_DIRECTION%", self.direction.name())
+    }
+}
+
+/// A collector that a backend sends to, and the cluster that reaches it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Collector {
+    /// What kind of backend (`accesslog:otel`, `trace:zipkin`, …).
+    pub kind: &'static str,
+    pub host: String,
+    pub port: u32,
+    /// HTTP/2 upstream (gRPC collectors).
+    pub http2: bool,
+    /// TLS to the collector (an `https://` URL), with the host as SNI.
+    pub tls: bool,
+}
+
+impl Collector {
+    /// `host[:port]` or `scheme://host[:port][/path]`; `default_port` when
+    /// the address has none (443 for `https`). `None` for an address that
+    /// does not parse (validation refuses those).
+    pub fn parse(kind: &'static str, address: &str, default_port: u32, http2: bool) -> Option<Collector> {
+        let parts = split_url(address)?;
+        let tls = parts.scheme == Some("https");
+        let port = match parts.port {
+            Some(p) => p.parse::<u32>().ok().filter(|p| (1..=65535).contains(p))?,
+            None if tls => 443,
+            None => default_port,
+        };
+        Some(Collector {
+            kind,
+            host: parts.host.to_string(),
+            port,
+            http2,
+            tls,
+        })
+    }
+
+    /// The cluster's name: `_meridian:<kind>:<host>:<port>`.
+    pub fn name(&self) -> String {
+        format!("_meridian:{}:{}:{}", self.kind, self.host, self.port)
+    }
+
+    pub fn cluster(&self) -> Cluster {
+        let name = self.name();
+        let is_ip = self.host.parse::<IpAddr>().is_ok();
+        let discovery = if is_ip {
+            DiscoveryType::Static
+        } else {
+            DiscoveryType::StrictDns
+        };
+        Cluster {
+            name: name.clone(),
+            cluster_discovery_type: Some(ClusterDiscoveryType::Type(discovery as i32)),
+            connect_timeout: Some(duration(std::time::Duration::from_secs(5))),
+            load_assignment: Some(ClusterLoadAssignment {
+                cluster_name: name,
+                endpoints: vec![LocalityLbEndpoints {
+                    lb_endpoints: vec![LbEndpoint {
+                        host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
+                            address: Some(socket(&self.host, self.port)),
+                            ..Default::default()
+                        })),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            typed_extension_protocol_options: if self.http2 {
+                http2_upstream()
+            } else {
+                Default::default()
+            },
+            transport_socket: self.tls.then(|| TransportSocket {
+                name: "envoy.transport_sockets.tls".into(),
+                config_type: Some(transport_socket::ConfigType::TypedConfig(any(&UpstreamTlsContext {
+                    sni: if is_ip { String::new() } else { self.host.clone() },
+                    ..Default::default()
+                }))),
+            }),
+            ..Default::default()
+        }
+    }
+}
+
+/// The collectors the clusters of a sidecar must reach, by cluster name.
+pub type Collectors = BTreeMap<String, Collector>;
+
+fn add(collectors: &mut Collectors, c: Collector) -> String {
+    let name = c.name();
+    collectors.entry(name.clone()).or_insert(c);
+    name
+}
+
+fn envoy_grpc(cluster: String) -> GrpcService {
+    GrpcService {
+        target_specifier: Some(grpc_service::TargetSpecifier::EnvoyGrpc(grpc_service::EnvoyGrpc {
+            cluster_name: cluster,
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+/// The collector of an OpenTelemetry access-log backend (OTLP/gRPC, port
+/// 4317 by default).
+pub fn access_log_collector(backend: &meshaccesslog::Backend) -> Option<Collector> {
+    let otel = backend.open_telemetry.as_ref()?;
+    Collector::parse("accesslog:otel", &otel.endpoint, 4317, true)
+}
+
+fn text_format(text: String) -> substitution_format_string::Format {
+    substitution_format_string::Format::TextFormatSource(DataSource {
+        specifier: Some(Specifier::InlineString(text)),
+        ..Default::default()
+    })
+}
+
+fn log_format(format: Option<&meshaccesslog::Format>, http: bool, traffic: &Traffic<'_>) -> SubstitutionFormatString {
+    let default = || if http { DEFAULT_HTTP_FORMAT } else { DEFAULT_TCP_FORMAT };
+    let Some(f) = format else {
+        return SubstitutionFormatString {
+            format: Some(text_format(traffic.expand(&format!("{}\n", default())))),
+            ..Default::default()
+        };
+    };
+    let omit_empty_values = f.omit_empty_values.unwrap_or(false);
+    let format = match (&f.json, &f.plain) {
+        (Some(fields), _) => {
+            let fields = fields
+                .iter()
+                .map(|kv| {
+                    let value = traffic.expand(kv.value.as_deref().unwrap_or_default());
+                    (
+                        kv.key.clone().unwrap_or_default(),
+                        PbValue {
+                            kind: Some(Kind::StringValue(value)),
+                        },
+                    )
+                })
+                .collect();
+            substitution_format_string::Format::JsonFormat(Struct { fields })
+        }
+        (None, Some(plain)) => {
+            // Envoy writes exactly the format: a line needs its newline.
+            text_format(traffic.expand(&format!("{plain}\n")))
+        }
+        (None, None) => text_format(traffic.expand(&format!("{}\n", default()))),
+    };
+    SubstitutionFormatString {
+        format: Some(format),
+        omit_empty_values,
+        ..Default::default()
+    }
+}
+
+/// An OpenTelemetry `AnyValue` from the JSON of a MeshAccessLog `body`:
+/// OTLP's JSON form (`{"kvlistValue": …}`, `{"stringValue": …}`) is read as
+/// such; any other JSON maps to the obvious value. Strings have their
+/// placeholders replaced.
+fn any_value(v: &Value, traffic: &Traffic<'_>) -> AnyValue {
+    let value = match v {
+        Value::Null => None,
+        Value::Bool(b) => Some(any_value::Value::BoolValue(*b)),
+        Value::Number(n) => Some(match n.as_i64() {
+            Some(i) => any_value::Value::IntValue(i),
+            None => any_value::Value::DoubleValue(n.as_f64().unwrap_or_default()),
+        }),
+        Value::String(s) => Some(any_value::Value::StringValue(traffic.expand(s))),
+        Value::Array(items) => Some(any_value::Value::ArrayValue(ArrayValue {
+            values: items.iter().map(|i| any_value(i, traffic)).collect(),
+        })),
+        Value::Object(map) => {
+            if map.len() == 1 {
+                if let Some((key, inner)) = map.iter().next() {
+                    if let Some(v) = otlp_json(key, inner, traffic) {
+                        return AnyValue { value: Some(v) };
+                    }
+                }
+            }
+            Some(any_value::Value::KvlistValue(KeyValueList {
+                values: map
+                    .iter()
+                    .map(|(k, v)| KeyValue {
+                        key: traffic.expand(k),
+                        value: Some(any_value(v, traffic)),
+                        ..Default::default()
+                    })
+                    .collect(),
+            }))
+        }
+    };
+    AnyValue { value }
+}
+
+/// One member of OTLP's JSON form of an `AnyValue`.
+fn otlp_json(key: &str, inner: &Value, traffic: &Traffic<'_>) -> Option<any_value::Value> {
+    Some(match key {
+        "stringValue" => any_value::Value::StringValue(traffic.expand(inner.as_str()?)),
+        "boolValue" => any_value::Value::BoolValue(inner.as_bool()?),
+        "intValue" => any_value::Value::IntValue(match inner {
+            Value::String(s) => s.parse().ok()?,
+            other => other.as_i64()?,
+        }),
+        "doubleValue" => any_value::Value::DoubleValue(inner.as_f64()?),
+        "arrayValue" => any_value::Value::ArrayValue(ArrayValue {
+            values: inner
+                .get("values")?
+                .as_array()?
+                .iter()
+                .map(|v| any_value(v, traffic))
+                .collect(),
+        }),
+        "kvlistValue" => any_value::Value::KvlistValue(KeyValueList {
+            values: inner
+                .get("values")?
+                .as_array()?
+                .iter()
+                .map(|kv| {
+                    Some(KeyValue {
+                        key: traffic.expand(kv.get("key")?.as_str()?),
+                        value: kv.get("value").map(|v| any_value(v, traffic)),
+                        ..Default::default()
+                    })
+                })
+                .collect::<Option<Vec<_>>>()?,
+        }),
+        _ => return None,
+    })
+}
+
+/// The access loggers of `backends` for one listener's traffic; the
+/// collectors they send to are added to `collectors`. `http` says whether
+/// they log HTTP requests (connection manager) or connections (TCP proxy).
+#[allow(deprecated)] // `common_config`: what Envoy 1.29+, which meridian-dp runs, reads
+pub fn access_logs(
+    backends: &[meshaccesslog::Backend],
+    traffic: &Traffic<'_>,
+    http: bool,
+    collectors: &mut Collectors,
+) -> Vec<AccessLog> {
+    let mut out = Vec::new();
+    for backend in backends {
+        if let Some(file) = &backend.file {
+            let config = FileAccessLog {
+                path: file.path.clone(),
+                access_log_format: Some(file_access_log::AccessLogFormat::LogFormat(log_format(
+                    file.format.as_ref(),
+                    http,
+                    traffic,
+                ))),
+            };
+            out.push(AccessLog {
+                name: "envoy.access_loggers.file".into(),
+                config_type: Some(access_log::ConfigType::TypedConfig(any(&config))),
+                ..Default::default()
+            });
+        }
+        if let Some(tcp) = &backend.tcp {
+            out.push(tcp_access_log(&tcp.address, tcp.format.as_ref(), http, traffic));
+        }
+        if let (Some(otel), Some(collector)) = (&backend.open_telemetry, access_log_collector(backend)) {
+            let cluster = add(collectors, collector);
+            let body = match &otel.body {
+                Some(body) => any_value(body, traffic),
+                None => AnyValue {
+                    value: Some(any_value::Value::StringValue(traffic.expand(if http {
+                        DEFAULT_HTTP_FORMAT
+                    } else {
+                        DEFAULT_TCP_FORMAT
+                    }))),
+                },
+            };
+            let attributes = otel.attributes.as_ref().map(|list| KeyValueList {
+                values: list
+                    .iter()
+                    .map(|kv| KeyValue {
+                        key: kv.key.clone().unwrap_or_default(),
+                        value: Some(AnyValue {
+                            value: Some(any_value::Value::StringValue(
+                                traffic.expand(kv.value.as_deref().unwrap_or_default()),
+                            )),
+                        }),
+                        ..Default::default()
+                    })
+                    .collect(),
+            });
+            let config = OpenTelemetryAccessLogConfig {
+                common_config: Some(CommonGrpcAccessLogConfig {
+                    log_name: "MeshAccessLog".into(),
+                    grpc_service: Some(envoy_grpc(cluster)),
+                    transport_api_version: ApiVersion::V3 as i32,
+                    ..Default::default()
+                }),
+                body: Some(body),
+                attributes,
+                ..Default::default()
+            };
+            out.push(AccessLog {
+                name: "envoy.access_loggers.open_telemetry".into(),
+                config_type: Some(access_log::ConfigType::TypedConfig(any(&config))),
+                ..Default::default()
+            });
+        }
+    }
+    out
+}
+
+/// A `tcp` backend's logger: JSON records on the dataplane's pipe, each
+/// the collector's address and the message (a line, or the object of a JSON
+/// format), which meridian-dp sends on.
+fn tcp_access_log(
+    address: &str,
+    format: Option<&meshaccesslog::Format>,
+    http: bool,
+    traffic: &Traffic<'_>,
+) -> AccessLog {
+    let string = |s: String| PbValue {
+        kind: Some(Kind::StringValue(s)),
+    };
+    let inner = log_format(format, http, traffic);
+    let message = match inner.format {
+        Some(substitution_format_string::Format::JsonFormat(fields)) => PbValue {
+            kind: Some(Kind::StructValue(fields)),
+        },
+        Some(substitution_format_string::Format::TextFormatSource(DataSource {
+            specifier: Some(Specifier::InlineString(line)),
+            ..
+        })) => string(line),
+        _ => string(String::new()),
+    };
+    let record = Struct {
+        fields: [
+            ("address".to_string(), string(address.to_string())),
+            ("message".to_string(), message),
+        ]
+        .into_iter()
+        .collect(),
+    };
+    let config = FileAccessLog {
+        path: access_log_pipe(traffic.mesh, traffic.proxy_name),
+        access_log_format: Some(file_access_log::AccessLogFormat::LogFormat(SubstitutionFormatString {
+            format: Some(substitution_format_string::Format::JsonFormat(record)),
+            omit_empty_values: inner.omit_empty_values,
+            ..Default::default()
+        })),
+    };
+    AccessLog {
+        name: "envoy.access_loggers.file".into(),
+        config_type: Some(access_log::ConfigType::TypedConfig(any(&config))),
+        ..Default::default()
+    }
+}
+
+/// The collector of a MeshTrace backend: Zipkin and Datadog over HTTP
+/// (ports 9411 and 8126 by default), OpenTelemetry over gRPC (4317).
+pub fn trace_collector(backend: &meshtrace::Backend) -> Option<Collector> {
+    if let Some(z) = &backend.zipkin {
+        return Collector::parse("trace:zipkin", &z.url, 9411, false);
+    }
+    if let Some(d) = &backend.datadog {
+        return Collector::parse("trace:datadog", &d.url, 8126, false);
+    }
+    let o = backend.open_telemetry.as_ref()?;
+    Collector::parse("trace:otel", &o.endpoint, 4317, true)
+}
+
+fn percent(v: Option<&meridian_core::policy::common::IntOrString>) -> Option<Percent> {
+    v.and_then(|v| v.as_f64()).map(|value| Percent { value })
+}
+
+/// The tracing of an HTTP connection manager of a proxy of `service` for
+/// traffic to or from `peer` (the Datadog service name with
+/// `splitService`); `None` when the configuration has no backend.
+pub fn tracing(
+    conf: &meshtrace::Conf,
+    service: &str,
+    direction: Direction,
+    peer: &str,
+    collectors: &mut Collectors,
+) -> Option<Tracing> {
+    let backend = conf.backends.as_ref()?.first()?;
+    let collector = trace_collector(backend)?;
+    let host = format!("{}:{}", collector.host, collector.port);
+    let cluster = add(collectors, collector);
+    let provider = if let Some(z) = &backend.zipkin {
+        let path = split_url(&z.url).map(|p| p.rest).unwrap_or_default();
+        let endpoint = if path.is_empty() { "/api/v2/spans" } else { path };
+        let version = match z.api_version {
+            Some(meshtrace::ZipkinApiVersion::HttpProto) => CollectorEndpointVersion::HttpProto,
+            _ => CollectorEndpointVersion::HttpJson,
+        };
+        TracingHttp {
+            name: "envoy.tracers.zipkin".into(),
+            config_type: Some(http::ConfigType::TypedConfig(any(&ZipkinConfig {
+                collector_cluster: cluster,
+                collector_endpoint: endpoint.to_string(),
+                trace_id_128bit: z.trace_id_128bit.unwrap_or(false),
+                shared_span_context: Some(BoolValue {
+                    value: z.shared_span_context.unwrap_or(true),
+                }),
+                collector_endpoint_version: version as i32,
+                collector_hostname: host,
+                ..Default::default()
+            }))),
+        }
+    } else if let Some(d) = &backend.datadog {
+        let service_name = if d.split_service.unwrap_or(false) {
+            match direction {
+                Direction::Inbound => format!("{service}_INBOUND"),
+                Direction::Outbound => format!("{service}_OUTBOUND_{peer}"),
+            }
+        } else {
+            service.to_string()
+        };
+        TracingHttp {
+            name: "envoy.tracers.datadog".into(),
+            config_type: Some(http::ConfigType::TypedConfig(any(&DatadogConfig {
+                collector_cluster: cluster,
+                service_name,
+                ..Default::default()
+            }))),
+        }
+    } else {
+        TracingHttp {
+            name: "envoy.tracers.opentelemetry".into(),
+            config_type: Some(http::ConfigType::TypedConfig(any(&OpenTelemetryConfig {
+                grpc_service: Some(envoy_grpc(cluster)),
+                service_name: service.to_string(),
+                ..Default::default()
+            }))),
+        }
+    };
+    let sampling = conf.sampling.as_ref();
+    let custom_tags = conf
+        .tags
+        .iter()
+        .flatten()
+        .map(|t| CustomTag {
+            tag: t.name.clone(),
+            r#type: Some(match (&t.literal, &t.header) {
+                (Some(l), _) => custom_tag::Type::Literal(custom_tag::Literal { value: l.clone() }),
+                (None, Some(h)) => custom_tag::Type::RequestHeader(custom_tag::Header {
+                    name: h.name.clone(),
+                    default_value: h.default.clone().unwrap_or_default(),
+                }),
+                (None, None) => custom_tag::Type::Literal(custom_tag::Literal::default()),
+            }),
+        })
+        .collect();
+    Some(Tracing {
+        overall_sampling: percent(sampling.and_then(|s| s.overall.as_ref())),
+        client_sampling: percent(sampling.and_then(|s| s.client.as_ref())),
+        random_sampling: percent(sampling.and_then(|s| s.random.as_ref())),
+        custom_tags,
+        provider: Some(provider),
+        ..Default::default()
+    })
+}
