@@ -36,9 +36,43 @@ pub fn unapplied(kind: ResourceType, spec: &Value) -> Vec<Unapplied> {
             "spec".into(),
             "applies to Envoy sidecars; gRPC clients and servers (proxyless) take no tracing configuration over xDS, so it has no effect on them",
         ),
-        ResourceType::MeshMetric | ResourceType::MeshProxyPatch => {
-            note("spec".into(), &format!("{kind} is {NOT_GENERATED}"))
+        ResourceType::MeshMetric => {
+            note(
+                "spec".into(),
+                "applies to Envoy sidecars; gRPC clients and servers (proxyless) take no metrics configuration over xDS, so it has no effect on them",
+            );
+            let Some(default) = spec.get("default") else {
+                return out;
+            };
+            for field in ["profiles"] {
+                if default.pointer(&format!("/sidecar/{field}")).is_some() {
+                    note(
+                        format!("spec.default.sidecar.{field}"),
+                        "not applied yet: the Prometheus endpoint serves all of Envoy's metrics (in use, unless includeUnused), unfiltered",
+                    );
+                }
+            }
+            if default.get("applications").is_some() {
+                note(
+                    "spec.default.applications".into(),
+                    "not applied yet: application metrics are not merged into the proxy's; scrape the application itself",
+                );
+            }
+            for (i, b) in default.get("backends").and_then(Value::as_array).into_iter().flatten().enumerate() {
+                if b.get("type").and_then(Value::as_str) == Some("OpenTelemetry") {
+                    note(format!("spec.default.backends[{i}]"), &format!("the OpenTelemetry backend is {NOT_GENERATED}"));
+                }
+                if let Some(mode) = b.pointer("/prometheus/tls/mode").and_then(Value::as_str) {
+                    if mode != "Disabled" {
+                        note(
+                            format!("spec.default.backends[{i}].prometheus.tls.mode"),
+                            "not applied yet: the Prometheus endpoint is served in plaintext",
+                        );
+                    }
+                }
+            }
         }
+        ResourceType::MeshProxyPatch => note("spec".into(), &format!("{kind} is {NOT_GENERATED}")),
         ResourceType::MeshLoadBalancingStrategy => {
             for (i, default) in defaults(spec, "to") {
                 let at = format!("spec.to[{i}].default");
@@ -117,7 +151,7 @@ pub fn unapplied(kind: ResourceType, spec: &Value) -> Vec<Unapplied> {
             if spec.get("metrics").is_some_and(|v| !v.is_null()) {
                 note(
                     "metrics".into(),
-                    "mesh-wide metrics backends are accepted and stored, but not generated into any proxy's configuration yet: they have no effect",
+                    "mesh-wide metrics backends are accepted and stored, but not generated into any proxy's configuration yet: they have no effect (use MeshMetric)",
                 );
             }
             if spec.pointer("/routing/zoneEgress") == Some(&Value::Bool(true)) {
@@ -160,13 +194,15 @@ mod tests {
 
     #[test]
     fn whole_policies_not_generated_are_named() {
-        for kind in [ResourceType::MeshMetric, ResourceType::MeshProxyPatch] {
-            let got = unapplied(kind, &json!({}));
-            assert_eq!(got.len(), 1, "{kind}");
-            assert_eq!(got[0].field, "spec");
-            assert!(got[0].message.contains("no effect"), "{}", got[0].message);
-        }
-        for kind in [ResourceType::MeshAccessLog, ResourceType::MeshTrace] {
+        let got = unapplied(ResourceType::MeshProxyPatch, &json!({}));
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].field, "spec");
+        assert!(got[0].message.contains("no effect"), "{}", got[0].message);
+        for kind in [
+            ResourceType::MeshAccessLog,
+            ResourceType::MeshTrace,
+            ResourceType::MeshMetric,
+        ] {
             let got = unapplied(kind, &json!({}));
             assert_eq!(got.len(), 1, "{kind}");
             assert!(got[0].message.contains("proxyless"), "{}", got[0].message);
@@ -197,6 +233,25 @@ mod tests {
         );
         let plain = json!({"to": [{"targetRef": {"kind": "Mesh"}, "default": {"loadBalancer": {"type": "RingHash"}}}]});
         assert!(unapplied(ResourceType::MeshLoadBalancingStrategy, &plain).is_empty());
+        let metric = json!({"targetRef": {"kind": "Mesh"}, "default": {
+            "sidecar": {"includeUnused": true, "profiles": {"appendProfiles": [{"name": "Basic"}]}},
+            "applications": [{"port": 8080}],
+            "backends": [{"type": "Prometheus", "prometheus": {"port": 5670, "tls": {"mode": "ProvidedTLS"}}},
+                         {"type": "OpenTelemetry", "openTelemetry": {"endpoint": "otel:4317"}}]}});
+        let fields: Vec<String> = unapplied(ResourceType::MeshMetric, &metric)
+            .into_iter()
+            .map(|u| u.field)
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                "spec",
+                "spec.default.sidecar.profiles",
+                "spec.default.applications",
+                "spec.default.backends[0].prometheus.tls.mode",
+                "spec.default.backends[1]",
+            ]
+        );
         let retry = json!({"to": [{"targetRef": {"kind": "Mesh"}, "default": {
             "http": {"numRetries": 1, "hostSelection": [{"predicate": "OmitPreviousHosts"}]}}}]});
         let got = unapplied(ResourceType::MeshRetry, &retry);

@@ -26,6 +26,7 @@ use base64::Engine;
 use envoy_types::pb::google::protobuf::{value::Kind, ListValue, Struct, Value as PbValue};
 use serde_json::Value;
 
+pub mod accesslog;
 pub mod bootstrap;
 pub mod certificates;
 pub mod config;
@@ -335,6 +336,25 @@ async fn run_envoy(
         ca_file: ca_file.display().to_string(),
         token: zone.token(),
     };
+    // MeshAccessLog's tcp backends: Envoy writes their records to this
+    // pipe, and this agent sends them on.
+    // (A zone ingress logs nothing.)
+    let _cleanup = match &who.mesh {
+        Some(mesh) => {
+            let pipe = PathBuf::from(meridian_xds::generate::observability::access_log_pipe(mesh, &who.name));
+            accesslog::make_pipe(&pipe)?;
+            let forwarding = tokio::spawn({
+                let pipe = pipe.clone();
+                async move {
+                    if let Err(e) = accesslog::forward(pipe).await {
+                        tracing::error!(error = %format!("{e:#}"), "the access-log pipe failed: tcp access logs are lost");
+                    }
+                }
+            });
+            Some(PipeCleanup(pipe, forwarding))
+        }
+        None => None,
+    };
     let b = bootstrap::envoy(&who.node, &up, s.envoy_admin_address);
     bootstrap::write(&s.envoy_bootstrap_file, &b)
         .with_context(|| format!("writing the Envoy bootstrap {}", s.envoy_bootstrap_file.display()))?;
@@ -374,6 +394,16 @@ async fn run_envoy(
         }
     }
     Ok(())
+}
+
+/// Stops the access-log forwarder and removes its pipe when the agent stops.
+struct PipeCleanup(PathBuf, tokio::task::JoinHandle<()>);
+
+impl Drop for PipeCleanup {
+    fn drop(&mut self) {
+        self.1.abort();
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 fn absolute(p: &Path) -> anyhow::Result<PathBuf> {

@@ -1258,7 +1258,7 @@ const CASES: [Case; 23] = [
     },
     Case {
         name: "sidecar-observability-client",
-        description: "Envoy sidecar of web: outbound access logs (a file in the default format and an OpenTelemetry collector; to db a TCP collector in JSON through meridian-dp's pipe), Zipkin tracing over https with sampling and tags on every HTTP connection manager",
+        description: "Envoy sidecar of web: outbound access logs (a file in the default format and an OpenTelemetry collector; to db a TCP collector in JSON through meridian-dp's pipe), Zipkin tracing over https with sampling and tags on every HTTP connection manager, MeshMetric's Prometheus listener on 5670 (metrics in use) through the admin cluster",
         zone: "zone-1",
         yaml: OBSERVABILITY,
         proxy: "web-1",
@@ -1266,7 +1266,7 @@ const CASES: [Case; 23] = [
     },
     Case {
         name: "sidecar-observability-server",
-        description: "Envoy sidecar of backend: inbound access logs in a plain format on its http and tcp inbounds, Datadog tracing with split service names",
+        description: "Envoy sidecar of backend: inbound access logs in a plain format on its http and tcp inbounds, Datadog tracing with split service names, the Prometheus listener with unused metrics too",
         zone: "zone-1",
         yaml: OBSERVABILITY,
         proxy: "backend-1",
@@ -1282,7 +1282,7 @@ const CASES: [Case; 23] = [
     },
     Case {
         name: "proxyless-observability",
-        description: "the observability mesh seen by a proxyless client (web-1): gRPC takes no access logs or tracing over xDS, so nothing of them appears",
+        description: "the observability mesh seen by a proxyless client (web-1): gRPC takes no access logs, tracing or metrics listener over xDS, so nothing of them appears",
         zone: "zone-1",
         yaml: OBSERVABILITY,
         proxy: "web-1",
@@ -1555,6 +1555,88 @@ fn renderer_shows_what_matters() {
             "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
                              "stat_prefix": "s", "cluster": "db"}}]}]})
     );
+}
+
+/// Every collector the observability mesh's policies name is reached by a
+/// cluster of a sidecar's configuration at that `host:port` (read here from
+/// the policies' URLs independently of generation), and every tcp backend's
+/// address is in a record written to meridian-dp's pipe.
+#[test]
+fn every_collector_of_the_policies_has_its_cluster() {
+    let docs = decode_all(OBSERVABILITY, Format::Yaml).unwrap();
+    let mut want: Vec<(String, u32)> = Vec::new();
+    let mut tcp: Vec<String> = Vec::new();
+    // `[scheme://]host[:port][/path]` with the port each kind defaults to.
+    let host_port = |url: &str, default: u32| {
+        let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+        let authority = rest.split('/').next().unwrap();
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h.to_string(), p.parse::<u32>().unwrap()),
+            None => (authority.to_string(), if scheme == "https" { 443 } else { default }),
+        }
+    };
+    for doc in &docs {
+        let spec: serde_json::Value = doc.spec.clone();
+        let mut backends = Vec::new();
+        for list in ["to", "from"] {
+            for e in spec[list].as_array().into_iter().flatten() {
+                backends.extend(e["default"]["backends"].as_array().cloned().unwrap_or_default());
+            }
+        }
+        backends.extend(spec["default"]["backends"].as_array().cloned().unwrap_or_default());
+        for b in backends {
+            match (doc.key.kind, b["type"].as_str().unwrap()) {
+                (ResourceType::MeshAccessLog, "OpenTelemetry") => {
+                    want.push(host_port(b["openTelemetry"]["endpoint"].as_str().unwrap(), 4317))
+                }
+                (ResourceType::MeshAccessLog, "Tcp") => tcp.push(b["tcp"]["address"].as_str().unwrap().to_string()),
+                (ResourceType::MeshTrace, "Zipkin") => want.push(host_port(b["zipkin"]["url"].as_str().unwrap(), 9411)),
+                (ResourceType::MeshTrace, "Datadog") => {
+                    want.push(host_port(b["datadog"]["url"].as_str().unwrap(), 8126))
+                }
+                (ResourceType::MeshTrace, "OpenTelemetry") => {
+                    want.push(host_port(b["openTelemetry"]["endpoint"].as_str().unwrap(), 4317))
+                }
+                _ => {}
+            }
+        }
+    }
+    assert_eq!(want.len(), 4, "the input names four collectors: {want:?}");
+    assert_eq!(tcp.len(), 1);
+    use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+    use prost::Message;
+    let mut reached = std::collections::BTreeSet::new();
+    let mut pipe_records = String::new();
+    for proxy in ["web-1", "backend-1", "api-1"] {
+        let case = Case {
+            name: "collectors",
+            description: "",
+            zone: "zone-1",
+            yaml: OBSERVABILITY,
+            proxy,
+            kind: ProxyKind::Sidecar,
+        };
+        let set = generate(&case, ProxyKind::Sidecar);
+        for r in set.of_type(CLUSTER) {
+            let c = Cluster::decode(r.body.value.as_slice()).unwrap();
+            if let Some(ep) = invariants::single_endpoint(&c) {
+                reached.insert(ep);
+            }
+        }
+        for r in set.of_type(LISTENER) {
+            pipe_records.push_str(&render::message(&r.body.type_url, &r.body.value).to_string());
+        }
+    }
+    for w in &want {
+        assert!(reached.contains(w), "no cluster reaches {w:?}: {reached:?}");
+    }
+    for address in &tcp {
+        assert!(
+            pipe_records.contains("/tmp/meridian-al-default-web-1.pipe")
+                && pipe_records.contains(&format!("\"string_value\":\"{address}\"")),
+            "the tcp backend {address} is not in a record on web-1's pipe"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------

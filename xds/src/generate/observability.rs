@@ -36,6 +36,16 @@
 //! percentages and the custom tags. Envoy's defaults (100 % everywhere)
 //! hold where the policy says nothing.
 //!
+//! # Metrics (MeshMetric)
+//!
+//! Each Prometheus backend gets a listener on the dataplane's address and
+//! the backend's port (5670) whose path (`/metrics`) is Envoy's admin
+//! `/stats/prometheus` (`?usedonly` unless `sidecar.includeUnused`), through
+//! the [`ADMIN_CLUSTER`] to the admin port (the Dataplane's
+//! `networking.admin.port`, else 9901). Profiles, include/exclude filters,
+//! application metrics, TLS and OpenTelemetry backends are not generated
+//! (`meridian_core::unapplied` reports them).
+//!
 //! # Clusters of collectors
 //!
 //! A collector's cluster is named after the backend kind and the collector's
@@ -604,4 +614,135 @@ pub fn tracing(
         provider: Some(provider),
         ..Default::default()
     })
+}
+
+/// The cluster of the sidecar's own Envoy admin interface, which the
+/// Prometheus listener forwards scrapes to.
+pub const ADMIN_CLUSTER: &str = "_meridian:envoy:admin";
+/// Envoy's admin port when the Dataplane names none (`meridian-dp`'s
+/// `--envoy-admin-address` default is 127.0.0.1:9901).
+pub const DEFAULT_ADMIN_PORT: u32 = 9901;
+/// MeshMetric's Prometheus port and path when the backend names none.
+pub const DEFAULT_PROMETHEUS_PORT: u32 = 5670;
+pub const DEFAULT_PROMETHEUS_PATH: &str = "/metrics";
+
+/// MeshMetric's Prometheus backends: one listener each on the dataplane's
+/// address and the backend's port, serving the backend's path from Envoy's
+/// admin `/stats/prometheus` (only the metrics in use unless
+/// `sidecar.includeUnused`), and the admin cluster they send to. A backend
+/// whose port an inbound already uses is left out (logged), as in Kuma.
+pub fn prometheus(
+    conf: &meridian_core::policy::meshmetric::Conf,
+    net: &meridian_core::dataplane::DataplaneNetworking,
+) -> (
+    Vec<envoy_types::pb::envoy::config::listener::v3::Listener>,
+    Option<Cluster>,
+) {
+    use envoy_types::pb::envoy::config::core::v3::TrafficDirection;
+    use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener};
+    use envoy_types::pb::envoy::config::route::v3::{
+        route::Action, route_action::ClusterSpecifier, route_match::PathSpecifier, Route, RouteAction,
+        RouteConfiguration, RouteMatch, VirtualHost,
+    };
+    use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+        http_connection_manager::{CodecType, RouteSpecifier},
+        http_filter::ConfigType,
+        HttpConnectionManager, HttpFilter,
+    };
+    use meridian_core::policy::meshmetric::BackendType;
+
+    let unused = conf.sidecar.as_ref().and_then(|s| s.include_unused).unwrap_or(false);
+    let stats = if unused {
+        "/stats/prometheus"
+    } else {
+        "/stats/prometheus?usedonly"
+    };
+    let taken: std::collections::BTreeSet<u32> = net.inbound.iter().map(|i| i.port).collect();
+    let mut listeners = Vec::new();
+    for backend in conf.backends.iter().flatten() {
+        let (BackendType::Prometheus, Some(p)) = (backend.backend_type, backend.prometheus.as_ref()) else {
+            continue;
+        };
+        let port = p
+            .port
+            .and_then(|p| u32::try_from(p).ok())
+            .unwrap_or(DEFAULT_PROMETHEUS_PORT);
+        if taken.contains(&port) {
+            tracing::warn!(
+                port,
+                "MeshMetric's Prometheus port is an inbound's: no metrics listener"
+            );
+            continue;
+        }
+        let name = format!(
+            "_meridian:metrics:prometheus:{}",
+            p.client_id.as_deref().unwrap_or("default-backend")
+        );
+        let path = p.path.as_deref().unwrap_or(DEFAULT_PROMETHEUS_PATH);
+        let routes = RouteConfiguration {
+            name: name.clone(),
+            virtual_hosts: vec![VirtualHost {
+                name: name.clone(),
+                domains: vec!["*".into()],
+                routes: vec![Route {
+                    r#match: Some(RouteMatch {
+                        path_specifier: Some(PathSpecifier::Path(path.to_string())),
+                        ..Default::default()
+                    }),
+                    action: Some(Action::Route(RouteAction {
+                        cluster_specifier: Some(ClusterSpecifier::Cluster(ADMIN_CLUSTER.into())),
+                        prefix_rewrite: stats.into(),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let hcm = HttpConnectionManager {
+            stat_prefix: name.replace(':', "_"),
+            codec_type: CodecType::Auto as i32,
+            route_specifier: Some(RouteSpecifier::RouteConfig(routes)),
+            http_filters: vec![HttpFilter {
+                name: "envoy.filters.http.router".into(),
+                config_type: Some(ConfigType::TypedConfig(any(&Router::default()))),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        listeners.push(Listener {
+            name: name.clone(),
+            address: Some(socket(&net.address, port)),
+            stat_prefix: name.replace(':', "_"),
+            filter_chains: vec![FilterChain {
+                filters: vec![Filter {
+                    name: "envoy.filters.network.http_connection_manager".into(),
+                    config_type: Some(
+                        envoy_types::pb::envoy::config::listener::v3::filter::ConfigType::TypedConfig(any(&hcm)),
+                    ),
+                }],
+                ..Default::default()
+            }],
+            traffic_direction: TrafficDirection::Inbound as i32,
+            ..Default::default()
+        });
+    }
+    if listeners.is_empty() {
+        return (listeners, None);
+    }
+    let admin = Collector {
+        kind: "envoy:admin",
+        host: "127.0.0.1".into(),
+        port: net.admin.as_ref().map_or(DEFAULT_ADMIN_PORT, |a| a.port),
+        http2: false,
+        tls: false,
+    };
+    let mut cluster = admin.cluster();
+    cluster.name = ADMIN_CLUSTER.into();
+    if let Some(cla) = cluster.load_assignment.as_mut() {
+        cla.cluster_name = ADMIN_CLUSTER.into();
+    }
+    (listeners, Some(cluster))
 }

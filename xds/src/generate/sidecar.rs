@@ -964,6 +964,15 @@ pub fn generate(snapshot: &MeshSnapshot, proxy: &ProxyContext, policies: &dyn Po
     for collector in collectors.values() {
         set.insert(CLUSTER, &collector.name(), &collector.cluster());
     }
+    if let Some(metric) = &whole.metric {
+        let (listeners, admin) = super::observability::prometheus(metric, net);
+        for l in &listeners {
+            set.insert(LISTENER, &l.name, l);
+        }
+        if let Some(c) = admin {
+            set.insert(CLUSTER, &c.name, &c);
+        }
+    }
     set
 }
 
