@@ -61,6 +61,42 @@ fn snapshot(services: usize, per_service: usize) -> anyhow::Result<MeshSnapshot>
     })
 }
 
+/// `snap` with all three observability policies in force mesh-wide:
+/// MeshAccessLog (a file and an OpenTelemetry collector, inbound and
+/// outbound), MeshTrace (Zipkin) and MeshMetric (Prometheus).
+fn with_observability(mut snap: MeshSnapshot) -> MeshSnapshot {
+    let backends = serde_json::json!({"backends": [
+        {"type": "File", "file": {"path": "/var/log/mesh.log"}},
+        {"type": "OpenTelemetry", "openTelemetry": {"endpoint": "otel-collector:4317"}}]});
+    let add = |snap: &mut MeshSnapshot, kind: &str, spec: serde_json::Value| {
+        snap.policies
+            .entry(kind.to_string())
+            .or_default()
+            .push((format!("bench-{kind}"), spec));
+    };
+    add(
+        &mut snap,
+        "MeshAccessLog",
+        serde_json::json!({"targetRef": {"kind": "Mesh"},
+            "to": [{"targetRef": {"kind": "Mesh"}, "default": backends}],
+            "from": [{"targetRef": {"kind": "Mesh"}, "default": backends}]}),
+    );
+    add(
+        &mut snap,
+        "MeshTrace",
+        serde_json::json!({"targetRef": {"kind": "Mesh"}, "default": {"backends": [
+            {"type": "Zipkin", "zipkin": {"url": "http://zipkin:9411/api/v2/spans"}}],
+            "sampling": {"overall": 50}}}),
+    );
+    add(
+        &mut snap,
+        "MeshMetric",
+        serde_json::json!({"targetRef": {"kind": "Mesh"}, "default": {"backends": [
+            {"type": "Prometheus", "prometheus": {"port": 5670}}]}}),
+    );
+    snap
+}
+
 fn percentile(sorted: &[Duration], q: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * q).round() as usize]
 }
@@ -131,38 +167,55 @@ fn main() -> anyhow::Result<()> {
     // one resolver, whose cache the proxies share: the first proxy after a
     // change builds everything ("cold"), the others reuse the clusters,
     // endpoints, routes (and listeners, where their outbounds are alike).
-    measure("sidecar, 1,000 outbounds: first after a change", iterations, || {
-        let r: Box<dyn PolicyResolver> = Box::new(MeshPolicies::new(&snap));
-        sidecar::generate(&snap, &sidecar_proxy, r.as_ref())
-    })?;
-    let _ = sidecar::generate(&snap, &sidecar_proxy, &resolver);
-    let alike: Vec<ProxyContext> = (0..iterations)
-        .map(|i| ProxyContext {
-            name: format!("web-{i}"),
-            ..sidecar_proxy.clone()
-        })
-        .collect();
-    let mut next = alike.iter();
-    measure("sidecar, next proxy, same outbounds", iterations, || {
-        next.next()
-            .map(|p| sidecar::generate(&snap, p, &resolver))
-            .unwrap_or_default()
-    })?;
-    let own_ports: Vec<ProxyContext> = (0..iterations)
-        .map(|i| -> anyhow::Result<ProxyContext> {
-            Ok(ProxyContext {
-                name: format!("api-{i}"),
-                dataplane: dataplane_from("10.200.0.3", "api", &all, 20000 + i)?,
+    // The same three rows again with every observability policy in force.
+    let observed = with_observability(snapshot(services, per_service)?);
+    for (snap, suffix) in [(&snap, ""), (&observed, " +obs")] {
+        let resolver = MeshPolicies::new(snap);
+        measure(
+            &format!("sidecar, 1,000 outbounds: first after a change{suffix}"),
+            iterations,
+            || {
+                let r: Box<dyn PolicyResolver> = Box::new(MeshPolicies::new(snap));
+                sidecar::generate(snap, &sidecar_proxy, r.as_ref())
+            },
+        )?;
+        let _ = sidecar::generate(snap, &sidecar_proxy, &resolver);
+        let alike: Vec<ProxyContext> = (0..iterations)
+            .map(|i| ProxyContext {
+                name: format!("web-{i}"),
                 ..sidecar_proxy.clone()
             })
-        })
-        .collect::<anyhow::Result<_>>()?;
-    let mut next = own_ports.iter();
-    measure("sidecar, next proxy, its own outbound ports", iterations, || {
-        next.next()
-            .map(|p| sidecar::generate(&snap, p, &resolver))
-            .unwrap_or_default()
-    })?;
+            .collect();
+        let mut next = alike.iter();
+        measure(
+            &format!("sidecar, next proxy, same outbounds{suffix}"),
+            iterations,
+            || {
+                next.next()
+                    .map(|p| sidecar::generate(snap, p, &resolver))
+                    .unwrap_or_default()
+            },
+        )?;
+        let own_ports: Vec<ProxyContext> = (0..iterations)
+            .map(|i| -> anyhow::Result<ProxyContext> {
+                Ok(ProxyContext {
+                    name: format!("api-{i}"),
+                    dataplane: dataplane_from("10.200.0.3", "api", &all, 20000 + i)?,
+                    ..sidecar_proxy.clone()
+                })
+            })
+            .collect::<anyhow::Result<_>>()?;
+        let mut next = own_ports.iter();
+        measure(
+            &format!("sidecar, next proxy, its own outbound ports{suffix}"),
+            iterations,
+            || {
+                next.next()
+                    .map(|p| sidecar::generate(snap, p, &resolver))
+                    .unwrap_or_default()
+            },
+        )?;
+    }
     measure(
         "proxyless client, 1,000 services: first after a change",
         iterations,
