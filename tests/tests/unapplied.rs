@@ -42,7 +42,7 @@ fn writes_of_what_has_no_effect_carry_warnings() {
         .collect();
     assert_eq!(header.len(), 1, "{header:?}");
     assert!(
-        header[0].starts_with("299 meridian \"spec: MeshAccessLog is accepted"),
+        header[0].starts_with("299 meridian \"spec: applies to Envoy sidecars; gRPC clients"),
         "{header:?}"
     );
 

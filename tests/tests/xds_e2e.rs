@@ -438,8 +438,8 @@ fn inspect_sidecar(d: &Deployment) {
         .unwrap_or_else(|| panic!("no outbound to flaky in {policies}"));
     assert_eq!(flaky["policies"]["retry"]["grpc"]["numRetries"], 2, "{policies}");
     // The rules, with the policies they came from: flaky-retry towards
-    // flaky; a MeshAccessLog that selects every proxy, matched and said to
-    // have no effect.
+    // flaky; a MeshAccessLog towards every destination, said to have no
+    // effect on gRPC clients.
     d.apply(json!({"type": "MeshAccessLog", "name": "inspect-log", "mesh": MESH, "spec": {
         "targetRef": {"kind": "MeshService", "name": "inspect-web"},
         "to": [{"targetRef": {"kind": "Mesh"}, "default": {"backends": [{"type": "File", "file": {"path": "/dev/stdout"}}]}}]}}));
@@ -469,15 +469,14 @@ fn inspect_sidecar(d: &Deployment) {
         "{to_flaky}"
     );
     let log = of_type("MeshAccessLog");
-    assert_eq!(
-        log["proxyRule"]["origin"][0]["resourceMeta"]["name"], "inspect-log",
-        "{log}"
-    );
+    let to_any = &log["toRules"][0];
+    assert_eq!(to_any["origin"][0]["resourceMeta"]["name"], "inspect-log", "{log}");
+    assert_eq!(to_any["conf"]["backends"][0]["file"]["path"], "/dev/stdout", "{log}");
     assert!(
-        log["proxyRule"]["warnings"][0]["message"]
+        to_any["warnings"][0]["message"]
             .as_str()
-            .is_some_and(|m| m.contains("no effect")),
-        "an access log that is not generated says so: {log}"
+            .is_some_and(|m| m.contains("proxyless") && m.contains("no effect")),
+        "an access log says it does nothing for gRPC clients: {log}"
     );
     // The dataplanes a policy affects, asked at the zone and at the global
     // (which holds zone 1's dataplanes once they are synced, under their

@@ -141,21 +141,45 @@ impl Traffic<'_> {
     /// address is this proxy's own, in both directions, and an inbound's
     /// source service is `unknown` (the caller is known to Envoy only).
     pub fn expand(&self, format: &str) -> String {
-        if !format.contains("%KUMA_") {
-            return format.to_string();
+        const PREFIX: &str = "%KUMA_";
+        let mut out = String::with_capacity(format.len() + 64);
+        let mut rest = format;
+        while let Some(at) = rest.find(PREFIX) {
+            out.push_str(&rest[..at]);
+            let tail = &rest[at..];
+            let name = tail[1..].find('%').map(|end| &tail[..end + 2]);
+            let value = match name {
+                Some("%KUMA_MESH%") => Some(self.mesh),
+                Some("%KUMA_SOURCE_ADDRESS_WITHOUT_PORT%") => Some(self.address),
+                Some("%KUMA_SOURCE_ADDRESS%") => {
+                    if self.address.contains(':') {
+                        out.push('[');
+                        out.push_str(self.address);
+                        out.push_str("]:0");
+                    } else {
+                        out.push_str(self.address);
+                        out.push_str(":0");
+                    }
+                    None
+                }
+                Some("%KUMA_SOURCE_SERVICE%") => Some(self.source_service.unwrap_or("unknown")),
+                Some("%KUMA_DESTINATION_SERVICE%") => Some(self.destination_service),
+                Some("%KUMA_TRAFFIC_DIRECTION%") => Some(self.direction.name()),
+                // Not one of ours: Envoy's to read (and refuse).
+                _ => {
+                    out.push_str(PREFIX);
+                    rest = &tail[PREFIX.len()..];
+                    continue;
+                }
+            };
+            if let Some(v) = value {
+                out.push_str(v);
+            }
+            let len = name.map_or(PREFIX.len(), str::len);
+            rest = &tail[len..];
         }
-        let with_port = if self.address.contains(':') {
-            format!("[{}]:0", self.address)
-        } else {
-            format!("{}:0", self.address)
-        };
-        format
-            .replace("%KUMA_MESH%", self.mesh)
-            .replace("%KUMA_SOURCE_ADDRESS_WITHOUT_PORT%", self.address)
-            .replace("%KUMA_SOURCE_ADDRESS%", &with_port)
-            .replace("%KUMA_SOURCE_SERVICE%", self.source_service.unwrap_or("unknown"))
-            .replace("%KUMA_DESTINATION_SERVICE%", self.destination_service)
-            .replace("%KUMA_TRAFFIC_DIRECTION%", self.direction.name())
+        out.push_str(rest);
+        out
     }
 }
 
@@ -745,4 +769,36 @@ pub fn prometheus(
         cla.cluster_name = ADMIN_CLUSTER.into();
     }
     (listeners, Some(cluster))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn traffic(direction: Direction, address: &str) -> Traffic<'_> {
+        Traffic {
+            mesh: "default",
+            direction,
+            source_service: (direction == Direction::Outbound).then_some("web"),
+            destination_service: "backend",
+            address,
+            proxy_name: "web-1",
+        }
+    }
+
+    #[test]
+    fn placeholders_expand_once_each_and_others_stay() {
+        let t = traffic(Direction::Outbound, "10.0.0.1");
+        assert_eq!(
+            t.expand("%KUMA_MESH% %KUMA_SOURCE_SERVICE%@%KUMA_SOURCE_ADDRESS% -> %KUMA_DESTINATION_SERVICE% %KUMA_TRAFFIC_DIRECTION% %KUMA_SOURCE_ADDRESS_WITHOUT_PORT% %START_TIME% %KUMA_OTHER% 100% %KUMA_"),
+            "default web@10.0.0.1:0 -> backend OUTBOUND 10.0.0.1 %START_TIME% %KUMA_OTHER% 100% %KUMA_"
+        );
+        let t = traffic(Direction::Inbound, "fd00::1");
+        assert_eq!(
+            t.expand("%KUMA_SOURCE_SERVICE% %KUMA_SOURCE_ADDRESS% %KUMA_TRAFFIC_DIRECTION%"),
+            "unknown [fd00::1]:0 INBOUND"
+        );
+        assert_eq!(t.expand(""), "");
+        assert_eq!(t.expand("ünïcode %KUMA_MESH%é"), "ünïcode defaulté");
+    }
 }

@@ -777,11 +777,14 @@ fn outbound_filter(
             })),
             http_filters: filters,
             access_log: access_logs(&p.access_logs, &traffic, true, &mut collectors),
-            tracing: observed
-                .whole
-                .trace
-                .as_ref()
-                .and_then(|c| tracing(c, observed.service, Direction::Outbound, service, &mut collectors)),
+            tracing: match &observed.tracing {
+                Some(t) => Some(t.clone()),
+                None => observed
+                    .whole
+                    .trace
+                    .as_ref()
+                    .and_then(|c| tracing(c, observed.service, Direction::Outbound, service, &mut collectors)),
+            },
             ..Default::default()
         };
         return (
@@ -815,17 +818,20 @@ struct Observed<'a> {
     service: &'a str,
     address: &'a str,
     whole: &'a ProxyPolicies,
+    /// The tracing of every outbound, when it does not name the
+    /// destination (built once per proxy).
+    tracing: Option<envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::Tracing>,
 }
 
 impl Observed<'_> {
     /// What to add to the cache key of an outbound listener towards a
     /// destination with policies `p`: nothing unless it logs or traces, as
     /// then its content depends on this proxy.
-    fn key(&self, p: &OutboundPolicies, trace: &str) -> String {
+    fn key<'k>(&self, p: &OutboundPolicies, suffix: &'k str) -> &'k str {
         if p.access_logs.is_empty() && self.whole.trace.is_none() {
-            return String::new();
+            return "";
         }
-        format!("\n{}\n{}\n{trace}", self.service, self.address)
+        suffix
     }
 }
 
@@ -875,12 +881,34 @@ pub fn generate(snapshot: &MeshSnapshot, proxy: &ProxyContext, policies: &dyn Po
         service: identifying_service(net),
         address: net.advertised_address.as_deref().unwrap_or(&net.address),
         whole: &whole,
+        tracing: None,
     };
-    let trace_key = whole
+    let split = whole
         .trace
         .as_ref()
-        .and_then(|t| serde_json::to_string(t).ok())
-        .unwrap_or_default();
+        .and_then(|t| t.backends.as_ref()?.first()?.datadog.as_ref()?.split_service);
+    let observed = Observed {
+        tracing: match (&whole.trace, split) {
+            (Some(conf), None | Some(false)) => {
+                tracing(conf, observed.service, Direction::Outbound, "", &mut Collectors::new())
+            }
+            _ => None,
+        },
+        ..observed
+    };
+    // What an outbound listener that logs or traces depends on besides the
+    // destination (see `Observed::key`), built once.
+    let key_suffix = format!(
+        "\n{}\n{}\n{}",
+        observed.service,
+        observed.address,
+        whole
+            .trace
+            .as_ref()
+            .and_then(|t| serde_json::to_string(t).ok())
+            .unwrap_or_default()
+    );
+    let mut collected: std::collections::HashSet<*const OutboundPolicies> = std::collections::HashSet::new();
 
     let mut clusters: BTreeSet<ClusterRef> = BTreeSet::new();
     let mut resolved: HashMap<String, Arc<OutboundPolicies>> = HashMap::new();
@@ -913,8 +941,12 @@ pub fn generate(snapshot: &MeshSnapshot, proxy: &ProxyContext, policies: &dyn Po
         }
         let bind_to_port = outbound_bind_to_port(net, address);
         // The listener depends on its socket and on the service behind it.
-        let key = format!("{name}\n{service}\n{bind_to_port:?}{}", observed.key(&p, &trace_key));
-        outbound_collectors(&p, &whole, &mut collectors);
+        let key = format!("{name}\n{service}\n{bind_to_port:?}{}", observed.key(&p, &key_suffix));
+        // Destinations without a policy of their own share one `Arc`: their
+        // collectors are added once.
+        if collected.insert(Arc::as_ptr(&p)) {
+            outbound_collectors(&p, &whole, &mut collectors);
+        }
         let (listener, used) = shared_or_built(cache, LISTENER, &key, &p, Variant::Sidecar, || {
             let (filter, used) = outbound_filter(&name, service, &p, l7, &observed);
             let listener = Listener {
