@@ -17,16 +17,11 @@ use prost::Message;
 /// Directories (below `data-plane-api`) whose files are compiled as roots.
 const ROOTS: &[&str] = &[
     "envoy/admin/v3",
-    "envoy/extensions/filters/http/router",
-    "envoy/extensions/filters/http/fault",
-    "envoy/extensions/filters/http/local_ratelimit",
-    "envoy/extensions/filters/http/rbac",
-    "envoy/extensions/filters/network/http_connection_manager",
-    "envoy/extensions/filters/network/tcp_proxy",
-    "envoy/extensions/filters/network/rbac",
-    "envoy/extensions/filters/network/local_ratelimit",
-    "envoy/extensions/filters/listener/tls_inspector",
-    "envoy/extensions/filters/listener/original_dst",
+    // Every HTTP, network and listener filter: MeshProxyPatch values may
+    // add any of them.
+    "envoy/extensions/filters/http",
+    "envoy/extensions/filters/network",
+    "envoy/extensions/filters/listener",
     "envoy/extensions/transport_sockets/tls",
     "envoy/extensions/transport_sockets/raw_buffer",
     "envoy/extensions/upstreams/http",
@@ -65,6 +60,9 @@ fn main() {
     let includes: Vec<PathBuf> = INCLUDES.iter().map(|d| proto.join(d)).collect();
     let mut merged = prost_types::FileDescriptorSet::default();
     let mut seen = BTreeSet::new();
+    // One root at a time: names resolve as they do for Envoy, where a file
+    // sees only what it imports (all together, `common.async_files` would
+    // resolve into `envoy.extensions.filters.common`).
     for root in &roots {
         match protox::compile([root], &includes) {
             Ok(set) => merged

@@ -478,6 +478,35 @@ fn inspect_sidecar(d: &Deployment) {
             .is_some_and(|m| m.contains("proxyless") && m.contains("no effect")),
         "an access log says it does nothing for gRPC clients: {log}"
     );
+    // A MeshProxyPatch that would break the sidecar's configuration (the
+    // route to flaky would send to a removed cluster) is not applied, and
+    // the rules say why; a sound one is.
+    for (value, applied) in [("Remove", false), ("Patch", true)] {
+        let modification = if value == "Remove" {
+            json!({"cluster": {"operation": "Remove", "match": {"name": "flaky"}}})
+        } else {
+            json!({"cluster": {"operation": "Patch", "match": {"name": "flaky"}, "value": "connectTimeout: 7s"}})
+        };
+        d.apply(json!({"type": "MeshProxyPatch", "name": "inspect-patch", "mesh": MESH, "spec": {
+            "targetRef": {"kind": "MeshService", "name": "inspect-web"},
+            "default": {"appendModifications": [modification]}}}));
+        wait_until(&format!("the patch ({value}) reported"), CONVERGE, POLL, || {
+            let rules = inspect("rules");
+            let patch = rules["rules"]
+                .as_array()
+                .and_then(|rs| rs.iter().find(|r| r["type"] == "MeshProxyPatch"))
+                .map(|r| r["proxyRule"]["patch"].clone())
+                .unwrap_or_default();
+            let ok = patch["applied"] == applied
+                && (applied
+                    || patch["error"]
+                        .as_str()
+                        .is_some_and(|e| e.contains("missing cluster") && e.contains("flaky")));
+            ok.then_some(()).ok_or_else(|| patch.to_string())
+        });
+    }
+    d.delete("meshproxypatches", "inspect-patch");
+
     // The dataplanes a policy affects, asked at the zone and at the global
     // (which holds zone 1's dataplanes once they are synced, under their
     // zone-qualified names).

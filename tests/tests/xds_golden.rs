@@ -1127,7 +1127,10 @@ const GOLDEN_KEY: &str = "-----BEGIN PRIVATE KEY-----\n(workload key)\n-----END 
 /// OpenTelemetry) on sidecars.
 const OBSERVABILITY: &str = include_str!("../golden/xds/inputs/observability.yaml");
 
-const CASES: [Case; 23] = [
+/// MeshProxyPatch modifications of every kind.
+const PROXY_PATCH: &str = include_str!("../golden/xds/inputs/proxy-patch.yaml");
+
+const CASES: [Case; 24] = [
     Case {
         name: "sidecar-defaults",
         description: "Envoy sidecar of web: http inbound, grpc outbound to backend (2 instances), tcp outbound to db; the 4 default policies",
@@ -1287,6 +1290,14 @@ const CASES: [Case; 23] = [
         yaml: OBSERVABILITY,
         proxy: "web-1",
         kind: ProxyKind::Proxyless,
+    },
+    Case {
+        name: "sidecar-proxy-patch",
+        description: "Envoy sidecar of web with a MeshProxyPatch: backend's cluster patched (7s, a connection limit), a static cluster added, web-admin's listener patched by JSON patch, a buffer filter before the inbound router, TCP proxies' idle timeout by JSON patch, a virtual host added to backend's routes",
+        zone: "zone-1",
+        yaml: PROXY_PATCH,
+        proxy: "web-1",
+        kind: ProxyKind::Sidecar,
     },
     Case {
         name: "proxyless-mtls-client",
@@ -1813,6 +1824,7 @@ mod render {
             envoy_types::pb::envoy::config::trace::v3::ZipkinConfig,
             envoy_types::pb::envoy::config::trace::v3::DatadogConfig,
             envoy_types::pb::envoy::config::trace::v3::OpenTelemetryConfig,
+            envoy_types::pb::envoy::extensions::filters::http::buffer::v3::Buffer,
         );
         None
     }

@@ -58,6 +58,7 @@ pub struct MeshPolicies {
     access_logs: Vec<(String, meridian_core::policy::meshaccesslog::MeshAccessLog)>,
     traces: Vec<(String, meridian_core::policy::meshtrace::MeshTrace)>,
     metrics: Vec<(String, meridian_core::policy::meshmetric::MeshMetric)>,
+    patches: Vec<(String, meridian_core::policy::meshproxypatch::MeshProxyPatch)>,
     /// Whether some MeshTimeout or MeshRetry targets a MeshHTTPRoute (then
     /// each route rule gets its own timeout and retries).
     route_targeted: bool,
@@ -112,6 +113,7 @@ impl MeshPolicies {
             access_logs: decode(snapshot, ResourceType::MeshAccessLog),
             traces: decode(snapshot, ResourceType::MeshTrace),
             metrics: decode(snapshot, ResourceType::MeshMetric),
+            patches: decode(snapshot, ResourceType::MeshProxyPatch),
         }
     }
 }
@@ -215,6 +217,7 @@ impl PolicyResolver for MeshPolicies {
         ProxyPolicies {
             trace: ok_or_log("MeshTrace", single_item_conf(&self.traces, &view)),
             metric: ok_or_log("MeshMetric", single_item_conf(&self.metrics, &view)),
+            patch: ok_or_log("MeshProxyPatch", single_item_conf(&self.patches, &view)),
         }
     }
 }

@@ -1354,7 +1354,25 @@ impl meridian_server::api::DataplaneInspector for ZoneXds {
 
     fn rules(&self, mesh: &str, name: &str) -> Option<Value> {
         let (snap, proxy, _) = self.context(mesh, name)?;
-        Some(crate::rules::rules(&snap, &proxy, &destinations(&snap, &proxy)))
+        let mut out = crate::rules::rules(&snap, &proxy, &destinations(&snap, &proxy));
+        // Whether the proxy's MeshProxyPatch applies: generation says why
+        // not (the proxy then gets its configuration without it).
+        let patched = out["rules"]
+            .as_array_mut()
+            .and_then(|rules| rules.iter_mut().find(|r| r["type"] == "MeshProxyPatch"));
+        if let Some(rule) = patched {
+            let state = if proxy.kind == ProxyKind::Sidecar {
+                let resolver = (self.shared.resolver)(&snap);
+                match meridian_xds::generate::sidecar::generate_reporting(&snap, &proxy, resolver.as_ref()).1 {
+                    Some(e) => json!({"applied": false, "error": e.to_string()}),
+                    None => json!({"applied": true}),
+                }
+            } else {
+                json!({"applied": false, "error": "MeshProxyPatch applies to Envoy sidecars only"})
+            };
+            rule["proxyRule"]["patch"] = state;
+        }
+        Some(out)
     }
 }
 

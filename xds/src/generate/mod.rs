@@ -14,7 +14,7 @@ use envoy_types::pb::envoy::config::core::v3::{
 use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration, UInt32Value};
 use meridian_core::policy::{
     meshaccesslog, meshcircuitbreaker, meshfaultinjection, meshhttproute, meshloadbalancingstrategy, meshmetric,
-    meshretry, meshtimeout, meshtrace,
+    meshproxypatch, meshretry, meshtimeout, meshtrace,
 };
 use prost::{Message, Name};
 
@@ -26,6 +26,7 @@ pub mod endpoints;
 pub mod ingress;
 pub mod invariants;
 pub mod observability;
+pub mod patch;
 pub mod proxyless;
 pub mod routes;
 pub mod server;
@@ -101,6 +102,9 @@ pub struct ProxyPolicies {
     /// MeshMetric: the metrics the proxy exposes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metric: Option<meshmetric::Conf>,
+    /// MeshProxyPatch: changes applied last (Envoy sidecars).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patch: Option<meshproxypatch::Conf>,
 }
 
 /// Gives generation the effective policies of a proxy.

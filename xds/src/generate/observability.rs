@@ -434,7 +434,7 @@ pub fn access_logs(
             };
             out.push(AccessLog {
                 name: "envoy.access_loggers.file".into(),
-                config_type: Some(access_log::ConfigType::TypedConfig(any(&config))),
+                config_type: Some(access_log::ConfigType::TypedConfig(file_log_any(&config))),
                 ..Default::default()
             });
         }
@@ -529,8 +529,112 @@ fn tcp_access_log(
     };
     AccessLog {
         name: "envoy.access_loggers.file".into(),
-        config_type: Some(access_log::ConfigType::TypedConfig(any(&config))),
+        config_type: Some(access_log::ConfigType::TypedConfig(file_log_any(&config))),
         ..Default::default()
+    }
+}
+
+/// Wire twins of `google.protobuf.Struct` and of the messages that carry
+/// one in a file logger, with their fields in key order: prost encodes a
+/// `Struct`'s `HashMap` in an order that changes from process to process,
+/// and a configuration's version is a hash of its bytes.
+mod sorted {
+    use std::collections::BTreeMap;
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Struct {
+        #[prost(btree_map = "string, message", tag = "1")]
+        pub fields: BTreeMap<String, Value>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Value {
+        #[prost(oneof = "Kind", tags = "1, 2, 3, 4, 5, 6")]
+        pub kind: Option<Kind>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Oneof)]
+    pub enum Kind {
+        #[prost(int32, tag = "1")]
+        Null(i32),
+        #[prost(double, tag = "2")]
+        Number(f64),
+        #[prost(string, tag = "3")]
+        Text(String),
+        #[prost(bool, tag = "4")]
+        Bool(bool),
+        #[prost(message, tag = "5")]
+        Struct(Struct),
+        #[prost(message, tag = "6")]
+        List(List),
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct List {
+        #[prost(message, repeated, tag = "1")]
+        pub values: Vec<Value>,
+    }
+
+    /// `SubstitutionFormatString` with `json_format` (tag 2).
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct JsonFormat {
+        #[prost(message, optional, tag = "2")]
+        pub json_format: Option<Struct>,
+        #[prost(bool, tag = "3")]
+        pub omit_empty_values: bool,
+    }
+
+    /// `FileAccessLog` with `log_format` (tag 5).
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct FileLog {
+        #[prost(string, tag = "1")]
+        pub path: String,
+        #[prost(message, optional, tag = "5")]
+        pub log_format: Option<JsonFormat>,
+    }
+}
+
+fn sorted_struct(s: &Struct) -> sorted::Struct {
+    sorted::Struct {
+        fields: s.fields.iter().map(|(k, v)| (k.clone(), sorted_value(v))).collect(),
+    }
+}
+
+fn sorted_value(v: &PbValue) -> sorted::Value {
+    let kind = v.kind.as_ref().map(|k| match k {
+        Kind::NullValue(n) => sorted::Kind::Null(*n),
+        Kind::NumberValue(n) => sorted::Kind::Number(*n),
+        Kind::StringValue(s) => sorted::Kind::Text(s.clone()),
+        Kind::BoolValue(b) => sorted::Kind::Bool(*b),
+        Kind::StructValue(s) => sorted::Kind::Struct(sorted_struct(s)),
+        Kind::ListValue(l) => sorted::Kind::List(sorted::List {
+            values: l.values.iter().map(sorted_value).collect(),
+        }),
+    });
+    sorted::Value { kind }
+}
+
+/// A file logger packed with its JSON format's fields in key order (the
+/// same message, encoded deterministically).
+fn file_log_any(config: &FileAccessLog) -> envoy_types::pb::google::protobuf::Any {
+    let Some(file_access_log::AccessLogFormat::LogFormat(SubstitutionFormatString {
+        format: Some(substitution_format_string::Format::JsonFormat(fields)),
+        omit_empty_values,
+        ..
+    })) = &config.access_log_format
+    else {
+        return any(config);
+    };
+    let twin = sorted::FileLog {
+        path: config.path.clone(),
+        log_format: Some(sorted::JsonFormat {
+            json_format: Some(sorted_struct(fields)),
+            omit_empty_values: *omit_empty_values,
+        }),
+    };
+    envoy_types::pb::google::protobuf::Any {
+        type_url: <FileAccessLog as prost::Name>::type_url(),
+        value: prost::Message::encode_to_vec(&twin),
     }
 }
 
@@ -784,6 +888,54 @@ mod tests {
             address,
             proxy_name: "web-1",
         }
+    }
+
+    #[test]
+    fn json_formats_encode_the_same_bytes_every_time() {
+        use prost::Message;
+        let format: meshaccesslog::Format = serde_json::from_value(serde_json::json!({
+            "type": "Json",
+            "json": (0..20).map(|i| serde_json::json!({"key": format!("k{i}"), "value": "%START_TIME%"})).collect::<Vec<_>>()
+        }))
+        .unwrap();
+        let t = traffic(Direction::Outbound, "10.0.0.1");
+        let encode = || {
+            let logs = access_logs(
+                &[meshaccesslog::Backend {
+                    backend_type: meshaccesslog::BackendType::Tcp,
+                    tcp: Some(meshaccesslog::TcpBackend {
+                        format: Some(format.clone()),
+                        address: "logs:5000".into(),
+                    }),
+                    file: None,
+                    open_telemetry: None,
+                }],
+                &t,
+                true,
+                &mut Collectors::new(),
+            );
+            logs[0].encode_to_vec()
+        };
+        let first = encode();
+        for _ in 0..20 {
+            assert_eq!(encode(), first, "the same configuration, the same bytes");
+        }
+        // And Envoy reads them as its own message.
+        let Some(access_log::ConfigType::TypedConfig(a)) = AccessLog::decode(first.as_slice()).unwrap().config_type
+        else {
+            panic!()
+        };
+        let file = FileAccessLog::decode(a.value.as_slice()).unwrap();
+        let Some(file_access_log::AccessLogFormat::LogFormat(f)) = file.access_log_format else {
+            panic!()
+        };
+        let Some(substitution_format_string::Format::JsonFormat(record)) = f.format else {
+            panic!()
+        };
+        let Some(Kind::StructValue(message)) = &record.fields["message"].kind else {
+            panic!()
+        };
+        assert_eq!(message.fields.len(), 20);
     }
 
     #[test]

@@ -860,6 +860,17 @@ fn outbound_collectors(p: &OutboundPolicies, whole: &ProxyPolicies, collectors: 
 
 /// The configuration of an Envoy sidecar.
 pub fn generate(snapshot: &MeshSnapshot, proxy: &ProxyContext, policies: &dyn PolicyResolver) -> ResourceSet {
+    generate_reporting(snapshot, proxy, policies).0
+}
+
+/// [`generate`], and why the proxy's MeshProxyPatch modifications were not
+/// applied, if they were not (the configuration is then the one without
+/// them).
+pub fn generate_reporting(
+    snapshot: &MeshSnapshot,
+    proxy: &ProxyContext,
+    policies: &dyn PolicyResolver,
+) -> (ResourceSet, Option<super::patch::PatchError>) {
     let mut set = ResourceSet::new();
     let net = &proxy.dataplane.networking;
     // The index is built only if something is not in the cache.
@@ -1005,7 +1016,17 @@ pub fn generate(snapshot: &MeshSnapshot, proxy: &ProxyContext, policies: &dyn Po
             set.insert(CLUSTER, &c.name, &c);
         }
     }
-    set
+    match &whole.patch {
+        Some(conf) if !conf.append_modifications.is_empty() => match super::patch::apply(&set, conf, net) {
+            Ok(patched) => (patched, None),
+            Err(e) => {
+                tracing::warn!(mesh = %proxy.mesh, proxy = %proxy.name, error = %e,
+                    "MeshProxyPatch not applied: the proxy gets its configuration without it");
+                (set, Some(e))
+            }
+        },
+        _ => (set, None),
+    }
 }
 
 #[cfg(test)]
