@@ -77,6 +77,7 @@ pub fn unapplied(kind: ResourceType, spec: &Value) -> Vec<Unapplied> {
             "applies to Envoy sidecars; gRPC clients and servers (proxyless) are not patched, so it has no effect on them",
         ),
         ResourceType::MeshLoadBalancingStrategy => {
+            const GRPC: &str = "gRPC clients (proxyless)";
             for (i, default) in defaults(spec, "to") {
                 let at = format!("spec.to[{i}].default");
                 if let Some(la) = default.get("localityAwareness") {
@@ -86,19 +87,49 @@ pub fn unapplied(kind: ResourceType, spec: &Value) -> Vec<Unapplied> {
                     if la.pointer("/crossZone/failoverThreshold").is_some() {
                         note(
                             format!("{at}.localityAwareness.crossZone.failoverThreshold"),
-                            NOT_GENERATED,
+                            &format!("applies to Envoy sidecars; {GRPC} fail over to another zone only when none of this zone's endpoints is reachable, so it has no effect on them"),
                         );
                     }
                 }
-                if let Some(lb) = default.get("loadBalancer").and_then(Value::as_object) {
-                    for (key, v) in lb {
-                        if key != "type" && v.as_object().is_some_and(|o| !o.is_empty()) {
+                let Some(lb) = default.get("loadBalancer") else {
+                    continue;
+                };
+                match lb.get("type").and_then(Value::as_str) {
+                    Some(t @ ("LeastRequest" | "Random" | "Maglev")) => note(
+                        format!("{at}.loadBalancer.type"),
+                        &format!("{t} applies to Envoy sidecars; {GRPC} balance with round robin or ring hash only, and get round robin"),
+                    ),
+                    Some("RingHash") => {
+                        let ring = lb.get("ringHash");
+                        if ring.and_then(|r| r.get("hashFunction")).and_then(Value::as_str) == Some("MurmurHash2") {
                             note(
-                                format!("{at}.loadBalancer.{key}"),
-                                "only the balancer type is generated; its options have no effect yet",
+                                format!("{at}.loadBalancer.ringHash.hashFunction"),
+                                &format!("applies to Envoy sidecars; {GRPC} hash with xxHash (gRFC A42)"),
                             );
                         }
+                        for (j, h) in ring
+                            .and_then(|r| r.get("hashPolicies"))
+                            .and_then(Value::as_array)
+                            .into_iter()
+                            .flatten()
+                            .enumerate()
+                        {
+                            let grpc_takes = match h.get("type").and_then(Value::as_str) {
+                                Some("Header") => true,
+                                Some("FilterState") => {
+                                    h.pointer("/filterState/key").and_then(Value::as_str) == Some("io.grpc.channel_id")
+                                }
+                                _ => false,
+                            };
+                            if !grpc_takes {
+                                note(
+                                    format!("{at}.loadBalancer.ringHash.hashPolicies[{j}]"),
+                                    &format!("applies to Envoy sidecars; {GRPC} hash only by header or by the filter state key io.grpc.channel_id (gRFC A42)"),
+                                );
+                            }
+                        }
                     }
+                    _ => {}
                 }
             }
         }
@@ -217,7 +248,10 @@ mod tests {
         let lb = json!({"to": [{"targetRef": {"kind": "Mesh"}, "default": {
             "localityAwareness": {"localZone": {"affinityTags": [{"key": "k8s.io/node"}]},
                                   "crossZone": {"failoverThreshold": {"percentage": 50}}},
-            "loadBalancer": {"type": "RingHash", "ringHash": {"minRingSize": 1024}}}}]});
+            "loadBalancer": {"type": "RingHash", "ringHash": {"minRingSize": 1024, "hashFunction": "MurmurHash2",
+                "hashPolicies": [{"type": "Header", "header": {"name": "x-user"}},
+                                 {"type": "Cookie", "cookie": {"name": "session"}},
+                                 {"type": "FilterState", "filterState": {"key": "io.grpc.channel_id"}}]}}}}]});
         let fields: Vec<String> = unapplied(ResourceType::MeshLoadBalancingStrategy, &lb)
             .into_iter()
             .map(|u| u.field)
@@ -227,11 +261,16 @@ mod tests {
             [
                 "spec.to[0].default.localityAwareness.localZone",
                 "spec.to[0].default.localityAwareness.crossZone.failoverThreshold",
-                "spec.to[0].default.loadBalancer.ringHash",
+                "spec.to[0].default.loadBalancer.ringHash.hashFunction",
+                "spec.to[0].default.loadBalancer.ringHash.hashPolicies[1]",
             ]
         );
         let plain = json!({"to": [{"targetRef": {"kind": "Mesh"}, "default": {"loadBalancer": {"type": "RingHash"}}}]});
         assert!(unapplied(ResourceType::MeshLoadBalancingStrategy, &plain).is_empty());
+        let random = json!({"to": [{"targetRef": {"kind": "Mesh"}, "default": {"loadBalancer": {"type": "Random"}}}]});
+        let got = unapplied(ResourceType::MeshLoadBalancingStrategy, &random);
+        assert_eq!(got[0].field, "spec.to[0].default.loadBalancer.type");
+        assert!(got[0].message.contains("round robin"), "{}", got[0].message);
         let metric = json!({"targetRef": {"kind": "Mesh"}, "default": {
             "sidecar": {"includeUnused": true, "profiles": {"appendProfiles": [{"name": "Basic"}]}},
             "applications": [{"port": 8080}],

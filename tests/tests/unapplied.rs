@@ -80,14 +80,14 @@ fn writes_of_what_has_no_effect_carry_warnings() {
     let file = dir.path().join("lb.yaml");
     std::fs::write(
         &file,
-        "type: MeshLoadBalancingStrategy\nmesh: default\nname: lb\nspec:\n  targetRef: {kind: Mesh}\n  to:\n  - targetRef: {kind: Mesh}\n    default:\n      loadBalancer:\n        type: RingHash\n        ringHash: {minRingSize: 1024}\n",
+        "type: MeshLoadBalancingStrategy\nmesh: default\nname: lb\nspec:\n  targetRef: {kind: Mesh}\n  to:\n  - targetRef: {kind: Mesh}\n    default:\n      loadBalancer:\n        type: Random\n",
     )
     .unwrap();
     let out = global.ctl(&["apply", "-f", file.to_str().unwrap()], None);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("warning: MeshLoadBalancingStrategy \"lb\" in mesh \"default\" spec.to[0].default.loadBalancer.ringHash: only the balancer type is generated"),
+        stderr.contains("warning: MeshLoadBalancingStrategy \"lb\" in mesh \"default\" spec.to[0].default.loadBalancer.type: Random applies to Envoy sidecars; gRPC clients (proxyless) balance with round robin or ring hash only"),
         "{stderr}"
     );
 }

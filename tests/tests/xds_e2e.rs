@@ -487,9 +487,11 @@ fn inspect_sidecar(d: &Deployment) {
         } else {
             json!({"cluster": {"operation": "Patch", "match": {"name": "flaky"}, "value": "connectTimeout: 7s"}})
         };
-        d.apply(json!({"type": "MeshProxyPatch", "name": "inspect-patch", "mesh": MESH, "spec": {
+        d.apply(
+            json!({"type": "MeshProxyPatch", "name": "inspect-patch", "mesh": MESH, "spec": {
             "targetRef": {"kind": "MeshService", "name": "inspect-web"},
-            "default": {"appendModifications": [modification]}}}));
+            "default": {"appendModifications": [modification]}}}),
+        );
         wait_until(&format!("the patch ({value}) reported"), CONVERGE, POLL, || {
             let rules = inspect("rules");
             let patch = rules["rules"]
@@ -1147,6 +1149,67 @@ fn metrics(d: &Deployment) {
 
 type Scenario = fn(&Deployment);
 
+/// 10: MeshLoadBalancingStrategy's ring hash with a header hash policy,
+/// through grpcio's own ring_hash balancer (gRFC A42): over three backends,
+/// every call carrying one `x-user` reaches one backend, and different
+/// users reach different backends; before the policy, round robin spreads
+/// one user's calls over all of them.
+fn ring_hash(d: &Deployment) {
+    let _h: Vec<TestServer> = (1..=3)
+        .map(|i| backend(&d.zone1, &format!("hashed-{i}"), "hashed", json!({}), &[]))
+        .collect();
+    // One agent for every run: each run is a new grpcio channel. A ring
+    // hash channel connects only when a call picks a backend, so the client
+    // does not wait for the channel to be ready first.
+    let (agent, _) = d.client(&d.zone1, "hash");
+    let user = |name: &str, n: usize| {
+        let header = format!("x-user={name}");
+        run_client(
+            ClientKind::Python,
+            "xds:///hashed",
+            n,
+            &["--metadata", &header, "--ready-timeout-ms", "0"],
+            Some(agent.bootstrap()),
+        )
+    };
+    let r = wait_until("round robin over the three backends", CONVERGE, POLL, || {
+        let r = user("alice", 30);
+        (r.ok_total() == 30 && r.ok.len() == 3)
+            .then_some(r.clone())
+            .ok_or_else(|| seen(&r, &d.zone1))
+    });
+    eprintln!("before the ring hash, alice's calls: {:?}", r.ok);
+    d.apply(
+        json!({"type": "MeshLoadBalancingStrategy", "name": "hashed-by-user", "mesh": MESH, "spec": {
+        "targetRef": {"kind": "Mesh"},
+        "to": [{"targetRef": {"kind": "MeshService", "name": "hashed"}, "default": {
+            "loadBalancer": {"type": "RingHash", "ringHash": {
+                "hashPolicies": [{"type": "Header", "header": {"name": "x-user"}}]}}}}]}}),
+    );
+    wait_until("alice's calls on one backend", CONVERGE, POLL, || {
+        let r = user("alice", 30);
+        (r.ok_total() == 30 && r.ok.len() == 1)
+            .then_some(())
+            .ok_or_else(|| seen(&r, &d.zone1))
+    });
+    let mut chosen = std::collections::BTreeMap::new();
+    for name in ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi"] {
+        let r = user(name, 20);
+        let why = seen(&r, &d.zone1);
+        assert_eq!(r.ok_total(), 20, "{name}: {why}");
+        assert_eq!(r.ok.len(), 1, "{name}'s calls all reach one backend: {why}");
+        let server = r.ok.keys().next().cloned().unwrap_or_default();
+        // The same user again: the same backend.
+        let again = user(name, 10);
+        assert_eq!(again.ok_from(&server), 10, "{name} again: {}", seen(&again, &d.zone1));
+        chosen.insert(name, server);
+    }
+    eprintln!("ring hash by x-user: {chosen:?}");
+    let distinct: std::collections::BTreeSet<&String> = chosen.values().collect();
+    assert!(distinct.len() >= 2, "eight users all hashed to one backend: {chosen:?}");
+    d.delete("meshloadbalancingstrategies", "hashed-by-user");
+}
+
 /// Whether scenario `name` runs: XDS_E2E_ONLY=retries,failover runs only
 /// the scenarios whose names contain one of the words.
 fn wanted(name: &str) -> bool {
@@ -1171,6 +1234,7 @@ fn proxyless_clients_follow_policies_across_zones() {
         vec![("4 timeouts", timeouts)],
         vec![("6 live route change", live_route_change)],
         vec![("7 cross-zone failover", cross_zone_failover)],
+        vec![("10 ring hash", ring_hash)],
     ];
     let failures: Vec<String> = std::thread::scope(|s| {
         let handles: Vec<_> = lanes

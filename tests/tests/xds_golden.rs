@@ -1130,7 +1130,10 @@ const OBSERVABILITY: &str = include_str!("../golden/xds/inputs/observability.yam
 /// MeshProxyPatch modifications of every kind.
 const PROXY_PATCH: &str = include_str!("../golden/xds/inputs/proxy-patch.yaml");
 
-const CASES: [Case; 24] = [
+/// MeshLoadBalancingStrategy with every balancer's options.
+const LOAD_BALANCING: &str = include_str!("../golden/xds/inputs/load-balancing.yaml");
+
+const CASES: [Case; 26] = [
     Case {
         name: "sidecar-defaults",
         description: "Envoy sidecar of web: http inbound, grpc outbound to backend (2 instances), tcp outbound to db; the 4 default policies",
@@ -1298,6 +1301,22 @@ const CASES: [Case; 24] = [
         yaml: PROXY_PATCH,
         proxy: "web-1",
         kind: ProxyKind::Sidecar,
+    },
+    Case {
+        name: "sidecar-load-balancing",
+        description: "Envoy sidecar of web: a ring hash to backend (sizes, MurmurHash2, header/cookie/source IP/query/filter-state hash policies on its routes, a 50 % failover threshold as overprovisioning factor 200), least request to api (3 choices, bias 1.5), Maglev to db (table size)",
+        zone: "zone-1",
+        yaml: LOAD_BALANCING,
+        proxy: "web-1",
+        kind: ProxyKind::Sidecar,
+    },
+    Case {
+        name: "proxyless-load-balancing",
+        description: "the load-balancing mesh seen by a proxyless client (web-1): round robin for api and db, an xxHash ring for backend hashing only by header and channel",
+        zone: "zone-1",
+        yaml: LOAD_BALANCING,
+        proxy: "web-1",
+        kind: ProxyKind::Proxyless,
     },
     Case {
         name: "proxyless-mtls-client",
@@ -1929,6 +1948,10 @@ mod render {
                 envoy_types::pb::envoy::r#type::tracing::v3::CustomTag,
                 envoy_types::pb::envoy::r#type::tracing::v3::custom_tag::Header,
                 envoy_types::pb::envoy::r#type::v3::Percent,
+                envoy_types::pb::envoy::config::cluster::v3::cluster::RingHashLbConfig,
+                envoy_types::pb::envoy::config::cluster::v3::cluster::LeastRequestLbConfig,
+                envoy_types::pb::envoy::config::cluster::v3::cluster::MaglevLbConfig,
+                envoy_types::pb::envoy::config::route::v3::route_action::HashPolicy,
             );
             out
         })

@@ -23,7 +23,8 @@ An xDS target gets xDS channel credentials (gRFC A29): mesh mTLS where the
 zone's clusters ask for it, plaintext elsewhere. A plain target is plaintext.
 
 Every call carries the metadata `meridian-request-id: <prefix><index>` (the
-prefix is random unless `--request-id-prefix` is given) and a deadline.
+prefix is random unless `--request-id-prefix` is given), the `--metadata`
+pairs, and a deadline.
 
 Exit status: 0 when the calls were made (whatever their outcome), 2 on bad
 arguments or a missing/invalid bootstrap, 3 when the channel did not become
@@ -129,6 +130,9 @@ class Tally:
         return json.dumps(out)
 
 
+EXTRA_METADATA = ()
+
+
 def one_call(call, index, prefix, deadline_s):
     """One call; returns ("ok", server, attempt) or ("error", code, details)."""
     request_id = f"{prefix}{index}"
@@ -136,7 +140,7 @@ def one_call(call, index, prefix, deadline_s):
         reply = call(
             request_id.encode("utf-8"),
             timeout=deadline_s,
-            metadata=((REQUEST_ID, request_id),),
+            metadata=((REQUEST_ID, request_id),) + EXTRA_METADATA,
         )
     except grpc.RpcError as e:
         code = e.code().name if e.code() is not None else "UNKNOWN"
@@ -189,7 +193,19 @@ def main():
         "--ready-timeout-ms", type=int, default=15000,
         help="wait this long for the channel to be ready before calling; 0: do not wait",
     )
+    ap.add_argument(
+        "--metadata", action="append", default=[], metavar="KEY=VALUE",
+        help="metadata sent with every call (repeatable), e.g. a key a ring hash hashes",
+    )
     args = ap.parse_args()
+    global EXTRA_METADATA
+    pairs = []
+    for item in args.metadata:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            fail(2, f"--metadata {item!r}: expected KEY=VALUE")
+        pairs.append((key.lower(), value))
+    EXTRA_METADATA = tuple(pairs)
     if args.count < 0 or args.deadline_ms <= 0 or args.concurrency < 1 or args.interval_ms < 0:
         fail(2, "--count, --interval-ms must be >= 0; --deadline-ms, --concurrency must be > 0")
 

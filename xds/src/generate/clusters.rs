@@ -22,6 +22,7 @@
 //! never get any of this: only the sidecar generator calls
 //! [`with_health_check`].
 
+use envoy_types::pb::envoy::config::cluster::v3::cluster;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{common_lb_config, CommonLbConfig};
 use envoy_types::pb::envoy::config::cluster::v3::{
     circuit_breakers::Thresholds,
@@ -38,7 +39,7 @@ use envoy_types::pb::envoy::r#type::v3::{CodecClientType, Int64Range, Percent};
 use envoy_types::pb::google::protobuf::BoolValue;
 use meridian_core::policy::meshcircuitbreaker;
 use meridian_core::policy::meshhealthcheck;
-use meridian_core::policy::meshloadbalancingstrategy::LoadBalancerType;
+use meridian_core::policy::meshloadbalancingstrategy::{self, LoadBalancerType};
 
 use super::routes::Protocol;
 
@@ -145,8 +146,14 @@ pub fn eds_cluster(name: &str, p: &OutboundPolicies, http2: bool) -> Cluster {
         Some(LoadBalancerType::Maglev) => LbPolicy::Maglev,
     };
     let cb = p.circuit_breaker.as_ref();
+    let lb_config = p
+        .load_balancing
+        .as_ref()
+        .and_then(|l| l.load_balancer.as_ref())
+        .and_then(lb_config);
     Cluster {
         name: name.to_string(),
+        lb_config,
         cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
         eds_cluster_config: Some(EdsClusterConfig {
             eds_config: Some(ads_source()),
@@ -164,6 +171,70 @@ pub fn eds_cluster(name: &str, p: &OutboundPolicies, http2: bool) -> Cluster {
         typed_extension_protocol_options: if http2 { http2_upstream() } else { HashMap::new() },
         ..Default::default()
     }
+}
+
+/// The options of a MeshLoadBalancingStrategy balancer, for Envoy.
+fn lb_config(lb: &meshloadbalancingstrategy::LoadBalancer) -> Option<cluster::LbConfig> {
+    use envoy_types::pb::envoy::config::cluster::v3::cluster::{
+        ring_hash_lb_config::HashFunction as EnvoyHash, LbConfig, LeastRequestLbConfig, MaglevLbConfig,
+        RingHashLbConfig,
+    };
+    use envoy_types::pb::envoy::config::core::v3::RuntimeDouble;
+    use envoy_types::pb::google::protobuf::UInt64Value;
+    use meshloadbalancingstrategy::HashFunction;
+    match lb.lb_type {
+        LoadBalancerType::LeastRequest => {
+            let l = lb.least_request.as_ref()?;
+            Some(LbConfig::LeastRequestLbConfig(LeastRequestLbConfig {
+                choice_count: l.choice_count.map(u32_value),
+                active_request_bias: l
+                    .active_request_bias
+                    .as_ref()
+                    .and_then(|b| b.as_f64())
+                    .map(|default_value| RuntimeDouble {
+                        default_value,
+                        runtime_key: "meridian.lb.least_request.active_request_bias".into(),
+                    }),
+                ..Default::default()
+            }))
+        }
+        LoadBalancerType::RingHash => {
+            let r = lb.ring_hash.as_ref()?;
+            Some(LbConfig::RingHashLbConfig(RingHashLbConfig {
+                minimum_ring_size: r.min_ring_size.map(|v| UInt64Value { value: u64::from(v) }),
+                maximum_ring_size: r.max_ring_size.map(|v| UInt64Value { value: u64::from(v) }),
+                hash_function: match r.hash_function {
+                    Some(HashFunction::MurmurHash2) => EnvoyHash::MurmurHash2 as i32,
+                    _ => EnvoyHash::XxHash as i32,
+                },
+            }))
+        }
+        LoadBalancerType::Maglev => {
+            let m = lb.maglev.as_ref()?;
+            Some(LbConfig::MaglevLbConfig(MaglevLbConfig {
+                table_size: m.table_size.map(|v| UInt64Value { value: u64::from(v) }),
+            }))
+        }
+        LoadBalancerType::RoundRobin | LoadBalancerType::Random => None,
+    }
+}
+
+/// A cluster as a gRPC client takes it: gRPC balances with round robin or
+/// ring hash (gRFC A42, xxHash only) and refuses a cluster with any other
+/// balancer (@grpc/grpc-js-xds: "unsupported lb_policy"), so LeastRequest,
+/// Random and Maglev become round robin and a MurmurHash2 ring xxHash
+/// (reported with every write of such a policy).
+pub fn for_grpc(mut c: Cluster) -> Cluster {
+    use envoy_types::pb::envoy::config::cluster::v3::cluster::{ring_hash_lb_config::HashFunction, LbConfig};
+    if c.lb_policy == LbPolicy::RingHash as i32 {
+        if let Some(LbConfig::RingHashLbConfig(r)) = &mut c.lb_config {
+            r.hash_function = HashFunction::XxHash as i32;
+        }
+    } else {
+        c.lb_policy = LbPolicy::RoundRobin as i32;
+        c.lb_config = None;
+    }
+    c
 }
 
 /// What a destination speaks, as health checking needs to know it.

@@ -15,7 +15,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use envoy_types::pb::envoy::config::core::v3::{address, socket_address, Address, Locality, SocketAddress};
 use envoy_types::pb::envoy::config::endpoint::v3::{
-    lb_endpoint::HostIdentifier, ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
+    cluster_load_assignment, lb_endpoint::HostIdentifier, ClusterLoadAssignment, Endpoint, LbEndpoint,
+    LocalityLbEndpoints,
 };
 use meridian_core::policy::meshloadbalancingstrategy::{Conf as LbConf, ToZonesType};
 
@@ -135,8 +136,34 @@ pub fn load_assignment(
     ClusterLoadAssignment {
         cluster_name: cluster_name.to_string(),
         endpoints: localities,
+        policy: failover_policy(lb),
         ..Default::default()
     }
+}
+
+/// MeshLoadBalancingStrategy `crossZone.failoverThreshold`: traffic starts
+/// to move to the next priority (other zones) once fewer than `percentage`
+/// of this priority's endpoints are healthy. Envoy moves load once
+/// healthy% × overprovisioning factor / 100 falls under 100, so the factor
+/// is 100 × 100 / percentage (Envoy's default, 140, is a threshold of
+/// 71.4 %).
+fn failover_policy(lb: Option<&LbConf>) -> Option<cluster_load_assignment::Policy> {
+    let percentage = lb?
+        .locality_awareness
+        .as_ref()?
+        .cross_zone
+        .as_ref()?
+        .failover_threshold
+        .as_ref()?
+        .percentage
+        .as_f64()?;
+    if !(percentage > 0.0 && percentage <= 100.0) {
+        return None;
+    }
+    Some(cluster_load_assignment::Policy {
+        overprovisioning_factor: Some(u32_value((10_000.0 / percentage).round() as u32)),
+        ..Default::default()
+    })
 }
 
 #[cfg(test)]

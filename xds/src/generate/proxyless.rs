@@ -34,7 +34,7 @@ use meridian_core::policy::common::IntOrString;
 use meridian_core::policy::meshfaultinjection::FaultConf;
 
 use super::cache::{facts_of, shared_or_built, BuiltPart, Variant};
-use super::clusters::eds_cluster;
+use super::clusters::{eds_cluster, for_grpc};
 use super::endpoints::load_assignment;
 use super::routes::{route_configuration, Client, ClusterRef, Protocol};
 use super::{ads_source, any, duration, OutboundPolicies, PolicyResolver};
@@ -176,7 +176,7 @@ pub fn generate(snapshot: &MeshSnapshot, proxy: &ProxyContext, policies: &dyn Po
             };
             // gRPC clients speak HTTP/2 themselves; the option is for Envoy.
             let (c, _) = shared_or_built(cache, CLUSTER, &name, &p, variant, || {
-                let mut c = eds_cluster(&name, &p, false);
+                let mut c = for_grpc(eds_cluster(&name, &p, false));
                 if let Some(provider) = provider {
                     let ctx =
                         super::tls::proxyless_upstream(&snapshot.mesh, &cluster.service, &cluster.subset, provider);

@@ -700,6 +700,16 @@ pub fn route_configuration(
         action: Some(Action::Route(action(&[(whole, 1)], destination, protocol))),
         ..Default::default()
     });
+    // MeshLoadBalancingStrategy's hash policies: on every route of the
+    // destination (what a ring hash or Maglev balancer hashes).
+    let hashing = hash_policies(p, client);
+    if !hashing.is_empty() {
+        for route in &mut routes {
+            if let Some(Action::Route(a)) = &mut route.action {
+                a.hash_policy = hashing.clone();
+            }
+        }
+    }
     let rc = RouteConfiguration {
         name: name.to_string(),
         virtual_hosts: vec![VirtualHost {
@@ -711,6 +721,63 @@ pub fn route_configuration(
         ..Default::default()
     };
     (rc, clusters)
+}
+
+/// The route hash policies of the destination's ring hash or Maglev
+/// balancer. gRPC clients hash only by header and by the channel
+/// (`filter_state` key `io.grpc.channel_id`, gRFC A42); the other kinds are
+/// left out for them (and reported with every write of such a policy).
+fn hash_policies(p: &OutboundPolicies, client: Client) -> Vec<route_action::HashPolicy> {
+    use meridian_core::policy::meshloadbalancingstrategy::{HashPolicyType, LoadBalancerType};
+    use route_action::hash_policy::{self as hp, PolicySpecifier};
+    let Some(lb) = p.load_balancing.as_ref().and_then(|l| l.load_balancer.as_ref()) else {
+        return Vec::new();
+    };
+    let list = match lb.lb_type {
+        LoadBalancerType::RingHash => lb.ring_hash.as_ref().and_then(|r| r.hash_policies.as_ref()),
+        LoadBalancerType::Maglev if client == Client::Sidecar => {
+            lb.maglev.as_ref().and_then(|m| m.hash_policies.as_ref())
+        }
+        _ => None,
+    };
+    list.into_iter()
+        .flatten()
+        .filter_map(|h| {
+            let specifier = match h.policy_type {
+                HashPolicyType::Header => PolicySpecifier::Header(hp::Header {
+                    header_name: h.header.as_ref()?.name.clone(),
+                    ..Default::default()
+                }),
+                HashPolicyType::FilterState => {
+                    let key = h.filter_state.as_ref()?.key.clone();
+                    if client == Client::Proxyless && key != "io.grpc.channel_id" {
+                        return None;
+                    }
+                    PolicySpecifier::FilterState(hp::FilterState { key })
+                }
+                _ if client == Client::Proxyless => return None,
+                HashPolicyType::Cookie => {
+                    let c = h.cookie.as_ref()?;
+                    PolicySpecifier::Cookie(hp::Cookie {
+                        name: c.name.clone(),
+                        ttl: c.ttl.as_ref().map(|d| duration(d.as_std())),
+                        path: c.path.clone().unwrap_or_default(),
+                        ..Default::default()
+                    })
+                }
+                HashPolicyType::SourceIp => PolicySpecifier::ConnectionProperties(hp::ConnectionProperties {
+                    source_ip: h.connection.as_ref().and_then(|c| c.source_ip).unwrap_or(true),
+                }),
+                HashPolicyType::QueryParameter => PolicySpecifier::QueryParameter(hp::QueryParameter {
+                    name: h.query_parameter.as_ref()?.name.clone(),
+                }),
+            };
+            Some(route_action::HashPolicy {
+                terminal: h.terminal.unwrap_or(false),
+                policy_specifier: Some(specifier),
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
