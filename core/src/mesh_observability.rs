@@ -309,8 +309,88 @@ fn url_port(url: &str) -> Option<bool> {
     }
 }
 
+impl Metrics {
+    /// The enabled Prometheus backend as MeshMetric configuration (what
+    /// Kuma generates for it: a listener on `conf.port`, 5670, serving
+    /// `conf.path`, `/metrics`, with every metric unless
+    /// `conf.envoy.usedOnly`); `None` without one, or when its port or path
+    /// is not usable (reported by `unapplied`).
+    pub fn as_mesh_metric(&self) -> Option<crate::policy::meshmetric::Conf> {
+        use crate::policy::meshmetric::{Backend, BackendType, Conf, Prometheus, Sidecar};
+        let name = self.enabled_backend.as_deref()?;
+        let backend = self
+            .backends
+            .iter()
+            .find(|b| b.name == name && b.kind == "prometheus")?;
+        let conf = backend.conf.clone().unwrap_or(Value::Null);
+        let port = match conf.get("port") {
+            None => 5670,
+            Some(p) => p.as_i64().filter(|p| (1..=65535).contains(p))?,
+        };
+        let path = match conf.get("path") {
+            None => "/metrics".to_string(),
+            Some(p) => p.as_str().filter(|p| p.starts_with('/'))?.to_string(),
+        };
+        let used_only = conf
+            .pointer("/envoy/usedOnly")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        Some(Conf {
+            sidecar: Some(Sidecar {
+                profiles: None,
+                include_unused: Some(!used_only),
+            }),
+            applications: None,
+            backends: Some(vec![Backend {
+                backend_type: BackendType::Prometheus,
+                prometheus: Some(Prometheus {
+                    client_id: Some(name.to_string()),
+                    port: Some(port),
+                    path: Some(path),
+                    tls: None,
+                }),
+                open_telemetry: None,
+            }]),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_enabled_prometheus_backend_becomes_mesh_metric_configuration() {
+        let metrics = |conf: serde_json::Value| -> Metrics {
+            serde_json::from_value(serde_json::json!({"enabledBackend": "prom", "backends": [
+                {"name": "other", "type": "prometheus", "conf": {"port": 1111}},
+                {"name": "prom", "type": "prometheus", "conf": conf}]}))
+            .unwrap()
+        };
+        let c = metrics(serde_json::json!({"port": 5671, "path": "/stats", "envoy": {"usedOnly": true}}))
+            .as_mesh_metric()
+            .unwrap();
+        let p = c.backends.as_ref().unwrap()[0].prometheus.clone().unwrap();
+        assert_eq!(
+            (p.port, p.path.as_deref(), p.client_id.as_deref()),
+            (Some(5671), Some("/stats"), Some("prom"))
+        );
+        assert_eq!(c.sidecar.unwrap().include_unused, Some(false));
+        let d = metrics(serde_json::json!({})).as_mesh_metric().unwrap();
+        let p = d.backends.as_ref().unwrap()[0].prometheus.clone().unwrap();
+        assert_eq!((p.port, p.path.as_deref()), (Some(5670), Some("/metrics")));
+        assert_eq!(
+            d.sidecar.unwrap().include_unused,
+            Some(true),
+            "Kuma serves every metric by default"
+        );
+        assert!(metrics(serde_json::json!({"port": 70000})).as_mesh_metric().is_none());
+        assert!(metrics(serde_json::json!({"path": "metrics"}))
+            .as_mesh_metric()
+            .is_none());
+        let none: Metrics =
+            serde_json::from_value(serde_json::json!({"backends": [{"name": "p", "type": "prometheus"}]})).unwrap();
+        assert!(none.as_mesh_metric().is_none(), "no enabled backend, no listener");
+    }
+
     use super::*;
     use crate::mesh::Mesh;
     use crate::spec::check;

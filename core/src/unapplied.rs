@@ -182,11 +182,50 @@ pub fn unapplied(kind: ResourceType, spec: &Value) -> Vec<Unapplied> {
                     );
                 }
             }
-            if spec.get("metrics").is_some_and(|v| !v.is_null()) {
-                note(
-                    "metrics".into(),
-                    "mesh-wide metrics backends are accepted and stored, but not generated into any proxy's configuration yet: they have no effect (use MeshMetric)",
-                );
+            if let Some(metrics) = spec.get("metrics").filter(|v| !v.is_null()) {
+                let enabled = metrics.get("enabledBackend").and_then(Value::as_str);
+                let backend = metrics
+                    .get("backends")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .enumerate()
+                    .find(|(_, b)| enabled.is_some() && b.get("name").and_then(Value::as_str) == enabled);
+                match backend {
+                    None => {}
+                    Some((i, b)) => {
+                        let conf = b.get("conf").cloned().unwrap_or(Value::Null);
+                        let at = format!("metrics.backends[{i}].conf");
+                        let port_ok = conf
+                            .get("port")
+                            .is_none_or(|p| p.as_i64().is_some_and(|p| (1..=65535).contains(&p)));
+                        let path_ok = conf
+                            .get("path")
+                            .is_none_or(|p| p.as_str().is_some_and(|p| p.starts_with('/')));
+                        if !port_ok || !path_ok {
+                            note(
+                                at.clone(),
+                                "no metrics listener: the port must be 1-65535 and the path absolute",
+                            );
+                        }
+                        for (field, what) in [
+                            ("/envoy/filterRegex", "envoy.filterRegex"),
+                            ("/tls", "tls"),
+                            ("/aggregate", "aggregate"),
+                        ] {
+                            if conf.pointer(field).is_some() {
+                                note(
+                                    format!("{at}.{what}"),
+                                    "not applied yet: the Prometheus endpoint serves Envoy's metrics unfiltered, in plaintext, without application metrics",
+                                );
+                            }
+                        }
+                        note(
+                            "metrics".into(),
+                            "applies to Envoy sidecars (a Prometheus listener, unless a MeshMetric selects the proxy); gRPC clients and servers (proxyless) take no metrics configuration over xDS, so it has no effect on them",
+                        );
+                    }
+                }
             }
             if spec.pointer("/routing/zoneEgress") == Some(&Value::Bool(true)) {
                 note(

@@ -212,11 +212,14 @@ impl PolicyResolver for MeshPolicies {
         self.resolve_inbound(snapshot, proxy, index)
     }
 
-    fn proxy(&self, _snapshot: &MeshSnapshot, proxy: &ProxyContext) -> ProxyPolicies {
+    fn proxy(&self, snapshot: &MeshSnapshot, proxy: &ProxyContext) -> ProxyPolicies {
         let view = ProxyView::new(&proxy.mesh, &proxy.dataplane);
         ProxyPolicies {
             trace: ok_or_log("MeshTrace", single_item_conf(&self.traces, &view)),
-            metric: ok_or_log("MeshMetric", single_item_conf(&self.metrics, &view)),
+            // A MeshMetric wins over the Mesh's enabled metrics backend, as
+            // in Kuma.
+            metric: ok_or_log("MeshMetric", single_item_conf(&self.metrics, &view))
+                .or_else(|| snapshot.spec.metrics.as_ref().and_then(|m| m.as_mesh_metric())),
             patch: ok_or_log("MeshProxyPatch", single_item_conf(&self.patches, &view)),
         }
     }
