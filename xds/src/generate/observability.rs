@@ -769,8 +769,7 @@ pub fn prometheus(
     use envoy_types::pb::envoy::config::core::v3::TrafficDirection;
     use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener};
     use envoy_types::pb::envoy::config::route::v3::{
-        route::Action, route_action::ClusterSpecifier, route_match::PathSpecifier, Route, RouteAction,
-        RouteConfiguration, RouteMatch, VirtualHost,
+        route_action::ClusterSpecifier, route_match::PathSpecifier, RouteAction,
     };
     use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
     use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
@@ -808,27 +807,15 @@ pub fn prometheus(
             p.client_id.as_deref().unwrap_or("default-backend")
         );
         let path = p.path.as_deref().unwrap_or(DEFAULT_PROMETHEUS_PATH);
-        let routes = RouteConfiguration {
-            name: name.clone(),
-            virtual_hosts: vec![VirtualHost {
-                name: name.clone(),
-                domains: vec!["*".into()],
-                routes: vec![Route {
-                    r#match: Some(RouteMatch {
-                        path_specifier: Some(PathSpecifier::Path(path.to_string())),
-                        ..Default::default()
-                    }),
-                    action: Some(Action::Route(RouteAction {
-                        cluster_specifier: Some(ClusterSpecifier::Cluster(ADMIN_CLUSTER.into())),
-                        prefix_rewrite: stats.into(),
-                        ..Default::default()
-                    })),
-                    ..Default::default()
-                }],
+        let routes = super::sidecar::single_route(
+            &name,
+            PathSpecifier::Path(path.to_string()),
+            RouteAction {
+                cluster_specifier: Some(ClusterSpecifier::Cluster(ADMIN_CLUSTER.into())),
+                prefix_rewrite: stats.into(),
                 ..Default::default()
-            }],
-            ..Default::default()
-        };
+            },
+        );
         let hcm = HttpConnectionManager {
             stat_prefix: name.replace(':', "_"),
             codec_type: CodecType::Auto as i32,

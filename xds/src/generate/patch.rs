@@ -333,6 +333,71 @@ fn patched_config(config: &Any, value: Option<&String>, patches: &[JsonPatch]) -
     })
 }
 
+/// A network or HTTP filter: a name and a typed config.
+trait TypedFilter: Clone {
+    const WHAT: &'static str;
+    fn name(&self) -> &str;
+    fn typed_config(&self) -> Option<&Any>;
+    fn with_config(&self, config: Any) -> Self;
+}
+
+impl TypedFilter for Filter {
+    const WHAT: &'static str = "filter";
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn typed_config(&self) -> Option<&Any> {
+        match &self.config_type {
+            Some(filter::ConfigType::TypedConfig(c)) => Some(c),
+            _ => None,
+        }
+    }
+    fn with_config(&self, config: Any) -> Self {
+        Filter {
+            config_type: Some(filter::ConfigType::TypedConfig(config)),
+            ..self.clone()
+        }
+    }
+}
+
+impl TypedFilter for HttpFilter {
+    const WHAT: &'static str = "HTTP filter";
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn typed_config(&self) -> Option<&Any> {
+        match &self.config_type {
+            Some(http_filter::ConfigType::TypedConfig(c)) => Some(c),
+            _ => None,
+        }
+    }
+    fn with_config(&self, config: Any) -> Self {
+        HttpFilter {
+            config_type: Some(http_filter::ConfigType::TypedConfig(config)),
+            ..self.clone()
+        }
+    }
+}
+
+/// Applies a filter modification to a list of filters (of a chain, or of a
+/// connection manager).
+fn modify_filters<T: TypedFilter + Message + Name + Default>(list: &mut Vec<T>, f: &FilterMod) -> Result<(), String> {
+    let patches = f.json_patches.as_deref().unwrap_or_default();
+    apply_to_list(
+        list,
+        T::name,
+        f.operation,
+        f.match_.as_ref().and_then(|m| m.name.as_ref()),
+        || parsed::<T>(f.value.as_ref()),
+        |x: &T| {
+            let config = x
+                .typed_config()
+                .ok_or_else(|| format!("{} {} has no typed config to patch", T::WHAT, x.name()))?;
+            Ok(x.with_config(patched_config(config, f.value.as_ref(), patches)?))
+        },
+    )
+}
+
 /// Applies `op` to a list of named items: the filters of a chain or of a
 /// connection manager.
 fn apply_to_list<T: Clone>(
@@ -386,33 +451,11 @@ impl Work {
             .filter(|n| self.listener_selected(n, m))
             .cloned()
             .collect();
-        let new_filter = || -> Result<Filter, String> { parsed::<Filter>(f.value.as_ref()) };
-        let patches = f.json_patches.as_deref().unwrap_or_default();
         for name in names {
-            let Some(l) = self.listeners.get_mut(&name) else {
-                continue;
-            };
-            for chain in &mut l.filter_chains {
-                apply_to_list(
-                    &mut chain.filters,
-                    |x: &Filter| x.name.as_str(),
-                    f.operation,
-                    m.and_then(|m| m.name.as_ref()),
-                    new_filter,
-                    |x: &Filter| {
-                        let Some(filter::ConfigType::TypedConfig(config)) = &x.config_type else {
-                            return Err(format!("filter {} has no typed config to patch", x.name));
-                        };
-                        Ok(Filter {
-                            config_type: Some(filter::ConfigType::TypedConfig(patched_config(
-                                config,
-                                f.value.as_ref(),
-                                patches,
-                            )?)),
-                            ..x.clone()
-                        })
-                    },
-                )?;
+            if let Some(l) = self.listeners.get_mut(&name) {
+                for chain in &mut l.filter_chains {
+                    modify_filters(&mut chain.filters, f)?;
+                }
             }
         }
         Ok(())
@@ -453,30 +496,7 @@ impl Work {
     }
 
     fn http_filter(&mut self, f: &FilterMod) -> Result<(), String> {
-        let m = f.match_.as_ref();
-        let patches = f.json_patches.as_deref().unwrap_or_default();
-        self.each_hcm(m, |hcm| {
-            apply_to_list(
-                &mut hcm.http_filters,
-                |x: &HttpFilter| x.name.as_str(),
-                f.operation,
-                m.and_then(|m| m.name.as_ref()),
-                || parsed::<HttpFilter>(f.value.as_ref()),
-                |x: &HttpFilter| {
-                    let Some(http_filter::ConfigType::TypedConfig(config)) = &x.config_type else {
-                        return Err(format!("HTTP filter {} has no typed config to patch", x.name));
-                    };
-                    Ok(HttpFilter {
-                        config_type: Some(http_filter::ConfigType::TypedConfig(patched_config(
-                            config,
-                            f.value.as_ref(),
-                            patches,
-                        )?)),
-                        ..x.clone()
-                    })
-                },
-            )
-        })
+        self.each_hcm(f.match_.as_ref(), |hcm| modify_filters(&mut hcm.http_filters, f))
     }
 
     fn virtual_host(&mut self, v: &meridian_core::policy::meshproxypatch::VirtualHostMod) -> Result<(), String> {

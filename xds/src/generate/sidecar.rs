@@ -190,6 +190,28 @@ pub(crate) fn tcp_proxy(stat_prefix: &str, cluster: &str, idle: Option<std::time
     }
 }
 
+/// A route configuration `name` of one virtual host (any domain) with one
+/// route: what a listener's own inline routes are.
+pub(crate) fn single_route(name: &str, path: PathSpecifier, action: RouteAction) -> RouteConfiguration {
+    RouteConfiguration {
+        name: name.to_string(),
+        virtual_hosts: vec![VirtualHost {
+            name: name.to_string(),
+            domains: vec!["*".into()],
+            routes: vec![Route {
+                r#match: Some(RouteMatch {
+                    path_specifier: Some(path),
+                    ..Default::default()
+                }),
+                action: Some(Action::Route(action)),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
 /// A static cluster for the application behind an inbound.
 fn local_cluster(name: &str, address: &str, port: u32, connect: std::time::Duration) -> Cluster {
     Cluster {
@@ -437,27 +459,15 @@ fn inbound_resources(
         let request_timeout = http_timeouts
             .and_then(|h| h.request_timeout.as_ref())
             .map(|d| duration(d.as_std()));
-        let routes = RouteConfiguration {
-            name: name.clone(),
-            virtual_hosts: vec![VirtualHost {
-                name: name.clone(),
-                domains: vec!["*".into()],
-                routes: vec![Route {
-                    r#match: Some(RouteMatch {
-                        path_specifier: Some(PathSpecifier::Prefix("/".into())),
-                        ..Default::default()
-                    }),
-                    action: Some(Action::Route(RouteAction {
-                        cluster_specifier: Some(ClusterSpecifier::Cluster(cluster.clone())),
-                        timeout: request_timeout,
-                        ..Default::default()
-                    })),
-                    ..Default::default()
-                }],
+        let routes = single_route(
+            &name,
+            PathSpecifier::Prefix("/".into()),
+            RouteAction {
+                cluster_specifier: Some(ClusterSpecifier::Cluster(cluster.clone())),
+                timeout: request_timeout,
                 ..Default::default()
-            }],
-            ..Default::default()
-        };
+            },
+        );
         // A caller MeshTrafficPermission refuses takes no rate-limit token;
         // a limited request is refused before faults delay or abort it.
         let mut http_filters: Vec<HttpFilter> = http_rbac(p.traffic_permissions.as_deref()).into_iter().collect();
