@@ -118,6 +118,11 @@ impl ResourceSet {
         of_type.replace(Named(resource));
     }
 
+    /// Removes a resource; whether it was there.
+    pub fn remove(&mut self, type_url: &str, name: &str) -> bool {
+        self.by_type.get_mut(type_url).is_some_and(|m| m.remove(name))
+    }
+
     pub fn get(&self, type_url: &str, name: &str) -> Option<&XdsResource> {
         self.by_type.get(type_url)?.get(name).map(|n| n.0.as_ref())
     }

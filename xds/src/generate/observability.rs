@@ -65,9 +65,6 @@ use envoy_types::pb::envoy::config::core::v3::{
     data_source::Specifier, grpc_service, substitution_format_string, transport_socket, ApiVersion, DataSource,
     GrpcService, SubstitutionFormatString, TransportSocket,
 };
-use envoy_types::pb::envoy::config::endpoint::v3::{
-    lb_endpoint::HostIdentifier, ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
-};
 use envoy_types::pb::envoy::config::trace::v3::{
     tracing::{http, Http as TracingHttp},
     zipkin_config::CollectorEndpointVersion,
@@ -87,8 +84,11 @@ use meridian_core::policy::{meshaccesslog, meshtrace};
 use serde_json::Value;
 
 use super::clusters::http2_upstream;
-use super::sidecar::socket;
-use super::{any, duration};
+use super::sidecar::{local_cluster, socket};
+
+/// How long connecting to a collector (or the admin interface) may take.
+const COLLECTOR_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+use super::any;
 
 /// The line a file backend writes for HTTP traffic when its policy gives
 /// no format.
@@ -223,45 +223,22 @@ impl Collector {
     }
 
     pub fn cluster(&self) -> Cluster {
-        let name = self.name();
         let is_ip = self.host.parse::<IpAddr>().is_ok();
-        let discovery = if is_ip {
-            DiscoveryType::Static
-        } else {
-            DiscoveryType::StrictDns
-        };
-        Cluster {
-            name: name.clone(),
-            cluster_discovery_type: Some(ClusterDiscoveryType::Type(discovery as i32)),
-            connect_timeout: Some(duration(std::time::Duration::from_secs(5))),
-            load_assignment: Some(ClusterLoadAssignment {
-                cluster_name: name,
-                endpoints: vec![LocalityLbEndpoints {
-                    lb_endpoints: vec![LbEndpoint {
-                        host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
-                            address: Some(socket(&self.host, self.port)),
-                            ..Default::default()
-                        })),
-                        ..Default::default()
-                    }],
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }),
-            typed_extension_protocol_options: if self.http2 {
-                http2_upstream()
-            } else {
-                Default::default()
-            },
-            transport_socket: self.tls.then(|| TransportSocket {
-                name: "envoy.transport_sockets.tls".into(),
-                config_type: Some(transport_socket::ConfigType::TypedConfig(any(&UpstreamTlsContext {
-                    sni: if is_ip { String::new() } else { self.host.clone() },
-                    ..Default::default()
-                }))),
-            }),
-            ..Default::default()
+        let mut cluster = local_cluster(&self.name(), &self.host, self.port, COLLECTOR_CONNECT_TIMEOUT);
+        if !is_ip {
+            cluster.cluster_discovery_type = Some(ClusterDiscoveryType::Type(DiscoveryType::StrictDns as i32));
         }
+        if self.http2 {
+            cluster.typed_extension_protocol_options = http2_upstream();
+        }
+        cluster.transport_socket = self.tls.then(|| TransportSocket {
+            name: "envoy.transport_sockets.tls".into(),
+            config_type: Some(transport_socket::ConfigType::TypedConfig(any(&UpstreamTlsContext {
+                sni: if is_ip { String::new() } else { self.host.clone() },
+                ..Default::default()
+            }))),
+        });
+        cluster
     }
 }
 
@@ -847,19 +824,9 @@ pub fn prometheus(
     if listeners.is_empty() {
         return (listeners, None);
     }
-    let admin = Collector {
-        kind: "envoy:admin",
-        host: "127.0.0.1".into(),
-        port: net.admin.as_ref().map_or(DEFAULT_ADMIN_PORT, |a| a.port),
-        http2: false,
-        tls: false,
-    };
-    let mut cluster = admin.cluster();
-    cluster.name = ADMIN_CLUSTER.into();
-    if let Some(cla) = cluster.load_assignment.as_mut() {
-        cla.cluster_name = ADMIN_CLUSTER.into();
-    }
-    (listeners, Some(cluster))
+    let admin_port = net.admin.as_ref().map_or(DEFAULT_ADMIN_PORT, |a| a.port);
+    let admin = local_cluster(ADMIN_CLUSTER, "127.0.0.1", admin_port, COLLECTOR_CONNECT_TIMEOUT);
+    (listeners, Some(admin))
 }
 
 #[cfg(test)]

@@ -341,43 +341,31 @@ trait TypedFilter: Clone {
     fn with_config(&self, config: Any) -> Self;
 }
 
-impl TypedFilter for Filter {
-    const WHAT: &'static str = "filter";
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn typed_config(&self) -> Option<&Any> {
-        match &self.config_type {
-            Some(filter::ConfigType::TypedConfig(c)) => Some(c),
-            _ => None,
-        }
-    }
-    fn with_config(&self, config: Any) -> Self {
-        Filter {
-            config_type: Some(filter::ConfigType::TypedConfig(config)),
-            ..self.clone()
-        }
-    }
+/// The two filter messages differ only in their config's enum.
+macro_rules! typed_filter {
+    ($($ty:ty, $config:ident, $what:literal);* $(;)?) => {
+        $(impl TypedFilter for $ty {
+            const WHAT: &'static str = $what;
+            fn name(&self) -> &str {
+                &self.name
+            }
+            fn typed_config(&self) -> Option<&Any> {
+                match &self.config_type {
+                    Some($config::ConfigType::TypedConfig(c)) => Some(c),
+                    _ => None,
+                }
+            }
+            fn with_config(&self, config: Any) -> Self {
+                Self {
+                    config_type: Some($config::ConfigType::TypedConfig(config)),
+                    ..self.clone()
+                }
+            }
+        })*
+    };
 }
 
-impl TypedFilter for HttpFilter {
-    const WHAT: &'static str = "HTTP filter";
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn typed_config(&self) -> Option<&Any> {
-        match &self.config_type {
-            Some(http_filter::ConfigType::TypedConfig(c)) => Some(c),
-            _ => None,
-        }
-    }
-    fn with_config(&self, config: Any) -> Self {
-        HttpFilter {
-            config_type: Some(http_filter::ConfigType::TypedConfig(config)),
-            ..self.clone()
-        }
-    }
-}
+typed_filter!(Filter, filter, "filter"; HttpFilter, http_filter, "HTTP filter");
 
 /// Applies a filter modification to a list of filters (of a chain, or of a
 /// connection manager).
@@ -602,6 +590,11 @@ impl Work {
     }
 }
 
+/// Each resource of `m`, encoded, by name.
+fn encoded<M: Message>(m: &BTreeMap<String, M>) -> BTreeMap<String, Vec<u8>> {
+    m.iter().map(|(n, r)| (n.clone(), r.encode_to_vec())).collect()
+}
+
 /// `set` with the modifications of `conf` applied, or why they cannot be.
 pub fn apply(set: &ResourceSet, conf: &Conf, net: &DataplaneNetworking) -> Result<ResourceSet, PatchError> {
     let whole = |message: String| PatchError { index: None, message };
@@ -617,37 +610,38 @@ pub fn apply(set: &ResourceSet, conf: &Conf, net: &DataplaneNetworking) -> Resul
             message,
         })?;
     }
-    // Unchanged resources keep their shared encoding; the rest is rebuilt.
-    let mut out = ResourceSet::new();
-    for type_url in crate::resources::TYPES_IN_ORDER {
-        for r in set.of_type(type_url) {
-            if ![LISTENER, CLUSTER, ROUTE].contains(&type_url) {
-                out.insert_shared(type_url, std::sync::Arc::new(r.clone()));
-            }
+    // The set shares every resource the patches left as it was; the rest
+    // is replaced, and what they removed is removed.
+    let mut out = set.clone();
+    for (type_url, kept) in [
+        (LISTENER, encoded(&work.listeners)),
+        (CLUSTER, encoded(&work.clusters)),
+        (ROUTE, encoded(&work.routes)),
+    ] {
+        let gone: Vec<String> = set
+            .of_type(type_url)
+            .filter(|r| !kept.contains_key(&r.name))
+            .map(|r| r.name.clone())
+            .collect();
+        for name in gone {
+            out.remove(type_url, &name);
         }
-    }
-    let keep = |type_url: &str, name: &str, bytes: Vec<u8>, out: &mut ResourceSet| match set.get(type_url, name) {
-        Some(old) if old.body.value == bytes => out.insert_shared(type_url, std::sync::Arc::new(old.clone())),
-        _ => out.insert_shared(
-            type_url,
-            std::sync::Arc::new(crate::resources::XdsResource {
-                name: name.to_string(),
-                version: crate::resources::hash_hex(&bytes),
-                body: Any {
-                    type_url: type_url.to_string(),
-                    value: bytes,
-                },
-            }),
-        ),
-    };
-    for (name, l) in &work.listeners {
-        keep(LISTENER, name, l.encode_to_vec(), &mut out);
-    }
-    for (name, c) in &work.clusters {
-        keep(CLUSTER, name, c.encode_to_vec(), &mut out);
-    }
-    for (name, r) in &work.routes {
-        keep(ROUTE, name, r.encode_to_vec(), &mut out);
+        for (name, bytes) in kept {
+            if set.get(type_url, &name).is_some_and(|old| old.body.value == bytes) {
+                continue;
+            }
+            out.insert_shared(
+                type_url,
+                std::sync::Arc::new(crate::resources::XdsResource {
+                    version: crate::resources::hash_hex(&bytes),
+                    name,
+                    body: Any {
+                        type_url: type_url.to_string(),
+                        value: bytes,
+                    },
+                }),
+            );
+        }
     }
     let problems = super::invariants::check(&out);
     if !problems.is_empty() {

@@ -212,8 +212,9 @@ pub(crate) fn single_route(name: &str, path: PathSpecifier, action: RouteAction)
     }
 }
 
-/// A static cluster for the application behind an inbound.
-fn local_cluster(name: &str, address: &str, port: u32, connect: std::time::Duration) -> Cluster {
+/// A static cluster of one endpoint: the application behind an inbound, a
+/// collector, the proxy's own admin interface.
+pub(crate) fn local_cluster(name: &str, address: &str, port: u32, connect: std::time::Duration) -> Cluster {
     Cluster {
         name: name.to_string(),
         cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32)),
@@ -896,26 +897,24 @@ pub fn generate_reporting(
         inbound_resources(&mut set, snapshot, proxy, policies, index, &whole, &mut collectors);
     }
     transparent_proxy(&mut set, snapshot, net);
-    let observed = Observed {
-        mesh: &proxy.mesh,
-        name: &proxy.name,
-        service: identifying_service(net),
-        address: net.advertised_address.as_deref().unwrap_or(&net.address),
-        whole: &whole,
-        tracing: None,
-    };
+    let own_service = identifying_service(net);
+    // One tracing for every outbound, unless Datadog names the destination.
     let split = whole
         .trace
         .as_ref()
-        .and_then(|t| t.backends.as_ref()?.first()?.datadog.as_ref()?.split_service);
+        .and_then(|t| t.backends.as_ref()?.first()?.datadog.as_ref()?.split_service)
+        .unwrap_or(false);
+    let outbound_tracing = match &whole.trace {
+        Some(conf) if !split => tracing(conf, own_service, Direction::Outbound, "", &mut Collectors::new()),
+        _ => None,
+    };
     let observed = Observed {
-        tracing: match (&whole.trace, split) {
-            (Some(conf), None | Some(false)) => {
-                tracing(conf, observed.service, Direction::Outbound, "", &mut Collectors::new())
-            }
-            _ => None,
-        },
-        ..observed
+        mesh: &proxy.mesh,
+        name: &proxy.name,
+        service: own_service,
+        address: net.advertised_address.as_deref().unwrap_or(&net.address),
+        whole: &whole,
+        tracing: outbound_tracing,
     };
     // What an outbound listener that logs or traces depends on besides the
     // destination (see `Observed::key`), built once.
