@@ -3,8 +3,10 @@
 //! (`pkg/core/resources/apis/mesh/mesh_validator.go`): unique non-empty
 //! backend names, a default or enabled backend that exists, known types,
 //! and each type's `conf` (violations under `backends[i].config`, as Kuma
-//! names them). Stored and synced; not generated into proxies (reported by
-//! `unapplied`).
+//! names them). Each default (or enabled) backend is applied as its policy
+//! equivalent would be (`as_access_log`, `as_mesh_trace`, `as_mesh_metric`;
+//! docs/observability.md): Kuma needs a TrafficLog or TrafficTrace naming
+//! the backend, which Meridian does not accept.
 
 use std::collections::HashSet;
 
@@ -99,11 +101,11 @@ struct ZipkinConf {
     #[serde(default)]
     url: String,
     #[serde(default, rename = "traceId128bit")]
-    _trace_id_128bit: Option<bool>,
+    trace_id_128bit: Option<bool>,
     #[serde(default)]
     api_version: String,
     #[serde(default)]
-    _shared_span_context: Option<bool>,
+    shared_span_context: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -114,7 +116,7 @@ struct DatadogConf {
     #[serde(default)]
     port: Option<i64>,
     #[serde(default)]
-    _split_service: Option<bool>,
+    split_service: Option<bool>,
 }
 
 /// `conf` as `T`, or a violation at `at` that says why not (Kuma: "could
@@ -306,6 +308,119 @@ fn url_port(url: &str) -> Option<bool> {
         None | Some("") => Some(false),
         Some(p) if p.chars().all(|c| c.is_ascii_digit()) => Some(true),
         Some(_) => None,
+    }
+}
+
+impl Logging {
+    /// The default backend as a MeshAccessLog backend (its `format` as a
+    /// plain format, with Kuma's placeholders); `None` without a default
+    /// backend, or when it does not decode (refused at the write).
+    pub fn as_access_log(&self) -> Option<crate::policy::meshaccesslog::Backend> {
+        use crate::policy::meshaccesslog::{Backend, BackendType, FileBackend, Format, FormatType, TcpBackend};
+        let name = self.default_backend.as_deref().filter(|n| !n.is_empty())?;
+        let backend = self.backends.iter().find(|b| b.name == name)?;
+        let format = backend.format.as_ref().map(|f| Format {
+            format_type: FormatType::Plain,
+            plain: Some(f.clone()),
+            json: None,
+            omit_empty_values: None,
+        });
+        let value = backend
+            .conf
+            .clone()
+            .unwrap_or_else(|| Value::Object(Default::default()));
+        match backend.kind.as_str() {
+            "file" => {
+                let c: FileConf = serde_json::from_value(value).ok()?;
+                Some(Backend {
+                    backend_type: BackendType::File,
+                    tcp: None,
+                    file: Some(FileBackend { format, path: c.path }),
+                    open_telemetry: None,
+                })
+            }
+            "tcp" => {
+                let c: TcpConf = serde_json::from_value(value).ok()?;
+                Some(Backend {
+                    backend_type: BackendType::Tcp,
+                    tcp: Some(TcpBackend {
+                        format,
+                        address: c.address,
+                    }),
+                    file: None,
+                    open_telemetry: None,
+                })
+            }
+            _ => None,
+        }
+    }
+}
+
+impl Tracing {
+    /// The default backend as MeshTrace configuration: its `sampling` (100
+    /// when absent, as in Kuma) as the overall sampling, Zipkin's URL and
+    /// options as they are (`httpJsonV1`, which Envoy no longer has, as
+    /// `httpJson`: reported by `unapplied`), Datadog's address and port as
+    /// the agent's URL. `None` without a default backend, or when it does
+    /// not decode (refused at the write).
+    pub fn as_mesh_trace(&self) -> Option<crate::policy::meshtrace::Conf> {
+        use crate::policy::common::IntOrString;
+        use crate::policy::meshtrace::{Backend, BackendType, Conf, Datadog, Sampling, Zipkin, ZipkinApiVersion};
+        let name = self.default_backend.as_deref().filter(|n| !n.is_empty())?;
+        let source = self.backends.iter().find(|b| b.name == name)?;
+        let value = source.conf.clone().unwrap_or_else(|| Value::Object(Default::default()));
+        let backend = match source.kind.as_str() {
+            "zipkin" => {
+                let c: ZipkinConf = serde_json::from_value(value).ok()?;
+                Backend {
+                    backend_type: BackendType::Zipkin,
+                    zipkin: Some(Zipkin {
+                        url: c.url,
+                        trace_id_128bit: c.trace_id_128bit,
+                        api_version: Some(match c.api_version.as_str() {
+                            "httpProto" => ZipkinApiVersion::HttpProto,
+                            _ => ZipkinApiVersion::HttpJson,
+                        }),
+                        shared_span_context: c.shared_span_context,
+                    }),
+                    datadog: None,
+                    open_telemetry: None,
+                }
+            }
+            "datadog" => {
+                let c: DatadogConf = serde_json::from_value(value).ok()?;
+                let host = if c.address.contains(':') {
+                    format!("[{}]", c.address)
+                } else {
+                    c.address
+                };
+                Backend {
+                    backend_type: BackendType::Datadog,
+                    zipkin: None,
+                    datadog: Some(Datadog {
+                        url: format!("http://{host}:{}", c.port?),
+                        split_service: c.split_service,
+                    }),
+                    open_telemetry: None,
+                }
+            }
+            _ => return None,
+        };
+        let sampling = source.sampling.unwrap_or(100.0);
+        let overall = if sampling.fract() == 0.0 {
+            IntOrString::Int(sampling as i64)
+        } else {
+            IntOrString::Str(sampling.to_string())
+        };
+        Some(Conf {
+            backends: Some(vec![backend]),
+            sampling: Some(Sampling {
+                overall: Some(overall),
+                client: None,
+                random: None,
+            }),
+            tags: None,
+        })
     }
 }
 

@@ -171,15 +171,49 @@ pub fn unapplied(kind: ResourceType, spec: &Value) -> Vec<Unapplied> {
             }
         }
         ResourceType::Mesh => {
-            for (field, policy, replacement) in [
-                ("logging", "TrafficLog", "MeshAccessLog"),
-                ("tracing", "TrafficTrace", "MeshTrace"),
+            for (field, policy, applied) in [
+                (
+                    "logging",
+                    "TrafficLog",
+                    "logs every outbound of the mesh's Envoy sidecars that no MeshAccessLog reaches, as a MeshAccessLog `to` the whole Mesh would",
+                ),
+                (
+                    "tracing",
+                    "TrafficTrace",
+                    "traces every Envoy sidecar of the mesh that no MeshTrace selects, as a MeshTrace of the whole Mesh would",
+                ),
             ] {
-                if spec.get(field).is_some_and(|v| !v.is_null()) {
-                    note(
+                let Some(section) = spec.get(field).filter(|v| !v.is_null()) else {
+                    continue;
+                };
+                let default = section
+                    .get("defaultBackend")
+                    .and_then(Value::as_str)
+                    .filter(|d| !d.is_empty());
+                match default {
+                    None => note(
                         field.into(),
-                        &format!("has no effect by itself: as in Kuma, these backends are used only by {policy} policies that name them, and Meridian does not accept {policy} (use {replacement})"),
-                    );
+                        "has no effect: no defaultBackend is set, and only the default backend is applied",
+                    ),
+                    Some(_) => note(
+                        field.into(),
+                        &format!("the default backend {applied} (Kuma applies it only through {policy} policies, which Meridian does not accept); other backends have no effect; gRPC clients and servers (proxyless) take no such configuration over xDS"),
+                    ),
+                }
+                let chosen = section
+                    .get("backends")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .enumerate()
+                    .find(|(_, b)| default.is_some() && b.get("name").and_then(Value::as_str) == default);
+                if let Some((i, b)) = chosen {
+                    if b.pointer("/conf/apiVersion").and_then(Value::as_str) == Some("httpJsonV1") {
+                        note(
+                            format!("{field}.backends[{i}].conf.apiVersion"),
+                            "httpJsonV1 is sent as httpJson: Envoy no longer has Zipkin's v1 API",
+                        );
+                    }
                 }
             }
             if let Some(metrics) = spec.get("metrics").filter(|v| !v.is_null()) {

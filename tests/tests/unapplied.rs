@@ -53,8 +53,7 @@ fn writes_of_what_has_no_effect_carry_warnings() {
     assert!(body.get("warnings").is_none(), "{body}");
 
     // A Kuma 2.7 Mesh with observability backends is accepted, each
-    // backend list reported as having no effect; a bad one is refused at
-    // Kuma's path.
+    // section's effect reported; a bad one is refused at Kuma's path.
     let mesh = json!({"type": "Mesh", "name": "observed",
         "logging": {"defaultBackend": "file", "backends": [
             {"name": "file", "type": "file", "conf": {"path": "/tmp/access.log"}}]},
@@ -70,6 +69,22 @@ fn writes_of_what_has_no_effect_carry_warnings() {
         .map(|w| w.iter().filter_map(|w| w["field"].as_str()).collect())
         .unwrap_or_default();
     assert_eq!(fields, ["logging", "tracing", "metrics"], "{body}");
+    assert!(
+        body["warnings"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("logs every outbound") && m.contains("TrafficLog")),
+        "{body}"
+    );
+    let mut undefaulted = mesh.clone();
+    undefaulted["name"] = json!("undefaulted");
+    undefaulted["tracing"]["defaultBackend"] = json!(null);
+    let (_, body) = global.put_json("/meshes/undefaulted", &undefaulted);
+    assert!(
+        body["warnings"][1]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("has no effect: no defaultBackend")),
+        "{body}"
+    );
     let mut bad = mesh.clone();
     bad["tracing"]["backends"][0]["conf"]["url"] = json!("http://zipkin/api/v2/spans");
     let (status, body) = global.put_json("/meshes/observed", &bad);

@@ -1127,13 +1127,16 @@ const GOLDEN_KEY: &str = "-----BEGIN PRIVATE KEY-----\n(workload key)\n-----END 
 /// OpenTelemetry) on sidecars.
 const OBSERVABILITY: &str = include_str!("../golden/xds/inputs/observability.yaml");
 
+/// Kuma 2.7's `Mesh.logging`, `Mesh.tracing` and `Mesh.metrics` backends.
+const MESH_OBSERVABILITY: &str = include_str!("../golden/xds/inputs/mesh-observability.yaml");
+
 /// MeshProxyPatch modifications of every kind.
 const PROXY_PATCH: &str = include_str!("../golden/xds/inputs/proxy-patch.yaml");
 
 /// MeshLoadBalancingStrategy with every balancer's options.
 const LOAD_BALANCING: &str = include_str!("../golden/xds/inputs/load-balancing.yaml");
 
-const CASES: [Case; 26] = [
+const CASES: [Case; 28] = [
     Case {
         name: "sidecar-defaults",
         description: "Envoy sidecar of web: http inbound, grpc outbound to backend (2 instances), tcp outbound to db; the 4 default policies",
@@ -1293,6 +1296,22 @@ const CASES: [Case; 26] = [
         yaml: OBSERVABILITY,
         proxy: "web-1",
         kind: ProxyKind::Proxyless,
+    },
+    Case {
+        name: "sidecar-mesh-observability-client",
+        description: "Envoy sidecar of web in a mesh with default logging, tracing and metrics backends: backend's outbound logs to the default tcp backend (Kuma's legacy format through meridian-dp's pipe), db's to the file of the MeshAccessLog that reaches it; Datadog tracing at 50.5 % with split service names; the enabled Prometheus backend's listener on 5680 at /stats, metrics in use only",
+        zone: "zone-1",
+        yaml: MESH_OBSERVABILITY,
+        proxy: "web-1",
+        kind: ProxyKind::Sidecar,
+    },
+    Case {
+        name: "sidecar-mesh-observability-server",
+        description: "Envoy sidecar of backend: its own MeshTrace (Zipkin) wins over the Mesh's default tracing backend; no outbound, so no access log (the Mesh's default logs outbounds only)",
+        zone: "zone-1",
+        yaml: MESH_OBSERVABILITY,
+        proxy: "backend-1",
+        kind: ProxyKind::Sidecar,
     },
     Case {
         name: "sidecar-proxy-patch",

@@ -215,7 +215,9 @@ impl PolicyResolver for MeshPolicies {
     fn proxy(&self, snapshot: &MeshSnapshot, proxy: &ProxyContext) -> ProxyPolicies {
         let view = ProxyView::new(&proxy.mesh, &proxy.dataplane);
         ProxyPolicies {
-            trace: ok_or_log("MeshTrace", single_item_conf(&self.traces, &view)),
+            // A MeshTrace wins over the Mesh's default tracing backend.
+            trace: ok_or_log("MeshTrace", single_item_conf(&self.traces, &view))
+                .or_else(|| snapshot.spec.tracing.as_ref().and_then(|t| t.as_mesh_trace())),
             // A MeshMetric wins over the Mesh's enabled metrics backend, as
             // in Kuma.
             metric: ok_or_log("MeshMetric", single_item_conf(&self.metrics, &view))
@@ -239,7 +241,7 @@ impl MeshPolicies {
         p
     }
 
-    fn resolve_outbound(&self, _snapshot: &MeshSnapshot, proxy: &ProxyContext, service: &str) -> OutboundPolicies {
+    fn resolve_outbound(&self, snapshot: &MeshSnapshot, proxy: &ProxyContext, service: &str) -> OutboundPolicies {
         let view = ProxyView::new(&proxy.mesh, &proxy.dataplane);
         let dest = Destination::Service(service);
         let rules: Vec<Rule> = http_route_rules(&self.http_routes, &view, dest).unwrap_or_else(|e| {
@@ -303,9 +305,18 @@ impl MeshPolicies {
                 meridian_core::policy::matching::tcp_route_conf(&self.tcp_routes, &view, dest),
             ),
             route_policies,
-            access_logs: ok_or_log("MeshAccessLog", to_conf(&self.access_logs, &view, dest))
-                .and_then(|c| c.backends)
-                .unwrap_or_default(),
+            // The Mesh's default logging backend logs the outbounds no
+            // MeshAccessLog reaches, as a MeshAccessLog `to` the whole Mesh.
+            access_logs: match ok_or_log("MeshAccessLog", to_conf(&self.access_logs, &view, dest)) {
+                Some(c) => c.backends.unwrap_or_default(),
+                None => snapshot
+                    .spec
+                    .logging
+                    .as_ref()
+                    .and_then(|l| l.as_access_log())
+                    .into_iter()
+                    .collect(),
+            },
         }
     }
 
