@@ -81,9 +81,6 @@ pub fn unapplied(kind: ResourceType, spec: &Value) -> Vec<Unapplied> {
             for (i, default) in defaults(spec, "to") {
                 let at = format!("spec.to[{i}].default");
                 if let Some(la) = default.get("localityAwareness") {
-                    if la.get("localZone").is_some() {
-                        note(format!("{at}.localityAwareness.localZone"), NOT_GENERATED);
-                    }
                     if la.pointer("/crossZone/failoverThreshold").is_some() {
                         note(
                             format!("{at}.localityAwareness.crossZone.failoverThreshold"),
@@ -332,7 +329,6 @@ mod tests {
         assert_eq!(
             fields,
             [
-                "spec.to[0].default.localityAwareness.localZone",
                 "spec.to[0].default.localityAwareness.crossZone.failoverThreshold",
                 "spec.to[0].default.loadBalancer.ringHash.hashFunction",
                 "spec.to[0].default.loadBalancer.ringHash.hashPolicies[1]",

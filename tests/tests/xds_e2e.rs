@@ -1210,6 +1210,58 @@ fn ring_hash(d: &Deployment) {
     d.delete("meshloadbalancingstrategies", "hashed-by-user");
 }
 
+/// 11: MeshLoadBalancingStrategy's `localZone.affinityTags`, through
+/// grpcio's weighted localities: the client's `role` tag is shared by one
+/// of three backends, whose locality then carries 100000 to the rest's 1,
+/// so the client's calls stay on it; before the policy, round robin spreads
+/// them. With that backend down, the calls go to the rest of the zone.
+fn affinity(d: &Deployment) {
+    let mut affine = Some(backend(&d.zone1, "affine-1", "affine", json!({"role": "near"}), &[]));
+    let _others: Vec<TestServer> = (2..=3)
+        .map(|i| backend(&d.zone1, &format!("affine-{i}"), "affine", json!({"role": "far"}), &[]))
+        .collect();
+    let (agent, _) = d.client(&d.zone1, "near");
+    let calls = |n: usize| run_client(ClientKind::Python, "xds:///affine", n, &[], Some(agent.bootstrap()));
+    let r = wait_until("round robin over the three backends", CONVERGE, POLL, || {
+        let r = calls(30);
+        (r.ok_total() == 30 && r.ok.len() == 3)
+            .then_some(r.clone())
+            .ok_or_else(|| seen(&r, &d.zone1))
+    });
+    eprintln!("before affinity: {:?}", r.ok);
+    d.apply(
+        json!({"type": "MeshLoadBalancingStrategy", "name": "near-first", "mesh": MESH, "spec": {
+        "targetRef": {"kind": "Mesh"},
+        "to": [{"targetRef": {"kind": "MeshService", "name": "affine"}, "default": {
+            "localityAwareness": {"localZone": {"affinityTags": [{"key": "role", "weight": 100000}]}}}}]}}),
+    );
+    let near = format!("{}/affine-1", d.zone1.name);
+    wait_until(
+        "every call on the backend that shares the client's role",
+        CONVERGE,
+        POLL,
+        || {
+            let r = calls(30);
+            (r.ok_from(&near) == 30).then_some(()).ok_or_else(|| seen(&r, &d.zone1))
+        },
+    );
+    let r = calls(60);
+    assert_eq!(r.ok_from(&near), 60, "{}", seen(&r, &d.zone1));
+    affine.take();
+    wait_until(
+        "the rest of the zone serving once the near backend is down",
+        CONVERGE,
+        POLL,
+        || {
+            let r = calls(20);
+            (r.ok_total() == 20 && r.ok_from(&near) == 0)
+                .then_some(())
+                .ok_or_else(|| seen(&r, &d.zone1))
+        },
+    );
+    d.delete("meshloadbalancingstrategies", "near-first");
+}
+
 /// Whether scenario `name` runs: XDS_E2E_ONLY=retries,failover runs only
 /// the scenarios whose names contain one of the words.
 fn wanted(name: &str) -> bool {
@@ -1234,7 +1286,7 @@ fn proxyless_clients_follow_policies_across_zones() {
         vec![("4 timeouts", timeouts)],
         vec![("6 live route change", live_route_change)],
         vec![("7 cross-zone failover", cross_zone_failover)],
-        vec![("10 ring hash", ring_hash)],
+        vec![("10 ring hash", ring_hash), ("11 affinity", affinity)],
     ];
     let failures: Vec<String> = std::thread::scope(|s| {
         let handles: Vec<_> = lanes

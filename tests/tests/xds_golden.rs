@@ -1323,7 +1323,7 @@ const CASES: [Case; 28] = [
     },
     Case {
         name: "sidecar-load-balancing",
-        description: "Envoy sidecar of web: a ring hash to backend (sizes, MurmurHash2, header/cookie/source IP/query/filter-state hash policies on its routes, a 50 % failover threshold as overprovisioning factor 200), least request to api (3 choices, bias 1.5), Maglev to db (table size)",
+        description: "Envoy sidecar of web: a ring hash to backend (sizes, MurmurHash2, header/cookie/source IP/query/filter-state hash policies on its routes, a 50 % failover threshold as overprovisioning factor 200, affinity localities weighted 90 (same node), 9 (same availability zone) and 1 (the rest) with locality-weighted balancing), least request to api (3 choices, bias 1.5), Maglev to db (table size)",
         zone: "zone-1",
         yaml: LOAD_BALANCING,
         proxy: "web-1",
@@ -1331,7 +1331,7 @@ const CASES: [Case; 28] = [
     },
     Case {
         name: "proxyless-load-balancing",
-        description: "the load-balancing mesh seen by a proxyless client (web-1): round robin for api and db, an xxHash ring for backend hashing only by header and channel",
+        description: "the load-balancing mesh seen by a proxyless client (web-1): round robin for api and db, an xxHash ring for backend hashing only by header and channel, the same affinity localities (gRPC picks localities by weight)",
         zone: "zone-1",
         yaml: LOAD_BALANCING,
         proxy: "web-1",

@@ -294,6 +294,22 @@ impl LocalityAwareness {
             if weighted > 0 && weighted != tags.len() {
                 causes.add(&p, "either all affinity tags or none must have a weight");
             }
+            // Envoy's locality weights are 32-bit: the default weights of
+            // n tags, 9×10^(n−1−i), fit for n ≤ 9; given weights must fit
+            // beside the rest of the zone's weight of 1.
+            if weighted == 0 && tags.len() > 9 {
+                causes.add(
+                    &p,
+                    "at most 9 affinity tags without weights: their default weights (9×10^(n−1−i)) would not fit Envoy's 32-bit locality weights; give each a weight",
+                );
+            }
+            let sum: u64 = tags.iter().filter_map(|t| t.weight).map(|w| w.max(0) as u64).sum();
+            if sum >= u64::from(u32::MAX) {
+                causes.add(
+                    &p,
+                    "the weights must add up to less than 4294967295 (Envoy's 32-bit locality weights)",
+                );
+            }
         }
         if let Some(cz) = &self.cross_zone {
             let p = path.field("crossZone");
@@ -540,6 +556,38 @@ mod tests {
             "spec.to[0].default",
             "at least one of \"localityAwareness\" or \"loadBalancer\"",
         );
+    }
+
+    #[test]
+    fn affinity_weights_must_fit_envoys_locality_weights() {
+        let with_tags = |tags: serde_json::Value| {
+            let mut p = full();
+            p["to"][0]["default"]["localityAwareness"]["localZone"]["affinityTags"] = tags;
+            match crate::spec::check::<MeshLoadBalancingStrategy>(p, &FieldPath::new("spec")) {
+                Ok(_) => Vec::new(),
+                Err(e) => e.causes,
+            }
+        };
+        let nine: Vec<serde_json::Value> = (0..9).map(|i| json!({"key": format!("k{i}")})).collect();
+        assert!(with_tags(json!(nine)).is_empty());
+        let ten: Vec<serde_json::Value> = (0..10).map(|i| json!({"key": format!("k{i}")})).collect();
+        let got = with_tags(json!(ten));
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(
+            got[0].field,
+            "spec.to[0].default.localityAwareness.localZone.affinityTags"
+        );
+        assert!(
+            got[0].message.starts_with("at most 9 affinity tags without weights"),
+            "{got:?}"
+        );
+        let big = with_tags(
+            json!([{"key": "a", "weight": 2147483647}, {"key": "b", "weight": 2147483647},
+                                   {"key": "c", "weight": 1}]),
+        );
+        assert_eq!(big.len(), 1, "{big:?}");
+        assert!(big[0].message.contains("add up to less than 4294967295"), "{big:?}");
+        assert!(with_tags(json!([{"key": "a", "weight": 2147483647}, {"key": "b", "weight": 2147483647}])).is_empty());
     }
 
     #[test]

@@ -169,6 +169,13 @@ pub fn eds_cluster(name: &str, p: &OutboundPolicies, http2: bool) -> Cluster {
             .and_then(|c| c.outlier_detection.as_ref())
             .and_then(outlier_detection),
         typed_extension_protocol_options: if http2 { http2_upstream() } else { HashMap::new() },
+        // Affinity groups are localities of one priority, shared by weight.
+        common_lb_config: super::endpoints::affinity_tags(p.load_balancing.as_ref()).map(|_| CommonLbConfig {
+            locality_config_specifier: Some(common_lb_config::LocalityConfigSpecifier::LocalityWeightedLbConfig(
+                Default::default(),
+            )),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }
@@ -459,7 +466,13 @@ pub fn with_health_check(mut cluster: Cluster, conf: Option<&meshhealthcheck::Co
         if threshold.is_some() {
             lb.healthy_panic_threshold = threshold;
         }
-        if let Some(fail) = conf.fail_traffic_on_panic {
+        // Locality weights (affinity tags) and zone-aware balancing are one
+        // choice in Envoy: the affinity groups keep theirs.
+        let weighted = matches!(
+            lb.locality_config_specifier,
+            Some(common_lb_config::LocalityConfigSpecifier::LocalityWeightedLbConfig(_))
+        );
+        if let Some(fail) = conf.fail_traffic_on_panic.filter(|_| !weighted) {
             lb.locality_config_specifier = Some(common_lb_config::LocalityConfigSpecifier::ZoneAwareLbConfig(
                 common_lb_config::ZoneAwareLbConfig {
                     fail_traffic_on_panic: fail,

@@ -254,7 +254,7 @@ pub fn generate(ingress: &ZoneIngress, meshes: &[MeshSnapshot]) -> ResourceSet {
             &cluster,
             &eds_cluster(&cluster, &OutboundPolicies::default(), false),
         );
-        set.insert(ENDPOINT, &cluster, &load_assignment(&cluster, snap, &local, None));
+        set.insert(ENDPOINT, &cluster, &load_assignment(&cluster, snap, &local, None, &[]));
         chains.push(FilterChain {
             name: cluster.clone(),
             filter_chain_match: Some(FilterChainMatch {

@@ -185,17 +185,32 @@ pub fn generate(snapshot: &MeshSnapshot, proxy: &ProxyContext, policies: &dyn Po
                 (XdsResource::new(CLUSTER, &name, &c), Vec::new())
             });
             set.insert_shared(CLUSTER, c);
-            let (cla, _) = shared_or_built(cache, ENDPOINT, &name, &p, Variant::Any, || {
-                let endpoints = index().endpoints(&cluster.service, &cluster.subset);
-                let cla = load_assignment(&name, snapshot, &endpoints, p.load_balancing.as_ref());
-                (XdsResource::new(ENDPOINT, &name, &cla), Vec::new())
-            });
-            set.insert_shared(ENDPOINT, cla);
+            match super::endpoints::affinity(p.load_balancing.as_ref(), &proxy.dataplane) {
+                // The client's own tags decide its assignment.
+                Some(groups) => {
+                    let endpoints = index().endpoints(&cluster.service, &cluster.subset);
+                    let cla = load_assignment(&name, snapshot, &endpoints, p.load_balancing.as_ref(), &groups);
+                    set.insert(ENDPOINT, &name, &cla);
+                }
+                None => {
+                    let (cla, _) = shared_or_built(cache, ENDPOINT, &name, &p, Variant::Any, || {
+                        let endpoints = index().endpoints(&cluster.service, &cluster.subset);
+                        let cla = load_assignment(&name, snapshot, &endpoints, p.load_balancing.as_ref(), &[]);
+                        (XdsResource::new(ENDPOINT, &name, &cla), Vec::new())
+                    });
+                    set.insert_shared(ENDPOINT, cla);
+                }
+            }
         }
         (set, extras)
     };
+    // Affinity tags make assignments the client's own: its resources are
+    // not shared with the mesh's other clients.
+    let own = services
+        .iter()
+        .any(|(_, p)| super::endpoints::affinity_tags(p.load_balancing.as_ref()).is_some());
     let mut set = match cache {
-        Some(c) => {
+        Some(c) if !own => {
             let key: Vec<Arc<OutboundPolicies>> = services.iter().map(|(_, p)| p.clone()).collect();
             c.mesh_part(
                 variant,
@@ -204,7 +219,7 @@ pub fn generate(snapshot: &MeshSnapshot, proxy: &ProxyContext, policies: &dyn Po
                 build,
             )
         }
-        None => build().0,
+        _ => build().0,
     };
     // A proxyless dataplane's inbounds are xDS-enabled gRPC servers.
     super::server::add_listeners(&mut set, snapshot, proxy, policies);

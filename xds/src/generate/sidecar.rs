@@ -1006,12 +1006,22 @@ pub fn generate_reporting(
             (XdsResource::new(CLUSTER, &name, &cluster), Vec::new())
         });
         set.insert_shared(CLUSTER, cluster);
-        let (endpoints, _) = shared_or_built(cache, ENDPOINT, &name, &p, Variant::Any, || {
-            let endpoints = index().endpoints(&c.service, &c.subset);
-            let cla = load_assignment(&name, snapshot, &endpoints, p.load_balancing.as_ref());
-            (XdsResource::new(ENDPOINT, &name, &cla), Vec::new())
-        });
-        set.insert_shared(ENDPOINT, endpoints);
+        match super::endpoints::affinity(p.load_balancing.as_ref(), &proxy.dataplane) {
+            // The proxy's own tags decide its assignment.
+            Some(groups) => {
+                let endpoints = index().endpoints(&c.service, &c.subset);
+                let cla = load_assignment(&name, snapshot, &endpoints, p.load_balancing.as_ref(), &groups);
+                set.insert(ENDPOINT, &name, &cla);
+            }
+            None => {
+                let (endpoints, _) = shared_or_built(cache, ENDPOINT, &name, &p, Variant::Any, || {
+                    let endpoints = index().endpoints(&c.service, &c.subset);
+                    let cla = load_assignment(&name, snapshot, &endpoints, p.load_balancing.as_ref(), &[]);
+                    (XdsResource::new(ENDPOINT, &name, &cla), Vec::new())
+                });
+                set.insert_shared(ENDPOINT, endpoints);
+            }
+        }
     }
     for collector in collectors.values() {
         set.insert(CLUSTER, &collector.name(), &collector.cluster());
