@@ -271,6 +271,15 @@ impl Metrics {
             if b.conf.as_ref().is_some_and(|c| !c.is_object()) {
                 causes.add(&bp.field("conf"), "must be an object");
             }
+            // Meridian applies it as a regex of Envoy's metric names.
+            if let Some(regex) = b.conf.as_ref().and_then(|c| c.pointer("/envoy/filterRegex")) {
+                let at = bp.field("conf").field("envoy").field("filterRegex");
+                match regex.as_str() {
+                    None => causes.add(&at, "must be a string"),
+                    Some("") => {}
+                    Some(r) => crate::policy::common::check_regex(r, &at, causes),
+                }
+            }
         }
         names(
             self.backends.iter().map(|b| b.name.as_str()),
@@ -428,10 +437,15 @@ impl Metrics {
     /// The enabled Prometheus backend as MeshMetric configuration (what
     /// Kuma generates for it: a listener on `conf.port`, 5670, serving
     /// `conf.path`, `/metrics`, with every metric unless
-    /// `conf.envoy.usedOnly`); `None` without one, or when its port or path
-    /// is not usable (reported by `unapplied`).
+    /// `conf.envoy.usedOnly`, only those `conf.envoy.filterRegex` matches
+    /// when set, and the `conf.aggregate` applications' metrics); `None`
+    /// without one, or when its port or path is not usable (reported by
+    /// `unapplied`).
     pub fn as_mesh_metric(&self) -> Option<crate::policy::meshmetric::Conf> {
-        use crate::policy::meshmetric::{Backend, BackendType, Conf, Prometheus, Sidecar};
+        use crate::policy::meshmetric::{
+            Application, Backend, BackendType, Conf, Profile, ProfileName, Profiles, Prometheus, Selector,
+            SelectorType, Sidecar,
+        };
         let name = self.enabled_backend.as_deref()?;
         let backend = self
             .backends
@@ -450,12 +464,53 @@ impl Metrics {
             .pointer("/envoy/usedOnly")
             .and_then(Value::as_bool)
             .unwrap_or(false);
+        // `envoy.filterRegex` keeps only Envoy's metrics it matches (Kuma
+        // hands it to Envoy's admin as `filter`); without it, every one.
+        let profiles = match conf.pointer("/envoy/filterRegex").and_then(Value::as_str) {
+            Some(regex) if !regex.is_empty() => Profiles {
+                append_profiles: Some(vec![Profile {
+                    name: ProfileName::None,
+                }]),
+                exclude: None,
+                include: Some(vec![Selector {
+                    selector_type: SelectorType::Regex,
+                    match_value: regex.to_string(),
+                }]),
+            },
+            _ => Profiles {
+                append_profiles: Some(vec![Profile { name: ProfileName::All }]),
+                exclude: None,
+                include: None,
+            },
+        };
+        // `aggregate`: the applications whose metrics are merged in, unless
+        // `enabled: false`.
+        let applications: Vec<Application> = conf
+            .get("aggregate")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter(|a| a.get("enabled").and_then(Value::as_bool) != Some(false))
+            .filter_map(|a| {
+                Some(Application {
+                    name: a.get("name").and_then(Value::as_str).map(str::to_string),
+                    path: a.get("path").and_then(Value::as_str).map(str::to_string),
+                    address: a.get("address").and_then(Value::as_str).map(str::to_string),
+                    port: a
+                        .get("port")
+                        .and_then(Value::as_i64)
+                        .filter(|p| (1..=65535).contains(p))?,
+                })
+            })
+            .collect();
         Some(Conf {
+            // MeshMetric's default profile (Basic) is not what Mesh.metrics
+            // serves.
             sidecar: Some(Sidecar {
-                profiles: None,
+                profiles: Some(profiles),
                 include_unused: Some(!used_only),
             }),
-            applications: None,
+            applications: (!applications.is_empty()).then_some(applications),
             backends: Some(vec![Backend {
                 backend_type: BackendType::Prometheus,
                 prometheus: Some(Prometheus {
@@ -489,6 +544,19 @@ mod tests {
             (Some(5671), Some("/stats"), Some("prom"))
         );
         assert_eq!(c.sidecar.unwrap().include_unused, Some(false));
+        let f = metrics(serde_json::json!({"envoy": {"filterRegex": "http2_.*"}, "aggregate": [
+            {"name": "app", "port": 8080, "path": "/stats"}, {"name": "off", "port": 8081, "enabled": false}]}))
+        .as_mesh_metric()
+        .unwrap();
+        let profiles = f.sidecar.unwrap().profiles.unwrap();
+        assert_eq!(
+            profiles.append_profiles.unwrap()[0].name,
+            crate::policy::meshmetric::ProfileName::None
+        );
+        assert_eq!(profiles.include.unwrap()[0].match_value, "http2_.*");
+        let apps = f.applications.unwrap();
+        assert_eq!(apps.len(), 1, "a disabled application is not scraped");
+        assert_eq!((apps[0].port, apps[0].path.as_deref()), (8080, Some("/stats")));
         let d = metrics(serde_json::json!({})).as_mesh_metric().unwrap();
         let p = d.backends.as_ref().unwrap()[0].prometheus.clone().unwrap();
         assert_eq!((p.port, p.path.as_deref()), (Some(5670), Some("/metrics")));
@@ -541,6 +609,11 @@ mod tests {
     #[test]
     fn each_rule_of_kumas_validator_names_its_field() {
         let cases = [
+            (
+                json!({"metrics": {"backends": [{"name": "p", "type": "prometheus", "conf": {"envoy": {"filterRegex": "("}}}]}}),
+                "metrics.backends[0].conf.envoy.filterRegex",
+                "invalid regular expression \"(\": error: unclosed group",
+            ),
             (
                 json!({"logging": {"defaultBackend": "nope", "backends": [{"name": "f", "type": "file", "conf": {"path": "/x"}}]}}),
                 "logging.defaultBackend",

@@ -39,25 +39,11 @@ pub fn unapplied(kind: ResourceType, spec: &Value) -> Vec<Unapplied> {
         ResourceType::MeshMetric => {
             note(
                 "spec".into(),
-                "applies to Envoy sidecars; gRPC clients and servers (proxyless) take no metrics configuration over xDS, so it has no effect on them",
+                "applies to Envoy sidecars run by meridian-dp, which serves the Prometheus endpoint (profiles, applications); gRPC clients and servers (proxyless) take no metrics configuration over xDS, so it has no effect on them",
             );
             let Some(default) = spec.get("default") else {
                 return out;
             };
-            for field in ["profiles"] {
-                if default.pointer(&format!("/sidecar/{field}")).is_some() {
-                    note(
-                        format!("spec.default.sidecar.{field}"),
-                        "not applied yet: the Prometheus endpoint serves all of Envoy's metrics (in use, unless includeUnused), unfiltered",
-                    );
-                }
-            }
-            if default.get("applications").is_some() {
-                note(
-                    "spec.default.applications".into(),
-                    "not applied yet: application metrics are not merged into the proxy's; scrape the application itself",
-                );
-            }
             for (i, b) in default.get("backends").and_then(Value::as_array).into_iter().flatten().enumerate() {
                 if b.get("type").and_then(Value::as_str) == Some("OpenTelemetry") {
                     note(format!("spec.default.backends[{i}]"), &format!("the OpenTelemetry backend is {NOT_GENERATED}"));
@@ -239,17 +225,11 @@ pub fn unapplied(kind: ResourceType, spec: &Value) -> Vec<Unapplied> {
                                 "no metrics listener: the port must be 1-65535 and the path absolute",
                             );
                         }
-                        for (field, what) in [
-                            ("/envoy/filterRegex", "envoy.filterRegex"),
-                            ("/tls", "tls"),
-                            ("/aggregate", "aggregate"),
-                        ] {
-                            if conf.pointer(field).is_some() {
-                                note(
-                                    format!("{at}.{what}"),
-                                    "not applied yet: the Prometheus endpoint serves Envoy's metrics unfiltered, in plaintext, without application metrics",
-                                );
-                            }
+                        if conf.pointer("/tls").is_some() {
+                            note(
+                                format!("{at}.tls"),
+                                "not applied yet: the Prometheus endpoint is served in plaintext",
+                            );
                         }
                         note(
                             "metrics".into(),
@@ -353,8 +333,6 @@ mod tests {
             fields,
             [
                 "spec",
-                "spec.default.sidecar.profiles",
-                "spec.default.applications",
                 "spec.default.backends[0].prometheus.tls.mode",
                 "spec.default.backends[1]",
             ]

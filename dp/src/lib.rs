@@ -31,6 +31,7 @@ pub mod bootstrap;
 pub mod certificates;
 pub mod config;
 pub mod dataplane;
+pub mod metrics;
 pub mod peer;
 pub mod relay;
 pub mod zone;
@@ -352,6 +353,22 @@ async fn run_envoy(
                 }
             });
             Some(PipeCleanup(pipe, forwarding))
+        }
+        None => None,
+    };
+    // MeshMetric's Prometheus listeners send scrapes to this socket; the
+    // agent answers from Envoy's admin and the applications.
+    let _metrics = match &who.mesh {
+        Some(mesh) => {
+            let socket = PathBuf::from(meridian_xds::generate::observability::metrics_socket(mesh, &who.name));
+            let listener = metrics::bind(&socket)?;
+            let admin = s.envoy_admin_address;
+            let serving = tokio::spawn(async move {
+                if let Err(e) = metrics::serve(listener, admin).await {
+                    tracing::error!(error = %format!("{e:#}"), "the metrics endpoint failed: MeshMetric scrapes fail");
+                }
+            });
+            Some(metrics::SocketCleanup(socket, serving))
         }
         None => None,
     };

@@ -460,3 +460,122 @@ fn the_agent_runs_envoy_with_its_bootstrap_and_stops_it_on_sigterm() {
         }
     });
 }
+
+/// The value of the first `{"key": key, "value": …}` object inside `v`.
+fn header_value(v: &Value, key: &str) -> Option<String> {
+    match v {
+        Value::Object(m) => {
+            if m.get("key").and_then(Value::as_str) == Some(key) {
+                if let Some(value) = m.get("value").and_then(Value::as_str) {
+                    return Some(value.to_string());
+                }
+            }
+            m.values().find_map(|x| header_value(x, key))
+        }
+        Value::Array(a) => a.iter().find_map(|x| header_value(x, key)),
+        _ => None,
+    }
+}
+
+/// A plain HTTP server on `listener` answering every request with `body`.
+fn serve_text(listener: std::net::TcpListener, body: &'static str) {
+    use std::io::{Read, Write};
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                match conn.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => seen.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = write!(
+                conn,
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+}
+
+/// MeshMetric through the agent: the zone's generated Prometheus route
+/// carries the policy's profiles and applications in a header; the agent,
+/// asked on its metrics socket with that header (what Envoy's route sends;
+/// no Envoy binary here), answers from Envoy's admin (a stand-in serving
+/// Envoy's Prometheus text on the admin port) filtered by the profile, plus
+/// a real HTTP application's metrics, every series labelled.
+#[test]
+fn the_agent_serves_meshmetric_scrapes_from_envoys_admin_and_the_applications() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let d = Deployment::start(dir);
+    let app = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let app_port = app.local_addr().unwrap().port();
+    serve_text(app, "# TYPE app_orders_total counter\napp_orders_total 42\n");
+    let metric = json!({"type": "MeshMetric", "mesh": MESH, "name": "metrics", "spec": {
+        "targetRef": {"kind": "Mesh"},
+        "default": {
+            "sidecar": {"profiles": {"appendProfiles": [{"name": "None"}],
+                                     "include": [{"type": "Regex", "match": "^envoy_server_(uptime|live)$"}]}},
+            "applications": [{"name": "orders", "address": "127.0.0.1", "port": app_port, "path": "/metrics"}],
+            "backends": [{"type": "Prometheus", "prometheus": {"port": free_port()}}]}}});
+    let (status, body) = d
+        .global
+        .put_json(&format!("/meshes/{MESH}/meshmetrics/metrics"), &metric);
+    assert!(status == 200 || status == 201, "{status} {body}");
+    d.wait_zone_has(&format!("/meshes/{MESH}/meshmetrics/metrics"));
+
+    let token = d.web_token();
+    let empty = dir.join("empty-path");
+    std::fs::create_dir_all(&empty).unwrap();
+    let name = format!("mm-{}", std::process::id());
+    let mut agent = EnvoyAgent::start(&d, &dir.join("dp-mm"), &token, &name, &empty);
+    agent.wait_bootstrap();
+    serve_text(
+        std::net::TcpListener::bind(("127.0.0.1", agent.admin_port)).unwrap(),
+        "# TYPE envoy_server_uptime gauge\nenvoy_server_uptime 17\n\
+         # TYPE envoy_server_live gauge\nenvoy_server_live 1\n\
+         # TYPE envoy_cluster_upstream_rq_total counter\nenvoy_cluster_upstream_rq_total{envoy_cluster_name=\"backend\"} 3\n",
+    );
+    // The header the zone generated for this proxy's Prometheus route.
+    let header = wait_until("the Prometheus route's request header", CONVERGE, POLL, || {
+        agent.assert_running();
+        match d.zone.get(&format!("/meshes/{MESH}/dataplanes/{name}/xds")) {
+            (200, v) => header_value(&v, "x-meridian-meshmetric").ok_or_else(|| "no header yet".to_string()),
+            (s, v) => Err(format!("{s} {v}")),
+        }
+    });
+    // Envoy reads `%%` as `%` in added headers.
+    let header = header.replace("%%", "%");
+    let socket = format!("/tmp/meridian-mm-{MESH}-{name}.sock");
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "socket mode {mode:o}");
+    let mut conn = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        conn,
+        "GET /meshmetric HTTP/1.1\r\nHost: envoy\r\nx-meridian-meshmetric: {header}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).unwrap();
+    let labels = format!("mesh=\"{MESH}\",dataplane=\"{name}\",service=\"web\"");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.contains(&format!("envoy_server_uptime{{{labels}}} 17")),
+        "{answer}"
+    );
+    assert!(answer.contains(&format!("envoy_server_live{{{labels}}} 1")), "{answer}");
+    assert!(
+        !answer.contains("envoy_cluster_upstream_rq_total"),
+        "the profile None keeps only what include names: {answer}"
+    );
+    assert!(answer.contains(&format!("app_orders_total{{{labels}}} 42")), "{answer}");
+    // The socket goes with the agent.
+    let status = agent.terminate();
+    assert!(status.success(), "{status}\n{}", agent.log_text());
+    assert!(!Path::new(&socket).exists(), "{socket} left behind");
+}

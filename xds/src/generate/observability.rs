@@ -39,12 +39,13 @@
 //! # Metrics (MeshMetric)
 //!
 //! Each Prometheus backend gets a listener on the dataplane's address and
-//! the backend's port (5670) whose path (`/metrics`) is Envoy's admin
-//! `/stats/prometheus` (`?usedonly` unless `sidecar.includeUnused`), through
-//! the [`ADMIN_CLUSTER`] to the admin port (the Dataplane's
-//! `networking.admin.port`, else 9901). Profiles, include/exclude filters,
-//! application metrics, TLS and OpenTelemetry backends are not generated
-//! (`meridian_core::unapplied` reports them).
+//! the backend's port (5670) whose path (`/metrics`) goes to `meridian-dp`'s
+//! metrics endpoint ([`METRICS_AGENT_CLUSTER`], a Unix socket), with what to
+//! serve in a request header ([`MetricsRequest`]: `includeUnused`, the
+//! profiles with include/exclude, the applications to scrape). The agent
+//! reads Envoy's admin stats, filters them, adds the applications' metrics
+//! and labels every series (dp/src/metrics.rs). TLS and OpenTelemetry
+//! backends are not generated (`meridian_core::unapplied` reports them).
 //!
 //! # Clusters of collectors
 //!
@@ -721,29 +722,87 @@ pub fn tracing(
     })
 }
 
-/// The cluster of the sidecar's own Envoy admin interface, which the
-/// Prometheus listener forwards scrapes to.
-pub const ADMIN_CLUSTER: &str = "_meridian:envoy:admin";
-/// Envoy's admin port when the Dataplane names none (`meridian-dp`'s
-/// `--envoy-admin-address` default is 127.0.0.1:9901).
-pub const DEFAULT_ADMIN_PORT: u32 = 9901;
+/// The cluster of `meridian-dp`'s metrics endpoint, a Unix socket
+/// ([`metrics_socket`]), which the Prometheus listeners send scrapes to.
+pub const METRICS_AGENT_CLUSTER: &str = "_meridian:metrics:agent";
+/// The path `meridian-dp` serves MeshMetric scrapes at.
+pub const METRICS_AGENT_PATH: &str = "/meshmetric";
+/// The request header that carries a scrape's [`MetricsRequest`] (JSON),
+/// set by Envoy's route over anything a client sent.
+pub const METRICS_REQUEST_HEADER: &str = "x-meridian-meshmetric";
+/// The longest header value Envoy takes in `request_headers_to_add`.
+const MAX_HEADER_VALUE: usize = 16_384;
 /// MeshMetric's Prometheus port and path when the backend names none.
 pub const DEFAULT_PROMETHEUS_PORT: u32 = 5670;
 pub const DEFAULT_PROMETHEUS_PATH: &str = "/metrics";
+/// An application's metrics path when it names none (Kuma's default).
+pub const DEFAULT_APPLICATION_PATH: &str = "/metrics/prometheus";
+
+/// What `meridian-dp` serves for one scrape: Envoy's metrics filtered by
+/// the profiles, then each application's, every series labelled with the
+/// proxy's `mesh`, `dataplane` and `service`.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MetricsRequest {
+    /// Envoy's metrics that are not in use too (`sidecar.includeUnused`).
+    #[serde(default)]
+    pub include_unused: bool,
+    /// `sidecar.profiles`; absent: Kuma's default, `Basic`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profiles: Option<meridian_core::policy::meshmetric::Profiles>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub applications: Vec<ScrapedApplication>,
+    pub mesh: String,
+    pub dataplane: String,
+    pub service: String,
+}
+
+/// An application's metrics endpoint, with the defaults filled in.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ScrapedApplication {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub address: String,
+    pub port: u16,
+    pub path: String,
+}
+
+/// The Unix socket `meridian-dp` serves MeshMetric scrapes on for dataplane
+/// `name` of `mesh`: `/tmp/meridian-mm-<mesh>-<name>.sock`, or, when that
+/// is longer than a socket address holds, the same with a hash of the two.
+pub fn metrics_socket(mesh: &str, name: &str) -> String {
+    let clean = |s: &str| s.replace(['/', '\0'], "_");
+    let path = format!("/tmp/meridian-mm-{}-{}.sock", clean(mesh), clean(name));
+    // sun_path holds 108 bytes with the terminating NUL.
+    if path.len() <= 100 {
+        return path;
+    }
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in mesh.bytes().chain([0]).chain(name.bytes()) {
+        hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("/tmp/meridian-mm-{hash:016x}.sock")
+}
 
 /// MeshMetric's Prometheus backends: one listener each on the dataplane's
-/// address and the backend's port, serving the backend's path from Envoy's
-/// admin `/stats/prometheus` (only the metrics in use unless
-/// `sidecar.includeUnused`), and the admin cluster they send to. A backend
-/// whose port an inbound already uses is left out (logged), as in Kuma.
+/// address and the backend's port, whose path is sent to `meridian-dp`'s
+/// metrics endpoint with the scrape's [`MetricsRequest`] in a header; and
+/// the cluster of that endpoint. A backend whose port an inbound already
+/// uses is left out (logged), as in Kuma.
 pub fn prometheus(
     conf: &meridian_core::policy::meshmetric::Conf,
     net: &meridian_core::dataplane::DataplaneNetworking,
+    mesh: &str,
+    dataplane: &str,
 ) -> (
     Vec<envoy_types::pb::envoy::config::listener::v3::Listener>,
     Option<Cluster>,
 ) {
-    use envoy_types::pb::envoy::config::core::v3::TrafficDirection;
+    use envoy_types::pb::envoy::config::core::v3::{
+        address, header_value_option::HeaderAppendAction, Address, HeaderValue, HeaderValueOption, Pipe,
+        TrafficDirection,
+    };
     use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener};
     use envoy_types::pb::envoy::config::route::v3::{
         route_action::ClusterSpecifier, route_match::PathSpecifier, RouteAction,
@@ -756,12 +815,43 @@ pub fn prometheus(
     };
     use meridian_core::policy::meshmetric::BackendType;
 
-    let unused = conf.sidecar.as_ref().and_then(|s| s.include_unused).unwrap_or(false);
-    let stats = if unused {
-        "/stats/prometheus"
-    } else {
-        "/stats/prometheus?usedonly"
+    let sidecar = conf.sidecar.as_ref();
+    let request = MetricsRequest {
+        include_unused: sidecar.and_then(|s| s.include_unused).unwrap_or(false),
+        profiles: sidecar.and_then(|s| s.profiles.clone()),
+        applications: conf
+            .applications
+            .iter()
+            .flatten()
+            .filter_map(|a| {
+                Some(ScrapedApplication {
+                    name: a.name.clone(),
+                    address: a.address.clone().unwrap_or_else(|| net.address.clone()),
+                    port: u16::try_from(a.port).ok()?,
+                    path: a.path.clone().unwrap_or_else(|| DEFAULT_APPLICATION_PATH.to_string()),
+                })
+            })
+            .collect(),
+        mesh: mesh.to_string(),
+        dataplane: dataplane.to_string(),
+        service: net
+            .inbound
+            .iter()
+            .filter_map(|i| i.tags.get("kuma.io/service"))
+            .min()
+            .cloned()
+            .unwrap_or_default(),
     };
+    // Compact JSON escapes control characters: a valid header value. Envoy
+    // reads `%…%` in added headers as its formatters: `%%` is a literal `%`.
+    let header = serde_json::to_string(&request).unwrap_or_default().replace('%', "%%");
+    if header.len() > MAX_HEADER_VALUE {
+        tracing::warn!(
+            bytes = header.len(),
+            "MeshMetric's applications and profiles do not fit Envoy's header value limit: no metrics listener"
+        );
+        return (Vec::new(), None);
+    }
     let taken: std::collections::BTreeSet<u32> = net.inbound.iter().map(|i| i.port).collect();
     let mut listeners = Vec::new();
     for backend in conf.backends.iter().flatten() {
@@ -784,15 +874,26 @@ pub fn prometheus(
             p.client_id.as_deref().unwrap_or("default-backend")
         );
         let path = p.path.as_deref().unwrap_or(DEFAULT_PROMETHEUS_PATH);
-        let routes = super::sidecar::single_route(
+        let mut routes = super::sidecar::single_route(
             &name,
             PathSpecifier::Path(path.to_string()),
             RouteAction {
-                cluster_specifier: Some(ClusterSpecifier::Cluster(ADMIN_CLUSTER.into())),
-                prefix_rewrite: stats.into(),
+                cluster_specifier: Some(ClusterSpecifier::Cluster(METRICS_AGENT_CLUSTER.into())),
+                prefix_rewrite: METRICS_AGENT_PATH.into(),
                 ..Default::default()
             },
         );
+        for route in routes.virtual_hosts.iter_mut().flat_map(|v| v.routes.iter_mut()) {
+            route.request_headers_to_add = vec![HeaderValueOption {
+                header: Some(HeaderValue {
+                    key: METRICS_REQUEST_HEADER.into(),
+                    value: header.clone(),
+                    ..Default::default()
+                }),
+                append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+                ..Default::default()
+            }];
+        }
         let hcm = HttpConnectionManager {
             stat_prefix: name.replace(':', "_"),
             codec_type: CodecType::Auto as i32,
@@ -824,9 +925,26 @@ pub fn prometheus(
     if listeners.is_empty() {
         return (listeners, None);
     }
-    let admin_port = net.admin.as_ref().map_or(DEFAULT_ADMIN_PORT, |a| a.port);
-    let admin = local_cluster(ADMIN_CLUSTER, "127.0.0.1", admin_port, COLLECTOR_CONNECT_TIMEOUT);
-    (listeners, Some(admin))
+    let mut agent = super::sidecar::local_cluster(METRICS_AGENT_CLUSTER, "127.0.0.1", 0, COLLECTOR_CONNECT_TIMEOUT);
+    let pipe = Address {
+        address: Some(address::Address::Pipe(Pipe {
+            path: metrics_socket(mesh, dataplane),
+            mode: 0,
+        })),
+    };
+    for endpoint in agent
+        .load_assignment
+        .iter_mut()
+        .flat_map(|a| a.endpoints.iter_mut())
+        .flat_map(|l| l.lb_endpoints.iter_mut())
+    {
+        if let Some(envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier::Endpoint(e)) =
+            endpoint.host_identifier.as_mut()
+        {
+            e.address = Some(pipe.clone());
+        }
+    }
+    (listeners, Some(agent))
 }
 
 #[cfg(test)]

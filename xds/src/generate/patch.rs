@@ -227,7 +227,7 @@ pub fn origin(type_url: &str, name: &str) -> &'static str {
         || name == "outbound:blackhole"
     {
         "transparent"
-    } else if name.starts_with("_meridian:metrics:") || name == super::observability::ADMIN_CLUSTER {
+    } else if name.starts_with("_meridian:metrics:") || name == super::observability::METRICS_AGENT_CLUSTER {
         "prometheus"
     } else if name.starts_with("_meridian:") {
         "observability"

@@ -1027,7 +1027,7 @@ pub fn generate_reporting(
         set.insert(CLUSTER, &collector.name(), &collector.cluster());
     }
     if let Some(metric) = &whole.metric {
-        let (listeners, admin) = super::observability::prometheus(metric, net);
+        let (listeners, admin) = super::observability::prometheus(metric, net, &proxy.mesh, &proxy.name);
         for l in &listeners {
             set.insert(LISTENER, &l.name, l);
         }
