@@ -45,9 +45,6 @@ pub fn unapplied(kind: ResourceType, spec: &Value) -> Vec<Unapplied> {
                 return out;
             };
             for (i, b) in default.get("backends").and_then(Value::as_array).into_iter().flatten().enumerate() {
-                if b.get("type").and_then(Value::as_str) == Some("OpenTelemetry") {
-                    note(format!("spec.default.backends[{i}]"), &format!("the OpenTelemetry backend is {NOT_GENERATED}"));
-                }
                 if let Some(mode) = b.pointer("/prometheus/tls/mode").and_then(Value::as_str) {
                     if mode != "Disabled" {
                         note(
@@ -329,14 +326,7 @@ mod tests {
             .into_iter()
             .map(|u| u.field)
             .collect();
-        assert_eq!(
-            fields,
-            [
-                "spec",
-                "spec.default.backends[0].prometheus.tls.mode",
-                "spec.default.backends[1]",
-            ]
-        );
+        assert_eq!(fields, ["spec", "spec.default.backends[0].prometheus.tls.mode",]);
         let retry = json!({"to": [{"targetRef": {"kind": "Mesh"}, "default": {
             "http": {"numRetries": 1, "hostSelection": [{"predicate": "OmitPreviousHosts"}]}}}]});
         let got = unapplied(ResourceType::MeshRetry, &retry);

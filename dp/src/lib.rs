@@ -32,6 +32,7 @@ pub mod certificates;
 pub mod config;
 pub mod dataplane;
 pub mod metrics;
+pub mod otlp;
 pub mod peer;
 pub mod relay;
 pub mod zone;
@@ -368,7 +369,13 @@ async fn run_envoy(
                     tracing::error!(error = %format!("{e:#}"), "the metrics endpoint failed: MeshMetric scrapes fail");
                 }
             });
-            Some(metrics::SocketCleanup(socket, serving))
+            // MeshMetric's OpenTelemetry backends, as Envoy's configuration
+            // names them.
+            let exporting = tokio::spawn(otlp::run(
+                meridian_xds::generate::observability::metrics_config_socket(mesh, &who.name),
+                admin,
+            ));
+            Some((metrics::SocketCleanup(socket, serving), AbortOnDrop(exporting)))
         }
         None => None,
     };
@@ -411,6 +418,15 @@ async fn run_envoy(
         }
     }
     Ok(())
+}
+
+/// Stops a task when the agent stops.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Stops the access-log forwarder and removes its pipe when the agent stops.

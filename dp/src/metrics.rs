@@ -166,12 +166,12 @@ fn is_internal_cluster(name: &str) -> bool {
 }
 
 /// A sample line of the text format: `name{label="value",…} rest`.
-struct Sample<'a> {
-    name: &'a str,
+pub(crate) struct Sample<'a> {
+    pub(crate) name: &'a str,
     /// Each label's name and value as written (escapes kept).
-    labels: Vec<(&'a str, &'a str)>,
+    pub(crate) labels: Vec<(&'a str, &'a str)>,
     /// What follows the labels: the value and maybe a timestamp.
-    rest: &'a str,
+    pub(crate) rest: &'a str,
 }
 
 fn is_name(s: &str, colons: bool) -> bool {
@@ -183,7 +183,7 @@ fn is_name(s: &str, colons: bool) -> bool {
 }
 
 /// `line` as a sample; `None` when it is not one (such lines are dropped).
-fn parse_sample(line: &str) -> Option<Sample<'_>> {
+pub(crate) fn parse_sample(line: &str) -> Option<Sample<'_>> {
     let end = line
         .find(|c: char| c == '{' || c.is_ascii_whitespace())
         .unwrap_or(line.len());
@@ -347,7 +347,7 @@ async fn get(address: &str, port: u16, path: &str) -> anyhow::Result<String> {
 }
 
 /// The answer to one scrape described by `request`.
-async fn scrape(admin: SocketAddr, request: &MetricsRequest) -> Result<String, (StatusCode, String)> {
+pub(crate) async fn scrape(admin: SocketAddr, request: &MetricsRequest) -> Result<String, (StatusCode, String)> {
     let filter = Filter::new(request.profiles.as_ref())
         .map_err(|e| (StatusCode::BAD_REQUEST, format!("a profile selector's regex: {e}")))?;
     let stats = if request.include_unused {

@@ -579,3 +579,175 @@ fn the_agent_serves_meshmetric_scrapes_from_envoys_admin_and_the_applications() 
     assert!(status.success(), "{status}\n{}", agent.log_text());
     assert!(!Path::new(&socket).exists(), "{socket} left behind");
 }
+
+/// The first string under a key named `key` inside `v`.
+fn string_under(v: &Value, key: &str) -> Option<String> {
+    match v {
+        Value::Object(m) => m
+            .get(key)
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .or_else(|| m.values().find_map(|x| string_under(x, key))),
+        Value::Array(a) => a.iter().find_map(|x| string_under(x, key)),
+        _ => None,
+    }
+}
+
+/// An HTTP server on the Unix socket `path` answering every request with
+/// `body`: what Envoy's direct-response listener would serve there.
+fn serve_unix_text(path: &str, body: String) {
+    use std::io::{Read, Write};
+    let _ = std::fs::remove_file(path);
+    let listener = std::os::unix::net::UnixListener::bind(path).unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                match conn.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => seen.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = write!(
+                conn,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+}
+
+/// MeshMetric's OpenTelemetry backend through the agent: the zone generates
+/// the dynamic configuration listener's body (what to push, how often) and
+/// the Unix socket Envoy takes OTLP on. Standing in for Envoy (no binary
+/// here), the test serves that body on the configuration socket, and a real
+/// OTLP receiver (grpcio with the OpenTelemetry project's protos) listens
+/// on the OTLP socket. The agent polls the configuration, then pushes
+/// Envoy's admin metrics (filtered by the profile) and the application's,
+/// labelled, every second.
+#[test]
+fn the_agent_pushes_meshmetric_to_an_opentelemetry_collector() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let d = Deployment::start(dir);
+    let app = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let app_port = app.local_addr().unwrap().port();
+    serve_text(app, "# TYPE app_orders counter\napp_orders_total 42\n");
+    let metric = json!({"type": "MeshMetric", "mesh": MESH, "name": "otel", "spec": {
+        "targetRef": {"kind": "Mesh"},
+        "default": {
+            "sidecar": {"profiles": {"appendProfiles": [{"name": "None"}],
+                                     "include": [{"type": "Prefix", "match": "envoy_server_"}]}},
+            "applications": [{"name": "orders", "address": "127.0.0.1", "port": app_port, "path": "/metrics"}],
+            "backends": [{"type": "OpenTelemetry",
+                          "openTelemetry": {"endpoint": "otel-collector.test:4317", "refreshInterval": "1s"}}]}}});
+    let (status, body) = d.global.put_json(&format!("/meshes/{MESH}/meshmetrics/otel"), &metric);
+    assert!(status == 200 || status == 201, "{status} {body}");
+    d.wait_zone_has(&format!("/meshes/{MESH}/meshmetrics/otel"));
+
+    let token = d.web_token();
+    let empty = dir.join("empty-path");
+    std::fs::create_dir_all(&empty).unwrap();
+    let name = format!("mo-{}", std::process::id());
+    let mut agent = EnvoyAgent::start(&d, &dir.join("dp-mo"), &token, &name, &empty);
+    agent.wait_bootstrap();
+    serve_text(
+        std::net::TcpListener::bind(("127.0.0.1", agent.admin_port)).unwrap(),
+        "# TYPE envoy_server_uptime gauge\nenvoy_server_uptime 17\n\
+         # TYPE envoy_cluster_upstream_rq_total counter\nenvoy_cluster_upstream_rq_total{envoy_cluster_name=\"backend\"} 3\n",
+    );
+    // The dynamic configuration the zone generated for this proxy.
+    let config = wait_until("the metrics configuration listener", CONVERGE, POLL, || {
+        agent.assert_running();
+        match d.zone.get(&format!("/meshes/{MESH}/dataplanes/{name}/xds")) {
+            (200, v) => string_under(&v, "inlineString")
+                .or_else(|| string_under(&v, "inline_string"))
+                .ok_or_else(|| "no configuration body yet".to_string()),
+            (s, v) => Err(format!("{s} {v}")),
+        }
+    });
+    let parsed: Value = serde_json::from_str(&config).unwrap();
+    let otlp_socket = parsed["openTelemetry"][0]["socket"].as_str().unwrap().to_string();
+    assert_eq!(parsed["openTelemetry"][0]["refreshIntervalSeconds"], 1, "{parsed}");
+    let _ = std::fs::remove_file(&otlp_socket);
+    let mut receiver = Command::new(meridian_e2e::xds_clients::python())
+        .arg(meridian_e2e::xds_clients::clients_dir().join("otlp_receiver.py"))
+        .arg("--listen")
+        .arg(format!("unix:{otlp_socket}"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let reader = std::io::BufReader::new(receiver.stdout.take().unwrap());
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        for line in reader.lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    wait_until("the OTLP receiver to listen", CONVERGE, POLL, || {
+        lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l == "READY")
+            .then_some(())
+            .ok_or_else(|| "not yet".to_string())
+    });
+    let config_socket = format!("/tmp/meridian-dc-{MESH}-{name}.sock");
+    serve_unix_text(&config_socket, config);
+
+    // Within the agent's poll (10 s) and one refresh interval: an export
+    // with what the profile keeps and the application's counter.
+    let export = wait_until(
+        "an export with Envoy's and the application's metrics",
+        CONVERGE,
+        POLL,
+        || {
+            agent.assert_running();
+            let seen = lines.lock().unwrap().clone();
+            seen.iter()
+                .filter(|l| l.starts_with('{'))
+                .map(|l| serde_json::from_str::<Value>(l).unwrap())
+                .find(|e| {
+                    let text = e.to_string();
+                    text.contains("envoy_server_uptime") && text.contains("app_orders")
+                })
+                .ok_or_else(|| format!("received so far: {seen:?}\nagent log:\n{}", agent.log_text()))
+        },
+    );
+    let metrics: Vec<&Value> = export["resourceMetrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r["scopeMetrics"].as_array().unwrap())
+        .flat_map(|s| s["metrics"].as_array().unwrap())
+        .collect();
+    let names: Vec<&str> = metrics.iter().map(|m| m["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["app_orders", "envoy_server_uptime"], "{export}");
+    let uptime = &metrics[1]["gauge"]["dataPoints"][0];
+    assert_eq!(uptime["asDouble"], 17.0, "{export}");
+    let attrs: std::collections::BTreeMap<&str, &str> = uptime["attributes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["key"].as_str().unwrap(), a["value"]["stringValue"].as_str().unwrap()))
+        .collect();
+    assert_eq!(attrs.get("dataplane"), Some(&name.as_str()), "{export}");
+    assert_eq!(attrs.get("mesh"), Some(&MESH), "{export}");
+    let orders = &metrics[0]["sum"];
+    assert_eq!(orders["isMonotonic"], true, "{export}");
+    assert_eq!(
+        orders["aggregationTemporality"], "AGGREGATION_TEMPORALITY_CUMULATIVE",
+        "{export}"
+    );
+    assert_eq!(orders["dataPoints"][0]["asDouble"], 42.0, "{export}");
+    let _ = receiver.kill();
+    let _ = receiver.wait();
+    let _ = std::fs::remove_file(&otlp_socket);
+    let _ = std::fs::remove_file(&config_socket);
+}

@@ -1283,7 +1283,7 @@ const CASES: [Case; 28] = [
     },
     Case {
         name: "sidecar-observability-otel",
-        description: "Envoy sidecar of api: OpenTelemetry tracing to a collector at an IP address (a static cluster), outbound access logs",
+        description: "Envoy sidecar of api: OpenTelemetry tracing to a collector at an IP address (a static cluster), outbound access logs, MeshMetric's OpenTelemetry backend (a listener on a Unix socket that meridian-dp pushes OTLP to, the collector's HTTP/2 cluster, and the dynamic configuration listener that tells meridian-dp what to push)",
         zone: "zone-1",
         yaml: OBSERVABILITY,
         proxy: "api-1",
@@ -1643,14 +1643,14 @@ fn every_collector_of_the_policies_has_its_cluster() {
                 (ResourceType::MeshTrace, "Datadog") => {
                     want.push(host_port(b["datadog"]["url"].as_str().unwrap(), 8126))
                 }
-                (ResourceType::MeshTrace, "OpenTelemetry") => {
+                (ResourceType::MeshTrace | ResourceType::MeshMetric, "OpenTelemetry") => {
                     want.push(host_port(b["openTelemetry"]["endpoint"].as_str().unwrap(), 4317))
                 }
                 _ => {}
             }
         }
     }
-    assert_eq!(want.len(), 4, "the input names four collectors: {want:?}");
+    assert_eq!(want.len(), 5, "the input names five collectors: {want:?}");
     assert_eq!(tcp.len(), 1);
     use envoy_types::pb::envoy::config::cluster::v3::Cluster;
     use prost::Message;

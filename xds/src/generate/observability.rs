@@ -768,50 +768,155 @@ pub struct ScrapedApplication {
     pub path: String,
 }
 
-/// The Unix socket `meridian-dp` serves MeshMetric scrapes on for dataplane
-/// `name` of `mesh`: `/tmp/meridian-mm-<mesh>-<name>.sock`, or, when that
-/// is longer than a socket address holds, the same with a hash of the two.
-pub fn metrics_socket(mesh: &str, name: &str) -> String {
-    let clean = |s: &str| s.replace(['/', '\0'], "_");
-    let path = format!("/tmp/meridian-mm-{}-{}.sock", clean(mesh), clean(name));
+/// A Unix socket of dataplane `name` of `mesh` for `kind`:
+/// `/tmp/meridian-<kind>-<mesh>-<name>[-<extra>].sock`, or, when that is
+/// longer than a socket address holds, `/tmp/meridian-<kind>-<hash>.sock`.
+fn agent_socket(kind: &str, mesh: &str, name: &str, extra: Option<&str>) -> String {
+    let clean = |s: &str| s.replace(['/', '\0', ':'], "_");
+    let mut path = format!("/tmp/meridian-{kind}-{}-{}", clean(mesh), clean(name));
+    if let Some(e) = extra {
+        path.push('-');
+        path.push_str(&clean(e));
+    }
+    path.push_str(".sock");
     // sun_path holds 108 bytes with the terminating NUL.
     if path.len() <= 100 {
         return path;
     }
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in mesh.bytes().chain([0]).chain(name.bytes()) {
+    for b in mesh
+        .bytes()
+        .chain([0])
+        .chain(name.bytes())
+        .chain([0])
+        .chain(extra.unwrap_or("").bytes())
+    {
         hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
     }
-    format!("/tmp/meridian-mm-{hash:016x}.sock")
+    format!("/tmp/meridian-{kind}-{hash:016x}.sock")
 }
 
-/// MeshMetric's Prometheus backends: one listener each on the dataplane's
-/// address and the backend's port, whose path is sent to `meridian-dp`'s
-/// metrics endpoint with the scrape's [`MetricsRequest`] in a header; and
-/// the cluster of that endpoint. A backend whose port an inbound already
-/// uses is left out (logged), as in Kuma.
-pub fn prometheus(
+/// The Unix socket `meridian-dp` serves MeshMetric scrapes on.
+pub fn metrics_socket(mesh: &str, name: &str) -> String {
+    agent_socket("mm", mesh, name, None)
+}
+
+/// The Unix socket Envoy serves the proxy's [`MetricsConfig`] on, which
+/// `meridian-dp` polls (only with an OpenTelemetry backend).
+pub fn metrics_config_socket(mesh: &str, name: &str) -> String {
+    agent_socket("dc", mesh, name, None)
+}
+
+/// The Unix socket on which Envoy takes OTLP for the collector `collector`
+/// (a cluster name) and sends it on.
+pub fn metrics_otel_socket(mesh: &str, name: &str, collector: &str) -> String {
+    agent_socket("mo", mesh, name, Some(collector))
+}
+
+/// What `meridian-dp` pushes to OpenTelemetry collectors: the same metrics a
+/// scrape gets ([`MetricsRequest`]), every `refreshIntervalSeconds`, as OTLP
+/// over gRPC to each backend's Envoy socket.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MetricsConfig {
+    pub request: MetricsRequest,
+    #[serde(default)]
+    pub open_telemetry: Vec<OtelExport>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct OtelExport {
+    /// The collector's endpoint, as the policy wrote it.
+    pub endpoint: String,
+    /// Envoy's listener for it ([`metrics_otel_socket`]).
+    pub socket: String,
+    pub refresh_interval_seconds: u64,
+}
+
+/// Listener `name` at `address` whose HTTP connection manager serves `routes`.
+fn http_listener(
+    name: &str,
+    address: envoy_types::pb::envoy::config::core::v3::Address,
+    routes: envoy_types::pb::envoy::config::route::v3::RouteConfiguration,
+    direction: envoy_types::pb::envoy::config::core::v3::TrafficDirection,
+) -> envoy_types::pb::envoy::config::listener::v3::Listener {
+    use envoy_types::pb::envoy::config::listener::v3::{filter, Filter, FilterChain, Listener};
+    use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+        http_connection_manager::{CodecType, RouteSpecifier},
+        http_filter::ConfigType,
+        HttpConnectionManager, HttpFilter,
+    };
+    let hcm = HttpConnectionManager {
+        stat_prefix: name.replace(':', "_"),
+        codec_type: CodecType::Auto as i32,
+        route_specifier: Some(RouteSpecifier::RouteConfig(routes)),
+        http_filters: vec![HttpFilter {
+            name: "envoy.filters.http.router".into(),
+            config_type: Some(ConfigType::TypedConfig(any(&Router::default()))),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    Listener {
+        name: name.to_string(),
+        address: Some(address),
+        stat_prefix: name.replace(':', "_"),
+        filter_chains: vec![FilterChain {
+            filters: vec![Filter {
+                name: "envoy.filters.network.http_connection_manager".into(),
+                config_type: Some(filter::ConfigType::TypedConfig(any(&hcm))),
+            }],
+            ..Default::default()
+        }],
+        traffic_direction: direction as i32,
+        ..Default::default()
+    }
+}
+
+/// A Unix socket address.
+fn pipe(path: String) -> envoy_types::pb::envoy::config::core::v3::Address {
+    use envoy_types::pb::envoy::config::core::v3::{address, Address, Pipe};
+    Address {
+        address: Some(address::Address::Pipe(Pipe { path, mode: 0 })),
+    }
+}
+
+/// The default `refreshInterval` of MeshMetric's OpenTelemetry backends.
+const DEFAULT_OTEL_REFRESH: std::time::Duration = std::time::Duration::from_secs(60);
+/// The OpenTelemetry collector's port when the endpoint names none (OTLP
+/// over gRPC).
+const DEFAULT_OTEL_PORT: u32 = 4317;
+/// The listener that serves `meridian-dp` its [`MetricsConfig`].
+pub const METRICS_CONFIG_LISTENER: &str = "_meridian:dynamicconfig:observability";
+
+/// MeshMetric's backends for a sidecar:
+/// - each Prometheus backend: a listener on the dataplane's address and the
+///   backend's port, whose path is sent to `meridian-dp`'s metrics endpoint
+///   with the scrape's [`MetricsRequest`] in a header, and the cluster of
+///   that endpoint. A backend whose port an inbound already uses is left
+///   out (logged), as in Kuma;
+/// - each OpenTelemetry backend: a listener on a Unix socket of the proxy
+///   that sends what `meridian-dp` pushes there to the collector's cluster
+///   (HTTP/2; TLS for `https://`), and, for all of them, the listener that
+///   serves `meridian-dp` the [`MetricsConfig`].
+pub fn metrics(
     conf: &meridian_core::policy::meshmetric::Conf,
     net: &meridian_core::dataplane::DataplaneNetworking,
     mesh: &str,
     dataplane: &str,
 ) -> (
     Vec<envoy_types::pb::envoy::config::listener::v3::Listener>,
-    Option<Cluster>,
+    Vec<Cluster>,
 ) {
     use envoy_types::pb::envoy::config::core::v3::{
-        address, header_value_option::HeaderAppendAction, Address, HeaderValue, HeaderValueOption, Pipe,
+        data_source::Specifier, header_value_option::HeaderAppendAction, DataSource, HeaderValue, HeaderValueOption,
         TrafficDirection,
     };
-    use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener};
     use envoy_types::pb::envoy::config::route::v3::{
-        route_action::ClusterSpecifier, route_match::PathSpecifier, RouteAction,
-    };
-    use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
-    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
-        http_connection_manager::{CodecType, RouteSpecifier},
-        http_filter::ConfigType,
-        HttpConnectionManager, HttpFilter,
+        route::Action, route_action::ClusterSpecifier, route_match::PathSpecifier, DirectResponseAction, Route,
+        RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
     };
     use meridian_core::policy::meshmetric::BackendType;
 
@@ -842,18 +947,13 @@ pub fn prometheus(
             .cloned()
             .unwrap_or_default(),
     };
+    let mut listeners = Vec::new();
+    let mut clusters = Vec::new();
+
     // Compact JSON escapes control characters: a valid header value. Envoy
     // reads `%…%` in added headers as its formatters: `%%` is a literal `%`.
     let header = serde_json::to_string(&request).unwrap_or_default().replace('%', "%%");
-    if header.len() > MAX_HEADER_VALUE {
-        tracing::warn!(
-            bytes = header.len(),
-            "MeshMetric's applications and profiles do not fit Envoy's header value limit: no metrics listener"
-        );
-        return (Vec::new(), None);
-    }
     let taken: std::collections::BTreeSet<u32> = net.inbound.iter().map(|i| i.port).collect();
-    let mut listeners = Vec::new();
     for backend in conf.backends.iter().flatten() {
         let (BackendType::Prometheus, Some(p)) = (backend.backend_type, backend.prometheus.as_ref()) else {
             continue;
@@ -866,6 +966,13 @@ pub fn prometheus(
             tracing::warn!(
                 port,
                 "MeshMetric's Prometheus port is an inbound's: no metrics listener"
+            );
+            continue;
+        }
+        if header.len() > MAX_HEADER_VALUE {
+            tracing::warn!(
+                bytes = header.len(),
+                "MeshMetric's applications and profiles do not fit Envoy's header value limit: no metrics listener"
             );
             continue;
         }
@@ -894,57 +1001,114 @@ pub fn prometheus(
                 ..Default::default()
             }];
         }
-        let hcm = HttpConnectionManager {
-            stat_prefix: name.replace(':', "_"),
-            codec_type: CodecType::Auto as i32,
-            route_specifier: Some(RouteSpecifier::RouteConfig(routes)),
-            http_filters: vec![HttpFilter {
-                name: "envoy.filters.http.router".into(),
-                config_type: Some(ConfigType::TypedConfig(any(&Router::default()))),
-                ..Default::default()
-            }],
-            ..Default::default()
+        listeners.push(http_listener(
+            &name,
+            socket(&net.address, port),
+            routes,
+            TrafficDirection::Inbound,
+        ));
+    }
+    if !listeners.is_empty() {
+        let mut agent = local_cluster(METRICS_AGENT_CLUSTER, "127.0.0.1", 0, COLLECTOR_CONNECT_TIMEOUT);
+        for endpoint in agent
+            .load_assignment
+            .iter_mut()
+            .flat_map(|a| a.endpoints.iter_mut())
+            .flat_map(|l| l.lb_endpoints.iter_mut())
+        {
+            if let Some(envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier::Endpoint(e)) =
+                endpoint.host_identifier.as_mut()
+            {
+                e.address = Some(pipe(metrics_socket(mesh, dataplane)));
+            }
+        }
+        clusters.push(agent);
+    }
+
+    let mut exports = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for backend in conf.backends.iter().flatten() {
+        let (BackendType::OpenTelemetry, Some(o)) = (backend.backend_type, backend.open_telemetry.as_ref()) else {
+            continue;
         };
-        listeners.push(Listener {
-            name: name.clone(),
-            address: Some(socket(&net.address, port)),
-            stat_prefix: name.replace(':', "_"),
-            filter_chains: vec![FilterChain {
-                filters: vec![Filter {
-                    name: "envoy.filters.network.http_connection_manager".into(),
-                    config_type: Some(
-                        envoy_types::pb::envoy::config::listener::v3::filter::ConfigType::TypedConfig(any(&hcm)),
-                    ),
+        let Some(collector) = Collector::parse("metrics:otel", &o.endpoint, DEFAULT_OTEL_PORT, true) else {
+            continue;
+        };
+        let cluster = collector.name();
+        if !seen.insert(cluster.clone()) {
+            continue;
+        }
+        let socket = metrics_otel_socket(mesh, dataplane, &format!("{}:{}", collector.host, collector.port));
+        let name = format!("_meridian:metrics:opentelemetry:{}:{}", collector.host, collector.port);
+        let routes = super::sidecar::single_route(
+            &name,
+            PathSpecifier::Prefix("/".into()),
+            RouteAction {
+                cluster_specifier: Some(ClusterSpecifier::Cluster(cluster.clone())),
+                ..Default::default()
+            },
+        );
+        listeners.push(http_listener(
+            &name,
+            pipe(socket.clone()),
+            routes,
+            TrafficDirection::Outbound,
+        ));
+        clusters.push(collector.cluster());
+        exports.push(OtelExport {
+            endpoint: o.endpoint.clone(),
+            socket,
+            refresh_interval_seconds: o
+                .refresh_interval
+                .as_ref()
+                .map(|d| d.as_std())
+                .unwrap_or(DEFAULT_OTEL_REFRESH)
+                .as_secs()
+                .max(1),
+        });
+    }
+    if !exports.is_empty() {
+        let config = MetricsConfig {
+            request,
+            open_telemetry: exports,
+        };
+        let body = serde_json::to_string(&config).unwrap_or_default();
+        let routes = RouteConfiguration {
+            name: METRICS_CONFIG_LISTENER.into(),
+            virtual_hosts: vec![VirtualHost {
+                name: METRICS_CONFIG_LISTENER.into(),
+                domains: vec!["*".into()],
+                routes: vec![Route {
+                    r#match: Some(RouteMatch {
+                        path_specifier: Some(PathSpecifier::Prefix("/".into())),
+                        ..Default::default()
+                    }),
+                    action: Some(Action::DirectResponse(DirectResponseAction {
+                        status: 200,
+                        body: Some(DataSource {
+                            specifier: Some(Specifier::InlineString(body.clone())),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
                 }],
                 ..Default::default()
             }],
-            traffic_direction: TrafficDirection::Inbound as i32,
+            // Envoy's default limit is 4 KiB.
+            max_direct_response_body_size_bytes: Some(super::u32_value(
+                u32::try_from(body.len()).unwrap_or(u32::MAX).max(4096),
+            )),
             ..Default::default()
-        });
+        };
+        listeners.push(http_listener(
+            METRICS_CONFIG_LISTENER,
+            pipe(metrics_config_socket(mesh, dataplane)),
+            routes,
+            TrafficDirection::Inbound,
+        ));
     }
-    if listeners.is_empty() {
-        return (listeners, None);
-    }
-    let mut agent = super::sidecar::local_cluster(METRICS_AGENT_CLUSTER, "127.0.0.1", 0, COLLECTOR_CONNECT_TIMEOUT);
-    let pipe = Address {
-        address: Some(address::Address::Pipe(Pipe {
-            path: metrics_socket(mesh, dataplane),
-            mode: 0,
-        })),
-    };
-    for endpoint in agent
-        .load_assignment
-        .iter_mut()
-        .flat_map(|a| a.endpoints.iter_mut())
-        .flat_map(|l| l.lb_endpoints.iter_mut())
-    {
-        if let Some(envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier::Endpoint(e)) =
-            endpoint.host_identifier.as_mut()
-        {
-            e.address = Some(pipe.clone());
-        }
-    }
-    (listeners, Some(agent))
+    (listeners, clusters)
 }
 
 #[cfg(test)]

@@ -1027,12 +1027,12 @@ pub fn generate_reporting(
         set.insert(CLUSTER, &collector.name(), &collector.cluster());
     }
     if let Some(metric) = &whole.metric {
-        let (listeners, admin) = super::observability::prometheus(metric, net, &proxy.mesh, &proxy.name);
+        let (listeners, clusters) = super::observability::metrics(metric, net, &proxy.mesh, &proxy.name);
         for l in &listeners {
             set.insert(LISTENER, &l.name, l);
         }
-        if let Some(c) = admin {
-            set.insert(CLUSTER, &c.name, &c);
+        for c in &clusters {
+            set.insert(CLUSTER, &c.name, c);
         }
     }
     match &whole.patch {
