@@ -443,8 +443,8 @@ impl Metrics {
     /// `unapplied`).
     pub fn as_mesh_metric(&self) -> Option<crate::policy::meshmetric::Conf> {
         use crate::policy::meshmetric::{
-            Application, Backend, BackendType, Conf, Profile, ProfileName, Profiles, Prometheus, Selector,
-            SelectorType, Sidecar,
+            Application, Backend, BackendType, Conf, Profile, ProfileName, Profiles, Prometheus, PrometheusTls,
+            Selector, SelectorType, Sidecar, TlsMode,
         };
         let name = self.enabled_backend.as_deref()?;
         let backend = self
@@ -517,7 +517,12 @@ impl Metrics {
                     client_id: Some(name.to_string()),
                     port: Some(port),
                     path: Some(path),
-                    tls: None,
+                    // `activeMTLSBackend` is served in plaintext (reported).
+                    tls: (conf.pointer("/tls/mode").and_then(Value::as_str) == Some("providedTLS")).then_some(
+                        PrometheusTls {
+                            mode: Some(TlsMode::ProvidedTls),
+                        },
+                    ),
                 }),
                 open_telemetry: None,
             }]),

@@ -45,13 +45,16 @@ pub fn unapplied(kind: ResourceType, spec: &Value) -> Vec<Unapplied> {
                 return out;
             };
             for (i, b) in default.get("backends").and_then(Value::as_array).into_iter().flatten().enumerate() {
-                if let Some(mode) = b.pointer("/prometheus/tls/mode").and_then(Value::as_str) {
-                    if mode != "Disabled" {
-                        note(
-                            format!("spec.default.backends[{i}].prometheus.tls.mode"),
-                            "not applied yet: the Prometheus endpoint is served in plaintext",
-                        );
-                    }
+                match b.pointer("/prometheus/tls/mode").and_then(Value::as_str) {
+                    Some("ProvidedTLS") => note(
+                        format!("spec.default.backends[{i}].prometheus.tls.mode"),
+                        "served over TLS with the certificate and key that meridian-dp --metrics-cert-file and --metrics-key-file name; a proxy whose agent names none gets no Prometheus listener (logged by the zone)",
+                    ),
+                    Some("ActiveMTLSBackend") => note(
+                        format!("spec.default.backends[{i}].prometheus.tls.mode"),
+                        "not applied (Kuma 2.7 no longer supports it either): no Prometheus listener is generated for this backend",
+                    ),
+                    _ => {}
                 }
             }
         }
@@ -222,11 +225,16 @@ pub fn unapplied(kind: ResourceType, spec: &Value) -> Vec<Unapplied> {
                                 "no metrics listener: the port must be 1-65535 and the path absolute",
                             );
                         }
-                        if conf.pointer("/tls").is_some() {
-                            note(
-                                format!("{at}.tls"),
-                                "not applied yet: the Prometheus endpoint is served in plaintext",
-                            );
+                        match conf.pointer("/tls/mode").and_then(Value::as_str) {
+                            Some("providedTLS") => note(
+                                format!("{at}.tls.mode"),
+                                "served over TLS with the certificate and key that meridian-dp --metrics-cert-file and --metrics-key-file name; a proxy whose agent names none gets no Prometheus listener (logged by the zone)",
+                            ),
+                            Some("activeMTLSBackend") => note(
+                                format!("{at}.tls.mode"),
+                                "not applied: the Prometheus endpoint is served in plaintext",
+                            ),
+                            _ => {}
                         }
                         note(
                             "metrics".into(),

@@ -103,6 +103,13 @@ pub struct RunArgs {
     /// Envoy's admin address [default: 127.0.0.1:9901]
     #[arg(long, env = "MERIDIAN_ENVOY_ADMIN_ADDRESS")]
     pub envoy_admin_address: Option<SocketAddr>,
+    /// The certificate (PEM) of MeshMetric's Prometheus listener with
+    /// `tls.mode: ProvidedTLS` (Envoy); with --metrics-key-file
+    #[arg(long, env = "MERIDIAN_METRICS_CERT_FILE")]
+    pub metrics_cert_file: Option<PathBuf>,
+    /// Its private key (PEM)
+    #[arg(long, env = "MERIDIAN_METRICS_KEY_FILE")]
+    pub metrics_key_file: Option<PathBuf>,
     /// Longest wait between two attempts to reach the zone [default: 5s]
     #[arg(long, env = "MERIDIAN_RECONNECT_MAX_DELAY")]
     pub reconnect_max_delay: Option<Dur>,
@@ -132,6 +139,8 @@ pub struct FileConfig {
     pub envoy_binary: Option<PathBuf>,
     pub envoy_bootstrap_file: Option<PathBuf>,
     pub envoy_admin_address: Option<SocketAddr>,
+    pub metrics_cert_file: Option<PathBuf>,
+    pub metrics_key_file: Option<PathBuf>,
     pub reconnect_max_delay: Option<Dur>,
 }
 
@@ -156,6 +165,8 @@ pub struct Settings {
     pub envoy_binary: Option<PathBuf>,
     pub envoy_bootstrap_file: PathBuf,
     pub envoy_admin_address: SocketAddr,
+    /// MeshMetric's Prometheus TLS files (certificate, key), both or none.
+    pub metrics_tls: Option<(PathBuf, PathBuf)>,
     pub reconnect_max_delay: Duration,
 }
 
@@ -182,6 +193,7 @@ impl Default for Settings {
             envoy_binary: None,
             envoy_bootstrap_file: PathBuf::from("./meridian-dp-envoy-bootstrap.json"),
             envoy_admin_address: SocketAddr::from(([127, 0, 0, 1], 9901)),
+            metrics_tls: None,
             reconnect_max_delay: Duration::from_secs(5),
         }
     }
@@ -211,6 +223,14 @@ impl Settings {
             Some(x) if x.is_zero() => bail!("reconnect-max-delay must be greater than zero"),
             Some(x) => x.as_std(),
             None => d.reconnect_max_delay,
+        };
+        let metrics_tls = match (
+            args.metrics_cert_file.or(file.metrics_cert_file),
+            args.metrics_key_file.or(file.metrics_key_file),
+        ) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            _ => bail!("metrics-cert-file and metrics-key-file go together: give both or neither"),
         };
         Ok(Settings {
             cp_address: args.cp_address.or(file.cp_address),
@@ -248,6 +268,7 @@ impl Settings {
                 .envoy_admin_address
                 .or(file.envoy_admin_address)
                 .unwrap_or(d.envoy_admin_address),
+            metrics_tls,
             reconnect_max_delay: max_delay,
         })
     }
@@ -301,6 +322,25 @@ mod tests {
                 "deploy/dp.defaults.yaml does not mention {long}"
             );
         }
+    }
+
+    #[test]
+    fn metrics_tls_files_go_together() {
+        let one = RunArgs {
+            metrics_cert_file: Some(PathBuf::from("/tls.crt")),
+            ..RunArgs::default()
+        };
+        let e = Settings::resolve(one).unwrap_err().to_string();
+        assert!(e.contains("give both or neither"), "{e}");
+        let both = RunArgs {
+            metrics_cert_file: Some(PathBuf::from("/tls.crt")),
+            metrics_key_file: Some(PathBuf::from("/tls.key")),
+            ..RunArgs::default()
+        };
+        assert_eq!(
+            Settings::resolve(both).unwrap().metrics_tls,
+            Some((PathBuf::from("/tls.crt"), PathBuf::from("/tls.key")))
+        );
     }
 
     #[test]

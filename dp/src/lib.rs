@@ -151,6 +151,19 @@ fn identity(s: &Settings, token: &str) -> anyhow::Result<Identity> {
             if let Some(d) = &def {
                 metadata.insert("dataplane".into(), d.fields.clone());
             }
+            if let (ProxyKind::Envoy, Some((cert, key))) = (s.proxy, &s.metrics_tls) {
+                // Envoy reads them; the zone names them in the TLS of
+                // MeshMetric's Prometheus listener (ProvidedTLS).
+                for (field, file) in [("metricsCertPath", cert), ("metricsKeyPath", key)] {
+                    let path = absolute(file)?;
+                    anyhow::ensure!(
+                        path.is_file(),
+                        "{}: no such file (--metrics-cert-file/--metrics-key-file)",
+                        path.display()
+                    );
+                    metadata.insert(field.into(), Value::String(path.display().to_string()));
+                }
+            }
             if s.proxy == ProxyKind::Grpc {
                 // The bootstrap defines the certificate provider the zone
                 // names in mesh mTLS contexts; its files are this agent's.

@@ -1275,7 +1275,7 @@ const CASES: [Case; 28] = [
     },
     Case {
         name: "sidecar-observability-server",
-        description: "Envoy sidecar of backend: inbound access logs in a plain format on its http and tcp inbounds, Datadog tracing with split service names, the Prometheus listener with unused metrics too",
+        description: "Envoy sidecar of backend: inbound access logs in a plain format on its http and tcp inbounds, Datadog tracing with split service names, the Prometheus listener with unused metrics too, over TLS with the certificate files its agent names (ProvidedTLS)",
         zone: "zone-1",
         yaml: OBSERVABILITY,
         proxy: "backend-1",
@@ -1430,6 +1430,11 @@ fn generate(case: &Case, kind: ProxyKind) -> ResourceSet {
             identity: (snap.mtls.is_some() && kind == ProxyKind::Sidecar)
                 .then(|| Arc::new(ProxyIdentity::new(GOLDEN_CHAIN.into(), GOLDEN_KEY.into()))),
             certificate_provider: (kind == ProxyKind::Proxyless).then(|| DEFAULT_CERTIFICATE_PROVIDER.to_string()),
+            // As `meridian-dp --metrics-cert-file --metrics-key-file` names them.
+            metrics_files: (kind == ProxyKind::Sidecar).then(|| meridian_xds::snapshot::MetricsTlsFiles {
+                cert: "/etc/meridian/metrics/tls.crt".into(),
+                key: "/etc/meridian/metrics/tls.key".into(),
+            }),
         },
     };
     let resolver = MeshPolicies::new(&snap);

@@ -58,6 +58,16 @@ pub struct MeshTls {
 pub struct ProxyTls {
     pub identity: Option<std::sync::Arc<ProxyIdentity>>,
     pub certificate_provider: Option<String>,
+    /// A sidecar's own certificate and key files for MeshMetric's
+    /// Prometheus TLS (`ProvidedTLS`), from its node metadata.
+    pub metrics_files: Option<MetricsTlsFiles>,
+}
+
+/// Files on the proxy's host (absolute paths).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MetricsTlsFiles {
+    pub cert: String,
+    pub key: String,
 }
 
 /// A proxy's workload certificate.

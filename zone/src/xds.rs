@@ -138,8 +138,8 @@ pub fn generate(
 
 struct Connected {
     kind: ProxyKind,
-    /// The certificate provider instance of a proxyless node's bootstrap.
-    certificate_provider: Option<String>,
+    /// What the node's bootstrap says about its TLS files.
+    node_tls: NodeTls,
     tx: watch::Sender<SharedResources>,
     insight: InsightRecord,
     /// What the proxy's stream proved; rechecked on revocations.
@@ -303,6 +303,37 @@ fn kind_of(node: &Node) -> ProxyKind {
     }
 }
 
+/// What a node's bootstrap says about TLS files of its own.
+#[derive(Clone, Debug, Default)]
+struct NodeTls {
+    /// A proxyless node's certificate provider instance.
+    certificate_provider: Option<String>,
+    /// A sidecar's certificate and key for MeshMetric's Prometheus TLS.
+    metrics_files: Option<meridian_xds::snapshot::MetricsTlsFiles>,
+}
+
+fn node_tls(node: &Node) -> NodeTls {
+    NodeTls {
+        certificate_provider: certificate_provider_of(node),
+        metrics_files: metrics_files_of(node),
+    }
+}
+
+/// The certificate and key files `meridian-dp --metrics-cert-file
+/// --metrics-key-file` names in node metadata (`metricsCertPath`,
+/// `metricsKeyPath`, as Kuma's agent names them): absolute paths, both.
+fn metrics_files_of(node: &Node) -> Option<meridian_xds::snapshot::MetricsTlsFiles> {
+    let fields = &node.metadata.as_ref()?.fields;
+    let path = |key: &str| match fields.get(key).and_then(|v| v.kind.as_ref()) {
+        Some(Kind::StringValue(p)) if p.starts_with('/') && p.len() <= 4096 && !p.contains('\0') => Some(p.clone()),
+        _ => None,
+    };
+    Some(meridian_xds::snapshot::MetricsTlsFiles {
+        cert: path("metricsCertPath")?,
+        key: path("metricsKeyPath")?,
+    })
+}
+
 /// The certificate provider instance a proxyless node's bootstrap defines
 /// for mesh mTLS (node metadata [`CERTIFICATE_PROVIDER_METADATA`], written
 /// by `meridian-dp`); without one the zone sends it no TLS settings, which
@@ -324,10 +355,11 @@ fn proxy_tls(
     s: &Shared,
     id: &ProxyId,
     kind: ProxyKind,
-    provider: Option<&String>,
+    node: &NodeTls,
     mesh: &Mesh,
     dataplane: &Dataplane,
 ) -> ProxyTls {
+    let provider = node.certificate_provider.as_ref();
     let identity = match (kind, mesh.mtls_enabled()) {
         (ProxyKind::Sidecar, Some(_)) => match s.mtls.identity(id, mesh, dataplane) {
             Ok(identity) => Some(identity),
@@ -347,6 +379,7 @@ fn proxy_tls(
     ProxyTls {
         identity,
         certificate_provider: provider,
+        metrics_files: node.metrics_files.clone(),
     }
 }
 
@@ -434,11 +467,11 @@ impl ConfigSource for ZoneXds {
             }
         };
         let kind = kind_of(node);
-        let provider = certificate_provider_of(node);
+        let node_tls = node_tls(node);
         let epoch = s.epoch.load(Ordering::SeqCst);
         let ctx = mesh_context(s, &id.mesh, epoch)
             .ok_or_else(|| Status::not_found(format!("mesh {:?} does not exist", id.mesh)))?;
-        let tls = proxy_tls(s, &id, kind, provider.as_ref(), &ctx.snapshot.spec, &dataplane);
+        let tls = proxy_tls(s, &id, kind, &node_tls, &ctx.snapshot.spec, &dataplane);
         let proxy = ProxyContext {
             mesh: id.mesh.clone(),
             name: id.name.clone(),
@@ -458,7 +491,7 @@ impl ConfigSource for ZoneXds {
                 id.clone(),
                 Connected {
                     kind,
-                    certificate_provider: provider,
+                    node_tls,
                     tx,
                     insight: InsightRecord {
                         id: format!("{}-{}", s.instance_id, Utc::now().timestamp_micros()),
@@ -815,7 +848,7 @@ fn mesh_context(s: &Shared, mesh: &str, epoch: u64) -> Option<Arc<MeshContext>> 
 struct Target {
     id: ProxyId,
     kind: ProxyKind,
-    certificate_provider: Option<String>,
+    node_tls: NodeTls,
 }
 
 /// What a burst of changes asks to regenerate.
@@ -914,7 +947,7 @@ async fn regenerate_loop(s: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
             .map(|(id, c)| Target {
                 id: id.clone(),
                 kind: c.kind,
-                certificate_provider: c.certificate_provider.clone(),
+                node_tls: c.node_tls.clone(),
             })
             .collect();
         // Generation is CPU work: off the async workers, over every core.
@@ -976,14 +1009,7 @@ fn regenerate_one(s: &Shared, ctx: Option<&MeshContext>, t: &Target) {
             let Ok(dataplane) = serde_json::from_value::<Dataplane>(dp.spec) else {
                 return;
             };
-            let tls = proxy_tls(
-                s,
-                id,
-                t.kind,
-                t.certificate_provider.as_ref(),
-                &ctx.snapshot.spec,
-                &dataplane,
-            );
+            let tls = proxy_tls(s, id, t.kind, &t.node_tls, &ctx.snapshot.spec, &dataplane);
             let proxy = ProxyContext {
                 mesh: id.mesh.clone(),
                 name: id.name.clone(),
@@ -1284,15 +1310,14 @@ impl ZoneXds {
             mesh: mesh.to_string(),
             name: name.to_string(),
         };
-        let connected = lock(&s.proxies)
-            .get(&id)
-            .map(|c| (c.kind, c.certificate_provider.clone()));
-        let (kind, provider) = connected.clone().unwrap_or((ProxyKind::Sidecar, None));
+        let connected = lock(&s.proxies).get(&id).map(|c| (c.kind, c.node_tls.clone()));
+        let (kind, node_tls) = connected.clone().unwrap_or((ProxyKind::Sidecar, NodeTls::default()));
         let snap = snapshot(&s.manager, &s.zone, mesh)?;
         // Inspection shows what the proxy has; it issues nothing.
         let tls = ProxyTls {
             identity: s.mtls.current(&id),
-            certificate_provider: provider.filter(|_| s.mtls.issued(&id).is_some()),
+            certificate_provider: node_tls.certificate_provider.filter(|_| s.mtls.issued(&id).is_some()),
+            metrics_files: node_tls.metrics_files,
         };
         let proxy = ProxyContext {
             mesh: mesh.to_string(),
@@ -1521,7 +1546,7 @@ impl ZoneXds {
             proxies.insert(
                 id.clone(),
                 Connected {
-                    certificate_provider: None,
+                    node_tls: NodeTls::default(),
                     kind: ProxyKind::Ingress,
                     tx,
                     insight: InsightRecord::default(),
@@ -1560,5 +1585,49 @@ impl ZoneXds {
         let s = &self.shared;
         let ingress = own_ingress(&s.manager, &s.zone, name)?;
         Ok(ingress_config(&s.manager, &s.zone, &ingress))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::google::protobuf::{Struct, Value as PbValue};
+
+    fn node(fields: &[(&str, &str)]) -> Node {
+        Node {
+            metadata: Some(Struct {
+                fields: fields
+                    .iter()
+                    .map(|(k, v)| {
+                        (
+                            k.to_string(),
+                            PbValue {
+                                kind: Some(Kind::StringValue(v.to_string())),
+                            },
+                        )
+                    })
+                    .collect(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn metrics_tls_files_are_absolute_and_both_given() {
+        let both = node(&[("metricsCertPath", "/etc/m/tls.crt"), ("metricsKeyPath", "/etc/m/tls.key")]);
+        assert_eq!(
+            metrics_files_of(&both),
+            Some(meridian_xds::snapshot::MetricsTlsFiles {
+                cert: "/etc/m/tls.crt".into(),
+                key: "/etc/m/tls.key".into()
+            })
+        );
+        assert_eq!(metrics_files_of(&node(&[("metricsCertPath", "/etc/m/tls.crt")])), None);
+        assert_eq!(
+            metrics_files_of(&node(&[("metricsCertPath", "tls.crt"), ("metricsKeyPath", "/etc/m/tls.key")])),
+            None,
+            "a relative path means nothing to Envoy's working directory"
+        );
+        assert_eq!(metrics_files_of(&Node::default()), None);
     }
 }

@@ -875,6 +875,33 @@ fn http_listener(
     }
 }
 
+/// The TLS of a Prometheus listener with `ProvidedTLS`: the certificate and
+/// key files of the proxy's host, read by Envoy.
+fn provided_tls(files: &crate::snapshot::MetricsTlsFiles) -> TransportSocket {
+    use envoy_types::pb::envoy::config::core::v3::{data_source::Specifier, DataSource};
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+        CommonTlsContext, DownstreamTlsContext, TlsCertificate,
+    };
+    let file = |path: &str| DataSource {
+        specifier: Some(Specifier::Filename(path.to_string())),
+        ..Default::default()
+    };
+    TransportSocket {
+        name: "envoy.transport_sockets.tls".into(),
+        config_type: Some(transport_socket::ConfigType::TypedConfig(any(&DownstreamTlsContext {
+            common_tls_context: Some(CommonTlsContext {
+                tls_certificates: vec![TlsCertificate {
+                    certificate_chain: Some(file(&files.cert)),
+                    private_key: Some(file(&files.key)),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }))),
+    }
+}
+
 /// A Unix socket address.
 fn pipe(path: String) -> envoy_types::pb::envoy::config::core::v3::Address {
     use envoy_types::pb::envoy::config::core::v3::{address, Address, Pipe};
@@ -906,6 +933,7 @@ pub fn metrics(
     net: &meridian_core::dataplane::DataplaneNetworking,
     mesh: &str,
     dataplane: &str,
+    tls_files: Option<&crate::snapshot::MetricsTlsFiles>,
 ) -> (
     Vec<envoy_types::pb::envoy::config::listener::v3::Listener>,
     Vec<Cluster>,
@@ -918,7 +946,7 @@ pub fn metrics(
         route::Action, route_action::ClusterSpecifier, route_match::PathSpecifier, DirectResponseAction, Route,
         RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
     };
-    use meridian_core::policy::meshmetric::BackendType;
+    use meridian_core::policy::meshmetric::{BackendType, TlsMode};
 
     let sidecar = conf.sidecar.as_ref();
     let request = MetricsRequest {
@@ -1001,12 +1029,27 @@ pub fn metrics(
                 ..Default::default()
             }];
         }
-        listeners.push(http_listener(
-            &name,
-            socket(&net.address, port),
-            routes,
-            TrafficDirection::Inbound,
-        ));
+        let mut listener = http_listener(&name, socket(&net.address, port), routes, TrafficDirection::Inbound);
+        let mode = p.tls.as_ref().and_then(|t| t.mode);
+        if mode == Some(TlsMode::ActiveMtlsBackend) {
+            // Reported on the write; never plaintext in its place.
+            continue;
+        }
+        if mode == Some(TlsMode::ProvidedTls) {
+            // TLS only, with the files the proxy's agent names; without
+            // them, no listener rather than a plaintext one.
+            let Some(files) = tls_files else {
+                tracing::warn!(
+                    mesh, dataplane,
+                    "MeshMetric's Prometheus backend asks for ProvidedTLS, but the proxy's agent names no certificate (meridian-dp --metrics-cert-file, --metrics-key-file): no metrics listener"
+                );
+                continue;
+            };
+            for chain in &mut listener.filter_chains {
+                chain.transport_socket = Some(provided_tls(files));
+            }
+        }
+        listeners.push(listener);
     }
     if !listeners.is_empty() {
         let mut agent = local_cluster(METRICS_AGENT_CLUSTER, "127.0.0.1", 0, COLLECTOR_CONNECT_TIMEOUT);

@@ -1027,7 +1027,8 @@ pub fn generate_reporting(
         set.insert(CLUSTER, &collector.name(), &collector.cluster());
     }
     if let Some(metric) = &whole.metric {
-        let (listeners, clusters) = super::observability::metrics(metric, net, &proxy.mesh, &proxy.name);
+        let (listeners, clusters) =
+            super::observability::metrics(metric, net, &proxy.mesh, &proxy.name, proxy.tls.metrics_files.as_ref());
         for l in &listeners {
             set.insert(LISTENER, &l.name, l);
         }
