@@ -2365,3 +2365,37 @@ fn every_cross_zone_cluster_reaches_a_chain_of_the_ingress() {
     let endpoints: usize = cla.endpoints.iter().map(|l| l.lb_endpoints.len()).sum();
     assert_eq!(endpoints, 1);
 }
+
+/// Two sidecars of one service on one address, generated with one resolver
+/// (as the zone regenerates a mesh): the outbound listener that logs to a
+/// tcp backend is not shared between them, as each names its own pipe.
+#[test]
+fn a_tcp_access_log_names_each_proxys_own_pipe() {
+    let twin = OBSERVABILITY.replacen(
+        "type: Dataplane\nmesh: default\nname: web-1\n",
+        "type: Dataplane\nmesh: default\nname: web-2\nnetworking:\n  address: 10.0.0.1\n  inbound:\n  - port: 15001\n    servicePort: 8080\n    tags: {kuma.io/service: web, kuma.io/protocol: http}\n  outbound:\n  - port: 10001\n    tags: {kuma.io/service: backend}\n  - port: 10002\n    tags: {kuma.io/service: db}\n---\ntype: Dataplane\nmesh: default\nname: web-1\n",
+        1,
+    );
+    let snap = snapshot("zone-1", &twin);
+    let resolver = MeshPolicies::new(&snap);
+    for name in ["web-1", "web-2"] {
+        let dataplane = snap.dataplanes.iter().find(|d| d.name == name).unwrap().spec.clone();
+        let proxy = ProxyContext {
+            mesh: MESH.to_string(),
+            name: name.to_string(),
+            kind: ProxyKind::Sidecar,
+            dataplane,
+            tls: ProxyTls::default(),
+        };
+        let set = sidecar::generate(&snap, &proxy, &resolver);
+        let db = set
+            .of_type(LISTENER)
+            .find(|r| r.name == "outbound:127.0.0.1:10002")
+            .map(|r| render::message(&r.body.type_url, &r.body.value).to_string())
+            .unwrap_or_else(|| panic!("{name}: no listener towards db"));
+        assert!(
+            db.contains(&format!("/tmp/meridian-al-default-{name}.pipe")),
+            "{name}'s listener towards db writes to another pipe: {db}"
+        );
+    }
+}

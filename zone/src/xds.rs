@@ -1614,7 +1614,10 @@ mod tests {
 
     #[test]
     fn metrics_tls_files_are_absolute_and_both_given() {
-        let both = node(&[("metricsCertPath", "/etc/m/tls.crt"), ("metricsKeyPath", "/etc/m/tls.key")]);
+        let both = node(&[
+            ("metricsCertPath", "/etc/m/tls.crt"),
+            ("metricsKeyPath", "/etc/m/tls.key"),
+        ]);
         assert_eq!(
             metrics_files_of(&both),
             Some(meridian_xds::snapshot::MetricsTlsFiles {
@@ -1624,7 +1627,10 @@ mod tests {
         );
         assert_eq!(metrics_files_of(&node(&[("metricsCertPath", "/etc/m/tls.crt")])), None);
         assert_eq!(
-            metrics_files_of(&node(&[("metricsCertPath", "tls.crt"), ("metricsKeyPath", "/etc/m/tls.key")])),
+            metrics_files_of(&node(&[
+                ("metricsCertPath", "tls.crt"),
+                ("metricsKeyPath", "/etc/m/tls.key")
+            ])),
             None,
             "a relative path means nothing to Envoy's working directory"
         );

@@ -837,10 +837,14 @@ struct Observed<'a> {
 impl Observed<'_> {
     /// What to add to the cache key of an outbound listener towards a
     /// destination with policies `p`: nothing unless it logs or traces, as
-    /// then its content depends on this proxy.
-    fn key<'k>(&self, p: &OutboundPolicies, suffix: &'k str) -> &'k str {
+    /// then its content depends on this proxy (`suffix`); with a tcp access
+    /// log, on the proxy's name too (its pipe: `named`).
+    fn key<'k>(&self, p: &OutboundPolicies, suffix: &'k str, named: &'k str) -> &'k str {
         if p.access_logs.is_empty() && self.whole.trace.is_none() {
             return "";
+        }
+        if p.access_logs.iter().any(|b| b.tcp.is_some()) {
+            return named;
         }
         suffix
     }
@@ -928,6 +932,7 @@ pub fn generate_reporting(
             .and_then(|t| serde_json::to_string(t).ok())
             .unwrap_or_default()
     );
+    let key_suffix_named = format!("{key_suffix}\n{}", proxy.name);
     let mut collected: std::collections::HashSet<*const OutboundPolicies> = std::collections::HashSet::new();
 
     let mut clusters: BTreeSet<ClusterRef> = BTreeSet::new();
@@ -961,7 +966,10 @@ pub fn generate_reporting(
         }
         let bind_to_port = outbound_bind_to_port(net, address);
         // The listener depends on its socket and on the service behind it.
-        let key = format!("{name}\n{service}\n{bind_to_port:?}{}", observed.key(&p, &key_suffix));
+        let key = format!(
+            "{name}\n{service}\n{bind_to_port:?}{}",
+            observed.key(&p, &key_suffix, &key_suffix_named)
+        );
         // Destinations without a policy of their own share one `Arc`: their
         // collectors are added once.
         if collected.insert(Arc::as_ptr(&p)) {
