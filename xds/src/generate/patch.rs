@@ -633,7 +633,7 @@ pub fn apply(set: &ResourceSet, conf: &Conf, net: &DataplaneNetworking) -> Resul
             out.insert_shared(
                 type_url,
                 std::sync::Arc::new(crate::resources::XdsResource {
-                    version: crate::resources::hash_hex(&bytes),
+                    version: crate::resources::version_hex(&bytes),
                     name,
                     body: Any {
                         type_url: type_url.to_string(),
