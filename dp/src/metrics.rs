@@ -310,6 +310,36 @@ struct Scraper {
     admin: SocketAddr,
 }
 
+/// GET `path` over `stream` (HTTP/1.1, `host` as the Host header): the
+/// status and at most `limit` bytes of body.
+pub(crate) async fn http_get<S>(
+    stream: S,
+    host: &str,
+    path: &str,
+    limit: usize,
+) -> anyhow::Result<(hyper::StatusCode, hyper::body::Bytes)>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .context("HTTP handshake")?;
+    let driver = tokio::spawn(connection);
+    let request = hyper::Request::get(path)
+        .header(hyper::header::HOST, host)
+        .body(Empty::<hyper::body::Bytes>::new())
+        .context("request")?;
+    let response = sender.send_request(request).await.context("sending the request")?;
+    let status = response.status();
+    let body = Limited::new(response.into_body(), limit)
+        .collect()
+        .await
+        .map_err(|e| anyhow::anyhow!("reading the body: {e}"))?
+        .to_bytes();
+    driver.abort();
+    Ok((status, body))
+}
+
 /// GET `http://<address>:<port><path>`: the body of a 200 answer.
 async fn get(address: &str, port: u16, path: &str) -> anyhow::Result<String> {
     let host = if address.contains(':') && !address.starts_with('[') {
@@ -321,23 +351,7 @@ async fn get(address: &str, port: u16, path: &str) -> anyhow::Result<String> {
         let stream = tokio::net::TcpStream::connect((address.trim_matches(['[', ']']), port))
             .await
             .context("connecting")?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .context("HTTP handshake")?;
-        let driver = tokio::spawn(connection);
-        let request = hyper::Request::get(path)
-            .header(hyper::header::HOST, format!("{host}:{port}"))
-            .header(hyper::header::ACCEPT, "text/plain")
-            .body(Empty::<hyper::body::Bytes>::new())
-            .context("request")?;
-        let response = sender.send_request(request).await.context("sending the request")?;
-        let status = response.status();
-        let body = Limited::new(response.into_body(), MAX_BODY)
-            .collect()
-            .await
-            .map_err(|e| anyhow::anyhow!("reading the body: {e}"))?
-            .to_bytes();
-        driver.abort();
+        let (status, body) = http_get(stream, &format!("{host}:{port}"), path, MAX_BODY).await?;
         anyhow::ensure!(status == hyper::StatusCode::OK, "answered {status}");
         String::from_utf8(body.to_vec()).context("the body is not UTF-8")
     };

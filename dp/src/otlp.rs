@@ -19,7 +19,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use envoy_types::pb::opentelemetry::proto::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
-use http_body_util::{BodyExt, Empty, Limited};
 use meridian_xds::generate::observability::{MetricsConfig, OtelExport};
 
 /// How often the agent reads Envoy's metrics configuration.
@@ -413,22 +412,7 @@ async fn fetch_config(socket: &str) -> anyhow::Result<Option<MetricsConfig>> {
         }
         Err(e) => return Err(e).with_context(|| format!("connecting to {socket}")),
     };
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-        .await
-        .context("HTTP handshake")?;
-    let driver = tokio::spawn(connection);
-    let request = hyper::Request::get("/")
-        .header(hyper::header::HOST, "localhost")
-        .body(Empty::<hyper::body::Bytes>::new())
-        .context("request")?;
-    let response = sender.send_request(request).await.context("sending the request")?;
-    let status = response.status();
-    let body = Limited::new(response.into_body(), 4 << 20)
-        .collect()
-        .await
-        .map_err(|e| anyhow::anyhow!("reading the body: {e}"))?
-        .to_bytes();
-    driver.abort();
+    let (status, body) = crate::metrics::http_get(stream, "localhost", "/", 4 << 20).await?;
     anyhow::ensure!(status == hyper::StatusCode::OK, "answered {status}");
     let config = serde_json::from_slice(&body).context("the metrics configuration")?;
     Ok(Some(config))

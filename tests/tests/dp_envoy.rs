@@ -477,27 +477,52 @@ fn header_value(v: &Value, key: &str) -> Option<String> {
     }
 }
 
+/// Answers one HTTP request on `conn` with `body`.
+fn answer<S: std::io::Read + std::io::Write>(mut conn: S, content_type: &str, body: &str) {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+        match conn.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+    let _ = write!(
+        conn,
+        "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+}
+
 /// A plain HTTP server on `listener` answering every request with `body`.
 fn serve_text(listener: std::net::TcpListener, body: &'static str) {
-    use std::io::{Read, Write};
     std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            let mut seen = Vec::new();
-            let mut buf = [0u8; 1024];
-            while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                match conn.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => seen.extend_from_slice(&buf[..n]),
-                }
-            }
-            let _ = write!(
-                conn,
-                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
+        for conn in listener.incoming().map_while(Result::ok) {
+            answer(conn, "text/plain", body);
         }
     });
+}
+
+/// Starts the agent of a new sidecar `name` of `web` after `policy` (a
+/// MeshMetric) reached the zone, with Envoy's admin port answering
+/// `admin_text` (a stand-in: no Envoy binary here).
+fn metrics_agent(d: &Deployment, dir: &Path, name: &str, policy: &Value, admin_text: &'static str) -> EnvoyAgent {
+    let policy_name = policy["name"].as_str().unwrap();
+    let (status, body) = d
+        .global
+        .put_json(&format!("/meshes/{MESH}/meshmetrics/{policy_name}"), policy);
+    assert!(status == 200 || status == 201, "{status} {body}");
+    d.wait_zone_has(&format!("/meshes/{MESH}/meshmetrics/{policy_name}"));
+    let token = d.web_token();
+    let empty = dir.join("empty-path");
+    std::fs::create_dir_all(&empty).unwrap();
+    let mut agent = EnvoyAgent::start(d, &dir.join(format!("dp-{name}")), &token, name, &empty);
+    agent.wait_bootstrap();
+    serve_text(
+        std::net::TcpListener::bind(("127.0.0.1", agent.admin_port)).unwrap(),
+        admin_text,
+    );
+    agent
 }
 
 /// MeshMetric through the agent: the zone's generated Prometheus route
@@ -522,20 +547,12 @@ fn the_agent_serves_meshmetric_scrapes_from_envoys_admin_and_the_applications() 
                                      "include": [{"type": "Regex", "match": "^envoy_server_(uptime|live)$"}]}},
             "applications": [{"name": "orders", "address": "127.0.0.1", "port": app_port, "path": "/metrics"}],
             "backends": [{"type": "Prometheus", "prometheus": {"port": free_port()}}]}}});
-    let (status, body) = d
-        .global
-        .put_json(&format!("/meshes/{MESH}/meshmetrics/metrics"), &metric);
-    assert!(status == 200 || status == 201, "{status} {body}");
-    d.wait_zone_has(&format!("/meshes/{MESH}/meshmetrics/metrics"));
-
-    let token = d.web_token();
-    let empty = dir.join("empty-path");
-    std::fs::create_dir_all(&empty).unwrap();
     let name = format!("mm-{}", std::process::id());
-    let mut agent = EnvoyAgent::start(&d, &dir.join("dp-mm"), &token, &name, &empty);
-    agent.wait_bootstrap();
-    serve_text(
-        std::net::TcpListener::bind(("127.0.0.1", agent.admin_port)).unwrap(),
+    let mut agent = metrics_agent(
+        &d,
+        dir,
+        &name,
+        &metric,
         "# TYPE envoy_server_uptime gauge\nenvoy_server_uptime 17\n\
          # TYPE envoy_server_live gauge\nenvoy_server_live 1\n\
          # TYPE envoy_cluster_upstream_rq_total counter\nenvoy_cluster_upstream_rq_total{envoy_cluster_name=\"backend\"} 3\n",
@@ -596,25 +613,11 @@ fn string_under(v: &Value, key: &str) -> Option<String> {
 /// An HTTP server on the Unix socket `path` answering every request with
 /// `body`: what Envoy's direct-response listener would serve there.
 fn serve_unix_text(path: &str, body: String) {
-    use std::io::{Read, Write};
     let _ = std::fs::remove_file(path);
     let listener = std::os::unix::net::UnixListener::bind(path).unwrap();
     std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            let mut seen = Vec::new();
-            let mut buf = [0u8; 1024];
-            while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                match conn.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => seen.extend_from_slice(&buf[..n]),
-                }
-            }
-            let _ = write!(
-                conn,
-                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-                body.len()
-            );
+        for conn in listener.incoming().map_while(Result::ok) {
+            answer(conn, "application/json", &body);
         }
     });
 }
@@ -644,18 +647,12 @@ fn the_agent_pushes_meshmetric_to_an_opentelemetry_collector() {
             "applications": [{"name": "orders", "address": "127.0.0.1", "port": app_port, "path": "/metrics"}],
             "backends": [{"type": "OpenTelemetry",
                           "openTelemetry": {"endpoint": "otel-collector.test:4317", "refreshInterval": "1s"}}]}}});
-    let (status, body) = d.global.put_json(&format!("/meshes/{MESH}/meshmetrics/otel"), &metric);
-    assert!(status == 200 || status == 201, "{status} {body}");
-    d.wait_zone_has(&format!("/meshes/{MESH}/meshmetrics/otel"));
-
-    let token = d.web_token();
-    let empty = dir.join("empty-path");
-    std::fs::create_dir_all(&empty).unwrap();
     let name = format!("mo-{}", std::process::id());
-    let mut agent = EnvoyAgent::start(&d, &dir.join("dp-mo"), &token, &name, &empty);
-    agent.wait_bootstrap();
-    serve_text(
-        std::net::TcpListener::bind(("127.0.0.1", agent.admin_port)).unwrap(),
+    let mut agent = metrics_agent(
+        &d,
+        dir,
+        &name,
+        &metric,
         "# TYPE envoy_server_uptime gauge\nenvoy_server_uptime 17\n\
          # TYPE envoy_cluster_upstream_rq_total counter\nenvoy_cluster_upstream_rq_total{envoy_cluster_name=\"backend\"} 3\n",
     );

@@ -157,6 +157,36 @@ fn lb_endpoint(address: &str, port: u32, weight: u32) -> LbEndpoint {
     }
 }
 
+/// The load assignment of cluster `name` (of a destination with policies
+/// `p`) for `proxy`: its own with affinity tags, else the one shared through
+/// `cache`. `endpoints` lists the cluster's endpoints.
+pub fn assignment<'s>(
+    cache: Option<&super::cache::SharedCache>,
+    snapshot: &MeshSnapshot,
+    proxy: &crate::snapshot::ProxyContext,
+    name: &str,
+    p: &std::sync::Arc<super::OutboundPolicies>,
+    endpoints: impl FnOnce() -> Vec<&'s ServiceEndpoint<'s>>,
+) -> std::sync::Arc<crate::resources::XdsResource> {
+    use crate::resources::{XdsResource, ENDPOINT};
+    let lb = p.load_balancing.as_ref();
+    match affinity(lb, &proxy.dataplane) {
+        // The proxy's own tags decide its assignment.
+        Some(groups) => std::sync::Arc::new(XdsResource::new(
+            ENDPOINT,
+            name,
+            &load_assignment(name, snapshot, &endpoints(), lb, &groups),
+        )),
+        None => {
+            super::cache::shared_or_built(cache, ENDPOINT, name, p, super::cache::Variant::Any, || {
+                let cla = load_assignment(name, snapshot, &endpoints(), lb, &[]);
+                (XdsResource::new(ENDPOINT, name, &cla), Vec::new())
+            })
+            .0
+        }
+    }
+}
+
 /// (address, port) -> weight.
 type Endpoints<'a> = BTreeMap<(&'a str, u32), u32>;
 

@@ -35,7 +35,6 @@ use meridian_core::policy::meshfaultinjection::FaultConf;
 
 use super::cache::{facts_of, shared_or_built, BuiltPart, Variant};
 use super::clusters::{eds_cluster, for_grpc};
-use super::endpoints::load_assignment;
 use super::routes::{route_configuration, Client, ClusterRef, Protocol};
 use super::{ads_source, any, duration, OutboundPolicies, PolicyResolver};
 use crate::resources::{ResourceSet, XdsResource, CLUSTER, ENDPOINT, LISTENER, ROUTE};
@@ -185,22 +184,10 @@ pub fn generate(snapshot: &MeshSnapshot, proxy: &ProxyContext, policies: &dyn Po
                 (XdsResource::new(CLUSTER, &name, &c), Vec::new())
             });
             set.insert_shared(CLUSTER, c);
-            match super::endpoints::affinity(p.load_balancing.as_ref(), &proxy.dataplane) {
-                // The client's own tags decide its assignment.
-                Some(groups) => {
-                    let endpoints = index().endpoints(&cluster.service, &cluster.subset);
-                    let cla = load_assignment(&name, snapshot, &endpoints, p.load_balancing.as_ref(), &groups);
-                    set.insert(ENDPOINT, &name, &cla);
-                }
-                None => {
-                    let (cla, _) = shared_or_built(cache, ENDPOINT, &name, &p, Variant::Any, || {
-                        let endpoints = index().endpoints(&cluster.service, &cluster.subset);
-                        let cla = load_assignment(&name, snapshot, &endpoints, p.load_balancing.as_ref(), &[]);
-                        (XdsResource::new(ENDPOINT, &name, &cla), Vec::new())
-                    });
-                    set.insert_shared(ENDPOINT, cla);
-                }
-            }
+            let cla = super::endpoints::assignment(cache, snapshot, proxy, &name, &p, || {
+                index().endpoints(&cluster.service, &cluster.subset)
+            });
+            set.insert_shared(ENDPOINT, cla);
         }
         (set, extras)
     };

@@ -126,7 +126,6 @@ use meridian_core::policy::meshtrafficpermission::Action as PermissionAction;
 
 use super::cache::{facts_of, shared_or_built, Facts, Variant};
 use super::clusters::{eds_cluster, with_health_check, Upstream};
-use super::endpoints::load_assignment;
 use super::observability::{
     access_log_collector, access_logs, trace_collector, tracing, Collectors, Direction, Traffic,
 };
@@ -1014,22 +1013,10 @@ pub fn generate_reporting(
             (XdsResource::new(CLUSTER, &name, &cluster), Vec::new())
         });
         set.insert_shared(CLUSTER, cluster);
-        match super::endpoints::affinity(p.load_balancing.as_ref(), &proxy.dataplane) {
-            // The proxy's own tags decide its assignment.
-            Some(groups) => {
-                let endpoints = index().endpoints(&c.service, &c.subset);
-                let cla = load_assignment(&name, snapshot, &endpoints, p.load_balancing.as_ref(), &groups);
-                set.insert(ENDPOINT, &name, &cla);
-            }
-            None => {
-                let (endpoints, _) = shared_or_built(cache, ENDPOINT, &name, &p, Variant::Any, || {
-                    let endpoints = index().endpoints(&c.service, &c.subset);
-                    let cla = load_assignment(&name, snapshot, &endpoints, p.load_balancing.as_ref(), &[]);
-                    (XdsResource::new(ENDPOINT, &name, &cla), Vec::new())
-                });
-                set.insert_shared(ENDPOINT, endpoints);
-            }
-        }
+        let cla = super::endpoints::assignment(cache, snapshot, proxy, &name, &p, || {
+            index().endpoints(&c.service, &c.subset)
+        });
+        set.insert_shared(ENDPOINT, cla);
     }
     for collector in collectors.values() {
         set.insert(CLUSTER, &collector.name(), &collector.cluster());
