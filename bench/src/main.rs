@@ -554,6 +554,7 @@ impl ApiProbe {
         let running = meridian_server::start(
             ServerConfig {
                 api_addr: "127.0.0.1:0".parse()?,
+                spec_check: Some(meridian_xds::generate::patch::check_spec),
                 mode: Mode::Global,
                 create_default_mesh: false,
                 global: None,

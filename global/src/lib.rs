@@ -84,6 +84,7 @@ pub async fn start(config: GlobalConfig, instance_id: String) -> anyhow::Result<
     let server = meridian_server::start(
         ServerConfig {
             api_addr: config.api_addr,
+            spec_check: Some(meridian_xds::generate::patch::check_spec),
             mode: Mode::Global,
             create_default_mesh: !config.defaults_skip_mesh_creation,
             global: Some(services.clone()),

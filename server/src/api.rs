@@ -86,10 +86,15 @@ impl Mode {
     }
 }
 
+/// A check of a resource's spec beyond its own validation: violations as
+/// (field below `spec`, message).
+pub type SpecCheck = fn(ResourceType, &Value) -> Vec<(String, String)>;
+
 /// Everything the handlers share.
 pub struct ApiState {
     pub manager: Arc<Manager>,
     pub mode: Mode,
+    pub spec_check: Option<SpecCheck>,
     pub metrics: ApiMetrics,
     pub registry: Registry,
     /// True once the store answered and the initial work is done.
@@ -865,6 +870,17 @@ async fn put_authorized(
     let mut doc = doc;
     if let (ResourceType::Dataplane, Some(zone)) = (doc.key.kind, s.mode.zone()) {
         meridian_core::dataplane::tag_zone(&mut doc.spec, zone).map_err(ApiError::invalid)?;
+    }
+    if let Some(check) = s.spec_check {
+        let violations = check(doc.key.kind, &doc.spec);
+        if !violations.is_empty() {
+            let mut causes = meridian_core::error::Causes::new();
+            let root = meridian_core::error::FieldPath::new("spec");
+            for (field, message) in violations {
+                causes.add(&root.field(&field), message);
+            }
+            causes.into_result().map_err(ApiError::invalid)?;
+        }
     }
     crate::mtls::checks::check_write(&s.manager, &doc)?;
     crate::access::rbac::check_write(&s.manager, &doc)?;

@@ -59,6 +59,7 @@ mod tests {
         let running = crate::start(
             ServerConfig {
                 api_addr: "127.0.0.1:0".parse().unwrap(),
+                spec_check: None,
                 mode,
                 create_default_mesh: false,
                 global,

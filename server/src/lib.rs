@@ -44,6 +44,10 @@ pub use api::Mode;
 #[derive(Debug)]
 pub struct ServerConfig {
     pub api_addr: SocketAddr,
+    /// Checks of a resource's spec beyond its own validation, run on every
+    /// write (MeshProxyPatch values as Envoy messages, which this crate
+    /// cannot parse): violations as (field below `spec`, message).
+    pub spec_check: Option<api::SpecCheck>,
     pub mode: Mode,
     /// Create the `default` mesh on first start (global and standalone only).
     pub create_default_mesh: bool,
@@ -145,6 +149,7 @@ pub async fn start(
     let state = Arc::new(api::ApiState {
         manager: manager.clone(),
         mode: config.mode.clone(),
+        spec_check: config.spec_check,
         metrics,
         registry,
         ready,

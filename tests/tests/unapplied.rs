@@ -91,6 +91,30 @@ fn writes_of_what_has_no_effect_carry_warnings() {
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["causes"][0]["field"], "tracing.backends[0].config.url", "{body}");
 
+    // A MeshProxyPatch whose value is no Envoy cluster is refused at the
+    // write, naming the field; nothing is stored.
+    let patch = |value: &str| {
+        json!({"type": "MeshProxyPatch", "mesh": "default", "name": "p", "spec": {
+            "targetRef": {"kind": "Mesh"}, "default": {"appendModifications": [
+                {"cluster": {"operation": "Patch", "match": {"name": "backend"}, "value": value}}]}}})
+    };
+    let (status, body) = global.put_json("/meshes/default/meshproxypatches/p", &patch("conectTimeout: 7s"));
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(
+        body["causes"][0]["field"], "spec.default.appendModifications[0].cluster.value",
+        "{body}"
+    );
+    assert!(
+        body["causes"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("envoy.config.cluster.v3.Cluster") && m.contains("conectTimeout")),
+        "{body}"
+    );
+    let (status, _) = global.get("/meshes/default/meshproxypatches/p");
+    assert_eq!(status, 404, "a refused patch is not stored");
+    let (status, body) = global.put_json("/meshes/default/meshproxypatches/p", &patch("connectTimeout: 7s"));
+    assert!(status == 200 || status == 201, "{status} {body}");
+
     // meridianctl apply says it.
     let file = dir.path().join("lb.yaml");
     std::fs::write(

@@ -142,6 +142,7 @@ pub async fn start(config: ZoneConfig) -> anyhow::Result<RunningZone> {
     let server = meridian_server::start(
         ServerConfig {
             api_addr: config.api_addr,
+            spec_check: Some(meridian_xds::generate::patch::check_spec),
             mode,
             create_default_mesh: config.create_default_mesh,
             global: None,

@@ -127,6 +127,99 @@ fn json_patch(full_name: &str, bytes: &[u8], patches: &[JsonPatch]) -> Result<Ve
     from_json(full_name, &doc)
 }
 
+/// What a write of `kind` with `spec` gets refused for beyond its own
+/// validation: each MeshProxyPatch `value` must parse as the Envoy message
+/// it stands for (every `@type` known), and each JSON patch path must be a
+/// JSON pointer. Violations as (field below `spec`, message). The same
+/// parsing happens at generation; checked at the write, a mistake is
+/// refused with its field instead of leaving proxies unpatched.
+pub fn check_spec(kind: meridian_core::ResourceType, spec: &Value) -> Vec<(String, String)> {
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpFilter as Hf;
+    if kind != meridian_core::ResourceType::MeshProxyPatch {
+        return Vec::new();
+    }
+    let Ok(policy) = serde_json::from_value::<meridian_core::policy::meshproxypatch::MeshProxyPatch>(spec.clone())
+    else {
+        // Not decodable: its own validation refuses it.
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let mut check = |at: String,
+                     value: Option<&String>,
+                     patches: Option<&Vec<JsonPatch>>,
+                     parse: fn(Option<&String>) -> Result<(), String>| {
+        if value.is_some() {
+            if let Err(e) = parse(value) {
+                out.push((format!("{at}.value"), e));
+            }
+        }
+        for (j, p) in patches.into_iter().flatten().enumerate() {
+            if let Err(e) = pointer(&p.path) {
+                out.push((format!("{at}.jsonPatches[{j}].path"), e));
+            }
+            if let Some(from) = &p.from {
+                if let Err(e) = pointer(from) {
+                    out.push((format!("{at}.jsonPatches[{j}].from"), e));
+                }
+            }
+        }
+    };
+    fn as_msg<M: Message + Name + Default>(value: Option<&String>) -> Result<(), String> {
+        parsed::<M>(value)
+            .map(|_| ())
+            .map_err(|e| format!("is not a valid {}: {e}", M::full_name()))
+    }
+    for (i, m) in policy
+        .default
+        .iter()
+        .flat_map(|d| d.append_modifications.iter())
+        .enumerate()
+    {
+        let at = format!("default.appendModifications[{i}]");
+        if let Some(c) = &m.cluster {
+            check(
+                format!("{at}.cluster"),
+                c.value.as_ref(),
+                c.json_patches.as_ref(),
+                as_msg::<Cluster>,
+            );
+        }
+        if let Some(l) = &m.listener {
+            check(
+                format!("{at}.listener"),
+                l.value.as_ref(),
+                l.json_patches.as_ref(),
+                as_msg::<Listener>,
+            );
+        }
+        if let Some(f) = &m.network_filter {
+            check(
+                format!("{at}.networkFilter"),
+                f.value.as_ref(),
+                f.json_patches.as_ref(),
+                as_msg::<Filter>,
+            );
+        }
+        if let Some(f) = &m.http_filter {
+            check(
+                format!("{at}.httpFilter"),
+                f.value.as_ref(),
+                f.json_patches.as_ref(),
+                as_msg::<Hf>,
+            );
+        }
+        if let Some(v) = &m.virtual_host {
+            check(
+                format!("{at}.virtualHost"),
+                v.value.as_ref(),
+                v.json_patches.as_ref(),
+                as_msg::<VirtualHost>,
+            );
+        }
+    }
+    out
+}
+
 /// The reference tokens of a JSON pointer.
 fn pointer(path: &str) -> Result<Vec<String>, String> {
     if path.is_empty() {
@@ -659,6 +752,44 @@ mod tests {
     use crate::generate::{sidecar, NoPolicies, PolicyResolver, ProxyPolicies};
     use crate::snapshot::{DataplaneEntry, MeshSnapshot, ProxyContext, ProxyKind};
     use serde_json::json;
+
+    #[test]
+    fn values_are_checked_as_envoy_messages_at_the_write() {
+        use meridian_core::ResourceType;
+        let spec = |modification: serde_json::Value| serde_json::json!({"targetRef": {"kind": "Mesh"}, "default": {"appendModifications": [modification]}});
+        let ok = spec(
+            serde_json::json!({"cluster": {"operation": "Patch", "match": {"name": "backend"},
+            "value": "connectTimeout: 7s\ncircuitBreakers: {thresholds: [{maxConnections: 3}]}"}}),
+        );
+        assert!(check_spec(ResourceType::MeshProxyPatch, &ok).is_empty());
+        let typo = spec(serde_json::json!({"cluster": {"operation": "Patch", "value": "conectTimeout: 7s"}}));
+        let got = check_spec(ResourceType::MeshProxyPatch, &typo);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0].0, "default.appendModifications[0].cluster.value");
+        assert!(
+            got[0].1.starts_with("is not a valid envoy.config.cluster.v3.Cluster"),
+            "{}",
+            got[0].1
+        );
+        let unknown_type = spec(serde_json::json!({"httpFilter": {"operation": "AddFirst",
+            "value": "name: x\ntypedConfig: {'@type': type.googleapis.com/nothing.Like.This}"}}));
+        let got = check_spec(ResourceType::MeshProxyPatch, &unknown_type);
+        assert_eq!(got[0].0, "default.appendModifications[0].httpFilter.value", "{got:?}");
+        let pointer = spec(serde_json::json!({"listener": {"operation": "Patch",
+            "jsonPatches": [{"op": "replace", "path": "no/slash", "value": 1}]}}));
+        let got = check_spec(ResourceType::MeshProxyPatch, &pointer);
+        assert_eq!(
+            got,
+            [(
+                "default.appendModifications[0].listener.jsonPatches[0].path".to_string(),
+                "a path starts with /".to_string()
+            )]
+        );
+        assert!(
+            check_spec(ResourceType::MeshTimeout, &typo).is_empty(),
+            "other kinds are not looked at"
+        );
+    }
 
     struct Patching(Conf);
 
