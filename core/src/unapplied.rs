@@ -15,6 +15,9 @@ pub struct Unapplied {
     pub message: String,
 }
 
+/// What `ProvidedTLS` (MeshMetric) and `providedTLS` (Mesh.metrics) do.
+const PROVIDED_TLS: &str = "served over TLS with the certificate and key that meridian-dp --metrics-cert-file and --metrics-key-file name; a proxy whose agent names none gets no Prometheus listener (logged by the zone)";
+
 const NOT_GENERATED: &str =
     "accepted and stored, but not generated into any proxy's configuration yet: it has no effect";
 
@@ -48,7 +51,7 @@ pub fn unapplied(kind: ResourceType, spec: &Value) -> Vec<Unapplied> {
                 match b.pointer("/prometheus/tls/mode").and_then(Value::as_str) {
                     Some("ProvidedTLS") => note(
                         format!("spec.default.backends[{i}].prometheus.tls.mode"),
-                        "served over TLS with the certificate and key that meridian-dp --metrics-cert-file and --metrics-key-file name; a proxy whose agent names none gets no Prometheus listener (logged by the zone)",
+                        PROVIDED_TLS,
                     ),
                     Some("ActiveMTLSBackend") => note(
                         format!("spec.default.backends[{i}].prometheus.tls.mode"),
@@ -228,7 +231,7 @@ pub fn unapplied(kind: ResourceType, spec: &Value) -> Vec<Unapplied> {
                         match conf.pointer("/tls/mode").and_then(Value::as_str) {
                             Some("providedTLS") => note(
                                 format!("{at}.tls.mode"),
-                                "served over TLS with the certificate and key that meridian-dp --metrics-cert-file and --metrics-key-file name; a proxy whose agent names none gets no Prometheus listener (logged by the zone)",
+                                PROVIDED_TLS,
                             ),
                             Some("activeMTLSBackend") => note(
                                 format!("{at}.tls.mode"),

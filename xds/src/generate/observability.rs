@@ -943,8 +943,7 @@ pub fn metrics(
         TrafficDirection,
     };
     use envoy_types::pb::envoy::config::route::v3::{
-        route::Action, route_action::ClusterSpecifier, route_match::PathSpecifier, DirectResponseAction, Route,
-        RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
+        route::Action, route_action::ClusterSpecifier, route_match::PathSpecifier, DirectResponseAction, RouteAction,
     };
     use meridian_core::policy::meshmetric::{BackendType, TlsMode};
 
@@ -1116,34 +1115,22 @@ pub fn metrics(
             open_telemetry: exports,
         };
         let body = serde_json::to_string(&config).unwrap_or_default();
-        let routes = RouteConfiguration {
-            name: METRICS_CONFIG_LISTENER.into(),
-            virtual_hosts: vec![VirtualHost {
-                name: METRICS_CONFIG_LISTENER.into(),
-                domains: vec!["*".into()],
-                routes: vec![Route {
-                    r#match: Some(RouteMatch {
-                        path_specifier: Some(PathSpecifier::Prefix("/".into())),
-                        ..Default::default()
-                    }),
-                    action: Some(Action::DirectResponse(DirectResponseAction {
-                        status: 200,
-                        body: Some(DataSource {
-                            specifier: Some(Specifier::InlineString(body.clone())),
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    })),
+        let mut routes = super::sidecar::single_route_with(
+            METRICS_CONFIG_LISTENER,
+            PathSpecifier::Prefix("/".into()),
+            Action::DirectResponse(DirectResponseAction {
+                status: 200,
+                body: Some(DataSource {
+                    specifier: Some(Specifier::InlineString(body.clone())),
                     ..Default::default()
-                }],
+                }),
                 ..Default::default()
-            }],
-            // Envoy's default limit is 4 KiB.
-            max_direct_response_body_size_bytes: Some(super::u32_value(
-                u32::try_from(body.len()).unwrap_or(u32::MAX).max(4096),
-            )),
-            ..Default::default()
-        };
+            }),
+        );
+        // Envoy's default limit is 4 KiB.
+        routes.max_direct_response_body_size_bytes = Some(super::u32_value(
+            u32::try_from(body.len()).unwrap_or(u32::MAX).max(4096),
+        ));
         listeners.push(http_listener(
             METRICS_CONFIG_LISTENER,
             pipe(metrics_config_socket(mesh, dataplane)),

@@ -175,46 +175,51 @@ pub fn check_spec(kind: meridian_core::ResourceType, spec: &Value) -> Vec<(Strin
         .flat_map(|d| d.append_modifications.iter())
         .enumerate()
     {
-        let at = format!("default.appendModifications[{i}]");
-        if let Some(c) = &m.cluster {
-            check(
-                format!("{at}.cluster"),
-                c.value.as_ref(),
-                c.json_patches.as_ref(),
+        type Parse = fn(Option<&String>) -> Result<(), String>;
+        // A modification's value and JSON patches.
+        type Parts<'a> = Option<(Option<&'a String>, Option<&'a Vec<JsonPatch>>)>;
+        let kinds: [(&str, Parts<'_>, Parse); 5] = [
+            (
+                "cluster",
+                m.cluster.as_ref().map(|c| (c.value.as_ref(), c.json_patches.as_ref())),
                 as_msg::<Cluster>,
-            );
-        }
-        if let Some(l) = &m.listener {
-            check(
-                format!("{at}.listener"),
-                l.value.as_ref(),
-                l.json_patches.as_ref(),
+            ),
+            (
+                "listener",
+                m.listener.as_ref().map(|l| (l.value.as_ref(), l.json_patches.as_ref())),
                 as_msg::<Listener>,
-            );
-        }
-        if let Some(f) = &m.network_filter {
-            check(
-                format!("{at}.networkFilter"),
-                f.value.as_ref(),
-                f.json_patches.as_ref(),
+            ),
+            (
+                "networkFilter",
+                m.network_filter
+                    .as_ref()
+                    .map(|f| (f.value.as_ref(), f.json_patches.as_ref())),
                 as_msg::<Filter>,
-            );
-        }
-        if let Some(f) = &m.http_filter {
-            check(
-                format!("{at}.httpFilter"),
-                f.value.as_ref(),
-                f.json_patches.as_ref(),
+            ),
+            (
+                "httpFilter",
+                m.http_filter
+                    .as_ref()
+                    .map(|f| (f.value.as_ref(), f.json_patches.as_ref())),
                 as_msg::<Hf>,
-            );
-        }
-        if let Some(v) = &m.virtual_host {
-            check(
-                format!("{at}.virtualHost"),
-                v.value.as_ref(),
-                v.json_patches.as_ref(),
+            ),
+            (
+                "virtualHost",
+                m.virtual_host
+                    .as_ref()
+                    .map(|v| (v.value.as_ref(), v.json_patches.as_ref())),
                 as_msg::<VirtualHost>,
-            );
+            ),
+        ];
+        for (kind, set, parse) in kinds {
+            if let Some((value, patches)) = set {
+                check(
+                    format!("default.appendModifications[{i}].{kind}"),
+                    value,
+                    patches,
+                    parse,
+                );
+            }
         }
     }
     out

@@ -192,6 +192,11 @@ pub(crate) fn tcp_proxy(stat_prefix: &str, cluster: &str, idle: Option<std::time
 /// A route configuration `name` of one virtual host (any domain) with one
 /// route: what a listener's own inline routes are.
 pub(crate) fn single_route(name: &str, path: PathSpecifier, action: RouteAction) -> RouteConfiguration {
+    single_route_with(name, path, Action::Route(action))
+}
+
+/// [`single_route`] with any route action (a direct response, say).
+pub(crate) fn single_route_with(name: &str, path: PathSpecifier, action: Action) -> RouteConfiguration {
     RouteConfiguration {
         name: name.to_string(),
         virtual_hosts: vec![VirtualHost {
@@ -202,7 +207,7 @@ pub(crate) fn single_route(name: &str, path: PathSpecifier, action: RouteAction)
                     path_specifier: Some(path),
                     ..Default::default()
                 }),
-                action: Some(Action::Route(action)),
+                action: Some(action),
                 ..Default::default()
             }],
             ..Default::default()
