@@ -902,11 +902,21 @@ fn provided_tls(files: &crate::snapshot::MetricsTlsFiles) -> TransportSocket {
     }
 }
 
-/// A Unix socket address.
+/// A Unix socket address Envoy connects to.
 fn pipe(path: String) -> envoy_types::pb::envoy::config::core::v3::Address {
+    pipe_with_mode(path, 0)
+}
+
+/// The Unix socket address a listener of Envoy binds: its owner's only
+/// (0600), whatever the umask; only the agent beside it connects.
+fn listener_pipe(path: String) -> envoy_types::pb::envoy::config::core::v3::Address {
+    pipe_with_mode(path, 0o600)
+}
+
+fn pipe_with_mode(path: String, mode: u32) -> envoy_types::pb::envoy::config::core::v3::Address {
     use envoy_types::pb::envoy::config::core::v3::{address, Address, Pipe};
     Address {
-        address: Some(address::Address::Pipe(Pipe { path, mode: 0 })),
+        address: Some(address::Address::Pipe(Pipe { path, mode })),
     }
 }
 
@@ -1092,7 +1102,7 @@ pub fn metrics(
         );
         listeners.push(http_listener(
             &name,
-            pipe(socket.clone()),
+            listener_pipe(socket.clone()),
             routes,
             TrafficDirection::Outbound,
         ));
@@ -1133,7 +1143,7 @@ pub fn metrics(
         ));
         listeners.push(http_listener(
             METRICS_CONFIG_LISTENER,
-            pipe(metrics_config_socket(mesh, dataplane)),
+            listener_pipe(metrics_config_socket(mesh, dataplane)),
             routes,
             TrafficDirection::Inbound,
         ));
